@@ -1,0 +1,11 @@
+"""The versioned feature store: see store.py (the entry point), writer.py, reader.py and backends.py."""
+from .backends import COUNT, VALID
+from .join import JoinReport, preflight
+from .location import Location
+from .reader import FeatureSetVersion
+from .spec import ArraySpec, Recipe
+from .store import Store, VerifyReport, VersionInfo, open_store, parse_ref
+from .writer import VersionWriter
+
+__all__ = ["ArraySpec", "COUNT", "FeatureSetVersion", "JoinReport", "Location", "Recipe", "Store", "VALID",
+           "VerifyReport", "VersionInfo", "VersionWriter", "open_store", "parse_ref", "preflight"]

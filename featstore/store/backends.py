@@ -1,0 +1,330 @@
+"""Array backends: how one version's rows are laid out on storage.
+
+One small interface (``ArrayBackend``) with two implementations:
+
+- ``ZarrBackend`` (default, bulk): one Zarr 3 array per feature, chunked along the sample axis. A writer
+  chunk of ``chunk_rows`` rows is exactly one Zarr shard (or one chunk when rows are small), so writers on
+  disjoint chunks never touch the same object. Inner chunks are sized for random reads (one sample of
+  36x2048 float16 is one inner chunk). Every chunk carries a CRC32C (``Crc32cCodec``), so a corrupted or
+  truncated chunk fails to decode instead of returning garbage; ``write_empty_chunks`` is on, so a missing
+  chunk object is detectable as missing.
+- ``LmdbBackend`` (per-sample random access, local paths only): one record per key: a small header and
+  the raw array bytes (no pickle), with a CRC32 of the payload checked on every read. Many processes can
+  read at once (LMDB readers take no lock).
+
+Both store the reserved arrays ``valid`` (bool: False for rows whose production failed; readers never
+return them) and, when the schema has per-item arrays, ``count``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from abc import ABC, abstractmethod
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import CorruptDataError, FeatstoreError
+from .location import Location
+from .spec import ArraySpec
+
+VALID = "valid"
+COUNT = "count"
+INNER_CHUNK_BYTES = 256 * 1024
+
+
+def full_schema(schema: Dict[str, ArraySpec]) -> Dict[str, ArraySpec]:
+    """The user's schema plus the reserved arrays every version stores."""
+    out = dict(schema)
+    out[VALID] = ArraySpec((), "bool")
+    if any(s.per_item for s in schema.values()):
+        if COUNT in schema and (schema[COUNT].shape != () or schema[COUNT].dtype not in ("int32", "int64")):
+            raise FeatstoreError("array 'count' is reserved for per-row item counts: shape () and dtype int32")
+        out[COUNT] = ArraySpec((), "int32")
+    return out
+
+
+class ArrayBackend(ABC):
+    name: str = ""
+
+    def __init__(self, loc: Location, n: int, schema: Dict[str, ArraySpec], chunk_rows: int, options: dict):
+        self.loc, self.n, self.schema, self.chunk_rows, self.options = loc, n, schema, chunk_rows, options
+
+    @property
+    def n_chunks(self) -> int:
+        return max(1, math.ceil(self.n / self.chunk_rows))
+
+    @abstractmethod
+    def create(self, keys: Sequence[str]) -> None:
+        """Create empty storage for ``n`` rows and store the keys."""
+
+    @abstractmethod
+    def write_chunk(self, chunk: int, arrays: Dict[str, np.ndarray]) -> None:
+        """Write every array (full schema, reserved ones included) for the rows of one chunk."""
+
+    @abstractmethod
+    def read_keys(self) -> np.ndarray:
+        ...
+
+    @abstractmethod
+    def read(self, names: Iterable[str], rows: np.ndarray) -> Dict[str, np.ndarray]:
+        """Rows (sorted, unique int indices) of each named array; per-item arrays at full stored width."""
+
+    @abstractmethod
+    def missing_chunks(self) -> List[str]:
+        """Names of the storage objects a complete version must have but does not."""
+
+    def read_chunk(self, chunk: int, names: Iterable[str]) -> Dict[str, np.ndarray]:
+        start = chunk * self.chunk_rows
+        rows = np.arange(start, min(self.n, start + self.chunk_rows))
+        return self.read(names, rows)
+
+
+# --------------------------------------------------------------------------------------------------
+class ZarrBackend(ArrayBackend):
+    name = "zarr"
+    DIR = "data.zarr"
+
+    def _compressors(self, spec: ArraySpec):
+        from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+        comp = self.options.get("compression", "blosc")
+        itemsize = np.dtype(spec.dtype).itemsize
+        if comp == "none":
+            return [Crc32cCodec()]
+        if comp == "zstd":
+            return [ZstdCodec(level=int(self.options.get("level", 1))), Crc32cCodec()]
+        if comp == "blosc":
+            return [BloscCodec(cname="lz4", clevel=int(self.options.get("level", 5)),
+                               shuffle="shuffle" if itemsize > 1 else "noshuffle", typesize=itemsize),
+                    Crc32cCodec()]
+        raise FeatstoreError(f"compression {comp!r} is unknown; use blosc, zstd or none")
+
+    def _layout(self, spec: ArraySpec):
+        """(inner chunk shape, shard shape or None) for one array."""
+        row_bytes = max(1, int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize)
+        inner = self.chunk_rows
+        while inner > 1 and inner * row_bytes > INNER_CHUNK_BYTES:
+            inner //= 2
+        if self.chunk_rows % inner:
+            inner = 1
+        inner_shape = (inner,) + tuple(spec.shape)
+        if inner == self.chunk_rows:
+            return inner_shape, None
+        return inner_shape, (self.chunk_rows,) + tuple(spec.shape)
+
+    def _group(self, mode: str = "r"):
+        import zarr
+
+        if not hasattr(self, "_grp") or mode != "r":
+            self._grp = zarr.open_group(self.loc.zarr_store(self.DIR, read_only=(mode == "r")), mode=mode)
+        return self._grp
+
+    def create(self, keys: Sequence[str]) -> None:
+        import zarr
+
+        grp = zarr.open_group(self.loc.zarr_store(self.DIR), mode="w")
+        ids = grp.create_array("ids", shape=(self.n,), dtype=str, chunks=(max(1, self.n),), overwrite=True)
+        if self.n:
+            ids[:] = np.asarray(list(keys), dtype=str)
+        for name, spec in self.schema.items():
+            chunks, shards = self._layout(spec)
+            grp.create_array(name, shape=(self.n,) + spec.shape, dtype=spec.dtype, chunks=chunks, shards=shards,
+                             compressors=self._compressors(spec), fill_value=0,
+                             config={"write_empty_chunks": True}, overwrite=True)
+        self._grp = zarr.open_group(self.loc.zarr_store(self.DIR, read_only=True), mode="r")
+
+    def write_chunk(self, chunk: int, arrays: Dict[str, np.ndarray]) -> None:
+        import zarr
+
+        grp = zarr.open_group(self.loc.zarr_store(self.DIR), mode="r+")
+        start = chunk * self.chunk_rows
+        for name, arr in arrays.items():
+            grp[name][start:start + len(arr)] = arr
+
+    def read_keys(self) -> np.ndarray:
+        return np.asarray(self._group()["ids"][:], dtype=object).astype(str) if self.n else np.array([], dtype=str)
+
+    def read(self, names: Iterable[str], rows: np.ndarray) -> Dict[str, np.ndarray]:
+        grp = self._group()
+        rows = np.asarray(rows, dtype=np.int64)
+        out = {}
+        for name in names:
+            arr = grp[name]
+            try:
+                if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+                    out[name] = arr[int(rows[0]):int(rows[-1]) + 1]
+                else:
+                    out[name] = arr.get_orthogonal_selection((rows,)) if len(rows) else \
+                        np.zeros((0,) + self.schema[name].shape, self.schema[name].dtype)
+            except ValueError as e:  # checksum mismatch or undecodable bytes
+                raise CorruptDataError(f"array {name!r} in {self.loc.url}: stored chunk is corrupted ({e}); run "
+                                       f"`featstore verify` to locate it, then rewrite or remove the version") from None
+        return out
+
+    def _expected_objects(self) -> Dict[str, List[str]]:
+        exp = {}
+        for name, spec in self.schema.items():
+            _, shards = self._layout(spec)
+            rows_per_obj = shards[0] if shards else self._layout(spec)[0][0]
+            n_obj = max(1, math.ceil(self.n / rows_per_obj)) if self.n else 0
+            tail = "/".join("0" for _ in spec.shape)
+            exp[name] = [f"{name}/c/{i}" + (f"/{tail}" if tail else "") for i in range(n_obj)]
+        return exp
+
+    def missing_chunks(self) -> List[str]:
+        present = set(self.loc.find(self.DIR))
+        missing = []
+        for name, objs in self._expected_objects().items():
+            missing += [o for o in objs if o not in present]
+        return missing
+
+
+# --------------------------------------------------------------------------------------------------
+_MAGIC = b"FSR1"
+_KEYS_RECORD = b"\x00featstore:keys"
+
+
+def encode_record(arrays: Dict[str, np.ndarray]) -> bytes:
+    """Header + raw bytes. Header: magic, crc32 of the rest, JSON table of (name, dtype, shape, nbytes)."""
+    table = [[k, v.dtype.str, list(v.shape), int(v.nbytes)] for k, v in arrays.items()]
+    meta = json.dumps(table, separators=(",", ":")).encode()
+    body = struct.pack("<I", len(meta)) + meta + b"".join(np.ascontiguousarray(v).tobytes() for v in arrays.values())
+    return _MAGIC + struct.pack("<I", zlib.crc32(body)) + body
+
+
+def decode_record(buf: bytes, where: str) -> Dict[str, np.ndarray]:
+    buf = bytes(buf)
+    if len(buf) < 12 or buf[:4] != _MAGIC:
+        raise CorruptDataError(f"{where}: not a featstore record (bad header); run `featstore verify`")
+    (crc,) = struct.unpack("<I", buf[4:8])
+    body = buf[8:]
+    if zlib.crc32(body) != crc:
+        raise CorruptDataError(f"{where}: record checksum mismatch (corrupted bytes); run `featstore verify`")
+    (mlen,) = struct.unpack("<I", body[:4])
+    table = json.loads(body[4:4 + mlen])
+    off = 4 + mlen
+    out = {}
+    for name, dt, shape, nbytes in table:
+        out[name] = np.frombuffer(body, dtype=np.dtype(dt), count=nbytes // max(1, np.dtype(dt).itemsize),
+                                  offset=off).reshape(shape)
+        off += nbytes
+    return out
+
+
+_ENVS: Dict[str, tuple] = {}
+
+
+def _lmdb_env(path: str, write: bool, map_size: int):
+    """One environment per path and process (LMDB forbids opening the same one twice in a process).
+
+    Readers open read-only without the lock file; a writer reopens the path writable (readers in that
+    process then share the writable environment).
+    """
+    import lmdb
+
+    cached = _ENVS.get(path)
+    if cached and (cached[1] or not write):
+        return cached[0]
+    if cached:
+        cached[0].close()
+    if write:
+        env = lmdb.open(path, map_size=map_size, subdir=True, readahead=False, meminit=False, max_readers=1024)
+    else:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True, max_readers=1024)
+    _ENVS[path] = (env, write)
+    return env
+
+
+def close_lmdb_envs() -> None:
+    for env, _ in _ENVS.values():
+        env.close()
+    _ENVS.clear()
+
+
+class LmdbBackend(ArrayBackend):
+    name = "lmdb"
+    DIR = "data.lmdb"
+
+    def _env(self, write: bool = False):
+        if not self.loc.is_local:
+            raise FeatstoreError(f"the lmdb backend needs a local store path, not {self.loc.url!r}; use --backend zarr "
+                                 f"for remote stores")
+        if write:
+            self.loc.makedirs(self.DIR)
+        return _lmdb_env(self.loc.path(self.DIR), write, int(self.options.get("map_size", 1 << 40)))
+
+    def create(self, keys: Sequence[str]) -> None:
+        env = self._env(write=True)
+        with env.begin(write=True) as txn:
+            txn.put(_KEYS_RECORD, json.dumps(list(keys)).encode())
+        env.sync()
+
+    def write_chunk(self, chunk: int, arrays: Dict[str, np.ndarray]) -> None:
+        start = chunk * self.chunk_rows
+        valid = arrays[VALID]
+        counts = arrays.get(COUNT)
+        env = self._env(write=True)
+        with env.begin(write=True) as txn:
+            keys = json.loads(txn.get(_KEYS_RECORD))
+            for r in range(len(valid)):
+                k = keys[start + r].encode()
+                if not valid[r]:
+                    txn.delete(k)
+                    continue
+                rec = {}
+                for name, spec in self.schema.items():
+                    if name == VALID:
+                        continue
+                    v = arrays[name][r]
+                    if spec.per_item:
+                        v = v[: int(counts[r])]
+                    rec[name] = v
+                txn.put(k, encode_record(rec))
+        env.sync()
+
+    def read_keys(self) -> np.ndarray:
+        env = self._env(write=False) if self.loc.exists(self.DIR) else None
+        if env is None:
+            raise FeatstoreError(f"{self.loc.url}: lmdb data is missing")
+        with env.begin() as txn:
+            raw = txn.get(_KEYS_RECORD)
+        return np.asarray(json.loads(raw), dtype=str) if raw else np.array([], dtype=str)
+
+    def read(self, names: Iterable[str], rows: np.ndarray) -> Dict[str, np.ndarray]:
+        names = list(names)
+        keys = self._keys if hasattr(self, "_keys") else self.read_keys()
+        self._keys = keys
+        rows = np.asarray(rows, dtype=np.int64)
+        out = {n: np.zeros((len(rows),) + self.schema[n].shape, self.schema[n].dtype) for n in names}
+        env = self._env()
+        with env.begin(buffers=True) as txn:
+            for i, r in enumerate(rows):
+                raw = txn.get(keys[r].encode())
+                if raw is None:
+                    continue  # a failed row: valid stays False
+                rec = decode_record(raw, f"{self.loc.url} record {keys[r]!r}")
+                for n in names:
+                    if n == VALID:
+                        out[n][i] = True
+                    elif self.schema[n].per_item:
+                        v = rec[n]
+                        out[n][i, : len(v)] = v
+                    else:
+                        out[n][i] = rec[n]
+        return out
+
+    def missing_chunks(self) -> List[str]:
+        return [] if self.loc.exists(self.DIR, "data.mdb") else [f"{self.DIR}/data.mdb"]
+
+
+BACKENDS = {"zarr": ZarrBackend, "lmdb": LmdbBackend}
+
+
+def make_backend(kind: str, loc: Location, n: int, schema: Dict[str, ArraySpec], chunk_rows: int,
+                 options: Optional[dict] = None) -> ArrayBackend:
+    if kind not in BACKENDS:
+        raise FeatstoreError(f"backend {kind!r} is unknown; use one of {', '.join(BACKENDS)}")
+    return BACKENDS[kind](loc, n, schema, chunk_rows, dict(options or {}))

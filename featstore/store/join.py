@@ -1,0 +1,84 @@
+"""Preflight join of a dataset manifest with feature sets, before any training starts.
+
+Image feature sets are keyed by image key, text feature sets by sample id; the manifest joins them.
+Features are never matched by position: every sample's row is found by its key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+from ..errors import FeatstoreError
+
+SHOW = 5
+
+
+@dataclass
+class SideReport:
+    ref: str
+    key_kind: str
+    needed: int
+    missing: List[str] = field(default_factory=list)  # needed keys the set lacks (failed ones included)
+    failed: List[str] = field(default_factory=list)  # of those, keys whose extraction failed
+    extra: List[str] = field(default_factory=list)  # keys in the set no sample uses
+
+    def line(self) -> str:
+        def few(xs):
+            return ", ".join(map(repr, xs[:SHOW])) + (f" (+{len(xs) - SHOW} more)" if len(xs) > SHOW else "")
+
+        s = f"{self.ref} ({self.key_kind}): {self.needed} needed, {len(self.missing)} missing"
+        if self.missing:
+            s += f" [{few(self.missing)}]"
+        if self.failed:
+            s += f", {len(self.failed)} failed at extraction [{few(self.failed)}]"
+        s += f", {len(self.extra)} extra"
+        if self.extra:
+            s += f" [{few(self.extra)}]"
+        return s
+
+
+@dataclass
+class JoinReport:
+    sides: List[SideReport]
+
+    @property
+    def ok(self) -> bool:
+        return all(not s.missing for s in self.sides)
+
+    def lines(self) -> List[str]:
+        return [s.line() for s in self.sides]
+
+    def raise_if_missing(self) -> None:
+        bad = [s for s in self.sides if s.missing]
+        if bad:
+            raise FeatstoreError("feature sets do not cover the dataset: " + "; ".join(s.line() for s in bad) +
+                                 "; extract the missing samples (rerun featstore extract on this manifest) or "
+                                 "filter the dataset")
+
+
+def _side(fsv, needed: Sequence[str], expect_kind: str, role: str) -> SideReport:
+    if fsv.key_kind != expect_kind:
+        raise FeatstoreError(f"{fsv.ref} is keyed by {fsv.key_kind} ({fsv.modality} features) but was passed as the "
+                             f"{role} set; pass an {'image' if expect_kind == 'image_key' else 'text'} feature set "
+                             f"(did you swap --image and --text?)")
+    have = set(fsv.keys.tolist())
+    need_set = set(needed)
+    failures = fsv.failures
+    missing = [k for k in dict.fromkeys(needed) if k not in have]
+    return SideReport(fsv.ref, fsv.key_kind, len(need_set), missing, [k for k in missing if k in failures],
+                      sorted(have - need_set))
+
+
+def preflight(samples: Sequence, image=None, text=None) -> JoinReport:
+    """Check that ``image`` (keyed by image key) and ``text`` (keyed by sample id) cover ``samples``.
+
+    ``samples``: objects with ``.id`` and ``.image_key`` (a DatasetManifest's samples).
+    """
+    if not samples:
+        raise FeatstoreError("the dataset has no samples to join; check the manifest path and split")
+    sides = []
+    if image is not None:
+        sides.append(_side(image, [s.image_key for s in samples], "image_key", "image"))
+    if text is not None:
+        sides.append(_side(text, [s.id for s in samples], "sample_id", "text"))
+    return JoinReport(sides)

@@ -1,0 +1,234 @@
+"""A store: named feature sets, each with immutable versions. See writer.py for a version's layout.
+
+    store/featstore.json             marks the directory (or bucket prefix) as a store
+    store/sets/<name>/<version>/     one version (visible once its version.json exists)
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import CorruptDataError, FeatstoreError
+from ..version import __version__
+from .backends import close_lmdb_envs
+from .location import Location
+from .reader import FeatureSetVersion
+from .spec import ArraySpec, Recipe
+from .writer import CHUNK_DIR, RECORD_FILE, SPEC_FILE, VersionWriter, array_checksum
+
+MARKER = "featstore.json"
+SETS = "sets"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def parse_ref(ref: str) -> Tuple[str, Optional[str]]:
+    """``NAME`` or ``NAME@VERSION`` -> (name, version or None)."""
+    name, _, version = str(ref).partition("@")
+    return name, (version or None)
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise FeatstoreError(f"feature set name {name!r} is invalid; use letters, digits, '.', '_' or '-' "
+                             f"(starting with a letter or digit)")
+    return name
+
+
+@dataclass
+class VersionInfo:
+    name: str
+    version: str
+    complete: bool
+    created: str
+    n: int
+    n_valid: int
+    extractor: str
+    modality: str
+    chunks_done: int = 0
+    chunks_total: int = 0
+
+
+def open_store(url: str, *, create: bool = False, storage_options: Optional[dict] = None) -> "Store":
+    """Open the store at a local path or fsspec URL; ``create=True`` makes it when absent."""
+    loc = Location(url, storage_options)
+    try:
+        present = loc.exists(MARKER)
+    except Exception as e:  # network / credentials errors from fsspec
+        raise FeatstoreError(f"store {url!r} cannot be reached: {type(e).__name__}: {e}") from None
+    if not present:
+        if not create:
+            raise FeatstoreError(f"no store at {url!r}; create one with `featstore init {url}` (or check the path)")
+        if loc.is_local and loc.exists() and loc.listdir() and not loc.exists(SETS):
+            raise FeatstoreError(f"{url!r} exists and is not empty but is not a featstore store; choose an empty "
+                                 f"or new directory")
+        loc.makedirs()
+        loc.write_json({"format": "featstore", "format_version": 1, "created": time.time(),
+                        "tool_version": __version__}, MARKER)
+    return Store(loc)
+
+
+class Store:
+    def __init__(self, loc: Location):
+        self.loc = loc
+        self.url = loc.url
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def _vloc(self, name: str, version: str) -> Location:
+        return self.loc.child(SETS, check_name(name), version)
+
+    # -- listing -------------------------------------------------------------------------------------
+    def feature_sets(self) -> List[str]:
+        return [n for n in self.loc.listdir(SETS) if _NAME_RE.match(n)]
+
+    def _info(self, name: str, version: str) -> Optional[VersionInfo]:
+        vloc = self._vloc(name, version)
+        if vloc.exists(RECORD_FILE):
+            r = vloc.read_json(RECORD_FILE)
+            return VersionInfo(name, version, True, r["created"], r["n"], r["n_valid"], r["recipe"]["extractor"],
+                               r["modality"], len(r["chunks"]), len(r["chunks"]))
+        if vloc.exists(SPEC_FILE):
+            s = vloc.read_json(SPEC_FILE)
+            total = max(1, -(-s["n"] // s["chunk_rows"])) if s["n"] else 0
+            done = len([f for f in vloc.listdir(CHUNK_DIR) if f.endswith(".json")])
+            return VersionInfo(name, version, False, "", s["n"], 0, s["recipe"]["extractor"], s["modality"], done, total)
+        return None
+
+    def versions(self, name: str, *, include_incomplete: bool = False) -> List[VersionInfo]:
+        """Versions of a feature set, oldest first; complete ones only unless asked."""
+        infos = [i for v in self.loc.listdir(SETS, check_name(name)) if (i := self._info(name, v))]
+        if not include_incomplete:
+            infos = [i for i in infos if i.complete]
+        return sorted(infos, key=lambda i: (not i.complete, i.created, i.version))
+
+    def resolve(self, name: str, version: Optional[str] = None) -> str:
+        """The full version id: the latest complete one by default; a unique prefix is accepted."""
+        complete = self.versions(name)
+        if not complete:
+            sets = self.feature_sets()
+            if name not in sets:
+                raise FeatstoreError(f"feature set {name!r} not found in {self.url}; it has: {', '.join(sets) or '(none)'}")
+            raise FeatstoreError(f"feature set {name!r} has no complete version yet; finish the extraction (rerun "
+                                 f"the same command to resume)")
+        if version in (None, "", "latest"):
+            return complete[-1].version
+        matches = [i.version for i in complete if i.version.startswith(version)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            incomplete = [i.version for i in self.versions(name, include_incomplete=True)
+                          if not i.complete and i.version.startswith(version)]
+            hint = " (it is incomplete: rerun the command that writes it)" if incomplete else ""
+            raise FeatstoreError(f"feature set {name!r} has no complete version {version!r}{hint}; versions: "
+                                 f"{', '.join(i.version for i in complete)}")
+        raise FeatstoreError(f"version prefix {version!r} of {name!r} is ambiguous: {', '.join(matches)}")
+
+    def open(self, name: str, version: Optional[str] = None) -> FeatureSetVersion:
+        """A complete version (``name`` may be ``NAME@VERSION``); latest complete when no version is given."""
+        if version is None and "@" in name:
+            name, version = parse_ref(name)
+        return FeatureSetVersion(self._vloc(name, self.resolve(name, version)), name)
+
+    # -- writing -------------------------------------------------------------------------------------
+    def writer(self, name: str, recipe: Recipe, keys: Sequence[str], schema: Dict[str, ArraySpec], *,
+               key_kind: str, modality: str, chunk_rows: int = 256, backend: str = "zarr",
+               backend_options: Optional[dict] = None, meta: Optional[dict] = None) -> VersionWriter:
+        """Start (or resume, or find already complete) the version that ``recipe`` names."""
+        if key_kind not in ("image_key", "sample_id"):
+            raise FeatstoreError(f"key_kind must be 'image_key' or 'sample_id', got {key_kind!r}")
+        if modality not in ("image", "text", "fused"):
+            raise FeatstoreError(f"modality must be 'image', 'text' or 'fused', got {modality!r}")
+        return VersionWriter(self._vloc(name, recipe.version_id), name, recipe, keys, schema, key_kind=key_kind,
+                             modality=modality, chunk_rows=chunk_rows, backend=backend,
+                             backend_options=backend_options, meta=meta)
+
+    def write(self, name: str, recipe: Recipe, keys: Sequence[str], arrays: Dict[str, np.ndarray], *,
+              key_kind: str, modality: str, schema: Optional[Dict[str, ArraySpec]] = None,
+              failures: Optional[Dict[str, str]] = None, per_item: Sequence[str] = (), **kw) -> FeatureSetVersion:
+        """Write a whole in-memory feature set in one call (arrays hold every row in ``keys`` order)."""
+        keys = [str(k) for k in keys]
+        failures = dict(failures or {})
+        if schema is None:
+            schema = {k: ArraySpec(np.asarray(v).shape[1:], np.asarray(v).dtype.name, k in per_item)
+                      for k, v in arrays.items() if k != "count"}
+        w = self.writer(name, recipe, keys, schema, key_kind=key_kind, modality=modality, **kw)
+        for c in w.pending_chunks():
+            sl = w.chunk_slice(c)
+            w.write_chunk(c, {k: np.asarray(v)[sl] for k, v in arrays.items()},
+                          {k: failures[k] for k in keys[sl] if k in failures})
+        return w.commit()
+
+    # -- maintenance ---------------------------------------------------------------------------------
+    def rm(self, name: str, version: Optional[str] = None, *, all_versions: bool = False) -> List[str]:
+        """Remove one version (complete or not; a unique prefix is accepted) or, with all_versions, the set."""
+        if name not in self.feature_sets():
+            raise FeatstoreError(f"feature set {name!r} not found in {self.url}")
+        if all_versions:
+            removed = [i.version for i in self.versions(name, include_incomplete=True)]
+            close_lmdb_envs()
+            self.loc.remove_tree(SETS, name)
+            return removed
+        if version is None:
+            raise FeatstoreError(f"name a version to remove ({name}@VERSION) or pass --all to remove every version")
+        every = [v for v in self.loc.listdir(SETS, name) if v.startswith(version)]
+        if len(every) != 1:
+            raise FeatstoreError(f"version {version!r} of {name!r} matches {len(every)} versions; give more of the id")
+        vloc = self._vloc(name, every[0])
+        close_lmdb_envs()
+        vloc.remove_files([RECORD_FILE])  # invisible first, then the data
+        vloc.remove_tree()
+        if not self.loc.listdir(SETS, name):
+            self.loc.remove_tree(SETS, name)
+        return every
+
+    def verify(self, name: str, version: Optional[str] = None) -> "VerifyReport":
+        """Re-read every chunk and compare with the checksums recorded at commit."""
+        fsv = self.open(name, version)
+        report = VerifyReport(fsv.ref)
+        missing = fsv.backend.missing_chunks()
+        for obj in missing:
+            report.problems.append((None, obj, "missing"))
+        names = list(fsv.schema)
+        for ch in fsv.record["chunks"]:
+            c = ch["chunk"]
+            try:
+                data = fsv.backend.read_chunk(c, names)
+            except CorruptDataError as e:
+                report.problems.append((c, "*", f"unreadable: {e}"))
+                continue
+            for k in names:
+                want = ch["checksums"].get(k)
+                if want is None:
+                    continue
+                if array_checksum(data[k]) != want:
+                    report.problems.append((c, k, "checksum mismatch"))
+            report.chunks_checked += 1
+        return report
+
+
+@dataclass
+class VerifyReport:
+    ref: str
+    problems: list = None
+    chunks_checked: int = 0
+
+    def __post_init__(self):
+        self.problems = [] if self.problems is None else self.problems
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> List[str]:
+        if self.ok:
+            return [f"{self.ref}: OK ({self.chunks_checked} chunks verified)"]
+        out = [f"{self.ref}: {len(self.problems)} problem(s)"]
+        for c, arr, why in self.problems:
+            where = f"chunk {c}" if c is not None else "object"
+            out.append(f"  {where} {arr}: {why}")
+        return out

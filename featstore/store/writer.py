@@ -1,0 +1,250 @@
+"""Writing one feature set version: in chunks, by one or several writers, resumable, committed atomically.
+
+Layout of a version directory ``sets/<name>/<version>/``::
+
+    spec.json            what is being written (recipe, schema, n, chunk_rows, backend): written at start
+    data.zarr/ | data.lmdb/   the arrays (see backends.py)
+    chunks/<i>.json      one marker per finished chunk: its per-array checksums and failed keys
+    version.json         the commit record; a version is visible to readers only once this exists
+
+A chunk's marker is written only after its data, so a killed writer leaves at most one chunk without a
+marker; rerunning the same recipe opens the same version and writes only the chunks that have none.
+Writers on disjoint chunks never touch the same object, so several processes can fill one version.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import FeatstoreError
+from ..version import __version__
+from .backends import COUNT, VALID, full_schema, make_backend
+from .location import Location
+from .spec import ArraySpec, Recipe
+
+SPEC_FILE = "spec.json"
+RECORD_FILE = "version.json"
+CHUNK_DIR = "chunks"
+
+
+def array_checksum(arr: np.ndarray) -> str:
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def keys_digest(keys: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for k in keys:
+        h.update(k.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def creation_lock(loc: Location) -> Iterator[None]:
+    """An exclusive lock while a version is created, so concurrent writers create it once (local stores)."""
+    if not loc.is_local:
+        yield  # object stores: the first writer (rank 0) creates, the others open after a barrier
+        return
+    import fcntl
+
+    loc.makedirs()
+    with open(loc.path(".lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class VersionWriter:
+    """Fills one version. Obtain it from ``Store.writer``; see the module docstring for the protocol."""
+
+    def __init__(self, loc: Location, name: str, recipe: Recipe, keys: Sequence[str], schema: Dict[str, ArraySpec],
+                 *, key_kind: str, modality: str, chunk_rows: int = 256, backend: str = "zarr",
+                 backend_options: Optional[dict] = None, meta: Optional[dict] = None):
+        keys = [str(k) for k in keys]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise FeatstoreError(f"feature set {name!r}: key {dup!r} appears twice; keys must be unique per version")
+        if chunk_rows < 1:
+            raise FeatstoreError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        for k, s in schema.items():
+            if not isinstance(s, ArraySpec):
+                raise FeatstoreError(f"schema entry {k!r} must be an ArraySpec, got {type(s).__name__}")
+        if VALID in schema:
+            raise FeatstoreError(f"array name {VALID!r} is reserved; rename it")
+        self.loc, self.name, self.recipe, self.keys = loc, name, recipe, keys
+        self.version = recipe.version_id
+        self.user_schema = dict(schema)
+        self.schema = full_schema(schema)
+        self.key_kind, self.modality = key_kind, modality
+        self.chunk_rows, self.backend_kind = int(chunk_rows), backend
+        self.backend_options = dict(backend_options or {})
+        self.meta = dict(meta or {})
+        self.backend = make_backend(backend, loc, len(keys), self.schema, self.chunk_rows, self.backend_options)
+        self.complete = loc.exists(RECORD_FILE)
+        if not self.complete:
+            self._create_or_open()
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def _spec_record(self) -> dict:
+        return {
+            "name": self.name, "version": self.version, "recipe": self.recipe.to_dict(),
+            "schema": {k: v.to_dict() for k, v in self.user_schema.items()},
+            "key_kind": self.key_kind, "modality": self.modality, "n": len(self.keys),
+            "keys_sha256": keys_digest(self.keys), "chunk_rows": self.chunk_rows,
+            "backend": self.backend_kind, "backend_options": self.backend_options, "meta": self.meta,
+        }
+
+    def _create_or_open(self) -> None:
+        want = self._spec_record()
+        with creation_lock(self.loc):
+            if self.loc.exists(SPEC_FILE):
+                have = self.loc.read_json(SPEC_FILE)
+                for field in ("schema", "n", "keys_sha256", "chunk_rows", "backend", "key_kind", "modality"):
+                    if have.get(field) != want[field]:
+                        raise FeatstoreError(
+                            f"version {self.name}@{self.version} was started with a different {field}; remove the "
+                            f"unfinished version with `featstore rm {self.name}@{self.version}` and run again")
+                return
+            self.backend.create(self.keys)
+            self.loc.write_json(want, SPEC_FILE)  # last: its presence means the arrays exist
+
+    # -- chunks --------------------------------------------------------------------------------------
+    @property
+    def n_chunks(self) -> int:
+        return self.backend.n_chunks if self.keys else 0
+
+    def chunk_slice(self, chunk: int) -> slice:
+        return slice(chunk * self.chunk_rows, min(len(self.keys), (chunk + 1) * self.chunk_rows))
+
+    def chunk_keys(self, chunk: int) -> List[str]:
+        return self.keys[self.chunk_slice(chunk)]
+
+    def done_chunks(self) -> List[int]:
+        if self.complete:
+            return list(range(self.n_chunks))
+        return sorted(int(n[:-5]) for n in self.loc.listdir(CHUNK_DIR) if n.endswith(".json") and n[:-5].isdigit())
+
+    def pending_chunks(self) -> List[int]:
+        done = set(self.done_chunks())
+        return [c for c in range(self.n_chunks) if c not in done]
+
+    def _check_array(self, name: str, arr: np.ndarray, rows: int) -> np.ndarray:
+        spec = self.schema[name]
+        arr = np.asarray(arr)
+        where = f"feature set {self.name!r} array {name!r}"
+        if arr.ndim != 1 + len(spec.shape):
+            raise FeatstoreError(f"{where}: got shape {arr.shape}, expected (rows,)+{spec.shape}; fix the extractor's output")
+        tail = arr.shape[1:]
+        if spec.per_item:
+            if tail[0] > spec.shape[0] or tail[1:] != spec.shape[1:]:
+                raise FeatstoreError(f"{where}: got shape {arr.shape}, expected (rows, <= {spec.shape[0]})+{spec.shape[1:]}")
+        elif tail != spec.shape:
+            raise FeatstoreError(f"{where}: got shape {arr.shape}, expected (rows,)+{spec.shape}")
+        if arr.shape[0] != rows:
+            raise FeatstoreError(f"{where}: got {arr.shape[0]} rows, expected {rows}")
+        want = np.dtype(spec.dtype)
+        if arr.dtype != want:
+            same_kind = (arr.dtype.kind == want.kind or (arr.dtype.kind in "iu" and want.kind in "iu"))
+            if not (same_kind and np.can_cast(arr.dtype, want, "same_kind")):
+                raise FeatstoreError(f"{where}: got dtype {arr.dtype}, expected {want}; cast it before writing")
+            arr = arr.astype(want)
+        if spec.per_item and tail[0] < spec.shape[0]:
+            pad = np.zeros((rows, spec.shape[0] - tail[0]) + spec.shape[1:], dtype=want)
+            arr = np.concatenate([arr, pad], axis=1)
+        return arr
+
+    def write_chunk(self, chunk: int, arrays: Dict[str, np.ndarray], failures: Optional[Dict[str, str]] = None) -> None:
+        """Write the rows of one chunk.
+
+        ``arrays`` holds every schema array (and ``count`` when there are per-item arrays), either for all the
+        chunk's rows or for only the rows that did not fail, in key order. ``failures`` maps the chunk's keys
+        that could not be produced to a reason; those rows are stored as invalid (never as zeros a reader sees).
+        """
+        if self.complete:
+            raise FeatstoreError(f"version {self.name}@{self.version} is complete and immutable; nothing to write")
+        if not 0 <= chunk < self.n_chunks:
+            raise FeatstoreError(f"chunk {chunk} is out of range 0..{self.n_chunks - 1}")
+        failures = dict(failures or {})
+        ck = self.chunk_keys(chunk)
+        unknown = [k for k in failures if k not in set(ck)]
+        if unknown:
+            raise FeatstoreError(f"failures name keys outside chunk {chunk}: {unknown[:3]}")
+        n = len(ck)
+        ok = np.array([k not in failures for k in ck], dtype=bool)
+        expected = set(self.schema) - {VALID}
+        missing, extra = expected - set(arrays), set(arrays) - expected
+        if missing or extra:
+            raise FeatstoreError(f"feature set {self.name!r}: arrays {sorted(missing)} missing and {sorted(extra)} "
+                                 f"unexpected for chunk {chunk}; the schema has {sorted(expected)}")
+        rows_given = {len(np.asarray(a)) for a in arrays.values()} or {0}
+        if len(rows_given) != 1:
+            raise FeatstoreError(f"feature set {self.name!r}: arrays of chunk {chunk} have different row counts {sorted(rows_given)}")
+        given = rows_given.pop()
+        if given not in (n, int(ok.sum())):
+            raise FeatstoreError(f"feature set {self.name!r}: chunk {chunk} has {n} keys ({n - int(ok.sum())} failed) "
+                                 f"but the arrays have {given} rows")
+        full: Dict[str, np.ndarray] = {}
+        for name, arr in arrays.items():
+            arr = self._check_array(name, arr, given)
+            if given != n:
+                buf = np.zeros((n,) + arr.shape[1:], dtype=arr.dtype)
+                buf[ok] = arr
+                arr = buf
+            else:
+                arr = arr.copy()
+                arr[~ok] = 0
+            full[name] = arr
+        if COUNT in full:
+            counts = full[COUNT]
+            for name, spec in self.schema.items():
+                if spec.per_item:
+                    if np.any(counts > spec.shape[0]) or np.any(counts < 0):
+                        raise FeatstoreError(f"feature set {self.name!r}: count exceeds {name!r}'s {spec.shape[0]} items")
+                    beyond = np.arange(spec.shape[0])[None, :] >= counts[:, None]
+                    full[name][beyond] = 0  # padding is always zeros, so checksums are deterministic
+        full[VALID] = ok
+        self.backend.write_chunk(chunk, full)
+        sl = self.chunk_slice(chunk)
+        self.loc.write_json({"chunk": chunk, "rows": [sl.start, sl.stop],
+                             "checksums": {k: array_checksum(v) for k, v in sorted(full.items())},
+                             "failures": failures, "written": time.time(), "pid": os.getpid()},
+                            CHUNK_DIR, f"{chunk}.json")
+
+    # -- commit --------------------------------------------------------------------------------------
+    def commit(self):
+        """Make the version visible. Fails, listing what is missing, unless every chunk has been written."""
+        from .reader import FeatureSetVersion
+
+        if self.complete:
+            return FeatureSetVersion(self.loc, self.name)
+        pending = self.pending_chunks()
+        if pending:
+            raise FeatstoreError(f"version {self.name}@{self.version} is incomplete: {len(pending)} of {self.n_chunks} "
+                                 f"chunks not written (first: {pending[:5]}); run the same command again to resume")
+        missing = self.backend.missing_chunks()
+        if missing:
+            raise FeatstoreError(f"version {self.name}@{self.version}: chunk markers exist but data objects are missing "
+                                 f"({missing[:3]}); remove the unfinished version and write it again")
+        chunks, failures = [], {}
+        for c in range(self.n_chunks):
+            m = self.loc.read_json(CHUNK_DIR, f"{c}.json")
+            chunks.append({"chunk": c, "rows": m["rows"], "checksums": m["checksums"]})
+            failures.update(m["failures"])
+        record = self._spec_record()
+        record.update({
+            "chunks": chunks, "failures": failures, "n_valid": len(self.keys) - len(failures),
+            "n_failed": len(failures), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_unix": time.time(), "tool_version": __version__,
+        })
+        self.loc.write_json(record, RECORD_FILE)  # the atomic commit
+        self.complete = True
+        return FeatureSetVersion(self.loc, self.name)

@@ -1,0 +1,66 @@
+"""What a head is given (``InputSpec``) and what it must predict (``TaskSpec``).
+
+Both are plain dataclasses serialised into a run folder's ``config.json``, so a checkpoint can always
+say what it expects.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class InputSpec:
+    """Shapes of the cached features a head receives in a batch.
+
+    Batch keys (all optional, by what the feature sets hold):
+      img_regions [B, R, img_dim] float, img_mask [B, R] bool (True = real region),
+      img_boxes [B, R, 5] float (x1/W, y1/H, x2/W, y2/H, box area / image area),
+      img_pooled [B, img_dim] float,
+      txt_tokens [B, T, txt_dim] float, txt_mask [B, T] bool, txt_pooled [B, txt_dim] float.
+    """
+
+    img_dim: int
+    txt_dim: int
+    img_regions: int = 0  # max regions R; 0 = the image set has only pooled vectors
+    txt_tokens: int = 0  # max tokens T; 0 = the text set has only pooled vectors
+    img_pooled: bool = True
+    txt_pooled: bool = True
+    img_boxes: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Task:
+    """One prediction target.
+
+    kind: "binary" (2 logits, softmax; the positive-class probability is softmax[:, 1]),
+          "multiclass" (num_classes logits, softmax) or "multilabel" (num_classes logits, sigmoid).
+    """
+
+    name: str
+    kind: str
+    num_classes: int
+    class_names: List[str] = field(default_factory=list)
+    weight: float = 1.0
+
+    @property
+    def num_outputs(self) -> int:
+        return 2 if self.kind == "binary" else self.num_classes
+
+
+@dataclass
+class TaskSpec:
+    tasks: List[Task]
+    shared_outputs: bool = False  # one shared hidden layer before the per-task linear layers
+    cascade: Optional[List[str]] = None  # e.g. ["B", "C"]: task B's outputs are fed into task C's layer
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskSpec":
+        return cls(tasks=[Task(**t) for t in d["tasks"]], shared_outputs=d.get("shared_outputs", False),
+                   cascade=d.get("cascade"))
