@@ -1,0 +1,261 @@
+"""`featstore`: extract features into a versioned store, inspect, verify, import and export them.
+
+Every command only parses arguments and calls library functions (featstore.*), which tests call too.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+from featstore.errors import FeatstoreError
+
+from .common import FriendlyGroup, echo_table, parse_settings, store_option
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="featstore-heads")
+def main():
+    """Extract image and text features once into a versioned store (Zarr + LMDB) and read them fast.
+
+    A store holds feature sets; each has immutable versions whose id is a hash of everything that produced
+    them. Set FEATSTORE_STORE to skip --store.
+    """
+
+
+# -- store management -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("store_url")
+def init(store_url):
+    """Create an empty store at STORE_URL (a directory or s3://bucket/prefix)."""
+    from featstore.store import open_store
+
+    st = open_store(store_url, create=True)
+    click.echo(f"store ready at {st.url}")
+
+
+@main.command("ls")
+@store_option
+@click.option("--all", "show_all", is_flag=True, help="Also list incomplete (unfinished) versions.")
+def ls_cmd(store_url, show_all):
+    """List feature sets and their versions."""
+    from featstore.store import open_store
+
+    st = open_store(store_url)
+    rows = []
+    for name in st.feature_sets():
+        for v in st.versions(name, include_incomplete=show_all):
+            state = "complete" if v.complete else f"incomplete {v.chunks_done}/{v.chunks_total} chunks"
+            rows.append([name, v.version, v.extractor, v.modality, v.n_valid if v.complete else v.n,
+                         v.n - v.n_valid if v.complete else "-", v.created or "-", state])
+    if not rows:
+        click.echo(f"{st.url}: no feature sets")
+        return
+    echo_table(rows, ["name", "version", "extractor", "modality", "rows", "failed", "created", "state"])
+
+
+@main.command()
+@click.argument("ref")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the full version record as JSON.")
+def info(ref, store_url, as_json):
+    """Describe a version: NAME[@VERSION] (default: latest complete)."""
+    from featstore.store import open_store
+
+    fsv = open_store(store_url).open(ref)
+    rec = dict(fsv.record)
+    if as_json:
+        click.echo(json.dumps(rec, indent=1, sort_keys=True))
+        return
+    click.echo(f"{fsv.ref}")
+    click.echo(f"  extractor      {rec['recipe']['extractor']}  ({fsv.modality}, keyed by {fsv.key_kind})")
+    click.echo(f"  rows           {rec['n_valid']} valid, {rec['n_failed']} failed, {len(rec['chunks'])} chunks "
+               f"of {rec['chunk_rows']}")
+    click.echo(f"  backend        {rec['backend']} {rec.get('backend_options') or ''}")
+    click.echo(f"  created        {rec['created']} by featstore {rec['tool_version']}")
+    click.echo(f"  weights        {rec['recipe']['weights_fingerprint'] or '-'}")
+    click.echo(f"  manifest       {rec['recipe']['manifest_fingerprint'] or '-'}")
+    click.echo(f"  config         {json.dumps(rec['recipe']['config'], sort_keys=True)}")
+    click.echo(f"  preprocessing  {json.dumps(rec['recipe']['preprocessing'], sort_keys=True)}")
+    click.echo("  arrays")
+    for name in fsv.array_names:
+        s = fsv.spec(name)
+        click.echo(f"    {name:<12} [N{''.join(', ' + str(d) for d in s.shape)}] {s.dtype}"
+                   f"{'  (per item, padded; true length in count)' if s.per_item else ''}")
+    if rec["failures"]:
+        click.echo("  failures (first 10)")
+        for k, why in list(rec["failures"].items())[:10]:
+            click.echo(f"    {k}: {why}")
+
+
+@main.command()
+@click.argument("refs", nargs=-1)
+@store_option
+def verify(refs, store_url):
+    """Re-check every chunk checksum of versions (default: every complete version); exit 1 on corruption."""
+    from featstore.store import open_store
+
+    st = open_store(store_url)
+    if not refs:
+        refs = [f"{n}@{v.version}" for n in st.feature_sets() for v in st.versions(n)]
+    bad = 0
+    for ref in refs:
+        rep = st.verify(ref)
+        for line in rep.lines():
+            click.echo(line)
+        bad += not rep.ok
+    if bad:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("ref")
+@store_option
+@click.option("--all", "all_versions", is_flag=True, help="Remove every version of the feature set.")
+def rm(ref, store_url, all_versions):
+    """Remove a version NAME@VERSION (or a whole feature set with --all)."""
+    from featstore.store import open_store, parse_ref
+
+    name, version = parse_ref(ref)
+    removed = open_store(store_url).rm(name, version, all_versions=all_versions)
+    click.echo(f"removed {name}: {', '.join(removed)}")
+
+
+@main.command()
+@store_option
+@click.option("--dataset", "dataset_path", required=True, help="Dataset manifest (jsonl / csv / folder).")
+@click.option("--format", "dataset_format", default="auto", show_default=True)
+@click.option("--image", "image_ref", default=None, help="Image feature set NAME[@VERSION] (keyed by image key).")
+@click.option("--text", "text_ref", default=None, help="Text feature set NAME[@VERSION] (keyed by sample id).")
+def preflight(store_url, dataset_path, dataset_format, image_ref, text_ref):
+    """Join a dataset with feature sets by key and report missing / extra keys (exit 1 if any is missing)."""
+    from featstore.datasets import load_dataset
+    from featstore.store import open_store, preflight as run_preflight
+
+    st = open_store(store_url)
+    ds = load_dataset(dataset_path, dataset_format, check_images=False)
+    rep = run_preflight(ds.samples, st.open(image_ref) if image_ref else None, st.open(text_ref) if text_ref else None)
+    for line in rep.lines():
+        click.echo(line)
+    if not rep.ok:
+        raise SystemExit(1)
+
+
+# -- interop ------------------------------------------------------------------------------------------------
+FORMATS = ["mmf-lmdb", "hdf5", "npy"]
+
+
+@main.command("import")
+@click.argument("path")
+@store_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="Layout of PATH.")
+@click.option("--name", required=True, help="Feature set name to create.")
+@click.option("--dataset", "dataset_path", default=None,
+              help="Dataset manifest: keys are matched to its image keys (leading zeros, path separators).")
+@click.option("--max-regions", type=int, default=None, help="Region axis width (default: the largest count).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float32", show_default=True)
+@click.option("--backend", type=click.Choice(["zarr", "lmdb"]), default="zarr", show_default=True)
+def import_cmd(path, store_url, fmt, name, dataset_path, max_regions, dtype, backend):
+    """Import region features users already have (MMF detectron.lmdb, HDF5, per-image .npy folders)."""
+    from featstore.interop.bridge import import_features
+    from featstore.store import open_store
+
+    ds = None
+    if dataset_path:
+        from featstore.datasets import load_dataset
+
+        ds = load_dataset(dataset_path, check_images=False)
+    st = open_store(store_url, create=True)
+    fsv, report = import_features(st, path, fmt, name, dataset=ds, max_regions=max_regions, dtype=dtype,
+                                  backend=backend)
+    for line in report:
+        click.echo(line)
+    click.echo(f"imported {len(fsv)} rows into {fsv.ref}")
+
+
+@main.command("export")
+@click.argument("ref")
+@store_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option("--out", "out_path", required=True, help="File or folder to write.")
+def export_cmd(ref, store_url, fmt, out_path):
+    """Export a region feature set to MMF's LMDB layout, HDF5 or a per-image .npy folder."""
+    from featstore.interop.bridge import export_features
+    from featstore.store import open_store
+
+    fsv = open_store(store_url).open(ref)
+    n = export_features(fsv, out_path, fmt)
+    click.echo(f"exported {n} rows of {fsv.ref} to {out_path} ({fmt})")
+
+
+# -- extraction ---------------------------------------------------------------------------------------------
+@main.command()
+def extractors():
+    """List the registered extractors with their options and defaults."""
+    from featstore.extractors import list_extractors
+
+    for name, help_text, opts in list_extractors():
+        click.echo(f"{name}: {help_text}")
+        for opt, default in opts:
+            click.echo(f"    {opt} = {default!r}")
+
+
+@main.command()
+@click.option("--dataset", "dataset_path", required=True, help="Dataset manifest (Hateful Memes jsonl or folder, "
+              "Memotion CSV, MM-IMDB folder, generic CSV/JSONL).")
+@click.option("--format", "dataset_format", default="auto", show_default=True)
+@click.option("--extractor", "extractor_name", required=True, help="Extractor name (see `featstore extractors`).")
+@click.option("--weights", default=None, help="Local weights directory/file, a model id in the local Hugging Face "
+              "cache, or 'demo' (the small real backbones installed with the project).")
+@store_option
+@click.option("--name", default=None, help="Feature set name (default: the extractor name).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Extractor option, repeatable (e.g. --set image_size=448 --set regions=100).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True)
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
+@click.option("--chunk-rows", type=int, default=256, show_default=True, help="Rows per store chunk (resume unit).")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+              help="Bad inputs: skip records them in the version's failures; fail stops at the first.")
+@click.option("--backend", type=click.Choice(["zarr", "lmdb"]), default="zarr", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract(dataset_path, dataset_format, extractor_name, weights, store_url, name, settings, batch_size, workers,
+            device, amp, compile_model, chunk_rows, on_error, backend, quiet):
+    """Materialise one feature set version: run an extractor over a dataset into the store.
+
+    Rerunning the same command resumes an interrupted run, or names the finished version. Under
+    `torchrun --nproc_per_node N featstore extract ...` every rank writes its share of the same version.
+    """
+    from featstore.datasets import load_dataset
+    from featstore.runner import ExtractOptions, run_extraction
+    from featstore.store import open_store
+
+    cfg = parse_settings(settings)
+    if weights is not None:
+        cfg["weights"] = weights
+    if compile_model:
+        cfg["compile"] = True
+    # missing or broken images are not a manifest error here: the --on-error policy records or stops on them
+    ds = load_dataset(dataset_path, dataset_format, check_images=False)
+    st = open_store(store_url, create=True)
+    opts = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device, amp=amp, chunk_rows=chunk_rows,
+                          on_error=on_error, backend=backend, progress=not quiet)
+    summary = run_extraction(st, ds, extractor_name, name=name, extractor_config=cfg, options=opts)
+    for line in summary.lines():
+        click.echo(line)
+
+
+@main.command()
+@click.option("--store", "store_url", default="demo_store", show_default=True, help="Where to put the demo store.")
+@click.option("--data", "data_dir", default="demo_data", show_default=True, help="Where to write the demo dataset.")
+@click.option("--heads/--no-heads", "with_heads", default=True, show_default=True,
+              help="Also train a fusion head and both unimodal baselines on the cached features.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(store_url, data_dir, with_heads, quiet):
+    """The main job on the embedded default: real photos + captions, real small backbones, end to end."""
+    from featstore.demo.job import run_demo
+
+    for line in run_demo(store_url, data_dir, with_heads=with_heads, progress=not quiet):
+        click.echo(line)

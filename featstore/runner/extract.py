@@ -1,0 +1,298 @@
+"""The batch extraction job behind `featstore extract`: manifest in, one committed feature set version out.
+
+Pipeline (one process per GPU, never DataParallel)::
+
+    DataLoader workers: decode + resize/tokenise (failures become records, not exceptions)
+        -> main process: extractor.forward on the device (autocast on CUDA), rows gathered per store chunk
+        -> writer thread: finished chunks written to the store while the device computes the next batches
+
+Chunks are the unit of resume and of sharding: a rerun with the same arguments opens the same version and
+skips finished chunks; under ``torchrun`` rank r takes the pending chunks ``c % world == r`` and rank 0
+commits once every rank is done.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..errors import FeatstoreError
+from ..store import Recipe, Store
+from . import dist
+
+
+@dataclass
+class ExtractOptions:
+    batch_size: int = 32
+    num_workers: int = 2
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | bf16 | fp16 | none
+    chunk_rows: int = 256
+    on_error: str = "skip"  # skip (record id + reason in the version's failures) | fail
+    backend: str = "zarr"
+    max_pixels: int = 89_478_485  # PIL's decompression-bomb limit
+    progress: bool = True
+
+
+@dataclass
+class ExtractSummary:
+    name: str
+    version: str
+    n: int
+    n_written: int
+    failures: Dict[str, str]
+    seconds: float
+    shapes: Dict[str, tuple]
+    already_complete: bool = False
+    chunks_written: int = 0
+
+    def lines(self) -> List[str]:
+        rate = self.n_written / self.seconds if self.seconds > 0 else float("nan")
+        out = [f"feature set {self.name}@{self.version}: {self.n - len(self.failures)} rows, "
+               f"{len(self.failures)} failed" + (" (already complete: nothing to do)" if self.already_complete else
+                                                 f", {self.chunks_written} chunks written in {self.seconds:.1f} s "
+                                                 f"({rate:.1f} items/s)")]
+        for k, shape in self.shapes.items():
+            out.append(f"  {k}: [{', '.join(map(str, shape))}]")
+        if self.failures:
+            out.append(f"  failures (first 5 of {len(self.failures)}; all in `featstore info {self.name}`):")
+            out += [f"    {k}: {why}" for k, why in list(self.failures.items())[:5]]
+        return out
+
+
+# -- the items an extractor sees ----------------------------------------------------------------------------
+def extraction_items(dataset, modality: str) -> List[tuple]:
+    """(key, payload) per row: image sets are keyed by image key (one row per image, however many samples
+    use it), text sets by sample id."""
+    if modality == "image":
+        seen: Dict[str, Any] = {}
+        for s in dataset.samples:
+            if s.image_key not in seen:
+                seen[s.image_key] = s.image_path
+        return list(seen.items())
+    return [(s.id, s.text) for s in dataset.samples]
+
+
+class _ItemDataset(torch.utils.data.Dataset):
+    """Rows of the pending chunks; __getitem__ runs in DataLoader workers and never raises for bad data."""
+
+    def __init__(self, extractor, items: List[tuple], rows: List[int], modality: str, max_pixels: int):
+        self.extractor, self.items, self.rows = extractor, items, rows
+        self.modality, self.max_pixels = modality, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        key, payload = self.items[row]
+        try:
+            if self.modality == "image":
+                from ..extractors.images import load_image
+
+                if payload is None:
+                    raise FeatstoreError("no image path in the manifest")
+                payload = load_image(payload, max_pixels=self.max_pixels)
+            return row, self.extractor.preprocess(payload), None
+        except FeatstoreError as e:
+            return row, None, str(e)
+        except Exception as e:  # a decoder or transform failing on one bad file must not stop the job
+            return row, None, f"{type(e).__name__}: {e}"
+
+
+class _Collate:
+    def __init__(self, extractor):
+        self.extractor = extractor
+
+    def __call__(self, batch):
+        ok = [(r, x) for r, x, err in batch if err is None]
+        failed = [(r, err) for r, _, err in batch if err is not None]
+        collated = self.extractor.collate([x for _, x in ok]) if ok else None
+        return [r for r, _ in ok], collated, failed
+
+
+def _pin(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, dict):
+        return {k: _pin(v) for k, v in batch.items()}
+    return batch
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda", dist.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FeatstoreError(f"--device {device} asked for CUDA but no GPU is visible; use --device cpu")
+    return dev
+
+
+def _compute_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The extractor's autocast dtype: None lets it choose (bf16/fp16 on CUDA, float32 on CPU)."""
+    choices = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "none": torch.float32}
+    if amp not in choices:
+        raise FeatstoreError(f"--amp {amp!r} is unknown; use auto, bf16, fp16 or none")
+    return choices[amp] if device.type == "cuda" else torch.float32
+
+
+class _ChunkBuffer:
+    """Collects one chunk's rows (in any order) until all of them have arrived."""
+
+    def __init__(self, chunk: int, rows: range):
+        self.chunk, self.rows = chunk, rows
+        self.outputs: Dict[int, Dict[str, np.ndarray]] = {}
+        self.failed: Dict[int, str] = {}
+
+    @property
+    def done(self) -> bool:
+        return len(self.outputs) + len(self.failed) == len(self.rows)
+
+    def assemble(self, names: List[str]):
+        ok_rows = [r for r in self.rows if r in self.outputs]
+        arrays = {n: np.stack([self.outputs[r][n] for r in ok_rows]) if ok_rows else None for n in names}
+        return ok_rows, arrays
+
+
+def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional[str] = None,
+                   extractor_config: Optional[Dict[str, Any]] = None, options: Optional[ExtractOptions] = None,
+                   extractor=None) -> ExtractSummary:
+    """Materialise ``extractor_name`` over ``dataset`` into ``store`` as one version (resuming if started).
+
+    ``extractor`` may be passed already built (tests); otherwise it is created from the registry with
+    ``extractor_config`` (which carries ``weights``).
+    """
+    from ..extractors import create_extractor
+
+    opts = options or ExtractOptions()
+    if opts.on_error not in ("skip", "fail"):
+        raise FeatstoreError(f"--on-error {opts.on_error!r} is unknown; use skip or fail")
+    t0 = time.perf_counter()
+    ext = extractor if extractor is not None else create_extractor(extractor_name, **(extractor_config or {}))
+    modality = ext.modality
+    items = extraction_items(dataset, modality)
+    if not items:
+        raise FeatstoreError("the dataset has no samples to extract; check the manifest and split")
+    keys = [k for k, _ in items]
+    schema = ext.schema()
+    recipe = Recipe(extractor=extractor_name, config=_jsonable(ext.config),
+                    weights_fingerprint=ext.weights_fingerprint(), preprocessing=_jsonable(ext.preprocessing()),
+                    manifest_fingerprint=dataset.fingerprint)
+    set_name = name or extractor_name
+    rank, world = dist.init()
+    kw = dict(key_kind=ext.key_kind, modality=modality, chunk_rows=opts.chunk_rows, backend=opts.backend,
+              meta={"extractor": extractor_name})
+    if rank == 0:
+        writer = store.writer(set_name, recipe, keys, schema, **kw)
+    dist.barrier()
+    if rank != 0:
+        writer = store.writer(set_name, recipe, keys, schema, **kw)
+    if writer.complete:
+        fsv = store.open(set_name, writer.version)
+        return ExtractSummary(set_name, writer.version, len(keys), 0, fsv.failures, time.perf_counter() - t0,
+                              _shapes(fsv), already_complete=True)
+
+    my_chunks = [c for c in writer.pending_chunks() if c % world == rank]
+    rows = [r for c in my_chunks for r in range(*writer.chunk_slice(c).indices(len(keys)))]
+    device = _resolve_device(opts.device)
+    ext.to(device, _compute_dtype(opts.amp, device))
+
+    buffers = {c: _ChunkBuffer(c, range(*writer.chunk_slice(c).indices(len(keys)))) for c in my_chunks}
+    chunk_of = {r: c for c in my_chunks for r in buffers[c].rows}
+    names = [n for n in writer.schema if n != "valid"]
+    all_failures: Dict[str, str] = {}
+    written = 0
+    pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="featstore-writer")
+    pending_writes: List[cf.Future] = []
+
+    def flush(buf: _ChunkBuffer):
+        ok_rows, arrays = buf.assemble(names)
+        failures = {keys[r]: why for r, why in buf.failed.items()}
+        if not ok_rows:
+            arrays = {n: np.zeros((0,) + tuple(writer.schema[n].shape), writer.schema[n].dtype) for n in names}
+        pending_writes.append(pool.submit(writer.write_chunk, buf.chunk, arrays, failures))
+        while len(pending_writes) > 2:  # bound memory: at most two chunks queued behind the device
+            pending_writes.pop(0).result()
+
+    loader = torch.utils.data.DataLoader(
+        _ItemDataset(ext, items, rows, modality, opts.max_pixels), batch_size=opts.batch_size, shuffle=False,
+        num_workers=opts.num_workers, collate_fn=_Collate(ext), pin_memory=False,
+        persistent_workers=False, prefetch_factor=4 if opts.num_workers > 0 else None)
+    bar = _progress(len(rows), opts.progress and rank == 0, "images" if modality == "image" else "texts")
+    try:
+        for ok_rows, batch, failed in loader:
+            for r, why in failed:
+                if opts.on_error == "fail":
+                    raise FeatstoreError(f"{keys[r]}: {why} (--on-error fail stops at the first bad input; "
+                                         f"use --on-error skip to record it and go on)")
+                buffers[chunk_of[r]].failed[r] = why
+                all_failures[keys[r]] = why
+            if ok_rows:
+                if device.type == "cuda":
+                    batch = _pin(batch)
+                with torch.inference_mode():
+                    out = ext.forward(batch)  # autocast (on CUDA) inside
+                for i, r in enumerate(ok_rows):
+                    buffers[chunk_of[r]].outputs[r] = {n: out[n][i] for n in names}
+            touched = {chunk_of[r] for r in ok_rows} | {chunk_of[r] for r, _ in failed}
+            for c in sorted(touched):
+                if buffers[c].done:
+                    flush(buffers.pop(c))
+                    written += 1
+            bar.update(len(ok_rows) + len(failed))
+        for c in sorted(list(buffers)):  # chunks with no pending rows at all
+            if buffers[c].done:
+                flush(buffers.pop(c))
+                written += 1
+        for f in pending_writes:
+            f.result()
+    finally:
+        bar.close()
+        pool.shutdown(wait=True)
+    dist.barrier()
+    if rank == 0:
+        fsv = writer.commit()
+        summary = ExtractSummary(set_name, writer.version, len(keys), len(rows), fsv.failures,
+                                 time.perf_counter() - t0, _shapes(fsv), chunks_written=written)
+    else:
+        summary = ExtractSummary(set_name, writer.version, len(keys), len(rows), all_failures,
+                                 time.perf_counter() - t0, {}, chunks_written=written)
+    dist.barrier()
+    return summary
+
+
+def _shapes(fsv) -> Dict[str, tuple]:
+    return {n: (len(fsv),) + fsv.spec(n).shape for n in fsv.array_names}
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool, unit: str):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit[:-1], unit_scale=False, desc="extract", dynamic_ncols=True, smoothing=0.1)

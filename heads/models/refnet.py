@@ -1,0 +1,147 @@
+"""``refnet``: ReFNet (Sankaran et al., 2022) refiners on top of any fusion head that exposes ``fused``.
+
+For each modality ``i`` (image, text) a refiner MLP decodes the fused embedding back to that modality:
+``R_i = refiner_i(fused)``, compared with the target ``H_i(F_i)``: the pooled modality input ``F_i``
+(``img_pooled`` / ``txt_pooled``, or the masked mean of regions/tokens), through a learned
+``Linear(dim_i, target_dim)`` when ``target_dim > 0`` (identity otherwise; note a learned target can shrink
+the loss by itself, so the default is the identity).
+
+``extra_losses`` = ``{"refiner": sum_i gamma_i * (1 - cos(R_i, H_i(F_i))).mean(),
+"ms": zeta * MultiSimilarityLoss(alpha, beta, base)(fused, labels)}`` (pytorch-metric-learning), the labels
+being the first task's class indices (binary/multiclass; rows with a negative label are left out).
+``pretrain_loss(outputs, batch)`` is the refiner term alone, for refiner pretraining on unlabeled samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import losses as pml_losses
+from torch import Tensor, nn
+
+from featstore.errors import FeatstoreError
+
+from .base import HEADS, Head, activation, create_head, pooled_image, pooled_text, register_head
+
+
+@dataclass
+class RefnetConfig:
+    base: str = "concat"  # the fusion head underneath (any registered head except refnet)
+    base_cfg: Dict[str, Any] = field(default_factory=dict)  # its options
+    refiner_hidden: List[int] = field(default_factory=lambda: [256])  # refiner MLP hidden widths
+    activation: str = "relu"
+    target_dim: int = 0  # 0: refine to the raw pooled input; >0: to a learned Linear projection of it
+    gamma_img: float = 1.0
+    gamma_txt: float = 1.0
+    zeta: float = 0.1  # weight of the multi-similarity term (0 = off)
+    ms_alpha: float = 2.0
+    ms_beta: float = 50.0
+    ms_base: float = 0.5
+
+    def validate(self) -> None:
+        if self.base == "refnet":
+            raise FeatstoreError("refnet base='refnet' would nest refiners; choose a fusion head, e.g. base='vilbert'")
+        if self.base not in HEADS:
+            raise FeatstoreError(f"refnet base={self.base!r} is not a head; choose one of: {', '.join(HEADS.names())}")
+
+
+def _refiner(in_dim: int, hidden: List[int], out_dim: int, act: str) -> nn.Sequential:
+    layers: List[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, int(h)), activation(act)]
+        d = int(h)
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+@register_head("refnet", RefnetConfig, help="ReFNet: modality refiners + multi-similarity loss over a base head")
+class RefnetHead(Head):
+    """Wraps ``self.base``; ``forward`` returns the base outputs plus ``"refined"`` and ``"refine_target"``
+    (dicts ``{"img": [B, d_img], "txt": [B, d_txt]}``)."""
+
+    needs = frozenset({"img_pooled", "txt_pooled"})
+
+    def __init__(self, inputs, task, config: RefnetConfig):
+        super().__init__(inputs, task, config)
+        c = config
+        first = task.tasks[0] if task.tasks else None
+        if c.zeta > 0 and first is not None and first.kind == "multilabel":
+            raise FeatstoreError(f"refnet's multi-similarity term needs class labels but the first task "
+                                 f"{first.name!r} is multilabel; put a binary/multiclass task first or pass zeta=0")
+        self.base = create_head(c.base, inputs, task, **c.base_cfg)
+        with torch.no_grad():
+            probe = self._probe_dim(inputs)
+        dims = {"img": inputs.img_dim, "txt": inputs.txt_dim}
+        self.target_proj = nn.ModuleDict({
+            m: (nn.Linear(d, c.target_dim) if c.target_dim > 0 else nn.Identity()) for m, d in dims.items()})
+        self.refiners = nn.ModuleDict({
+            m: _refiner(probe, c.refiner_hidden, c.target_dim or d, c.activation) for m, d in dims.items()})
+        self.gammas = {"img": c.gamma_img, "txt": c.gamma_txt}
+        self.ms_loss = pml_losses.MultiSimilarityLoss(alpha=c.ms_alpha, beta=c.ms_beta, base=c.ms_base)
+
+    def _probe_dim(self, inputs) -> int:
+        """Width of the base head's ``fused``, found by one forward pass on a dummy batch of 2."""
+        b: Dict[str, Tensor] = {}
+        if inputs.img_regions:
+            b["img_regions"] = torch.zeros(2, inputs.img_regions, inputs.img_dim)
+            b["img_mask"] = torch.ones(2, inputs.img_regions, dtype=torch.bool)
+        if inputs.img_pooled:
+            b["img_pooled"] = torch.zeros(2, inputs.img_dim)
+        if inputs.img_boxes and inputs.img_regions:
+            b["img_boxes"] = torch.zeros(2, inputs.img_regions, 5)
+        if inputs.txt_tokens:
+            b["txt_tokens"] = torch.zeros(2, inputs.txt_tokens, inputs.txt_dim)
+            b["txt_mask"] = torch.ones(2, inputs.txt_tokens, dtype=torch.bool)
+        if inputs.txt_pooled:
+            b["txt_pooled"] = torch.zeros(2, inputs.txt_dim)
+        was = self.base.training
+        self.base.eval()
+        dim = self.base(b)["fused"].shape[-1]
+        self.base.train(was)
+        return dim
+
+    def forward(self, batch: Dict[str, Tensor]) -> dict:
+        out = dict(self.base(batch))
+        fused = out["fused"]
+        feats = {"img": pooled_image(batch), "txt": pooled_text(batch)}
+        out["refined"] = {m: self.refiners[m](fused) for m in feats}
+        out["refine_target"] = {m: self.target_proj[m](feats[m]) for m in feats}
+        return out
+
+    def refiner_loss(self, outputs: dict) -> Tensor:
+        """``sum_i gamma_i * mean_b (1 - cos(R_i[b], H_i(F_i)[b]))``, a scalar."""
+        total = 0.0
+        for m, g in self.gammas.items():
+            cos = F.cosine_similarity(outputs["refined"][m], outputs["refine_target"][m], dim=-1)
+            total = total + g * (1.0 - cos).mean()
+        return total
+
+    def pretrain_loss(self, outputs: dict, batch: Dict[str, Tensor]) -> Tensor:
+        """The refiner term alone (no labels needed), for refiner pretraining on unlabeled samples."""
+        return self.refiner_loss(outputs)
+
+    def extra_losses(self, outputs: dict, batch: Dict[str, Tensor], targets: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """``{"refiner": ..., "ms": ...}`` (scalars) for the trainer to add to the task loss.
+
+        ``targets[first_task]`` holds class indices ``[B]`` (a one-hot/probability ``[B, C]`` is reduced by
+        argmax); negative labels mark unlabeled rows and are left out of the MS term.
+        """
+        res = {"refiner": self.refiner_loss(outputs)}
+        fused = outputs["fused"]
+        if self.config.zeta > 0:
+            name = self.task.tasks[0].name
+            if name not in targets:
+                raise FeatstoreError(f"refnet needs labels of task {name!r} for its multi-similarity term; "
+                                     "pass them in targets or set zeta=0")
+            y = targets[name]
+            if y.dim() == 2:
+                y = y.argmax(dim=-1)
+            y = y.long().to(fused.device)
+            keep = y >= 0
+            res["ms"] = self.config.zeta * self.ms_loss(fused[keep], y[keep])
+        else:
+            res["ms"] = fused.new_zeros(())
+        return res

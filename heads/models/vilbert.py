@@ -1,0 +1,331 @@
+"""``vilbert``: ViLBERT two-stream co-attention (Lu et al., 2019) on cached tensors.
+
+The same function as MMF's ViLBERT (``mmf/models/vilbert.py``) after its text embeddings: MMF runs text
+layers ``0..t_biattention_id[0]-1``, then for each co-attention block ``k`` the text layers up to
+``t_biattention_id[k]``, the visual layers up to ``v_biattention_id[k]`` and ``c_layer[k]``, and finally the
+remaining visual then text layers. With the defaults (v ids 0..5, t ids 6..11) the order is
+``t0..t5, c0, t6 v0 c1, t7 v1 c2, ..., t10 v4 c5, v5, t11``.
+
+Here ``txt_tokens`` are BERT states cached after ``text_start_layer`` layers (6 by default), so the head
+builds only text layers ``text_start_layer..num_hidden_layers-1`` (stored as ``encoder.layer.{i -
+text_start_layer}``), all visual layers and the co-attention layers, and starts the loop with the cached
+states. Submodule names mirror MMF's so Facebook/MMF checkpoints map (``heads.vilbert_checkpoint``).
+
+Differences from MMF, by necessity of cached inputs:
+* ``txt_dim != hidden_size``: the cached tokens pass through ``t_proj`` (``Linear(txt_dim, hidden_size)``,
+  not in MMF checkpoints); identity when they match.
+* Region 0 is an image-level feature as in MMF's feature files: the masked mean of the regions with the
+  whole-image box ``[0, 0, 1, 1, 1]`` (``global_region=True``). Without ``img_boxes`` the other regions
+  get a zero location vector.
+* Pooled outputs: ``t_pooler`` (token 0, Linear(hidden -> bi_hidden) + ReLU) and ``v_pooler`` (region 0,
+  Linear(v_hidden -> bi_hidden) + ReLU), fused by product ("mul", MMF's default), "sum" or "concat";
+  then dropout -> ``fused``.
+Masks are additive, ``(1 - mask) * -10000``, as in MMF.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfOutput
+
+from featstore.errors import FeatstoreError
+
+from ..outputs import PredictionLayers
+from .base import Head, image_boxes, image_mask, masked_mean, register_head, text_mask
+
+FUSIONS = ("mul", "sum", "concat")
+
+
+@dataclass
+class VilbertConfig:
+    # text stream (BERT-base layers 6..11 by default)
+    hidden_size: int = 768
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12  # text layers in the full model, counting the cached ones
+    text_start_layer: int = 6  # the cached txt_tokens are BERT states after this many layers
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    # visual stream
+    v_hidden_size: int = 1024
+    v_num_attention_heads: int = 8
+    v_intermediate_size: int = 1024
+    v_num_hidden_layers: int = 6
+    v_hidden_act: str = "gelu"
+    v_hidden_dropout_prob: float = 0.1
+    v_attention_probs_dropout_prob: float = 0.1
+    # co-attention
+    bi_hidden_size: int = 1024
+    bi_num_attention_heads: int = 8
+    v_biattention_id: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+    t_biattention_id: List[int] = field(default_factory=lambda: [6, 7, 8, 9, 10, 11])
+    # head
+    fusion_method: str = "mul"
+    global_region: bool = True  # prepend the image-level region (mean of regions, box [0,0,1,1,1])
+    out_hidden: int = 0
+    out_dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.fusion_method not in FUSIONS:
+            raise FeatstoreError(
+                f"vilbert fusion_method={self.fusion_method!r} is not known; use one of: {', '.join(FUSIONS)}")
+        for size, heads, what in ((self.hidden_size, self.num_attention_heads, "hidden_size"),
+                                  (self.v_hidden_size, self.v_num_attention_heads, "v_hidden_size"),
+                                  (self.bi_hidden_size, self.bi_num_attention_heads, "bi_hidden_size")):
+            if heads <= 0 or size % heads:
+                raise FeatstoreError(f"vilbert {what}={size} is not a multiple of its {heads} attention heads; "
+                                     "change the size or the head count")
+        v, t = list(self.v_biattention_id), list(self.t_biattention_id)
+        if len(v) != len(t) or not v:
+            raise FeatstoreError(f"vilbert v_biattention_id {v} and t_biattention_id {t} must be non-empty and "
+                                 "of equal length (one pair per co-attention layer)")
+        if sorted(v) != v or sorted(t) != t or min(v) < 0 or max(v) > self.v_num_hidden_layers:
+            raise FeatstoreError(f"vilbert v_biattention_id {v} / t_biattention_id {t} must be increasing and "
+                                 f"v ids within 0..v_num_hidden_layers={self.v_num_hidden_layers}")
+        if not 0 <= self.text_start_layer <= self.num_hidden_layers:
+            raise FeatstoreError(f"vilbert text_start_layer={self.text_start_layer} must be within "
+                                 f"0..num_hidden_layers={self.num_hidden_layers}")
+        if min(t) < self.text_start_layer or max(t) > self.num_hidden_layers:
+            raise FeatstoreError(
+                f"vilbert t_biattention_id {t} must lie within text_start_layer={self.text_start_layer}.."
+                f"num_hidden_layers={self.num_hidden_layers}: text layers before the cached layer cannot run again")
+
+
+def _bert_config(hidden: int, intermediate: int, act: str, dropout: float) -> BertConfig:
+    return BertConfig(hidden_size=hidden, intermediate_size=intermediate, hidden_act=act,
+                      hidden_dropout_prob=dropout, layer_norm_eps=1e-12, num_attention_heads=1)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, heads: int, add_mask: Tensor, dropout: float) -> Tensor:
+    """Multi-head scaled dot-product attention; ``q [B, Nq, A]``, ``k, v [B, Nk, A]``,
+    ``add_mask [B, 1, 1, Nk]`` additive -> ``[B, Nq, A]``."""
+    b, nq, a = q.shape
+    split = lambda x: x.view(b, x.shape[1], heads, a // heads).transpose(1, 2)  # noqa: E731
+    ctx = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=add_mask.to(q.dtype),
+                                         dropout_p=dropout)
+    return ctx.transpose(1, 2).reshape(b, nq, a)
+
+
+class SelfAttention(nn.Module):
+    """MMF's BertSelfAttention / BertImageSelfAttention: query/key/value Linear, ``[B, N, H] -> [B, N, H]``."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.num_attention_heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.dropout_p = dropout
+
+    def forward(self, x: Tensor, add_mask: Tensor) -> Tensor:
+        p = self.dropout_p if self.training else 0.0
+        return _attend(self.query(x), self.key(x), self.value(x), self.num_attention_heads, add_mask, p)
+
+
+class Attention(nn.Module):
+    """``self`` (SelfAttention) + ``output`` (transformers' BertSelfOutput: dense, dropout, residual LayerNorm)."""
+
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, bert_cfg: BertConfig):
+        super().__init__()
+        self.self = SelfAttention(hidden, heads, attn_dropout)
+        self.output = BertSelfOutput(bert_cfg)
+
+    def forward(self, x: Tensor, add_mask: Tensor) -> Tensor:
+        return self.output(self.self(x, add_mask), x)
+
+
+class TransformerLayer(nn.Module):
+    """MMF's BertLayer / BertImageLayer: attention, intermediate, output. ``[B, N, H] -> [B, N, H]``."""
+
+    def __init__(self, hidden: int, heads: int, intermediate: int, act: str, dropout: float, attn_dropout: float):
+        super().__init__()
+        cfg = _bert_config(hidden, intermediate, act, dropout)
+        self.attention = Attention(hidden, heads, attn_dropout, cfg)
+        self.intermediate = BertIntermediate(cfg)
+        self.output = BertOutput(cfg)
+
+    def forward(self, x: Tensor, add_mask: Tensor) -> Tensor:
+        a = self.attention(x, add_mask)
+        return self.output(self.intermediate(a), a)
+
+
+class BiAttention(nn.Module):
+    """MMF's BertBiAttention. Stream 1 = image ``[B, R, Hv]``, stream 2 = text ``[B, T, Ht]``.
+
+    Returns ``(ctx1 [B, T, bi], ctx2 [B, R, bi])``: ctx1 = text queries over image keys/values (masked by the
+    image mask), ctx2 = image queries over text keys/values (masked by the text mask), as in MMF.
+    """
+
+    def __init__(self, c: VilbertConfig):
+        super().__init__()
+        bi = c.bi_hidden_size
+        self.num_attention_heads = c.bi_num_attention_heads
+        self.query1, self.key1, self.value1 = (nn.Linear(c.v_hidden_size, bi) for _ in range(3))
+        self.query2, self.key2, self.value2 = (nn.Linear(c.hidden_size, bi) for _ in range(3))
+        self.p1, self.p2 = c.v_attention_probs_dropout_prob, c.attention_probs_dropout_prob
+
+    def forward(self, x1: Tensor, mask1: Tensor, x2: Tensor, mask2: Tensor) -> Tuple[Tensor, Tensor]:
+        p1, p2 = (self.p1, self.p2) if self.training else (0.0, 0.0)
+        h = self.num_attention_heads
+        ctx1 = _attend(self.query2(x2), self.key1(x1), self.value1(x1), h, mask1, p1)
+        ctx2 = _attend(self.query1(x1), self.key2(x2), self.value2(x2), h, mask2, p2)
+        return ctx1, ctx2
+
+
+class BiOutput(nn.Module):
+    """MMF's BertBiOutput: per stream dense -> dropout -> LayerNorm(+ residual). ``q_dense*`` exist in MMF
+    checkpoints but are unused in its forward; kept for key compatibility."""
+
+    def __init__(self, c: VilbertConfig):
+        super().__init__()
+        bi, hv, ht = c.bi_hidden_size, c.v_hidden_size, c.hidden_size
+        self.dense1, self.LayerNorm1 = nn.Linear(bi, hv), nn.LayerNorm(hv, eps=1e-12)
+        self.dropout1 = nn.Dropout(c.v_hidden_dropout_prob)
+        self.q_dense1 = nn.Linear(bi, hv)
+        self.dense2, self.LayerNorm2 = nn.Linear(bi, ht), nn.LayerNorm(ht, eps=1e-12)
+        self.dropout2 = nn.Dropout(c.hidden_dropout_prob)
+        self.q_dense2 = nn.Linear(bi, ht)
+        for p in list(self.q_dense1.parameters()) + list(self.q_dense2.parameters()):
+            p.requires_grad_(False)  # unused in the forward (as in MMF); frozen so optimisers skip them
+
+    def forward(self, h1: Tensor, in1: Tensor, h2: Tensor, in2: Tensor) -> Tuple[Tensor, Tensor]:
+        out1 = self.LayerNorm1(self.dropout1(self.dense1(h1)) + in1)
+        out2 = self.LayerNorm2(self.dropout2(self.dense2(h2)) + in2)
+        return out1, out2
+
+
+class ConnectionLayer(nn.Module):
+    """MMF's BertConnectionLayer: co-attention + per-stream feed-forward.
+    ``(img [B, R, Hv], txt [B, T, Ht]) -> same shapes``."""
+
+    def __init__(self, c: VilbertConfig):
+        super().__init__()
+        self.biattention = BiAttention(c)
+        self.biOutput = BiOutput(c)
+        vcfg = _bert_config(c.v_hidden_size, c.v_intermediate_size, c.v_hidden_act, c.v_hidden_dropout_prob)
+        tcfg = _bert_config(c.hidden_size, c.intermediate_size, c.hidden_act, c.hidden_dropout_prob)
+        self.v_intermediate, self.v_output = BertIntermediate(vcfg), BertOutput(vcfg)
+        self.t_intermediate, self.t_output = BertIntermediate(tcfg), BertOutput(tcfg)
+
+    def forward(self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        ctx_t, ctx_v = self.biattention(img, img_mask, txt, txt_mask)
+        a_img, a_txt = self.biOutput(ctx_v, img, ctx_t, txt)
+        img = self.v_output(self.v_intermediate(a_img), a_img)
+        txt = self.t_output(self.t_intermediate(a_txt), a_txt)
+        return img, txt
+
+
+class Encoder(nn.Module):
+    """MMF's BertEncoder loop, starting at text layer ``text_start_layer`` (``layer[j]`` is MMF layer
+    ``j + text_start_layer``)."""
+
+    def __init__(self, c: VilbertConfig):
+        super().__init__()
+        self.c = c
+        self.layer = nn.ModuleList(
+            TransformerLayer(c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act,
+                             c.hidden_dropout_prob, c.attention_probs_dropout_prob)
+            for _ in range(c.num_hidden_layers - c.text_start_layer))
+        self.v_layer = nn.ModuleList(
+            TransformerLayer(c.v_hidden_size, c.v_num_attention_heads, c.v_intermediate_size, c.v_hidden_act,
+                             c.v_hidden_dropout_prob, c.v_attention_probs_dropout_prob)
+            for _ in range(c.v_num_hidden_layers))
+        self.c_layer = nn.ModuleList(ConnectionLayer(c) for _ in c.v_biattention_id)
+
+    def forward(self, txt: Tensor, img: Tensor, txt_mask: Tensor, img_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """``txt [B, T, Ht]``, ``img [B, R, Hv]``, additive masks ``[B, 1, 1, T]`` / ``[B, 1, 1, R]``."""
+        s = self.c.text_start_layer
+        t_start, v_start = s, 0
+        for k, (v_end, t_end) in enumerate(zip(self.c.v_biattention_id, self.c.t_biattention_id)):
+            for i in range(t_start, t_end):
+                txt = self.layer[i - s](txt, txt_mask)
+            for i in range(v_start, v_end):
+                img = self.v_layer[i](img, img_mask)
+            img, txt = self.c_layer[k](img, img_mask, txt, txt_mask)
+            t_start, v_start = t_end, v_end
+        for i in range(v_start, len(self.v_layer)):
+            img = self.v_layer[i](img, img_mask)
+        for i in range(t_start, self.c.num_hidden_layers):
+            txt = self.layer[i - s](txt, txt_mask)
+        return txt, img
+
+
+class ImageEmbeddings(nn.Module):
+    """MMF's BertImageFeatureEmbeddings: ``LayerNorm(Linear(feat) + Linear(loc5))``, dropout.
+    ``[B, R, Di], [B, R, 5] -> [B, R, Hv]``."""
+
+    def __init__(self, img_dim: int, c: VilbertConfig):
+        super().__init__()
+        self.image_embeddings = nn.Linear(img_dim, c.v_hidden_size)
+        self.image_location_embeddings = nn.Linear(5, c.v_hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.v_hidden_size, eps=1e-12)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, feats: Tensor, loc: Tensor) -> Tensor:
+        return self.dropout(self.LayerNorm(self.image_embeddings(feats) + self.image_location_embeddings(loc)))
+
+
+class Pooler(nn.Module):
+    """MMF's BertTextPooler / BertImagePooler: item 0 -> Linear -> ReLU. ``[B, N, H] -> [B, bi]``."""
+
+    def __init__(self, hidden: int, bi: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden, bi)
+        self.activation = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(self.dense(x[:, 0]))
+
+
+def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """bool ``[B, N]`` (True = real) -> additive ``[B, 1, 1, N]``: 0 for real, -10000 for padding (MMF)."""
+    return (1.0 - mask.to(dtype))[:, None, None, :] * -10000.0
+
+
+@register_head("vilbert", VilbertConfig, help="ViLBERT two-stream co-attention (MMF layout) on regions + tokens")
+class VilbertHead(Head):
+    """fused ``[B, bi]`` (``[B, 2*bi]`` for fusion "concat"); outputs also ``"pooled_t"``, ``"pooled_v"``."""
+
+    needs = frozenset({"img_regions", "txt_tokens"})
+
+    def __init__(self, inputs, task, config: VilbertConfig):
+        super().__init__(inputs, task, config)
+        c = config
+        self.t_proj = nn.Identity() if inputs.txt_dim == c.hidden_size else nn.Linear(inputs.txt_dim, c.hidden_size)
+        self.v_embeddings = ImageEmbeddings(inputs.img_dim, c)
+        self.encoder = Encoder(c)
+        self.t_pooler = Pooler(c.hidden_size, c.bi_hidden_size)
+        self.v_pooler = Pooler(c.v_hidden_size, c.bi_hidden_size)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.fused_dim = c.bi_hidden_size * (2 if c.fusion_method == "concat" else 1)
+        self.outputs = PredictionLayers(task, self.fused_dim, c.out_hidden, c.out_dropout)
+
+    def forward(self, batch: Dict[str, Tensor]) -> dict:
+        regions, tokens = batch["img_regions"], batch["txt_tokens"]
+        r_mask, t_mask = image_mask(batch), text_mask(batch)
+        boxes = image_boxes(batch)
+        if self.config.global_region:
+            g = masked_mean(regions, r_mask).unsqueeze(1)
+            regions = torch.cat([g, regions], dim=1)
+            whole = boxes.new_tensor([0.0, 0.0, 1.0, 1.0, 1.0]).expand(boxes.shape[0], 1, 5)
+            boxes = torch.cat([whole, boxes], dim=1)
+            r_mask = torch.cat([r_mask.new_ones(r_mask.shape[0], 1), r_mask], dim=1)
+        txt = self.t_proj(tokens)
+        img = self.v_embeddings(regions, boxes)
+        txt, img = self.encoder(txt, img, additive_mask(t_mask, txt.dtype), additive_mask(r_mask, img.dtype))
+        pt, pv = self.t_pooler(txt), self.v_pooler(img)
+        if self.config.fusion_method == "mul":
+            fused = pt * pv
+        elif self.config.fusion_method == "sum":
+            fused = pt + pv
+        else:
+            fused = torch.cat([pt, pv], dim=-1)
+        fused = self.dropout(fused)
+        return {"logits": self.outputs(fused), "fused": fused, "pooled_t": pt, "pooled_v": pv,
+                "sequence_t": txt, "sequence_v": img}

@@ -1,0 +1,99 @@
+"""Prediction layers shared by every head: fused embedding ``[B, in_dim]`` -> per-task logits.
+
+* Separate layers (default): each task has its own ``Dropout -> Linear(in_dim, num_outputs)``, or
+  ``Linear(in_dim, hidden) -> ReLU -> Dropout -> Linear(hidden, num_outputs)`` when ``hidden > 0``.
+* ``task.shared_outputs``: one shared ``Linear(in_dim, hidden or in_dim) -> ReLU -> Dropout`` feeds every
+  task's final ``Linear``.
+* ``task.cascade = ["B", "C", ...]``: task B's probabilities (softmax for binary/multiclass, sigmoid for
+  multilabel) are concatenated to the input of task C's layer, C's to D's, and so on. Gradients flow
+  through the cascade (the probabilities are not detached).
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from featstore.errors import FeatstoreError
+
+from .spec import Task, TaskSpec
+
+KINDS = ("binary", "multiclass", "multilabel")
+
+
+def task_probabilities(task: Task, logits: Tensor) -> Tensor:
+    """Probabilities for ``logits [B, task.num_outputs]``: sigmoid for multilabel, softmax otherwise."""
+    return torch.sigmoid(logits) if task.kind == "multilabel" else torch.softmax(logits, dim=-1)
+
+
+def validate_tasks(spec: TaskSpec) -> None:
+    """One-line FeatstoreError for an empty spec, a bad kind/class count, duplicates or a bad cascade."""
+    if not spec.tasks:
+        raise FeatstoreError("task spec has no tasks; give at least one label column to predict")
+    names = [t.name for t in spec.tasks]
+    for t in spec.tasks:
+        if t.kind not in KINDS:
+            raise FeatstoreError(f"task {t.name!r} has kind {t.kind!r}; use one of: {', '.join(KINDS)}")
+        if t.kind == "multiclass" and t.num_classes < 2:
+            raise FeatstoreError(f"multiclass task {t.name!r} has {t.num_classes} classes; it needs at least 2")
+        if t.kind == "multilabel" and t.num_classes < 1:
+            raise FeatstoreError(f"multilabel task {t.name!r} has no classes; give at least one label")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise FeatstoreError(f"task name {dup[0]!r} appears twice in the task spec; give each task a unique name")
+    cascade = spec.cascade or []
+    for n in cascade:
+        if n not in names:
+            raise FeatstoreError(f"cascade names task {n!r} which is not a task; choose from: {', '.join(names)}")
+    if len(set(cascade)) != len(cascade):
+        raise FeatstoreError(f"cascade {cascade} lists a task twice; list each task once, in order")
+    if len(cascade) == 1:
+        raise FeatstoreError(f"cascade {cascade} has one task; a cascade needs at least two (e.g. ['B', 'C'])")
+
+
+class PredictionLayers(nn.Module):
+    """Per-task output layers on a fused embedding.
+
+    ``forward(x [B, in_dim]) -> {task.name: logits [B, task.num_outputs]}`` in ``task.tasks`` order.
+    """
+
+    def __init__(self, task: TaskSpec, in_dim: int, hidden: int = 0, dropout: float = 0.0):
+        super().__init__()
+        validate_tasks(task)
+        self.spec = task
+        self.tasks: List[Task] = list(task.tasks)
+        cascade = list(task.cascade or [])
+        by_name = {t.name: t for t in self.tasks}
+        # extra input width of each task: its cascade predecessor's number of outputs
+        self.parent: Dict[str, str] = {c: p for p, c in zip(cascade, cascade[1:])}
+        # evaluation order: cascade tasks in cascade order, after which the others (any order works)
+        self.order = cascade + [t.name for t in self.tasks if t.name not in cascade]
+
+        if task.shared_outputs:
+            width = hidden or in_dim
+            self.shared = nn.Sequential(nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(dropout))
+        else:
+            width = in_dim
+            self.shared = nn.Dropout(dropout)
+        self.layers = nn.ModuleDict()
+        for t in self.tasks:
+            d = width + (by_name[self.parent[t.name]].num_outputs if t.name in self.parent else 0)
+            if hidden > 0 and not task.shared_outputs:
+                self.layers[t.name] = nn.Sequential(
+                    nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, t.num_outputs))
+            else:
+                self.layers[t.name] = nn.Linear(d, t.num_outputs)
+        self.in_dim = in_dim
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        h = self.shared(x)
+        by_name = {t.name: t for t in self.tasks}
+        out: Dict[str, Tensor] = {}
+        for name in self.order:
+            inp = h
+            if name in self.parent:
+                p = self.parent[name]
+                inp = torch.cat([h, task_probabilities(by_name[p], out[p])], dim=-1)
+            out[name] = self.layers[name](inp)
+        return {t.name: out[t.name] for t in self.tasks}
