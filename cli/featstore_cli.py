@@ -216,7 +216,7 @@ def extractors():
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True)
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
-@click.option("--chunk-rows", type=int, default=256, show_default=True, help="Rows per store chunk (resume unit).")
+@click.option("--chunk-rows", type=int, default=64, show_default=True, help="Rows per store chunk (resume unit).")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="Bad inputs: skip records them in the version's failures; fail stops at the first.")
 @click.option("--backend", type=click.Choice(["zarr", "lmdb"]), default="zarr", show_default=True)
@@ -259,3 +259,83 @@ def demo(store_url, data_dir, with_heads, quiet):
 
     for line in run_demo(store_url, data_dir, with_heads=with_heads, progress=not quiet):
         click.echo(line)
+
+
+# -- confounder inspection ----------------------------------------------------------------------------------
+def _maybe_dataset(path):
+    if not path:
+        return None
+    from featstore.datasets import load_dataset
+
+    return load_dataset(path, check_images=False)
+
+
+@main.command()
+@click.argument("query")
+@click.option("--set", "set_ref", required=True, help="Feature set NAME[@VERSION] (image, text or a head's fused set).")
+@store_option
+@click.option("-k", "k", type=int, default=10, show_default=True)
+@click.option("--array", default=None, help="Pooled array to search (default: pooled, cls or mean).")
+@click.option("--dataset", "dataset_path", default=None, help="Dataset manifest, to show texts and labels.")
+def neighbors(query, set_ref, store_url, k, array, dataset_path):
+    """Nearest samples of QUERY (a key of the set, or a sample id) by cosine, with texts and labels."""
+    from featstore.search.inspect import nearest
+    from featstore.store import open_store
+
+    fsv = open_store(store_url).open(set_ref)
+    rows = nearest(fsv, query, k, array=array, dataset=_maybe_dataset(dataset_path))
+    echo_table([[r["rank"], r["key"], f"{r['cosine']:.4f}", r["label"], r["text"][:80]] for r in rows],
+               ["rank", "key", "cosine", "label", "text"])
+
+
+@main.command()
+@click.option("--image", "image_ref", required=True, help="Image feature set NAME[@VERSION].")
+@click.option("--text", "text_ref", required=True, help="Text feature set NAME[@VERSION].")
+@click.option("--dataset", "dataset_path", required=True, help="Dataset manifest (ids, texts, images, labels).")
+@store_option
+@click.option("--out", "out_dir", required=True, help="Folder for confounders.csv and confounders.html.")
+@click.option("--predictions", default=None, help="A heads predictions CSV (id,proba,label) to overlay.")
+@click.option("--image-threshold", type=float, default=0.95, show_default=True,
+              help="Image cosine at or above which two images count as the same.")
+@click.option("--text-threshold", type=float, default=0.95, show_default=True,
+              help="Text cosine at or above which two texts count as the same.")
+@click.option("--differ-below", type=float, default=0.9, show_default=True,
+              help="The other modality must be below this cosine for a pair to count.")
+@click.option("-k", "k", type=int, default=20, show_default=True, help="Neighbours searched per sample.")
+@click.option("--max-pairs", type=int, default=500, show_default=True, help="Pairs shown in the HTML page.")
+def confounders(image_ref, text_ref, dataset_path, store_url, out_dir, predictions, image_threshold, text_threshold,
+                differ_below, k, max_pairs):
+    """Pairs with the same image and different text (and the reverse), label flips marked: CSV + HTML page."""
+    from featstore.search.inspect import confounder_report
+    from featstore.store import open_store
+
+    pairs, paths = confounder_report(open_store(store_url), _maybe_dataset(dataset_path), image_ref, text_ref, out_dir,
+                                     predictions=predictions, max_pairs=max_pairs, image_threshold=image_threshold,
+                                     text_threshold=text_threshold, text_diff_max=differ_below,
+                                     image_diff_max=differ_below, k=k)
+    kinds = {kind: sum(p.kind == kind for p in pairs) for kind in ("same_image", "same_text")}
+    flips = sum(bool(p.label_flip) for p in pairs)
+    click.echo(f"{len(pairs)} confounder pairs ({kinds['same_image']} same image, {kinds['same_text']} same text), "
+               f"{flips} with a label flip")
+    if predictions:
+        wrong = sum(bool(p.wrong_a) or bool(p.wrong_b) for p in pairs)
+        click.echo(f"{wrong} pairs have a side the model gets wrong")
+    click.echo(f"wrote {paths['csv']} and {paths['html']}")
+
+
+@main.command("map")
+@click.option("--set", "set_ref", required=True, help="Feature set NAME[@VERSION].")
+@store_option
+@click.option("--out", "out_png", required=True, help="PNG to write.")
+@click.option("--dataset", "dataset_path", default=None, help="Dataset manifest, to colour points by label.")
+@click.option("--method", type=click.Choice(["tsne", "pca"]), default="tsne", show_default=True)
+@click.option("--array", default=None, help="Pooled array to map (default: pooled, cls or mean).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def map_cmd(set_ref, store_url, out_png, dataset_path, method, array, seed):
+    """A 2-D map (t-SNE or PCA) of a feature set or fused embedding, coloured by label."""
+    from featstore.search.inspect import embedding_map
+    from featstore.store import open_store
+
+    n = embedding_map(open_store(store_url).open(set_ref), out_png, dataset=_maybe_dataset(dataset_path),
+                      method=method, array=array, seed=seed)
+    click.echo(f"wrote {out_png} ({n} points, {method})")

@@ -54,7 +54,7 @@ def source_fingerprint(path: str, fmt: str) -> str:
 
 
 def import_features(store: Store, path: str, fmt: str, name: str, *, dataset=None, max_regions: Optional[int] = None,
-                    dtype: str = "float32", backend: str = "zarr", chunk_rows: int = 256):
+                    dtype: str = "float32", backend: str = "zarr", chunk_rows: int = 64):
     """Import ``path`` as feature set ``name``. Returns (version, report lines).
 
     With ``dataset``, source keys are matched to its image keys (leading zeros, path separators and file

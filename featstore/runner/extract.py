@@ -32,7 +32,7 @@ class ExtractOptions:
     num_workers: int = 2
     device: str = "auto"  # "auto" = cuda when available, else cpu
     amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | bf16 | fp16 | none
-    chunk_rows: int = 256
+    chunk_rows: int = 64
     on_error: str = "skip"  # skip (record id + reason in the version's failures) | fail
     backend: str = "zarr"
     max_pixels: int = 89_478_485  # PIL's decompression-bomb limit

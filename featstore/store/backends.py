@@ -3,9 +3,11 @@
 One small interface (``ArrayBackend``) with two implementations:
 
 - ``ZarrBackend`` (default, bulk): one Zarr 3 array per feature, chunked along the sample axis. A writer
-  chunk of ``chunk_rows`` rows is exactly one Zarr shard (or one chunk when rows are small), so writers on
-  disjoint chunks never touch the same object. Inner chunks are sized for random reads (one sample of
-  36x2048 float16 is one inner chunk). Every chunk carries a CRC32C (``Crc32cCodec``), so a corrupted or
+  chunk of ``chunk_rows`` rows is exactly one Zarr chunk, or one shard of inner chunks of at most
+  ``INNER_CHUNK_BYTES`` when the write chunk is larger, so writers on disjoint chunks never touch the same
+  object. Chunks are deliberately large: zarr-python pays a fixed cost per chunk, so bulk loads run at
+  disk speed only with few, big chunks (measured in benchmarks/store_io.py); per-sample random access is
+  the LMDB backend's job. Every chunk carries a CRC32C (``Crc32cCodec``), so a corrupted or
   truncated chunk fails to decode instead of returning garbage; ``write_empty_chunks`` is on, so a missing
   chunk object is detectable as missing.
 - ``LmdbBackend`` (per-sample random access, local paths only): one record per key: a small header and
@@ -20,10 +22,10 @@ from __future__ import annotations
 import json
 import math
 import struct
-import zlib
 from abc import ABC, abstractmethod
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import google_crc32c
 import numpy as np
 
 from ..errors import CorruptDataError, FeatstoreError
@@ -32,7 +34,7 @@ from .spec import ArraySpec
 
 VALID = "valid"
 COUNT = "count"
-INNER_CHUNK_BYTES = 256 * 1024
+INNER_CHUNK_BYTES = 16 * 1024 * 1024  # larger write chunks become shards of inner chunks this big
 
 
 def full_schema(schema: Dict[str, ArraySpec]) -> Dict[str, ArraySpec]:
@@ -142,17 +144,24 @@ class ZarrBackend(ArrayBackend):
         grp = zarr.open_group(self.loc.zarr_store(self.DIR), mode="r+")
         start = chunk * self.chunk_rows
         for name, arr in arrays.items():
-            grp[name][start:start + len(arr)] = arr
+            # write_empty_chunks is a runtime setting (not stored in the metadata): without it an all-zero
+            # chunk (e.g. every row failed) is not written and the version cannot be committed.
+            grp[name].with_config({"write_empty_chunks": True})[start:start + len(arr)] = arr
 
     def read_keys(self) -> np.ndarray:
         return np.asarray(self._group()["ids"][:], dtype=object).astype(str) if self.n else np.array([], dtype=str)
 
+    def _array(self, name: str):
+        cache = self.__dict__.setdefault("_arrays", {})
+        if name not in cache:
+            cache[name] = self._group()[name]
+        return cache[name]
+
     def read(self, names: Iterable[str], rows: np.ndarray) -> Dict[str, np.ndarray]:
-        grp = self._group()
         rows = np.asarray(rows, dtype=np.int64)
         out = {}
         for name in names:
-            arr = grp[name]
+            arr = self._array(name)
             try:
                 if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
                     out[name] = arr[int(rows[0]):int(rows[-1]) + 1]
@@ -185,23 +194,25 @@ class ZarrBackend(ArrayBackend):
 # --------------------------------------------------------------------------------------------------
 _MAGIC = b"FSR1"
 _KEYS_RECORD = b"\x00featstore:keys"
+_FAILED_RECORD = b"FSR1failed"  # a row whose production failed; a missing record is lost data, not a failure
 
 
 def encode_record(arrays: Dict[str, np.ndarray]) -> bytes:
-    """Header + raw bytes. Header: magic, crc32 of the rest, JSON table of (name, dtype, shape, nbytes)."""
+    """Header + raw bytes. Header: magic, CRC32C of the rest, JSON table of (name, dtype, shape, nbytes)."""
     table = [[k, v.dtype.str, list(v.shape), int(v.nbytes)] for k, v in arrays.items()]
     meta = json.dumps(table, separators=(",", ":")).encode()
     body = struct.pack("<I", len(meta)) + meta + b"".join(np.ascontiguousarray(v).tobytes() for v in arrays.values())
-    return _MAGIC + struct.pack("<I", zlib.crc32(body)) + body
+    return _MAGIC + struct.pack("<I", google_crc32c.value(body)) + body
 
 
-def decode_record(buf: bytes, where: str) -> Dict[str, np.ndarray]:
+def decode_record(buf, where: str) -> Dict[str, np.ndarray]:
+    """Arrays of one record (read-only views into a copy of ``buf``)."""
     buf = bytes(buf)
     if len(buf) < 12 or buf[:4] != _MAGIC:
         raise CorruptDataError(f"{where}: not a featstore record (bad header); run `featstore verify`")
     (crc,) = struct.unpack("<I", buf[4:8])
     body = buf[8:]
-    if zlib.crc32(body) != crc:
+    if google_crc32c.value(body) != crc:
         raise CorruptDataError(f"{where}: record checksum mismatch (corrupted bytes); run `featstore verify`")
     (mlen,) = struct.unpack("<I", body[:4])
     table = json.loads(body[4:4 + mlen])
@@ -272,7 +283,7 @@ class LmdbBackend(ArrayBackend):
             for r in range(len(valid)):
                 k = keys[start + r].encode()
                 if not valid[r]:
-                    txn.delete(k)
+                    txn.put(k, _FAILED_RECORD)
                     continue
                 rec = {}
                 for name, spec in self.schema.items():
@@ -304,8 +315,11 @@ class LmdbBackend(ArrayBackend):
             for i, r in enumerate(rows):
                 raw = txn.get(keys[r].encode())
                 if raw is None:
+                    raise CorruptDataError(f"{self.loc.url} record {str(keys[r])!r} is missing; run `featstore verify`, "
+                                           f"then rewrite or remove the version")
+                if len(raw) == len(_FAILED_RECORD) and bytes(raw) == _FAILED_RECORD:
                     continue  # a failed row: valid stays False
-                rec = decode_record(raw, f"{self.loc.url} record {keys[r]!r}")
+                rec = decode_record(raw, f"{self.loc.url} record {str(keys[r])!r}")
                 for n in names:
                     if n == VALID:
                         out[n][i] = True

@@ -50,6 +50,7 @@ class VersionInfo:
     modality: str
     chunks_done: int = 0
     chunks_total: int = 0
+    created_unix: float = 0.0  # commit time in seconds (``created`` has one-second resolution)
 
 
 def open_store(url: str, *, create: bool = False, storage_options: Optional[dict] = None) -> "Store":
@@ -62,7 +63,9 @@ def open_store(url: str, *, create: bool = False, storage_options: Optional[dict
     if not present:
         if not create:
             raise FeatstoreError(f"no store at {url!r}; create one with `featstore init {url}` (or check the path)")
-        if loc.is_local and loc.exists() and loc.listdir() and not loc.exists(SETS):
+        # names starting with the marker are another process creating this store at the same moment
+        others = [n for n in loc.listdir() if not n.startswith(MARKER)] if loc.is_local else []
+        if others and not loc.exists(SETS):
             raise FeatstoreError(f"{url!r} exists and is not empty but is not a featstore store; choose an empty "
                                  f"or new directory")
         loc.makedirs()
@@ -91,7 +94,7 @@ class Store:
         if vloc.exists(RECORD_FILE):
             r = vloc.read_json(RECORD_FILE)
             return VersionInfo(name, version, True, r["created"], r["n"], r["n_valid"], r["recipe"]["extractor"],
-                               r["modality"], len(r["chunks"]), len(r["chunks"]))
+                               r["modality"], len(r["chunks"]), len(r["chunks"]), float(r.get("created_unix", 0.0)))
         if vloc.exists(SPEC_FILE):
             s = vloc.read_json(SPEC_FILE)
             total = max(1, -(-s["n"] // s["chunk_rows"])) if s["n"] else 0
@@ -104,7 +107,7 @@ class Store:
         infos = [i for v in self.loc.listdir(SETS, check_name(name)) if (i := self._info(name, v))]
         if not include_incomplete:
             infos = [i for i in infos if i.complete]
-        return sorted(infos, key=lambda i: (not i.complete, i.created, i.version))
+        return sorted(infos, key=lambda i: (not i.complete, i.created_unix, i.created, i.version))
 
     def resolve(self, name: str, version: Optional[str] = None) -> str:
         """The full version id: the latest complete one by default; a unique prefix is accepted."""
@@ -136,7 +139,7 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------------
     def writer(self, name: str, recipe: Recipe, keys: Sequence[str], schema: Dict[str, ArraySpec], *,
-               key_kind: str, modality: str, chunk_rows: int = 256, backend: str = "zarr",
+               key_kind: str, modality: str, chunk_rows: int = 64, backend: str = "zarr",
                backend_options: Optional[dict] = None, meta: Optional[dict] = None) -> VersionWriter:
         """Start (or resume, or find already complete) the version that ``recipe`` names."""
         if key_kind not in ("image_key", "sample_id"):
@@ -196,14 +199,14 @@ class Store:
         names = list(fsv.schema)
         for ch in fsv.record["chunks"]:
             c = ch["chunk"]
-            try:
-                data = fsv.backend.read_chunk(c, names)
-            except CorruptDataError as e:
-                report.problems.append((c, "*", f"unreadable: {e}"))
-                continue
-            for k in names:
+            for k in names:  # one array at a time, so a problem names its array
                 want = ch["checksums"].get(k)
                 if want is None:
+                    continue
+                try:
+                    data = fsv.backend.read_chunk(c, [k])
+                except CorruptDataError as e:
+                    report.problems.append((c, k, f"unreadable: {e}"))
                     continue
                 if array_checksum(data[k]) != want:
                     report.problems.append((c, k, "checksum mismatch"))

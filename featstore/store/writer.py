@@ -67,7 +67,7 @@ class VersionWriter:
     """Fills one version. Obtain it from ``Store.writer``; see the module docstring for the protocol."""
 
     def __init__(self, loc: Location, name: str, recipe: Recipe, keys: Sequence[str], schema: Dict[str, ArraySpec],
-                 *, key_kind: str, modality: str, chunk_rows: int = 256, backend: str = "zarr",
+                 *, key_kind: str, modality: str, chunk_rows: int = 64, backend: str = "zarr",
                  backend_options: Optional[dict] = None, meta: Optional[dict] = None):
         keys = [str(k) for k in keys]
         if len(set(keys)) != len(keys):

@@ -1,0 +1,207 @@
+"""`heads`: train fusion heads on cached features, evaluate, predict and compare runs.
+
+Every command only parses arguments and calls library functions (heads.*), which tests call too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+
+from featstore.errors import FeatstoreError
+
+from .common import FriendlyGroup, parse_settings, store_option
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="featstore-heads")
+def main():
+    """Train fusion heads (ViLBERT, ReFNet, concat, GNN, cross, ...) on features cached by `featstore extract`.
+
+    Features are joined to labels by id, loaded once onto the device and batched by index.
+    """
+
+
+@main.command("list")
+def list_cmd():
+    """List the registered heads with their options and defaults."""
+    from heads.models import list_heads
+
+    for name, help_text, cfg in list_heads():
+        click.echo(f"{name}: {help_text}")
+        needs = getattr(cfg, "needs", None)
+        for f in dataclasses.fields(cfg):
+            click.echo(f"    {f.name} = {getattr(cfg, f.name)!r}")
+        if needs:
+            click.echo(f"    (needs {', '.join(sorted(needs))})")
+
+
+def data_options(f):
+    opts = [
+        store_option,
+        click.option("--dataset", "dataset_path", required=True, help="Dataset manifest (labels and splits)."),
+        click.option("--format", "dataset_format", default="auto", show_default=True),
+        click.option("--image", "image_ref", default=None, help="Image feature set NAME[@VERSION]."),
+        click.option("--text", "text_ref", default=None, help="Text feature set NAME[@VERSION]."),
+        click.option("--task", default=None, help="Label key(s) to predict: e.g. label, A, A,B,C, genres, all "
+                     "(default: every label the dataset has)."),
+        click.option("--task-weights", default=None, help="Loss weights per task, e.g. A=0.4,B=0.3,C=0.3."),
+        click.option("--max-regions", type=int, default=None, help="Pad/cut regions to this many."),
+        click.option("--max-tokens", type=int, default=None, help="Pad/cut tokens to this many."),
+        click.option("--text-array", default="tokens", show_default=True,
+                     help="Text token array to use, e.g. tokens or layer_6 (ViLBERT starts after BERT layer 6)."),
+        click.option("--text-pool", default="cls", show_default=True, help="Pooled text vector: cls or mean."),
+        click.option("--val-fraction", type=float, default=None,
+                     help="Carve a stratified validation split from train (default: the dataset's dev split)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FeatstoreError(f"--device {device} asked for CUDA but no GPU is visible; use --device cpu")
+    return device
+
+
+def _weights(text):
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise FeatstoreError(f"--task-weights {text!r}: write TASK=WEIGHT pairs, e.g. A=0.4,B=0.3,C=0.3")
+        k, v = part.split("=", 1)
+        out[k.strip()] = float(v)
+    return out
+
+
+def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
+               max_tokens, text_array, text_pool, val_fraction, device, seed=0):
+    from featstore.datasets import load_dataset
+    from featstore.store import open_store
+    from heads.data import build_train_data
+
+    st = open_store(store_url)
+    ds = load_dataset(dataset_path, dataset_format, check_images=False)
+    return build_train_data(st, ds, image_ref, text_ref, task, device=device, max_regions=max_regions,
+                            max_tokens=max_tokens, val_fraction=val_fraction, seed=seed,
+                            task_weights=_weights(task_weights), text_array=text_array, text_pool=text_pool)
+
+
+def _fmt_metrics(metrics: dict) -> str:
+    return "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
+
+
+@main.command()
+@data_options
+@click.option("--head", "head_name", required=True, help="Head name (see `heads list`).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Head option, repeatable.")
+@click.option("--out", "out_dir", required=True, help="Run folder to write.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run per seed.")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--warmup", "warmup_ratio", type=float, default=0.1, show_default=True, help="Warmup fraction of steps.")
+@click.option("--schedule", type=click.Choice(["linear", "cosine"]), default="linear", show_default=True)
+@click.option("--grad-clip", type=float, default=1.0, show_default=True)
+@click.option("--patience", type=int, default=5, show_default=True, help="Early-stopping patience (0: off).")
+@click.option("--monitor", default="auto", show_default=True, help="Validation metric for early stopping.")
+@click.option("--loss", type=click.Choice(["ce", "focal"]), default="ce", show_default=True)
+@click.option("--focal-alpha", type=float, default=0.25, show_default=True)
+@click.option("--focal-gamma", type=float, default=2.0, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--class-weights", default="none", show_default=True, help="none, auto or comma-separated weights.")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA (ignored on CPU).")
+@click.option("--pretrain-epochs", type=int, default=0, show_default=True, help="ReFNet refiner pretraining epochs.")
+@click.option("--label-fraction", type=float, default=None, help="Train on this fraction of the labels (0.05..1).")
+@click.option("--vilbert-checkpoint", default=None, help="Facebook/MMF ViLBERT checkpoint to initialise from.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling (only files you trust).")
+@click.option("--save-fused", default=None, metavar="NAME",
+              help="Also store the head's fused embeddings as feature set NAME (for `featstore neighbors`).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions, max_tokens,
+          text_array, text_pool, val_fraction, device, head_name, settings, out_dir, seeds, epochs, batch_size, lr,
+          weight_decay, warmup_ratio, schedule, grad_clip, patience, monitor, loss, focal_alpha, focal_gamma,
+          label_smoothing, class_weights, amp, pretrain_epochs, label_fraction, vilbert_checkpoint, trust_checkpoint,
+          save_fused, quiet):
+    """Train a head on cached features and write a run folder (config, history, checkpoint, predictions, metrics)."""
+    from heads.session import train_heads
+
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    dev = _device(device)
+    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
+                      max_tokens, text_array, text_pool, val_fraction, dev, seed=seed_list[0] if seed_list else 0)
+    cw = class_weights if class_weights in ("none", "auto") else [float(x) for x in class_weights.split(",")]
+    from heads.train import TrainConfig
+
+    cfg = TrainConfig(head=head_name, head_cfg=parse_settings(settings), lr=lr, weight_decay=weight_decay,
+                      warmup_ratio=warmup_ratio, schedule=schedule, batch_size=batch_size, epochs=epochs,
+                      grad_clip=grad_clip, patience=patience, monitor=monitor, loss=loss, focal_alpha=focal_alpha,
+                      focal_gamma=focal_gamma, label_smoothing=label_smoothing, class_weights=cw, device=dev,
+                      amp=amp, pretrain_epochs=pretrain_epochs, label_fraction=label_fraction)
+    for line in train_heads(cfg, data, out_dir, seed_list, progress=not quiet, vilbert_checkpoint=vilbert_checkpoint,
+                            trust_checkpoint=trust_checkpoint):
+        click.echo(line)
+    if save_fused:
+        from featstore.store import open_store
+        from heads.session import save_fused as store_fused
+
+        run = Path(out_dir) if len(seed_list) == 1 else Path(out_dir) / f"seed_{seed_list[0]}"
+        fsv = store_fused(open_store(store_url), save_fused, run, data)
+        click.echo(f"fused embeddings of {run} stored as {fsv.ref} ({len(fsv)} x {fsv.spec('pooled').shape[0]})")
+
+
+@main.command("eval")
+@click.argument("run_dir")
+@data_options
+@click.option("--split", default="test", show_default=True)
+def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
+             max_tokens, text_array, text_pool, val_fraction, device, split):
+    """Evaluate a saved run on a split (feature sets default to the exact versions the run was trained on)."""
+    from heads.runs import evaluate_run
+    from heads.session import run_feature_refs
+
+    image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
+    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
+                      max_tokens, text_array, text_pool, val_fraction, _device(device))
+    metrics = evaluate_run(run_dir, data, split)
+    click.echo(json.dumps({"run": str(run_dir), "split": split, "metrics": metrics}, indent=1, sort_keys=True))
+
+
+@main.command()
+@click.argument("run_dir")
+@data_options
+@click.option("--split", default=None, help="Only this split (default: every sample).")
+@click.option("--out", "out_csv", required=True, help="CSV to write (Hateful Memes: id,proba,label).")
+def predict(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
+            max_tokens, text_array, text_pool, val_fraction, device, split, out_csv):
+    """Write a saved run's predictions for a dataset."""
+    from heads.runs import predict_run
+    from heads.session import run_feature_refs
+
+    image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
+    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
+                      max_tokens, text_array, text_pool, val_fraction, _device(device))
+    path = predict_run(run_dir, data, out_csv, split)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--metric", "metrics", multiple=True, help="Metrics to show (default: the common ones).")
+def compare(run_dirs, split, metrics):
+    """One table of runs (heads x seeds, mean +- std) with t-tests between them."""
+    from heads.compare import compare_runs
+
+    click.echo(compare_runs([Path(r) for r in run_dirs], split=split, metrics=list(metrics) or None).to_text())

@@ -1,0 +1,221 @@
+"""The extractor contract, the ``EXTRACTORS`` registry and what every extractor shares.
+
+An extractor turns decoded inputs into fixed-shape arrays for the store. The run loop (not here) calls::
+
+    ex = create_extractor("grid", weights="demo")          # config dataclass built from keyword args
+    ex.schema()              -> {name: ArraySpec}         # per-row shapes, storage dtypes
+    ex.preprocess(item)      -> {name: CPU tensor}         # in DataLoader workers; PIL image or str
+    ex.collate(list)         -> batch                      # DataLoader collate_fn
+    ex.to(device, dtype)     -> ex                         # once, before forward
+    ex.forward(batch)        -> {name: np.ndarray}         # [N, ...] in the schema's shapes
+    ex.weights_fingerprint(), ex.preprocessing(), dataclasses.asdict(ex.config)   # the version recipe
+
+Per-item arrays (``ArraySpec.per_item``: regions, tokens) are returned padded with zeros to the schema's
+item count, next to ``count`` (int32 [N], the true number of items per row). Models stay in float32;
+on CUDA ``forward`` runs under autocast (bf16 where supported, else fp16) unless ``to(..., torch.float32)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import FeatstoreError
+from ..registry import Registry
+from ..store.spec import ArraySpec
+
+EXTRACTORS = Registry("extractor")
+STORAGE_DTYPES = ("float16", "float32")
+
+
+@dataclass
+class BaseConfig:
+    """Knobs every extractor has. ``weights``: path, cached model id, ``"demo"`` or None (random init
+    from ``seed``, for tests). ``dtype``: storage dtype of float arrays. ``compile``: ``torch.compile``
+    the model in ``to()``."""
+
+    weights: Optional[str] = None
+    seed: int = 0
+    dtype: str = "float16"
+    compile: bool = False
+
+    def __post_init__(self):
+        if self.dtype not in STORAGE_DTYPES:
+            raise FeatstoreError(f"dtype={self.dtype!r} is not a storage dtype; use one of {', '.join(STORAGE_DTYPES)}")
+        # JSON / CLI give lists where the dataclass wants tuples
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, list) and "Tuple" in str(hints.get(f.name, "")):
+                setattr(self, f.name, tuple(v))
+
+
+def make_config(config_cls: type, name: str, cfg: Dict[str, Any]):
+    """Build ``config_cls(**cfg)``; unknown keys raise a one-line ``FeatstoreError`` listing the valid ones."""
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise FeatstoreError(f"extractor {name!r} has no option {', '.join(map(repr, unknown))}; "
+                             f"valid options: {', '.join(sorted(known))}")
+    return config_cls(**cfg)
+
+
+def register_extractor(name: str, config_cls: type, help: str) -> Callable[[type], type]:
+    """Class decorator: registers ``lambda **cfg: cls(make_config(config_cls, name, cfg))`` as ``name``."""
+
+    def deco(cls: type) -> type:
+        def build(**cfg):
+            return cls(make_config(config_cls, name, cfg), name=name)
+
+        build.__doc__ = help
+        EXTRACTORS.register(name, config_cls, help=help)(build)
+        return cls
+
+    return deco
+
+
+def create_extractor(name: str, **cfg) -> "Extractor":
+    """Build a registered extractor with its config options as keyword arguments."""
+    return EXTRACTORS.create(name, **cfg)
+
+
+def list_extractors() -> List[Tuple[str, str, List[Tuple[str, Any]]]]:
+    """``[(name, help, [(option, default), ...])]`` for ``featstore extractors``."""
+    out = []
+    for name in EXTRACTORS.names():
+        cls = EXTRACTORS.config_cls(name)
+        opts = []
+        for f in fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                default = None
+            opts.append((f.name, default))
+        out.append((name, EXTRACTORS.help(name), opts))
+    return out
+
+
+def seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """Build a module under ``torch.manual_seed(seed)`` without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build()
+
+
+class Extractor:
+    """Shared machinery; subclasses set ``modality``, ``key_kind`` and implement the abstract methods."""
+
+    modality: str = ""
+    key_kind: str = ""
+    channels_last: bool = False  # CNNs: use channels_last memory format on CUDA
+    _compile_targets: Tuple[str, ...] = ()  # attribute names of modules that ``compile=True`` wraps
+
+    def __init__(self, config: BaseConfig, name: str):
+        self.config = config
+        self.name = name
+        self.device = torch.device("cpu")
+        self.amp_dtype: Optional[torch.dtype] = None
+        self._fingerprint: Optional[str] = None
+
+    # -- the contract ---------------------------------------------------------------------------------
+    def weights_fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def schema(self) -> Dict[str, ArraySpec]:
+        raise NotImplementedError
+
+    def preprocessing(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def preprocess(self, item) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def collate(self, items: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """Default: stack every key (all items have equal shapes)."""
+        if not items:
+            raise FeatstoreError("collate got an empty batch; the DataLoader must yield at least one item")
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+    def forward(self, batch) -> Dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def modules(self) -> List[torch.nn.Module]:
+        raise NotImplementedError
+
+    def to(self, device, dtype: Optional[torch.dtype] = None) -> "Extractor":
+        """Move the model(s) to ``device``. ``dtype``: autocast dtype (None: bf16/fp16 on CUDA, none on CPU;
+        ``torch.float32`` turns autocast off)."""
+        device = torch.device(device)
+        for m in self.modules():
+            m.to(device)
+            if device.type == "cuda" and self.channels_last:
+                m.to(memory_format=torch.channels_last)
+            m.eval()
+        self.device = device
+        if dtype is None:
+            if device.type == "cuda":
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            else:
+                dtype = torch.float32
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise FeatstoreError(f"compute dtype {dtype} is not supported; use float32, float16 or bfloat16")
+        self.amp_dtype = None if dtype == torch.float32 else dtype
+        if self.config.compile:
+            for attr in self._compile_targets:
+                mod = getattr(self, attr)
+                if not hasattr(mod, "_orig_mod"):
+                    setattr(self, attr, torch.compile(mod))
+        return self
+
+    # -- helpers for subclasses -----------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(self.device, non_blocking=True)
+        if self.channels_last and self.device.type == "cuda" and t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def out(self, t: torch.Tensor) -> np.ndarray:
+        """A float tensor -> numpy in the storage dtype."""
+        a = t.detach().float().cpu().numpy()
+        with np.errstate(over="ignore"):  # overflow is reported below as a FeatstoreError
+            out = a.astype(self.config.dtype, copy=False)
+        if self.config.dtype == "float16" and not np.isfinite(out).all() and np.isfinite(a).all():
+            big = float(np.abs(a).max())
+            raise FeatstoreError(f"extractor {self.name!r} produced values up to {big:.3g}, beyond float16's range "
+                                 "(65504); re-run with dtype=float32")
+        return out
+
+    @staticmethod
+    def out_int(t) -> np.ndarray:
+        if torch.is_tensor(t):
+            t = t.detach().cpu().numpy()
+        return np.asarray(t).astype(np.int32)
+
+    def fspec(self, *shape: int, per_item: bool = False) -> ArraySpec:
+        return ArraySpec(tuple(shape), self.config.dtype, per_item)
+
+
+def pad_items(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Zero-pad (or cut) axis 1 of ``t`` ([N, R, ...]) to ``n``."""
+    r = t.shape[1]
+    if r >= n:
+        return t[:, :n]
+    pad = t.new_zeros((t.shape[0], n - r) + tuple(t.shape[2:]))
+    return torch.cat([t, pad], dim=1)

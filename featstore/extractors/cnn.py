@@ -1,0 +1,109 @@
+"""CNN backbones split at stride 16, for the ``grid`` and ``roi`` extractors.
+
+``CNNBackbone(name, weights, seed)``:
+  * ``stem16(x)``: image batch ``[N, 3, H, W]`` -> the stride-16 map ``[N, c16, H/16, W/16]``
+    (torchvision ResNets: conv1..layer3; timm models: every top-level stage up to the feature_info entry of
+    reduction 16);
+  * ``tail(m)``: stride-16 map -> last feature stage ``[N, channels, H/32, W/32]`` (ResNet layer4; timm: the
+    remaining stages up to the last feature_info entry, i.e. what ``features_only`` gives as last stage).
+
+Names: torchvision ``resnet18/34/50/101/152`` (weights: a torchvision state-dict file) or any timm model
+with ``feature_info`` (weights: a timm state-dict file; ``"demo"``: the packaged EfficientNet-Lite0 for
+``tf_efficientnet_lite0``). ``weights=None`` is a seeded random init.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import FeatstoreError
+from .base import seeded
+from .weights import (DEMO, DEMO_IMAGE_BACKBONE, demo_image_file, fingerprint_files, fingerprint_state_dict,
+                      load_efficientnet_lite0_demo, load_into, resolve_weights)
+
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CNNBackbone(nn.Module):
+    def __init__(self, name: str, weights: Optional[str], seed: int = 0):
+        super().__init__()
+        self.backbone_name = name
+        self.weights_path = None
+        if name in TORCHVISION_RESNETS:
+            import torchvision
+
+            self.model = seeded(seed, lambda: getattr(torchvision.models, name)(weights=None))
+            if weights == DEMO:
+                raise FeatstoreError(f"weights='demo' is the timm {DEMO_IMAGE_BACKBONE!r}; use backbone="
+                                     f"{DEMO_IMAGE_BACKBONE!r} (or leave backbone at its default)")
+            if weights is not None:
+                self.weights_path = resolve_weights(weights, "file")
+                load_into(self.model, self.weights_path, f"torchvision {name}")
+            m = self.model
+            self.stem16 = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3)
+            self.tail = nn.Sequential(m.layer4)
+            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            import timm
+
+            if not timm.is_model(name):
+                raise FeatstoreError(f"backbone {name!r} is neither a torchvision ResNet ({', '.join(TORCHVISION_RESNETS)}) "
+                                     "nor a timm model name; see timm.list_models()")
+            self.model = seeded(seed, lambda: timm.create_model(name, pretrained=False))
+            if weights == DEMO:
+                if name != DEMO_IMAGE_BACKBONE:
+                    raise FeatstoreError(f"weights='demo' exists only for backbone {DEMO_IMAGE_BACKBONE!r}, "
+                                         f"not {name!r}; pass a weights file for {name!r}")
+                self.weights_path = demo_image_file()
+                load_efficientnet_lite0_demo(self.model, self.weights_path)
+            elif weights is not None:
+                self.weights_path = resolve_weights(weights, "file")
+                load_into(self.model, self.weights_path, f"timm {name}")
+            self.stem16, self.tail = _split_timm(self.model, name)
+            cfg = getattr(self.model, "pretrained_cfg", {}) or {}
+            self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+            self.std = tuple(cfg.get("std", IMAGENET_STD))
+        self.model.eval()
+        with torch.inference_mode():
+            m16 = self.stem16(torch.zeros(1, 3, 64, 64))
+            self.c16 = int(m16.shape[1])
+            self.channels = int(self.tail(m16).shape[1])
+        self.seed = seed
+
+    def fingerprint(self) -> str:
+        if self.weights_path is not None:
+            return fingerprint_files(self.weights_path)
+        return fingerprint_state_dict(nn.ModuleList([self.stem16, self.tail]), self.seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.stem16(x))
+
+
+def _split_timm(model: nn.Module, name: str) -> Tuple[nn.Sequential, nn.Sequential]:
+    info = getattr(model, "feature_info", None)
+    info = list(info.info if hasattr(info, "info") else (info or []))
+    r16 = [fi for fi in info if fi.get("reduction") == 16]
+    if not info or not r16 or info[-1].get("reduction", 0) <= 16:
+        raise FeatstoreError(f"timm backbone {name!r} has no stride-16 stage followed by a deeper stage; "
+                             "use a CNN such as resnet50 or tf_efficientnet_lite0")
+    wanted = [fi["module"] for fi in info]
+    flat: List[Tuple[str, nn.Module]] = []
+    for child_name, child in model.named_children():
+        if isinstance(child, nn.Sequential) and any(w.startswith(child_name + ".") for w in wanted):
+            flat += [(f"{child_name}.{n}", m) for n, m in child.named_children()]
+        else:
+            flat.append((child_name, child))
+
+    def last_index(module_name: str) -> int:
+        idx = [i for i, (n, _) in enumerate(flat) if n == module_name or n.startswith(module_name + ".")]
+        if not idx:
+            raise FeatstoreError(f"timm backbone {name!r}: feature module {module_name!r} is not a top-level stage; "
+                                 "use a CNN such as resnet50 or tf_efficientnet_lite0")
+        return idx[-1]
+
+    i16, i_last = last_index(r16[-1]["module"]), last_index(info[-1]["module"])
+    return (nn.Sequential(*[m for _, m in flat[: i16 + 1]]), nn.Sequential(*[m for _, m in flat[i16 + 1: i_last + 1]]))

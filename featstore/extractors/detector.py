@@ -1,0 +1,184 @@
+"""``detector``: Faster R-CNN (torchvision ``fasterrcnn_resnet50_fpn``) detections and their box features.
+
+Per image: the model's own transform (resize to ``min_size``/``max_size``, normalise), backbone + FPN, RPN
+proposals, box head -> class scores and class-specific boxes (decoded, clipped, background dropped, tiny
+boxes removed). Selection (``select_detections``), all on the model's device:
+
+1. the ``pre_nms_topk`` highest (box, class) scores are candidates (bounds the NMS cost);
+2. class-wise NMS with ``torchvision.ops.batched_nms`` (IoU ``nms_thresh``), result sorted by score;
+3. keep every detection with score >= ``score_thresh``, but at least ``min_boxes`` (the next best
+   detections below the threshold fill up, so a low-confidence image still has regions) and at most
+   ``max_boxes``.
+
+The feature of a kept box is the model's ``roi_heads.box_roi_pool`` (MultiScaleRoIAlign 7x7) +
+``box_head`` (TwoMLPHead) output on that box: 1024-d. Output (K = max_boxes): ``regions [N, K, 1024]``,
+``count``, ``boxes [N, K, 4]`` (float32, original pixels), ``class_ids`` int32 [N, K], ``scores`` float32
+[N, K], ``image_size`` int32 [N, 2], ``pooled`` (mean of the kept regions). A box may appear once per
+class (class-wise NMS, as torchvision's detector itself outputs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.ops import batched_nms, boxes as box_ops
+
+from ..errors import FeatstoreError
+from ..store.spec import ArraySpec
+from .base import BaseConfig, Extractor, register_extractor, seeded
+from .weights import DEMO, fingerprint_files, fingerprint_state_dict, load_into, resolve_weights
+
+
+@dataclass
+class DetectorConfig(BaseConfig):
+    num_classes: int = 91
+    min_size: int = 800
+    max_size: int = 1333
+    max_boxes: int = 36
+    min_boxes: int = 10
+    score_thresh: float = 0.2
+    nms_thresh: float = 0.5
+    pre_nms_topk: int = 3000
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.weights == DEMO:
+            raise FeatstoreError("the detector has no demo weights; pass --weights with a torchvision "
+                                 "fasterrcnn_resnet50_fpn state dict")
+        if not 1 <= self.min_boxes <= self.max_boxes:
+            raise FeatstoreError(f"min_boxes={self.min_boxes}, max_boxes={self.max_boxes} are invalid; "
+                                 "use 1 <= min_boxes <= max_boxes")
+        if not 0 <= self.score_thresh <= 1 or not 0 < self.nms_thresh <= 1:
+            raise FeatstoreError(f"score_thresh={self.score_thresh} / nms_thresh={self.nms_thresh} must be in [0, 1]")
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, *, score_thresh: float,
+                      nms_thresh: float, min_boxes: int, max_boxes: int, pre_nms_topk: int) -> torch.Tensor:
+    """Indices into the flat candidates (``boxes [M, 4]``, ``scores [M]``, ``labels [M]``) of the kept
+    detections, sorted by decreasing score (steps 1-3 of the module docstring)."""
+    order = torch.argsort(scores, descending=True)[:pre_nms_topk]
+    keep = order[batched_nms(boxes[order], scores[order], labels[order], nms_thresh)]
+    n_above = int((scores[keep] >= score_thresh).sum())
+    n = min(max(n_above, min_boxes), max_boxes, keep.numel())
+    return keep[:n]
+
+
+@register_extractor("detector", DetectorConfig,
+                    help="Faster R-CNN R50-FPN detections: top-K boxes, 1024-d box-head features, classes, scores")
+class DetectorExtractor(Extractor):
+    modality = "image"
+    key_kind = "image_key"
+    channels_last = False
+    _compile_targets = ()
+
+    def __init__(self, config: DetectorConfig, name: str):
+        super().__init__(config, name)
+        from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+        c = config
+        self.model = seeded(c.seed, lambda: fasterrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=c.num_classes, min_size=c.min_size,
+            max_size=c.max_size))
+        self.weights_path = None
+        if c.weights is not None:
+            self.weights_path = resolve_weights(c.weights, "file")
+            load_into(self.model, self.weights_path, f"fasterrcnn_resnet50_fpn with {c.num_classes} classes")
+        self.model.eval()
+        self.dim = self.model.roi_heads.box_head.fc7.out_features
+
+    def modules(self):
+        return [self.model]
+
+    def _compute_fingerprint(self) -> str:
+        if self.weights_path is not None:
+            return fingerprint_files(self.weights_path)
+        return fingerprint_state_dict(self.model, self.config.seed)
+
+    def schema(self):
+        k, d = self.config.max_boxes, self.dim
+        return {"regions": self.fspec(k, d, per_item=True), "count": ArraySpec((), "int32"),
+                "boxes": ArraySpec((k, 4), "float32", True), "class_ids": ArraySpec((k,), "int32", True),
+                "scores": ArraySpec((k,), "float32", True), "image_size": ArraySpec((2,), "int32"),
+                "pooled": self.fspec(d)}
+
+    def preprocessing(self) -> Dict[str, Any]:
+        t = self.model.transform
+        c = self.config
+        return {"min_size": c.min_size, "max_size": c.max_size, "mean": list(t.image_mean), "std": list(t.image_std),
+                "selection": {"score_thresh": c.score_thresh, "nms_thresh": c.nms_thresh, "min_boxes": c.min_boxes,
+                              "max_boxes": c.max_boxes, "pre_nms_topk": c.pre_nms_topk, "nms": "class-wise"}}
+
+    def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
+        """uint8 [3, H, W] (the model's transform resizes and normalises on the device) and (w, h)."""
+        if not isinstance(item, Image.Image):
+            raise FeatstoreError(f"image extractors take a decoded PIL image, got {type(item).__name__}; "
+                                 "decode with featstore.extractors.load_image")
+        return {"image": TF.pil_to_tensor(item.convert("RGB")), "size": torch.tensor(item.size, dtype=torch.int64)}
+
+    def collate(self, items):
+        if not items:
+            raise FeatstoreError("collate got an empty batch; the DataLoader must yield at least one item")
+        return {"images": [it["image"] for it in items], "size": torch.stack([it["size"] for it in items])}
+
+    @torch.inference_mode()
+    def detect(self, batch) -> List[Dict[str, torch.Tensor]]:
+        """Per image: ``boxes`` [n, 4] in the model's resized coordinates, ``scores``, ``labels``,
+        ``features`` [n, 1024], plus ``resized`` (h, w)."""
+        m, c = self.model, self.config
+        rh = m.roi_heads
+        images = [img.to(self.device, non_blocking=True).float() / 255.0 for img in batch["images"]]
+        with self.autocast():
+            il, _ = m.transform(images)
+            feats = m.backbone(il.tensors)
+            proposals, _ = m.rpn(il, feats)
+            x = rh.box_head(rh.box_roi_pool(feats, proposals, il.image_sizes))
+            logits, reg = rh.box_predictor(x)
+        pred = rh.box_coder.decode(reg.float(), proposals)  # [sumP, C, 4]
+        probs = F.softmax(logits.float(), -1)
+        out, chosen = [], []
+        for boxes, sc, size in zip(pred.split([len(p) for p in proposals]), probs.split([len(p) for p in proposals]),
+                                   il.image_sizes):
+            boxes = box_ops.clip_boxes_to_image(boxes, size)
+            labels = torch.arange(sc.shape[1], device=sc.device).expand_as(sc)
+            boxes, sc, labels = boxes[:, 1:].reshape(-1, 4), sc[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            ok = box_ops.remove_small_boxes(boxes, 1e-2)
+            boxes, sc, labels = boxes[ok], sc[ok], labels[ok]
+            keep = select_detections(boxes, sc, labels, score_thresh=c.score_thresh, nms_thresh=c.nms_thresh,
+                                     min_boxes=c.min_boxes, max_boxes=c.max_boxes, pre_nms_topk=c.pre_nms_topk)
+            chosen.append(boxes[keep])
+            out.append({"boxes": boxes[keep], "scores": sc[keep], "labels": labels[keep], "resized": size})
+        with self.autocast():
+            f = rh.box_head(rh.box_roi_pool(feats, chosen, il.image_sizes)).float()
+        for o, fi in zip(out, f.split([len(b) for b in chosen])):
+            o["features"] = fi
+        return out
+
+    @torch.inference_mode()
+    def forward(self, batch) -> Dict[str, np.ndarray]:
+        k, n = self.config.max_boxes, len(batch["images"])
+        dets = self.detect(batch)
+        regions = torch.zeros(n, k, self.dim)
+        boxes = torch.zeros(n, k, 4)
+        cls = torch.zeros(n, k, dtype=torch.int32)
+        scores = torch.zeros(n, k)
+        count = np.zeros(n, dtype=np.int32)
+        pooled = torch.zeros(n, self.dim)
+        for i, (d, (w, h)) in enumerate(zip(dets, batch["size"].tolist())):
+            r = len(d["boxes"])
+            rh_, rw_ = d["resized"]
+            scale = torch.tensor([w / rw_, h / rh_, w / rw_, h / rh_])
+            regions[i, :r] = d["features"].cpu()
+            boxes[i, :r] = d["boxes"].cpu() * scale
+            cls[i, :r] = d["labels"].cpu().int()
+            scores[i, :r] = d["scores"].cpu()
+            count[i] = r
+            if r:
+                pooled[i] = d["features"].cpu().mean(0)
+        return {"regions": self.out(regions), "count": count, "boxes": boxes.numpy(), "class_ids": cls.numpy(),
+                "scores": scores.numpy().astype(np.float32), "image_size": self.out_int(batch["size"]),
+                "pooled": self.out(pooled)}

@@ -1,0 +1,204 @@
+"""``dinov2`` and ``dinov2-multilayer``: DINOv2 ViT patch tokens reduced to R region vectors.
+
+Preprocessing: the whole image resized to ``image_size x image_size`` (518 default; bicubic, antialiased;
+NOT the stock processor's 224 centre crop), ImageNet mean/std. With patch size P the patch grid is
+g x g (g = image_size / P, 37 at 518/14).
+
+Reduction of the [g, g, D] patch tokens to R regions (``reduce``):
+  * ``"interp"`` (default): bilinear resampling of the grid to r x r (R = r*r must be a square;
+    align_corners=False; ``antialias=True`` by default, so every patch contributes, as in a triangle-filter
+    downscale); regions row-major; ``boxes`` the r x r cells of the original image;
+  * ``"attention"``: the R patches with the highest CLS attention in the last layer (attention averaged over
+    heads; the model runs with ``attn_implementation="eager"``), in decreasing attention order; ``boxes``
+    those patches' cells in the original image.
+
+``dinov2``: the last layer (``last_hidden_state``, after the final LayerNorm); ``pooled`` = its CLS token.
+``dinov2-multilayer``: ``hidden_states[k]`` for k in ``layers`` (hidden_states[0] is the embedding output),
+each passed through the model's final LayerNorm when ``apply_layernorm`` (as DINOv2's own
+``get_intermediate_layers(norm=True)``), each reduced with the same R positions, concatenated on the
+feature axis: D = len(layers) * hidden (4 x 1024 = 4096 for ViT-L); ``pooled`` = the layers' CLS tokens
+concatenated the same way.
+
+Output: ``regions [N, R, D]``, ``count`` (= R), ``boxes [N, R, 4]`` (float32), ``image_size`` int32 [N, 2],
+``pooled [N, D]``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from ..errors import FeatstoreError
+from ..store.spec import ArraySpec
+from .base import BaseConfig, Extractor, register_extractor, seeded
+from .cnn import IMAGENET_MEAN, IMAGENET_STD
+from .geometry import grid_cell_boxes
+from .weights import DEMO, fingerprint_files, fingerprint_state_dict, resolve_weights
+
+REDUCTIONS = ("interp", "attention")
+
+
+@dataclass
+class Dinov2Config(BaseConfig):
+    """weights: a Dinov2Model folder or a cached model id; None = random ViT-L/14 (tests only)."""
+
+    weights: Optional[str] = "facebook/dinov2-large"
+    image_size: int = 518
+    num_regions: int = 36
+    reduce: str = "interp"
+    antialias: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.weights == DEMO:
+            raise FeatstoreError("dinov2 has no demo weights; pass --weights with a Dinov2Model folder "
+                                 "(e.g. `huggingface-cli download facebook/dinov2-large`)")
+        if self.reduce not in REDUCTIONS:
+            raise FeatstoreError(f"reduce={self.reduce!r} is unknown; use one of {', '.join(REDUCTIONS)}")
+        if self.num_regions < 1:
+            raise FeatstoreError(f"num_regions={self.num_regions} is invalid; use a positive number")
+        if self.reduce == "interp" and math.isqrt(self.num_regions) ** 2 != self.num_regions:
+            raise FeatstoreError(f"num_regions={self.num_regions} is not a square; reduce='interp' needs r*r regions "
+                                 "(e.g. 36, 49) or use reduce='attention'")
+
+
+@dataclass
+class Dinov2MultiConfig(Dinov2Config):
+    layers: Tuple[int, ...] = (6, 12, 18, 24)
+    apply_layernorm: bool = True
+
+
+def _random_vit_large() -> "torch.nn.Module":
+    from transformers import Dinov2Config as HFConfig, Dinov2Model
+
+    return Dinov2Model(HFConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=14,
+                                image_size=518, mlp_ratio=4))
+
+
+class _Dinov2Base(Extractor):
+    modality = "image"
+    key_kind = "image_key"
+    _compile_targets = ("model",)
+    multilayer = False
+
+    def __init__(self, config: Dinov2Config, name: str):
+        super().__init__(config, name)
+        from transformers import Dinov2Model
+
+        attn = "eager" if config.reduce == "attention" else "sdpa"
+        self.weights_path = None
+        if config.weights is None:
+            self.model = seeded(config.seed, _random_vit_large)
+            self.model.config._attn_implementation = attn
+        else:
+            self.weights_path = resolve_weights(config.weights, "dir")
+            try:
+                self.model = Dinov2Model.from_pretrained(str(self.weights_path), attn_implementation=attn)
+            except (OSError, ValueError) as e:
+                raise FeatstoreError(f"weights {str(self.weights_path)!r} are not a Dinov2Model folder "
+                                     f"({type(e).__name__}); pass a DINOv2 checkpoint folder") from e
+        self.model.eval()
+        hf = self.model.config
+        self.patch = int(hf.patch_size)
+        self.hidden = int(hf.hidden_size)
+        if config.image_size % self.patch:
+            raise FeatstoreError(f"image_size={config.image_size} is not a multiple of the patch size {self.patch}; "
+                                 f"use e.g. {self.patch * max(1, round(config.image_size / self.patch))}")
+        self.grid = config.image_size // self.patch
+        if config.num_regions > self.grid * self.grid:
+            raise FeatstoreError(f"num_regions={config.num_regions} exceeds the {self.grid}x{self.grid} patch grid; "
+                                 "use fewer regions or a larger image_size")
+        if self.multilayer:
+            bad = [k for k in config.layers if not 0 <= int(k) <= hf.num_hidden_layers]
+            if bad or not config.layers:
+                raise FeatstoreError(f"layers={tuple(config.layers)} are invalid for a {hf.num_hidden_layers}-layer "
+                                     f"model; choose layers in 0..{hf.num_hidden_layers}")
+
+    def modules(self):
+        return [self.model]
+
+    def _compute_fingerprint(self) -> str:
+        if self.weights_path is not None:
+            return fingerprint_files(self.weights_path)
+        return fingerprint_state_dict(self.model, self.config.seed)
+
+    @property
+    def dim(self) -> int:
+        return self.hidden * (len(self.config.layers) if self.multilayer else 1)
+
+    def schema(self):
+        r = self.config.num_regions
+        return {"regions": self.fspec(r, self.dim, per_item=True), "count": ArraySpec((), "int32"),
+                "boxes": ArraySpec((r, 4), "float32", True), "image_size": ArraySpec((2,), "int32"),
+                "pooled": self.fspec(self.dim)}
+
+    def preprocessing(self) -> Dict[str, Any]:
+        s = self.config.image_size
+        return {"resize": [s, s], "crop": None, "interpolation": "bicubic-antialias", "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD), "patch_size": self.patch, "grid": self.grid}
+
+    def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
+        if not isinstance(item, Image.Image):
+            raise FeatstoreError(f"image extractors take a decoded PIL image, got {type(item).__name__}; "
+                                 "decode with featstore.extractors.load_image")
+        s = self.config.image_size
+        x = TF.resize(item.convert("RGB"), [s, s], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        x = TF.normalize(TF.to_tensor(x), list(IMAGENET_MEAN), list(IMAGENET_STD))
+        return {"image": x, "size": torch.tensor(item.size, dtype=torch.int64)}
+
+    def _reduce(self, tokens: torch.Tensor, idx: Optional[torch.Tensor]) -> torch.Tensor:
+        """tokens [N, 1 + g*g, D] -> regions [N, R, D] (interp, or gather at ``idx`` [N, R])."""
+        n, g = tokens.shape[0], self.grid
+        patches = tokens[:, 1:1 + g * g].float()
+        if idx is not None:
+            return torch.gather(patches, 1, idx[..., None].expand(-1, -1, patches.shape[-1]))
+        r = math.isqrt(self.config.num_regions)
+        grid = patches.reshape(n, g, g, -1).permute(0, 3, 1, 2)
+        small = F.interpolate(grid, size=(r, r), mode="bilinear", align_corners=False,
+                              antialias=self.config.antialias)
+        return small.flatten(2).transpose(1, 2)
+
+    @torch.inference_mode()
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+        c = self.config
+        attention = c.reduce == "attention"
+        with self.autocast():
+            out = self.model(pixel_values=self.to_device(batch["image"]), output_hidden_states=self.multilayer,
+                             output_attentions=attention)
+            if self.multilayer:
+                layers = [out.hidden_states[int(k)] for k in c.layers]
+                if c.apply_layernorm:
+                    layers = [self.model.layernorm(h) for h in layers]
+            else:
+                layers = [out.last_hidden_state]
+        idx = None
+        g, sizes = self.grid, batch["size"].tolist()
+        if attention:
+            cls_attn = out.attentions[-1].float().mean(dim=1)[:, 0, 1:1 + g * g]  # [N, g*g]
+            idx = torch.topk(cls_attn, c.num_regions, dim=1).indices  # sorted by decreasing attention
+            boxes = torch.stack([grid_cell_boxes(w, h, g, g)[i] for (w, h), i in zip(sizes, idx.cpu())])
+        else:
+            r = math.isqrt(c.num_regions)
+            boxes = torch.stack([grid_cell_boxes(w, h, r, r) for w, h in sizes])
+        regions = torch.cat([self._reduce(h, idx) for h in layers], dim=-1)
+        pooled = torch.cat([h[:, 0].float() for h in layers], dim=-1)
+        n = regions.shape[0]
+        return {"regions": self.out(regions), "count": np.full(n, c.num_regions, dtype=np.int32),
+                "boxes": boxes.numpy(), "image_size": self.out_int(batch["size"]), "pooled": self.out(pooled)}
+
+
+@register_extractor("dinov2", Dinov2Config, help="DINOv2 ViT-L/14 at 518 px: patch grid reduced to 36 regions + CLS")
+class Dinov2Extractor(_Dinov2Base):
+    multilayer = False
+
+
+@register_extractor("dinov2-multilayer", Dinov2MultiConfig,
+                    help="DINOv2 layers 6/12/18/24 (LayerNormed), each reduced to 36 regions, concatenated")
+class Dinov2MultiExtractor(_Dinov2Base):
+    multilayer = True

@@ -1,0 +1,107 @@
+"""``grid``: a CNN's last feature map average-pooled to a G x G grid of region vectors.
+
+Preprocessing: the WHOLE image is resized (bilinear, antialiased) to ``image_size x image_size`` - no
+crop - so grid cell (i, j) covers exactly cell (i, j) of the original image; ``boxes`` are those cells in
+original-image pixels (row-major). Then the backbone's mean/std normalisation.
+
+Output (R = grid_size**2, D = backbone channels, 2048 for ResNet-152, 320 for tf_efficientnet_lite0):
+``regions [N, R, D]`` per item, ``count`` int32 [N] (= R), ``boxes [N, R, 4]``, ``image_size`` int32 [N, 2]
+(width, height of the original), ``pooled [N, D]``; boxes are always float32 (mean of the regions).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from ..errors import FeatstoreError
+from ..store.spec import ArraySpec
+from .base import BaseConfig, Extractor, register_extractor
+from .cnn import CNNBackbone
+from .geometry import grid_cell_boxes
+from .weights import DEMO, DEMO_IMAGE_BACKBONE
+
+
+@dataclass
+class GridConfig(BaseConfig):
+    """backbone: torchvision ResNet name or timm model; weights='demo' selects tf_efficientnet_lite0."""
+
+    backbone: str = "resnet152"
+    image_size: int = 224
+    grid_size: int = 6
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.weights == DEMO and self.backbone == "resnet152":
+            self.backbone = DEMO_IMAGE_BACKBONE
+        if self.image_size < 32 or self.grid_size < 1:
+            raise FeatstoreError(f"image_size={self.image_size} / grid_size={self.grid_size} are invalid; "
+                                 "use image_size >= 32 and grid_size >= 1")
+
+
+def pil_to_normalized(img: Image.Image, size_wh, mean, std) -> torch.Tensor:
+    """PIL RGB -> resized (bilinear, antialiased) float32 [3, h, w] normalised with mean/std."""
+    if not isinstance(img, Image.Image):
+        raise FeatstoreError(f"image extractors take a decoded PIL image, got {type(img).__name__}; "
+                             "decode with featstore.extractors.load_image")
+    w, h = size_wh
+    img = img.convert("RGB") if img.mode != "RGB" else img
+    x = TF.resize(img, [h, w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return TF.normalize(TF.to_tensor(x), list(mean), list(std))
+
+
+@register_extractor("grid", GridConfig, help="CNN last stage pooled to a GxG grid (ResNet-152 default, 36x2048)")
+class GridExtractor(Extractor):
+    modality = "image"
+    key_kind = "image_key"
+    channels_last = True
+    _compile_targets = ("backbone",)
+
+    def __init__(self, config: GridConfig, name: str):
+        super().__init__(config, name)
+        self.backbone = CNNBackbone(config.backbone, config.weights, config.seed)
+
+    def modules(self):
+        return [self.backbone]
+
+    def _compute_fingerprint(self) -> str:
+        return self.backbone.fingerprint()
+
+    @property
+    def num_regions(self) -> int:
+        return self.config.grid_size ** 2
+
+    def schema(self):
+        r, d = self.num_regions, self.backbone.channels
+        return {"regions": self.fspec(r, d, per_item=True), "count": ArraySpec((), "int32"),
+                "boxes": ArraySpec((r, 4), "float32", True), "image_size": ArraySpec((2,), "int32"),
+                "pooled": self.fspec(d)}
+
+    def preprocessing(self) -> Dict[str, Any]:
+        s = self.config.image_size
+        return {"resize": [s, s], "crop": None, "interpolation": "bilinear-antialias",
+                "mean": list(self.backbone.mean), "std": list(self.backbone.std)}
+
+    def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
+        s = self.config.image_size
+        x = pil_to_normalized(item, (s, s), self.backbone.mean, self.backbone.std)
+        return {"image": x, "size": torch.tensor(item.size, dtype=torch.int64)}
+
+    @torch.inference_mode()
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+        g = self.config.grid_size
+        with self.autocast():
+            fmap = self.backbone(self.to_device(batch["image"]))
+        pooled_map = F.adaptive_avg_pool2d(fmap.float(), (g, g))  # [N, D, g, g]
+        regions = pooled_map.flatten(2).transpose(1, 2)  # [N, g*g, D], row-major cells
+        sizes = batch["size"]
+        boxes = torch.stack([grid_cell_boxes(int(w), int(h), g, g) for w, h in sizes.tolist()])
+        n = regions.shape[0]
+        return {"regions": self.out(regions), "count": np.full(n, g * g, dtype=np.int32),
+                "boxes": boxes.numpy(), "image_size": self.out_int(sizes),
+                "pooled": self.out(regions.mean(dim=1))}

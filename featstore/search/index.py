@@ -1,0 +1,336 @@
+"""FAISS vector indexes for cosine / L2 nearest-neighbour search over pooled feature vectors.
+
+``build_index(vectors [N, D] float32) -> VectorIndex``. The kind of index is chosen by this rule
+(``kind="auto"``):
+
+* ``N <= exact_max`` (default 200_000): ``IndexFlatIP`` / ``IndexFlatL2``, exact brute force.
+* larger: an approximate index.
+
+  - ``"hnsw"`` (``IndexHNSWFlat``, M=32, efConstruction=80, efSearch=128) when its memory,
+    ``N * (4 * D + 2 * M * 4)`` bytes (vectors + level-0 graph links), fits in ``memory_budget``
+    (default: half of the physical RAM) and ``N <= 5_000_000``: no training, best recall per query.
+  - ``"ivf"`` (``IndexIVFFlat``) otherwise: only ``N * (4 * D + 8)`` bytes. ``nlist = 4 * sqrt(N)``
+    (at most ``N / 39`` so k-means has the 39 points per centroid faiss asks for), k-means (10
+    iterations) trained on a random sample of at most ``64 * nlist`` vectors;
+    ``nprobe = clip(nlist // 32, 8, 64)`` unless given.
+
+Cosine similarity is inner product on L2-normalised vectors: vectors and queries are normalised and
+the index stores inner products, so ``search`` returns cosine similarities in [-1, 1]. For
+``metric="l2"`` ``search`` returns squared Euclidean distances (smaller is closer).
+
+GPU: with ``use_gpu="auto"`` a flat or IVF index is moved to the GPU (``faiss.StandardGpuResources`` +
+``faiss.index_cpu_to_gpu``) when the installed faiss has GPU support (the ``faiss-gpu`` package) and
+sees a CUDA device; HNSW has no GPU implementation and stays on the CPU. ``save``/``to_bytes`` always
+write the CPU form, so a saved index loads anywhere.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Optional, Tuple
+
+import faiss
+import numpy as np
+
+from ..errors import CorruptDataError, FeatstoreError
+
+EXACT_MAX = 200_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+HNSW_MAX = 5_000_000
+METRICS = ("cosine", "l2")
+KINDS = ("auto", "flat", "ivf", "hnsw")
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 << 30
+
+
+def check_vectors(vectors, what: str = "vectors") -> np.ndarray:
+    """Validate a ``[N, D]`` matrix of finite numbers and return it as C-contiguous float32."""
+    arr = np.asarray(vectors)
+    if arr.ndim == 3:
+        raise FeatstoreError(
+            f"{what} has shape {list(arr.shape)} (one [R, D] array per item); pass a feature set's pooled "
+            "vectors [N, D] (e.g. the `pooled`, `cls` or `mean` array) or pool the items first"
+        )
+    if arr.ndim != 2:
+        raise FeatstoreError(f"{what} must be a 2-D array [N, D], got shape {list(arr.shape)}")
+    if arr.shape[0] == 0:
+        raise FeatstoreError(f"{what} is empty (0 rows); select at least one item with features")
+    if arr.shape[1] == 0:
+        raise FeatstoreError(f"{what} has 0 columns; pass vectors with at least one dimension")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise FeatstoreError(f"{what} has dtype {arr.dtype}; pass real-valued (float) vectors")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise FeatstoreError(
+            f"{what} has {rows.size} row(s) with NaN/inf (first rows: {', '.join(map(str, rows[:5]))}); "
+            "re-extract those items or drop them"
+        )
+    return arr
+
+
+def normalize_rows(arr: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """Return an L2-normalised float32 copy of ``arr [N, D]``; all-zero rows are an error."""
+    out = np.array(arr, dtype=np.float32, copy=True, order="C")
+    norms = np.linalg.norm(out, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise FeatstoreError(
+            f"{what} has {zero.size} all-zero row(s) (first rows: {', '.join(map(str, zero[:5]))}); cosine "
+            "similarity is undefined for them: drop those rows or use metric='l2'"
+        )
+    faiss.normalize_L2(out)
+    return out
+
+
+def gpu_available() -> bool:
+    """True when the installed faiss was built with GPU support and sees at least one CUDA device."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _ivf_nlist(n: int) -> int:
+    return int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
+
+
+def _default_nprobe(nlist: int) -> int:
+    return int(min(nlist, max(8, min(64, nlist // 32))))
+
+
+def choose_kind(n: int, dim: int, memory_budget: Optional[int] = None, exact_max: int = EXACT_MAX) -> str:
+    """The ``kind="auto"`` rule of this module's docstring: ``"flat"``, ``"hnsw"`` or ``"ivf"``."""
+    if n <= exact_max:
+        return "flat"
+    budget = _physical_memory() // 2 if memory_budget is None else memory_budget
+    hnsw_bytes = n * (4 * dim + 2 * HNSW_M * 4)
+    return "hnsw" if (hnsw_bytes <= budget and n <= HNSW_MAX) else "ivf"
+
+
+class VectorIndex:
+    """A FAISS index over ``ntotal`` vectors of dimension ``dim``, row ``i`` = position ``i`` of the input.
+
+    ``metric``: ``"cosine"`` (search returns cosine similarities, larger is closer) or ``"l2"``
+    (squared distances, smaller is closer). ``kind``: ``"flat"``, ``"ivf"`` or ``"hnsw"``.
+    """
+
+    def __init__(self, index: "faiss.Index", metric: str, *, from_cache: bool = False,
+                 gpu_resources=None):
+        self.index = index
+        self.metric = metric
+        self.from_cache = from_cache  # True when cached_index reused stored bytes instead of building
+        self._gpu_resources = gpu_resources  # keeps StandardGpuResources alive with the GPU index
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._gpu_resources is not None
+
+    @property
+    def kind(self) -> str:
+        cpu = self._cpu_index()
+        if isinstance(cpu, faiss.IndexHNSW):
+            return "hnsw"
+        if isinstance(cpu, faiss.IndexIVF):
+            return "ivf"
+        return "flat"
+
+    @property
+    def nprobe(self) -> Optional[int]:
+        return int(self.index.nprobe) if hasattr(self.index, "nprobe") else None
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """IVF only: how many of the ``nlist`` cells each query scans (more = better recall, slower)."""
+        if self.kind != "ivf":
+            raise FeatstoreError(f"nprobe applies to an IVF index; this index is {self.kind!r}")
+        if nprobe < 1:
+            raise FeatstoreError(f"nprobe must be >= 1, got {nprobe}")
+        self.index.nprobe = int(nprobe)
+
+    def __repr__(self) -> str:
+        return f"VectorIndex(kind={self.kind!r}, metric={self.metric!r}, ntotal={self.ntotal}, dim={self.dim})"
+
+    # -- search ---------------------------------------------------------------------------------
+    def search(self, queries, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Nearest neighbours of ``queries [Q, D]``.
+
+        Returns ``(sims, idx)``, both ``[Q, k']`` with ``k' = min(k, ntotal)``: ``idx`` int64 row
+        positions (best first; -1 where an approximate index found fewer), ``sims`` float32 cosine
+        similarities (or squared L2 distances for ``metric="l2"``).
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise FeatstoreError(f"k must be a positive integer, got {k!r}")
+        q = check_vectors(queries, "queries")
+        if q.shape[1] != self.dim:
+            raise FeatstoreError(
+                f"queries have dimension {q.shape[1]} but the index holds {self.dim}-d vectors; "
+                "query with vectors from the same feature set"
+            )
+        if self.metric == "cosine":
+            q = normalize_rows(q, "queries")
+        kk = int(min(k, self.ntotal))
+        sims, idx = self.index.search(q, kk)
+        return sims, idx.astype(np.int64, copy=False)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _cpu_index(self) -> "faiss.Index":
+        return faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
+
+    def to_bytes(self) -> bytes:
+        """The index in faiss's own serialisation (``faiss.serialize_index``), CPU form."""
+        return faiss.serialize_index(self._cpu_index()).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, use_gpu="auto", what: str = "index bytes") -> "VectorIndex":
+        """Inverse of ``to_bytes``; undecodable bytes raise ``CorruptDataError``."""
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise CorruptDataError(
+                f"{what} is not a faiss index ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                "delete it and rebuild the index"
+            ) from None
+        return cls._wrap_loaded(index, use_gpu)
+
+    def save(self, path) -> None:
+        """Write the index with ``faiss.write_index`` (CPU form)."""
+        path = os.fspath(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise FeatstoreError(f"cannot save index to {path!r}: folder {parent!r} does not exist; create it first")
+        faiss.write_index(self._cpu_index(), path)
+
+    @classmethod
+    def load(cls, path, *, use_gpu="auto") -> "VectorIndex":
+        """Read an index written by ``save``."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FeatstoreError(f"index file {path!r} does not exist; build it and save it first")
+        try:
+            index = faiss.read_index(path)
+        except RuntimeError as err:
+            raise CorruptDataError(
+                f"index file {path!r} is not a faiss index ({str(err).splitlines()[0]}); delete it and rebuild"
+            ) from None
+        return cls._wrap_loaded(index, use_gpu)
+
+    @classmethod
+    def _wrap_loaded(cls, index, use_gpu) -> "VectorIndex":
+        metric = "cosine" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
+        index, res = _maybe_to_gpu(index, use_gpu)
+        return cls(index, metric, gpu_resources=res)
+
+
+def _maybe_to_gpu(index, use_gpu):
+    """Move ``index`` to GPU 0 when asked/possible; returns ``(index, resources or None)``."""
+    if use_gpu not in ("auto", True, False):
+        raise FeatstoreError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}")
+    if use_gpu is False or (use_gpu == "auto" and not gpu_available()):
+        return index, None
+    if not gpu_available():
+        raise FeatstoreError(
+            "use_gpu=True but faiss has no GPU support or sees no CUDA device; install `faiss-gpu` "
+            "(pip install 'featstore-heads[gpu]') on a CUDA machine or pass use_gpu='auto'"
+        )
+    if isinstance(index, faiss.IndexHNSW):  # no GPU implementation of HNSW
+        return index, None
+    res = faiss.StandardGpuResources()  # pragma: no cover - needs faiss-gpu and CUDA
+    return faiss.index_cpu_to_gpu(res, 0, index), res  # pragma: no cover
+
+
+def build_index(vectors, *, metric: str = "cosine", kind: str = "auto", use_gpu="auto",
+                nprobe: Optional[int] = None, nlist: Optional[int] = None,
+                memory_budget: Optional[int] = None, exact_max: int = EXACT_MAX,
+                train_points_per_list: int = 64, train_iters: int = 10, seed: int = 0) -> VectorIndex:
+    """Index ``vectors [N, D]`` (row ``i`` gets id ``i``); see the module docstring for the kind rule.
+
+    ``nlist``/``nprobe`` tune IVF (defaults ``4*sqrt(N)`` capped at ``N/39`` and
+    ``clip(nlist//32, 8, 64)``); the IVF k-means runs ``train_iters`` iterations on a random sample of
+    ``train_points_per_list * nlist`` vectors (all of them if fewer); ``seed`` fixes sample and
+    initialisation.
+    """
+    if metric not in METRICS:
+        raise FeatstoreError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    if kind not in KINDS:
+        raise FeatstoreError(f"unknown index kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1):
+        raise FeatstoreError(f"nprobe must be a positive integer, got {nprobe!r}")
+    x = check_vectors(vectors)
+    if metric == "cosine":
+        x = normalize_rows(x)
+    n, d = x.shape
+    if kind == "auto":
+        kind = choose_kind(n, d, memory_budget, exact_max)
+    if kind != "ivf" and nprobe is not None:
+        raise FeatstoreError(f"nprobe applies only to kind='ivf', but the index kind is {kind!r}")
+    fmetric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d) if metric == "cosine" else faiss.IndexFlatL2(d)
+        index.add(x)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, HNSW_M, fmetric)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+        index.add(x)
+    else:  # ivf
+        nl = _ivf_nlist(n) if nlist is None else int(nlist)
+        if nl < 1 or nl > n:
+            raise FeatstoreError(f"nlist must be between 1 and the number of vectors ({n}), got {nl}")
+        quantizer = faiss.IndexFlatIP(d) if metric == "cosine" else faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nl, fmetric)
+        if train_points_per_list < 1 or train_iters < 1:
+            raise FeatstoreError("train_points_per_list and train_iters must be >= 1; use the defaults (64, 10)")
+        index.cp.seed = seed
+        index.cp.niter = int(train_iters)
+        index.cp.min_points_per_centroid = 1  # small samples are intended; no faiss warning on stderr
+        index.cp.max_points_per_centroid = max(int(train_points_per_list), 1)
+        rng = np.random.default_rng(seed)
+        sample_n = min(n, int(train_points_per_list) * nl)
+        train = x if sample_n == n else x[np.sort(rng.choice(n, sample_n, replace=False))]
+        index.train(train)
+        index.add(x)
+        index.nprobe = _default_nprobe(nl) if nprobe is None else int(nprobe)
+    index, res = _maybe_to_gpu(index, use_gpu)
+    return VectorIndex(index, metric, gpu_resources=res)
+
+
+def cached_index(vectors, cache_get: Callable[[str], Optional[bytes]], cache_put: Callable[[str, bytes], None],
+                 key: str, **kw) -> VectorIndex:
+    """Build the index of ``vectors`` once and keep its bytes in a caller-provided cache.
+
+    ``cache_get(name) -> bytes | None`` and ``cache_put(name, bytes)`` are e.g. a feature set version's
+    side files; ``name`` is ``f"{key}.{metric}.{kind}.faiss"``, so different build options do not
+    collide. A cached index whose size or dimension does not match ``vectors`` (a stale entry) is rebuilt
+    and overwritten. ``kw`` goes to ``build_index``. The returned index has ``from_cache=True`` when it
+    was loaded instead of built.
+    """
+    if not isinstance(key, str) or not key:
+        raise FeatstoreError(f"cache key must be a non-empty string, got {key!r}; use e.g. the feature set version")
+    x = check_vectors(vectors)
+    name = f"{key}.{kw.get('metric', 'cosine')}.{kw.get('kind', 'auto')}.faiss"
+    data = cache_get(name)
+    if data is not None:
+        cached = VectorIndex.from_bytes(bytes(data), use_gpu=kw.get("use_gpu", "auto"), what=f"cached index {name!r}")
+        if cached.ntotal == x.shape[0] and cached.dim == x.shape[1]:
+            if kw.get("nprobe") is not None:
+                cached.set_nprobe(kw["nprobe"])
+            cached.from_cache = True
+            return cached
+    built = build_index(x, **kw)
+    cache_put(name, built.to_bytes())
+    return built

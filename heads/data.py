@@ -1,0 +1,257 @@
+"""All features, targets and splits of one training set, as tensors on the device (loaded once).
+
+``TrainData.features`` holds the batch keys of ``heads.spec.InputSpec`` (each ``[N, ...]``, rows aligned
+with ``ids``); ``targets`` holds per task an int64 ``[N]`` class index (-1 = missing) or a float
+``[N, C]`` multi-hot (NaN row = missing); ``splits`` maps a split name to a LongTensor of row indices.
+A batch is one ``index_select`` per key on the device: no per-sample Python, no DataLoader.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from featstore.errors import FeatstoreError
+
+from .spec import InputSpec, TaskSpec
+
+FEATURE_KEYS = ("img_regions", "img_mask", "img_boxes", "img_pooled", "txt_tokens", "txt_mask", "txt_pooled")
+
+
+@dataclass
+class TrainData:
+    """Features ``{batch key: Tensor[N, ...]}``, ``ids`` (N sample ids), ``targets``, ``splits``, ``task_spec``.
+
+    ``meta`` carries provenance for run folders: ``{"features": {"image": {"name", "version"}, "text": ...},
+    "dataset_fingerprint": str}``.
+    """
+
+    features: Dict[str, Tensor]
+    ids: List[str]
+    targets: Dict[str, Tensor]
+    splits: Dict[str, Tensor]
+    task_spec: TaskSpec
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.ids)
+        if n == 0:
+            raise FeatstoreError("training data has no samples; pass a dataset with at least one sample")
+        if len(set(self.ids)) != n:
+            raise FeatstoreError("training data has duplicate sample ids; give every sample a unique id")
+        unknown = sorted(set(self.features) - set(FEATURE_KEYS))
+        if unknown:
+            raise FeatstoreError(f"feature key {unknown[0]!r} is not a batch key; use one of {', '.join(FEATURE_KEYS)}")
+        if not self.features:
+            raise FeatstoreError("training data has no features; pass an image and/or a text feature set")
+        for k, v in self.features.items():
+            if v.shape[0] != n:
+                raise FeatstoreError(f"feature {k!r} has {v.shape[0]} rows for {n} ids; rebuild the data so they match")
+        for a, b in (("img_regions", "img_mask"), ("txt_tokens", "txt_mask")):
+            if (a in self.features) != (b in self.features):
+                raise FeatstoreError(f"feature {a!r} needs {b!r} (and vice versa); pass both")
+        for t in self.task_spec.tasks:
+            y = self.targets.get(t.name)
+            if y is None:
+                raise FeatstoreError(f"no targets for task {t.name!r}; encode targets for every task of the spec")
+            want = (n, t.num_classes) if t.kind == "multilabel" else (n,)
+            if tuple(y.shape) != want:
+                raise FeatstoreError(f"targets of task {t.name!r} have shape {tuple(y.shape)}, expected {want}")
+        for s, idx in self.splits.items():
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+                raise FeatstoreError(f"split {s!r} has row indices outside 0..{n - 1}; rebuild the splits")
+
+    # ------------------------------------------------------------------------------------------- access
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.features.values())).device
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, idx: Tensor) -> Dict[str, Tensor]:
+        """Feature batch for row indices ``idx`` (LongTensor [B] on the device): one gather per key."""
+        return {k: v.index_select(0, idx) for k, v in self.features.items()}
+
+    def batch_targets(self, idx: Tensor) -> Dict[str, Tensor]:
+        """Targets for row indices ``idx``: {task: [B] int64 or [B, C] float}."""
+        return {k: v.index_select(0, idx) for k, v in self.targets.items()}
+
+    def split(self, name: str) -> Tensor:
+        """Row indices of split ``name``; a one-line error naming the splits there are."""
+        if name not in self.splits:
+            raise FeatstoreError(f"split {name!r} does not exist; choose one of {', '.join(self.splits) or '(none)'}")
+        idx = self.splits[name]
+        if idx.numel() == 0:
+            raise FeatstoreError(f"split {name!r} is empty; check the dataset's split column or pass --val-fraction")
+        return idx
+
+    def labelled(self, idx: Tensor) -> Tensor:
+        """The subset of ``idx`` with at least one task label present."""
+        ok = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        for t in self.task_spec.tasks:
+            y = self.targets[t.name].index_select(0, idx)
+            ok |= ~torch.isnan(y).any(dim=1) if t.kind == "multilabel" else (y >= 0)
+        return idx[ok]
+
+    def input_spec(self) -> InputSpec:
+        """Shapes of ``features`` as an ``InputSpec`` (dims 0 for an absent modality)."""
+        f = self.features
+        img = f.get("img_regions", f.get("img_pooled"))
+        txt = f.get("txt_tokens", f.get("txt_pooled"))
+        return InputSpec(
+            img_dim=int(img.shape[-1]) if img is not None else 0,
+            txt_dim=int(txt.shape[-1]) if txt is not None else 0,
+            img_regions=int(f["img_regions"].shape[1]) if "img_regions" in f else 0,
+            txt_tokens=int(f["txt_tokens"].shape[1]) if "txt_tokens" in f else 0,
+            img_pooled="img_pooled" in f, txt_pooled="txt_pooled" in f, img_boxes="img_boxes" in f)
+
+    def targets_numpy(self, idx: Tensor) -> Dict[str, np.ndarray]:
+        return {k: v.index_select(0, idx).cpu().numpy() for k, v in self.targets.items()}
+
+
+def normalise_boxes(boxes: Tensor, image_size: Tensor) -> Tensor:
+    """Pixel boxes ``[N, R, 4]`` (x1 y1 x2 y2) and ``image_size [N, 2]`` (W, H) -> ``[N, R, 5]``:
+    x1/W, y1/H, x2/W, y2/H, box area / image area."""
+    wh = image_size.to(boxes.dtype).clamp_min(1)
+    w, h = wh[:, 0, None], wh[:, 1, None]
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    area = ((x2 - x1).clamp_min(0) * (y2 - y1).clamp_min(0)) / (w * h)
+    return torch.stack([x1 / w, y1 / h, x2 / w, y2 / h, area], dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+SPLIT_ALIASES = {"dev_seen": "dev", "val": "dev", "valid": "dev", "validation": "dev", "test_seen": "test"}
+
+
+def dataset_splits(samples: Sequence[Any], targets: Dict[str, np.ndarray], spec: TaskSpec,
+                   val_fraction: Optional[float] = None, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Row indices per split from ``Sample.split`` (``None`` -> train).
+
+    Hateful Memes names map to dev/test (dev_seen -> dev; test_seen -> test when it has labels, else it
+    keeps its name); dev_unseen/test_unseen keep theirs. With ``val_fraction`` a stratified (first task's
+    classes, single-label tasks) ``val`` split is drawn from train with ``seed`` (sklearn
+    ``train_test_split``) and train shrinks accordingly; training monitors ``val`` when it exists.
+    """
+    from sklearn.model_selection import train_test_split
+
+    names = []
+    for s in samples:
+        raw = (s.split or "train").lower()
+        name = SPLIT_ALIASES.get(raw, raw)
+        if raw == "test_seen" and not s.labels:
+            name = "test_seen"
+        names.append(name)
+    names_arr = np.array(names)
+    splits = {n: np.where(names_arr == n)[0] for n in dict.fromkeys(names)}
+    if "train" not in splits:
+        raise FeatstoreError(f"the dataset has no train split (it has {', '.join(splits)}); "
+                             "pass a dataset whose samples include split 'train'")
+    if val_fraction is not None:
+        if not 0.0 < val_fraction < 1.0:
+            raise FeatstoreError(f"val_fraction {val_fraction} is out of range; pass a value in (0, 1), e.g. 0.1")
+        train = splits["train"]
+        first = spec.tasks[0]
+        y = targets[first.name][train] if first.kind != "multilabel" else None
+        strat = y if y is not None and len(np.unique(y)) > 1 and np.bincount(y - y.min()).min() >= 2 else None
+        try:
+            tr, va = train_test_split(train, test_size=val_fraction, random_state=seed, stratify=strat)
+        except ValueError as err:
+            raise FeatstoreError(f"val_fraction {val_fraction} cannot split {len(train)} train rows ({err}); "
+                                 "pass a larger dataset or another fraction") from None
+        splits["train"], splits["val"] = np.sort(tr), np.sort(va)
+    return splits
+
+
+# ------------------------------------------------------------------------------------------ from a store
+
+def _parse_ref(ref: Union[str, Sequence[str]]) -> tuple:
+    if isinstance(ref, str):
+        name, _, version = ref.partition("@")
+        return name, version or None
+    name, version = ref
+    return name, version
+
+
+def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec, str, None] = None, *,
+                     device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+                     max_regions: Optional[int] = None, max_tokens: Optional[int] = None,
+                     val_fraction: Optional[float] = None, seed: int = 0, task_weights=None,
+                     text_array: str = "tokens", text_pool: str = "cls") -> TrainData:
+    """Load every sample's features from ``store`` once, joined by key (never by position).
+
+    ``dataset``: a ``DatasetManifest`` (or a path for ``featstore.datasets.load_dataset``).
+    ``image_ref`` / ``text_ref``: ``"name"`` or ``"name@version"`` (None to leave a modality out); image sets
+    are joined on ``Sample.image_key`` or ``Sample.id`` by their ``key_kind``, text sets likewise.
+    ``tasks``: a ``TaskSpec`` or a ``--task`` choice (see ``heads.tasks.derive_task_spec``).
+    Image region sets give ``img_regions``/``img_mask`` (+ ``img_boxes`` normalised from ``boxes`` and
+    ``image_size``) and ``img_pooled`` from ``pooled``; text sets give ``txt_tokens``/``txt_mask`` from
+    ``text_array`` and ``txt_pooled`` from ``text_pool`` ("cls" or "mean", whichever exists).
+    """
+    from .tasks import derive_task_spec, encode_targets
+
+    if isinstance(dataset, (str, bytes)) or hasattr(dataset, "__fspath__"):
+        from featstore.datasets import load_dataset
+        dataset = load_dataset(dataset)
+    samples = list(dataset.samples)
+    if image_ref is None and text_ref is None:
+        raise FeatstoreError("no feature set given; pass --image NAME and/or --text NAME")
+    spec = tasks if isinstance(tasks, TaskSpec) else derive_task_spec(samples, tasks, task_weights)
+    features: Dict[str, Tensor] = {}
+    refs: Dict[str, Any] = {}
+    opened: Dict[str, Any] = {}
+    for modality, ref, flag in (("image", image_ref, "--image"), ("text", text_ref, "--text")):
+        if ref is None:
+            continue
+        name, version = _parse_ref(ref)
+        fs = store.open(name, version)
+        if fs.modality != modality:
+            raise FeatstoreError(f"feature set {name!r} passed as {flag} holds {fs.modality} features; swap "
+                                 "--image and --text (or pass a " + modality + " feature set)")
+        opened[modality] = fs
+    from featstore.store import preflight
+
+    preflight(samples, image=opened.get("image"), text=opened.get("text")).raise_if_missing()
+    for modality, fs in opened.items():
+        name = fs.name
+        keys = [s.image_key if fs.key_kind == "image_key" else s.id for s in samples]
+        refs[modality] = {"name": fs.name, "version": fs.version}
+        names = set(fs.array_names)
+        if modality == "image":
+            want = [n for n in ("regions", "boxes", "image_size", "pooled") if n in names]
+            if "regions" not in names and "pooled" not in names:
+                raise FeatstoreError(f"image feature set {name!r} has neither 'regions' nor 'pooled' "
+                                     f"(it has {', '.join(sorted(names))}); pass an image feature set")
+            got = fs.select(keys, want, max_items=max_regions, torch=True, device=device, dtype=dtype)
+            if "regions" in got:
+                features["img_regions"], features["img_mask"] = got["regions"], got["mask"].bool()
+                if "boxes" in got and "image_size" in got:
+                    features["img_boxes"] = normalise_boxes(got["boxes"].to(dtype), got["image_size"]).to(dtype)
+            if "pooled" in got:
+                features["img_pooled"] = got["pooled"]
+        else:
+            pool = text_pool if text_pool in names else next((p for p in ("cls", "mean") if p in names), None)
+            want = [n for n in (text_array, pool) if n is not None and n in names]
+            if not want:
+                raise FeatstoreError(f"text feature set {name!r} has neither {text_array!r} nor cls/mean "
+                                     f"(it has {', '.join(sorted(names))}); pass a text feature set")
+            got = fs.select(keys, want, max_items=max_tokens, torch=True, device=device, dtype=dtype)
+            if text_array in got:
+                features["txt_tokens"], features["txt_mask"] = got[text_array], got["mask"].bool()
+            if pool in got:
+                features["txt_pooled"] = got[pool]
+    targets_np = encode_targets(samples, spec)
+    splits = dataset_splits(samples, targets_np, spec, val_fraction, seed)
+    for s, idx in splits.items():
+        if len(idx) == 0:
+            raise FeatstoreError(f"split {s!r} is empty; check the dataset or pass --val-fraction")
+    return TrainData(
+        features=features, ids=[s.id for s in samples],
+        targets={k: torch.as_tensor(v, device=device) for k, v in targets_np.items()},
+        splits={k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in splits.items()},
+        task_spec=spec,
+        meta={"features": refs, "dataset_fingerprint": getattr(dataset, "fingerprint", None)})

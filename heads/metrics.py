@@ -1,0 +1,136 @@
+"""Classification metrics per task, computed with scikit-learn.
+
+Inputs are numpy arrays for the labelled rows of one split:
+
+* binary: ``y_true`` int [N] in {0, 1}, ``probs`` float [N, 2] (softmax; column 1 = positive class)
+* multiclass: ``y_true`` int [N] in [0, C), ``probs`` float [N, C] (softmax)
+* multilabel: ``y_true`` {0, 1} [N, C] multi-hot, ``probs`` float [N, C] (independent sigmoids),
+  decisions at threshold 0.5
+
+Rows with a missing label (class index -1, or a NaN multi-hot row) are dropped first. A metric that is
+undefined on the given labels (AUROC with a single class present) is NaN and a sentence is added to the
+task's ``warnings`` list; it never raises.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from .spec import Task, TaskSpec
+
+THRESHOLD = 0.5
+
+METRIC_NAMES = {
+    "binary": ("auroc", "accuracy", "f1", "macro_f1", "micro_f1", "weighted_f1"),
+    "multiclass": ("auroc", "accuracy", "macro_f1", "micro_f1", "weighted_f1"),
+    "multilabel": ("micro_auroc", "macro_auroc", "micro_f1", "macro_f1", "weighted_f1", "subset_accuracy"),
+}
+
+
+def default_metric(task: Task) -> str:
+    """The metric a task is judged by unless told otherwise: AUROC for binary, macro F1 otherwise."""
+    return "auroc" if task.kind == "binary" else "macro_f1"
+
+
+def logits_to_probs(task: Task, logits: torch.Tensor) -> torch.Tensor:
+    """[B, task.num_outputs] logits -> probabilities of the same shape (softmax, or sigmoid for multilabel)."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if task.kind == "multilabel" else torch.softmax(logits, dim=-1)
+
+
+def labelled_rows(task: Task, y_true: np.ndarray) -> np.ndarray:
+    """Boolean [N]: rows whose label for ``task`` is present."""
+    if task.kind == "multilabel":
+        return ~np.isnan(np.asarray(y_true, dtype=np.float64)).any(axis=1)
+    return np.asarray(y_true) >= 0
+
+
+def predictions(task: Task, probs: np.ndarray) -> np.ndarray:
+    """Hard decisions: class index [N] (argmax) or multi-hot int [N, C] (probability >= 0.5)."""
+    if task.kind == "multilabel":
+        return (probs >= THRESHOLD).astype(np.int64)
+    return probs.argmax(axis=1)
+
+
+def _auroc(y, score, warn: List[str], what: str, **kw) -> float:
+    if len(np.unique(y)) < 2:
+        warn.append(f"{what} is undefined: only one class is present in the labels; reported as NaN")
+        return math.nan
+    try:
+        return float(roc_auc_score(y, score, **kw))
+    except ValueError as err:
+        warn.append(f"{what} is undefined on these labels ({err}); reported as NaN")
+        return math.nan
+
+
+def task_metrics(task: Task, y_true: np.ndarray, probs: np.ndarray) -> Tuple[Dict[str, float], List[str]]:
+    """Metrics of one task on one split -> ({metric: value}, warnings). Empty dict when no row is labelled."""
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    keep = labelled_rows(task, y_true)
+    warn: List[str] = []
+    if not keep.any():
+        return {}, [f"task {task.name!r}: no labelled rows"]
+    y, p = y_true[keep], probs[keep]
+    pred = predictions(task, p)
+    m: Dict[str, float] = {"n": int(keep.sum())}
+    if task.kind == "multilabel":
+        y = y.astype(np.int64)
+        m["micro_auroc"] = _auroc(y.ravel(), p.ravel(), warn, f"task {task.name!r} micro AUROC")
+        present = [c for c in range(y.shape[1]) if 0 < y[:, c].sum() < len(y)]
+        if len(present) < y.shape[1]:
+            warn.append(f"task {task.name!r}: {y.shape[1] - len(present)} classes have a single value; "
+                        "macro AUROC averages the others")
+        m["macro_auroc"] = (float(np.mean([roc_auc_score(y[:, c], p[:, c]) for c in present]))
+                            if present else math.nan)
+        for avg in ("micro", "macro", "weighted"):
+            m[f"{avg}_f1"] = float(f1_score(y, pred, average=avg, zero_division=0))
+        m["subset_accuracy"] = float(accuracy_score(y, pred))
+        return m, warn
+    labels = list(range(task.num_outputs))
+    m["accuracy"] = float(accuracy_score(y, pred))
+    if task.kind == "binary":
+        m["auroc"] = _auroc(y, p[:, 1], warn, f"task {task.name!r} AUROC")
+        m["f1"] = float(f1_score(y, pred, average="binary", pos_label=1, zero_division=0))
+    else:
+        if len(np.unique(y)) < task.num_outputs:
+            warn.append(f"task {task.name!r} AUROC is undefined: only {len(np.unique(y))} of "
+                        f"{task.num_outputs} classes present; reported as NaN")
+            m["auroc"] = math.nan
+        else:
+            m["auroc"] = _auroc(y, p / p.sum(1, keepdims=True), warn, f"task {task.name!r} AUROC",
+                                multi_class="ovr", average="macro", labels=labels)
+    for avg in ("macro", "micro", "weighted"):
+        m[f"{avg}_f1"] = float(f1_score(y, pred, average=avg, labels=labels, zero_division=0))
+    return m, warn
+
+
+def compute_metrics(spec: TaskSpec, targets: Dict[str, np.ndarray], probs: Dict[str, np.ndarray]
+                    ) -> Tuple[Dict[str, float], List[str]]:
+    """All tasks of one split -> (flat {"<task>/<metric>": value, "score": ...}, warnings).
+
+    ``score`` is the mean over tasks of each task's default metric (AUROC for binary, macro F1
+    otherwise); with one task it equals that task's default metric. NaN when any of them is NaN.
+    """
+    flat: Dict[str, float] = {}
+    warnings: List[str] = []
+    defaults = []
+    for task in spec.tasks:
+        m, w = task_metrics(task, targets[task.name], probs[task.name])
+        warnings += w
+        flat.update({f"{task.name}/{k}": v for k, v in m.items()})
+        if m:
+            defaults.append(m[default_metric(task)])
+    if defaults:
+        flat["score"] = float(np.mean(defaults))
+    return flat, warnings
+
+
+def metric_keys(spec: TaskSpec) -> List[str]:
+    """Every flat metric key ``compute_metrics`` can produce for ``spec`` (plus "score" and "loss")."""
+    keys = [f"{t.name}/{m}" for t in spec.tasks for m in METRIC_NAMES[t.kind]]
+    return keys + ["score", "loss"]

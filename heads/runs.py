@@ -1,0 +1,238 @@
+"""Run folders: write (``save_run``), reopen (``load_run``), reuse (``evaluate_run``, ``predict_run``) and
+repeat over seeds (``train_seeds``).
+
+A run folder holds::
+
+    config.json            train config, head name + resolved head config, InputSpec, TaskSpec,
+                           feature set refs {name, version}, dataset fingerprint, monitor, best epoch
+    history.csv / .json    one row per epoch: train loss (+ per-task / extra losses), lr, val metrics
+    model.safetensors      the best state dict
+    metrics.json           {"seed": s, "monitor": key, "best_epoch": e, "<split>": {flat metrics}, ...}
+                           (NaN written as null)
+    predictions_<split>.csv  by sample id; one binary task called "label": ``id,proba,label`` (Hateful
+                           Memes challenge layout, proba = P(class 1), label = argmax); otherwise
+                           ``id`` + ``<task>:<class>`` probabilities + ``<task>`` predicted class name
+                           (multilabel: the names with p >= 0.5 joined by "|")
+    roc_<split>.png, learning_curve.png
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from featstore.errors import FeatstoreError
+
+from .data import TrainData
+from .metrics import compute_metrics, logits_to_probs, predictions
+from .plots import plot_learning_curve, plot_roc
+from .spec import InputSpec, TaskSpec
+
+CONFIG, METRICS, WEIGHTS = "config.json", "metrics.json", "model.safetensors"
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _clean(dataclasses.asdict(obj))
+    return obj
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FeatstoreError(f"{path} does not exist; pass a run folder written by `heads train`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise FeatstoreError(f"{path} is not valid JSON ({err.msg}); re-run training to rewrite it") from None
+
+
+def is_hm_layout(spec: TaskSpec) -> bool:
+    return len(spec.tasks) == 1 and spec.tasks[0].name == "label" and spec.tasks[0].kind == "binary"
+
+
+def write_predictions(path, spec: TaskSpec, ids: Sequence[str], probs: Dict[str, np.ndarray]) -> None:
+    """Predictions CSV in the layout described in the module docstring."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        if is_hm_layout(spec):
+            p = probs["label"]
+            w.writerow(["id", "proba", "label"])
+            for i, row in zip(ids, p):
+                w.writerow([i, repr(float(row[1])), int(row.argmax())])
+            return
+        header = ["id"]
+        for t in spec.tasks:
+            names = t.class_names or [str(c) for c in range(t.num_outputs)]
+            header += [f"{t.name}:{c}" for c in names] + [t.name]
+        w.writerow(header)
+        decided = {t.name: predictions(t, probs[t.name]) for t in spec.tasks}
+        for r, i in enumerate(ids):
+            row: List[Any] = [i]
+            for t in spec.tasks:
+                names = t.class_names or [str(c) for c in range(t.num_outputs)]
+                row += [repr(float(x)) for x in probs[t.name][r]]
+                d = decided[t.name][r]
+                row.append("|".join(n for n, on in zip(names, d) if on) if t.kind == "multilabel" else names[int(d)])
+            w.writerow(row)
+
+
+def save_run(run_dir, result, data: TrainData) -> Path:
+    """Write ``result`` (a ``heads.train.TrainResult``) trained on ``data`` into ``run_dir``."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    model = result.model
+    head_cfg = model.config if dataclasses.is_dataclass(getattr(model, "config", None)) else result.config.head_cfg
+    _write_json(run / CONFIG, {
+        "train": result.config.to_dict(), "head": result.config.head, "head_config": head_cfg,
+        "input_spec": data.input_spec().to_dict(), "task_spec": result.task_spec.to_dict(),
+        "features": data.meta.get("features", {}), "dataset_fingerprint": data.meta.get("dataset_fingerprint"),
+        "monitor": result.monitor, "val_split": result.val_split, "best_epoch": result.best_epoch})
+    keys = list(dict.fromkeys(k for r in result.history for k in r))
+    with open(run / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(result.history)
+    _write_json(run / "history.json", result.history)
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(run / WEIGHTS))
+    metrics = {"seed": result.config.seed, "monitor": result.monitor, "best_epoch": result.best_epoch}
+    metrics.update(result.metrics)
+    metrics["warnings"] = {s: w for s, w in result.warnings.items() if w}
+    _write_json(run / METRICS, metrics)
+    for split, probs in result.probs.items():
+        idx = data.splits[split]
+        write_predictions(run / f"predictions_{split}.csv", result.task_spec, [data.ids[i] for i in idx.tolist()], probs)
+        if split in result.metrics:
+            plot_roc(result.task_spec, data.targets_numpy(idx), probs, run / f"roc_{split}.png", split)
+    plot_learning_curve(result.history, result.monitor, run / "learning_curve.png")
+    return run
+
+
+def load_run(run_dir) -> Tuple[torch.nn.Module, dict]:
+    """Rebuild the head from ``config.json`` and load ``model.safetensors`` -> (model in eval mode, config)."""
+    from .models import create_head
+
+    run = Path(run_dir)
+    config = _read_json(run / CONFIG)
+    if not (run / WEIGHTS).is_file():
+        raise FeatstoreError(f"{run / WEIGHTS} does not exist; the run did not finish - re-run `heads train`")
+    try:
+        inputs = InputSpec(**config["input_spec"])
+        spec = TaskSpec.from_dict(config["task_spec"])
+        model = create_head(config["head"], inputs, spec, **config["head_config"])
+    except (KeyError, TypeError) as err:
+        raise FeatstoreError(f"{run / CONFIG} lacks or mangles {err}; re-run `heads train` to rewrite it") from None
+    try:
+        state = load_file(str(run / WEIGHTS))
+        model.load_state_dict(state)
+    except Exception as err:  # safetensors header errors, missing/unexpected keys, shape mismatches
+        raise FeatstoreError(f"{run / WEIGHTS} does not fit head {config['head']!r} "
+                             f"({str(err).splitlines()[0][:200]}); re-run `heads train`") from None
+    model.eval()
+    return model, config
+
+
+def _check_compatible(config: dict, data: TrainData, run_dir) -> None:
+    have = data.input_spec().to_dict()
+    want = config["input_spec"]
+    if have != want:
+        diff = [k for k in want if want[k] != have.get(k)]
+        raise FeatstoreError(f"data does not match run {run_dir}: input {diff[0]} is {have.get(diff[0])!r}, the "
+                             f"run was trained with {want[diff[0]]!r}; pass the feature sets of the run "
+                             f"({config.get('features')})")
+
+
+def _run_probs(model, data: TrainData, idx: torch.Tensor, config: dict) -> Dict[str, np.ndarray]:
+    from .train import predict_logits
+
+    spec = TaskSpec.from_dict(config["task_spec"])
+    model.to(data.device)
+    logits = predict_logits(model, data, idx, config["train"].get("eval_batch_size", 512))
+    return {t.name: logits_to_probs(t, logits[t.name]).cpu().numpy() for t in spec.tasks}
+
+
+def evaluate_run(run_dir, data: TrainData, split: str) -> Dict[str, float]:
+    """Flat metrics (``heads.metrics.compute_metrics``) of a saved run on ``data``'s ``split``."""
+    model, config = load_run(run_dir)
+    _check_compatible(config, data, run_dir)
+    spec = TaskSpec.from_dict(config["task_spec"])
+    missing = [t.name for t in spec.tasks if t.name not in data.targets]
+    if missing:
+        raise FeatstoreError(f"data has no labels for task {missing[0]!r} of run {run_dir}; pass the run's --task")
+    idx = data.labelled(data.split(split))
+    if idx.numel() == 0:
+        raise FeatstoreError(f"split {split!r} has no labels; evaluate a labelled split or use predict")
+    probs = _run_probs(model, data, idx, config)
+    metrics, _ = compute_metrics(spec, data.targets_numpy(idx), probs)
+    return metrics
+
+
+def predict_run(run_dir, data: TrainData, out_csv, split: Optional[str] = None) -> Path:
+    """Write predictions of a saved run for ``split`` (default: every row of ``data``) to ``out_csv``."""
+    model, config = load_run(run_dir)
+    _check_compatible(config, data, run_dir)
+    spec = TaskSpec.from_dict(config["task_spec"])
+    idx = data.split(split) if split is not None else torch.arange(len(data), device=data.device)
+    probs = _run_probs(model, data, idx, config)
+    out = Path(out_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(out, spec, [data.ids[i] for i in idx.tolist()], probs)
+    return out
+
+
+def summarise(per_seed: Dict[int, dict]) -> Dict[str, Dict[str, dict]]:
+    """{split: {metric: {"mean", "std" (sample std, ddof=1; 0 for one seed), "n", "values"}}} from
+    {seed: metrics.json content}; NaN/None values are left out of mean and std."""
+    out: Dict[str, Dict[str, dict]] = {}
+    for seed, m in per_seed.items():
+        for split, vals in m.items():
+            if not isinstance(vals, dict) or split == "warnings":
+                continue
+            for k, v in vals.items():
+                out.setdefault(split, {}).setdefault(k, {"values": {}})["values"][seed] = v
+    for split in out.values():
+        for stat in split.values():
+            xs = np.array([v for v in stat["values"].values() if v is not None and math.isfinite(v)], dtype=float)
+            stat["n"] = int(len(xs))
+            stat["mean"] = float(xs.mean()) if len(xs) else None
+            stat["std"] = float(xs.std(ddof=1)) if len(xs) > 1 else (0.0 if len(xs) else None)
+    return out
+
+
+def train_seeds(cfg, data: TrainData, seeds: Sequence[int], out_dir, progress: bool = False) -> Dict[str, Any]:
+    """One run per seed into ``out_dir/seed_<k>``; writes and returns ``summary.json``
+    ({"seeds": [...], "summary": summarise(...)})."""
+    from .train import train
+
+    if not seeds:
+        raise FeatstoreError("no seeds given; pass e.g. --seeds 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise FeatstoreError(f"seeds {list(seeds)} repeat a value; pass distinct seeds")
+    out = Path(out_dir)
+    per_seed = {}
+    for s in seeds:
+        run_cfg = dataclasses.replace(cfg, seed=int(s))
+        train(run_cfg, data, out / f"seed_{s}", progress=progress)
+        per_seed[int(s)] = _read_json(out / f"seed_{s}" / METRICS)
+    summary = {"seeds": [int(s) for s in seeds], "summary": summarise(per_seed)}
+    _write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,153 @@
+"""The HTML confounder report: content checked by parsing, then rendered in headless Chromium."""
+import base64
+import html
+import io
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featstore.errors import FeatstoreError
+from featstore.search import find_confounders, write_html_report
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+COLOURS = {"red": (220, 20, 20), "green": (20, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 10)}
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("headless Chromium is required for the HTML report test: install it with "
+                    "`apt-get install -y chromium` (Debian package `chromium`)")
+    return exe
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.tags, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _decode(uri):
+    assert uri.startswith("data:image/jpeg;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
+
+
+@pytest.fixture
+def memes(tmp_path):
+    """4 samples, solid-colour 'photos' (some wide), two planted confounder pairs."""
+    ids = ["m1", "m2", "m3", "m4"]
+    colours = ["red", "red", "blue", "yellow"]
+    sizes = [(400, 300), (400, 300), (300, 500), (320, 320)]
+    paths = {}
+    for i, c, size in zip(ids, colours, sizes):
+        p = tmp_path / f"{i}.png"
+        Image.new("RGB", size, COLOURS[c]).save(p)
+        paths[i] = str(p)
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((4, 32))
+    txt = rng.standard_normal((4, 32))
+    img[1] = img[0]  # m1/m2: same image, different text
+    txt[3] = txt[2]  # m3/m4: same text, different image
+    texts = {"m1": "look how many people love you", "m2": "look how many people <script>alert(1)</script> hate you",
+             "m3": "when you & me \"agree\"", "m4": "when you & me \"agree\""}
+    labels = {"m1": 0, "m2": 1, "m3": 1, "m4": 1}
+    pairs = sorted(find_confounders(ids, ids, img, txt, [labels[i] for i in ids]), key=lambda p: p.id_a)
+    assert [(p.id_a, p.id_b, p.kind) for p in pairs] == [("m1", "m2", "same_image"), ("m3", "m4", "same_text")]
+    return dict(pairs=pairs, texts=texts, labels=labels, image_paths=paths)
+
+
+def test_html_is_self_contained_and_escaped(tmp_path, memes):
+    out = tmp_path / "report.html"
+    n = write_html_report(memes["pairs"], out, texts=memes["texts"], labels=memes["labels"],
+                          image_paths=memes["image_paths"], predictions={"m1": 0.9, "m2": 0.8}, thumb_px=96)
+    assert n == 2
+    page = out.read_text(encoding="utf-8")
+    parser = _Collect()
+    parser.feed(page)
+    assert "script" not in parser.tags and "link" not in parser.tags
+    assert "http://" not in page and "https://" not in page
+    assert len(parser.imgs) == 4
+    thumbs = [_decode(a["src"]) for a in parser.imgs]
+    assert [t.size for t in thumbs] == [(96, 72), (96, 72), (58, 96), (96, 96)]  # aspect kept, fits 96 px
+    for t, colour in zip(thumbs, ["red", "red", "blue", "yellow"]):
+        assert np.abs(np.asarray(t, float).mean((0, 1)) - COLOURS[colour]).max() < 6
+    text = "".join(parser.text)
+    assert "look how many people <script>alert(1)</script> hate you" in text  # shown as text, not markup
+    assert html.escape("<script>") in page
+    assert "label flip" in text and "same label" in text
+    assert "model wrong (pred 1)" in text and "model right (pred 1)" in text
+    assert f"image sim {memes['pairs'][0].image_sim:.3f}" in text
+
+
+def test_renders_in_headless_chromium(tmp_path, memes):
+    exe = _chromium()
+    out = tmp_path / "report.html"
+    write_html_report(memes["pairs"], out, texts=memes["texts"], labels=memes["labels"],
+                      image_paths=memes["image_paths"])
+    profile = tmp_path / "profile"
+    env = dict(os.environ, HOME=str(tmp_path))
+    dom = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", out.as_uri()],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    parser = _Collect()
+    parser.feed(dom.stdout)
+    assert len(parser.imgs) == 4 and all(a["src"].startswith("data:image/jpeg;base64,") for a in parser.imgs)
+    assert "script" not in parser.tags  # the escaped text did not become an element
+    text = " ".join(parser.text)
+    for t in memes["texts"].values():
+        assert t in text
+    shot = tmp_path / "shot.png"
+    res = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}",
+                          "--window-size=1200,900", "--hide-scrollbars", out.as_uri()],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
+    px = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
+    assert px.shape[:2] == (900, 1200)
+    assert px.std() > 20  # not a blank page
+    for name in ("red", "blue", "yellow"):  # the planted thumbnail colours are on screen
+        close = (np.abs(px - COLOURS[name]).max(axis=2) < 25).sum()
+        assert close > 1000, f"{name} thumbnail not visible in the screenshot ({close} px)"
+
+
+def test_max_pairs_and_reused_thumbnails(tmp_path, memes):
+    out = tmp_path / "one.html"
+    assert write_html_report(memes["pairs"], out, texts=memes["texts"], labels=None,
+                             image_paths=memes["image_paths"], max_pairs=1) == 1
+    page = out.read_text()
+    assert "showing the first 1 of 2" in page and "m3" not in page
+    parser = _Collect()
+    parser.feed(page)
+    assert len(parser.imgs) == 2
+
+
+def test_report_errors(tmp_path, memes):
+    kw = dict(texts=memes["texts"], labels=memes["labels"], image_paths=memes["image_paths"])
+    with pytest.raises(FeatstoreError, match=r"texts has no entry for 1 sample id\(s\) of the pairs \(first: 'm2'\)"):
+        write_html_report(memes["pairs"], tmp_path / "r.html", **{**kw, "texts": {"m1": "a", "m3": "b", "m4": "c"}})
+    missing = dict(memes["image_paths"], m3=str(tmp_path / "gone.png"))
+    with pytest.raises(FeatstoreError, match="gone.png' does not exist; check the dataset's image folder"):
+        write_html_report(memes["pairs"], tmp_path / "r.html", **{**kw, "image_paths": missing})
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    broken = dict(memes["image_paths"], m4=str(tmp_path / "broken.png"))
+    with pytest.raises(FeatstoreError, match="broken.png' cannot be read"):
+        write_html_report(memes["pairs"], tmp_path / "r.html", **{**kw, "image_paths": broken})
+    with pytest.raises(FeatstoreError, match="thumb_px must be an integer between 16 and 1024"):
+        write_html_report(memes["pairs"], tmp_path / "r.html", thumb_px=4, **kw)
+    with pytest.raises(FeatstoreError, match="max_pairs must be a positive integer"):
+        write_html_report(memes["pairs"], tmp_path / "r.html", max_pairs=0, **kw)
+    with pytest.raises(FeatstoreError, match="folder .* does not exist"):
+        write_html_report(memes["pairs"], tmp_path / "no" / "r.html", **kw)

