@@ -8,7 +8,6 @@ import json
 
 import click
 
-from featstore.errors import FeatstoreError
 
 from .common import FriendlyGroup, echo_table, parse_settings, store_option
 

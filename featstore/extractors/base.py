@@ -131,7 +131,12 @@ class Extractor:
         return self._fingerprint
 
     def _compute_fingerprint(self) -> str:
-        raise NotImplementedError
+        """Default: the weight files' sha256 (``self.weights_path``), else the seeded random init's state."""
+        from .weights import fingerprint_files, fingerprint_state_dict
+
+        if getattr(self, "weights_path", None) is not None:
+            return fingerprint_files(self.weights_path)
+        return fingerprint_state_dict(self.model, self.config.seed)
 
     def schema(self) -> Dict[str, ArraySpec]:
         raise NotImplementedError
@@ -152,7 +157,8 @@ class Extractor:
         raise NotImplementedError
 
     def modules(self) -> List[torch.nn.Module]:
-        raise NotImplementedError
+        """The torch modules ``to()`` moves; default: ``self.model``."""
+        return [self.model]
 
     def to(self, device, dtype: Optional[torch.dtype] = None) -> "Extractor":
         """Move the model(s) to ``device``. ``dtype``: autocast dtype (None: bf16/fp16 on CUDA, none on CPU;

@@ -16,11 +16,10 @@ import torch
 from PIL import Image
 
 from ..errors import FeatstoreError
-from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, register_extractor
 from .hf import load_pretrained
 from .text import pad_ids, text_input
-from .weights import DEMO, fingerprint_files, resolve_weights
+from .weights import DEMO, resolve_weights
 
 
 @dataclass
@@ -48,12 +47,6 @@ class _ClipBase(Extractor):
         self.model = load_pretrained(CLIPModel, self.weights_path, "CLIPModel")
         self.model.eval()
         self.dim = int(self.model.config.projection_dim)
-
-    def modules(self):
-        return [self.model]
-
-    def _compute_fingerprint(self) -> str:
-        return fingerprint_files(self.weights_path)
 
     def schema(self):
         return {"pooled": self.fspec(self.dim)}

@@ -19,13 +19,33 @@ import torch
 from torch import nn
 
 from ..errors import FeatstoreError
-from .base import seeded
+from .base import Extractor, seeded
 from .weights import (DEMO, DEMO_IMAGE_BACKBONE, demo_image_file, fingerprint_files, fingerprint_state_dict,
                       load_efficientnet_lite0_demo, load_into, resolve_weights)
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CNNExtractor(Extractor):
+    """Shared by the CNN image extractors (``grid``, ``roi``): one ``CNNBackbone`` built from the config's
+    ``backbone``, ``weights`` and ``seed``; fingerprinted by its weights."""
+
+    modality = "image"
+    key_kind = "image_key"
+    channels_last = True
+    _compile_targets = ("backbone",)
+
+    def __init__(self, config, name: str):
+        super().__init__(config, name)
+        self.backbone = CNNBackbone(config.backbone, config.weights, config.seed)
+
+    def modules(self):
+        return [self.backbone]
+
+    def _compute_fingerprint(self) -> str:
+        return self.backbone.fingerprint()
 
 
 class CNNBackbone(nn.Module):

@@ -31,7 +31,7 @@ from torchvision.ops import batched_nms, boxes as box_ops
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, register_extractor, seeded
-from .weights import DEMO, fingerprint_files, fingerprint_state_dict, load_into, resolve_weights
+from .weights import DEMO, load_into, resolve_weights
 
 
 @dataclass
@@ -90,14 +90,6 @@ class DetectorExtractor(Extractor):
             load_into(self.model, self.weights_path, f"fasterrcnn_resnet50_fpn with {c.num_classes} classes")
         self.model.eval()
         self.dim = self.model.roi_heads.box_head.fc7.out_features
-
-    def modules(self):
-        return [self.model]
-
-    def _compute_fingerprint(self) -> str:
-        if self.weights_path is not None:
-            return fingerprint_files(self.weights_path)
-        return fingerprint_state_dict(self.model, self.config.seed)
 
     def schema(self):
         k, d = self.config.max_boxes, self.dim

@@ -39,7 +39,7 @@ from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, register_extractor, seeded
 from .cnn import IMAGENET_MEAN, IMAGENET_STD
 from .geometry import grid_cell_boxes
-from .weights import DEMO, fingerprint_files, fingerprint_state_dict, resolve_weights
+from .weights import DEMO, resolve_weights
 
 REDUCTIONS = ("interp", "attention")
 
@@ -119,14 +119,6 @@ class _Dinov2Base(Extractor):
             if bad or not config.layers:
                 raise FeatstoreError(f"layers={tuple(config.layers)} are invalid for a {hf.num_hidden_layers}-layer "
                                      f"model; choose layers in 0..{hf.num_hidden_layers}")
-
-    def modules(self):
-        return [self.model]
-
-    def _compute_fingerprint(self) -> str:
-        if self.weights_path is not None:
-            return fingerprint_files(self.weights_path)
-        return fingerprint_state_dict(self.model, self.config.seed)
 
     @property
     def dim(self) -> int:

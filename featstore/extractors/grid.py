@@ -11,7 +11,7 @@ Output (R = grid_size**2, D = backbone channels, 2048 for ResNet-152, 320 for tf
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ from PIL import Image
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, Extractor, register_extractor
-from .cnn import CNNBackbone
+from .base import BaseConfig, register_extractor
+from .cnn import CNNExtractor
 from .geometry import grid_cell_boxes
 from .weights import DEMO, DEMO_IMAGE_BACKBONE
 
@@ -56,22 +56,7 @@ def pil_to_normalized(img: Image.Image, size_wh, mean, std) -> torch.Tensor:
 
 
 @register_extractor("grid", GridConfig, help="CNN last stage pooled to a GxG grid (ResNet-152 default, 36x2048)")
-class GridExtractor(Extractor):
-    modality = "image"
-    key_kind = "image_key"
-    channels_last = True
-    _compile_targets = ("backbone",)
-
-    def __init__(self, config: GridConfig, name: str):
-        super().__init__(config, name)
-        self.backbone = CNNBackbone(config.backbone, config.weights, config.seed)
-
-    def modules(self):
-        return [self.backbone]
-
-    def _compute_fingerprint(self) -> str:
-        return self.backbone.fingerprint()
-
+class GridExtractor(CNNExtractor):
     @property
     def num_regions(self) -> int:
         return self.config.grid_size ** 2

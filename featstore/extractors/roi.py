@@ -30,8 +30,8 @@ from torchvision.ops import roi_align
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, Extractor, register_extractor
-from .cnn import CNNBackbone
+from .base import BaseConfig, register_extractor
+from .cnn import CNNExtractor
 from .geometry import multiscale_tiles, resize_keep_aspect
 from .grid import pil_to_normalized
 from .weights import DEMO, DEMO_IMAGE_BACKBONE
@@ -64,22 +64,7 @@ class RoiConfig(BaseConfig):
 
 
 @register_extractor("roi", RoiConfig, help="RoIAlign on a CNN stride-16 map over multi-scale grid proposals (36x2048)")
-class RoiExtractor(Extractor):
-    modality = "image"
-    key_kind = "image_key"
-    channels_last = True
-    _compile_targets = ("backbone",)
-
-    def __init__(self, config: RoiConfig, name: str):
-        super().__init__(config, name)
-        self.backbone = CNNBackbone(config.backbone, config.weights, config.seed)
-
-    def modules(self):
-        return [self.backbone]
-
-    def _compute_fingerprint(self) -> str:
-        return self.backbone.fingerprint()
-
+class RoiExtractor(CNNExtractor):
     def schema(self):
         r, d = self.config.num_regions, self.backbone.channels
         return {"regions": self.fspec(r, d, per_item=True), "count": ArraySpec((), "int32"),

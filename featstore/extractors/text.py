@@ -25,7 +25,7 @@ from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, pad_items, register_extractor
 from .hf import load_pretrained
-from .weights import DEMO, demo_text_dir, fingerprint_files, resolve_weights
+from .weights import DEMO, demo_text_dir, resolve_weights
 
 
 @dataclass
@@ -107,12 +107,6 @@ class BertExtractor(Extractor):
                                  f"use max_length <= {max_pos}")
         self.dim = int(getattr(hf, "hidden_size", getattr(hf, "dim", 0)))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-
-    def modules(self):
-        return [self.model]
-
-    def _compute_fingerprint(self) -> str:
-        return fingerprint_files(self.weights_path)
 
     def schema(self):
         t, d = self.config.max_length, self.dim

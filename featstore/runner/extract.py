@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np

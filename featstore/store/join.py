@@ -6,7 +6,7 @@ Features are never matched by position: every sample's row is found by its key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from ..errors import FeatstoreError
 
