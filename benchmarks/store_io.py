@@ -69,7 +69,8 @@ class FeatstoreLayout(Layout):
     def __init__(self, root: str, backend: str, compression: str = "blosc"):
         super().__init__(root)
         self.backend, self.compression = backend, compression
-        self.name = f"featstore {backend}" + (f" ({compression})" if backend == "zarr" else "")
+        label = {"auto": "default: raw image floats"}.get(compression, compression)
+        self.name = f"featstore {backend}" + (f" ({label})" if backend == "zarr" else "")
 
     def write(self, data, keys):
         store = open_store(self.root, create=True)
@@ -198,8 +199,8 @@ def main(argv=None) -> int:
     keys = [f"{i:05d}" for i in range(args.n)]
     rng = np.random.default_rng(1)
     probe = [keys[i] for i in rng.integers(0, args.n, size=args.reads)]
-    layouts = [FeatstoreLayout(os.path.join(out, "zarr_blosc"), "zarr", "blosc"),
-               FeatstoreLayout(os.path.join(out, "zarr_none"), "zarr", "none"),
+    layouts = [FeatstoreLayout(os.path.join(out, "zarr_auto"), "zarr", "auto"),
+               FeatstoreLayout(os.path.join(out, "zarr_blosc"), "zarr", "blosc"),
                FeatstoreLayout(os.path.join(out, "lmdb"), "lmdb"),
                H5Layout(os.path.join(out, "h5_chunked"), chunked=True),
                H5Layout(os.path.join(out, "h5_contiguous"), chunked=False),

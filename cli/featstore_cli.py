@@ -218,10 +218,13 @@ def extractors():
 @click.option("--chunk-rows", type=int, default=64, show_default=True, help="Rows per store chunk (resume unit).")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="Bad inputs: skip records them in the version's failures; fail stops at the first.")
-@click.option("--backend", type=click.Choice(["zarr", "lmdb"]), default="zarr", show_default=True)
+@click.option("--backend", type=click.Choice(["zarr", "lmdb"]), default="zarr", show_default=True,
+              help="zarr: bulk loads; lmdb: fastest per-sample random reads (local stores only).")
+@click.option("--compression", type=click.Choice(["auto", "blosc", "zstd", "none"]), default="auto",
+              show_default=True, help="Zarr codec; auto keeps dense image features raw, compresses padded text.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(dataset_path, dataset_format, extractor_name, weights, store_url, name, settings, batch_size, workers,
-            device, amp, compile_model, chunk_rows, on_error, backend, quiet):
+            device, amp, compile_model, chunk_rows, on_error, backend, compression, quiet):
     """Materialise one feature set version: run an extractor over a dataset into the store.
 
     Rerunning the same command resumes an interrupted run, or names the finished version. Under
@@ -240,7 +243,7 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
     ds = load_dataset(dataset_path, dataset_format, check_images=False)
     st = open_store(store_url, create=True)
     opts = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device, amp=amp, chunk_rows=chunk_rows,
-                          on_error=on_error, backend=backend, progress=not quiet)
+                          on_error=on_error, backend=backend, compression=compression, progress=not quiet)
     summary = run_extraction(st, ds, extractor_name, name=name, extractor_config=cfg, options=opts)
     for line in summary.lines():
         click.echo(line)

@@ -35,6 +35,7 @@ class ExtractOptions:
     chunk_rows: int = 64
     on_error: str = "skip"  # skip (record id + reason in the version's failures) | fail
     backend: str = "zarr"
+    compression: str = "auto"  # zarr codec: auto | blosc | zstd | none (see featstore.store.backends)
     max_pixels: int = 89_478_485  # PIL's decompression-bomb limit
     progress: bool = True
 
@@ -186,6 +187,7 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     set_name = name or extractor_name
     rank, world = dist.init()
     kw = dict(key_kind=ext.key_kind, modality=modality, chunk_rows=opts.chunk_rows, backend=opts.backend,
+              backend_options={"compression": opts.compression} if opts.backend == "zarr" else None,
               meta={"extractor": extractor_name})
     if rank == 0:
         writer = store.writer(set_name, recipe, keys, schema, **kw)

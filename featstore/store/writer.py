@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import FeatstoreError
 from ..version import __version__
-from .backends import COUNT, VALID, full_schema, make_backend
+from .backends import COUNT, RESERVED, VALID, full_schema, make_backend
 from .location import Location
 from .spec import ArraySpec, Recipe
 
@@ -78,8 +78,10 @@ class VersionWriter:
         for k, s in schema.items():
             if not isinstance(s, ArraySpec):
                 raise FeatstoreError(f"schema entry {k!r} must be an ArraySpec, got {type(s).__name__}")
-        if VALID in schema:
-            raise FeatstoreError(f"array name {VALID!r} is reserved; rename it")
+        reserved = sorted(set(schema) & RESERVED)
+        if reserved:
+            raise FeatstoreError(f"array name {reserved[0]!r} is reserved (the store uses {', '.join(sorted(RESERVED))}); "
+                                 f"rename it")
         self.loc, self.name, self.recipe, self.keys = loc, name, recipe, keys
         self.version = recipe.version_id
         self.user_schema = dict(schema)
@@ -87,6 +89,8 @@ class VersionWriter:
         self.key_kind, self.modality = key_kind, modality
         self.chunk_rows, self.backend_kind = int(chunk_rows), backend
         self.backend_options = dict(backend_options or {})
+        if backend == "zarr":  # codec choice per array ("auto" compression) depends on the modality
+            self.backend_options.setdefault("modality", modality)
         self.meta = dict(meta or {})
         self.backend = make_backend(backend, loc, len(keys), self.schema, self.chunk_rows, self.backend_options)
         self.complete = loc.exists(RECORD_FILE)
