@@ -85,7 +85,9 @@ def test_roi_matches_roi_align_layer4_mean_by_hand():
     assert items[0]["image"].shape == (3, 50, 100)  # shorter 60->64 would make 128 wide: capped by max_side
     assert items[1]["image"].shape == (3, 100, 56)  # 50->64 makes 115 tall: capped at 100
     batch = ex.collate(items)
-    assert batch["image"].shape == (2, 3, 100, 100)  # zero-padded bottom/right to the batch maximum
+    # zero-padded bottom/right to the orientation's fixed canvas (shorter_side x max_side)
+    assert batch["landscape"].shape == (1, 3, 64, 100) and batch["portrait"].shape == (1, 3, 100, 64)
+    assert batch["portrait_mask"].tolist() == [False, True]
     out = ex.forward(batch)
     m = _resnet18_ref(1)
     for i, (img, it) in enumerate(zip(imgs, items)):
@@ -94,7 +96,8 @@ def test_roi_matches_roi_align_layer4_mean_by_hand():
         boxes = multiscale_tiles(w, h, (1.0, 0.75, 0.5, 0.25))[:14]
         np.testing.assert_allclose(out["boxes"][i], boxes.numpy())
         with torch.no_grad():
-            x = batch["image"][i:i + 1]
+            x = torch.zeros(1, 3, *((64, 100) if rw >= rh else (100, 64)))
+            x[0, :, :rh, :rw] = it["image"]
             f3 = m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x)))))))
             scaled = boxes * torch.tensor([rw / w, rh / h, rw / w, rh / h])
             r = roi_align(f3, [scaled], output_size=14, spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
@@ -106,10 +109,14 @@ def test_roi_matches_roi_align_layer4_mean_by_hand():
 
 
 def test_roi_batching_does_not_change_results():
+    """A row depends only on its own image: not on the sizes or orientations of the others in its batch."""
     ex = create_extractor("roi", backbone="resnet18", shorter_side=64, max_side=100, dtype="float32")
-    a = ex.forward(ex.collate([ex.preprocess(_img(64, 64, 7))]))
-    b = ex.forward(ex.collate([ex.preprocess(_img(64, 64, 7)), ex.preprocess(_img(64, 64, 8))]))
-    np.testing.assert_allclose(a["regions"][0], b["regions"][0], rtol=1e-4, atol=1e-5)
+    imgs = [_img(64, 64, 7), _img(90, 50, 8), _img(40, 80, 9), _img(70, 66, 10)]
+    alone = [ex.forward(ex.collate([ex.preprocess(i)])) for i in imgs]
+    together = ex.forward(ex.collate([ex.preprocess(i) for i in imgs]))
+    for i, a in enumerate(alone):
+        for name in ("regions", "pooled", "boxes"):
+            np.testing.assert_allclose(together[name][i], a[name][0], rtol=1e-4, atol=1e-5, err_msg=f"{i} {name}")
 
 
 def test_geometry_hand_computed():

@@ -1,8 +1,12 @@
 """``roi``: bottom-up-attention-style region features from fixed multi-scale proposals (no detector).
 
 Preprocessing: resize keeping the aspect ratio so the shorter side is ``shorter_side`` (600) unless the
-longer side would exceed ``max_side`` (1000), bilinear antialiased, backbone mean/std; a batch is
-zero-padded at the bottom/right to its largest image.
+longer side would exceed ``max_side`` (1000), bilinear antialiased, backbone mean/std; each image is
+zero-padded at the bottom/right to a fixed canvas for its orientation (``shorter_side x max_side`` for
+landscape and square images, ``max_side x shorter_side`` for portrait ones), and the two orientations
+run as two sub-batches. Padding to the batch's largest image instead would let the padding (which the
+convolutions see at the borders) depend on the other images in the batch, so the same image would get
+different features at another batch size; with fixed canvases a row depends only on its own image.
 
 Proposals (``geometry.multiscale_tiles`` on the ORIGINAL image, in the order of ``scales``, row-major
 within a scale; box side ``s*W x s*H``, stride half a box, an extra edge-flush box where the steps do not
@@ -74,7 +78,7 @@ class RoiExtractor(CNNExtractor):
     def preprocessing(self) -> Dict[str, Any]:
         c = self.config
         return {"resize_shorter": c.shorter_side, "max_side": c.max_side, "keep_aspect": True,
-                "interpolation": "bilinear-antialias", "mean": list(self.backbone.mean),
+                "interpolation": "bilinear-antialias", "pad": "orientation-canvas", "mean": list(self.backbone.mean),
                 "std": list(self.backbone.std), "proposals": "multiscale_tiles", "scales": list(c.scales),
                 "roi_align": {"output": c.roi_output, "spatial_scale": 1 / 16, "sampling_ratio": c.sampling_ratio,
                               "aligned": True}}
@@ -89,19 +93,28 @@ class RoiExtractor(CNNExtractor):
         x = pil_to_normalized(item, (rw, rh), self.backbone.mean, self.backbone.std)
         return {"image": x, "size": torch.tensor([w, h], dtype=torch.int64)}
 
+    def canvas(self, portrait: bool) -> Tuple[int, int]:
+        """(height, width) every image of one orientation is padded to."""
+        s, m = self.config.shorter_side, self.config.max_side
+        return (m, s) if portrait else (s, m)
+
     def collate(self, items: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        """Zero-pad images to the batch's largest height/width: ``image [N, 3, Hmax, Wmax]``,
+        """Zero-pad each image to its orientation's canvas: ``landscape [Nl, 3, S, M]`` and
+        ``portrait [Np, 3, M, S]`` (S = shorter_side, M = max_side), ``portrait_mask`` bool [N] (row order),
         ``resized`` int64 [N, 2] (w, h before padding), ``size`` int64 [N, 2] (original w, h)."""
         if not items:
             raise FeatstoreError("collate got an empty batch; the DataLoader must yield at least one item")
-        hmax = max(it["image"].shape[1] for it in items)
-        wmax = max(it["image"].shape[2] for it in items)
-        img = torch.zeros(len(items), 3, hmax, wmax)
-        for i, it in enumerate(items):
-            _, h, w = it["image"].shape
-            img[i, :, :h, :w] = it["image"]
+        portrait = torch.tensor([it["image"].shape[1] > it["image"].shape[2] for it in items], dtype=torch.bool)
+        out = {}
+        for name, is_p in (("landscape", False), ("portrait", True)):
+            group = [it["image"] for it, p in zip(items, portrait.tolist()) if p == is_p]
+            ch, cw = self.canvas(is_p)
+            img = torch.zeros(len(group), 3, ch, cw)
+            for i, x in enumerate(group):
+                img[i, :, : x.shape[1], : x.shape[2]] = x
+            out[name] = img
         resized = torch.tensor([[it["image"].shape[2], it["image"].shape[1]] for it in items], dtype=torch.int64)
-        return {"image": img, "resized": resized, "size": torch.stack([it["size"] for it in items])}
+        return dict(out, portrait_mask=portrait, resized=resized, size=torch.stack([it["size"] for it in items]))
 
     @torch.inference_mode()
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
@@ -111,14 +124,23 @@ class RoiExtractor(CNNExtractor):
             b = self.proposals(w, h)
             boxes_orig.append(b)
             boxes_resized.append(b * torch.tensor([rw / w, rh / h, rw / w, rh / h]))
-        with self.autocast():
-            fmap = self.backbone.stem16(self.to_device(batch["image"]))
-            rois = roi_align(fmap.float(), [b.to(self.device) for b in boxes_resized], output_size=c.roi_output,
-                             spatial_scale=1 / 16, sampling_ratio=c.sampling_ratio, aligned=True)
-            feats = self.backbone.tail(self.to_device(rois.to(fmap.dtype)))
-        vec = feats.float().mean(dim=(2, 3))  # [N*R, D]
         n, r = len(boxes_orig), c.num_regions
-        regions = vec.reshape(n, r, -1)
+        portrait = batch["portrait_mask"].tolist()
+        regions = None
+        for name, is_p in (("landscape", False), ("portrait", True)):
+            rows = [i for i, p in enumerate(portrait) if p == is_p]
+            if not rows:
+                continue
+            with self.autocast():
+                fmap = self.backbone.stem16(self.to_device(batch[name]))
+                rois = roi_align(fmap.float(), [boxes_resized[i].to(self.device) for i in rows],
+                                 output_size=c.roi_output, spatial_scale=1 / 16, sampling_ratio=c.sampling_ratio,
+                                 aligned=True)
+                feats = self.backbone.tail(self.to_device(rois.to(fmap.dtype)))
+            vec = feats.float().mean(dim=(2, 3)).reshape(len(rows), r, -1)  # [n_group, R, D]
+            if regions is None:
+                regions = vec.new_zeros(n, r, vec.shape[-1])
+            regions[torch.tensor(rows, device=vec.device)] = vec
         return {"regions": self.out(regions), "count": np.full(n, r, dtype=np.int32),
                 "boxes": torch.stack(boxes_orig).numpy(), "image_size": self.out_int(batch["size"]),
                 "pooled": self.out(regions.mean(dim=1))}
