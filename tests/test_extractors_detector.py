@@ -62,10 +62,14 @@ def test_detector_random_init_end_to_end():
     out = ex.forward(batch)
     rh = ex.model.roi_heads
     il, _ = ex.model.transform([im.float() / 255 for im in batch["images"]])
+    ref = []
     with torch.no_grad():
-        feats = ex.model.backbone(il.tensors)
-        ref = rh.box_head(rh.box_roi_pool(feats, [d["boxes"] for d in dets], il.image_sizes))
-    ref = ref.split([len(d["boxes"]) for d in dets])
+        for i, d in enumerate(dets):  # each image alone, zero-padded to its orientation's canvas
+            h, w = il.image_sizes[i]
+            canvas = torch.zeros(1, 3, *ex.canvas(h > w))
+            canvas[0, :, :h, :w] = il.tensors[i, :, :h, :w]
+            feats = ex.model.backbone(canvas)
+            ref.append(rh.box_head(rh.box_roi_pool(feats, [d["boxes"]], [(h, w)])))
     for i, (img, d) in enumerate(zip(imgs, dets)):
         n = int(out["count"][i])
         assert 3 <= n <= 8 and n == len(d["boxes"])
@@ -90,3 +94,17 @@ def test_detector_bad_config(tmp_path):
             create_extractor("detector", **cfg)
     with pytest.raises(FeatstoreError, match="does not exist"):
         create_extractor("detector", weights=str(tmp_path / "frcnn.pth"))
+
+
+def test_detector_batching_does_not_change_results():
+    """A row depends only on its own image, not on the sizes of the other images in its batch."""
+    ex = create_extractor("detector", min_size=96, max_size=160, max_boxes=6, min_boxes=2, score_thresh=0.0,
+                          dtype="float32")
+    rng = np.random.default_rng(2)
+    imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            for w, h in [(120, 80), (60, 100), (90, 90), (150, 70)]]
+    together = ex.forward(ex.collate([ex.preprocess(i) for i in imgs]))
+    for i, img in enumerate(imgs):
+        alone = ex.forward(ex.collate([ex.preprocess(img)]))
+        for name in ("regions", "boxes", "scores", "count", "class_ids"):
+            np.testing.assert_allclose(together[name][i], alone[name][0], rtol=1e-3, atol=1e-3, err_msg=f"{i} {name}")

@@ -1,6 +1,7 @@
 """``detector``: Faster R-CNN (torchvision ``fasterrcnn_resnet50_fpn``) detections and their box features.
 
-Per image: the model's own transform (resize to ``min_size``/``max_size``, normalise), backbone + FPN, RPN
+Per image: the model's own transform (resize to ``min_size``/``max_size``, normalise; then padded to a fixed
+canvas per orientation, so a row never depends on the rest of its batch), backbone + FPN, RPN
 proposals, box head -> class scores and class-specific boxes (decoded, clipped, background dropped, tiny
 boxes removed). Selection (``select_detections``), all on the model's device:
 
@@ -19,13 +20,14 @@ class (class-wise NMS, as torchvision's detector itself outputs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
+from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms, boxes as box_ops
 
 from ..errors import FeatstoreError
@@ -121,11 +123,35 @@ class DetectorExtractor(Extractor):
     def detect(self, batch) -> List[Dict[str, torch.Tensor]]:
         """Per image: ``boxes`` [n, 4] in the model's resized coordinates, ``scores``, ``labels``,
         ``features`` [n, 1024], plus ``resized`` (h, w)."""
-        m, c = self.model, self.config
-        rh = m.roi_heads
         images = [img.to(self.device, non_blocking=True).float() / 255.0 for img in batch["images"]]
         with self.autocast():
-            il, _ = m.transform(images)
+            il, _ = self.model.transform(images)  # resized + normalised, padded to the batch maximum
+        out: List[Optional[Dict[str, torch.Tensor]]] = [None] * len(images)
+        for portrait in (False, True):
+            rows = [i for i, (h, w) in enumerate(il.image_sizes) if (h > w) == portrait]
+            if not rows:
+                continue
+            ch, cw = self.canvas(portrait)
+            canvas = il.tensors.new_zeros(len(rows), 3, ch, cw)
+            for j, i in enumerate(rows):
+                h, w = il.image_sizes[i]
+                canvas[j, :, :h, :w] = il.tensors[i, :, :h, :w]
+            for i, det in zip(rows, self._detect_group(ImageList(canvas, [il.image_sizes[i] for i in rows]))):
+                out[i] = det
+        return out
+
+    def canvas(self, portrait: bool) -> Tuple[int, int]:
+        """(height, width) every resized image of one orientation is padded to (multiples of 32).
+
+        Padding to the batch's largest image (torchvision's default) would let the padding the backbone sees
+        depend on the other images in the batch; with fixed canvases a row depends only on its own image."""
+        s, m = (-(-int(v) // 32) * 32 for v in (self.config.min_size, self.config.max_size))
+        return (m, s) if portrait else (s, m)
+
+    def _detect_group(self, il) -> List[Dict[str, torch.Tensor]]:
+        m, c = self.model, self.config
+        rh = m.roi_heads
+        with self.autocast():
             feats = m.backbone(il.tensors)
             proposals, _ = m.rpn(il, feats)
             x = rh.box_head(rh.box_roi_pool(feats, proposals, il.image_sizes))
