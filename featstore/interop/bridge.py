@@ -167,11 +167,15 @@ def _chain_first(k, r, rest):
     yield from rest
 
 
-def _records(fsv, block: int = 256) -> Iterator[Tuple[str, dict]]:
+def _check_regions(fsv) -> None:
     need = {"regions", "count"}
     if not need <= set(fsv.array_names):
         raise FeatstoreError(f"{fsv.ref} has no region features ({', '.join(fsv.array_names)}); export takes an image "
                              f"region set (grid, roi, detector, dinov2 or an import)")
+
+
+def _records(fsv, block: int = 256) -> Iterator[Tuple[str, dict]]:
+    _check_regions(fsv)
     names = [n for n in ("regions", "boxes", "image_size", "class_ids", "scores") if n in fsv.array_names]
     keys = list(fsv.keys)
     for start in range(0, len(keys), block):
@@ -196,6 +200,7 @@ def export_features(fsv, out_path: str, fmt: str) -> int:
     _check_format(fmt)
     if os.path.exists(out_path) and (not os.path.isdir(out_path) or os.listdir(out_path)):
         raise FeatstoreError(f"{out_path} already exists; choose a new path (exports never overwrite)")
+    _check_regions(fsv)  # before anything is written: no half-made output for a text set
     if fmt == "mmf-lmdb":
         return len(write_mmf_lmdb(out_path, _records(fsv)))
     if fmt == "npy":

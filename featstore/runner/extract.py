@@ -186,6 +186,7 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
                     manifest_fingerprint=dataset.fingerprint)
     set_name = name or extractor_name
     rank, world = dist.init()
+    device = _resolve_device(opts.device)  # before the writer: a bad --device must not leave a version behind
     kw = dict(key_kind=ext.key_kind, modality=modality, chunk_rows=opts.chunk_rows, backend=opts.backend,
               backend_options={"compression": opts.compression} if opts.backend == "zarr" else None,
               meta={"extractor": extractor_name})
@@ -201,7 +202,6 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
 
     my_chunks = [c for c in writer.pending_chunks() if c % world == rank]
     rows = [r for c in my_chunks for r in range(*writer.chunk_slice(c).indices(len(keys)))]
-    device = _resolve_device(opts.device)
     ext.to(device, _compute_dtype(opts.amp, device))
 
     buffers = {c: _ChunkBuffer(c, range(*writer.chunk_slice(c).indices(len(keys)))) for c in my_chunks}

@@ -1,0 +1,205 @@
+"""`heads` list / train / eval / predict / compare and the glue behind them (heads.session, heads.demo) on tiny
+real features (ResNet-18 grid regions + MiniLM tokens extracted by `featstore extract`). Printed and saved
+metrics are checked against scikit-learn on the saved predictions; reloaded runs against the files they wrote.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from cli.heads_cli import main as heads
+from cli_helpers import build_world, invoke, one_line_error
+from featstore.store import Recipe, open_store
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = build_world(tmp_path_factory.mktemp("heads_cli"))
+    keys = sorted({s.image_key for s in w["ds"].samples})
+    open_store(w["store"]).write("pooled-only", Recipe("pooled-only"), keys,
+                                 {"pooled": np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)},
+                                 key_kind="image_key", modality="image")
+    return w
+
+
+def train_args(world, out, *extra, head="concat"):
+    return ["train", "--store", world["store"], "--dataset", world["data"], "--image", "grid", "--text", "bert",
+            "--head", head, "--epochs", 3, "--quiet", "--device", "cpu", "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def run(world, tmp_path_factory):
+    """One concat run (3 epochs) that also stores its fused embeddings as feature set ``fused-concat``."""
+    rd = tmp_path_factory.mktemp("run") / "concat"
+    out = invoke(heads, train_args(world, rd, "--save-fused", "fused-concat"))
+    return rd, out
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_list_shows_every_head_with_its_options():
+    from heads.models import HEADS, list_heads
+
+    out = invoke(heads, ["list"])
+    blocks, name = {}, None
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            name = line.split(":")[0]
+            blocks[name] = []
+        else:
+            blocks[name].append(line)
+    assert list(blocks) == HEADS.names()
+    for name, _, cfg in list_heads():
+        for f in dataclasses.fields(cfg):
+            assert f"    {f.name} = {getattr(cfg, f.name)!r}" in blocks[name], (name, f.name)
+
+
+def test_train_writes_a_run_folder_whose_metrics_match_its_predictions(world, run):
+    rd, out = run
+    for f in ("config.json", "metrics.json", "model.safetensors", "predictions_test.csv", "history.csv"):
+        assert (rd / f).is_file(), f
+    config = json.loads((rd / "config.json").read_text())
+    st = open_store(world["store"])
+    assert config["head"] == "concat" and config["train"]["epochs"] == 3
+    assert config["features"] == {"image": {"name": "grid", "version": st.open("grid").version},
+                                  "text": {"name": "bert", "version": st.open("bert").version}}
+    rows = read_csv(rd / "predictions_test.csv")
+    assert rows[0] == ["id", "proba", "label"]
+    test = [s for s in world["ds"].samples if s.split == "test_seen"]
+    assert [r[0] for r in rows[1:]] == [s.id for s in test]
+    proba = np.array([float(r[1]) for r in rows[1:]])
+    pred = np.array([int(r[2]) for r in rows[1:]])
+    y = np.array([s.labels["label"] for s in test])
+    assert ((proba >= 0) & (proba <= 1)).all() and (pred == (proba > 0.5)).all()
+    metrics = json.loads((rd / "metrics.json").read_text())["test"]
+    assert metrics["label/n"] == len(test) == 12
+    assert metrics["label/auroc"] == pytest.approx(roc_auc_score(y, proba), abs=1e-9)
+    assert metrics["label/accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-9)
+    assert metrics["label/f1"] == pytest.approx(f1_score(y, pred), abs=1e-9)
+    line = next(line for line in out.splitlines() if line.strip().startswith("test"))
+    assert f"label/auroc={metrics['label/auroc']:.4f}" in line and f"label/f1={metrics['label/f1']:.4f}" in line
+    assert out.splitlines()[0].startswith(f"run {rd}: head concat, seed 0, best epoch")
+
+
+def test_eval_prints_the_runs_test_metrics(world, run):
+    rd, _ = run
+    ev = json.loads(invoke(heads, ["eval", rd, "--store", world["store"], "--dataset", world["data"], "--device",
+                                   "cpu"]))
+    saved = json.loads((rd / "metrics.json").read_text())["test"]
+    assert ev["split"] == "test" and ev["run"] == str(rd)
+    assert set(ev["metrics"]) == set(saved)
+    for k, v in saved.items():
+        assert ev["metrics"][k] == pytest.approx(v, abs=1e-6, nan_ok=True), k
+
+
+def test_predict_reproduces_the_runs_test_predictions(world, run, tmp_path):
+    rd, _ = run
+    out = invoke(heads, ["predict", rd, "--store", world["store"], "--dataset", world["data"], "--split", "test",
+                         "--out", tmp_path / "p.csv", "--device", "cpu"])
+    assert out.strip() == f"wrote {tmp_path / 'p.csv'}"
+    assert (tmp_path / "p.csv").read_text() == (rd / "predictions_test.csv").read_text()
+    invoke(heads, ["predict", rd, "--store", world["store"], "--dataset", world["data"], "--out",
+                   tmp_path / "all.csv", "--device", "cpu"])
+    assert [r[0] for r in read_csv(tmp_path / "all.csv")[1:]] == [s.id for s in world["ds"].samples]
+
+
+def test_save_fused_stores_the_heads_fused_embeddings(world, run):
+    from heads.data import build_train_data
+    from heads.runs import load_run
+    from heads.session import fused_embeddings
+
+    rd, out = run
+    st = open_store(world["store"])
+    fused = st.open("fused-concat")
+    assert f"stored as {fused.ref} (48 x {fused.spec('pooled').shape[0]})" in out
+    assert fused.modality == "fused" and fused.key_kind == "sample_id"
+    model, _ = load_run(rd)
+    data = build_train_data(st, world["ds"], "grid", "bert", "label")
+    want = fused_embeddings(model, data)
+    assert want.shape == (48, fused.spec("pooled").shape[0])
+    np.testing.assert_allclose(fused.select(list(data.ids), ["pooled"])["pooled"], want, rtol=1e-6, atol=1e-6)
+    # the fused set is searchable like any other
+    from cli.featstore_cli import main as featstore
+
+    assert "rank" in invoke(featstore, ["neighbors", "1", "--set", "fused-concat", "--store", world["store"], "-k", 3])
+
+
+def test_run_feature_refs_name_the_exact_trained_versions(world, run, tmp_path):
+    from heads.session import run_feature_refs
+
+    rd, _ = run
+    st = open_store(world["store"])
+    assert run_feature_refs(rd, None, None) == (st.open("grid").ref, st.open("bert").ref)
+    assert run_feature_refs(rd, "other", None) == ("other", st.open("bert").ref)
+    with pytest.raises(Exception, match="not a run folder"):
+        run_feature_refs(tmp_path, None, None)
+
+
+def test_seeds_write_one_run_each_and_a_mean_std_summary_then_compare(world, tmp_path):
+    out = invoke(heads, train_args(world, tmp_path / "a", "--seeds", "0,1"))
+    assert (tmp_path / "a" / "seed_0" / "metrics.json").is_file() and (tmp_path / "a" / "seed_1").is_dir()
+    per_seed = [json.loads((tmp_path / "a" / f"seed_{s}" / "metrics.json").read_text())["test"] for s in (0, 1)]
+    test_line = next(line for line in out.splitlines() if line.strip().startswith("test"))
+    got = dict(re.findall(r"(\S+)=(\S+)", test_line))
+    assert got and all("+-" in v for v in got.values())
+    for k, v in got.items():
+        xs = np.array([m[k] for m in per_seed])
+        mean, std = (float(x) for x in v.split("+-"))
+        assert mean == pytest.approx(xs.mean(), abs=1e-4) and std == pytest.approx(xs.std(ddof=1), abs=1e-4), k
+    invoke(heads, train_args(world, tmp_path / "b", "--seeds", "0,1", head="text-only"))
+    table = invoke(heads, ["compare", tmp_path / "a", tmp_path / "b"])
+    assert "concat" in table and "text-only" in table and "+-" in table and "significance" in table
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("swapped", "swap"),
+    ("regions", "needs image regions"),
+    ("unknown-head", "unknown head 'nope'"),
+    ("task", "'genres'"),
+    ("not-a-run", "not a run folder"),
+    ("cuda", "no GPU is visible"),
+])
+def test_bad_input_is_one_line(world, tmp_path, case, needle):
+    import torch
+
+    base = ["--store", world["store"], "--dataset", world["data"], "--quiet", "--device", "cpu", "--out", tmp_path / "x"]
+    args = {
+        "swapped": ["train", "--image", "bert", "--text", "grid", "--head", "concat", *base],
+        "regions": ["train", "--image", "pooled-only", "--text", "bert", "--head", "vilbert", *base],
+        "unknown-head": ["train", "--image", "grid", "--text", "bert", "--head", "nope", *base],
+        "task": ["train", "--image", "grid", "--text", "bert", "--head", "concat", "--task", "genres", *base],
+        "not-a-run": ["eval", tmp_path, "--store", world["store"], "--dataset", world["data"], "--device", "cpu"],
+        "cuda": ["train", "--image", "grid", "--text", "bert", "--head", "concat", *base[:-4], "--device", "cuda",
+                 "--out", tmp_path / "x"],
+    }[case]
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    line = one_line_error(heads, args)
+    assert needle in line, line
+    assert not (tmp_path / "x").exists()
+
+
+def test_demo_heads_table_matches_the_run_folders(world, tmp_path):
+    from featstore.store import open_store as _open
+    from heads.demo import DEMO_HEADS, train_demo_heads
+
+    lines = list(train_demo_heads(_open(world["store"]), world["ds"], "grid", "bert", progress=False,
+                                  run_root=str(tmp_path)))
+    assert lines[0].startswith(f"heads trained on cached features (runs in {tmp_path}); test split, 12 samples")
+    header = lines[1].split()
+    assert header[0] == "head" and header[-1] == "seconds"
+    assert [line.split()[0] for line in lines[2:]] == [h for h, _ in DEMO_HEADS]
+    for line in lines[2:]:
+        head, *values = line.split()
+        saved = json.loads((tmp_path / head / "metrics.json").read_text())["test"]
+        for name, value in zip(header[1:-1], values[:-1]):
+            assert float(value) == pytest.approx(saved[f"label/{name}"], abs=5e-5), (head, name)
