@@ -1,0 +1,406 @@
+"""Heads speed: seconds per training epoch of every head on cached features, against re-extracting them.
+
+    python benchmarks/heads_speed.py [--device auto|cpu|cuda] [--quick] [--heads concat,vilbert,...]
+        [--n-train N] [--epochs E] [--baseline-epochs B]
+
+Data (generated once, seeded): raw inputs shaped like the users' - ``N`` RGB images (uint8, ``S x S``) and
+``N`` token-id sequences (``[CLS] ... [SEP]``, lengths uniform in 8..T, padded to T) with a random binary
+label; split 17:1 into train and val like Hateful Memes (8,500 train, 500 dev).
+
+Backbones (the users' pipelines, shrunk): a timm CNN (``pretrained=False``, seeded) whose last feature map
+is average-pooled to a ``g x g`` grid -> ``img_regions [N, g*g, C]`` (+ ``img_pooled`` = their mean and
+``img_boxes`` = the grid cells, normalised), and a few-layer ``transformers.BertModel`` ->
+``txt_tokens [N, T, H]`` (+ ``txt_pooled`` = the [CLS] state). Both run in eval mode under ``no_grad``
+(bf16 autocast on CUDA); the features are float32.
+
+Two ways to train the same head with ``heads.train.train`` (AdamW, warmup + linear decay, clipping,
+a validation pass per epoch; ``patience=0`` so every epoch runs; bf16 autocast on CUDA):
+
+* cached (featstore): the features extracted ONCE into a ``TrainData`` on the device; a batch is one
+  ``index_select`` per key;
+* baseline (what the users' pipelines did): ``ReextractedData``, a ``TrainData`` whose ``batch(idx)`` runs
+  the backbones on the raw inputs of those rows, every step of every epoch (validation too).
+
+Same seed, same head init, same batch order, same dropout masks: both runs compute the same training, so
+their per-epoch train/val losses and the trained heads' predicted probabilities on every row must agree
+(column ``check``: max relative loss difference / max absolute probability difference; a mismatch fails
+the run with exit status 1; a baseline on other features differs by ~0.1-0.3 in probability). The cached
+head is first trained ``B`` epochs for this check (which also warms it up), then timed over ``E`` epochs;
+``s/epoch`` is the median of the per-epoch times train() logs.
+
+Sizes: on CUDA without ``--quick``, the users' sizes: 8,500 + 500 samples, 36 x 2048 regions (timm
+``resnet14t`` at 192 px), 128 x 768 tokens (BERT width 768, 2 layers), default head configs (vilbert: 6 text
+layers of 768, 6 visual of 1024, 6 co-attention), E = 20 epochs, compared with the GPU goals. On CPU the
+default is a subset (272 + 16 samples, 36 x 2048 regions, 64 x 768 tokens) and ``--quick`` a smaller one
+(136 + 8 samples, 9 x 512 regions from ``resnet10t`` at 96 px, 32 x 256 tokens); both time E = 3 epochs
+(after a B = 1 epoch check on CPU, B = 2 with --quick; the baseline runs B epochs), use tiny vilbert and
+visualbert configs (2 layers per stream, width 128) and extrapolate the per-epoch time linearly in the
+number of samples to 8,500 + 500, labelled as such (NOT a prediction for the full shapes). Every time is a
+wall-clock figure of this machine as loaded at the time (the header gives torch's thread count); compare
+rows of the same run, not runs.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from _common import (Parser, Stopwatch, autocast, fmt, format_table, goal_status, header_lines, median,
+                     positive_int, resolve_device, run_main, synchronize)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from featstore.errors import FeatstoreError  # noqa: E402
+from featstore.extractors.geometry import grid_cell_boxes  # noqa: E402
+from featstore.extractors.cnn import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from heads import models as _heads_registry  # noqa: E402,F401  (register the heads before the report)
+from heads.data import TrainData, normalise_boxes  # noqa: E402
+from heads.spec import Task, TaskSpec  # noqa: E402
+from heads.train import TrainConfig, TrainResult, train  # noqa: E402
+
+HEADS = ("concat", "cross", "text-only", "image-only", "vilbert", "visualbert", "gnn", "refnet")
+FULL_TRAIN, FULL_VAL = 8500, 500  # Hateful Memes train / dev
+# GPU goals: seconds for a whole 20-epoch train() on the full sizes, one GPU.
+GPU_GOALS = {"vilbert": 30.0, "concat": 2.0, "gnn": 60.0}
+GOAL_EPOCHS = 20
+# Tiny transformer configs for CPU runs (2 layers per stream, width 128); everything else keeps its defaults.
+TINY_HEAD_CFG: Dict[str, Dict[str, object]] = {
+    "vilbert": dict(hidden_size=128, num_attention_heads=2, intermediate_size=256, num_hidden_layers=4,
+                    text_start_layer=2, v_hidden_size=128, v_num_attention_heads=2, v_intermediate_size=256,
+                    v_num_hidden_layers=2, bi_hidden_size=128, bi_num_attention_heads=2,
+                    v_biattention_id=[0, 1], t_biattention_id=[2, 3]),
+    "visualbert": dict(hidden=128, heads=2, layers=2, ffn=256),
+}
+TINY_DESCRIBE = {"vilbert": "tiny: 2 text + 2 visual + 2 co-attn, width 128",
+                 "visualbert": "tiny: 2 layers, width 128"}
+FULL_DESCRIBE = {"vilbert": "6 text (768) + 6 visual (1024) + 6 co-attn", "visualbert": "4 layers, 768"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """One size preset. ``grid`` x ``grid`` regions of the CNN's width; ``tokens`` x ``bert_hidden`` tokens."""
+
+    label: str
+    n_train: int
+    n_val: int
+    cnn: str
+    image_px: int
+    grid: int
+    tokens: int
+    bert_hidden: int
+    bert_layers: int
+    tiny_transformers: bool
+    epochs: int
+    baseline_epochs: int
+
+    @property
+    def n(self) -> int:
+        return self.n_train + self.n_val
+
+
+PRESETS = {
+    "full": Sizes("full (users' sizes)", FULL_TRAIN, FULL_VAL, "resnet14t", 192, 6, 128, 768, 2, False,
+                  GOAL_EPOCHS, 2),
+    "cpu": Sizes("CPU subset", 272, 16, "resnet14t", 192, 6, 64, 768, 2, True, 3, 1),
+    "quick": Sizes("quick (tiny)", 136, 8, "resnet10t", 96, 3, 32, 256, 2, True, 3, 2),
+}
+
+
+# ------------------------------------------------------------------------------------------- raw data
+@dataclass
+class RawInputs:
+    """What the users' pipelines start every epoch from: ``images`` uint8 ``[N, 3, S, S]``, ``input_ids``
+    int64 ``[N, T]``, ``attention`` bool ``[N, T]`` (True = real token), ``labels`` int64 ``[N]`` (0/1)."""
+
+    images: Tensor
+    input_ids: Tensor
+    attention: Tensor
+    labels: Tensor
+
+
+def make_raw(sizes: Sizes, vocab: int, device: torch.device, seed: int = 0) -> RawInputs:
+    """Seeded raw inputs on ``device``; labels are a shuffled 0/1 alternation within each split (so train and
+    val both hold both classes)."""
+    g = torch.Generator().manual_seed(seed)
+    n, t, s = sizes.n, sizes.tokens, sizes.image_px
+    images = torch.randint(0, 256, (n, 3, s, s), generator=g, dtype=torch.uint8)
+    lengths = torch.randint(min(8, t), t + 1, (n,), generator=g)
+    pos = torch.arange(t)[None, :]
+    attention = pos < lengths[:, None]
+    ids = torch.randint(1000, vocab, (n, t), generator=g)
+    ids[:, 0] = 101  # [CLS]
+    ids[torch.arange(n), lengths - 1] = 102  # [SEP]
+    ids = ids.masked_fill(~attention, 0)  # [PAD]
+    labels = torch.cat([(torch.arange(k) % 2)[torch.randperm(k, generator=g)] for k in (sizes.n_train, sizes.n_val)])
+    return RawInputs(images.to(device), ids.to(device), attention.to(device), labels.to(device))
+
+
+# ------------------------------------------------------------------------------------------- backbones
+class Backbones(nn.Module):
+    """The shrunk users' extractors: ``forward(raw, idx)`` -> the heads' batch dict for rows ``idx``.
+
+    Output: ``img_regions [B, g*g, C]``, ``img_mask [B, g*g]`` (all True), ``img_boxes [B, g*g, 5]``,
+    ``img_pooled [B, C]``, ``txt_tokens [B, T, H]``, ``txt_mask [B, T]``, ``txt_pooled [B, H]``; float32.
+    """
+
+    def __init__(self, sizes: Sizes, seed: int = 0):
+        super().__init__()
+        import timm
+        from transformers import BertConfig, BertModel
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.cnn = timm.create_model(sizes.cnn, pretrained=False, num_classes=0, global_pool="")
+            self.bert = BertModel(BertConfig(hidden_size=sizes.bert_hidden, num_hidden_layers=sizes.bert_layers,
+                                             num_attention_heads=max(1, sizes.bert_hidden // 64),
+                                             intermediate_size=4 * sizes.bert_hidden,
+                                             max_position_embeddings=max(512, sizes.tokens)),
+                                  add_pooling_layer=False)
+        self.eval()
+        self.grid = sizes.grid
+        self.vocab = int(self.bert.config.vocab_size)
+        self.img_dim = int(self.cnn.num_features)
+        self.txt_dim = sizes.bert_hidden
+        px = sizes.image_px
+        boxes = grid_cell_boxes(px, px, sizes.grid, sizes.grid)[None]  # [1, R, 4] in pixels
+        self.register_buffer("boxes", normalise_boxes(boxes, torch.tensor([[px, px]])), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @torch.no_grad()
+    def forward(self, raw: RawInputs, idx: Tensor) -> Dict[str, Tensor]:
+        dev = self.boxes.device
+        with autocast(dev):
+            x = (raw.images.index_select(0, idx).float() - self.mean) / self.std
+            fmap = self.cnn.forward_features(x)
+            regions = F.adaptive_avg_pool2d(fmap.float(), self.grid).flatten(2).transpose(1, 2)
+            attention = raw.attention.index_select(0, idx)
+            tokens = self.bert(input_ids=raw.input_ids.index_select(0, idx),
+                               attention_mask=attention.long()).last_hidden_state.float()
+        b, r = regions.shape[:2]
+        return {"img_regions": regions, "img_mask": torch.ones(b, r, dtype=torch.bool, device=dev),
+                "img_boxes": self.boxes.expand(b, -1, -1), "img_pooled": regions.mean(dim=1),
+                "txt_tokens": tokens, "txt_mask": attention, "txt_pooled": tokens[:, 0]}
+
+
+class ReextractedData(TrainData):
+    """A ``TrainData`` whose ``batch(idx)`` re-extracts the features from raw inputs every time (the users'
+    pipelines). Built by ``reextracted_data``; ``features`` are zero-stride placeholders that carry only the
+    shapes and device (for ``input_spec``/``device``)."""
+
+    backbones: Optional[Backbones] = None
+    raw: Optional[RawInputs] = None
+
+    def batch(self, idx: Tensor) -> Dict[str, Tensor]:
+        return self.backbones(self.raw, idx)
+
+
+def _task_spec() -> TaskSpec:
+    return TaskSpec([Task("label", "binary", 2, ["0", "1"])])
+
+
+def _splits(sizes: Sizes, device: torch.device) -> Dict[str, Tensor]:
+    return {"train": torch.arange(sizes.n_train, device=device),
+            "val": torch.arange(sizes.n_train, sizes.n, device=device)}
+
+
+def cached_data(backbones: Backbones, raw: RawInputs, sizes: Sizes, chunk: int = 256) -> TrainData:
+    """Extract every row once (in chunks of ``chunk``) into a ``TrainData`` on the device."""
+    dev = raw.images.device
+    parts: Dict[str, List[Tensor]] = {}
+    for s in range(0, sizes.n, chunk):
+        out = backbones(raw, torch.arange(s, min(sizes.n, s + chunk), device=dev))
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.contiguous())
+    features = {k: torch.cat(v) for k, v in parts.items()}
+    return TrainData(features=features, ids=[f"s{i:05d}" for i in range(sizes.n)], targets={"label": raw.labels},
+                     splits=_splits(sizes, dev), task_spec=_task_spec())
+
+
+def reextracted_data(backbones: Backbones, raw: RawInputs, sizes: Sizes, like: TrainData) -> ReextractedData:
+    """The baseline's data: same ids/targets/splits as ``like``, features recomputed per batch."""
+    placeholders = {k: v[:1].expand(v.shape) for k, v in like.features.items()}  # shape + device, no memory
+    data = ReextractedData(features=placeholders, ids=list(like.ids), targets=like.targets, splits=like.splits,
+                           task_spec=like.task_spec)
+    data.backbones, data.raw = backbones, raw
+    return data
+
+
+# ------------------------------------------------------------------------------------------- one head
+@dataclass
+class HeadResult:
+    head: str
+    describe: str
+    cached_epoch_s: float
+    baseline_epoch_s: float
+    timed_total_s: float  # the whole cached train() call of ``epochs`` epochs
+    epochs: int
+    loss_diff: float
+    prob_diff: float
+    cached_times: List[float] = field(default_factory=list)
+    baseline_times: List[float] = field(default_factory=list)
+
+
+def _losses(res: TrainResult) -> List[float]:
+    return [v for row in res.history for k, v in row.items() if k in ("train_loss", "val_loss")]
+
+
+def max_prob_diff(a: TrainResult, b: TrainResult) -> float:
+    """max over splits, rows and tasks of |p_a - p_b| for the final predicted probabilities; inf if the
+    splits or tasks differ."""
+    if a.probs.keys() != b.probs.keys() or any(a.probs[s].keys() != b.probs[s].keys() for s in a.probs):
+        return float("inf")
+    return max((float(np.abs(a.probs[s][t] - b.probs[s][t]).max()) for s in a.probs for t in a.probs[s]),
+               default=float("inf"))
+
+
+def max_rel_diff(a: Sequence[float], b: Sequence[float]) -> float:
+    """max_i |a_i - b_i| / max(|b_i|, 1e-12); inf when the lengths differ or a value is not finite."""
+    if len(a) != len(b) or not len(a):
+        return float("inf")
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("inf")
+    return float((np.abs(x - y) / np.maximum(np.abs(y), 1e-12)).max())
+
+
+def _release(device: torch.device) -> None:
+    """Finish queued work and hand freed CUDA blocks back, so one head's memory does not crowd the next."""
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_head(head: str, head_cfg: Dict[str, object], describe: str, data: TrainData, baseline: ReextractedData,
+               sizes: Sizes, device: torch.device) -> HeadResult:
+    cuda = device.type == "cuda"
+    short = TrainConfig(head=head, head_cfg=copy.deepcopy(head_cfg), epochs=sizes.baseline_epochs, patience=0,
+                        device=device.type, amp=cuda, seed=0)
+    reference = train(short, data, progress=False)  # check reference + warm-up of this head's kernels
+    base = train(replace(short, head_cfg=copy.deepcopy(head_cfg)), baseline, progress=False)
+    diff = max_rel_diff(_losses(base), _losses(reference))
+    prob_diff = max_prob_diff(base, reference)
+    baseline_times = [row["time_s"] for row in base.history]
+    del reference, base
+    _release(device)
+    timed_cfg = replace(short, head_cfg=copy.deepcopy(head_cfg), epochs=sizes.epochs)
+    with Stopwatch(device) as sw:
+        timed = train(timed_cfg, data, progress=False)
+    cached_times = [row["time_s"] for row in timed.history]
+    del timed
+    _release(device)
+    return HeadResult(head, describe, median(cached_times), median(baseline_times), sw.seconds, sizes.epochs, diff,
+                      prob_diff, cached_times, baseline_times)
+
+
+# ------------------------------------------------------------------------------------------- main
+def parse_args(argv: Optional[Sequence[str]]):
+    p = Parser(description=__doc__.split("\n")[0])
+    p.add_device()
+    p.add_argument("--quick", action="store_true", help="tiny sizes (< 2 minutes on 2 CPU cores)")
+    p.add_argument("--heads", default=",".join(HEADS), help=f"comma-separated, from {', '.join(HEADS)}")
+    p.add_argument("--n-train", type=positive_int("--n-train"), default=None,
+                   help="train samples (val = n_train / 17, at least 8); default by preset")
+    p.add_argument("--epochs", type=positive_int("--epochs"), default=None,
+                   help=f"epochs of the timed cached run (default {GOAL_EPOCHS} full, 3 on CPU / --quick)")
+    p.add_argument("--baseline-epochs", type=positive_int("--baseline-epochs"), default=None,
+                   help="epochs of the re-extracting baseline (and of the loss check); default by preset")
+    return p.parse_args(argv)
+
+
+def choose_sizes(args, device: torch.device) -> Sizes:
+    sizes = PRESETS["quick" if args.quick else ("full" if device.type == "cuda" else "cpu")]
+    if args.n_train:
+        sizes = replace(sizes, n_train=args.n_train, n_val=max(8, round(args.n_train / 17)))
+    if args.epochs:
+        sizes = replace(sizes, epochs=args.epochs)
+    if args.baseline_epochs:
+        sizes = replace(sizes, baseline_epochs=args.baseline_epochs)
+    return sizes
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    bad = [h for h in heads if h not in HEADS]
+    if bad or not heads:
+        what = f"{', '.join(map(repr, bad))} not benchmarked here" if bad else "names no head"
+        raise FeatstoreError(f"--heads {args.heads!r}: {what}; choose from {', '.join(HEADS)}")
+    sizes = choose_sizes(args, device)
+    cuda = device.type == "cuda"
+    full = sizes.n_train == FULL_TRAIN and sizes.label.startswith("full")
+    scale = (FULL_TRAIN + FULL_VAL) / sizes.n
+
+    for line in header_lines("heads speed (cached features vs re-extracting every epoch)", device):
+        print(line)
+    backbones = Backbones(sizes).to(device)
+    raw = make_raw(sizes, backbones.vocab, device)
+    with Stopwatch(device) as sw_ext:
+        data = cached_data(backbones, raw, sizes)
+    baseline = reextracted_data(backbones, raw, sizes, data)
+    spec = data.input_spec()
+    print(f"sizes  : {sizes.label}: {sizes.n_train} train + {sizes.n_val} val samples; regions {spec.img_regions} x "
+          f"{spec.img_dim}, tokens {spec.txt_tokens} x {spec.txt_dim}; batch {TrainConfig.batch_size}; "
+          f"amp {'bf16' if cuda else 'none (float32)'}")
+    print(f"baseline backbones: timm {sizes.cnn} ({sizes.image_px} px, random init) + BERT {sizes.bert_layers} layers "
+          f"x {sizes.bert_hidden} (random init); one extraction of all {sizes.n} rows took {sw_ext.seconds:.2f} s")
+    print(f"epochs : cached {sizes.epochs} timed (after a {sizes.baseline_epochs}-epoch check run), baseline "
+          f"{sizes.baseline_epochs}; s/epoch = median of train()'s per-epoch times (train + val pass)")
+    print()
+
+    results: List[HeadResult] = []
+    for h in heads:
+        tiny = sizes.tiny_transformers and h in TINY_HEAD_CFG
+        cfg = TINY_HEAD_CFG[h] if tiny else {}
+        describe = TINY_DESCRIBE[h] if tiny else FULL_DESCRIBE.get(h, "default")
+        results.append(bench_head(h, cfg, describe, data, baseline, sizes, device))
+        r = results[-1]
+        print(f"  done {h}: cached epochs {', '.join(f'{t:.3g}' for t in r.cached_times)} s; baseline epochs "
+              f"{', '.join(f'{t:.3g}' for t in r.baseline_times)} s", flush=True)
+
+    # bf16 features differ with the batch composition; float32 ones only by summation order
+    tol = 2e-2 if cuda else 1e-3
+    at = "measured" if full else f"extrapolated x{scale:.1f}"
+    def ok(r: HeadResult) -> bool:
+        return r.loss_diff <= tol and r.prob_diff <= tol
+
+    rows = []
+    for r in results:
+        rows.append([r.head, r.describe, fmt(r.cached_epoch_s), fmt(r.baseline_epoch_s),
+                     f"{r.baseline_epoch_s / r.cached_epoch_s:.1f}x",
+                     fmt(r.cached_epoch_s * (1 if full else scale)), fmt(r.baseline_epoch_s * (1 if full else scale)),
+                     f"{r.timed_total_s:.2f} ({r.epochs} ep)",
+                     f"{r.loss_diff:.1e} / {r.prob_diff:.1e}" + ("" if ok(r) else " MISMATCH")])
+    print()
+    print(format_table(["head", "config", "cached s/epoch", "baseline s/epoch", "baseline/cached",
+                        f"cached s/epoch @8,500 ({at})", f"baseline s/epoch @8,500 ({at})",
+                        "cached train() total s", "check (loss rel / prob abs)"], rows))
+    if not full:
+        print(f"(@8,500: per-epoch time x {scale:.2f} = {FULL_TRAIN}+{FULL_VAL} / {sizes.n_train}+{sizes.n_val} "
+              f"samples, at THESE shapes and configs; not a measurement of the full sizes)")
+    print()
+    print(f"GPU goals (one GPU, full sizes, {GOAL_EPOCHS} epochs of train(); reference):")
+    by_head = {r.head: r for r in results}
+    for h, goal in GPU_GOALS.items():
+        r = by_head.get(h)
+        if r is None:
+            print(f"  {h}: {GOAL_EPOCHS} epochs < {goal:g} s; not run (not in --heads)")
+            continue
+        applies = cuda and full and r.epochs == GOAL_EPOCHS
+        status = goal_status(r.timed_total_s, goal, False, applies, f"needs CUDA, full sizes and {GOAL_EPOCHS} epochs")
+        got = (f"measured {r.timed_total_s:.2f} s" if applies
+               else f"this run: {r.timed_total_s:.2f} s for {r.epochs} epochs")
+        print(f"  {h}: {GOAL_EPOCHS} epochs < {goal:g} s; {got}: {status}")
+    if not all(ok(r) for r in results):
+        print(f"error: cached and re-extracting training disagree beyond {tol:g}; see the 'check' column")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
