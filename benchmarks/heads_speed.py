@@ -57,7 +57,7 @@ from torch import Tensor, nn  # noqa: E402
 from featstore.errors import FeatstoreError  # noqa: E402
 from featstore.extractors.geometry import grid_cell_boxes  # noqa: E402
 from featstore.extractors.cnn import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from heads import models as _heads_registry  # noqa: E402,F401  (register the heads before the report)  # noqa: F401  (registers every head)
+from heads import models as _heads_registry  # noqa: E402,F401  (register the heads before the report)
 from heads.data import TrainData, normalise_boxes  # noqa: E402
 from heads.spec import Task, TaskSpec  # noqa: E402
 from heads.train import TrainConfig, TrainResult, train  # noqa: E402
