@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import build_world, invoke, one_line_error
+from cli_helpers import build_world, cosine_neighbours_f64, invoke, one_line_error
 from PIL import Image
 
 from cli.featstore_cli import main as featstore
@@ -35,17 +35,6 @@ def world(tmp_path_factory):
     st.write("regions-only", Recipe("t"), keys, {"regions": regions, "count": np.full(6, 2, np.int32)},
              key_kind="image_key", modality="image", per_item=["regions"])
     return w
-
-
-def cosine_neighbours_f64(vectors: np.ndarray, q: int, k: int):
-    """Reference search: float64 cosine of row ``q`` with every row, ``q`` excluded, best ``k`` first.
-
-    Returns (rows, cosines); ties are broken by row (stable sort)."""
-    v = np.asarray(vectors, np.float64)
-    v = v / np.linalg.norm(v, axis=1, keepdims=True)
-    sims = v @ v[q]
-    order = [int(i) for i in np.argsort(-sims, kind="stable") if i != q][:k]
-    return order, sims[order]
 
 
 def neighbour_rows(output: str):
