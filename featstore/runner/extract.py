@@ -117,14 +117,6 @@ class _Collate:
         return [r for r, _ in ok], collated, failed
 
 
-def _pin(batch):
-    if isinstance(batch, torch.Tensor):
-        return batch.pin_memory()
-    if isinstance(batch, dict):
-        return {k: _pin(v) for k, v in batch.items()}
-    return batch
-
-
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda", dist.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
@@ -223,7 +215,8 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
 
     loader = torch.utils.data.DataLoader(
         _ItemDataset(ext, items, rows, modality, opts.max_pixels), batch_size=opts.batch_size, shuffle=False,
-        num_workers=opts.num_workers, collate_fn=_Collate(ext), pin_memory=False,
+        num_workers=opts.num_workers, collate_fn=_Collate(ext),
+        pin_memory=device.type == "cuda",  # pinned in the loader's background thread; copies are non_blocking
         persistent_workers=False, prefetch_factor=4 if opts.num_workers > 0 else None)
     bar = _progress(len(rows), opts.progress and rank == 0, "images" if modality == "image" else "texts")
     try:
@@ -235,8 +228,6 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
                 buffers[chunk_of[r]].failed[r] = why
                 all_failures[keys[r]] = why
             if ok_rows:
-                if device.type == "cuda":
-                    batch = _pin(batch)
                 with torch.inference_mode():
                     out = ext.forward(batch)  # autocast (on CUDA) inside
                 for i, r in enumerate(ok_rows):
