@@ -23,13 +23,17 @@ Readout: fused = ``[global_mean_pool(nodes); global image node; global text node
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GATConv, GCNConv, SAGEConv, global_mean_pool
+with warnings.catch_warnings():  # PyG calls torch.jit.script at import; torch 2.14 warns on every run
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+    from torch_geometric.nn import GATConv, GCNConv, SAGEConv, global_mean_pool
 
 from featstore.errors import FeatstoreError
 
