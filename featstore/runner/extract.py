@@ -166,6 +166,10 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     if opts.on_error not in ("skip", "fail"):
         raise FeatstoreError(f"--on-error {opts.on_error!r} is unknown; use skip or fail")
     t0 = time.perf_counter()
+    if not opts.progress:  # --quiet: no transformers "Loading weights" bar either
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     ext = extractor if extractor is not None else create_extractor(extractor_name, **(extractor_config or {}))
     modality = ext.modality
     items = extraction_items(dataset, modality)
