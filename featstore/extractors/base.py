@@ -102,6 +102,16 @@ def list_extractors() -> List[Tuple[str, str, List[Tuple[str, Any]]]]:
     return out
 
 
+def require_pil(item):
+    """Image extractors take an already decoded PIL image (``load_image``); anything else is one error."""
+    from PIL import Image
+
+    if not isinstance(item, Image.Image):
+        raise FeatstoreError(f"image extractors take a decoded PIL image, got {type(item).__name__}; "
+                             "decode with featstore.extractors.load_image")
+    return item
+
+
 def seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     """Build a module under ``torch.manual_seed(seed)`` without disturbing the caller's RNG state."""
     with torch.random.fork_rng(devices=[]):

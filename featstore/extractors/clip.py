@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..errors import FeatstoreError
-from .base import BaseConfig, Extractor, register_extractor
+from .base import BaseConfig, Extractor, register_extractor, require_pil
 from .hf import load_pretrained
 from .text import pad_ids, text_input
 from .weights import DEMO, resolve_weights
@@ -76,9 +76,7 @@ class ClipImageExtractor(_ClipBase):
                 "mean": list(p.image_mean), "std": list(p.image_std), "normalize": self.config.normalize}
 
     def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
-        if not isinstance(item, Image.Image):
-            raise FeatstoreError(f"image extractors take a decoded PIL image, got {type(item).__name__}; "
-                                 "decode with featstore.extractors.load_image")
+        require_pil(item)
         return {"pixel_values": self.processor(images=item.convert("RGB"), return_tensors="pt")["pixel_values"][0]}
 
     @torch.inference_mode()

@@ -32,7 +32,7 @@ from torchvision.ops import batched_nms, boxes as box_ops
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, Extractor, register_extractor, seeded
+from .base import BaseConfig, Extractor, register_extractor, require_pil, seeded
 from .weights import DEMO, load_into, resolve_weights
 
 
@@ -109,9 +109,7 @@ class DetectorExtractor(Extractor):
 
     def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
         """uint8 [3, H, W] (the model's transform resizes and normalises on the device) and (w, h)."""
-        if not isinstance(item, Image.Image):
-            raise FeatstoreError(f"image extractors take a decoded PIL image, got {type(item).__name__}; "
-                                 "decode with featstore.extractors.load_image")
+        require_pil(item)
         return {"image": TF.pil_to_tensor(item.convert("RGB")), "size": torch.tensor(item.size, dtype=torch.int64)}
 
     def collate(self, items):

@@ -36,7 +36,7 @@ from PIL import Image
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, Extractor, register_extractor, seeded
+from .base import BaseConfig, Extractor, register_extractor, require_pil, seeded
 from .cnn import IMAGENET_MEAN, IMAGENET_STD
 from .geometry import grid_cell_boxes
 from .weights import DEMO, resolve_weights
@@ -136,9 +136,7 @@ class _Dinov2Base(Extractor):
                 "std": list(IMAGENET_STD), "patch_size": self.patch, "grid": self.grid}
 
     def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
-        if not isinstance(item, Image.Image):
-            raise FeatstoreError(f"image extractors take a decoded PIL image, got {type(item).__name__}; "
-                                 "decode with featstore.extractors.load_image")
+        require_pil(item)
         s = self.config.image_size
         x = TF.resize(item.convert("RGB"), [s, s], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
         x = TF.normalize(TF.to_tensor(x), list(IMAGENET_MEAN), list(IMAGENET_STD))

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, register_extractor
+from .base import BaseConfig, register_extractor, require_pil
 from .cnn import CNNExtractor
 from .geometry import grid_cell_boxes
 from .weights import DEMO, DEMO_IMAGE_BACKBONE
@@ -46,9 +46,7 @@ class GridConfig(BaseConfig):
 
 def pil_to_normalized(img: Image.Image, size_wh, mean, std) -> torch.Tensor:
     """PIL RGB -> resized (bilinear, antialiased) float32 [3, h, w] normalised with mean/std."""
-    if not isinstance(img, Image.Image):
-        raise FeatstoreError(f"image extractors take a decoded PIL image, got {type(img).__name__}; "
-                             "decode with featstore.extractors.load_image")
+    require_pil(img)
     w, h = size_wh
     img = img.convert("RGB") if img.mode != "RGB" else img
     x = TF.resize(img, [h, w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
