@@ -189,3 +189,12 @@ def test_cnn_bad_inputs_one_line_errors(tmp_path):
         ex.preprocess(np.zeros((4, 4, 3)))
     with pytest.raises(FeatstoreError):
         ex.collate([])
+
+
+@pytest.mark.parametrize("name, cfg", [("grid", dict(backbone="resnet18", image_size=64)),
+                                       ("roi", dict(backbone="resnet18", shorter_side=64, max_side=100)),
+                                       ("detector", dict(min_size=64, max_size=96))])
+def test_image_extractors_refuse_undecoded_input(name, cfg):
+    ex = create_extractor(name, **cfg)
+    with pytest.raises(FeatstoreError, match="take a decoded PIL image, got str; decode with"):
+        ex.preprocess("img/00001.png")

@@ -34,7 +34,7 @@ from torchvision.ops import roi_align
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, register_extractor
+from .base import BaseConfig, register_extractor, require_pil
 from .cnn import CNNExtractor
 from .geometry import multiscale_tiles, resize_keep_aspect
 from .grid import pil_to_normalized
@@ -88,7 +88,7 @@ class RoiExtractor(CNNExtractor):
         return multiscale_tiles(float(width), float(height), self.config.scales)[: self.config.num_regions]
 
     def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
-        w, h = item.size
+        w, h = require_pil(item).size
         rw, rh = resize_keep_aspect(w, h, self.config.shorter_side, self.config.max_side)
         x = pil_to_normalized(item, (rw, rh), self.backbone.mean, self.backbone.std)
         return {"image": x, "size": torch.tensor([w, h], dtype=torch.int64)}
