@@ -22,6 +22,14 @@ def main():
     """
 
 
+def _maybe_dataset(path):
+    if not path:
+        return None
+    from featstore.datasets import load_dataset
+
+    return load_dataset(path, check_images=False)
+
+
 # -- store management -------------------------------------------------------------------------------------
 @main.command()
 @click.argument("store_url")
@@ -159,11 +167,7 @@ def import_cmd(path, store_url, fmt, name, dataset_path, max_regions, dtype, bac
     from featstore.interop.bridge import import_features
     from featstore.store import open_store
 
-    ds = None
-    if dataset_path:
-        from featstore.datasets import load_dataset
-
-        ds = load_dataset(dataset_path, check_images=False)
+    ds = _maybe_dataset(dataset_path)
     st = open_store(store_url, create=True)
     fsv, report = import_features(st, path, fmt, name, dataset=ds, max_regions=max_regions, dtype=dtype,
                                   backend=backend)
@@ -264,14 +268,6 @@ def demo(store_url, data_dir, with_heads, quiet):
 
 
 # -- confounder inspection ----------------------------------------------------------------------------------
-def _maybe_dataset(path):
-    if not path:
-        return None
-    from featstore.datasets import load_dataset
-
-    return load_dataset(path, check_images=False)
-
-
 @main.command()
 @click.argument("query")
 @click.option("--set", "set_ref", required=True, help="Feature set NAME[@VERSION] (image, text or a head's fused set).")

@@ -80,7 +80,6 @@ class Location:
         prefix = p.rstrip("/").rstrip(os.sep) + ("/" if not self.is_local else os.sep)
         out = []
         for f in files:
-            f = f if self.is_local else f
             if self.is_local:
                 f = os.path.abspath(f)
             out.append(f[len(prefix):].replace(os.sep, "/") if f.startswith(prefix) else f)
