@@ -231,3 +231,20 @@ def test_two_writer_processes_fill_one_version(tmp_path, backend):
     for name, a in arrays.items():
         np.testing.assert_array_equal(fsv.read(name), a, err_msg=name)
     assert open_store(url).verify("img").ok
+
+
+def test_lmdb_record_with_a_valid_checksum_but_a_broken_table_is_corrupt():
+    import struct
+
+    import google_crc32c
+
+    from featstore.errors import CorruptDataError
+    from featstore.store.backends import _MAGIC, decode_record, encode_record
+
+    good = encode_record({"x": np.arange(6, dtype=np.float32).reshape(2, 3)})
+    np.testing.assert_array_equal(decode_record(good, "r")["x"], np.arange(6, dtype=np.float32).reshape(2, 3))
+    for table in (b"not json", b'[["x","<f4",[2,3],7]]'):  # unparsable; nbytes that do not fit the shape
+        body = struct.pack("<I", len(table)) + table + b"\0" * 24
+        rec = _MAGIC + struct.pack("<I", google_crc32c.value(body)) + body
+        with pytest.raises(CorruptDataError, match="record layout is invalid"):
+            decode_record(rec, "r")

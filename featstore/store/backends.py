@@ -7,7 +7,9 @@ One small interface (``ArrayBackend``) with two implementations:
   ``INNER_CHUNK_BYTES`` when the write chunk is larger, so writers on disjoint chunks never touch the same
   object. Chunks are deliberately large: zarr-python pays a fixed cost per chunk, so bulk loads run at
   disk speed only with few, big chunks (measured in benchmarks/store_io.py); per-sample random access is
-  the LMDB backend's job. Compression (``backend_options["compression"]``): ``auto`` (default) stores
+  the LMDB backend's job. On a local disk, raw (uncompressed) arrays are read by ``zarr_direct``:
+  chunk bytes go straight into the output and their CRC32C is checked in place (zarr-python's decode
+  costs an extra copy per chunk); every other array goes through zarr-python. Compression (``backend_options["compression"]``): ``auto`` (default) stores
   dense float image features raw (they do not compress, and blosc would cost bulk-load speed) and
   blosc-lz4-compresses text sets (padding to max_length) and integer/bool arrays; ``blosc``, ``zstd`` or
   ``none`` force one codec for every array. Every chunk carries a CRC32C (``Crc32cCodec``), so a corrupted or
@@ -167,10 +169,29 @@ class ZarrBackend(ArrayBackend):
             cache[name] = self._group()[name]
         return cache[name]
 
+    def _direct_layout(self, name: str):
+        """The raw-chunk layout of a local, uncompressed array (``zarr_direct``), else None."""
+        cache = self.__dict__.setdefault("_direct", {})
+        if name not in cache:
+            from .zarr_direct import DirectLayout
+
+            cache[name] = DirectLayout.of(self._array(name).metadata) if self.loc.is_local else None
+        return cache[name]
+
+    def _object_path(self, name: str):
+        tail = ["0"] * len(self.schema[name].shape) if name in self.schema else []
+        return lambda i: self.loc.path(self.DIR, name, "c", str(i), *tail)
+
     def read(self, names: Iterable[str], rows: np.ndarray) -> Dict[str, np.ndarray]:
+        from .zarr_direct import read_rows
+
         rows = np.asarray(rows, dtype=np.int64)
         out = {}
         for name in names:
+            layout = self._direct_layout(name)
+            if layout is not None:  # raw chunks on a local disk: read straight into the output
+                out[name] = read_rows(layout, self._object_path(name), self.n, rows, name)
+                continue
             arr = self._array(name)
             try:
                 if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
@@ -216,22 +237,25 @@ def encode_record(arrays: Dict[str, np.ndarray]) -> bytes:
 
 
 def decode_record(buf, where: str) -> Dict[str, np.ndarray]:
-    """Arrays of one record (read-only views into a copy of ``buf``)."""
-    buf = bytes(buf)
-    if len(buf) < 12 or buf[:4] != _MAGIC:
+    """Arrays of one record: views into ``buf`` (bytes, or an LMDB buffer that is only valid inside its
+    transaction: copy what you keep). The CRC32C is checked on ``buf`` in place, without a copy."""
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    if len(raw) < 12 or raw[:4].tobytes() != _MAGIC:
         raise CorruptDataError(f"{where}: not a featstore record (bad header); run `featstore verify`")
-    (crc,) = struct.unpack("<I", buf[4:8])
-    body = buf[8:]
+    crc = int.from_bytes(raw[4:8].tobytes(), "little")
+    body = raw[8:]
     if google_crc32c.value(body) != crc:
         raise CorruptDataError(f"{where}: record checksum mismatch (corrupted bytes); run `featstore verify`")
-    (mlen,) = struct.unpack("<I", body[:4])
-    table = json.loads(body[4:4 + mlen])
-    off = 4 + mlen
-    out = {}
-    for name, dt, shape, nbytes in table:
-        out[name] = np.frombuffer(body, dtype=np.dtype(dt), count=nbytes // max(1, np.dtype(dt).itemsize),
-                                  offset=off).reshape(shape)
-        off += nbytes
+    mlen = int.from_bytes(body[:4].tobytes(), "little")
+    try:
+        table = json.loads(body[4:4 + mlen].tobytes())
+        out, off = {}, 4 + mlen
+        for name, dt, shape, nbytes in table:
+            dtype = np.dtype(dt)
+            out[name] = body[off:off + nbytes].view(dtype).reshape(shape)
+            off += nbytes
+    except (ValueError, TypeError) as e:  # a record whose checksum matches but whose table does not fit
+        raise CorruptDataError(f"{where}: record layout is invalid ({e}); run `featstore verify`") from None
     return out
 
 
