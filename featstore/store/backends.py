@@ -24,6 +24,8 @@ return them) and, when the schema has per-item arrays, ``count``.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import functools
 import json
 import math
 import struct
@@ -32,6 +34,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import google_crc32c
 import numpy as np
+from crc32c import crc32c as _crc32c  # same values as google_crc32c; releases the GIL on large buffers
 
 from ..errors import CorruptDataError, FeatstoreError
 from .location import Location
@@ -236,6 +239,12 @@ def encode_record(arrays: Dict[str, np.ndarray]) -> bytes:
     return _MAGIC + struct.pack("<I", google_crc32c.value(body)) + body
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_table(meta: bytes) -> tuple:
+    """A record's array table; rows of one version share a handful of tables, so parse each once."""
+    return tuple((name, dt, tuple(shape), int(nbytes)) for name, dt, shape, nbytes in json.loads(meta))
+
+
 def decode_record(buf, where: str) -> Dict[str, np.ndarray]:
     """Arrays of one record: views into ``buf`` (bytes, or an LMDB buffer that is only valid inside its
     transaction: copy what you keep). The CRC32C is checked on ``buf`` in place, without a copy."""
@@ -244,11 +253,11 @@ def decode_record(buf, where: str) -> Dict[str, np.ndarray]:
         raise CorruptDataError(f"{where}: not a featstore record (bad header); run `featstore verify`")
     crc = int.from_bytes(raw[4:8].tobytes(), "little")
     body = raw[8:]
-    if google_crc32c.value(body) != crc:
+    if _crc32c(body) != crc:
         raise CorruptDataError(f"{where}: record checksum mismatch (corrupted bytes); run `featstore verify`")
     mlen = int.from_bytes(body[:4].tobytes(), "little")
     try:
-        table = json.loads(body[4:4 + mlen].tobytes())
+        table = _parse_table(body[4:4 + mlen].tobytes())
         out, off = {}, 4 + mlen
         for name, dt, shape, nbytes in table:
             dtype = np.dtype(dt)
@@ -345,8 +354,26 @@ class LmdbBackend(ArrayBackend):
         rows = np.asarray(rows, dtype=np.int64)
         out = {n: np.zeros((len(rows),) + self.schema[n].shape, self.schema[n].dtype) for n in names}
         env = self._env()
+        parts = max(1, min(self.READ_THREADS, len(rows) // 256))  # threads: copies and CRC32C release the GIL
+        bounds = np.linspace(0, len(rows), parts + 1).astype(int)
+        if parts == 1:
+            self._read_part(env, keys, rows, 0, len(rows), names, out)
+            return out
+        with cf.ThreadPoolExecutor(max_workers=parts, thread_name_prefix="featstore-lmdb") as pool:
+            futures = [pool.submit(self._read_part, env, keys, rows, int(a), int(b), names, out)
+                       for a, b in zip(bounds[:-1], bounds[1:])]
+            for f in futures:
+                f.result()
+        return out
+
+    READ_THREADS = 2
+
+    def _read_part(self, env, keys, rows: np.ndarray, lo: int, hi: int, names: List[str],
+                   out: Dict[str, np.ndarray]) -> None:
+        """Rows ``rows[lo:hi]`` into ``out[lo:hi]``, in one read transaction of this thread's own."""
         with env.begin(buffers=True) as txn:
-            for i, r in enumerate(rows):
+            for i in range(lo, hi):
+                r = rows[i]
                 raw = txn.get(keys[r].encode())
                 if raw is None:
                     raise CorruptDataError(f"{self.loc.url} record {str(keys[r])!r} is missing; run `featstore verify`, "
@@ -362,7 +389,6 @@ class LmdbBackend(ArrayBackend):
                         out[n][i, : len(v)] = v
                     else:
                         out[n][i] = rec[n]
-        return out
 
     def missing_chunks(self) -> List[str]:
         return [] if self.loc.exists(self.DIR, "data.mdb") else [f"{self.DIR}/data.mdb"]
