@@ -2,6 +2,7 @@
 
     python benchmarks/extract_throughput.py [--device auto|cpu|cuda] [--quick] [--n 4096]
         [--extractors grid,roi,dinov2-multilayer] [--batch-size B] [--workers W] [--baseline-n M]
+        [--image-cache]
 
 Data: ``--n`` synthetic PNG images (random smooth content plus noise; sizes drawn around 500x400, width
 450-550, height 350-450), written once into a temporary Hateful-Memes-style folder (``train.jsonl`` +
@@ -18,6 +19,12 @@ then ``np.save`` per image (MMF layout: ``<key>.npy`` regions + ``<key>_info.npy
 The store is then reopened and its rows compared with the baseline's files, so both paths provably
 computed the same features (column ``max rel diff``; a mismatch fails the run with exit status 1).
 
+``--image-cache``: a ``DecodedImageCache`` (``featstore extract --image-cache``) is filled with every image
+once before the extractors run (timed and printed, not part of any rate), and each extractor is timed a
+second time with the pipeline reading pixels from that warm cache instead of decoding PNGs - what the
+second and later extractors over the same images see. Column ``pipeline img/s (warm image cache)`` and its
+speed-up over the naive loop; the cached run's arrays must equal the uncached run's exactly (else exit 1).
+
 Models: full-size architectures with random weights (``weights=None``; no download). Random-init ResNet-152
 activations exceed float16's range, so every extractor stores ``dtype=float32`` here (twice the bytes
 of the float16 default: a conservative figure). ``--quick``: tiny configurations (ResNet-18 backbones at
@@ -26,6 +33,7 @@ of the float16 default: a conservative figure). ``--quick``: tiny configurations
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -45,7 +53,7 @@ from PIL import Image  # noqa: E402
 from featstore.datasets import load_dataset  # noqa: E402
 from featstore.errors import FeatstoreError  # noqa: E402
 from featstore.extractors import create_extractor  # noqa: E402
-from featstore.runner import ExtractOptions, run_extraction  # noqa: E402
+from featstore.runner import DecodedImageCache, ExtractOptions, run_extraction  # noqa: E402
 from featstore.store import open_store  # noqa: E402
 
 IMAGE_EXTRACTORS = ("grid", "roi", "dinov2", "dinov2-multilayer")
@@ -182,10 +190,31 @@ class Result:
     naive_n: int
     naive_ips: float
     max_rel_diff: float
+    cached_ips: Optional[float] = None  # pipeline with a warm decoded-image cache (--image-cache)
+    cached_identical: bool = True  # the cached run stored exactly the uncached run's arrays
+
+
+def fill_image_cache(cache_dir: Path, dataset, max_pixels: int) -> int:
+    """Decode every distinct image of ``dataset`` into a ``DecodedImageCache`` at ``cache_dir``; returns
+    how many images it holds (what a first extractor run with ``--image-cache`` leaves behind)."""
+    cache = DecodedImageCache(cache_dir)
+    for path in dict.fromkeys(s.image_path for s in dataset.samples):
+        cache.load(path, max_pixels=max_pixels)
+    n = len(cache)
+    cache.close()
+    return n
+
+
+def same_arrays(store_dir: Path, a: str, b: str) -> bool:
+    """Whether feature sets ``a`` and ``b`` of the store hold bitwise-equal arrays under the same keys."""
+    st = open_store(store_dir)
+    fa, fb = st.open(a), st.open(b)
+    return list(fa.keys) == list(fb.keys) and all(np.array_equal(fa.read(n), fb.read(n)) for n in fa.array_names)
 
 
 def bench_one(setup: Setup, dataset, work: Path, device: torch.device, n_warm: int, batch_size: int,
-              workers: int, naive_n: int) -> Result:
+              workers: int, naive_n: int, image_cache: Optional[Path] = None) -> Result:
+    """Time the pipeline (and, with ``image_cache``, the pipeline over that warm cache) and the naive loop."""
     ext = create_extractor(setup.name, **setup.config)
     opts = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device.type, progress=False)
     store_dir = work / f"store-{setup.name}"
@@ -199,6 +228,14 @@ def bench_one(setup: Setup, dataset, work: Path, device: torch.device, n_warm: i
         first = next(iter(summary.failures.items()))
         raise FeatstoreError(f"{setup.name}: {len(summary.failures)} synthetic images failed ({first[0]}: {first[1]})")
     n = summary.n_written
+    cached_ips, identical = None, True
+    if image_cache is not None:
+        cached_opts = dataclasses.replace(opts, image_cache=str(image_cache))
+        with Stopwatch(device) as sw_cached:
+            cached = run_extraction(store, dataset, setup.name, name=f"{setup.name}-cached", extractor=ext,
+                                    options=cached_opts)
+        cached_ips = cached.n_written / sw_cached.seconds
+        identical = not cached.failures and same_arrays(store_dir, setup.name, f"{setup.name}-cached")
     items = [(s.image_key, s.image_path) for s in dataset.samples][:naive_n]
     naive_dir = work / f"naive-{setup.name}"
     naive_loop(ext, items[: min(3, len(items))], work / f"naive-warmup-{setup.name}")  # warm-up, batch of one
@@ -207,7 +244,8 @@ def bench_one(setup: Setup, dataset, work: Path, device: torch.device, n_warm: i
     diff = compare_with_store(store_dir, setup.name, naive_dir, [k for k, _ in items])
     del ext
     synchronize(device)
-    return Result(setup, n, batch_size, workers, n / sw.seconds, len(items), len(items) / sw_naive.seconds, diff)
+    return Result(setup, n, batch_size, workers, n / sw.seconds, len(items), len(items) / sw_naive.seconds, diff,
+                  cached_ips, identical)
 
 
 def _subset(dataset, n: int):
@@ -233,6 +271,9 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--baseline-n", type=positive_int("--baseline-n"), default=None,
                    help="images for the naive loop, the first of the same set (default: all on CPU, 256 on CUDA)")
     p.add_argument("--workdir", default=None, help="where the images and stores go (default: a temp folder)")
+    p.add_argument("--image-cache", action="store_true",
+                   help="also time each extractor reading pixels from a decoded-image cache filled beforehand "
+                   "(warm: the second and later extractors over the same images)")
     return p.parse_args(argv)
 
 
@@ -267,13 +308,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"storage float32; amp {'bf16' if cuda else 'none'}")
         print(f"pipeline: run_extraction, {workers} DataLoader workers; baseline: naive loop on the first "
               f"{naive_n} of the same images")
+        cache_dir = None
+        if args.image_cache:
+            cache_dir = work / "image-cache"
+            with Stopwatch(torch.device("cpu")) as sw_fill:
+                held = fill_image_cache(cache_dir, dataset, ExtractOptions().max_pixels)
+            print(f"image cache: {held} decoded images filled in {sw_fill.seconds:.1f} s (one process, not timed "
+                  f"below); each extractor also runs the pipeline over this warm cache")
         print()
         results = []
         for s in setups(names, args.quick, work):
             bs = args.batch_size or (FULL_CUDA_BATCH[s.name] if cuda and full else 32)
-            results.append(bench_one(s, dataset, work, device, min(n, 2 * bs), bs, workers, naive_n))
+            results.append(bench_one(s, dataset, work, device, min(n, 2 * bs), bs, workers, naive_n, cache_dir))
             r = results[-1]
-            print(f"  done {s.name}: pipeline {fmt(r.pipeline_ips)} img/s, naive {fmt(r.naive_ips)} img/s", flush=True)
+            print(f"  done {s.name}: pipeline {fmt(r.pipeline_ips)} img/s, naive {fmt(r.naive_ips)} img/s"
+                  + (f", pipeline with warm image cache {fmt(r.cached_ips)} img/s" if cache_dir else ""), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -281,13 +330,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for r in results:
         speedup = r.pipeline_ips / r.naive_ips
-        rows.append([r.setup.name, r.setup.describe, r.n, r.batch_size, r.workers, fmt(r.pipeline_ips),
-                     f"{fmt(r.naive_ips)} (n={r.naive_n})", f"{speedup:.2f}x",
-                     goal_status(speedup, CPU_SPEEDUP_GOAL, True, not cuda, "CPU goal"),
-                     f"{r.max_rel_diff:.1e}" + ("" if r.max_rel_diff <= tol else " MISMATCH")])
+        row = [r.setup.name, r.setup.describe, r.n, r.batch_size, r.workers, fmt(r.pipeline_ips),
+               f"{fmt(r.naive_ips)} (n={r.naive_n})", f"{speedup:.2f}x",
+               goal_status(speedup, CPU_SPEEDUP_GOAL, True, not cuda, "CPU goal"),
+               f"{r.max_rel_diff:.1e}" + ("" if r.max_rel_diff <= tol else " MISMATCH")]
+        if args.image_cache:
+            row += [fmt(r.cached_ips) + ("" if r.cached_identical else " MISMATCH"),
+                    f"{r.cached_ips / r.naive_ips:.2f}x"]
+        rows.append(row)
+    headers = ["extractor", "config", "images", "batch", "workers", "pipeline img/s", "naive img/s", "speed-up",
+               f"CPU goal >={CPU_SPEEDUP_GOAL:g}x", "max rel diff"]
+    if args.image_cache:
+        headers += ["pipeline img/s (warm image cache)", "speed-up (cache)"]
     print()
-    print(format_table(["extractor", "config", "images", "batch", "workers", "pipeline img/s", "naive img/s",
-                        "speed-up", f"CPU goal >={CPU_SPEEDUP_GOAL:g}x", "max rel diff"], rows))
+    print(format_table(headers, rows))
     print()
     print("GPU goals (one GPU, full sizes; reference):")
     measured = {r.setup.name: r.pipeline_ips for r in results}
@@ -298,6 +354,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  {what}: >= {goal:,.0f} images/s; measured {fmt(got)}: {status}")
     if any(r.max_rel_diff > tol for r in results):
         print(f"error: the store and the naive loop disagree beyond {tol:g} (relative); see 'max rel diff'")
+        return 1
+    if not all(r.cached_identical for r in results):
+        print("error: the run over the warm image cache stored other arrays than the run without it")
         return 1
     return 0
 

@@ -226,9 +226,12 @@ def extractors():
               help="zarr: bulk loads; lmdb: fastest per-sample random reads (local stores only).")
 @click.option("--compression", type=click.Choice(["auto", "blosc", "zstd", "none"]), default="auto",
               show_default=True, help="Zarr codec; auto keeps dense image features raw, compresses padded text.")
+@click.option("--image-cache", "image_cache", default=None, metavar="DIR",
+              help="Decoded-image cache shared by extractors: the first run decodes and fills it, later runs over "
+              "the same images read pixels from it; safe to delete.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(dataset_path, dataset_format, extractor_name, weights, store_url, name, settings, batch_size, workers,
-            device, amp, compile_model, chunk_rows, on_error, backend, compression, quiet):
+            device, amp, compile_model, chunk_rows, on_error, backend, compression, image_cache, quiet):
     """Materialise one feature set version: run an extractor over a dataset into the store.
 
     Rerunning the same command resumes an interrupted run, or names the finished version. Under
@@ -247,7 +250,8 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
     ds = load_dataset(dataset_path, dataset_format, check_images=False)
     st = open_store(store_url, create=True)
     opts = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device, amp=amp, chunk_rows=chunk_rows,
-                          on_error=on_error, backend=backend, compression=compression, progress=not quiet)
+                          on_error=on_error, backend=backend, compression=compression, image_cache=image_cache,
+                          progress=not quiet)
     summary = run_extraction(st, ds, extractor_name, name=name, extractor_config=cfg, options=opts)
     for line in summary.lines():
         click.echo(line)

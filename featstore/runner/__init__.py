@@ -1,4 +1,5 @@
 """Jobs that drive the library end to end (extraction)."""
 from .extract import ExtractOptions, ExtractSummary, run_extraction
+from .image_cache import DecodedImageCache
 
-__all__ = ["ExtractOptions", "ExtractSummary", "run_extraction"]
+__all__ = ["DecodedImageCache", "ExtractOptions", "ExtractSummary", "run_extraction"]

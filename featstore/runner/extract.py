@@ -24,6 +24,7 @@ import torch
 from ..errors import FeatstoreError
 from ..store import Recipe, Store
 from . import dist
+from .image_cache import DecodedImageCache, ImageCacheError
 
 
 @dataclass
@@ -38,6 +39,9 @@ class ExtractOptions:
     compression: str = "auto"  # zarr codec: auto | blosc | zstd | none (see featstore.store.backends)
     max_pixels: int = 89_478_485  # PIL's decompression-bomb limit
     progress: bool = True
+    # decoded-image cache directory shared by extractors (featstore.runner.image_cache); None = decode every
+    # image. Never part of the recipe: cached pixels are exactly load_image's.
+    image_cache: Optional[str] = None
 
 
 @dataclass
@@ -79,12 +83,22 @@ def extraction_items(dataset, modality: str) -> List[tuple]:
     return [(s.id, s.text) for s in dataset.samples]
 
 
-class _ItemDataset(torch.utils.data.Dataset):
-    """Rows of the pending chunks; __getitem__ runs in DataLoader workers and never raises for bad data."""
+class _CacheBroken(str):
+    """A failure message that stops the run: the image cache itself failed, not the input."""
 
-    def __init__(self, extractor, items: List[tuple], rows: List[int], modality: str, max_pixels: int):
+
+class _ItemDataset(torch.utils.data.Dataset):
+    """Rows of the pending chunks; __getitem__ runs in DataLoader workers and never raises for bad data.
+
+    With ``image_cache`` (a ``DecodedImageCache``) images are loaded through it: same pixels, same failure
+    reasons; a failing cache yields a ``_CacheBroken`` message that the run loop turns into an error.
+    """
+
+    def __init__(self, extractor, items: List[tuple], rows: List[int], modality: str, max_pixels: int,
+                 image_cache=None):
         self.extractor, self.items, self.rows = extractor, items, rows
         self.modality, self.max_pixels = modality, max_pixels
+        self.image_cache = image_cache if modality == "image" else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -98,8 +112,13 @@ class _ItemDataset(torch.utils.data.Dataset):
 
                 if payload is None:
                     raise FeatstoreError("no image path in the manifest")
-                payload = load_image(payload, max_pixels=self.max_pixels)
+                if self.image_cache is not None:
+                    payload = self.image_cache.load(payload, max_pixels=self.max_pixels)
+                else:
+                    payload = load_image(payload, max_pixels=self.max_pixels)
             return row, self.extractor.preprocess(payload), None
+        except ImageCacheError as e:
+            return row, None, _CacheBroken(str(e))
         except FeatstoreError as e:
             return row, None, str(e)
         except Exception as e:  # a decoder or transform failing on one bad file must not stop the job
@@ -183,6 +202,7 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     set_name = name or extractor_name
     rank, world = dist.init()
     device = _resolve_device(opts.device)  # before the writer: a bad --device must not leave a version behind
+    image_cache = _open_image_cache(opts.image_cache, modality)  # likewise a bad cache directory
     kw = dict(key_kind=ext.key_kind, modality=modality, chunk_rows=opts.chunk_rows, backend=opts.backend,
               backend_options={"compression": opts.compression} if opts.backend == "zarr" else None,
               meta={"extractor": extractor_name})
@@ -218,14 +238,16 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
             pending_writes.pop(0).result()
 
     loader = torch.utils.data.DataLoader(
-        _ItemDataset(ext, items, rows, modality, opts.max_pixels), batch_size=opts.batch_size, shuffle=False,
-        num_workers=opts.num_workers, collate_fn=_Collate(ext),
+        _ItemDataset(ext, items, rows, modality, opts.max_pixels, image_cache), batch_size=opts.batch_size,
+        shuffle=False, num_workers=opts.num_workers, collate_fn=_Collate(ext),
         pin_memory=device.type == "cuda",  # pinned in the loader's background thread; copies are non_blocking
         persistent_workers=False, prefetch_factor=4 if opts.num_workers > 0 else None)
     bar = _progress(len(rows), opts.progress and rank == 0, "images" if modality == "image" else "texts")
     try:
         for ok_rows, batch, failed in loader:
             for r, why in failed:
+                if isinstance(why, _CacheBroken):
+                    raise FeatstoreError(why)
                 if opts.on_error == "fail":
                     raise FeatstoreError(f"{keys[r]}: {why} (--on-error fail stops at the first bad input; "
                                          f"use --on-error skip to record it and go on)")
@@ -261,6 +283,16 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
                                  time.perf_counter() - t0, {}, chunks_written=written)
     dist.barrier()
     return summary
+
+
+def _open_image_cache(path: Optional[str], modality: str) -> Optional[DecodedImageCache]:
+    """The decoded-image cache for an image extraction (opened here once, so a broken directory fails
+    before any work; each DataLoader worker reopens it after the fork); None without one or for text."""
+    if path is None or modality != "image":
+        return None
+    cache = DecodedImageCache(path)
+    cache.check()
+    return cache
 
 
 def _shapes(fsv) -> Dict[str, tuple]:
