@@ -28,7 +28,7 @@ speed-up over the naive loop; the cached run's arrays must equal the uncached ru
 Models: full-size architectures with random weights (``weights=None``; no download). Random-init ResNet-152
 activations exceed float16's range, so every extractor stores ``dtype=float32`` here (twice the bytes
 of the float16 default: a conservative figure). ``--quick``: tiny configurations (ResNet-18 backbones at
-128 px; a 4-layer, 64-wide DINOv2 saved with ``save_pretrained`` to a temporary folder and passed as
+64 px; a 4-layer, 64-wide DINOv2 saved with ``save_pretrained`` to a temporary folder and passed as
 ``weights``, since the extractor's random init is always ViT-L/14).
 """
 from __future__ import annotations
@@ -94,11 +94,11 @@ def setups(names: Sequence[str], quick: bool, workdir: Path) -> List[Setup]:
     out = []
     for name in names:
         if name == "grid":
-            cfg = dict(backbone="resnet18", image_size=128) if quick else dict(backbone="resnet152", image_size=224)
+            cfg = dict(backbone="resnet18", image_size=64) if quick else dict(backbone="resnet152", image_size=224)
             out.append(Setup(name, dict(cfg, weights=None, dtype="float32"),
                              f"{cfg['backbone']} {cfg['image_size']}px 6x6"))
         elif name == "roi":
-            cfg = (dict(backbone="resnet18", shorter_side=128, max_side=224, roi_output=7) if quick
+            cfg = (dict(backbone="resnet18", shorter_side=64, max_side=112, roi_output=7) if quick
                    else dict(backbone="resnet152", shorter_side=600, max_side=1000))
             out.append(Setup(name, dict(cfg, weights=None, dtype="float32"),
                              f"{cfg['backbone']} short side {cfg['shorter_side']}px, 36 rois"
@@ -106,11 +106,11 @@ def setups(names: Sequence[str], quick: bool, workdir: Path) -> List[Setup]:
         else:  # dinov2, dinov2-multilayer
             multi = name == "dinov2-multilayer"
             if quick:
-                folder = tiny_dinov2_folder(workdir, 112)
-                cfg: Dict[str, object] = dict(weights=str(folder), image_size=112)
+                folder = tiny_dinov2_folder(workdir, 84)
+                cfg: Dict[str, object] = dict(weights=str(folder), image_size=84)  # 6x6 patches: 36 regions
                 if multi:
                     cfg["layers"] = (1, 2, 3, 4)
-                desc = "tiny ViT (4x64, patch 14) 112px"
+                desc = "tiny ViT (4x64, patch 14) 84px"
             else:
                 cfg = dict(weights=None)  # random ViT-L/14 at 518 px, the extractor's defaults
                 desc = "ViT-L/14 518px"
@@ -258,7 +258,7 @@ def _subset(dataset, n: int):
 def parse_args(argv: Optional[Sequence[str]]):
     p = Parser(description=__doc__.split("\n")[0])
     p.add_device()
-    p.add_argument("--quick", action="store_true", help="tiny models and 64 images (< 2 minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="tiny models and 256 images (a few minutes on 2 CPU cores)")
     p.add_argument("--n", type=positive_int("--n"), default=None,
                    help="images (default: 4096 on CUDA, 64 on CPU)")
     p.add_argument("--unique", type=positive_int("--unique"), default=512, help="distinct images among --n")
@@ -290,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.workdir is not None and not Path(args.workdir).is_dir():
         raise FeatstoreError(f"--workdir {args.workdir!r} is not an existing folder; create it or leave it out")
     cuda = device.type == "cuda"
-    n = args.n or (64 if args.quick or not cuda else 4096)
+    n = args.n or (256 if args.quick or not cuda else 4096)
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
     naive_n = min(n, args.baseline_n or (n if not cuda else 256))
     full = not args.quick
