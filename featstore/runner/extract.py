@@ -39,9 +39,9 @@ class ExtractOptions:
     compression: str = "auto"  # zarr codec: auto | blosc | zstd | none (see featstore.store.backends)
     max_pixels: int = 89_478_485  # PIL's decompression-bomb limit
     progress: bool = True
-    # decoded-image cache directory shared by extractors (featstore.runner.image_cache); None = decode every
-    # image. Never part of the recipe: cached pixels are exactly load_image's.
-    image_cache: Optional[str] = None
+    # decoded-image cache shared by extractors: a directory or a DecodedImageCache (featstore.runner.image_cache);
+    # None = decode every image. Never part of the recipe: cached pixels are exactly load_image's.
+    image_cache: Optional[Any] = None
 
 
 @dataclass
@@ -285,12 +285,12 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     return summary
 
 
-def _open_image_cache(path: Optional[str], modality: str) -> Optional[DecodedImageCache]:
+def _open_image_cache(path, modality: str) -> Optional[DecodedImageCache]:
     """The decoded-image cache for an image extraction (opened here once, so a broken directory fails
     before any work; each DataLoader worker reopens it after the fork); None without one or for text."""
     if path is None or modality != "image":
         return None
-    cache = DecodedImageCache(path)
+    cache = path if isinstance(path, DecodedImageCache) else DecodedImageCache(path)
     cache.check()
     return cache
 
