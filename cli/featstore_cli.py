@@ -84,6 +84,8 @@ def info(ref, store_url, as_json):
     click.echo(f"  manifest       {rec['recipe']['manifest_fingerprint'] or '-'}")
     click.echo(f"  config         {json.dumps(rec['recipe']['config'], sort_keys=True)}")
     click.echo(f"  preprocessing  {json.dumps(rec['recipe']['preprocessing'], sort_keys=True)}")
+    if rec["recipe"].get("compute"):
+        click.echo(f"  compute        {json.dumps(rec['recipe']['compute'], sort_keys=True)}")
     click.echo("  arrays")
     for name in fsv.array_names:
         s = fsv.spec(name)
@@ -217,7 +219,9 @@ def extractors():
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
+              help="Autocast dtype: auto = bf16 on CUDA (fp16 where unsupported), none on CPU; bf16 also runs on "
+              "CPU, fp16 needs CUDA. Part of the version id.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
 @click.option("--chunk-rows", type=int, default=64, show_default=True, help="Rows per store chunk (resume unit).")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,

@@ -32,7 +32,7 @@ class ExtractOptions:
     batch_size: int = 32
     num_workers: int = 2
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | bf16 | fp16 | none
+    amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | bf16 (CUDA or CPU) | fp16 (CUDA) | none; in the recipe
     chunk_rows: int = 64
     on_error: str = "skip"  # skip (record id + reason in the version's failures) | fail
     backend: str = "zarr"
@@ -145,12 +145,23 @@ def _resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _compute_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The extractor's autocast dtype: None lets it choose (bf16/fp16 on CUDA, float32 on CPU)."""
+_AMP_NAMES = {torch.float32: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _compute_dtype(amp: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype the forward pass runs in (float32 = no autocast). ``auto``: bf16 on CUDA (fp16
+    where bf16 is unsupported), none on CPU; ``bf16`` also runs on CPU; ``fp16`` needs CUDA."""
     choices = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "none": torch.float32}
     if amp not in choices:
         raise FeatstoreError(f"--amp {amp!r} is unknown; use auto, bf16, fp16 or none")
-    return choices[amp] if device.type == "cuda" else torch.float32
+    dtype = choices[amp]
+    if device.type == "cuda":
+        if dtype is None:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return dtype
+    if dtype == torch.float16:
+        raise FeatstoreError("--amp fp16 needs a CUDA device; on CPU use --amp bf16 or --amp none")
+    return torch.float32 if dtype is None else dtype
 
 
 class _ChunkBuffer:
@@ -196,12 +207,14 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
         raise FeatstoreError("the dataset has no samples to extract; check the manifest and split")
     keys = [k for k, _ in items]
     schema = ext.schema()
-    recipe = Recipe(extractor=extractor_name, config=_jsonable(ext.config),
-                    weights_fingerprint=ext.weights_fingerprint(), preprocessing=_jsonable(ext.preprocessing()),
-                    manifest_fingerprint=dataset.fingerprint)
-    set_name = name or extractor_name
     rank, world = dist.init()
     device = _resolve_device(opts.device)  # before the writer: a bad --device must not leave a version behind
+    compute_dtype = _compute_dtype(opts.amp, device)
+    # the autocast dtype changes the numbers (bf16 vs float32), so it is part of what names the version
+    recipe = Recipe(extractor=extractor_name, config=_jsonable(ext.config),
+                    weights_fingerprint=ext.weights_fingerprint(), preprocessing=_jsonable(ext.preprocessing()),
+                    manifest_fingerprint=dataset.fingerprint, compute={"autocast": _AMP_NAMES[compute_dtype]})
+    set_name = name or extractor_name
     image_cache = _open_image_cache(opts.image_cache, modality)  # likewise a bad cache directory
     kw = dict(key_kind=ext.key_kind, modality=modality, chunk_rows=opts.chunk_rows, backend=opts.backend,
               backend_options={"compression": opts.compression} if opts.backend == "zarr" else None,
@@ -218,7 +231,7 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
 
     my_chunks = [c for c in writer.pending_chunks() if c % world == rank]
     rows = [r for c in my_chunks for r in range(*writer.chunk_slice(c).indices(len(keys)))]
-    ext.to(device, _compute_dtype(opts.amp, device))
+    ext.to(device, compute_dtype)
 
     buffers = {c: _ChunkBuffer(c, range(*writer.chunk_slice(c).indices(len(keys)))) for c in my_chunks}
     chunk_of = {r: c for c in my_chunks for r in buffers[c].rows}

@@ -63,6 +63,7 @@ class Recipe:
     preprocessing: Dict[str, Any] = field(default_factory=dict)
     manifest_fingerprint: str = ""
     tool_version: str = __version__
+    compute: Dict[str, Any] = field(default_factory=dict)  # how the numbers were computed, e.g. {"autocast": "bf16"}
 
     def to_dict(self) -> dict:
         return asdict(self)

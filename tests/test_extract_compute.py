@@ -1,0 +1,88 @@
+"""How the numbers are computed: the autocast dtype is part of the version id (bf16 autocast runs on CPU
+too, fp16 is refused there), and ``compile=True`` (torch.compile, inductor on CPU) gives the eager numbers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli.featstore_cli import main as featstore
+from cli_helpers import invoke, one_line_error
+from featstore.datasets import load_dataset
+from featstore.errors import FeatstoreError
+from featstore.extractors import create_extractor, load_image
+from featstore.runner import ExtractOptions, run_extraction
+from featstore.store import open_store
+
+GRID = dict(backbone="resnet18", image_size=64, grid_size=2, dtype="float32")
+
+
+def _dataset(root: Path, n: int = 5) -> Path:
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 256, (40 + 2 * i, 50, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / "img" / f"{i:05d}.png")
+        rows.append({"id": i + 1, "img": f"img/{i:05d}.png", "label": i % 2, "text": f"caption {i}"})
+    with open(root / "train.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return root / "train.jsonl"
+
+
+def _run(store, ds, amp: str):
+    opts = ExtractOptions(batch_size=8, num_workers=0, amp=amp, progress=False)
+    return run_extraction(store, ds, "grid", extractor_config=GRID, options=opts)
+
+
+def test_bf16_autocast_on_cpu_is_its_own_version_and_close_to_float32(tmp_path):
+    ds = load_dataset(_dataset(tmp_path / "data"), check_images=False)
+    st = open_store(tmp_path / "store", create=True)
+    fp32, bf16 = _run(st, ds, "none"), _run(st, ds, "bf16")
+    assert fp32.version != bf16.version  # same extractor, config and data: only the autocast dtype differs
+    assert st.open("grid", fp32.version).recipe.compute == {"autocast": "none"}
+    assert st.open("grid", bf16.version).recipe.compute == {"autocast": "bf16"}
+    a = st.open("grid", fp32.version).read("regions").astype(np.float64)
+    b = st.open("grid", bf16.version).read("regions").astype(np.float64)
+    rel = np.abs(a - b).max() / np.abs(a).max()
+    assert 1e-5 < rel < 5e-2  # autocast took effect (not bit-equal) at bf16's precision (8 mantissa bits)
+    # float32 (no autocast) against the torchvision backbone run by hand in float64 on the same pixels
+    ext = create_extractor("grid", **GRID)
+    paths = {s.image_key: s.image_path for s in ds.samples}
+    x = torch.stack([ext.preprocess(load_image(paths[k]))["image"] for k in st.open("grid", fp32.version).keys])
+    m = ext.backbone.double().eval()
+    with torch.no_grad():
+        ref = torch.nn.functional.adaptive_avg_pool2d(m(x.double()), 2).flatten(2).transpose(1, 2).numpy()
+    np.testing.assert_allclose(a, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_on_cpu_is_float32_and_fp16_on_cpu_is_refused_before_anything_is_written(tmp_path):
+    ds = load_dataset(_dataset(tmp_path / "data"), check_images=False)
+    st = open_store(tmp_path / "store", create=True)
+    auto = _run(st, ds, "auto")
+    assert st.open("grid", auto.version).recipe.compute == {"autocast": "none"}
+    assert _run(st, ds, "none").already_complete  # auto on CPU is exactly --amp none
+    with pytest.raises(FeatstoreError, match="--amp fp16 needs a CUDA device"):
+        _run(st, ds, "fp16")
+    assert [v.version for v in st.versions("grid")] == [auto.version]
+    line = one_line_error(featstore, ["extract", "--dataset", tmp_path / "data" / "train.jsonl", "--extractor", "grid",
+                                      "--store", tmp_path / "store", "--amp", "fp16", "--quiet", "--device", "cpu",
+                                      "--set", "backbone=resnet18", "--set", "image_size=64"])
+    assert "--amp fp16 needs a CUDA device" in line
+    assert "compute        {\"autocast\": \"none\"}" in invoke(featstore, ["info", "grid", "--store", tmp_path / "store"])
+
+
+def test_compile_on_cpu_gives_the_eager_numbers(tmp_path):
+    imgs = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (40 + i, 50, 3), dtype=np.uint8))
+            for i in range(3)]
+    eager = create_extractor("grid", **GRID).to("cpu")
+    compiled = create_extractor("grid", compile=True, **GRID).to("cpu")
+    assert hasattr(compiled.backbone, "_orig_mod") and not hasattr(eager.backbone, "_orig_mod")
+    assert compiled.weights_fingerprint() == eager.weights_fingerprint()
+    batch = eager.collate([eager.preprocess(im) for im in imgs])
+    want, got = eager.forward(batch), compiled.forward(batch)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
