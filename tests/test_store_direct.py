@@ -116,3 +116,16 @@ def test_damaged_shards_raise(tmp_path, monkeypatch, where):
     with pytest.raises(CorruptDataError, match=r"c/1/0/0"):
         read_rows(layout, path, N, np.arange(8, 16), "regions")
     assert [(c, a) for c, a, _ in st.verify("img").problems] == [(1, "regions")]
+
+
+def test_forced_raw_storage_reads_every_dtype_directly(tmp_path, monkeypatch):
+    """compression='none': bool, int32 and float arrays all take the direct path and read back exactly."""
+    st, fsv, zdir, regions, pooled = _write(tmp_path, sharded=False, monkeypatch=monkeypatch, compression="none")
+    for name in ("valid", "count", "regions", "pooled"):
+        assert DirectLayout.of(zarr.open_array(str(zdir / name), mode="r").metadata) is not None, name
+    np.testing.assert_array_equal(fsv.read("count"), np.full(N, R, np.int32))
+    np.testing.assert_array_equal(fsv.read("regions"), regions)
+    got = fsv.select(["00007", "00044"], ["regions", "pooled"], max_items=2)
+    np.testing.assert_array_equal(got["regions"], regions[[7, 44], :2])
+    np.testing.assert_array_equal(got["mask"], np.ones((2, 2), bool))
+    assert st.verify("img").ok
