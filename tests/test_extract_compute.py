@@ -86,20 +86,3 @@ def test_compile_on_cpu_gives_the_eager_numbers(tmp_path):
     want, got = eager.forward(batch), compiled.forward(batch)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
-
-
-def test_forward_threads_leave_the_workers_their_cores_and_are_restored(tmp_path, monkeypatch):
-    from featstore.runner import extract as ex
-
-    monkeypatch.setattr(ex.os, "sched_getaffinity", lambda pid: set(range(8)))
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert ex._forward_threads(cpu, 2, 8) == 6
-    assert ex._forward_threads(cpu, 8, 8) == 1  # never below one
-    assert ex._forward_threads(cpu, 2, 4) == 4  # never above what the user set
-    assert ex._forward_threads(cpu, 0, 8) == 8 and ex._forward_threads(cuda, 2, 8) == 8
-    monkeypatch.undo()
-    ds = load_dataset(_dataset(tmp_path / "data"), check_images=False)
-    before = torch.get_num_threads()
-    opts = ExtractOptions(batch_size=8, num_workers=1, progress=False)
-    run_extraction(open_store(tmp_path / "store", create=True), ds, "grid", extractor_config=GRID, options=opts)
-    assert torch.get_num_threads() == before

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -257,8 +256,6 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
         pin_memory=device.type == "cuda",  # pinned in the loader's background thread; copies are non_blocking
         persistent_workers=False, prefetch_factor=4 if opts.num_workers > 0 else None)
     bar = _progress(len(rows), opts.progress and rank == 0, "images" if modality == "image" else "texts")
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(_forward_threads(device, opts.num_workers, threads_before))
     try:
         for ok_rows, batch, failed in loader:
             for r, why in failed:
@@ -287,7 +284,6 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
         for f in pending_writes:
             f.result()
     finally:
-        torch.set_num_threads(threads_before)
         bar.close()
         pool.shutdown(wait=True)
     dist.barrier()
@@ -300,16 +296,6 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
                                  time.perf_counter() - t0, {}, chunks_written=written)
     dist.barrier()
     return summary
-
-
-def _forward_threads(device: torch.device, num_workers: int, current: int) -> int:
-    """Intra-op threads for the forward pass. On a CPU the DataLoader workers decode on the same cores: an
-    OpenMP team wider than the cores left to it waits on preempted threads at every barrier, so it gets
-    the cores the workers do not use (at least one). On CUDA the host threads only launch kernels."""
-    if device.type != "cpu" or num_workers <= 0:
-        return current
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(current, cores - num_workers))
 
 
 def _open_image_cache(path, modality: str) -> Optional[DecodedImageCache]:
