@@ -217,7 +217,9 @@ def extractors():
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Extractor option, repeatable (e.g. --set image_size=448 --set regions=100).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--workers", type=int, default=None,
+              help="DataLoader worker processes (decode + resize). Default: one per CPU core (shared by the "
+              "torchrun ranks of a node), at most 16; 0 decodes in the main process.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
               help="Autocast dtype: auto = bf16 on CUDA (fp16 where unsupported), none on CPU; bf16 also runs on "

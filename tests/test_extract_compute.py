@@ -86,3 +86,25 @@ def test_compile_on_cpu_gives_the_eager_numbers(tmp_path):
     want, got = eager.forward(batch), compiled.forward(batch)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_default_workers_follow_the_cores_per_rank_and_negative_is_refused(tmp_path, monkeypatch):
+    from featstore.runner import extract as ex
+
+    monkeypatch.setattr(ex.os, "sched_getaffinity", lambda pid: set(range(24)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert ex._resolve_workers(None) == 16  # capped
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert ex._resolve_workers(None) == 6  # 24 cores shared by 4 ranks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert ex._resolve_workers(None) == 1
+    assert ex._resolve_workers(0) == 0 and ex._resolve_workers(3) == 3
+    with pytest.raises(FeatstoreError, match="--workers -1 is invalid"):
+        ex._resolve_workers(-1)
+    monkeypatch.undo()
+    _dataset(tmp_path / "data")
+    line = one_line_error(featstore, ["extract", "--dataset", tmp_path / "data" / "train.jsonl", "--extractor", "grid",
+                                      "--store", tmp_path / "store", "--workers", "-1", "--quiet",
+                                      "--set", "backbone=resnet18", "--set", "image_size=64"])
+    assert "--workers -1 is invalid" in line
+    assert not (tmp_path / "store" / "sets").exists() or not list((tmp_path / "store" / "sets").iterdir())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -30,7 +31,7 @@ from .image_cache import DecodedImageCache, ImageCacheError
 @dataclass
 class ExtractOptions:
     batch_size: int = 32
-    num_workers: int = 2
+    num_workers: Optional[int] = None  # None: one per CPU core this process may use (per rank on a node), <= 16
     device: str = "auto"  # "auto" = cuda when available, else cpu
     amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | bf16 (CUDA or CPU) | fp16 (CUDA) | none; in the recipe
     chunk_rows: int = 64
@@ -193,6 +194,7 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     from ..extractors import create_extractor
 
     opts = options or ExtractOptions()
+    workers = _resolve_workers(opts.num_workers)
     if opts.on_error not in ("skip", "fail"):
         raise FeatstoreError(f"--on-error {opts.on_error!r} is unknown; use skip or fail")
     t0 = time.perf_counter()
@@ -252,9 +254,9 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
 
     loader = torch.utils.data.DataLoader(
         _ItemDataset(ext, items, rows, modality, opts.max_pixels, image_cache), batch_size=opts.batch_size,
-        shuffle=False, num_workers=opts.num_workers, collate_fn=_Collate(ext),
+        shuffle=False, num_workers=workers, collate_fn=_Collate(ext),
         pin_memory=device.type == "cuda",  # pinned in the loader's background thread; copies are non_blocking
-        persistent_workers=False, prefetch_factor=4 if opts.num_workers > 0 else None)
+        persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
     bar = _progress(len(rows), opts.progress and rank == 0, "images" if modality == "image" else "texts")
     try:
         for ok_rows, batch, failed in loader:
@@ -296,6 +298,22 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
                                  time.perf_counter() - t0, {}, chunks_written=written)
     dist.barrier()
     return summary
+
+
+MAX_AUTO_WORKERS = 16
+
+
+def _resolve_workers(num_workers: Optional[int]) -> int:
+    """DataLoader workers: as given, or (None) one per CPU core this process may use, shared between the
+    ranks torchrun starts on this node (LOCAL_WORLD_SIZE), at most ``MAX_AUTO_WORKERS``: decoding is what
+    keeps a GPU waiting."""
+    if num_workers is not None:
+        if int(num_workers) < 0:
+            raise FeatstoreError(f"--workers {num_workers} is invalid; pass 0 (decode in the main process) or more")
+        return int(num_workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(MAX_AUTO_WORKERS, per_rank))
 
 
 def _open_image_cache(path, modality: str) -> Optional[DecodedImageCache]:
