@@ -53,7 +53,8 @@ from PIL import Image  # noqa: E402
 from featstore.datasets import load_dataset  # noqa: E402
 from featstore.errors import FeatstoreError  # noqa: E402
 from featstore.extractors import create_extractor  # noqa: E402
-from featstore.runner import DecodedImageCache, ExtractOptions, run_extraction  # noqa: E402
+from featstore.runner import ExtractOptions, run_extraction  # noqa: E402
+from featstore.runner.prefill import prefill_image_cache  # noqa: E402
 from featstore.store import open_store  # noqa: E402
 
 IMAGE_EXTRACTORS = ("grid", "roi", "dinov2", "dinov2-multilayer")
@@ -194,17 +195,6 @@ class Result:
     cached_identical: bool = True  # the cached run stored exactly the uncached run's arrays
 
 
-def fill_image_cache(cache_dir: Path, dataset, max_pixels: int) -> int:
-    """Decode every distinct image of ``dataset`` into a ``DecodedImageCache`` at ``cache_dir``; returns
-    how many images it holds (what a first extractor run with ``--image-cache`` leaves behind)."""
-    cache = DecodedImageCache(cache_dir)
-    for path in dict.fromkeys(s.image_path for s in dataset.samples):
-        cache.load(path, max_pixels=max_pixels)
-    n = len(cache)
-    cache.close()
-    return n
-
-
 def same_arrays(store_dir: Path, a: str, b: str) -> bool:
     """Whether feature sets ``a`` and ``b`` of the store hold bitwise-equal arrays under the same keys."""
     st = open_store(store_dir)
@@ -312,9 +302,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.image_cache:
             cache_dir = work / "image-cache"
             with Stopwatch(torch.device("cpu")) as sw_fill:
-                held = fill_image_cache(cache_dir, dataset, ExtractOptions().max_pixels)
-            print(f"image cache: {held} decoded images filled in {sw_fill.seconds:.1f} s (one process, not timed "
-                  f"below); each extractor also runs the pipeline over this warm cache")
+                held = prefill_image_cache(dataset, str(cache_dir), num_workers=workers, progress=False).images
+            print(f"image cache: {held} decoded images filled in {sw_fill.seconds:.1f} s (`featstore cache-images`, "
+                  f"{workers} workers; not timed below); each extractor also runs the pipeline over this warm cache")
         print()
         results = []
         for s in setups(names, args.quick, work):

@@ -263,6 +263,23 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
         click.echo(line)
 
 
+@main.command("cache-images")
+@click.option("--dataset", "dataset_path", required=True, help="Dataset manifest whose images to decode.")
+@click.option("--format", "dataset_format", default="auto", show_default=True)
+@click.option("--image-cache", "image_cache", required=True, metavar="DIR",
+              help="Cache directory (created if missing); pass the same to `featstore extract --image-cache`.")
+@click.option("--workers", type=int, default=None, help="Decoding processes (default: one per CPU core, at most 16).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def cache_images(dataset_path, dataset_format, image_cache, workers, quiet):
+    """Decode a dataset's images into a decoded-image cache ahead of extraction (e.g. before GPU time)."""
+    from featstore.datasets import load_dataset
+    from featstore.runner.prefill import prefill_image_cache
+
+    ds = load_dataset(dataset_path, dataset_format, check_images=False)
+    for line in prefill_image_cache(ds, image_cache, num_workers=workers, progress=not quiet).lines():
+        click.echo(line)
+
+
 @main.command()
 @click.option("--store", "store_url", default="demo_store", show_default=True, help="Where to put the demo store.")
 @click.option("--data", "data_dir", default="demo_data", show_default=True, help="Where to write the demo dataset.")

@@ -338,3 +338,35 @@ def test_a_cache_that_fills_up_mid_run_stops_the_run_and_a_rerun_without_it_comp
     assert summary.version == plain.version and list(fsv.failures) == ["00090"]
     for name in plain.array_names:  # batches are cut differently after a resume: float sums may differ in ulps
         np.testing.assert_allclose(fsv.read(name), plain.read(name), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+# -- filling the cache ahead of extraction ----------------------------------------------------------------
+def test_prefill_decodes_once_then_extraction_reads_only_the_cache(tmp_path):
+    from featstore.runner.prefill import prefill_image_cache
+
+    ds = load_dataset(_dataset(tmp_path / "data"), check_images=False)
+    cache_dir = tmp_path / "cache"
+    first = prefill_image_cache(ds, str(cache_dir), num_workers=2, progress=False)
+    assert (first.images, first.decoded, first.already) == (10, 10, 0)
+    assert list(first.failures) == ["00090"] and first.failures["00090"] == "truncated file"
+    again = prefill_image_cache(ds, str(cache_dir), num_workers=0, progress=False)
+    assert (again.decoded, again.already, again.failures) == (0, 10, first.failures)
+    _, plain = _extract(tmp_path / "plain", ds, None, 0)
+    for p in sorted((tmp_path / "data" / "img").glob("*.png")):
+        _same_stamp_garbage(p)  # only the prefilled cache can supply the pixels now
+    _, warm = _extract(tmp_path / "warm", ds, str(cache_dir), 2)
+    assert warm.version == plain.version and warm.failures == plain.failures
+    for name in plain.array_names:
+        assert np.array_equal(warm.read(name), plain.read(name)), name
+
+
+def test_cli_cache_images(tmp_path):
+    _dataset(tmp_path / "data")
+    out = invoke(featstore, ["cache-images", "--dataset", tmp_path / "data" / "train.jsonl", "--image-cache",
+                             tmp_path / "cache", "--workers", "1", "--quiet"])
+    assert "image cache: 10 images, 10 decoded now, 0 already cached, 1 unreadable" in out
+    assert "00090: truncated file" in out
+    (tmp_path / "file").write_text("x")
+    line = one_line_error(featstore, ["cache-images", "--dataset", tmp_path / "data" / "train.jsonl",
+                                      "--image-cache", tmp_path / "file", "--quiet"])
+    assert "is an existing file, not a directory" in line
