@@ -108,3 +108,29 @@ def test_default_workers_follow_the_cores_per_rank_and_negative_is_refused(tmp_p
                                       "--set", "backbone=resnet18", "--set", "image_size=64"])
     assert "--workers -1 is invalid" in line
     assert not (tmp_path / "store" / "sets").exists() or not list((tmp_path / "store" / "sets").iterdir())
+
+
+def test_summary_says_where_the_loop_time_went_and_what_to_change(tmp_path):
+    from featstore.runner import ExtractSummary
+
+    ds = load_dataset(_dataset(tmp_path / "data"), check_images=False)
+    summary = _run(open_store(tmp_path / "store", create=True), ds, "none")
+    t = summary.timing
+    assert set(t) == {"inputs", "forward", "writer"} and min(t.values()) >= 0 and t["forward"] > 0
+    assert sum(t.values()) <= summary.seconds
+    text = "\n".join(summary.lines())
+    assert "time: forward " in text and "waiting for inputs " in text
+    decode_bound = ExtractSummary("g", "v", 512, 512, {}, 4.0, {},
+                                  timing={"inputs": 3.0, "forward": 0.9, "writer": 0.1})
+    assert decode_bound.timing_lines() == [
+        "  time: forward 22%, waiting for inputs 75%, waiting for the writer 2%",
+        "  the device waited on decoding: raise --workers, or decode once with --image-cache (featstore "
+        "cache-images) when several extractors read the same images"]
+    busy = ExtractSummary("g", "v", 512, 512, {}, 4.0, {}, timing={"inputs": 0.2, "forward": 3.7, "writer": 0.1})
+    assert len(busy.timing_lines()) == 1
+    small = ExtractSummary("g", "v", 25, 25, {}, 4.0, {}, timing={"inputs": 3.0, "forward": 0.9, "writer": 0.1})
+    assert len(small.timing_lines()) == 1  # start-up dominates a small run: no advice
+    text = ExtractSummary("t", "v", 512, 512, {}, 4.0, {}, timing={"inputs": 3.0, "forward": 0.9, "writer": 0.1},
+                          modality="text")
+    assert text.timing_lines()[1] == "  the device waited on tokenisation: raise --workers"
+    assert ExtractSummary("g", "v", 4, 0, {}, 0.1, {}, already_complete=True).timing_lines() == []

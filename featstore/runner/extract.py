@@ -56,6 +56,9 @@ class ExtractSummary:
     shapes: Dict[str, tuple]
     already_complete: bool = False
     chunks_written: int = 0
+    # seconds of the main loop spent waiting for decoded inputs, in the forward pass, waiting for the writer
+    timing: Dict[str, float] = dataclasses.field(default_factory=dict)
+    modality: str = "image"
 
     def lines(self) -> List[str]:
         rate = self.n_written / self.seconds if self.seconds > 0 else float("nan")
@@ -65,10 +68,32 @@ class ExtractSummary:
                                                  f"({rate:.1f} items/s)")]
         for k, shape in self.shapes.items():
             out.append(f"  {k}: [{', '.join(map(str, shape))}]")
+        out += self.timing_lines()
         if self.failures:
             out.append(f"  failures (first 5 of {len(self.failures)}; all in `featstore info {self.name}`):")
             out += [f"    {k}: {why}" for k, why in list(self.failures.items())[:5]]
         return out
+
+
+    def timing_lines(self) -> List[str]:
+        """Where the main loop's time went, and what to change when the device waited on decoding."""
+        total = sum(self.timing.values())
+        if total <= 0:
+            return []
+        share = {k: v / total for k, v in self.timing.items()}
+        out = [f"  time: forward {share.get('forward', 0):.0%}, waiting for inputs {share.get('inputs', 0):.0%}, "
+               f"waiting for the writer {share.get('writer', 0):.0%}"]
+        if share.get("inputs", 0) > INPUT_BOUND_SHARE and self.n_written >= HINT_MIN_ITEMS:
+            if self.modality == "image":
+                out.append("  the device waited on decoding: raise --workers, or decode once with --image-cache "
+                           "(featstore cache-images) when several extractors read the same images")
+            else:
+                out.append("  the device waited on tokenisation: raise --workers")
+        return out
+
+
+INPUT_BOUND_SHARE = 0.25  # above this share of the loop waiting for inputs, the summary says what to change
+HINT_MIN_ITEMS = 256  # below this, worker start-up dominates the wait and the hint would mislead
 
 
 # -- the items an extractor sees ----------------------------------------------------------------------------
@@ -249,8 +274,10 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
         if not ok_rows:
             arrays = {n: np.zeros((0,) + tuple(writer.schema[n].shape), writer.schema[n].dtype) for n in names}
         pending_writes.append(pool.submit(writer.write_chunk, buf.chunk, arrays, failures))
+        tick = time.perf_counter()
         while len(pending_writes) > 2:  # bound memory: at most two chunks queued behind the device
             pending_writes.pop(0).result()
+        timing["writer"] += time.perf_counter() - tick
 
     loader = torch.utils.data.DataLoader(
         _ItemDataset(ext, items, rows, modality, opts.max_pixels, image_cache), batch_size=opts.batch_size,
@@ -258,8 +285,16 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
         pin_memory=device.type == "cuda",  # pinned in the loader's background thread; copies are non_blocking
         persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
     bar = _progress(len(rows), opts.progress and rank == 0, "images" if modality == "image" else "texts")
+    timing = {"inputs": 0.0, "forward": 0.0, "writer": 0.0}
     try:
-        for ok_rows, batch, failed in loader:
+        batches = iter(loader)  # starts the workers: counted as waiting for inputs
+        while True:
+            tick = time.perf_counter()
+            try:
+                ok_rows, batch, failed = next(batches)
+            except StopIteration:
+                break
+            timing["inputs"] += time.perf_counter() - tick
             for r, why in failed:
                 if isinstance(why, _CacheBroken):
                     raise FeatstoreError(why)
@@ -269,8 +304,10 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
                 buffers[chunk_of[r]].failed[r] = why
                 all_failures[keys[r]] = why
             if ok_rows:
+                tick = time.perf_counter()
                 with torch.inference_mode():
-                    out = ext.forward(batch)  # autocast (on CUDA) inside
+                    out = ext.forward(batch)  # autocast (on CUDA) inside; returns host arrays, so synchronised
+                timing["forward"] += time.perf_counter() - tick
                 for i, r in enumerate(ok_rows):
                     buffers[chunk_of[r]].outputs[r] = {n: out[n][i] for n in names}
             touched = {chunk_of[r] for r in ok_rows} | {chunk_of[r] for r, _ in failed}
@@ -283,8 +320,10 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
             if buffers[c].done:
                 flush(buffers.pop(c))
                 written += 1
+        tick = time.perf_counter()
         for f in pending_writes:
             f.result()
+        timing["writer"] += time.perf_counter() - tick
     finally:
         bar.close()
         pool.shutdown(wait=True)
@@ -292,10 +331,10 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     if rank == 0:
         fsv = writer.commit()
         summary = ExtractSummary(set_name, writer.version, len(keys), len(rows), fsv.failures,
-                                 time.perf_counter() - t0, _shapes(fsv), chunks_written=written)
+                                 time.perf_counter() - t0, _shapes(fsv), chunks_written=written, timing=timing, modality=modality)
     else:
         summary = ExtractSummary(set_name, writer.version, len(keys), len(rows), all_failures,
-                                 time.perf_counter() - t0, {}, chunks_written=written)
+                                 time.perf_counter() - t0, {}, chunks_written=written, timing=timing, modality=modality)
     dist.barrier()
     return summary
 
