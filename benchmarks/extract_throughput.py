@@ -19,6 +19,9 @@ then ``np.save`` per image (MMF layout: ``<key>.npy`` regions + ``<key>_info.npy
 The store is then reopened and its rows compared with the baseline's files, so both paths provably
 computed the same features (column ``max rel diff``; a mismatch fails the run with exit status 1).
 
+Column ``fwd threads``: the forward pass's intra-op threads after ``ForwardThreads`` decided (lowered when
+the loop waited on the decoding workers; pipeline / warm-cache pipeline).
+
 ``--image-cache``: a ``DecodedImageCache`` (``featstore extract --image-cache``) is filled with every image
 once before the extractors run (timed and printed, not part of any rate), and each extractor is timed a
 second time with the pipeline reading pixels from that warm cache instead of decoding PNGs - what the
@@ -193,6 +196,7 @@ class Result:
     max_rel_diff: float
     cached_ips: Optional[float] = None  # pipeline with a warm decoded-image cache (--image-cache)
     cached_identical: bool = True  # the cached run stored exactly the uncached run's arrays
+    threads: str = "-"  # forward intra-op threads the run chose (ForwardThreads), pipeline / cached pipeline
 
 
 def same_arrays(store_dir: Path, a: str, b: str) -> bool:
@@ -218,13 +222,14 @@ def bench_one(setup: Setup, dataset, work: Path, device: torch.device, n_warm: i
         first = next(iter(summary.failures.items()))
         raise FeatstoreError(f"{setup.name}: {len(summary.failures)} synthetic images failed ({first[0]}: {first[1]})")
     n = summary.n_written
-    cached_ips, identical = None, True
+    cached_ips, identical, cached_threads = None, True, None
     if image_cache is not None:
         cached_opts = dataclasses.replace(opts, image_cache=str(image_cache))
         with Stopwatch(device) as sw_cached:
             cached = run_extraction(store, dataset, setup.name, name=f"{setup.name}-cached", extractor=ext,
                                     options=cached_opts)
         cached_ips = cached.n_written / sw_cached.seconds
+        cached_threads = cached.forward_threads
         identical = not cached.failures and same_arrays(store_dir, setup.name, f"{setup.name}-cached")
     items = [(s.image_key, s.image_path) for s in dataset.samples][:naive_n]
     naive_dir = work / f"naive-{setup.name}"
@@ -234,8 +239,10 @@ def bench_one(setup: Setup, dataset, work: Path, device: torch.device, n_warm: i
     diff = compare_with_store(store_dir, setup.name, naive_dir, [k for k, _ in items])
     del ext
     synchronize(device)
+    default = torch.get_num_threads()
+    threads = f"{summary.forward_threads or default}" + (f" / {cached_threads or default}" if image_cache else "")
     return Result(setup, n, batch_size, workers, n / sw.seconds, len(items), len(items) / sw_naive.seconds, diff,
-                  cached_ips, identical)
+                  cached_ips, identical, threads)
 
 
 def _subset(dataset, n: int):
@@ -320,7 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for r in results:
         speedup = r.pipeline_ips / r.naive_ips
-        row = [r.setup.name, r.setup.describe, r.n, r.batch_size, r.workers, fmt(r.pipeline_ips),
+        row = [r.setup.name, r.setup.describe, r.n, r.batch_size, r.workers, r.threads, fmt(r.pipeline_ips),
                f"{fmt(r.naive_ips)} (n={r.naive_n})", f"{speedup:.2f}x",
                goal_status(speedup, CPU_SPEEDUP_GOAL, True, not cuda, "CPU goal"),
                f"{r.max_rel_diff:.1e}" + ("" if r.max_rel_diff <= tol else " MISMATCH")]
@@ -328,7 +335,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             row += [fmt(r.cached_ips) + ("" if r.cached_identical else " MISMATCH"),
                     f"{r.cached_ips / r.naive_ips:.2f}x"]
         rows.append(row)
-    headers = ["extractor", "config", "images", "batch", "workers", "pipeline img/s", "naive img/s", "speed-up",
+    headers = ["extractor", "config", "images", "batch", "workers", "fwd threads", "pipeline img/s", "naive img/s",
+               "speed-up",
                f"CPU goal >={CPU_SPEEDUP_GOAL:g}x", "max rel diff"]
     if args.image_cache:
         headers += ["pipeline img/s (warm image cache)", "speed-up (cache)"]

@@ -134,3 +134,49 @@ def test_summary_says_where_the_loop_time_went_and_what_to_change(tmp_path):
                           modality="text")
     assert text.timing_lines()[1] == "  the device waited on tokenisation: raise --workers"
     assert ExtractSummary("g", "v", 4, 0, {}, 0.1, {}, already_complete=True).timing_lines() == []
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_forward_threads_give_the_workers_their_cores_only_when_decoding_is_the_bottleneck(monkeypatch, two_threads):
+    from featstore.runner import threads as th
+
+    monkeypatch.setattr(th.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cpu = torch.device("cpu")
+    input_bound = th.ForwardThreads(cpu, workers=2)
+    input_bound.observe(30.0, 0.1)  # worker start-up: not part of the window
+    for _ in range(th.WINDOW_BATCHES - 1):
+        input_bound.observe(1.0, 1.0)
+        assert input_bound.lowered_to is None and torch.get_num_threads() == 2  # still measuring
+    input_bound.observe(1.0, 1.0)  # 50% of the window waiting for inputs
+    assert input_bound.lowered_to == 1 and torch.get_num_threads() == 1
+    input_bound.observe(100.0, 0.0)  # one decision per run
+    assert torch.get_num_threads() == 1
+    input_bound.close()
+    assert torch.get_num_threads() == 2
+
+    forward_bound = th.ForwardThreads(cpu, workers=2)
+    for _ in range(th.SKIP_BATCHES + th.WINDOW_BATCHES + 3):
+        forward_bound.observe(0.1, 1.0)
+    assert forward_bound.lowered_to is None and torch.get_num_threads() == 2
+    for device, workers in ((torch.device("cuda"), 2), (cpu, 0)):  # GPU hosts and no workers: never touched
+        t = th.ForwardThreads(device, workers)
+        for _ in range(8):
+            t.observe(10.0, 0.1)
+        assert t.lowered_to is None and torch.get_num_threads() == 2
+
+
+def test_extraction_restores_the_callers_threads(tmp_path, two_threads):
+    ds = load_dataset(_dataset(tmp_path / "data", n=12), check_images=False)
+    opts = ExtractOptions(batch_size=2, num_workers=1, progress=False)
+    summary = run_extraction(open_store(tmp_path / "s", create=True), ds, "grid", extractor_config=GRID, options=opts)
+    assert torch.get_num_threads() == 2 and summary.n_written == 12
+    note = " (forward threads lowered to 1: the decoding workers needed the cores)"
+    assert summary.forward_threads in (None, 1)
+    assert summary.timing_lines()[0].endswith(note) == (summary.forward_threads == 1)

@@ -26,6 +26,7 @@ from ..errors import FeatstoreError
 from ..store import Recipe, Store
 from . import dist
 from .image_cache import DecodedImageCache, ImageCacheError
+from .threads import ForwardThreads, available_cores
 
 
 @dataclass
@@ -59,6 +60,7 @@ class ExtractSummary:
     # seconds of the main loop spent waiting for decoded inputs, in the forward pass, waiting for the writer
     timing: Dict[str, float] = dataclasses.field(default_factory=dict)
     modality: str = "image"
+    forward_threads: Optional[int] = None  # set when the CPU forward pass left its cores to the workers
 
     def lines(self) -> List[str]:
         rate = self.n_written / self.seconds if self.seconds > 0 else float("nan")
@@ -82,7 +84,9 @@ class ExtractSummary:
             return []
         share = {k: v / total for k, v in self.timing.items()}
         out = [f"  time: forward {share.get('forward', 0):.0%}, waiting for inputs {share.get('inputs', 0):.0%}, "
-               f"waiting for the writer {share.get('writer', 0):.0%}"]
+               f"waiting for the writer {share.get('writer', 0):.0%}"
+               + (f" (forward threads lowered to {self.forward_threads}: the decoding workers needed the cores)"
+                  if self.forward_threads else "")]
         if share.get("inputs", 0) > INPUT_BOUND_SHARE and self.n_written >= HINT_MIN_ITEMS:
             if self.modality == "image":
                 out.append("  the device waited on decoding: raise --workers, or decode once with --image-cache "
@@ -286,6 +290,7 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
         persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
     bar = _progress(len(rows), opts.progress and rank == 0, "images" if modality == "image" else "texts")
     timing = {"inputs": 0.0, "forward": 0.0, "writer": 0.0}
+    threads = ForwardThreads(device, workers)
     try:
         batches = iter(loader)  # starts the workers: counted as waiting for inputs
         while True:
@@ -294,7 +299,8 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
                 ok_rows, batch, failed = next(batches)
             except StopIteration:
                 break
-            timing["inputs"] += time.perf_counter() - tick
+            wait = time.perf_counter() - tick
+            timing["inputs"] += wait
             for r, why in failed:
                 if isinstance(why, _CacheBroken):
                     raise FeatstoreError(why)
@@ -308,6 +314,7 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
                 with torch.inference_mode():
                     out = ext.forward(batch)  # autocast (on CUDA) inside; returns host arrays, so synchronised
                 timing["forward"] += time.perf_counter() - tick
+                threads.observe(wait, time.perf_counter() - tick)
                 for i, r in enumerate(ok_rows):
                     buffers[chunk_of[r]].outputs[r] = {n: out[n][i] for n in names}
             touched = {chunk_of[r] for r in ok_rows} | {chunk_of[r] for r, _ in failed}
@@ -325,16 +332,19 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
             f.result()
         timing["writer"] += time.perf_counter() - tick
     finally:
+        threads.close()
         bar.close()
         pool.shutdown(wait=True)
     dist.barrier()
     if rank == 0:
         fsv = writer.commit()
         summary = ExtractSummary(set_name, writer.version, len(keys), len(rows), fsv.failures,
-                                 time.perf_counter() - t0, _shapes(fsv), chunks_written=written, timing=timing, modality=modality)
+                                 time.perf_counter() - t0, _shapes(fsv), chunks_written=written, timing=timing, modality=modality,
+                                 forward_threads=threads.lowered_to)
     else:
         summary = ExtractSummary(set_name, writer.version, len(keys), len(rows), all_failures,
-                                 time.perf_counter() - t0, {}, chunks_written=written, timing=timing, modality=modality)
+                                 time.perf_counter() - t0, {}, chunks_written=written, timing=timing, modality=modality,
+                                 forward_threads=threads.lowered_to)
     dist.barrier()
     return summary
 
@@ -350,8 +360,7 @@ def _resolve_workers(num_workers: Optional[int]) -> int:
         if int(num_workers) < 0:
             raise FeatstoreError(f"--workers {num_workers} is invalid; pass 0 (decode in the main process) or more")
         return int(num_workers)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_rank = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    per_rank = available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, min(MAX_AUTO_WORKERS, per_rank))
 
 
