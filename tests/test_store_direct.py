@@ -48,7 +48,7 @@ def test_direct_reads_equal_zarrs_own_decode(tmp_path, monkeypatch, sharded):
                   np.array([1, 2, 9, 17, 18, 19, 20, 44]), np.sort(rng.choice(N, 20, replace=False))]
     for rows in selections:
         for threads in (1, 4):
-            got = read_rows(layout, path, N, rows, "regions", threads=threads)
+            got = read_rows(layout, path, rows, "regions", threads=threads)
             np.testing.assert_array_equal(got, arr.get_orthogonal_selection((rows,)))  # zarr-python's decode
             np.testing.assert_array_equal(got, regions[rows])
     # through the public API, for both arrays
@@ -88,10 +88,10 @@ def test_damaged_chunks_raise_and_name_the_chunk(tmp_path, monkeypatch, damage):
         chunk.unlink()
     arr, layout, path = _layout_and_paths(zdir, "regions")
     with pytest.raises(CorruptDataError, match=r"c/2/0/0"):
-        read_rows(layout, path, N, np.arange(N), "regions")
+        read_rows(layout, path, np.arange(N), "regions")
     with pytest.raises(CorruptDataError, match=r"c/2/0/0"):
-        read_rows(layout, path, N, np.array([17]), "regions", threads=1)
-    np.testing.assert_array_equal(read_rows(layout, path, N, np.arange(8), "regions"), arr[:8])  # others fine
+        read_rows(layout, path, np.array([17]), "regions", threads=1)
+    np.testing.assert_array_equal(read_rows(layout, path, np.arange(8), "regions"), arr[:8])  # others fine
     fresh = st.open("img")
     with pytest.raises(CorruptDataError):
         fresh.read("regions")
@@ -114,7 +114,7 @@ def test_damaged_shards_raise(tmp_path, monkeypatch, where):
         _flip(shard, size - 2)
     _, layout, path = _layout_and_paths(zdir, "regions")
     with pytest.raises(CorruptDataError, match=r"c/1/0/0"):
-        read_rows(layout, path, N, np.arange(8, 16), "regions")
+        read_rows(layout, path, np.arange(8, 16), "regions")
     assert [(c, a) for c, a, _ in st.verify("img").problems] == [(1, "regions")]
 
 

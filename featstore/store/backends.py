@@ -193,7 +193,7 @@ class ZarrBackend(ArrayBackend):
         for name in names:
             layout = self._direct_layout(name)
             if layout is not None:  # raw chunks on a local disk: read straight into the output
-                out[name] = read_rows(layout, self._object_path(name), self.n, rows, name)
+                out[name] = read_rows(layout, self._object_path(name), rows, name)
                 continue
             arr = self._array(name)
             try:

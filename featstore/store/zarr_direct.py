@@ -92,7 +92,7 @@ class _Task:
     dst: np.ndarray
 
 
-def read_rows(layout: DirectLayout, object_path: Callable[[int], str], n_rows: int, rows: np.ndarray,
+def read_rows(layout: DirectLayout, object_path: Callable[[int], str], rows: np.ndarray,
               name: str, threads: int = READ_THREADS) -> np.ndarray:
     """``array[rows]`` (sorted, unique row indices) read from the chunk files ``object_path(i)``."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -103,7 +103,7 @@ def read_rows(layout: DirectLayout, object_path: Callable[[int], str], n_rows: i
     by_obj: Dict[int, List[_Task]] = {}
     for t in tasks:
         by_obj.setdefault(t.obj, []).append(t)
-    reader = _ObjectReader(layout, object_path, n_rows, out, name)
+    reader = _ObjectReader(layout, object_path, out, name)
     if threads <= 1 or len(by_obj) == 1:
         for obj, ts in by_obj.items():
             reader(obj, ts)
@@ -130,9 +130,8 @@ def _plan(layout: DirectLayout, rows: np.ndarray) -> List[_Task]:
 class _ObjectReader:
     """Reads the tasks of one stored object (thread-safe: each call opens its own file)."""
 
-    def __init__(self, layout: DirectLayout, object_path: Callable[[int], str], n_rows: int, out: np.ndarray,
-                 name: str):
-        self.layout, self.object_path, self.n_rows, self.out, self.name = layout, object_path, n_rows, out, name
+    def __init__(self, layout: DirectLayout, object_path: Callable[[int], str], out: np.ndarray, name: str):
+        self.layout, self.object_path, self.out, self.name = layout, object_path, out, name
         self.chunk_bytes = layout.inner_rows * layout.row_bytes
         self.flat = out.reshape(len(out), -1).view(np.uint8) if out.size else out
 
