@@ -171,6 +171,17 @@ def positive_int(name: str) -> Callable[[str], int]:
     return parse
 
 
+def name_list(flag: str, value: str, allowed: Sequence[str], noun: str) -> List[str]:
+    """The names of a comma-separated option (``--heads concat,gnn``), each checked against ``allowed``;
+    unknown names or an empty list are a one-line FeatstoreError naming the option and the choices."""
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    bad = [s for s in names if s not in allowed]
+    if bad or not names:
+        what = f"{', '.join(map(repr, bad))} not benchmarked here" if bad else f"names no {noun}"
+        raise FeatstoreError(f"{flag} {value!r}: {what}; choose from {', '.join(allowed)}")
+    return names
+
+
 def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> None:
     """Run ``main``; a FeatstoreError (bad input) prints one ``error:`` line on stderr and exits 2."""
     try:

@@ -47,8 +47,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _common import (Parser, Stopwatch, fmt, format_table, goal_status, header_lines, positive_int, resolve_device,
-                     run_main, synchronize)
+from _common import (Parser, Stopwatch, fmt, format_table, goal_status, header_lines, name_list, positive_int,
+                     resolve_device, run_main, synchronize)
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -287,11 +287,7 @@ def parse_args(argv: Optional[Sequence[str]]):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    names = [s.strip() for s in args.extractors.split(",") if s.strip()]
-    bad = [s for s in names if s not in IMAGE_EXTRACTORS]
-    if bad or not names:
-        what = f"{', '.join(map(repr, bad))} not benchmarkable here" if bad else "names no extractor"
-        raise FeatstoreError(f"--extractors {args.extractors!r}: {what}; choose from {', '.join(IMAGE_EXTRACTORS)}")
+    names = name_list("--extractors", args.extractors, IMAGE_EXTRACTORS, "extractor")
     if args.workers is not None and args.workers < 0:
         raise FeatstoreError(f"--workers {args.workers} must be >= 0; pass 0 for no DataLoader workers")
     if args.workdir is not None and not Path(args.workdir).is_dir():

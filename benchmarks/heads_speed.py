@@ -48,13 +48,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from _common import (Parser, Stopwatch, autocast, fmt, format_table, goal_status, header_lines, median,
-                     positive_int, resolve_device, run_main, synchronize)
+                     name_list, positive_int, resolve_device, run_main, synchronize)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from featstore.errors import FeatstoreError  # noqa: E402
 from featstore.extractors.geometry import grid_cell_boxes  # noqa: E402
 from featstore.extractors.cnn import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from heads import models as _heads_registry  # noqa: E402,F401  (register the heads before the report)
@@ -326,11 +325,7 @@ def choose_sizes(args, device: torch.device) -> Sizes:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
-    bad = [h for h in heads if h not in HEADS]
-    if bad or not heads:
-        what = f"{', '.join(map(repr, bad))} not benchmarked here" if bad else "names no head"
-        raise FeatstoreError(f"--heads {args.heads!r}: {what}; choose from {', '.join(HEADS)}")
+    heads = name_list("--heads", args.heads, HEADS, "head")
     sizes = choose_sizes(args, device)
     cuda = device.type == "cuda"
     full = sizes.n_train == FULL_TRAIN and sizes.label.startswith("full")

@@ -76,7 +76,6 @@ class ExtractSummary:
             out += [f"    {k}: {why}" for k, why in list(self.failures.items())[:5]]
         return out
 
-
     def timing_lines(self) -> List[str]:
         """Where the main loop's time went, and what to change when the device waited on decoding."""
         total = sum(self.timing.values())
@@ -313,8 +312,9 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
                 tick = time.perf_counter()
                 with torch.inference_mode():
                     out = ext.forward(batch)  # autocast (on CUDA) inside; returns host arrays, so synchronised
-                timing["forward"] += time.perf_counter() - tick
-                threads.observe(wait, time.perf_counter() - tick)
+                spent = time.perf_counter() - tick
+                timing["forward"] += spent
+                threads.observe(wait, spent)
                 for i, r in enumerate(ok_rows):
                     buffers[chunk_of[r]].outputs[r] = {n: out[n][i] for n in names}
             touched = {chunk_of[r] for r in ok_rows} | {chunk_of[r] for r, _ in failed}
@@ -336,15 +336,13 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
         bar.close()
         pool.shutdown(wait=True)
     dist.barrier()
+    failures, shapes = all_failures, {}
     if rank == 0:
         fsv = writer.commit()
-        summary = ExtractSummary(set_name, writer.version, len(keys), len(rows), fsv.failures,
-                                 time.perf_counter() - t0, _shapes(fsv), chunks_written=written, timing=timing, modality=modality,
-                                 forward_threads=threads.lowered_to)
-    else:
-        summary = ExtractSummary(set_name, writer.version, len(keys), len(rows), all_failures,
-                                 time.perf_counter() - t0, {}, chunks_written=written, timing=timing, modality=modality,
-                                 forward_threads=threads.lowered_to)
+        failures, shapes = fsv.failures, _shapes(fsv)
+    summary = ExtractSummary(set_name, writer.version, len(keys), len(rows), failures, time.perf_counter() - t0,
+                             shapes, chunks_written=written, timing=timing, modality=modality,
+                             forward_threads=threads.lowered_to)
     dist.barrier()
     return summary
 

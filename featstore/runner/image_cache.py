@@ -37,8 +37,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
-import google_crc32c
 import numpy as np
+from crc32c import crc32c
 from PIL import Image
 
 from ..errors import FeatstoreError
@@ -199,7 +199,7 @@ def _pixels_value(img: Image.Image, st: os.stat_result, declared: Tuple[int, int
     data = img.tobytes()
     w, h = img.size
     return _HEADER.pack(_MAGIC, _FORMAT, _PIXELS, st.st_size, st.st_mtime_ns, w, h, *declared,
-                        google_crc32c.value(data), len(data)) + data
+                        crc32c(data), len(data)) + data
 
 
 def _failure_value(err, st: os.stat_result, declared: Tuple[int, int]) -> Optional[bytes]:
@@ -211,7 +211,7 @@ def _failure_value(err, st: os.stat_result, declared: Tuple[int, int]) -> Option
         return None
     data = json.dumps({"reason": err.reason, "fix": fix}).encode("utf-8")
     return _HEADER.pack(_MAGIC, _FORMAT, _FAILURE, st.st_size, st.st_mtime_ns, 0, 0, *declared,
-                        google_crc32c.value(data), len(data)) + data
+                        crc32c(data), len(data)) + data
 
 
 def _fix_of(err) -> Optional[str]:
@@ -235,7 +235,7 @@ def _parse(value) -> Optional[_Record]:
     if len(value) != _HEADER.size + length or (kind == _PIXELS and (w * h * 3 != length or w * h == 0)):
         return None
     payload = np.frombuffer(value, np.uint8, offset=_HEADER.size)
-    if google_crc32c.value(payload) != crc:
+    if crc32c(payload) != crc:
         return None
     return _Record(kind, size, mtime_ns, w, h, (dw, dh), crc, payload)
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .extract import _progress, _resolve_workers, extraction_items
+from .extract import ExtractOptions, _progress, _resolve_workers, extraction_items
 from .image_cache import DecodedImageCache, ImageCacheError
 
 
@@ -56,7 +56,7 @@ class _Loads(torch.utils.data.Dataset):
 
 
 def prefill_image_cache(dataset, cache_dir: str, *, num_workers: Optional[int] = None,
-                        max_pixels: int = 89_478_485, progress: bool = True) -> PrefillSummary:
+                        max_pixels: int = ExtractOptions.max_pixels, progress: bool = True) -> PrefillSummary:
     """Decode every distinct image of ``dataset`` into the cache at ``cache_dir`` (images already there and
     unchanged are skipped). A broken cache raises ``ImageCacheError``; unreadable images are counted and
     listed, as extraction would record them."""

@@ -32,9 +32,8 @@ import struct
 from abc import ABC, abstractmethod
 from typing import Dict, Iterable, List, Optional, Sequence
 
-import google_crc32c
 import numpy as np
-from crc32c import crc32c as _crc32c  # same values as google_crc32c; releases the GIL on large buffers
+from crc32c import crc32c as _crc32c  # CRC32C (as zarr's codec); releases the GIL on large buffers
 
 from ..errors import CorruptDataError, FeatstoreError
 from .location import Location
@@ -181,9 +180,12 @@ class ZarrBackend(ArrayBackend):
             cache[name] = DirectLayout.of(self._array(name).metadata) if self.loc.is_local else None
         return cache[name]
 
+    def _object_key(self, name: str, i: int) -> str:
+        """The storage key (under ``DIR``) of the i-th chunk or shard along the row axis of one array."""
+        return "/".join([name, "c", str(i)] + ["0"] * len(self.schema[name].shape))
+
     def _object_path(self, name: str):
-        tail = ["0"] * len(self.schema[name].shape) if name in self.schema else []
-        return lambda i: self.loc.path(self.DIR, name, "c", str(i), *tail)
+        return lambda i: self.loc.path(self.DIR, *self._object_key(name, i).split("/"))
 
     def read(self, names: Iterable[str], rows: np.ndarray) -> Dict[str, np.ndarray]:
         from .zarr_direct import read_rows
@@ -210,11 +212,10 @@ class ZarrBackend(ArrayBackend):
     def _expected_objects(self) -> Dict[str, List[str]]:
         exp = {}
         for name, spec in self.schema.items():
-            _, shards = self._layout(spec)
-            rows_per_obj = shards[0] if shards else self._layout(spec)[0][0]
+            inner, shards = self._layout(spec)
+            rows_per_obj = (shards or inner)[0]
             n_obj = max(1, math.ceil(self.n / rows_per_obj)) if self.n else 0
-            tail = "/".join("0" for _ in spec.shape)
-            exp[name] = [f"{name}/c/{i}" + (f"/{tail}" if tail else "") for i in range(n_obj)]
+            exp[name] = [self._object_key(name, i) for i in range(n_obj)]
         return exp
 
     def missing_chunks(self) -> List[str]:
@@ -236,7 +237,7 @@ def encode_record(arrays: Dict[str, np.ndarray]) -> bytes:
     table = [[k, v.dtype.str, list(v.shape), int(v.nbytes)] for k, v in arrays.items()]
     meta = json.dumps(table, separators=(",", ":")).encode()
     body = struct.pack("<I", len(meta)) + meta + b"".join(np.ascontiguousarray(v).tobytes() for v in arrays.values())
-    return _MAGIC + struct.pack("<I", google_crc32c.value(body)) + body
+    return _MAGIC + struct.pack("<I", _crc32c(body)) + body
 
 
 @functools.lru_cache(maxsize=4096)
@@ -301,6 +302,7 @@ def close_lmdb_envs() -> None:
 class LmdbBackend(ArrayBackend):
     name = "lmdb"
     DIR = "data.lmdb"
+    READ_THREADS = 2  # large selections: copies and CRC32C release the GIL
 
     def _env(self, write: bool = False):
         if not self.loc.is_local:
@@ -365,8 +367,6 @@ class LmdbBackend(ArrayBackend):
             for f in futures:
                 f.result()
         return out
-
-    READ_THREADS = 2
 
     def _read_part(self, env, keys, rows: np.ndarray, lo: int, hi: int, names: List[str],
                    out: Dict[str, np.ndarray]) -> None:
