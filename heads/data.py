@@ -16,6 +16,7 @@ from torch import Tensor
 
 from featstore.errors import FeatstoreError
 
+from .batching import gather_trimmed, sequence_lengths
 from .spec import InputSpec, TaskSpec
 
 FEATURE_KEYS = ("img_regions", "img_mask", "img_boxes", "img_pooled", "txt_tokens", "txt_mask", "txt_pooled")
@@ -72,9 +73,22 @@ class TrainData:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, idx: Tensor) -> Dict[str, Tensor]:
-        """Feature batch for row indices ``idx`` (LongTensor [B] on the device): one gather per key."""
+    def batch(self, idx: Tensor, trim: bool = False) -> Dict[str, Tensor]:
+        """Feature batch for row indices ``idx`` (LongTensor [B] on the device): one gather per key.
+
+        ``trim``: tokens and regions cut to the batch's longest real run first (``heads.batching``)."""
+        if trim:
+            return gather_trimmed(self.features, idx, self.sequence_lengths())
         return {k: v.index_select(0, idx) for k, v in self.features.items()}
+
+    def sequence_lengths(self) -> Dict[str, Tensor]:
+        """``{mask key: [N] last real position + 1}`` (``heads.batching.sequence_lengths``), computed once."""
+        masks = tuple(self.features.get(m) for m in ("txt_mask", "img_mask"))
+        cached = self.__dict__.get("_lengths")
+        if cached is None or any(a is not b for a, b in zip(cached[0], masks)):
+            cached = (masks, sequence_lengths(self.features))
+            self.__dict__["_lengths"] = cached
+        return cached[1]
 
     def batch_targets(self, idx: Tensor) -> Dict[str, Tensor]:
         """Targets for row indices ``idx``: {task: [B] int64 or [B, C] float}."""

@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 
 from featstore.errors import FeatstoreError
 
+from .batching import bucketed_batches, length_key, length_sorted
 from .data import TrainData
 from .losses import LossConfig, build_losses, multitask_loss
 from .metrics import compute_metrics, logits_to_probs, metric_keys
 from .schedule import build_scheduler
 from .spec import TaskSpec
+from .threads import check_threads, cpu_threads
 
 
 @dataclass
@@ -56,6 +58,9 @@ class TrainConfig:
     eval_batch_size: int = 512
     init_checkpoint: Optional[str] = None  # a Facebook/MMF ViLBERT checkpoint loaded into the head before training
     trust_checkpoint: bool = False  # allow a checkpoint that needs full unpickling (only files you trust)
+    trim: bool = True  # cut each batch to its longest real token / region run (heads.batching); same outputs
+    bucket: int = 0  # sort the shuffled train order by length within windows of this many batches (0 = off)
+    threads: Union[str, int] = "auto"  # CPU intra-op threads: "auto" (measured, heads.threads) or a count
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +84,9 @@ class TrainConfig:
             raise FeatstoreError(f"mode {self.mode!r} is unknown; pass max, min or auto")
         if self.label_fraction is not None and not 0.0 < self.label_fraction <= 1.0:
             raise FeatstoreError(f"label_fraction {self.label_fraction} is out of range; pass e.g. 0.05, 0.1 or 0.2")
+        if self.bucket < 0:
+            raise FeatstoreError(f"bucket={self.bucket} must be >= 0 (0 = no length bucketing); pass e.g. 20")
+        check_threads(self.threads)
 
     def loss_config(self) -> LossConfig:
         return LossConfig(self.loss, self.focal_alpha, self.focal_gamma, self.label_smoothing, self.class_weights)
@@ -96,6 +104,7 @@ class TrainResult:
     metrics: Dict[str, Dict[str, float]]  # {split: flat metrics} for every split with labels
     warnings: Dict[str, List[str]]  # {split: metric warnings}
     probs: Dict[str, Dict[str, np.ndarray]]  # {split: {task: [n, K] probabilities}} of the best model
+    threads: Any = None  # heads.threads.ThreadChoice: the CPU intra-op threads used and why
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -134,25 +143,30 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, data: TrainData, idx: torch.Tensor, batch_size: int = 512,
-                   amp: bool = False) -> Dict[str, torch.Tensor]:
-    """Eval-mode logits for rows ``idx`` -> {task: float32 [len(idx), K]} (and "fused": [len(idx), H])."""
+                   amp: bool = False, trim: bool = True) -> Dict[str, torch.Tensor]:
+    """Eval-mode logits for rows ``idx`` -> {task: float32 [len(idx), K]} (and "fused": [len(idx), H]).
+
+    ``trim``: rows are batched in length order and each batch cut to its real tokens/regions
+    (``heads.batching``); the outputs come back in ``idx``'s order."""
     model.eval()
     out: Dict[str, List[torch.Tensor]] = {}
     cfg = TrainConfig(amp=amp)
-    for s in range(0, idx.shape[0], batch_size):
-        b = idx[s:s + batch_size]
+    order, inverse = length_sorted(idx, length_key(data.sequence_lengths())) if trim else (idx, None)
+    for s in range(0, order.shape[0], batch_size):
+        b = order[s:s + batch_size]
         with _autocast(cfg, data.device):
-            o = model(data.batch(b))
+            o = model(data.batch(b, trim=trim))
         for k, v in o["logits"].items():
             out.setdefault(k, []).append(v.float())
         out.setdefault("fused", []).append(o["fused"].float())
-    return {k: torch.cat(v) for k, v in out.items()}
+    return {k: torch.cat(v) if inverse is None else torch.cat(v)[inverse] for k, v in out.items()}
 
 
-def evaluate(model, data: TrainData, idx: torch.Tensor, losses=None, batch_size: int = 512, amp: bool = False):
+def evaluate(model, data: TrainData, idx: torch.Tensor, losses=None, batch_size: int = 512, amp: bool = False,
+             trim: bool = True):
     """(flat metrics incl. "loss" when ``losses`` given, warnings, {task: probs numpy}) on rows ``idx``."""
     spec = data.task_spec
-    logits = predict_logits(model, data, idx, batch_size, amp)
+    logits = predict_logits(model, data, idx, batch_size, amp, trim)
     probs = {t.name: logits_to_probs(t, logits[t.name]).cpu().numpy() for t in spec.tasks}
     metrics, warnings = compute_metrics(spec, data.targets_numpy(idx), probs)
     if losses is not None:
@@ -183,9 +197,20 @@ def _is_better(value: float, best: float, mode: str) -> bool:
     return math.isnan(best) or (value > best if mode == "max" else value < best)
 
 
-def train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = True, on_epoch=None) -> TrainResult:
+    """``_train`` with the CPU intra-op threads of ``cfg.threads`` (``heads.threads.cpu_threads``: "auto"
+    measures; the caller's setting is restored afterwards); ``result.threads`` says what was used."""
+    cfg.validate()
+    with cpu_threads(cfg, data) as choice:
+        result = _train(cfg, data, run_dir, progress, on_epoch)
+    result.threads = choice
+    return result
+
+
+def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = True, on_epoch=None) -> TrainResult:
     """Train ``cfg.head`` on ``data``'s train split, early-stop on ``val`` (or ``dev``), restore the best
-    state, evaluate every split with labels. Writes a run folder (``heads.runs.save_run``) if ``run_dir``."""
+    state, evaluate every split with labels. Writes a run folder (``heads.runs.save_run``) if ``run_dir``.
+    ``on_epoch(row, monitor)``, when given, is called with each epoch's history row as it ends."""
     from .models import create_head
 
     cfg.validate()
@@ -213,6 +238,7 @@ def train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = True
     model = model.to(device)
     losses = build_losses(spec, cfg.loss_config(), data.targets_numpy(train_idx), device)
 
+    key = length_key(data.sequence_lengths()) if cfg.trim and cfg.bucket else None
     if cfg.pretrain_epochs:
         if not hasattr(model, "pretrain_loss"):
             raise FeatstoreError(f"pretrain_epochs needs a head with pretrain_loss (refnet); head {cfg.head!r} "
@@ -221,8 +247,8 @@ def train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = True
         for _ in range(cfg.pretrain_epochs):
             model.train()
             order = all_train[torch.randperm(all_train.numel(), generator=gen).to(device)]
-            for s in range(0, order.numel(), cfg.batch_size):
-                batch = data.batch(order[s:s + cfg.batch_size])
+            for b in bucketed_batches(order, key, cfg.batch_size, cfg.bucket, gen):
+                batch = data.batch(b, trim=cfg.trim)
                 with _autocast(cfg, device):
                     loss = model.pretrain_loss(model(batch), batch)
                 opt.zero_grad(set_to_none=True)
@@ -242,9 +268,8 @@ def train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = True
         order = train_idx[torch.randperm(train_idx.numel(), generator=gen).to(device)]
         sums: Dict[str, float] = {}
         lr = optimizer.param_groups[0]["lr"]
-        for s in range(0, order.numel(), cfg.batch_size):
-            b = order[s:s + cfg.batch_size]
-            batch, targets = data.batch(b), data.batch_targets(b)
+        for b in bucketed_batches(order, key, cfg.batch_size, cfg.bucket, gen):
+            batch, targets = data.batch(b, trim=cfg.trim), data.batch_targets(b)
             with _autocast(cfg, device):
                 out = model(batch)
             loss, parts = multitask_loss(spec, losses, out["logits"], targets)
@@ -266,10 +291,12 @@ def train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = True
                 sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v.detach()) * n
         row: Dict[str, float] = {"epoch": epoch, "lr": lr}
         row.update({k: v / train_idx.numel() for k, v in sums.items()})
-        val_metrics, _, _ = evaluate(model, data, val_idx, losses, cfg.eval_batch_size, cfg.amp)
+        val_metrics, _, _ = evaluate(model, data, val_idx, losses, cfg.eval_batch_size, cfg.amp, cfg.trim)
         row.update({f"val_{k}": v for k, v in val_metrics.items()})
         row["time_s"] = time.perf_counter() - t0
         history.append(row)
+        if on_epoch is not None:
+            on_epoch(row, monitor)
         value = val_metrics.get(monitor, math.nan)
         if _is_better(value, best_value, mode) or best_state is None:
             if best_state is None or not math.isnan(value):
@@ -287,7 +314,7 @@ def train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = True
     for split, idx in data.splits.items():
         if idx.numel() == 0:
             continue
-        m, w, p = evaluate(model, data, idx, None, cfg.eval_batch_size, cfg.amp)
+        m, w, p = evaluate(model, data, idx, None, cfg.eval_batch_size, cfg.amp, cfg.trim)
         probs[split] = p
         if m:
             metrics[split], warnings[split] = m, w

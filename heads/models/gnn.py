@@ -23,6 +23,7 @@ Readout: fused = ``[global_mean_pool(nodes); global image node; global text node
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 from dataclasses import dataclass
@@ -31,9 +32,6 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-with warnings.catch_warnings():  # PyG calls torch.jit.script at import; torch 2.14 warns on every run
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
-    from torch_geometric.nn import GATConv, GCNConv, SAGEConv, global_mean_pool
 
 from featstore.errors import FeatstoreError
 
@@ -41,6 +39,17 @@ from ..outputs import PredictionLayers
 from .base import Head, image_mask, pooled_image, pooled_text, register_head, text_mask
 
 LAYERS = ("gcn", "sage", "gat")
+
+
+@functools.lru_cache(maxsize=None)
+def pyg_nn():
+    """``torch_geometric.nn``, imported on first use: PyG takes seconds to import, and only this head needs
+    it (``heads --help``, ``heads list`` and every other head never load it)."""
+    with warnings.catch_warnings():  # PyG calls torch.jit.script at import; torch 2.14 warns on every run
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        import torch_geometric.nn as pyg
+
+    return pyg
 
 
 @dataclass
@@ -163,6 +172,8 @@ class GnnHead(Head):
         self.token_in = nn.Linear(inputs.txt_dim, h)
         self.gimg_in = nn.Linear(inputs.img_dim, h)
         self.gtxt_in = nn.Linear(inputs.txt_dim, h)
+        pyg = pyg_nn()
+        GATConv, GCNConv, SAGEConv = pyg.GATConv, pyg.GCNConv, pyg.SAGEConv
         convs = []
         for _ in range(c.num_layers):
             if c.layer == "gcn":
@@ -200,5 +211,5 @@ class GnnHead(Head):
         pos[slots] = torch.arange(slots.numel(), device=x.device)
         base = torch.arange(B, device=x.device) * N
         gi, gt = x[pos[base + R + T]], x[pos[base + R + T + 1]]
-        fused = torch.cat([global_mean_pool(x, bvec, size=B), gi, gt], dim=-1)
+        fused = torch.cat([pyg_nn().global_mean_pool(x, bvec, size=B), gi, gt], dim=-1)
         return {"logits": self.outputs(fused), "fused": fused, "graph": (ei, bvec, slots)}
