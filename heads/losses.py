@@ -144,3 +144,36 @@ def multitask_loss(spec: TaskSpec, losses: Dict[str, LossFn], logits: Dict[str, 
     parts = {t.name: losses[t.name](logits[t.name], targets[t.name]) for t in spec.tasks}
     total = sum(t.weight * parts[t.name] for t in spec.tasks)
     return total, parts
+
+
+def multi_similarity_loss(emb: torch.Tensor, labels: torch.Tensor, alpha: float = 50.0, beta: float = 2.0,
+                          base: float = 0.5, epsilon: Optional[float] = 0.1) -> torch.Tensor:
+    """Multi-similarity loss (Wang et al., CVPR 2019) in ReFNet's naming: ``alpha`` weights negatives, ``beta``
+    positives (the reverse of Wang et al.'s and pytorch-metric-learning's names; ReFNet's alpha=50, beta=2 is
+    their alpha=2, beta=50). ``emb`` [B, D] (cosine similarity S of the L2-normalised rows), ``labels`` int [B].
+
+    With P_i = same-label rows j != i and N_i = other-label rows, mined when ``epsilon`` is not None as in
+    Wang et al. (n in N_i kept if S_in + epsilon > min_P S_ip; p in P_i kept if S_ip - epsilon < max_N S_in):
+    ``L = 1/B sum_i [1/beta log(1 + sum_P exp(-beta (S_ip - base))) + 1/alpha log(1 + sum_N exp(alpha (S_in - base)))]``;
+    an anchor without a positive or without a negative adds 0 (before mining), as in the authors' MMF MSLoss.
+    """
+    if len(labels) == 0:
+        return emb.sum() * 0.0
+    e = F.normalize(emb.float(), dim=-1)
+    s = e @ e.T
+    same = labels[:, None] == labels[None, :]
+    pos = same & ~torch.eye(len(labels), dtype=torch.bool, device=emb.device)
+    neg = ~same
+    usable = (pos.any(1) & neg.any(1))[:, None]
+    if epsilon is not None:
+        min_pos = s.masked_fill(~pos, float("inf")).amin(1, keepdim=True)
+        max_neg = s.masked_fill(~neg, float("-inf")).amax(1, keepdim=True)
+        pos, neg = pos & (s - epsilon < max_neg), neg & (s + epsilon > min_pos)
+    return (_log1p_sum_exp(-beta * (s - base), pos & usable) / beta
+            + _log1p_sum_exp(alpha * (s - base), neg & usable) / alpha).sum() / len(labels)
+
+
+def _log1p_sum_exp(z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``log(1 + sum_j exp(z_ij))`` over the kept j of each row i, computed stably (0 for a row with none)."""
+    z = torch.cat([z.new_zeros(len(z), 1), z.masked_fill(~keep, float("-inf"))], dim=1)
+    return torch.logsumexp(z, dim=1)

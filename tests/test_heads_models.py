@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import losses as pml_losses
 
 from featstore.errors import FeatstoreError
 from heads.models import HEADS, create_head, list_heads
@@ -331,7 +330,7 @@ def test_vilbert_module_names_mirror_mmf():
     assert proj.t_proj.in_features == 10 and proj.t_proj.out_features == DT
 
 
-def test_refnet_losses_match_formula_and_pml():
+def test_refnet_refiner_loss_matches_formula():
     spec = SPECS["cascade"]
     torch.manual_seed(0)
     head = create_head("refnet", inputs(), spec, base="concat", base_cfg=dict(hidden=[8], dropout=0.0),
@@ -352,24 +351,9 @@ def test_refnet_losses_match_formula_and_pml():
     r = head.refiners["img"]
     torch.testing.assert_close(out["refined"]["img"], r[2](torch.relu(r[0](out["fused"]))))
 
-    keep = y >= 0
-    ms = pml_losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)(out["fused"][keep], y[keep])
-    torch.testing.assert_close(losses["ms"], 0.25 * ms)
+    # the MS term (paper settings, rows with label -1 left out) is checked by hand in tests/test_refnet.py
     assert losses["ms"].item() > 0
     assert abs(head.pretrain_loss(out, batch).item() - expected.item()) < 1e-6
-
-    # MS term by hand (all pairs, cosine similarity, mean over anchors) in float64
-    e = F.normalize(out["fused"][keep].double(), dim=-1)
-    s = e @ e.T
-    yk = y[keep]
-    per = []
-    for i in range(len(yk)):
-        pos = [j for j in range(len(yk)) if j != i and yk[j] == yk[i]]
-        neg = [j for j in range(len(yk)) if yk[j] != yk[i]]
-        lp = torch.log1p(torch.exp(-2 * (s[i, pos] - 0.5)).sum()) / 2 if pos else torch.tensor(0.0, dtype=torch.float64)
-        ln_ = torch.log1p(torch.exp(50 * (s[i, neg] - 0.5)).sum()) / 50 if neg else torch.tensor(0.0, dtype=torch.float64)
-        per.append(lp + ln_)
-    assert abs(0.25 * torch.stack(per).mean().item() - losses["ms"].item()) < 1e-5
 
 
 def test_refnet_projected_targets_and_errors():

@@ -1,4 +1,5 @@
-"""``refnet``: ReFNet (Sankaran et al., 2022) refiners on top of any fusion head that exposes ``fused``.
+"""``refnet``: ReFNet (Sankaran, Yang & Lim, "Multimodal Fusion Refiner Networks", 2021) refiners on top of any
+fusion head that exposes ``fused``.
 
 For each modality ``i`` (image, text) a refiner MLP decodes the fused embedding back to that modality:
 ``R_i = refiner_i(fused)``, compared with the target ``H_i(F_i)``: the pooled modality input ``F_i``
@@ -7,22 +8,32 @@ For each modality ``i`` (image, text) a refiner MLP decodes the fused embedding 
 the loss by itself, so the default is the identity).
 
 ``extra_losses`` = ``{"refiner": sum_i gamma_i * (1 - cos(R_i, H_i(F_i))).mean(),
-"ms": zeta * MultiSimilarityLoss(alpha, beta, base)(fused, labels)}`` (pytorch-metric-learning), the labels
-being the first task's class indices (binary/multiclass; rows with a negative label are left out).
+"ms": zeta * heads.losses.multi_similarity_loss(fused, labels, alpha, beta, base, epsilon)}``, the labels being
+the first task's class indices (binary/multiclass; rows with a negative label are left out).
 ``pretrain_loss(outputs, batch)`` is the refiner term alone, for refiner pretraining on unlabeled samples.
+
+Defaults are the paper's Hateful Memes settings: gamma = 0.1 for each modality, zeta = 0.25 (MM-IMDB: zeta = 0.1,
+fused width 512), alpha = 50, beta = 2, base (lambda) = 0.5, pair mining with epsilon = 0.1. **Which is alpha:**
+ReFNet's alpha = 50 / beta = 2 follow the authors' reference code (facebookresearch/mmf ``MSLoss``, the paper's
+MS term: ``1/beta log(1 + sum_P exp(-beta (S - base))) + 1/alpha log(1 + sum_N exp(alpha (S - base)))``), where
+alpha weights the *negative* pairs and beta the positives. Wang et al. (2019) and pytorch-metric-learning name
+them the other way round (alpha for positives = 2, beta for negatives = 50), so the paper's setting is the same
+loss as pytorch-metric-learning's ``MultiSimilarityLoss(alpha=2, beta=50, base=0.5)`` with its
+``MultiSimilarityMiner(epsilon=0.1)``; passing (50, 2) to pytorch-metric-learning would be a different loss.
+``ms_alpha`` / ``ms_beta`` here use ReFNet's naming. ``ms_epsilon=None`` turns the pair mining off.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import losses as pml_losses
 from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
 
+from ..losses import multi_similarity_loss
 from .base import HEADS, Head, activation, create_head, pooled_image, pooled_text, register_head
 
 
@@ -33,18 +44,25 @@ class RefnetConfig:
     refiner_hidden: List[int] = field(default_factory=lambda: [256])  # refiner MLP hidden widths
     activation: str = "relu"
     target_dim: int = 0  # 0: refine to the raw pooled input; >0: to a learned Linear projection of it
-    gamma_img: float = 1.0
-    gamma_txt: float = 1.0
-    zeta: float = 0.1  # weight of the multi-similarity term (0 = off)
-    ms_alpha: float = 2.0
-    ms_beta: float = 50.0
-    ms_base: float = 0.5
+    gamma_img: float = 0.1  # refiner weight per modality (paper: 0.1 each)
+    gamma_txt: float = 0.1
+    zeta: float = 0.25  # weight of the multi-similarity term (paper: 0.25 Hateful Memes, 0.1 MM-IMDB; 0 = off)
+    ms_alpha: float = 50.0  # ReFNet's naming: weight of the negative pairs (= pytorch-metric-learning's beta)
+    ms_beta: float = 2.0  # weight of the positive pairs (= pytorch-metric-learning's alpha)
+    ms_base: float = 0.5  # lambda, the similarity margin
+    ms_epsilon: Optional[float] = 0.1  # pair-mining margin (None: every pair)
 
     def validate(self) -> None:
         if self.base == "refnet":
             raise FeatstoreError("refnet base='refnet' would nest refiners; choose a fusion head, e.g. base='vilbert'")
         if self.base not in HEADS:
             raise FeatstoreError(f"refnet base={self.base!r} is not a head; choose one of: {', '.join(HEADS.names())}")
+        for name in ("ms_alpha", "ms_beta"):
+            if not getattr(self, name) > 0:
+                raise FeatstoreError(f"refnet {name}={getattr(self, name)} must be > 0; the paper uses ms_alpha=50 ms_beta=2")
+        if self.ms_epsilon is not None and not self.ms_epsilon >= 0:
+            raise FeatstoreError(f"refnet ms_epsilon={self.ms_epsilon} must be >= 0, or null to mine no pairs; "
+                                 "the paper uses 0.1")
 
 
 def _refiner(in_dim: int, hidden: List[int], out_dim: int, act: str) -> nn.Sequential:
@@ -80,7 +98,6 @@ class RefnetHead(Head):
         self.refiners = nn.ModuleDict({
             m: _refiner(probe, c.refiner_hidden, c.target_dim or d, c.activation) for m, d in dims.items()})
         self.gammas = {"img": c.gamma_img, "txt": c.gamma_txt}
-        self.ms_loss = pml_losses.MultiSimilarityLoss(alpha=c.ms_alpha, beta=c.ms_beta, base=c.ms_base)
 
     def _probe_dim(self, inputs) -> int:
         """Width of the base head's ``fused``, found by one forward pass on a dummy batch of 2."""
@@ -141,7 +158,9 @@ class RefnetHead(Head):
                 y = y.argmax(dim=-1)
             y = y.long().to(fused.device)
             keep = y >= 0
-            res["ms"] = self.config.zeta * self.ms_loss(fused[keep], y[keep])
+            c = self.config
+            res["ms"] = c.zeta * multi_similarity_loss(fused[keep], y[keep], c.ms_alpha, c.ms_beta, c.ms_base,
+                                                       c.ms_epsilon)
         else:
             res["ms"] = fused.new_zeros(())
         return res

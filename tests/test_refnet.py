@@ -1,0 +1,117 @@
+"""ReFNet as published: the paper's defaults, and its multi-similarity term against a float64 hand transcription
+of the formula (Wang et al. 2019, in ReFNet's / MMF's naming: alpha weights negatives, beta positives)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning import miners as pml_miners
+
+from featstore.errors import FeatstoreError
+from heads.losses import multi_similarity_loss
+from heads.models import create_head
+from heads.models.refnet import RefnetConfig
+from heads.spec import InputSpec, Task, TaskSpec
+
+BIN = TaskSpec([Task("hate", "binary", 2)])
+
+
+def ms_by_hand(emb, y, alpha, beta, base, eps):
+    """The MS loss written out pair by pair in float64 (python lists, no masks)."""
+    e = emb.double()
+    e = e / e.norm(dim=1, keepdim=True)
+    s = (e @ e.T).tolist()
+    y = y.tolist()
+    total = 0.0
+    for i in range(len(y)):
+        pos = [s[i][j] for j in range(len(y)) if j != i and y[j] == y[i]]
+        neg = [s[i][j] for j in range(len(y)) if y[j] != y[i]]
+        if not pos or not neg:
+            continue
+        if eps is not None:
+            pos, neg = [v for v in pos if v - eps < max(neg)], [v for v in neg if v + eps > min(pos)]
+        total += math.log(1 + sum(math.exp(-beta * (v - base)) for v in pos)) / beta
+        total += math.log(1 + sum(math.exp(alpha * (v - base)) for v in neg)) / alpha
+    return total / len(y)
+
+
+def planted(seed=0, n=12, d=3):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3][:n])  # class 3: an anchor with no positive
+    centres = torch.randn(4, d, generator=g)
+    return centres[y] + 0.8 * torch.randn(n, d, generator=g), y
+
+
+def test_defaults_are_the_papers():
+    c = RefnetConfig()
+    assert (c.gamma_img, c.gamma_txt, c.zeta) == (0.1, 0.1, 0.25)
+    assert (c.ms_alpha, c.ms_beta, c.ms_base, c.ms_epsilon) == (50.0, 2.0, 0.5, 0.1)
+
+
+@pytest.mark.parametrize("eps", [0.1, None])
+def test_ms_loss_matches_hand_transcription(eps):
+    emb, y = planted()
+    got = multi_similarity_loss(emb, y, alpha=50, beta=2, base=0.5, epsilon=eps).item()
+    assert got == pytest.approx(ms_by_hand(emb, y, 50, 2, 0.5, eps), rel=1e-5, abs=1e-6)
+    assert got > 0
+
+
+def test_ms_mining_matters():
+    emb, y = planted()
+    mined, every = ms_by_hand(emb, y, 50, 2, 0.5, 0.1), ms_by_hand(emb, y, 50, 2, 0.5, None)
+    assert abs(mined - every) > 1e-3  # the planted batch has pairs that mining drops
+
+
+def test_paper_setting_is_pml_with_alpha_beta_swapped():
+    emb, y = planted(seed=3)
+    ours = multi_similarity_loss(emb, y, alpha=50, beta=2, base=0.5, epsilon=0.1)
+    miner = pml_miners.MultiSimilarityMiner(epsilon=0.1)
+    pml_swapped = pml_losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)(emb, y, miner(emb, y))
+    pml_literal = pml_losses.MultiSimilarityLoss(alpha=50, beta=2, base=0.5)(emb, y, miner(emb, y))
+    torch.testing.assert_close(ours, pml_swapped, rtol=1e-5, atol=1e-6)
+    assert abs(ours.item() - pml_literal.item()) > 1e-2
+
+
+def test_ms_loss_gradient_and_degenerate_batches():
+    emb, y = planted()
+    emb.requires_grad_(True)
+    multi_similarity_loss(emb, y).backward()
+    assert torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
+    assert multi_similarity_loss(torch.randn(3, 4), torch.tensor([1, 1, 1])).item() == 0.0  # no negatives
+    assert multi_similarity_loss(torch.randn(0, 4), torch.zeros(0, dtype=torch.long)).item() == 0.0
+
+
+def test_head_losses_use_paper_weights():
+    torch.manual_seed(0)
+    inputs = InputSpec(img_dim=6, txt_dim=5)
+    head = create_head("refnet", inputs, BIN, base="concat", base_cfg=dict(hidden=[8], dropout=0.0),
+                       refiner_hidden=[6]).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = dict(img_pooled=torch.randn(8, 6, generator=g), txt_pooled=torch.randn(8, 5, generator=g))
+    out = head(batch)
+    y = torch.tensor([0, 1, 1, -1, 0, 1, 0, 0])
+    losses = head.extra_losses(out, batch, {"hate": y})
+    keep = y >= 0
+    assert losses["ms"].item() == pytest.approx(0.25 * ms_by_hand(out["fused"][keep], y[keep], 50, 2, 0.5, 0.1),
+                                                rel=1e-5, abs=1e-7)
+
+    def cos_gap(r, h):
+        r, h = r.double(), h.double()
+        return (1 - (r * h).sum(-1) / (r.norm(dim=-1) * h.norm(dim=-1))).mean().item()
+
+    expected = 0.1 * cos_gap(out["refined"]["img"], batch["img_pooled"]) + 0.1 * cos_gap(
+        out["refined"]["txt"], batch["txt_pooled"])
+    assert losses["refiner"].item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("opt, msg", [
+    (dict(ms_alpha=0), "refnet ms_alpha=0 must be > 0; the paper uses ms_alpha=50 ms_beta=2"),
+    (dict(ms_beta=-1.0), "refnet ms_beta=-1.0 must be > 0; the paper uses ms_alpha=50 ms_beta=2"),
+    (dict(ms_epsilon=-0.5), "refnet ms_epsilon=-0.5 must be >= 0, or null to mine no pairs; the paper uses 0.1"),
+])
+def test_bad_ms_options(opt, msg):
+    with pytest.raises(FeatstoreError) as e:
+        create_head("refnet", InputSpec(img_dim=6, txt_dim=5), BIN, base="concat", **opt)
+    assert str(e.value) == msg
