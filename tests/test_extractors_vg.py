@@ -447,6 +447,37 @@ def test_extract_into_a_store_and_resume_noop(ckpt, tmp_path):
     assert s2.already_complete and s2.version == s1.version
 
 
+def test_cli_extract_then_export_a_detectron_lmdb(ckpt, tmp_path):
+    from cli.featstore_cli import main as featstore
+    from cli_helpers import invoke, make_hm_folder, one_line_error
+    from featstore.interop.mmf_lmdb import MMFLmdbReader
+    from featstore.store import open_store
+
+    path, _ = ckpt
+    data, store = make_hm_folder(tmp_path / "hm"), tmp_path / "store"
+    tiny = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
+    invoke(featstore, ["extract", "--dataset", data / "train.jsonl", "--extractor", "vg-regions", "--weights", path,
+                       "--store", store, "--workers", 0, "--quiet", "--batch-size", 4, "--name", "vg", *tiny])
+    fs = open_store(str(store)).open("vg")
+    assert fs.record["recipe"]["preprocessing"]["weights_load"]["missing"] == []
+    invoke(featstore, ["export", "vg", "--store", store, "--format", "mmf-lmdb", "--out", tmp_path / "detectron.lmdb"])
+    reader = MMFLmdbReader(tmp_path / "detectron.lmdb")
+    got = {k: rec for k, rec in reader}
+    assert sorted(got) == sorted(fs.keys)
+    data_ = fs.select(list(fs.keys), ["regions", "boxes", "class_ids", "image_size"])
+    for i, k in enumerate(fs.keys):
+        rec, n = got[k], int(data_["count"][i])
+        assert rec["num_boxes"] == n and rec["features"].shape == (n, 128)
+        np.testing.assert_array_equal(rec["features"], data_["regions"][i, :n])
+        np.testing.assert_array_equal(rec["bbox"], data_["boxes"][i, :n])
+        np.testing.assert_array_equal(rec["objects"], data_["class_ids"][i, :n])
+        assert (rec["image_width"], rec["image_height"]) == tuple(data_["image_size"][i])
+    missing = str(tmp_path / "nope.pkl")
+    line = one_line_error(featstore, ["extract", "--dataset", data / "train.jsonl", "--extractor", "vg-regions",
+                                      "--weights", missing, "--store", store, "--workers", 0, "--quiet"])
+    assert line.startswith(f"error: weights file {missing!r} does not exist; pass the caffe-converted attribute")
+
+
 # -- bad input: one-line errors ------------------------------------------------------------------------------
 def test_missing_weights_file_names_the_checkpoint(tmp_path):
     missing = str(tmp_path / "nope.pkl")

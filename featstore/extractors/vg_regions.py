@@ -28,6 +28,7 @@ row equal to the image run alone. All NMS runs on the model's device, one call p
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -170,7 +171,7 @@ class VGRegionsExtractor(Extractor):
         self.weights_path = None
         self.load_report = None
         if config.weights is not None:
-            self.weights_path = str(config.weights)
+            self.weights_path = os.path.expanduser(str(config.weights))
             self.load_report = load_checkpoint(self.model, self.weights_path, config.pixel_mean)
         self.model.eval()
         self.rpn = RPNSettings(config.pre_nms_topk, config.post_nms_topk, config.rpn_nms_thresh, config.rpn_min_size)
