@@ -57,6 +57,7 @@ from torch import Tensor, nn  # noqa: E402
 from featstore.extractors.geometry import grid_cell_boxes  # noqa: E402
 from featstore.extractors.cnn import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from heads import models as _heads_registry  # noqa: E402,F401  (register the heads before the report)
+from heads.batching import trim_batch  # noqa: E402
 from heads.data import TrainData, normalise_boxes  # noqa: E402
 from heads.spec import Task, TaskSpec  # noqa: E402
 from heads.train import TrainConfig, TrainResult, train  # noqa: E402
@@ -194,8 +195,9 @@ class ReextractedData(TrainData):
     backbones: Optional[Backbones] = None
     raw: Optional[RawInputs] = None
 
-    def batch(self, idx: Tensor) -> Dict[str, Tensor]:
-        return self.backbones(self.raw, idx)
+    def batch(self, idx: Tensor, trim: bool = False) -> Dict[str, Tensor]:
+        out = self.backbones(self.raw, idx)
+        return trim_batch(out) if trim else out
 
 
 def _task_spec() -> TaskSpec:
@@ -278,7 +280,7 @@ def bench_head(head: str, head_cfg: Dict[str, object], describe: str, data: Trai
                sizes: Sizes, device: torch.device) -> HeadResult:
     cuda = device.type == "cuda"
     short = TrainConfig(head=head, head_cfg=copy.deepcopy(head_cfg), epochs=sizes.baseline_epochs, patience=0,
-                        device=device.type, amp=cuda, seed=0)
+                        device=device.type, amp=cuda, seed=0, threads=torch.get_num_threads())
     reference = train(short, data, progress=False)  # check reference + warm-up of this head's kernels
     base = train(replace(short, head_cfg=copy.deepcopy(head_cfg)), baseline, progress=False)
     diff = max_rel_diff(_losses(base), _losses(reference))
@@ -296,6 +298,110 @@ def bench_head(head: str, head_cfg: Dict[str, object], describe: str, data: Trai
                       prob_diff, cached_times, baseline_times)
 
 
+# ------------------------------------------------------------------------------------------- padding
+PADDING_HEADS = ("vilbert", "visualbert")
+PADDING_GOAL = 3.0  # vilbert, untrimmed / trimmed s/epoch, 2-core CPU
+PADDING_SIZES = {"cpu": (1024, 64), "quick": (256, 16), "full": (FULL_TRAIN, FULL_VAL)}
+
+
+def caption_lengths(n: int, stored: int, g: torch.Generator) -> Tensor:
+    """Token counts like Hateful Memes captions: 95% uniform in 8..30, 5% a tail uniform in 31..64 (at most
+    ``stored``)."""
+    short = torch.randint(8, 31, (n,), generator=g)
+    tail = torch.randint(31, 65, (n,), generator=g)
+    return torch.where(torch.rand(n, generator=g) < 0.05, tail, short).clamp_max(stored)
+
+
+def padded_data(n_train: int, n_val: int, tokens: int, txt_dim: int, regions: int, img_dim: int,
+                device: torch.device, seed: int = 0) -> TrainData:
+    """Random cached features at the stored shapes (``tokens`` positions, real counts from
+    ``caption_lengths``; ``regions`` all real, as grid/roi store them); padded positions hold zeros as the
+    store writes them. The head's work depends on the shapes only, so no backbone is needed here."""
+    g = torch.Generator().manual_seed(seed)
+    n = n_train + n_val
+    lengths = caption_lengths(n, tokens, g)
+    t_mask = torch.arange(tokens)[None] < lengths[:, None]
+    feats = {"txt_tokens": torch.randn(n, tokens, txt_dim, generator=g) * t_mask[..., None], "txt_mask": t_mask,
+             "img_regions": torch.randn(n, regions, img_dim, generator=g).abs(),
+             "img_mask": torch.ones(n, regions, dtype=torch.bool), "img_boxes": torch.rand(n, regions, 5, generator=g)}
+    feats["txt_pooled"], feats["img_pooled"] = feats["txt_tokens"][:, 0], feats["img_regions"].mean(1)
+    labels = torch.cat([(torch.arange(k) % 2)[torch.randperm(k, generator=g)] for k in (n_train, n_val)])
+    return TrainData({k: v.to(device) for k, v in feats.items()}, [f"s{i:05d}" for i in range(n)],
+                     {"label": labels.to(device)}, {"train": torch.arange(n_train, device=device),
+                                                    "val": torch.arange(n_train, n, device=device)}, _task_spec())
+
+
+PADDING_VARIANTS = (("untrimmed", dict(trim=False)), ("trimmed", dict(trim=True)),
+                    ("trimmed + bucket 8", dict(trim=True, bucket=8)))
+
+
+def bench_padding_head(head: str, head_cfg: Dict[str, object], data: TrainData, epochs: int,
+                       device: torch.device) -> Dict[str, object]:
+    """Median s/epoch of each variant (same seed; the first epoch of each run is dropped as warm-up when
+    there are more than two), and the largest |p| difference of the trimmed model's predictions with
+    trimming on vs off (eval mode: trimming must not change them)."""
+    from heads.train import predict_logits
+
+    cuda = device.type == "cuda"
+    out: Dict[str, object] = {}
+    for label, opts in PADDING_VARIANTS:
+        cfg = TrainConfig(head=head, head_cfg=copy.deepcopy(head_cfg), epochs=epochs, patience=0, seed=0,
+                          device=device.type, amp=cuda, threads=torch.get_num_threads(), **opts)
+        res = train(cfg, data, progress=False)
+        times = [row["time_s"] for row in res.history]
+        out[label] = median(times[1:] if len(times) > 2 else times)
+        if label == "trimmed":
+            idx = torch.arange(len(data), device=data.device)
+            a = predict_logits(res.model, data, idx, trim=True)["label"].softmax(-1)
+            b = predict_logits(res.model, data, idx, trim=False)["label"].softmax(-1)
+            out["prob_diff"] = float((a - b).abs().max())
+        del res
+        _release(device)
+    return out
+
+
+def padding_main(args, device: torch.device) -> int:
+    """``--padding``: vilbert and visualbert trained on tokens stored at 128 with short real captions,
+    untrimmed against trimmed (and length-bucketed), in one run."""
+    cuda = device.type == "cuda"
+    preset = "quick" if args.quick else ("full" if cuda else "cpu")
+    n_train, n_val = PADDING_SIZES[preset]
+    if args.n_train:
+        n_train, n_val = args.n_train, max(8, round(args.n_train / 17))
+    epochs = args.epochs or (GOAL_EPOCHS if preset == "full" else 3)
+    heads = [h for h in name_list("--heads", args.heads, HEADS, "head") if h in PADDING_HEADS] or list(PADDING_HEADS)
+    for line in header_lines("heads speed: padding (trimmed batches vs untrimmed)", device):
+        print(line)
+    data = padded_data(n_train, n_val, 128, 768, 36, 2048, device)
+    lengths = data.sequence_lengths()["txt_mask"].float()
+    print(f"data   : {n_train} train + {n_val} val; tokens stored at 128 x 768, real {int(lengths.min())}..."
+          f"{int(lengths.max())} (mean {lengths.mean():.1f}, median {lengths.median():.0f}); regions 36 x 2048 "
+          f"all real; batch {TrainConfig.batch_size}; threads {torch.get_num_threads()}; {epochs} epochs each")
+    print()
+    rows, ok = [], True
+    for h in heads:
+        tiny = not cuda
+        cfg = TINY_HEAD_CFG[h] if tiny else {}
+        r = bench_padding_head(h, cfg, data, epochs, device)
+        base = r["untrimmed"]
+        ratio, bucket_ratio = base / r["trimmed"], base / r["trimmed + bucket 8"]
+        goal = (goal_status(max(ratio, bucket_ratio), PADDING_GOAL, True, not cuda, "CPU goal")
+                if h == "vilbert" else "-")
+        ok = ok and r["prob_diff"] <= 1e-4
+        rows.append([h, TINY_DESCRIBE[h] if tiny else FULL_DESCRIBE[h], fmt(base), fmt(r["trimmed"]),
+                     fmt(r["trimmed + bucket 8"]), f"{ratio:.2f}x", f"{bucket_ratio:.2f}x", goal,
+                     f"{r['prob_diff']:.1e}" + ("" if r["prob_diff"] <= 1e-4 else " MISMATCH")])
+        print(f"  done {h}", flush=True)
+    print()
+    print(format_table(["head", "config", "untrimmed s/epoch", "trimmed s/epoch", "trimmed + bucket s/epoch",
+                        "speed-up", "speed-up (bucket)", f"vilbert goal >= {PADDING_GOAL:g}x (CPU)",
+                        "prob diff trim on/off"], rows))
+    if not ok:
+        print("error: the trimmed forward changed predictions beyond 1e-4; see 'prob diff trim on/off'")
+        return 1
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- main
 def parse_args(argv: Optional[Sequence[str]]):
     p = Parser(description=__doc__.split("\n")[0])
@@ -308,6 +414,9 @@ def parse_args(argv: Optional[Sequence[str]]):
                    help=f"epochs of the timed cached run (default {GOAL_EPOCHS} full, 3 on CPU / --quick)")
     p.add_argument("--baseline-epochs", type=positive_int("--baseline-epochs"), default=None,
                    help="epochs of the re-extracting baseline (and of the loss check); default by preset")
+    p.add_argument("--padding", action="store_true",
+                   help="instead: vilbert/visualbert on tokens stored at 128 with 8-30-token captions, trimmed "
+                   "batches vs untrimmed (--n-train, --epochs, --quick apply)")
     return p.parse_args(argv)
 
 
@@ -325,6 +434,8 @@ def choose_sizes(args, device: torch.device) -> Sizes:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
+    if args.padding:
+        return padding_main(args, device)
     heads = name_list("--heads", args.heads, HEADS, "head")
     sizes = choose_sizes(args, device)
     cuda = device.type == "cuda"
