@@ -193,14 +193,29 @@ def ref_heads(f, Wt):
     return torch.softmax(logits, -1), torch.softmax(attr, -1)
 
 
+def cv2_linear_axis(n_in, n_out, s):
+    """cv2.resize INTER_LINEAR along one axis for fx = s: source (d + 0.5) / s - 0.5, clamped to the edges."""
+    sx = (np.arange(n_out) + 0.5) / s - 0.5
+    x0 = np.floor(sx).astype(int)
+    f = sx - x0
+    f[x0 < 0], x0[x0 < 0] = 0.0, 0
+    over = x0 >= n_in - 1
+    f[over], x0[over] = 0.0, n_in - 1
+    return x0, np.minimum(x0 + 1, n_in - 1), f
+
+
 def ref_input(img, shorter=48, longest=80):
+    """generate_tsv.py's _get_image_blob: BGR minus the means, cv2.resize(None, fx=s, fy=s) (INTER_LINEAR)."""
     bgr = np.asarray(img.convert("RGB"), dtype=np.float64)[:, :, ::-1] - MEAN
-    w, h = img.size
+    h, w = bgr.shape[:2]
     s = shorter / min(w, h)
     if round(s * max(w, h)) > longest:
         s = longest / max(w, h)
-    x = torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))[None]
-    return F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", align_corners=False), s
+    y0, y1, fy = cv2_linear_axis(h, round(h * s), s)
+    x0, x1, fx = cv2_linear_axis(w, round(w * s), s)
+    rows = bgr[y0] * (1 - fy)[:, None, None] + bgr[y1] * fy[:, None, None]
+    out = rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))[None], s
 
 
 # -- reference NMS and selection -----------------------------------------------------------------------------

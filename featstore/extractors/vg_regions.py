@@ -6,7 +6,7 @@ Per image, as bottom-up-attention's ``generate_tsv.py`` (and bottom-up-attention
 
 1. caffe preprocessing: BGR, minus the pixel means (102.9801, 115.9465, 122.7717), scale so the shorter side
    is ``shorter_side`` (600) unless the longer would then exceed ``max_side`` (1000) (``caffe_scale``),
-   bilinear (half-pixel centres, as ``cv2.INTER_LINEAR``); no division by a std;
+   bilinear exactly as ``cv2.resize(fx=fy=scale, interpolation=INTER_LINEAR)`` maps pixels; no std;
 2. RPN on C4: the ``pre_nms_topk`` (6000) best anchors, decoded, clipped, NMS at ``rpn_nms_thresh`` (0.7),
    the ``post_nms_topk`` (300) best proposals;
 3. every proposal's 2048-d feature (RoIPool 14x14 -> res5 -> mean), class and attribute probabilities;
@@ -191,7 +191,7 @@ class VGRegionsExtractor(Extractor):
     def preprocessing(self) -> Dict[str, Any]:
         c = self.config
         return {"color": "BGR", "pixel_mean": list(c.pixel_mean), "pixel_std": None, "scale": "caffe_scale",
-                "shorter_side": c.shorter_side, "max_side": c.max_side, "interpolation": "bilinear-half-pixel",
+                "shorter_side": c.shorter_side, "max_side": c.max_side, "interpolation": "cv2-linear",
                 "rpn": {"pre_nms_topk": c.pre_nms_topk, "post_nms_topk": c.post_nms_topk,
                         "nms_thresh": c.rpn_nms_thresh, "min_size": c.rpn_min_size},
                 "roi": {"pool": "RoIPool", "output": 14, "spatial_scale": 1 / 16, "head": "res5-dilated", "reduce": "mean"},
@@ -215,8 +215,8 @@ class VGRegionsExtractor(Extractor):
         scale, (rw, rh) = caffe_scale(w, h, self.config.shorter_side, self.config.max_side)
         x = image.to(self.device, non_blocking=True).float().flip(0)  # RGB -> BGR
         x = x - torch.tensor(self.config.pixel_mean, device=self.device)[:, None, None]
-        if (rh, rw) != (h, w):
-            x = F.interpolate(x[None], size=(rh, rw), mode="bilinear", align_corners=False)[0]
+        if scale != 1.0:  # cv2.resize(fx=fy=scale, INTER_LINEAR): rounded size, source pixel (d + 0.5) / scale - 0.5
+            x = torch.ops.aten.upsample_bilinear2d.default(x[None], [rh, rw], False, scale, scale)[0]
         return x, scale
 
     def run_group(self, xs: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
