@@ -561,3 +561,11 @@ def test_bad_options_are_one_line_errors():
         create_extractor("vg-regions", blocks=(3, 4, 23))
     assert str(e.value) == ("blocks=(3, 4, 23) / pixel_mean=(102.9801, 115.9465, 122.7717) are invalid; give four "
                             "block counts (res2..res5) >= 1 and three BGR means")
+
+
+def test_too_thin_image_is_a_recorded_one_line_failure():
+    ex = create_extractor("vg-regions", **TINY)
+    with pytest.raises(FeatstoreError) as e:
+        ex.preprocess(Image.new("RGB", (400, 4)))
+    assert str(e.value) == ("image 400x4 scales to 80x1, thinner than the detector's 32 pixels; crop or pad such "
+                            "extreme aspect ratios")

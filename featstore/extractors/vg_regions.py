@@ -45,6 +45,7 @@ from .vg_model import RPNSettings, VGArch, VGDetector, grouped_nms, load_checkpo
 from .weights import DEMO
 
 CAFFE_PIXEL_MEAN = (102.9801, 115.9465, 122.7717)  # BGR
+MIN_SIDE = 32  # a scaled side this short leaves no C4 map (stride 16) to pool from
 
 
 @dataclass
@@ -202,6 +203,10 @@ class VGRegionsExtractor(Extractor):
     def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
         """uint8 RGB [3, H, W] (scaled and normalised on the device) and the original (w, h)."""
         require_pil(item)
+        _, (rw, rh) = caffe_scale(*item.size, self.config.shorter_side, self.config.max_side)
+        if min(rw, rh) < MIN_SIDE:
+            raise FeatstoreError(f"image {item.size[0]}x{item.size[1]} scales to {rw}x{rh}, thinner than the "
+                                 f"detector's {MIN_SIDE} pixels; crop or pad such extreme aspect ratios")
         return {"image": TF.pil_to_tensor(item.convert("RGB")), "size": torch.tensor(item.size, dtype=torch.int64)}
 
     def collate(self, items):
