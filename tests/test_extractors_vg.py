@@ -536,6 +536,22 @@ def test_checkpoint_constants_must_agree(tmp_path):
                           "[103.53, 116.28, 123.675]; pass --set pixel_mean=...")
 
 
+def test_stored_std_and_anchors_must_agree(tmp_path):
+    weights = dict(random_weights(), pixel_std=np.full((3, 1, 1), 57.0, np.float32))
+    p = save_checkpoint(tmp_path / "std.pkl", weights, extra=False)
+    with pytest.raises(FeatstoreError) as e:
+        create_extractor("vg-regions", weights=p, **TINY)
+    assert str(e.value) == (f"weights {p!r} expect pixel_std [57.0, 57.0, 57.0], the caffe model divides by nothing; "
+                            "pass the caffe-converted attribute checkpoint")
+    key = "proposal_generator.anchor_generator.cell_anchors.0"
+    p = save_checkpoint(tmp_path / "anchors.pkl", dict(random_weights(), **{key: d2_anchors()[::-1].copy()}),
+                        extra=False)
+    with pytest.raises(FeatstoreError) as e:
+        create_extractor("vg-regions", weights=p, **TINY)
+    assert str(e.value) == (f"weights {p!r}: {key} differs from the anchors the extractor generates (sizes [64.0, "
+                            "128.0, 256.0, 512.0], ratios [0.5, 1.0, 2.0])")
+
+
 def test_hostile_or_broken_pickles_are_refused(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -551,12 +567,29 @@ def test_hostile_or_broken_pickles_are_refused(tmp_path):
     with pytest.raises(FeatstoreError) as e:
         create_extractor("vg-regions", weights=str(p), **TINY)
     assert_one_line_error(e, f"weights file {str(p)!r}: entry 'backbone.stem.conv1.weight' is not a numpy array")
+    p = tmp_path / "array.pkl"
+    p.write_bytes(pickle.dumps(np.zeros(3)))
+    with pytest.raises(FeatstoreError) as e:
+        create_extractor("vg-regions", weights=str(p), **TINY)
+    assert_one_line_error(e, f"weights file {str(p)!r} does not hold a dict of arrays by name; pass the caffe")
+    p = tmp_path / "cut.pkl"
+    p.write_bytes(pickle.dumps({"model": random_weights()})[:5000])
+    with pytest.raises(FeatstoreError) as e:
+        create_extractor("vg-regions", weights=str(p), **TINY)
+    assert_one_line_error(e, f"{p}: not a readable pickle (", "the file is damaged or not a pickle, re-create it")
 
 
 def test_bad_options_are_one_line_errors():
     with pytest.raises(FeatstoreError) as e:
         create_extractor("vg-regions", min_boxes=20, max_boxes=10)
     assert str(e.value) == "min_boxes=20, max_boxes=10 are invalid; use 1 <= min_boxes <= max_boxes"
+    with pytest.raises(FeatstoreError) as e:
+        create_extractor("vg-regions", nms_thresh=0.0)
+    assert str(e.value) == ("conf_thresh=0.2, nms_thresh=0.0, rpn_nms_thresh=0.7 must be in [0, 1] (NMS thresholds "
+                            "above 0)")
+    with pytest.raises(FeatstoreError) as e:
+        create_extractor("vg-regions", shorter_side=20)
+    assert str(e.value) == "shorter_side=20, max_side=1000 are invalid; use 32 <= shorter_side <= max_side"
     with pytest.raises(FeatstoreError) as e:
         create_extractor("vg-regions", blocks=(3, 4, 23))
     assert str(e.value) == ("blocks=(3, 4, 23) / pixel_mean=(102.9801, 115.9465, 122.7717) are invalid; give four "
