@@ -28,14 +28,40 @@ def main():
 def list_cmd():
     """List the registered heads with their options and defaults."""
     from heads.models import list_heads
+    from heads.presets import size_note
 
     for name, help_text, cfg in list_heads():
         click.echo(f"{name}: {help_text}")
+        note = size_note(name)
+        if note:
+            click.echo(f"    {note}")
         needs = getattr(cfg, "needs", None)
         for f in dataclasses.fields(cfg):
             click.echo(f"    {f.name} = {getattr(cfg, f.name)!r}")
         if needs:
             click.echo(f"    (needs {', '.join(sorted(needs))})")
+
+
+@main.command("presets")
+@click.argument("name", required=False)
+def presets_cmd(name):
+    """List the published recipes (`--preset NAME`), or show one preset's settings and sources."""
+    from heads.presets import load_preset, preset_names
+
+    if name is None:
+        for n in preset_names():
+            try:
+                p = load_preset(n)
+                click.echo(f"{n}: {p.description} [{p.head}]")
+            except FeatstoreError as err:
+                click.echo(f"{n}: not usable with this version: {err}")
+        return
+    p = load_preset(name)
+    click.echo(p.summary_line())
+    for part in ("train", "head_cfg", "data"):
+        click.echo(f"  {part}: {json.dumps(getattr(p, part), sort_keys=True)}")
+    for note in p.notes:
+        click.echo(f"  note: {note}")
 
 
 def data_options(f):
@@ -128,14 +154,24 @@ def _fmt_metrics(metrics: dict) -> str:
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling (only files you trust).")
 @click.option("--save-fused", default=None, metavar="NAME",
               help="Also store the head's fused embeddings as feature set NAME (for `featstore neighbors`).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars: one line per epoch and per seed instead.")
+@click.option("--threads", default="auto", show_default=True,
+              help="CPU intra-op threads: auto (times a few steps at 1 and at every core) or a count.")
+@click.option("--trim/--no-trim", default=True, show_default=True,
+              help="Cut each batch to its longest real token/region run (same outputs, less work).")
+@click.option("--bucket", type=int, default=0, show_default=True,
+              help="Sort train batches by length within windows of this many batches (0: off).")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out (refused otherwise).")
 def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions, max_tokens,
           text_array, text_pool, val_fraction, device, head_name, settings, out_dir, seeds, epochs, batch_size, lr,
           weight_decay, warmup_ratio, schedule, grad_clip, patience, monitor, loss, focal_alpha, focal_gamma,
           label_smoothing, class_weights, amp, pretrain_epochs, label_fraction, vilbert_checkpoint, trust_checkpoint,
-          save_fused, quiet):
+          save_fused, quiet, overwrite, threads, trim, bucket):
     """Train a head on cached features and write a run folder (config, history, checkpoint, predictions, metrics)."""
     from heads.session import train_heads
+    from heads.threads import parse_threads
+
+    threads = parse_threads(threads)  # a bad value fails before any data is loaded
 
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     dev = _device(device)
@@ -148,15 +184,18 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
                       warmup_ratio=warmup_ratio, schedule=schedule, batch_size=batch_size, epochs=epochs,
                       grad_clip=grad_clip, patience=patience, monitor=monitor, loss=loss, focal_alpha=focal_alpha,
                       focal_gamma=focal_gamma, label_smoothing=label_smoothing, class_weights=cw, device=dev,
-                      amp=amp, pretrain_epochs=pretrain_epochs, label_fraction=label_fraction)
+                      amp=amp, pretrain_epochs=pretrain_epochs, label_fraction=label_fraction,
+                      threads=threads, trim=trim, bucket=bucket)
     for line in train_heads(cfg, data, out_dir, seed_list, progress=not quiet, vilbert_checkpoint=vilbert_checkpoint,
-                            trust_checkpoint=trust_checkpoint):
+                            trust_checkpoint=trust_checkpoint, overwrite=overwrite, echo=click.echo if quiet else None):
         click.echo(line)
     if save_fused:
         from featstore.store import open_store
         from heads.session import save_fused as store_fused
 
-        run = Path(out_dir) if len(seed_list) == 1 else Path(out_dir) / f"seed_{seed_list[0]}"
+        from heads.runs import run_dir_of
+
+        run = run_dir_of(out_dir, seed_list[0])
         fsv = store_fused(open_store(store_url), save_fused, run, data)
         click.echo(f"fused embeddings of {run} stored as {fsv.ref} ({len(fsv)} x {fsv.spec('pooled').shape[0]})")
 
@@ -165,12 +204,14 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
 @click.argument("run_dir")
 @data_options
 @click.option("--split", default="test", show_default=True)
+@click.option("--seed", type=int, default=None, help="Which seed's run in RUN_DIR (default: the first).")
 def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
-             max_tokens, text_array, text_pool, val_fraction, device, split):
+             max_tokens, text_array, text_pool, val_fraction, device, split, seed):
     """Evaluate a saved run on a split (feature sets default to the exact versions the run was trained on)."""
-    from heads.runs import evaluate_run
+    from heads.runs import evaluate_run, run_dir_of
     from heads.session import run_feature_refs
 
+    run_dir = run_dir_of(run_dir, seed)
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
                       max_tokens, text_array, text_pool, val_fraction, _device(device))
@@ -183,12 +224,14 @@ def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_r
 @data_options
 @click.option("--split", default=None, help="Only this split (default: every sample).")
 @click.option("--out", "out_csv", required=True, help="CSV to write (Hateful Memes: id,proba,label).")
+@click.option("--seed", type=int, default=None, help="Which seed's run in RUN_DIR (default: the first).")
 def predict(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
-            max_tokens, text_array, text_pool, val_fraction, device, split, out_csv):
+            max_tokens, text_array, text_pool, val_fraction, device, split, out_csv, seed):
     """Write a saved run's predictions for a dataset."""
-    from heads.runs import predict_run
+    from heads.runs import predict_run, run_dir_of
     from heads.session import run_feature_refs
 
+    run_dir = run_dir_of(run_dir, seed)
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
                       max_tokens, text_array, text_pool, val_fraction, _device(device))
@@ -198,10 +241,58 @@ def predict(run_dir, store_url, dataset_path, dataset_format, image_ref, text_re
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True)
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", "splits", multiple=True,
+              help="Split(s) to show, repeatable (default: every labelled split the runs share).")
 @click.option("--metric", "metrics", multiple=True, help="Metrics to show (default: the common ones).")
-def compare(run_dirs, split, metrics):
-    """One table of runs (heads x seeds, mean +- std) with t-tests between them."""
-    from heads.compare import compare_runs
+@click.option("--against", type=click.Choice(["first", "best"]), default=None,
+              help="Test every run against the first one or the best one (default: best for a sweep, else first).")
+def compare(run_dirs, splits, metrics, against):
+    """Tables of runs (heads x seeds, mean +- std) per split, with t-tests and which side is better in words.
 
-    click.echo(compare_runs([Path(r) for r in run_dirs], split=split, metrics=list(metrics) or None).to_text())
+    RUN_DIRS are `heads train --out` folders, run folders, or `heads sweep --out` folders (their leaderboard)."""
+    from heads.compare import compare_splits
+
+    if against is None:
+        against = "best" if any((Path(r) / "sweep.json").is_file() or Path(r).name == "leaderboard.csv"
+                                for r in run_dirs) else "first"
+    tables = compare_splits([Path(r) for r in run_dirs], list(splits) or None, list(metrics) or None, against)
+    click.echo("\n\n".join(c.to_text() for c in tables))
+
+
+@main.command()
+@data_options
+@click.option("--head", "head_names", required=True, help="Comma-separated heads, e.g. vilbert,concat,cross.")
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
+              help="Values to sweep, repeatable: a train option (lr, batch_size, label_smoothing, loss, epochs, ...), "
+                   "a head option, or HEAD.option for one head. One value fixes a setting.")
+@click.option("--grid-file", default=None, help="JSON/YAML mapping KEY: [values] (added to --grid).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Head option for every head, repeatable.")
+@click.option("--preset", default=None, help="Start every row from a preset's train settings (see `heads presets`).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; one run per seed per row.")
+@click.option("--out", "out_dir", required=True, help="Sweep folder (rerun the same command to resume).")
+@click.option("--top", type=int, default=5, show_default=True, help="Rows printed and drawn as ROC curves.")
+def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions, max_tokens,
+          text_array, text_pool, val_fraction, device, head_names, grid, grid_file, settings, preset, seeds, out_dir,
+          top):
+    """Train every feature set x head x setting x seed on cached features; write a leaderboard.
+
+    --image A,B,C and --text T give the feature sets (every pair; "-" leaves a modality out). Finished runs
+    are skipped, so a killed sweep continues when rerun; a failing combination fails its row only.
+    One process per device: runs go one after another on a CPU or one GPU; several GPUs get a worker each."""
+    from heads.sweep import SweepSpec, feature_pairs, load_grid_file, parse_grid, run_sweep, sweep_devices
+
+    grid_values = {**(load_grid_file(grid_file) if grid_file else {}), **parse_grid(grid)}
+    train_base: dict = {}
+    if preset:
+        from heads.presets import load_preset
+
+        train_base = load_preset(preset).train
+    heads_list = [h.strip() for h in head_names.split(",") if h.strip()]
+    spec = SweepSpec(store=str(store_url), dataset=str(dataset_path), features=feature_pairs(image_ref, text_ref),
+                     heads=heads_list, grid=grid_values, seeds=[int(s) for s in seeds.split(",") if s.strip()],
+                     train=train_base, head_cfg={h: parse_settings(settings) for h in heads_list},
+                     data={"format": dataset_format, "task": task, "task_weights": _weights(task_weights),
+                           "max_regions": max_regions, "max_tokens": max_tokens, "text_array": text_array,
+                           "text_pool": text_pool, "val_fraction": val_fraction})
+    for line in run_sweep(spec, out_dir, sweep_devices(device), echo=click.echo, top=top):
+        click.echo(line)

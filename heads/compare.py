@@ -1,14 +1,20 @@
-"""Compare run groups (a run folder, or a ``train_seeds`` folder of ``seed_<k>`` runs) over seeds.
+"""Compare run groups over seeds: a ``heads train`` output (``summary.json`` + ``seed_<k>`` runs), a bare run
+folder, or a ``heads sweep`` folder (every finished leaderboard row becomes a group, in leaderboard order).
 
-``compare_runs(run_dirs, split, metrics)`` -> ``Comparison``: ``rows`` (one per group: name, head, feature
-sets, seeds, ``{metric: (mean, std)}``), ``tests`` (each later group against the first on every metric:
-Welch's t-test over seeds, ``scipy.stats.ttest_ind(equal_var=False)``, or the paired ``ttest_rel`` when
-both groups have the same seeds, values aligned by seed), and ``to_text()`` (a fixed-width table).
+``compare_runs(run_dirs, split, metrics, against)`` -> ``Comparison`` for one split: ``rows`` (one per
+group: name, head, feature sets, seeds, ``{metric: (mean, std)}``), ``tests`` (each other group against the
+reference group - the first, or with ``against="best"`` the one with the highest mean of the first metric -
+on every metric: the paired ``scipy.stats.ttest_rel`` when both groups have the same seeds, values aligned
+by seed, else Welch's ``ttest_ind(equal_var=False)``; ``t`` is "b minus a", so t > 0 means b's mean is
+higher), each with a ``verdict`` in words, and ``to_text()`` (fixed-width tables).
+``compare_splits(...)`` does the same for every labelled split the groups share (Hateful Memes: dev,
+dev_unseen, test, test_unseen) -> ``[Comparison]``.
 """
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -17,6 +23,8 @@ import numpy as np
 from scipy import stats
 
 from featstore.errors import FeatstoreError
+
+ALPHA = 0.05  # significance level of the verdicts
 
 
 @dataclass
@@ -33,6 +41,7 @@ class Comparison:
     metrics: List[str]
     rows: List[dict]
     tests: List[dict] = field(default_factory=list)
+    reference: str = ""
 
     def to_text(self) -> str:
         head = ["run", "head", "features", "seeds"] + self.metrics
@@ -40,14 +49,15 @@ class Comparison:
                 + [_pm(*r["metrics"][m]) for m in self.metrics] for r in self.rows]
         lines = _table(head, body, f"split: {self.split} (mean +- std over seeds)")
         if self.tests:
-            th = ["a", "b", "metric", "test", "t", "p"]
-            tb = [[t["a"], t["b"], t["metric"], t["test"], _num(t["t"]), _num(t["p"])] for t in self.tests]
-            lines += [""] + _table(th, tb, "significance (b against a)")
+            th = ["a", "b", "metric", "test", "t (b - a)", "p", "verdict"]
+            tb = [[t["a"], t["b"], t["metric"], t["test"], _num(t["t"]), _num(t["p"]), t["verdict"]]
+                  for t in self.tests]
+            lines += [""] + _table(th, tb, f"significance of each run against {self.reference} (t > 0: b is higher)")
         return "\n".join(lines)
 
 
 def _num(x: Optional[float]) -> str:
-    return "nan" if x is None or not math.isfinite(x) else f"{x:.4g}"
+    return "nan" if x is None or math.isnan(x) else f"{x:.4g}"
 
 
 def _pm(mean: Optional[float], std: Optional[float]) -> str:
@@ -67,11 +77,33 @@ def _read(path: Path) -> dict:
         raise FeatstoreError(f"cannot read {path} ({err}); pass run folders written by `heads train`") from None
 
 
-def load_group(run_dir, split: str) -> RunGroup:
+def lower_is_better(metric: str) -> bool:
+    return metric.rpartition("/")[2].endswith("loss")
+
+
+def verdict(a: str, b: str, metric: str, t: float, p: float, alpha: float = ALPHA) -> str:
+    """The test in words: which side is better on ``metric`` and whether the difference is significant."""
+    if math.isnan(t) or math.isnan(p):
+        return "no test (identical values or too few)"
+    if t == 0:
+        return f"{a} and {b} are level"
+    higher, lower = (b, a) if t > 0 else (a, b)
+    better, worse = (lower, higher) if lower_is_better(metric) else (higher, lower)
+    if p < alpha:
+        return f"{better} is better than {worse} (significant, p < {alpha})"
+    return f"{better} is ahead of {worse}, not significant (p >= {alpha})"
+
+
+def _seed_runs(root: Path) -> List[Path]:
+    if (root / "metrics.json").is_file():
+        return [root]
+    return sorted((p for p in root.glob("seed_*") if (p / "metrics.json").is_file()), key=lambda p: p.name)
+
+
+def load_group(run_dir, split: str, name: Optional[str] = None) -> RunGroup:
     """A run folder (``metrics.json``) or a folder of ``seed_<k>`` runs as one group."""
     root = Path(run_dir)
-    runs = [root] if (root / "metrics.json").is_file() else sorted(
-        (p for p in root.glob("seed_*") if (p / "metrics.json").is_file()), key=lambda p: p.name)
+    runs = _seed_runs(root)
     if not runs:
         raise FeatstoreError(f"{root} holds no metrics.json nor seed_*/metrics.json; pass run folders of `heads train`")
     metrics: Dict[int, Dict[str, float]] = {}
@@ -79,20 +111,50 @@ def load_group(run_dir, split: str) -> RunGroup:
     for r in runs:
         m = _read(r / "metrics.json")
         if split not in m:
-            have = [k for k, v in m.items() if isinstance(v, dict) and k != "warnings"]
-            raise FeatstoreError(f"run {r} has no metrics for split {split!r} (it has {', '.join(have)}); pass --split")
+            raise FeatstoreError(f"run {r} has no metrics for split {split!r} (it has {', '.join(labelled_splits(m))}); "
+                                 "pass --split")
         seed = int(m.get("seed", 0))
         if seed in metrics:
             raise FeatstoreError(f"{root} holds two runs with seed {seed}; keep one run per seed")
         metrics[seed] = {k: (math.nan if v is None else float(v)) for k, v in m[split].items()}
     feats = config.get("features", {})
     fs = " + ".join(f"{v['name']}@{v['version']}" for v in feats.values()) if feats else "-"
-    return RunGroup(root.name or str(root), config.get("head", "?"), fs, metrics)
+    return RunGroup(name or root.name or str(root), config.get("head", "?"), fs, metrics)
+
+
+def labelled_splits(metrics_json: dict) -> List[str]:
+    """The splits with metrics in a ``metrics.json`` content, in its order."""
+    return [k for k, v in metrics_json.items() if isinstance(v, dict) and k != "warnings"]
+
+
+def expand_inputs(run_dirs: Sequence) -> List[Tuple[Path, Optional[str]]]:
+    """(group folder, display name) for each input: a sweep folder (or its ``leaderboard.csv``) becomes its
+    finished rows in leaderboard order; anything else stays itself."""
+    from .sweep import sweep_row_groups
+
+    out: List[Tuple[Path, Optional[str]]] = []
+    for d in run_dirs:
+        p = Path(d)
+        root = p.parent if p.name == "leaderboard.csv" else p
+        if (root / "sweep.json").is_file():
+            rows = sweep_row_groups(root)
+            if not rows:
+                raise FeatstoreError(f"sweep {root} has no finished row yet; run `heads sweep` to completion first")
+            out += rows
+        else:
+            out.append((p, None))
+    return out
 
 
 def significance(a: Dict[int, float], b: Dict[int, float]) -> Tuple[str, float, float]:
     """(test name, t, p) between per-seed values of two groups: paired t-test when the seed sets match,
-    else Welch's t-test. NaN values are dropped (pairwise for the paired test)."""
+    else Welch's t-test. NaN values are dropped (pairwise for the paired test). t is b against a."""
+    with warnings.catch_warnings():  # nearly identical values: scipy warns, the numbers still stand
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _ttest(a, b)
+
+
+def _ttest(a: Dict[int, float], b: Dict[int, float]) -> Tuple[str, float, float]:
     if set(a) == set(b) and len(a) > 1:
         seeds = sorted(a)
         x = np.array([a[s] for s in seeds])
@@ -106,13 +168,29 @@ def significance(a: Dict[int, float], b: Dict[int, float]) -> Tuple[str, float, 
     return "welch", float(r.statistic), float(r.pvalue)
 
 
-def compare_runs(run_dirs: Sequence, split: str = "test", metrics: Optional[Sequence[str]] = None) -> Comparison:
-    """Rows of mean +- std per metric for each group and t-tests of every group against the first.
+def _row_stats(g: RunGroup, metrics: Sequence[str]) -> dict:
+    out = {}
+    for m in metrics:
+        xs = np.array([v[m] for v in g.metrics.values() if math.isfinite(v.get(m, math.nan))])
+        out[m] = (float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0) if len(xs) else (None, None)
+    return out
+
+
+def _reference(groups: List[RunGroup], rows: List[dict], metric: str, against: str) -> int:
+    if against == "first":
+        return 0
+    if against != "best":
+        raise FeatstoreError(f"--against {against!r} is unknown; pass first or best")
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    means = [sign * r["metrics"][metric][0] if r["metrics"][metric][0] is not None else -math.inf for r in rows]
+    return int(np.argmax(means))
+
+
+def compare_groups(groups: List[RunGroup], split: str, metrics: Optional[Sequence[str]] = None,
+                   against: str = "first") -> Comparison:
+    """Rows of mean +- std per metric for each group and t-tests of every group against the reference.
 
     ``metrics`` defaults to the keys every group has (sorted; the row counts "<task>/n" left out)."""
-    if not run_dirs:
-        raise FeatstoreError("no run folders given; pass at least one run folder")
-    groups = [load_group(d, split) for d in run_dirs]
     common = {k for k in set.intersection(*(set(k for m in g.metrics.values() for k in m) for g in groups))
               if k.rpartition("/")[2] != "n"}
     if metrics is None:
@@ -121,22 +199,54 @@ def compare_runs(run_dirs: Sequence, split: str = "test", metrics: Optional[Sequ
         missing = [m for m in metrics if m not in common]
         if missing:
             raise FeatstoreError(f"metric {missing[0]!r} is not in every run; choose from {', '.join(sorted(common))}")
-    rows = []
-    for g in groups:
-        stats_ = {}
-        for m in metrics:
-            xs = np.array([v[m] for v in g.metrics.values() if math.isfinite(v.get(m, math.nan))])
-            stats_[m] = (float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0) if len(xs) else (None, None)
-        rows.append({"name": g.name, "head": g.head, "features": g.features, "seeds": sorted(g.metrics),
-                     "metrics": stats_})
+    rows = [{"name": g.name, "head": g.head, "features": g.features, "seeds": sorted(g.metrics),
+             "metrics": _row_stats(g, metrics)} for g in groups]
+    ref = _reference(groups, rows, metrics[0], against) if metrics else 0
+    base = groups[ref]
     tests = []
-    base = groups[0]
-    for g in groups[1:]:
+    for g in groups:
+        if g is base:
+            continue
         for m in metrics:
             a = {s: v.get(m, math.nan) for s, v in base.metrics.items()}
             b = {s: v.get(m, math.nan) for s, v in g.metrics.items()}
             if len(a) < 2 or len(b) < 2:
                 continue
             name, t, p = significance(a, b)
-            tests.append({"a": base.name, "b": g.name, "metric": m, "test": name, "t": t, "p": p})
-    return Comparison(split, list(metrics), rows, tests)
+            tests.append({"a": base.name, "b": g.name, "metric": m, "test": name, "t": t, "p": p,
+                          "verdict": verdict(base.name, g.name, m, t, p)})
+    reference = f"{base.name} ({'best ' + metrics[0] if against == 'best' and metrics else 'the first run'})"
+    return Comparison(split, list(metrics), rows, tests, reference)
+
+
+def compare_runs(run_dirs: Sequence, split: str = "test", metrics: Optional[Sequence[str]] = None,
+                 against: str = "first") -> Comparison:
+    """``compare_groups`` over the groups of ``run_dirs`` (see ``expand_inputs``) on one split."""
+    if not run_dirs:
+        raise FeatstoreError("no run folders given; pass at least one run folder")
+    groups = [load_group(d, split, name) for d, name in expand_inputs(run_dirs)]
+    return compare_groups(groups, split, metrics, against)
+
+
+def common_splits(run_dirs: Sequence) -> List[str]:
+    """The labelled splits every group's runs have (train left out), in the first run's order."""
+    found: Optional[List[str]] = None
+    for d, _ in expand_inputs(run_dirs):
+        runs = _seed_runs(Path(d))
+        if not runs:
+            raise FeatstoreError(f"{d} holds no metrics.json nor seed_*/metrics.json; pass run folders of `heads train`")
+        for r in runs:
+            have = [s for s in labelled_splits(_read(r / "metrics.json")) if s != "train"]
+            found = have if found is None else [s for s in found if s in have]
+    return found or []
+
+
+def compare_splits(run_dirs: Sequence, splits: Optional[Sequence[str]] = None,
+                   metrics: Optional[Sequence[str]] = None, against: str = "first") -> List[Comparison]:
+    """One ``Comparison`` per split: ``splits``, or every labelled split all the runs share."""
+    if not run_dirs:
+        raise FeatstoreError("no run folders given; pass at least one run folder")
+    splits = list(splits) if splits else common_splits(run_dirs)
+    if not splits:
+        raise FeatstoreError("the runs share no labelled split; pass --split with one of each run's splits")
+    return [compare_runs(run_dirs, s, metrics, against) for s in splits]

@@ -1,10 +1,16 @@
 """Run folders: write (``save_run``), reopen (``load_run``), reuse (``evaluate_run``, ``predict_run``) and
 repeat over seeds (``train_seeds``).
 
-A run folder holds::
+``heads train --out DIR`` always writes the same layout, for one seed or many: ``DIR/summary.json`` (mean
++- std over seeds of every labelled split, seconds per seed) and one run folder ``DIR/seed_<k>/`` per seed.
+A ``DIR`` that already holds a run is refused unless ``overwrite`` (``prepare_out``); ``run_dir_of``
+finds the run folder inside ``DIR`` for eval / predict.
+
+A run folder (``train(..., run_dir)``) holds::
 
     config.json            train config, head name + resolved head config, InputSpec, TaskSpec,
-                           feature set refs {name, version}, dataset fingerprint, monitor, best epoch
+                           feature set refs {name, version}, dataset fingerprint, monitor, best epoch,
+                           checkpoint_load (the init checkpoint's LoadReport: used / ignored / missing)
     history.csv / .json    one row per epoch: train loss (+ per-task / extra losses), lr, val metrics
     model.safetensors      the best state dict
     metrics.json           {"seed": s, "monitor": key, "best_epoch": e, "<split>": {flat metrics}, ...}
@@ -96,8 +102,9 @@ def write_predictions(path, spec: TaskSpec, ids: Sequence[str], probs: Dict[str,
             w.writerow(row)
 
 
-def save_run(run_dir, result, data: TrainData) -> Path:
-    """Write ``result`` (a ``heads.train.TrainResult``) trained on ``data`` into ``run_dir``."""
+def save_run(run_dir, result, data: TrainData, plots: bool = True) -> Path:
+    """Write ``result`` (a ``heads.train.TrainResult``) trained on ``data`` into ``run_dir`` (``plots``: also
+    the ROC / learning-curve PNGs, which take most of the time of a small run; a sweep draws its own)."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     model = result.model
@@ -106,7 +113,8 @@ def save_run(run_dir, result, data: TrainData) -> Path:
         "train": result.config.to_dict(), "head": result.config.head, "head_config": head_cfg,
         "input_spec": data.input_spec().to_dict(), "task_spec": result.task_spec.to_dict(),
         "features": data.meta.get("features", {}), "dataset_fingerprint": data.meta.get("dataset_fingerprint"),
-        "monitor": result.monitor, "val_split": result.val_split, "best_epoch": result.best_epoch})
+        "monitor": result.monitor, "val_split": result.val_split, "best_epoch": result.best_epoch,
+        "checkpoint_load": getattr(result, "load_report", None)})
     keys = list(dict.fromkeys(k for r in result.history for k in r))
     with open(run / "history.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -121,9 +129,10 @@ def save_run(run_dir, result, data: TrainData) -> Path:
     for split, probs in result.probs.items():
         idx = data.splits[split]
         write_predictions(run / f"predictions_{split}.csv", result.task_spec, [data.ids[i] for i in idx.tolist()], probs)
-        if split in result.metrics:
+        if plots and split in result.metrics:
             plot_roc(result.task_spec, data.targets_numpy(idx), probs, run / f"roc_{split}.png", split)
-    plot_learning_curve(result.history, result.monitor, run / "learning_curve.png")
+    if plots:
+        plot_learning_curve(result.history, result.monitor, run / "learning_curve.png")
     return run
 
 
@@ -218,21 +227,108 @@ def summarise(per_seed: Dict[int, dict]) -> Dict[str, Dict[str, dict]]:
     return out
 
 
-def train_seeds(cfg, data: TrainData, seeds: Sequence[int], out_dir, progress: bool = False) -> Dict[str, Any]:
-    """One run per seed into ``out_dir/seed_<k>``; writes and returns ``summary.json``
-    ({"seeds": [...], "summary": summarise(...)})."""
-    from .train import train
+SUMMARY = "summary.json"
 
+
+def run_dir_of(group_dir, seed: Optional[int] = None) -> Path:
+    """The single-run folder inside a ``heads train`` output: ``group_dir`` itself when it is one (a bare
+    ``train()`` folder), else ``seed_<seed>`` (default: the only seed, or the first of ``summary.json``)."""
+    root = Path(group_dir)
+    if (root / CONFIG).is_file():
+        return root
+    seeds = sorted(int(p.name[5:]) for p in root.glob("seed_*") if p.name[5:].isdigit() and (p / CONFIG).is_file())
     if not seeds:
-        raise FeatstoreError("no seeds given; pass e.g. --seeds 0,1,2")
+        raise FeatstoreError(f"{root} is not a run folder (no config.json nor seed_*/config.json); pass the --out "
+                             "folder of `heads train`")
+    if seed is None:
+        summary = root / SUMMARY
+        listed = _read_json(summary).get("seeds", []) if summary.is_file() else []
+        seed = next((s for s in listed if s in seeds), seeds[0])
+    if seed not in seeds:
+        raise FeatstoreError(f"{root} has no run for seed {seed} (it has {', '.join(map(str, seeds))}); pass one of them")
+    return root / f"seed_{seed}"
+
+
+def holds_run(out_dir) -> Optional[str]:
+    """The first file or folder that makes ``out_dir`` a run (summary, run files, seed folders), or None."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        return None
+    for name in (SUMMARY, CONFIG, METRICS, WEIGHTS):
+        if (root / name).exists():
+            return name
+    seeds = sorted(p.name for p in root.glob("seed_*") if p.is_dir())
+    return seeds[0] if seeds else None
+
+
+def prepare_out(out_dir, overwrite: bool = False) -> Path:
+    """Refuse (one line) an ``out_dir`` that holds a run unless ``overwrite``; then remove that run's files
+    (``summary.json``, the run files and ``seed_*`` folders; nothing else in the folder is touched)."""
+    import shutil
+
+    root = Path(out_dir)
+    found = holds_run(root)
+    if found and not overwrite:
+        raise FeatstoreError(f"--out {root} already holds a run ({found}); pass --overwrite to replace it or "
+                             "choose another --out")
+    if found:
+        for p in root.glob("seed_*"):
+            if p.is_dir():
+                shutil.rmtree(p)
+        for p in [root / n for n in (SUMMARY, CONFIG, METRICS, WEIGHTS, "history.csv", "history.json",
+                                     "learning_curve.png")] + list(root.glob("predictions_*.csv")) + \
+                list(root.glob("roc_*.png")):
+            if p.is_file():
+                p.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def check_seeds(seeds: Sequence[int]) -> List[int]:
+    if not seeds:
+        raise FeatstoreError("no seeds given; pass e.g. --seeds 0 or --seeds 0,1,2")
     if len(set(seeds)) != len(seeds):
         raise FeatstoreError(f"seeds {list(seeds)} repeat a value; pass distinct seeds")
+    return [int(s) for s in seeds]
+
+
+def iter_seeds(cfg, data: TrainData, seeds: Sequence[int], out_dir, progress: bool = False, on_epoch=None):
+    """Train one run per seed into ``out_dir/seed_<k>``, yielding ``(seed, TrainResult, seconds)`` as each
+    finishes; ``summary.json`` is rewritten after every seed (so it always covers the finished ones).
+    ``on_epoch(seed, history_row, monitor)`` is called at the end of every epoch when given."""
+    import time
+
+    from .train import train
+
     out = Path(out_dir)
-    per_seed = {}
+    per_seed, runs = {}, {}
+    seeds = check_seeds(seeds)
     for s in seeds:
-        run_cfg = dataclasses.replace(cfg, seed=int(s))
-        train(run_cfg, data, out / f"seed_{s}", progress=progress)
-        per_seed[int(s)] = _read_json(out / f"seed_{s}" / METRICS)
-    summary = {"seeds": [int(s) for s in seeds], "summary": summarise(per_seed)}
-    _write_json(out / "summary.json", summary)
+        t0 = time.perf_counter()
+        hook = None if on_epoch is None else (lambda row, monitor, s=s: on_epoch(s, row, monitor))
+        result = train(dataclasses.replace(cfg, seed=s), data, out / f"seed_{s}", progress=progress, on_epoch=hook)
+        secs = time.perf_counter() - t0
+        per_seed[s] = _read_json(out / f"seed_{s}" / METRICS)
+        runs[s] = {"dir": f"seed_{s}", "best_epoch": result.best_epoch, "seconds": secs}
+        write_summary(out, per_seed, runs, head=cfg.head)
+        yield s, result, secs
+
+
+def write_summary(out_dir, per_seed: Dict[int, dict], runs: Dict[int, dict], head: Optional[str] = None) -> dict:
+    """``summary.json``: {"head", "seeds", "runs": {seed: {dir, best_epoch, seconds}}, "summary":
+    summarise(...)} covering every labelled split."""
+    summary = {"head": head, "seeds": sorted(per_seed), "runs": {str(s): r for s, r in sorted(runs.items())},
+               "summary": summarise(per_seed)}
+    _write_json(Path(out_dir) / SUMMARY, summary)
     return summary
+
+
+def train_seeds(cfg, data: TrainData, seeds: Sequence[int], out_dir, progress: bool = False,
+                overwrite: bool = False) -> Dict[str, Any]:
+    """One run per seed into ``out_dir/seed_<k>`` (the same layout for one seed or many); writes and returns
+    ``summary.json``. An ``out_dir`` that already holds a run is refused unless ``overwrite``."""
+    seeds = check_seeds(seeds)
+    out = prepare_out(out_dir, overwrite)
+    for _ in iter_seeds(cfg, data, seeds, out, progress):
+        pass
+    return _read_json(out / SUMMARY)

@@ -13,9 +13,9 @@ import torch
 from featstore.errors import FeatstoreError
 
 from .data import TrainData
-from .train import TrainConfig, train
+from .train import TrainConfig
 
-HEADLINE = ("auroc", "accuracy", "f1", "f1_macro", "f1_micro")
+HEADLINE = ("auroc", "accuracy", "f1", "macro_f1", "micro_auroc", "macro_auroc", "subset_accuracy")
 
 
 def headline_metrics(flat: dict) -> dict:
@@ -23,27 +23,66 @@ def headline_metrics(flat: dict) -> dict:
     return {k: v for k, v in flat.items() if isinstance(v, (int, float)) and k.rsplit("/", 1)[-1] in HEADLINE}
 
 
-def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int], *, progress: bool = True,
-                vilbert_checkpoint: Optional[str] = None, trust_checkpoint: bool = False) -> Iterator[str]:
-    """Train one run per seed (a single seed writes straight into ``out_dir``); yield report lines."""
-    from .runs import train_seeds
+def epoch_line(seed: int, row: dict, monitor: str, epochs: int) -> str:
+    """One line for an epoch: ``seed 0 epoch 3/20: train_loss=0.6123 val label/auroc=0.7012 (0.4 s)``."""
+    val = row.get(f"val_{monitor}")
+    shown = "nan" if val is None else f"{val:.4f}"
+    return (f"  seed {seed} epoch {int(row['epoch'])}/{epochs}: train_loss={row['train_loss']:.4f} "
+            f"val {monitor}={shown} ({row['time_s']:.1f} s)")
 
-    if not seeds:
-        raise FeatstoreError("no seeds given; pass e.g. --seeds 0 or --seeds 0,1,2,3,4")
-    cfg = dataclasses.replace(cfg, init_checkpoint=vilbert_checkpoint, trust_checkpoint=trust_checkpoint)
-    out = Path(out_dir)
-    if len(seeds) == 1:
-        result = train(dataclasses.replace(cfg, seed=int(seeds[0])), data, out, progress=progress)
-        yield f"run {out}: head {cfg.head}, seed {seeds[0]}, best epoch {result.best_epoch} ({result.monitor} on {result.val_split})"
-        for split in ("dev", "val", "test"):
-            if split in result.metrics:
-                yield f"  {split:<5} " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(headline_metrics(result.metrics[split]).items()))
-        return
-    summary = train_seeds(cfg, data, [int(s) for s in seeds], out, progress=progress)
-    yield f"runs {out}/seed_*: head {cfg.head}, seeds {','.join(map(str, seeds))} (mean +- std)"
+
+def summary_lines(summary: dict) -> List[str]:
+    """One line per labelled split (dev, dev_unseen, test, test_unseen, ...): headline metrics mean +- std."""
+    lines = []
     for split, metrics in summary["summary"].items():
         shown = {k: v for k, v in metrics.items() if k.rsplit("/", 1)[-1] in HEADLINE and v.get("mean") is not None}
-        yield f"  {split:<5} " + "  ".join(f"{k}={v['mean']:.4f}+-{v['std']:.4f}" for k, v in sorted(shown.items()))
+        if shown:
+            lines.append(f"  {split:<11} " + "  ".join(f"{k}={v['mean']:.4f}+-{v['std']:.4f}"
+                                                         for k, v in sorted(shown.items())))
+    return lines
+
+
+def check_head(cfg: TrainConfig, data: TrainData) -> None:
+    """Build ``cfg.head`` for ``data`` on the meta device (no memory, no time): a one-line error for an
+    unknown head or option, missing inputs, or a bad train option, before anything is written."""
+    from .models import create_head
+
+    cfg.validate()
+    with torch.device("meta"):
+        create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
+
+
+def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int], *, progress: bool = True,
+                vilbert_checkpoint: Optional[str] = None, trust_checkpoint: bool = False, overwrite: bool = False,
+                echo=None) -> Iterator[str]:
+    """Train one run per seed into ``out_dir/seed_<k>`` + ``summary.json`` (``heads.runs``); yield report
+    lines as they happen: a start line, the CPU threads used (``heads.threads``, one choice for every seed),
+    one line per finished seed, then mean +- std per labelled split.
+    ``echo``, when given (with ``progress`` off), also receives one line per epoch as it ends."""
+    from .runs import SUMMARY, _read_json, check_seeds, holds_run, iter_seeds, prepare_out
+
+    seeds = check_seeds(seeds)
+    cfg = dataclasses.replace(cfg, init_checkpoint=vilbert_checkpoint, trust_checkpoint=trust_checkpoint)
+    if holds_run(out_dir) and not overwrite:
+        prepare_out(out_dir, overwrite)  # the one-line refusal
+    check_head(cfg, data)  # a bad head, option or input fails before --out is touched
+    out = prepare_out(out_dir, overwrite)
+    yield f"training head {cfg.head} on {len(data)} samples, seeds {','.join(map(str, seeds))} -> {out}"
+    from .threads import resolve_threads
+
+    choice = resolve_threads(cfg, data)  # once, so every seed runs with the same count
+    cfg = cfg if choice.how == "cuda" else dataclasses.replace(cfg, threads=choice.threads)
+    threads_line = f"threads: {choice.describe()}"  # reported once the first seed has trained
+    hook = None if echo is None else (lambda s, row, monitor: echo(epoch_line(s, row, monitor, cfg.epochs)))
+    for s, result, secs in iter_seeds(cfg, data, seeds, out, progress=progress, on_epoch=hook):
+        if threads_line:
+            yield threads_line
+            threads_line = ""
+        val = result.metrics.get(result.val_split, {}).get(result.monitor)
+        yield (f"seed {s}: best epoch {result.best_epoch}, {result.val_split} {result.monitor}="
+               f"{'nan' if val is None else f'{val:.4f}'} ({secs:.1f} s) -> {out / f'seed_{s}'}")
+    yield f"runs {out}/seed_*: head {cfg.head}, seeds {','.join(map(str, seeds))} (mean +- std over {len(seeds)})"
+    yield from summary_lines(_read_json(out / SUMMARY))
 
 
 def run_feature_refs(run_dir, image_ref: Optional[str], text_ref: Optional[str]) -> Tuple[Optional[str], Optional[str]]:

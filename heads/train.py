@@ -9,6 +9,7 @@ Loss per step: sum_t weight_t * loss_t (``heads.losses``) plus every term of the
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
@@ -105,6 +106,7 @@ class TrainResult:
     warnings: Dict[str, List[str]]  # {split: metric warnings}
     probs: Dict[str, Dict[str, np.ndarray]]  # {split: {task: [n, K] probabilities}} of the best model
     threads: Any = None  # heads.threads.ThreadChoice: the CPU intra-op threads used and why
+    load_report: Optional[Dict[str, Any]] = None  # heads.vilbert_checkpoint.LoadReport.to_dict() of init_checkpoint
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -230,11 +232,19 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
         train_idx = _label_subset(data, train_idx, cfg.label_fraction, cfg.seed)
     val_idx = data.labelled(data.splits[val_split])
 
-    model = create_head(cfg.head, data.input_spec(), spec, **cfg.head_cfg)
-    if cfg.init_checkpoint:
-        from .vilbert_checkpoint import load_vilbert_checkpoint
+    load_report = None
+    if cfg.init_checkpoint:  # sizes read from the checkpoint where head_cfg gives none; report printed + saved
+        from .vilbert_checkpoint import head_from_checkpoint
 
-        load_vilbert_checkpoint(model, cfg.init_checkpoint, trust_pickle=cfg.trust_checkpoint)
+        model, load_report = head_from_checkpoint(cfg.head, data.input_spec(), spec, cfg.head_cfg,
+                                                  cfg.init_checkpoint, trust_pickle=cfg.trust_checkpoint)
+        for line in load_report.lines():
+            logging.getLogger("heads").warning(line)
+    else:
+        model = create_head(cfg.head, data.input_spec(), spec, **cfg.head_cfg)
+    from .models.vilbert import check_text_layer
+
+    check_text_layer(model, data.meta.get("features", {}).get("text"))
     model = model.to(device)
     losses = build_losses(spec, cfg.loss_config(), data.targets_numpy(train_idx), device)
 
@@ -319,6 +329,7 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
         if m:
             metrics[split], warnings[split] = m, w
     result = TrainResult(model, cfg, spec, history, best_epoch, monitor, val_split, metrics, warnings, probs)
+    result.load_report = load_report.to_dict() if load_report is not None else None
     if run_dir is not None:
         from .runs import save_run
         save_run(run_dir, result, data)

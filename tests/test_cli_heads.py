@@ -64,14 +64,16 @@ def test_list_shows_every_head_with_its_options():
 
 
 def test_train_writes_a_run_folder_whose_metrics_match_its_predictions(world, run):
-    rd, out = run
+    group, out = run
+    assert json.loads((group / "summary.json").read_text())["seeds"] == [0]
+    rd = group / "seed_0"
     for f in ("config.json", "metrics.json", "model.safetensors", "predictions_test.csv", "history.csv"):
         assert (rd / f).is_file(), f
     config = json.loads((rd / "config.json").read_text())
     st = open_store(world["store"])
     assert config["head"] == "concat" and config["train"]["epochs"] == 3
-    assert config["features"] == {"image": {"name": "grid", "version": st.open("grid").version},
-                                  "text": {"name": "bert", "version": st.open("bert").version}}
+    assert {k: (v["name"], v["version"]) for k, v in config["features"].items()} == {
+        "image": ("grid", st.open("grid").version), "text": ("bert", st.open("bert").version)}
     rows = read_csv(rd / "predictions_test.csv")
     assert rows[0] == ["id", "proba", "label"]
     test = [s for s in world["ds"].samples if s.split == "test_seen"]
@@ -85,14 +87,21 @@ def test_train_writes_a_run_folder_whose_metrics_match_its_predictions(world, ru
     assert metrics["label/auroc"] == pytest.approx(roc_auc_score(y, proba), abs=1e-9)
     assert metrics["label/accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-9)
     assert metrics["label/f1"] == pytest.approx(f1_score(y, pred), abs=1e-9)
-    line = next(line for line in out.splitlines() if line.strip().startswith("test"))
-    assert f"label/auroc={metrics['label/auroc']:.4f}" in line and f"label/f1={metrics['label/f1']:.4f}" in line
-    assert out.splitlines()[0].startswith(f"run {rd}: head concat, seed 0, best epoch")
+    line = next(line for line in out.splitlines() if line.strip().startswith("test "))
+    assert f"label/auroc={metrics['label/auroc']:.4f}+-0.0000" in line
+    assert f"label/f1={metrics['label/f1']:.4f}+-0.0000" in line
+    assert out.splitlines()[0] == f"training head concat on 48 samples, seeds 0 -> {group}"
+    seed_line = next(line for line in out.splitlines() if line.startswith("seed 0:"))
+    assert seed_line.startswith(f"seed 0: best epoch {json.loads((rd / 'metrics.json').read_text())['best_epoch']}, "
+                                "dev label/auroc=") and seed_line.endswith(f"-> {rd}")
 
 
 def test_eval_prints_the_runs_test_metrics(world, run):
-    rd, _ = run
-    ev = json.loads(invoke(heads, ["eval", rd, "--store", world["store"], "--dataset", world["data"], "--device",
+    group, _ = run
+    rd = group / "seed_0"
+    ev = json.loads(invoke(heads, ["eval", group, "--store", world["store"], "--dataset", world["data"], "--device",
+                                   "cpu"]))
+    assert ev == json.loads(invoke(heads, ["eval", rd, "--store", world["store"], "--dataset", world["data"], "--device",
                                    "cpu"]))
     saved = json.loads((rd / "metrics.json").read_text())["test"]
     assert ev["split"] == "test" and ev["run"] == str(rd)
@@ -102,11 +111,11 @@ def test_eval_prints_the_runs_test_metrics(world, run):
 
 
 def test_predict_reproduces_the_runs_test_predictions(world, run, tmp_path):
-    rd, _ = run
+    rd, _ = run  # the --out folder: predict finds its only seed's run
     out = invoke(heads, ["predict", rd, "--store", world["store"], "--dataset", world["data"], "--split", "test",
                          "--out", tmp_path / "p.csv", "--device", "cpu"])
     assert out.strip() == f"wrote {tmp_path / 'p.csv'}"
-    assert (tmp_path / "p.csv").read_text() == (rd / "predictions_test.csv").read_text()
+    assert (tmp_path / "p.csv").read_text() == (rd / "seed_0" / "predictions_test.csv").read_text()
     invoke(heads, ["predict", rd, "--store", world["store"], "--dataset", world["data"], "--out",
                    tmp_path / "all.csv", "--device", "cpu"])
     assert [r[0] for r in read_csv(tmp_path / "all.csv")[1:]] == [s.id for s in world["ds"].samples]
@@ -118,6 +127,7 @@ def test_save_fused_stores_the_heads_fused_embeddings(world, run):
     from heads.session import fused_embeddings
 
     rd, out = run
+    rd = rd / "seed_0"
     st = open_store(world["store"])
     fused = st.open("fused-concat")
     assert f"stored as {fused.ref} (48 x {fused.spec('pooled').shape[0]})" in out
@@ -137,6 +147,7 @@ def test_run_feature_refs_name_the_exact_trained_versions(world, run, tmp_path):
     from heads.session import run_feature_refs
 
     rd, _ = run
+    rd = rd / "seed_0"
     st = open_store(world["store"])
     assert run_feature_refs(rd, None, None) == (st.open("grid").ref, st.open("bert").ref)
     assert run_feature_refs(rd, "other", None) == ("other", st.open("bert").ref)
@@ -203,3 +214,50 @@ def test_demo_heads_table_matches_the_run_folders(world, tmp_path):
         saved = json.loads((tmp_path / head / "metrics.json").read_text())["test"]
         for name, value in zip(header[1:-1], values[:-1]):
             assert float(value) == pytest.approx(saved[f"label/{name}"], abs=5e-5), (head, name)
+
+
+def test_an_out_that_holds_a_run_is_refused_then_replaced_with_overwrite(world, run, tmp_path):
+    import shutil
+
+    src, _ = run
+    out = tmp_path / "again"
+    shutil.copytree(src, out)
+    (out / "notes.txt").write_text("mine")
+    before = (out / "seed_0" / "metrics.json").read_text()
+    line = one_line_error(heads, train_args(world, out))
+    assert line == (f"error: --out {out} already holds a run (summary.json); pass --overwrite to replace it or "
+                    "choose another --out")
+    assert (out / "seed_0" / "metrics.json").read_text() == before  # nothing lost
+    text = invoke(heads, train_args(world, out, "--seeds", "3,4", "--overwrite"))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "seed_3", "seed_4", "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["seeds"] == [3, 4]
+    assert "seed 4: best epoch" in text
+    # a bare run folder (train(run_dir)) and a lone seed folder count as runs too
+    for holder, name in ((out / "seed_3", "config.json"), (tmp_path / "only-seeds", "seed_9")):
+        (holder / name).mkdir(parents=True) if name.startswith("seed_") else None
+        assert one_line_error(heads, train_args(world, holder)).startswith(f"error: --out {holder} already holds a run ({name})")
+
+
+def test_quiet_prints_one_line_per_epoch_and_per_seed(world, tmp_path):
+    out = invoke(heads, train_args(world, tmp_path / "q", "--seeds", "0,1", "--patience", "0"))
+    lines = out.splitlines()
+    epochs = [line for line in lines if re.match(r"  seed \d epoch \d/3: train_loss=\d\.\d{4} val label/auroc=", line)]
+    assert len(epochs) == 6
+    history = list(csv.DictReader(open(tmp_path / "q" / "seed_1" / "history.csv")))
+    for row, line in zip(history, epochs[3:]):
+        assert f"train_loss={float(row['train_loss']):.4f} val label/auroc={float(row['val_label/auroc']):.4f}" in line
+    seeds = [i for i, line in enumerate(lines) if re.match(r"seed \d: best epoch", line)]
+    assert len(seeds) == 2 and seeds[0] > lines.index(epochs[2]) and seeds[0] < lines.index(epochs[3])
+
+
+def test_list_says_which_sizes_are_gpu_sized():
+    from heads.presets import load_preset, parameter_count
+
+    out = "\n" + invoke(heads, ["list"])
+    for head in ("vilbert", "visualbert"):
+        block = out.split(f"\n{head}: ")[1].split("\n")[1]
+        n = parameter_count(head) / 1e6
+        small = parameter_count(head, load_preset(f"{head}-small").head_cfg) / 1e6
+        assert block == (f"    (default size: {n:.1f} M parameters at 36 x 2048 regions + 128 x 768 tokens: GPU-sized; "
+                         f"--preset {head}-small ({small:.1f} M) trains in minutes on a CPU)")
+    assert "GPU-sized" not in out.split("\nconcat: ")[1].split("\n")[1]

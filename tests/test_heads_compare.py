@@ -87,3 +87,32 @@ def test_bad_compare_inputs(groups, tmp_path):
     (tmp_path / "bad" / "metrics.json").write_text("{oops")
     with pytest.raises(FeatstoreError, match="cannot read"):
         compare_runs([tmp_path / "bad"])
+
+
+def test_verdict_says_which_side_is_better_in_words(groups):
+    from heads.compare import verdict
+
+    cmp = compare_runs([groups / "concat", groups / "image"], split="test", metrics=["label/auroc"])
+    (t,) = cmp.tests
+    a, b = _vals(groups / "concat", [0, 1, 2]), _vals(groups / "image", [0, 1, 2])
+    winner, loser = ("image", "concat") if np.mean(b) > np.mean(a) else ("concat", "image")
+    assert t["verdict"].startswith(f"{winner} is ")
+    assert f" {loser}" in t["verdict"]
+    assert ("significant, p < 0.05" in t["verdict"]) == (t["p"] < 0.05)
+    assert t["verdict"] in cmp.to_text()
+    assert verdict("a", "b", "label/auroc", -83.0, 1e-5) == "a is better than b (significant, p < 0.05)"
+    assert verdict("a", "b", "label/auroc", 1.2, 0.3) == "b is ahead of a, not significant (p >= 0.05)"
+    assert verdict("a", "b", "loss", 5.0, 0.001) == "a is better than b (significant, p < 0.05)"  # lower loss wins
+    assert verdict("a", "b", "label/auroc", float("nan"), float("nan")) == "no test (identical values or too few)"
+
+
+def test_against_best_and_every_split(groups):
+    from heads.compare import compare_splits
+
+    tables = compare_splits([groups / "concat", groups / "image", groups / "text"], metrics=["label/auroc"],
+                            against="best")
+    assert [c.split for c in tables] == ["dev", "test"]
+    for c in tables:
+        means = [r["metrics"]["label/auroc"][0] for r in c.rows]
+        best = c.rows[int(np.argmax(means))]["name"]
+        assert c.reference.startswith(best) and all(t["a"] == best for t in c.tests)

@@ -1,0 +1,203 @@
+"""Published recipes as presets: plain JSON / YAML files in ``heads/presets/`` that users can copy and change.
+
+A preset file holds::
+
+    name          the preset's name (``--preset NAME``; a path to a copied file works too)
+    description   one line
+    source        where its numbers come from (paper, file and line of the reference code)
+    extends       optional: another preset whose values it starts from
+    head          the head to train (``--head`` overrides)
+    train         ``heads.train.TrainConfig`` fields (lr, batch_size, epochs, warmup_ratio, schedule, ...)
+    head_cfg      options of the head (``--set`` overrides one by one)
+    data          data options: task, task_weights, text_array, text_pool, max_regions, max_tokens
+    notes         what the preset cannot say by numbers (which features to pass, approximations)
+
+``load_preset(name_or_path)`` reads and checks it: every train / head / data key must exist in this
+toolkit (a preset written for a newer version is a one-line error naming the key, never ignored).
+``merge(preset, given)`` is what a run uses: the preset's values, with every option the user passed
+explicitly on top.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from featstore.errors import FeatstoreError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+DATA_KEYS = ("task", "task_weights", "text_array", "text_pool", "max_regions", "max_tokens", "val_fraction")
+SUFFIXES = (".json", ".yaml", ".yml")
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    source: str
+    head: Optional[str]
+    train: Dict[str, Any] = field(default_factory=dict)
+    head_cfg: Dict[str, Any] = field(default_factory=dict)
+    data: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    path: Optional[Path] = None
+
+    def summary_line(self) -> str:
+        return f"preset {self.name} ({self.path}): {self.description}. Source: {self.source}"
+
+
+def preset_names() -> List[str]:
+    """The presets that ship with the toolkit, sorted."""
+    return sorted(p.stem for p in PRESET_DIR.iterdir() if p.suffix in SUFFIXES)
+
+
+def _find(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in SUFFIXES and p.is_file():
+        return p
+    for suffix in SUFFIXES:
+        q = PRESET_DIR / f"{name_or_path}{suffix}"
+        if q.is_file():
+            return q
+    raise FeatstoreError(f"preset {name_or_path!r} not found; choose one of {', '.join(preset_names())} "
+                         "(`heads presets`) or pass the path of a .json/.yaml preset file")
+
+
+def read_mapping(path: Path, what: str, holds: str) -> dict:
+    """A JSON (``.json``) or YAML file holding a mapping; one-line errors naming ``what`` (e.g. "preset")."""
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(path.read_text())
+        else:
+            import yaml
+            raw = yaml.safe_load(path.read_text())
+    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
+        raise FeatstoreError(f"{what} {path} does not parse ({str(err).splitlines()[0]}); fix its syntax") from None
+    if not isinstance(raw, dict):
+        raise FeatstoreError(f"{what} {path} must hold a mapping {holds}; it holds {type(raw).__name__}")
+    return raw
+
+
+def _read(path: Path) -> dict:
+    return read_mapping(path, "preset", "(name, source, head, train, ...)")
+
+
+def _raw_chain(name_or_path: str, seen: tuple = ()) -> dict:
+    """The preset's mapping with its ``extends`` chain merged in (the child's values win)."""
+    path = _find(name_or_path)
+    raw = _read(path)
+    parent = raw.get("extends")
+    if parent is None:
+        return {**raw, "path": path}
+    if parent in seen:
+        raise FeatstoreError(f"preset {path} extends {parent!r} in a loop; remove one of the extends")
+    base = _raw_chain(str(parent), seen + (parent,))
+    merged = {**base, **{k: v for k, v in raw.items() if k not in ("train", "head_cfg", "data")}}
+    for part in ("train", "head_cfg", "data"):
+        merged[part] = {**base.get(part, {}), **raw.get(part, {})}
+    merged["notes"] = list(base.get("notes", [])) + list(raw.get("notes", []))
+    merged["source"] = raw.get("source", base.get("source", ""))
+    return {**merged, "path": path}
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """Read, merge (``extends``) and check a preset (see module docstring)."""
+    raw = _raw_chain(name_or_path)
+    unknown = sorted(set(raw) - {"name", "description", "source", "extends", "head", "train", "head_cfg", "data",
+                                 "notes", "path"})
+    if unknown:
+        raise FeatstoreError(f"preset {raw['path']} has unknown field {unknown[0]!r}; use name, description, source, "
+                             "extends, head, train, head_cfg, data, notes")
+    if not raw.get("source"):
+        raise FeatstoreError(f"preset {raw['path']} has no 'source'; say where its numbers come from")
+    preset = Preset(name=str(raw.get("name", Path(raw["path"]).stem)), description=str(raw.get("description", "")),
+                    source=str(raw["source"]), head=raw.get("head"), train=dict(raw.get("train", {})),
+                    head_cfg=dict(raw.get("head_cfg", {})), data=dict(raw.get("data", {})),
+                    notes=[str(n) for n in raw.get("notes", [])], path=raw["path"])
+    check_preset(preset)
+    return preset
+
+
+def check_preset(preset: Preset, head: Optional[str] = None) -> None:
+    """One-line error for a train / head / data key this toolkit does not have, or a bad schedule."""
+    from .models import HEADS, list_heads
+    from .schedule import SCHEDULES
+    from .train import TrainConfig
+
+    where = f"preset {preset.name!r} ({preset.path})"
+    fields = set(TrainConfig.__dataclass_fields__) - {"head", "head_cfg", "seed", "device"}
+    for k in preset.train:
+        if k not in fields:
+            raise FeatstoreError(f"{where} sets train option {k!r}, which this toolkit does not have; update the "
+                                 f"toolkit or remove it from a copy of the preset (train options: {', '.join(sorted(fields))})")
+    if preset.train.get("schedule", "linear") not in SCHEDULES:
+        raise FeatstoreError(f"{where} sets schedule {preset.train['schedule']!r}, which this toolkit does not have "
+                             f"(schedules: {', '.join(SCHEDULES)}); update the toolkit or edit a copy of the preset")
+    for k in preset.data:
+        if k not in DATA_KEYS:
+            raise FeatstoreError(f"{where} sets data option {k!r}; data options are {', '.join(DATA_KEYS)}")
+    head = head or preset.head
+    if head is None or not preset.head_cfg:
+        return
+    list_heads()
+    options = set(HEADS.config_cls(head).__dataclass_fields__)
+    for k in preset.head_cfg:
+        if k not in options:
+            raise FeatstoreError(f"{where} sets {head} option {k!r}, which this toolkit's {head} head does not have; "
+                                 f"update the toolkit or remove it from a copy of the preset ({head} options: "
+                                 f"{', '.join(sorted(options))})")
+
+
+def merge(preset: Optional[Preset], given: Dict[str, Any], head_settings: Dict[str, Any],
+          head: Optional[str]) -> Dict[str, Any]:
+    """``{"head", "train", "head_cfg", "data"}`` for a run: the preset's values with the explicitly ``given``
+    train / data options (``TrainConfig`` / ``DATA_KEYS`` names) and ``head_settings`` (``--set``) on top."""
+    if preset is None:
+        if head is None:
+            raise FeatstoreError("no head given; pass --head NAME (see `heads list`) or --preset NAME")
+        return {"head": head, "train": {k: v for k, v in given.items() if k not in DATA_KEYS},
+                "head_cfg": dict(head_settings), "data": {k: v for k, v in given.items() if k in DATA_KEYS}}
+    chosen = head or preset.head
+    if chosen is None:
+        raise FeatstoreError(f"preset {preset.name!r} names no head; pass --head NAME")
+    head_cfg = dict(preset.head_cfg) if chosen == preset.head else {}
+    check_preset(Preset(preset.name, "", preset.source, chosen, head_cfg=head_cfg, path=preset.path))
+    return {"head": chosen,
+            "train": {**preset.train, **{k: v for k, v in given.items() if k not in DATA_KEYS}},
+            "head_cfg": {**head_cfg, **head_settings},
+            "data": {**preset.data, **{k: v for k, v in given.items() if k in DATA_KEYS}}}
+
+
+# ------------------------------------------------------------------------------------- sizes for `heads list`
+
+REFERENCE_INPUTS = dict(img_dim=2048, txt_dim=768, img_regions=36, txt_tokens=128, img_boxes=True)
+GPU_SIZED = 20_000_000  # parameters above which a head is called GPU-sized (hours a seed on a 2-core CPU)
+SMALL_PRESETS = {"vilbert": "vilbert-small", "visualbert": "visualbert-small"}
+
+
+def parameter_count(head: str, head_cfg: Optional[Dict[str, Any]] = None) -> int:
+    """Parameters of ``head`` at the reference input (36 x 2048 regions, 128 x 768 tokens, one binary task),
+    counted on the meta device (nothing allocated)."""
+    import torch
+
+    from .models import create_head
+    from .spec import InputSpec, Task, TaskSpec
+
+    spec = TaskSpec([Task("label", "binary", 2, ["0", "1"])])
+    with torch.device("meta"):
+        model = create_head(head, InputSpec(**REFERENCE_INPUTS), spec, **(head_cfg or {}))
+    return sum(p.numel() for p in model.parameters())
+
+
+def size_note(head: str) -> Optional[str]:
+    """``heads list``'s line about a head's default size, or None when it is small."""
+    try:
+        n = parameter_count(head)
+    except FeatstoreError:  # a head that needs options to be built (none today)
+        return None
+    if n < GPU_SIZED:
+        return None
+    small = SMALL_PRESETS.get(head)
+    tip = f"; --preset {small} ({parameter_count(head, load_preset(small).head_cfg) / 1e6:.1f} M) trains in minutes on a CPU" if small else ""
+    return f"(default size: {n / 1e6:.1f} M parameters at 36 x 2048 regions + 128 x 768 tokens: GPU-sized{tip})"

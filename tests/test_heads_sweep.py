@@ -1,0 +1,238 @@
+"""`heads sweep` on a Hateful-Memes-shaped folder with all five split files (train, dev_seen, dev_unseen,
+test_seen, test_unseen) and small planted feature sets written into a real store: the leaderboard's numbers
+are recomputed from the runs' own files (metrics.json, predictions) with numpy / scipy / scikit-learn,
+a killed sweep is resumed, a bad combination fails its row only, and `heads compare` reads the sweep."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from cli.heads_cli import main as heads
+from cli_helpers import invoke, one_line_error
+from featstore.errors import FeatstoreError
+from featstore.store import Recipe, open_store
+
+SPLITS = {"train": 160, "dev_seen": 40, "dev_unseen": 30, "test_seen": 40, "test_unseen": 30}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Labels y = [img[0] + txt[0] > 0]; image set ``img`` (pooled [N_img, 6], key = image), a noise image set
+    ``noise``, text set ``txt`` (cls [N, 6], key = sample id). 10 images shared by all samples' rows would
+    make image features useless, so every sample has its own image key."""
+    root = tmp_path_factory.mktemp("sweep")
+    data = root / "data"
+    data.mkdir()
+    g = np.random.default_rng(0)
+    ids, keys, rows = [], [], {}
+    sid = 1
+    for split, n in SPLITS.items():
+        rows[split] = []
+        for _ in range(n):
+            ids.append(str(sid))
+            keys.append(f"{sid:05d}")
+            rows[split].append({"id": sid, "img": f"img/{sid:05d}.png", "text": f"caption {sid}"})
+            sid += 1
+    n = len(ids)
+    img, txt = g.normal(size=(n, 6)).astype(np.float32), g.normal(size=(n, 6)).astype(np.float32)
+    y = (img[:, 0] + txt[:, 0] > 0).astype(int)
+    i = 0
+    for split, rs in rows.items():
+        with open(data / f"{split}.jsonl", "w") as f:
+            for r in rs:
+                f.write(json.dumps({**r, "label": int(y[i])}) + "\n")
+                i += 1
+    st = open_store(root / "store", create=True)
+    st.write("img", Recipe("img"), keys, {"pooled": img}, key_kind="image_key", modality="image")
+    st.write("noise", Recipe("noise"), keys, {"pooled": g.normal(size=(n, 6)).astype(np.float32)},
+             key_kind="image_key", modality="image")
+    st.write("txt", Recipe("txt"), ids, {"cls": txt}, key_kind="sample_id", modality="text")
+    return {"root": root, "data": data, "store": root / "store", "y": dict(zip(ids, y))}
+
+
+def sweep_args(world, out, *extra, heads_="concat,text-only", image="img,noise"):
+    return ["sweep", "--store", world["store"], "--dataset", world["data"], "--image", image, "--text", "txt",
+            "--head", heads_, "--grid", "lr=0.01,0.03", "--grid", "epochs=4", "--grid", "batch_size=32",
+            "--seeds", "0,1", "--device", "cpu", "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def swept(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sw") / "x"
+    text = invoke(heads, sweep_args(world, out))
+    return out, text
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_leaderboard_rows_equal_the_runs_files(world, swept):
+    out, text = swept
+    assert text.splitlines()[0] == (f"sweep {out}: 8 rows x 2 seeds = 16 runs; 0 finished before, 16 to run on cpu")
+    board = read_csv(out / "leaderboard.csv")
+    assert len(board) == 8  # (img, noise) x (concat, text-only) x lr 0.01/0.03; epochs, batch fixed
+    assert {(r["features"].split("@")[0], r["head"], r["setting"]) for r in board} == {
+        (f, h, f"lr={lr}") for f in ("img", "noise") for h in ("concat", "text-only") for lr in (0.01, 0.03)}
+    for r in board:
+        runs = [json.loads((out / "runs" / r["row_id"] / f"seed_{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        for split in ("dev", "dev_unseen", "test", "test_unseen"):
+            for m in ("label/auroc", "label/accuracy", "label/f1"):
+                xs = np.array([run[split][m] for run in runs])
+                assert float(r[f"{split} {m} mean"]) == pytest.approx(xs.mean(), abs=1e-4), (split, m)
+                assert float(r[f"{split} {m} std"]) == pytest.approx(xs.std(ddof=1), abs=1e-4), (split, m)
+        # the test AUROC of each seed equals scikit-learn on that seed's saved predictions
+        with open(out / "runs" / r["row_id"] / "seed_0" / "predictions_test_unseen.csv", newline="") as f:
+            preds = list(csv.DictReader(f))
+        auc = roc_auc_score([world["y"][p["id"]] for p in preds], [float(p["proba"]) for p in preds])
+        assert runs[0]["test_unseen"]["label/auroc"] == pytest.approx(auc, abs=1e-9)
+        assert float(r["seconds per run"]) > 0 and r["status"] == "ok" and r["seeds"] == "0,1"
+
+
+def test_ranking_and_p_values_against_the_best_row(swept):
+    out, _ = swept
+    board = read_csv(out / "leaderboard.csv")
+    dev = [float(r["dev label/auroc mean"]) for r in board]
+    assert dev == sorted(dev, reverse=True) and [r["rank"] for r in board] == [str(i) for i in range(1, 9)]
+    assert board[0]["features"].startswith("img@") and board[0]["head"] == "concat"  # needs both modalities
+    best = board[0]
+
+    def per_seed(r, split):
+        return [json.loads((out / "runs" / r["row_id"] / f"seed_{s}" / "metrics.json").read_text())[split]["label/auroc"]
+                for s in (0, 1)]
+
+    assert best["dev p vs best (label/auroc)"] == "best"
+    for r in board[1:]:
+        for split in ("dev", "test_unseen"):
+            want = stats.ttest_rel(per_seed(r, split), per_seed(best, split)).pvalue
+            got = r[f"{split} p vs best (label/auroc)"]
+            assert (got == "" and not np.isfinite(want)) or float(got) == pytest.approx(want, abs=1e-3)
+
+
+def test_markdown_and_html_show_every_split_and_the_roc_of_the_top_rows(swept):
+    out, text = swept
+    md = (out / "leaderboard.md").read_text()
+    header = md.splitlines()[4]
+    for split in ("dev", "dev_unseen", "test", "test_unseen"):
+        assert f"| {split} label/auroc |" in header
+    assert md.count("\n| ") == 9 and "+-" in md
+    page = (out / "leaderboard.html").read_text()
+    assert "<script" in page and "sortBy" in page and "http" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert page.count("<polyline") == 4 * 5  # 4 labelled splits x top 5 rows
+    assert page.count("<tr>") == 9
+    # the printed summary shows the top rows with every split
+    top = next(line for line in text.splitlines() if line.strip().startswith("1 "))
+    assert "dev=" in top and "test_unseen=" in top and "s/run" in top
+
+
+def test_resume_skips_finished_runs_and_reruns_a_lost_one(world, swept, tmp_path):
+    import shutil
+
+    out, _ = swept
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    board = read_csv(copy / "leaderboard.csv")
+    lost = copy / "runs" / board[3]["row_id"] / "seed_1"
+    before = (copy / "runs" / board[0]["row_id"] / "seed_0" / "model.safetensors").read_bytes()
+    (lost / "done.json").unlink()  # as if the sweep was killed during this run
+    text = invoke(heads, sweep_args(world, copy))
+    assert text.splitlines()[0].endswith("15 finished before, 1 to run on cpu")
+    assert len([line for line in text.splitlines() if line.startswith("[")]) == 1
+    assert (lost / "done.json").is_file()
+    assert (copy / "runs" / board[0]["row_id"] / "seed_0" / "model.safetensors").read_bytes() == before
+    # a third seed only adds runs
+    text = invoke(heads, sweep_args(world, copy)[:-6] + ["--seeds", "0,1,2", "--device", "cpu", "--out", copy])
+    assert text.splitlines()[0].endswith("16 finished before, 8 to run on cpu")
+    assert all(r["seeds"] == "0,1,2" for r in read_csv(copy / "leaderboard.csv"))
+
+
+def test_a_bad_combination_fails_its_row_and_the_sweep_goes_on(world, tmp_path):
+    out = tmp_path / "bad"
+    # vilbert needs regions (pooled-only sets here); cross.proj_dim only reaches cross rows
+    text = invoke(heads, ["sweep", "--store", world["store"], "--dataset", world["data"], "--image", "img,missing",
+                          "--text", "txt", "--head", "concat,vilbert,cross", "--grid", "cross.proj_dim=4,8",
+                          "--grid", "epochs=2", "--seeds", "0", "--device", "cpu", "--out", out])
+    board = read_csv(out / "leaderboard.csv")
+    by = {(r["features"].split("+")[0].split("@")[0], r["head"], r["setting"]): r for r in board}
+    assert len(board) == 8  # (img, missing) x (concat, vilbert, cross x 2)
+    assert by[("img", "concat", "default")]["status"] == "ok"
+    assert by[("img", "cross", "cross.proj_dim=4")]["status"] == "ok"
+    vil = by[("img", "vilbert", "default")]
+    assert vil["status"] == "failed" and "needs image regions" in vil["errors"] and vil["rank"] == ""
+    missing = [r for k, r in by.items() if k[0] == "missing"]
+    assert len(missing) == 4 and all(r["status"] == "failed" and "'missing'" in r["errors"] for r in missing)
+    assert [r["status"] for r in board[:3]] == ["ok"] * 3  # failures are ranked last
+    assert len(re.findall(r"FAILED: ", text)) == 5
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--grid", "lr_rate=1,2"], "grid key 'lr_rate' is neither a train option nor an option of heads concat"),
+    (["--grid", "vilbert.hidden_size=8"], "grid key 'vilbert.hidden_size' names head 'vilbert', which is not swept"),
+    (["--grid", "concat.nope=1"], "grid key 'concat.nope': head 'concat' has no option 'nope'"),
+    (["--grid", "seed=1,2"], "grid key 'seed' cannot be swept; sweep seeds with --seeds"),
+    (["--grid", "lr"], "--grid 'lr' is not KEY=V1,V2,...; write e.g. --grid lr=1e-5,5e-5"),
+    (["--grid-file", "nowhere.yaml"], "--grid-file nowhere.yaml does not exist"),
+])
+def test_bad_sweep_input_is_one_line_and_writes_nothing(world, tmp_path, args, needle):
+    out = tmp_path / "s"
+    line = one_line_error(heads, ["sweep", "--store", world["store"], "--dataset", world["data"], "--image", "img",
+                                  "--text", "txt", "--head", "concat", "--device", "cpu", "--out", out, *args])
+    assert needle in line, line
+    assert not out.exists()
+
+
+def test_grid_file_and_setting_rows(world, tmp_path):
+    from heads.sweep import SweepSpec, plan_rows
+
+    f = tmp_path / "grid.yaml"
+    f.write_text("label_smoothing: [0, 0.1]\nhidden: [[8], [16, 8]]\nepochs: 3\n")
+    from heads.sweep import load_grid_file
+
+    grid = load_grid_file(f)
+    assert grid == {"label_smoothing": [0, 0.1], "hidden": [[8], [16, 8]], "epochs": [3]}
+    spec = SweepSpec(str(world["store"]), str(world["data"]), [("img", "txt")], ["concat", "text-only"], grid)
+    rows = plan_rows(spec, open_store(world["store"]))
+    assert len(rows) == 8 and len({r.id for r in rows}) == 8
+    r = rows[1]
+    assert r.train == {"label_smoothing": 0, "epochs": 3} and r.head_cfg == {"hidden": [16, 8]}
+    assert r.label == "img+txt concat label_smoothing=0 hidden=[16, 8]"
+    with pytest.raises(FeatstoreError, match="--grid-file .* must hold a mapping"):
+        (tmp_path / "list.json").write_text("[1, 2]")
+        load_grid_file(tmp_path / "list.json")
+
+
+def test_compare_reads_the_sweep_against_its_best_row(swept):
+    out, _ = swept
+    text = invoke(heads, ["compare", out, "--split", "test_unseen", "--metric", "label/auroc"])
+    board = read_csv(out / "leaderboard.csv")
+    assert f"significance of each run against img+txt concat {board[0]['setting']} (best label/auroc)" in text
+    lines = [line for line in text.splitlines() if " paired " in line]
+    assert len(lines) == 7
+    best = f"img+txt concat {board[0]['setting']}"
+    for line in lines:  # the verdict agrees with the sign of t (b - a): the best row is a
+        t = float(line.split(" paired ")[1].split()[0])
+        if np.isnan(t):
+            assert line.rstrip().endswith("no test (identical values or too few)")
+            continue
+        verdict = re.split(r"\s{2,}", line.strip())[-1]
+        assert re.fullmatch(r".+ is (better than|ahead of) .+\(.*p .*0\.05\)", verdict), verdict
+        winner = verdict.split(" is ")[0]
+        assert (winner == best) == (t < 0), line
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_same_leaderboard(world, swept, tmp_path):
+    out, _ = swept
+    text = invoke(heads, sweep_args(world, tmp_path / "par", heads_="concat", image="img")[:-4]
+                  + ["--device", "cpu,cpu", "--out", tmp_path / "par"])
+    assert "to run on cpu, cpu" in text.splitlines()[0]
+    one = {r["row_id"]: r for r in read_csv(out / "leaderboard.csv")}
+    for r in read_csv(tmp_path / "par" / "leaderboard.csv"):
+        assert r["dev label/auroc mean"] == one[r["row_id"]]["dev label/auroc mean"]
