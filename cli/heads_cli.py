@@ -78,7 +78,12 @@ def data_options(f):
         click.option("--max-tokens", type=int, default=None, help="Pad/cut tokens to this many."),
         click.option("--text-array", default="tokens", show_default=True,
                      help="Text token array to use, e.g. tokens or layer_6 (ViLBERT starts after BERT layer 6)."),
-        click.option("--text-pool", default="cls", show_default=True, help="Pooled text vector: cls or mean."),
+        click.option("--text-pool", default="cls", show_default=True,
+                     help="Pooled text vector: cls, mean, or an array the set has (pooler: CLIP's pre-projection)."),
+        click.option("--image-pool", default="pooled", show_default=True, expose_value=False, is_eager=True,
+                     callback=lambda ctx, _p, v: ctx.meta.__setitem__("image_pool", v),
+                     help="Image array used as the pooled vector: pooled, or e.g. pooler (CLIP's pre-projection; "
+                          "Hate-CLIPper)."),
         click.option("--val-fraction", type=float, default=None,
                      help="Carve a stratified validation split from train (default: the dataset's dev split)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
@@ -118,9 +123,12 @@ def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, tas
 
     st = open_store(store_url)
     ds = load_dataset(dataset_path, dataset_format, check_images=False)
+    ctx = click.get_current_context(silent=True)
+    image_pool = ctx.meta.get("image_pool", "pooled") if ctx is not None else "pooled"  # --image-pool
     return build_train_data(st, ds, image_ref, text_ref, task, device=device, max_regions=max_regions,
                             max_tokens=max_tokens, val_fraction=val_fraction, seed=seed,
-                            task_weights=_weights(task_weights), text_array=text_array, text_pool=text_pool)
+                            task_weights=_weights(task_weights), text_array=text_array, text_pool=text_pool,
+                            image_pool=image_pool)
 
 
 def _fmt_metrics(metrics: dict) -> str:
@@ -129,7 +137,9 @@ def _fmt_metrics(metrics: dict) -> str:
 
 @main.command()
 @data_options
-@click.option("--head", "head_name", required=True, help="Head name (see `heads list`).")
+@click.option("--head", "head_name", default=None, help="Head name (see `heads list`; default: the preset's).")
+@click.option("--preset", default=None, metavar="NAME",
+              help="Published settings (see `heads presets`; or a copied .json/.yaml file); explicit options override.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Head option, repeatable.")
 @click.option("--out", "out_dir", required=True, help="Run folder to write.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run per seed.")
@@ -138,7 +148,7 @@ def _fmt_metrics(metrics: dict) -> str:
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--warmup", "warmup_ratio", type=float, default=0.1, show_default=True, help="Warmup fraction of steps.")
-@click.option("--schedule", type=click.Choice(["linear", "cosine"]), default="linear", show_default=True)
+@click.option("--schedule", type=click.Choice(["linear", "cosine", "constant"]), default="linear", show_default=True)
 @click.option("--grad-clip", type=float, default=1.0, show_default=True)
 @click.option("--patience", type=int, default=5, show_default=True, help="Early-stopping patience (0: off).")
 @click.option("--monitor", default="auto", show_default=True, help="Validation metric for early stopping.")
@@ -166,26 +176,29 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
           text_array, text_pool, val_fraction, device, head_name, settings, out_dir, seeds, epochs, batch_size, lr,
           weight_decay, warmup_ratio, schedule, grad_clip, patience, monitor, loss, focal_alpha, focal_gamma,
           label_smoothing, class_weights, amp, pretrain_epochs, label_fraction, vilbert_checkpoint, trust_checkpoint,
-          save_fused, quiet, overwrite, threads, trim, bucket):
+          save_fused, quiet, overwrite, threads, trim, bucket, preset):
     """Train a head on cached features and write a run folder (config, history, checkpoint, predictions, metrics)."""
     from heads.session import train_heads
     from heads.threads import parse_threads
 
     threads = parse_threads(threads)  # a bad value fails before any data is loaded
 
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    dev = _device(device)
-    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
-                      max_tokens, text_array, text_pool, val_fraction, dev, seed=seed_list[0] if seed_list else 0)
-    cw = class_weights if class_weights in ("none", "auto") else [float(x) for x in class_weights.split(",")]
+    from heads.presets import run_options
     from heads.train import TrainConfig
 
-    cfg = TrainConfig(head=head_name, head_cfg=parse_settings(settings), lr=lr, weight_decay=weight_decay,
-                      warmup_ratio=warmup_ratio, schedule=schedule, batch_size=batch_size, epochs=epochs,
-                      grad_clip=grad_clip, patience=patience, monitor=monitor, loss=loss, focal_alpha=focal_alpha,
-                      focal_gamma=focal_gamma, label_smoothing=label_smoothing, class_weights=cw, device=dev,
-                      amp=amp, pretrain_epochs=pretrain_epochs, label_fraction=label_fraction,
-                      threads=threads, trim=trim, bucket=bucket)
+    ctx = click.get_current_context()
+    params = {**ctx.params, "threads": threads}
+    explicit = {k for k in params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+    opts = run_options(preset, head_name, params, explicit, parse_settings(settings))
+    if opts["preset"] is not None:
+        click.echo(opts["preset"].summary_line())
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    dev = _device(device)
+    d = opts["data"]
+    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, d["task"], d["task_weights"],
+                      d["max_regions"], d["max_tokens"], d["text_array"], d["text_pool"], d["val_fraction"], dev,
+                      seed=seed_list[0] if seed_list else 0)
+    cfg = TrainConfig(head=opts["head"], head_cfg=opts["head_cfg"], device=dev, **opts["train"])
     for line in train_heads(cfg, data, out_dir, seed_list, progress=not quiet, vilbert_checkpoint=vilbert_checkpoint,
                             trust_checkpoint=trust_checkpoint, overwrite=overwrite, echo=click.echo if quiet else None):
         click.echo(line)

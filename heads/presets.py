@@ -201,3 +201,30 @@ def size_note(head: str) -> Optional[str]:
     small = SMALL_PRESETS.get(head)
     tip = f"; --preset {small} ({parameter_count(head, load_preset(small).head_cfg) / 1e6:.1f} M) trains in minutes on a CPU" if small else ""
     return f"(default size: {n / 1e6:.1f} M parameters at 36 x 2048 regions + 128 x 768 tokens: GPU-sized{tip})"
+
+
+def run_options(preset_name: Optional[str], head: Optional[str], params: Dict[str, Any], explicit: set,
+                head_settings: Dict[str, Any]) -> Dict[str, Any]:
+    """What ``heads train`` runs: ``{"preset", "head", "train", "head_cfg", "data"}`` from the command's
+    ``params`` (its defaults), the preset's values over them, and the ``explicit`` options over both.
+
+    ``params`` are named like ``TrainConfig`` fields and ``DATA_KEYS``; ``class_weights`` may be the CLI text
+    ("none", "auto" or "1,2")."""
+    from .train import TrainConfig
+
+    preset = load_preset(preset_name) if preset_name else None
+    fields = set(TrainConfig.__dataclass_fields__) - {"head", "head_cfg", "seed", "device"}
+    train = {k: v for k, v in params.items() if k in fields}
+    data = {k: v for k, v in params.items() if k in DATA_KEYS}
+    given = {k: v for k, v in {**train, **data}.items() if k in explicit}
+    merged = merge(preset, given, head_settings, head)
+    merged["train"] = {**train, **merged["train"]}
+    merged["data"] = {**data, **merged["data"]}
+    cw = merged["train"].get("class_weights")
+    if isinstance(cw, str) and cw not in ("none", "auto"):
+        try:
+            merged["train"]["class_weights"] = [float(x) for x in cw.split(",")]
+        except ValueError:
+            raise FeatstoreError(f"--class-weights {cw!r}: pass none, auto or comma-separated numbers") from None
+    merged["preset"] = preset
+    return merged

@@ -1,0 +1,172 @@
+"""`--preset NAME`: the shipped recipe files load and fill a run's settings (explicit options win), a copied
+and edited file works, and a preset naming an option this toolkit lacks is a one-line error.
+
+Runs use a small planted store (regions + tokens + pooled vectors written with ``store.write``)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cli.heads_cli import main as heads
+from cli_helpers import invoke, one_line_error
+from featstore.errors import FeatstoreError
+from featstore.store import Recipe, open_store
+from heads.presets import PRESET_DIR, load_preset, preset_names
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("presets")
+    data = root / "data"
+    data.mkdir()
+    g = np.random.default_rng(1)
+    n, sizes = 0, {"train": 48, "dev_seen": 16, "test_seen": 16}
+    ids = []
+    for split, k in sizes.items():
+        with open(data / f"{split}.jsonl", "w") as f:
+            for _ in range(k):
+                n += 1
+                ids.append(str(n))
+                f.write(json.dumps({"id": n, "img": f"img/{n:05d}.png", "text": f"t {n}", "label": n % 2}) + "\n")
+    keys = [f"{int(i):05d}" for i in ids]
+    st = open_store(root / "store", create=True)
+    st.write("reg", Recipe("reg"), keys, {"regions": g.normal(size=(n, 4, 8)).astype(np.float32),
+                                          "count": np.full(n, 4, np.int32),
+                                          "pooled": g.normal(size=(n, 8)).astype(np.float32)},
+             key_kind="image_key", modality="image", per_item=("regions",))
+    st.write("tok", Recipe("tok"), ids, {"tokens": g.normal(size=(n, 5, 8)).astype(np.float32),
+                                         "count": np.full(n, 5, np.int32),
+                                         "cls": g.normal(size=(n, 8)).astype(np.float32)},
+             key_kind="sample_id", modality="text", per_item=("tokens",))
+    return {"data": data, "store": root / "store"}
+
+
+def args(world, out, *extra):
+    return ["train", "--store", world["store"], "--dataset", world["data"], "--image", "reg", "--text", "tok",
+            "--device", "cpu", "--quiet", "--threads", "1", "--out", out, *extra]
+
+
+def train_config(out):
+    return json.loads((out / "seed_0" / "config.json").read_text())
+
+
+def test_every_shipped_preset_loads_or_names_the_option_it_waits_for():
+    assert len(preset_names()) >= 11
+    for name in preset_names():
+        try:
+            p = load_preset(name)
+        except FeatstoreError as err:  # a recipe whose option this toolkit does not have yet says which
+            assert "which this toolkit" in str(err) and name in str(err), str(err)
+            continue
+        assert p.source and p.description and p.head, name
+        assert p.path == PRESET_DIR / f"{name}.json"
+
+
+def test_vilbert_hm_fills_mmfs_settings_and_explicit_options_win(world, tmp_path):
+    out = tmp_path / "v"
+    text = invoke(heads, args(world, out, "--preset", "vilbert-hm", "--head", "concat", "--epochs", "2",
+                              "--text-array", "tokens"))
+    assert text.splitlines()[0].startswith("preset vilbert-hm (") and "mmf" in text.splitlines()[0]
+    train = train_config(out)["train"]
+    preset = load_preset("vilbert-hm").train
+    assert train["epochs"] == 2  # explicit
+    for k in ("lr", "batch_size", "warmup_ratio", "grad_clip", "patience", "schedule", "weight_decay", "loss"):
+        assert train[k] == preset[k], k
+    assert (train["lr"], train["batch_size"], train["grad_clip"]) == (1e-5, 32, 0.0)
+    assert train_config(out)["head"] == "concat"  # --head given: the preset's vilbert options are not applied
+
+
+def test_extends_merges_the_parent(world):
+    child, parent = load_preset("vilbert-hm-detectron16"), load_preset("vilbert-hm")
+    assert child.train == {**parent.train, "batch_size": 16}
+    assert load_preset("vilbert-hm-dinov2-ls").train == {**parent.train, "label_smoothing": 0.1}
+    assert child.source != parent.source and parent.notes[0] in child.notes
+
+
+def test_vilbert_small_trains_with_set_overriding_one_option(world, tmp_path):
+    out = tmp_path / "s"
+    text = invoke(heads, args(world, out, "--preset", "vilbert-small", "--epochs", "1", "--set", "bi_hidden_size=64"))
+    cfg = train_config(out)
+    small = load_preset("vilbert-small").head_cfg
+    assert cfg["head"] == "vilbert"
+    assert cfg["head_config"]["bi_hidden_size"] == 64 and cfg["head_config"]["hidden_size"] == small["hidden_size"]
+    assert cfg["train"]["lr"] == 1e-4 and "seed 0: best epoch 1" in text
+
+
+def test_a_copied_and_edited_preset_file_works(world, tmp_path):
+    mine = tmp_path / "mine.json"
+    raw = json.loads((PRESET_DIR / "refnet-hm.json").read_text())
+    raw["head_cfg"]["zeta"] = 0.5
+    raw["train"]["epochs"] = 1
+    mine.write_text(json.dumps(raw))
+    out = tmp_path / "r"
+    invoke(heads, args(world, out, "--preset", mine))
+    cfg = train_config(out)
+    assert cfg["head"] == "refnet" and cfg["head_config"]["zeta"] == 0.5 and cfg["head_config"]["gamma_img"] == 0.1
+    y = tmp_path / "mine.yaml"
+    y.write_text("name: y\nsource: here\nhead: concat\ntrain: {epochs: 1, lr: 0.002}\n")
+    invoke(heads, args(world, tmp_path / "y", "--preset", y))
+    assert train_config(tmp_path / "y")["train"]["lr"] == 0.002
+
+
+@pytest.mark.parametrize("content, needle", [
+    ({"head": "cross", "head_cfg": {"fusion_kind": "align"}},
+     "sets cross option 'fusion_kind', which this toolkit's cross head does not have; update the toolkit or remove "
+     "it from a copy of the preset (cross options: "),
+    ({"head": "concat", "train": {"ema_decay": 0.99}},
+     "sets train option 'ema_decay', which this toolkit does not have; update the toolkit or remove it from a copy"),
+    ({"head": "concat", "train": {"schedule": "polynomial"}},
+     "sets schedule 'polynomial', which this toolkit does not have (schedules: "),
+    ({"head": "concat", "data": {"image": "roi"}}, "sets data option 'image'; data options are task, task_weights"),
+    ({"head": "concat", "optimiser": "sgd"}, "has unknown field 'optimiser'; use name, description, source"),
+    ({"head": "concat", "extends": "SELF"}, "extends 'SELF' in a loop; remove one of the extends"),
+])
+def test_a_preset_with_an_option_this_toolkit_lacks_is_one_line(world, tmp_path, content, needle):
+    path = tmp_path / "bad.json"
+    text = json.dumps({"name": "bad", "source": "test", **content})
+    path.write_text(text.replace("SELF", str(path)))
+    needle = needle.replace("SELF", str(path))
+    out = tmp_path / "o"
+    line = one_line_error(heads, args(world, out, "--preset", path))
+    assert needle in line, line
+    assert not out.exists()
+
+
+def test_unknown_preset_and_missing_source_and_no_head(world, tmp_path):
+    line = one_line_error(heads, args(world, tmp_path / "o", "--preset", "nope"))
+    assert line.startswith("error: preset 'nope' not found; choose one of hateclipper-align, ")
+    (tmp_path / "nosrc.json").write_text(json.dumps({"name": "n", "head": "concat"}))
+    assert "has no 'source'; say where its numbers come from" in one_line_error(
+        heads, args(world, tmp_path / "o", "--preset", tmp_path / "nosrc.json"))
+    assert one_line_error(heads, args(world, tmp_path / "o")) == (
+        "error: no head given; pass --head NAME (see `heads list`) or --preset NAME")
+    assert not (tmp_path / "o").exists()
+
+
+def test_presets_command_lists_and_shows(world):
+    out = invoke(heads, ["presets"])
+    assert [line.split(":")[0] for line in out.splitlines()] == preset_names()
+    shown = invoke(heads, ["presets", "hateclipper-cross"]) if "not usable" not in out.split("hateclipper-cross:")[1].split("\n")[0] else None
+    if shown:
+        assert "run.sh" in shown and '"proj_dim": 32' in shown
+    shown = invoke(heads, ["presets", "vilbert-hm"])
+    assert '"lr": 1e-05' in shown and "note: 22,000 updates" in shown
+
+
+def test_constant_schedule_keeps_the_learning_rate_after_warmup():
+    import torch
+
+    from heads.schedule import build_scheduler
+
+    for warmup, want in ((0.0, [1.0] * 10), (0.2, [0.0, 0.5] + [1.0] * 8)):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+        sched = build_scheduler(opt, 10, warmup, "constant")
+        got = []
+        for _ in range(10):
+            got.append(opt.param_groups[0]["lr"] / 1e-4)
+            opt.step()
+            sched.step()
+        assert got == pytest.approx(want)
+    assert load_preset("hateclipper-cross").train["schedule"] == "constant"
