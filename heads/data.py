@@ -195,7 +195,7 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
                      device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
                      max_regions: Optional[int] = None, max_tokens: Optional[int] = None,
                      val_fraction: Optional[float] = None, seed: int = 0, task_weights=None,
-                     text_array: str = "tokens", text_pool: str = "cls") -> TrainData:
+                     text_array: str = "tokens", text_pool: str = "cls", image_pool: str = "pooled") -> TrainData:
     """Load every sample's features from ``store`` once, joined by key (never by position).
 
     ``dataset``: a ``DatasetManifest`` (or a path for ``featstore.datasets.load_dataset``).
@@ -204,7 +204,9 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     ``tasks``: a ``TaskSpec`` or a ``--task`` choice (see ``heads.tasks.derive_task_spec``).
     Image region sets give ``img_regions``/``img_mask`` (+ ``img_boxes`` normalised from ``boxes`` and
     ``image_size``) and ``img_pooled`` from ``pooled``; text sets give ``txt_tokens``/``txt_mask`` from
-    ``text_array`` and ``txt_pooled`` from ``text_pool`` ("cls" or "mean", whichever exists).
+    ``text_array`` and ``txt_pooled`` from ``text_pool`` ("cls" or "mean", whichever exists; or any pooled
+    array such as CLIP's pre-projection "pooler"). ``image_pool`` names the image set's array that becomes
+    ``img_pooled`` ("pooled", or e.g. "pooler"); a name the set lacks is a one-line error.
     """
     from .tasks import derive_task_spec, encode_targets
 
@@ -234,10 +236,15 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
         name = fs.name
         keys = [s.image_key if fs.key_kind == "image_key" else s.id for s in samples]
         refs[modality] = {"name": fs.name, "version": fs.version}
+        if modality == "text":  # which layer the states are from (checked against vilbert's text_start_layer)
+            refs[modality].update(array=text_array, extractor=fs.recipe.extractor, config=fs.recipe.config)
         names = set(fs.array_names)
         if modality == "image":
-            want = [n for n in ("regions", "boxes", "image_size", "pooled") if n in names]
-            if "regions" not in names and "pooled" not in names:
+            if image_pool != "pooled" and image_pool not in names:
+                raise FeatstoreError(f"image feature set {name!r} has no array {image_pool!r} for --image-pool "
+                                     f"(it has {', '.join(sorted(names))}); pass one of those")
+            want = [n for n in ("regions", "boxes", "image_size", image_pool) if n in names]
+            if "regions" not in names and image_pool not in names:
                 raise FeatstoreError(f"image feature set {name!r} has neither 'regions' nor 'pooled' "
                                      f"(it has {', '.join(sorted(names))}); pass an image feature set")
             got = fs.select(keys, want, max_items=max_regions, torch=True, device=device, dtype=dtype)
@@ -245,9 +252,12 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
                 features["img_regions"], features["img_mask"] = got["regions"], got["mask"].bool()
                 if "boxes" in got and "image_size" in got:
                     features["img_boxes"] = normalise_boxes(got["boxes"].to(dtype), got["image_size"]).to(dtype)
-            if "pooled" in got:
-                features["img_pooled"] = got["pooled"]
+            if image_pool in got:
+                features["img_pooled"] = got[image_pool]
         else:
+            if text_pool not in ("cls", "mean") and text_pool not in names:
+                raise FeatstoreError(f"text feature set {name!r} has no array {text_pool!r} for --text-pool "
+                                     f"(it has {', '.join(sorted(names))}); pass one of those")
             pool = text_pool if text_pool in names else next((p for p in ("cls", "mean") if p in names), None)
             want = [n for n in (text_array, pool) if n is not None and n in names]
             if not want:

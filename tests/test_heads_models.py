@@ -212,7 +212,7 @@ def test_cross_interaction_matrix_is_outer_product(norm):
     out = head(batch)
 
     def proj(p, x):
-        y = x @ p.linear.weight.T + p.linear.bias
+        y = x @ p.map[0].weight.T + p.map[0].bias
         if norm == "l2":
             y = y / y.norm(dim=-1, keepdim=True)
         elif norm == "layernorm":
@@ -222,7 +222,7 @@ def test_cross_interaction_matrix_is_outer_product(norm):
     pi, pt = proj(head.img_proj, batch["img_pooled"]), proj(head.txt_proj, batch["txt_pooled"])
     inter = torch.einsum("bi,bj->bij", pi, pt)
     torch.testing.assert_close(out["interaction"], inter)
-    lin = head.mlp[0]
+    lin = head.pre_output.linears[0]
     torch.testing.assert_close(out["fused"], torch.relu(inter.reshape(B, 16) @ lin.weight.T + lin.bias))
 
 

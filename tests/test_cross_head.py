@@ -1,0 +1,182 @@
+"""The ``cross`` head against an independent float64 transcription of Hate-CLIPper's forward.
+
+The reference (gokulkarthik/hateclipper ``engine.py`` ``CLIPClassifier``, read, not copied): image_map /
+text_map = Linear(d, map_dim) + Dropout(drop_probs[0]) (extra mapping layers: ReLU, Linear, Dropout), then
+``F.normalize(p=2, dim=1)``; fusion align = product, concat = cat, cross = flattened outer product; pre_output
+= Dropout(drop_probs[1]) then per layer Linear(., map_dim) + ReLU + Dropout(drop_probs[2]); output Linear.
+The transcription below is numpy float64 on the head's weights; the reference's single sigmoid logit is
+compared through ``sigmoid((w1 - w0) h + (b1 - b0))`` (see ``heads.models.cross``'s docstring).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cli.heads_cli import main as heads
+from cli_helpers import invoke, make_hm_folder, one_line_error
+from featstore.errors import FeatstoreError
+from featstore.store import Recipe, open_store
+from heads.models import create_head
+from heads.models.cross import HATECLIPPER_SETTINGS
+from heads.spec import InputSpec, Task, TaskSpec
+
+BINARY = TaskSpec([Task("label", "binary", 2, ["0", "1"])])
+DI, DT, B = 12, 10, 5
+
+
+def _np(t):
+    return t.detach().double().numpy()
+
+
+def reference_forward(head, x_img: np.ndarray, x_txt: np.ndarray, fusion: str) -> dict:
+    """Hate-CLIPper's eval-mode forward in float64 numpy from the head's parameters."""
+    sd = {k: _np(v) for k, v in head.state_dict().items()}
+
+    def mapping(prefix, x):
+        lin = sorted({k.rsplit(".", 1)[0] for k in sd if k.startswith(prefix + ".map.")}, key=lambda k: int(k.split(".")[-1]))
+        for i, name in enumerate(lin):
+            if i:
+                x = np.maximum(x, 0.0)
+            x = x @ sd[name + ".weight"].T + sd[name + ".bias"]
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    pi, pt = mapping("img_proj", x_img), mapping("txt_proj", x_txt)
+    if fusion == "align":
+        f = pi * pt
+    elif fusion == "concat":
+        f = np.concatenate([pi, pt], axis=1)
+    else:
+        f = np.stack([np.outer(a, b).reshape(-1) for a, b in zip(pi, pt)])
+    h = f
+    n_layers = len({k for k in sd if k.startswith("pre_output.linears.") and k.endswith(".weight")})
+    for i in range(n_layers):
+        h = np.maximum(h @ sd[f"pre_output.linears.{i}.weight"].T + sd[f"pre_output.linears.{i}.bias"], 0.0)
+    w, b = sd["outputs.layers.label.weight"], sd["outputs.layers.label.bias"]
+    logit = h @ (w[1] - w[0]) + (b[1] - b[0])  # the reference's one output unit
+    return {"pi": pi, "pt": pt, "f": f, "fused": h, "prob": 1.0 / (1.0 + np.exp(-logit))}
+
+
+def _head(**cfg):
+    torch.manual_seed(0)
+    return create_head("cross", InputSpec(DI, DT), BINARY, **cfg).double()
+
+
+def _batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {"img_pooled": torch.randn(B, DI, generator=g, dtype=torch.float64),
+            "txt_pooled": torch.randn(B, DT, generator=g, dtype=torch.float64)}
+
+
+@pytest.mark.parametrize("fusion,layers,mapping", [("align", 3, 1), ("cross", 1, 1), ("concat", 2, 2), ("align", 0, 1)])
+def test_forward_equals_float64_transcription(fusion, layers, mapping):
+    head = _head(fusion=fusion, proj_dim=6, pre_output_layers=layers, mapping_layers=mapping).eval()
+    batch = _batch()
+    out = head(batch)
+    ref = reference_forward(head, batch["img_pooled"].numpy(), batch["txt_pooled"].numpy(), fusion)
+    np.testing.assert_allclose(_np(out["img_proj"]), ref["pi"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_np(out["fused"]), ref["fused"], rtol=1e-10, atol=1e-12)
+    prob = torch.softmax(out["logits"]["label"], -1)[:, 1]
+    np.testing.assert_allclose(_np(prob), ref["prob"], rtol=1e-10, atol=1e-12)
+    assert out["fused"].shape[1] == (6 if layers else {"align": 6, "cross": 36, "concat": 12}[fusion])
+    if fusion == "cross":
+        np.testing.assert_allclose(_np(out["interaction"]).reshape(B, -1), ref["f"], rtol=1e-10, atol=1e-12)
+
+
+def test_embed_is_last_pre_output_linear_before_relu():
+    head = _head(fusion="align", proj_dim=6, pre_output_layers=2).eval()
+    out = head(_batch())
+    lin = head.pre_output.linears[1]
+    h1 = torch.relu(head.pre_output.linears[0](out["img_proj"] * out["txt_proj"]))
+    torch.testing.assert_close(out["embed"], lin(h1))
+    assert (out["embed"] < 0).any() and torch.equal(out["fused"], torch.relu(out["embed"]))
+
+
+def test_dropout_sits_before_the_l2_norm_and_fusion_dropout_before_the_first_layer():
+    # projection dropout before normalisation: rows stay unit length in train mode
+    head = _head(fusion="align", proj_dim=64, proj_dropout=0.5, fusion_dropout=0.0, dropout=0.0).train()
+    out = head(_batch())
+    torch.testing.assert_close(out["img_proj"].norm(dim=1), torch.ones(B, dtype=torch.float64))
+    # fusion dropout = 1 zeroes the fused vector before the first Linear: fused = relu(bias), not 0
+    head = _head(fusion="cross", proj_dim=4, proj_dropout=0.0, fusion_dropout=1.0, dropout=0.0).train()
+    out = head(_batch())
+    bias = head.pre_output.linears[0].bias
+    torch.testing.assert_close(out["fused"], torch.relu(bias).expand(B, -1))
+
+
+def test_published_align_row_has_about_5m_parameters():
+    cfg = HATECLIPPER_SETTINGS["align"]["head_cfg"]
+    with torch.device("meta"):
+        head = create_head("cross", InputSpec(1024, 768), BINARY, **cfg)  # CLIP ViT-L/14 pooler widths
+    n = sum(p.numel() for p in head.parameters())
+    # maps 1024*1024+1024 + 768*1024+1024, 3 x (1024*1024+1024), output 2 x 1025
+    assert n == 1024 * 1025 + 769 * 1024 + 3 * 1025 * 1024 + 2 * 1025
+    assert 4.9e6 < n < 5.1e6
+
+
+@pytest.mark.parametrize("cfg,msg", [
+    ({"fusion": "outer"}, "cross fusion='outer' is not known; use one of: cross, align, concat"),
+    ({"pre_output_layers": -1}, "cross pre_output_layers=-1 must be >= 0"),
+    ({"hidden": [8, 0]}, "cross hidden=[8, 0] has a non-positive width"),
+])
+def test_bad_options_are_one_line_errors(cfg, msg):
+    with pytest.raises(FeatstoreError) as e:
+        create_head("cross", InputSpec(DI, DT), BINARY, **cfg)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ --image-pool / --text-pool pooler
+
+
+@pytest.fixture(scope="module")
+def pooler_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pooler")
+    data = make_hm_folder(root / "data")
+    from featstore.datasets import load_dataset
+
+    ds = load_dataset(data)
+    st = open_store(root / "store", create=True)
+    g = np.random.default_rng(0)
+    keys = sorted({s.image_key for s in ds.samples})
+    ids = [s.id for s in ds.samples]
+    st.write("clip-img", Recipe("clip-image"), keys, {"pooled": g.normal(size=(6, 4)).astype(np.float32),
+                                                       "pooler": g.normal(size=(6, 7)).astype(np.float32)},
+             key_kind="image_key", modality="image")
+    st.write("clip-txt", Recipe("clip-text"), ids, {"pooled": g.normal(size=(len(ids), 4)).astype(np.float32),
+                                                     "pooler": g.normal(size=(len(ids), 5)).astype(np.float32)},
+             key_kind="sample_id", modality="text")
+    return {"root": root, "data": data, "store": root / "store", "ds": ds, "st": st}
+
+
+def test_pooler_arrays_become_the_pooled_inputs(pooler_world):
+    from heads.data import build_train_data
+
+    w = pooler_world
+    d = build_train_data(w["st"], w["ds"], "clip-img", "clip-txt", "label", image_pool="pooler", text_pool="pooler")
+    img = w["st"].open("clip-img").select([s.image_key for s in w["ds"].samples], ["pooler"])["pooler"]
+    np.testing.assert_array_equal(d.features["img_pooled"].numpy(), img)
+    assert d.input_spec().img_dim == 7 and d.input_spec().txt_dim == 5
+    with pytest.raises(FeatstoreError) as e:
+        build_train_data(w["st"], w["ds"], "clip-img", "clip-txt", "label", image_pool="pre_proj")
+    assert str(e.value) == ("image feature set 'clip-img' has no array 'pre_proj' for --image-pool (it has pooled, "
+                            "pooler); pass one of those")
+    with pytest.raises(FeatstoreError) as e:
+        build_train_data(w["st"], w["ds"], "clip-img", "clip-txt", "label", text_pool="pre_proj")
+    assert str(e.value) == ("text feature set 'clip-txt' has no array 'pre_proj' for --text-pool (it has pooled, "
+                            "pooler); pass one of those")
+
+
+def test_cli_trains_hateclipper_align_on_pooler_arrays(pooler_world, tmp_path):
+    import json
+
+    w = pooler_world
+    args = ["train", "--store", w["store"], "--dataset", w["data"], "--image", "clip-img", "--text", "clip-txt",
+            "--image-pool", "pooler", "--text-pool", "pooler", "--head", "cross", "--set", "fusion=align",
+            "--set", "proj_dim=8", "--set", "pre_output_layers=3", "--epochs", 2, "--quiet", "--device", "cpu",
+            "--threads", 1, "--out", tmp_path / "run"]
+    invoke(heads, args)
+    cfg = json.loads(next((tmp_path / "run").rglob("config.json")).read_text())
+    assert cfg["input_spec"]["img_dim"] == 7 and cfg["input_spec"]["txt_dim"] == 5
+    assert cfg["head_config"]["fusion"] == "align" and cfg["head_config"]["pre_output_layers"] == 3
+    bad = [a if a != "pooler" else "pre_proj" for a in args[:-1]] + [tmp_path / "run2"]
+    assert one_line_error(heads, bad).startswith("error: image feature set 'clip-img' has no array 'pre_proj'")
