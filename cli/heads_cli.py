@@ -157,7 +157,8 @@ def _fmt_metrics(metrics: dict) -> str:
 @click.option("--focal-gamma", type=float, default=2.0, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--class-weights", default="none", show_default=True, help="none, auto or comma-separated weights.")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA (ignored on CPU).")
+@click.option("--amp/--no-amp", default=False, show_default=True,
+              help="bf16 autocast on CUDA (ignored on CPU); off by default, like TrainConfig.amp.")
 @click.option("--pretrain-epochs", type=int, default=0, show_default=True, help="ReFNet refiner pretraining epochs.")
 @click.option("--label-fraction", type=float, default=None, help="Train on this fraction of the labels (0.05..1).")
 @click.option("--vilbert-checkpoint", default=None, help="Facebook/MMF ViLBERT checkpoint to initialise from.")

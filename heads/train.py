@@ -9,6 +9,7 @@ Loss per step: sum_t weight_t * loss_t (``heads.losses``) plus every term of the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import random
@@ -52,7 +53,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: Union[str, List[float], None] = "none"  # auto | none | list
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # where the data lives: "auto" = the TrainData's device; another value must match it
     amp: bool = False  # bf16 autocast, CUDA only (ignored on CPU)
     pretrain_epochs: int = 0  # refnet: epochs of the head's pretrain_loss on all train rows first
     label_fraction: Optional[float] = None  # train on a stratified fraction of the train labels
@@ -193,6 +194,18 @@ def _label_subset(data: TrainData, idx: torch.Tensor, fraction: float, seed: int
     return idx[torch.as_tensor(np.sort(keep), device=idx.device)]
 
 
+def resolve_device(cfg: TrainConfig, data: TrainData) -> TrainConfig:
+    """``cfg`` with ``device`` set to the data's device (what the run used, for ``config.json``); a
+    ``cfg.device`` naming another device is a one-line error (the features are loaded onto one device)."""
+    have = data.device
+    if cfg.device != "auto":
+        want = torch.device(cfg.device)
+        if want.type != have.type or (want.index is not None and have.index is not None and want.index != have.index):
+            raise FeatstoreError(f"train device={cfg.device!r} but the training data is on {have}; load the data "
+                                 f"with device={cfg.device!r} (--device) or pass device='auto'")
+    return dataclasses.replace(cfg, device=str(have))
+
+
 def _is_better(value: float, best: float, mode: str) -> bool:
     if math.isnan(value):
         return False
@@ -216,6 +229,7 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
     from .models import create_head
 
     cfg.validate()
+    cfg = resolve_device(cfg, data)
     spec = data.task_spec
     device = data.device
     gen = seed_everything(cfg.seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -47,12 +48,23 @@ class BaseConfig:
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
             raise FeatstoreError(f"dtype={self.dtype!r} is not a storage dtype; use one of {', '.join(STORAGE_DTYPES)}")
-        # JSON / CLI give lists where the dataclass wants tuples
+        # JSON / CLI give lists where the dataclass wants tuples (Tuple[...], tuple[...], Optional[...] of them)
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, list) and "Tuple" in str(hints.get(f.name, "")):
+            if isinstance(v, list) and _wants_tuple(hints.get(f.name)):
                 setattr(self, f.name, tuple(v))
+
+
+def _wants_tuple(hint) -> bool:
+    """True when the annotation is a tuple type (``Tuple[int, ...]``, ``tuple[int, int]``, ``tuple``) or a
+    Union / Optional whose first non-None member is one."""
+    if hint is tuple or typing.get_origin(hint) is tuple:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        return bool(members) and _wants_tuple(members[0])
+    return False
 
 
 def make_config(config_cls: type, name: str, cfg: Dict[str, Any]):
