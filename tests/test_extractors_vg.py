@@ -56,7 +56,8 @@ def layout(w=W, blocks=BLOCKS, rpn=RPN, c=C, a=A):
     shapes.update({p + "cls_score.weight": (c + 1, d), p + "cls_score.bias": (c + 1,),
                    p + "bbox_pred.weight": (4 * c, d), p + "bbox_pred.bias": (4 * c,),
                    p + "cls_embedding.weight": (c + 1, d // 8), p + "fc_attr.weight": (d // 4, d + d // 8),
-                   p + "fc_attr.bias": (d // 4,), p + "attr_score.weight": (a + 1, d // 4), p + "attr_score.bias": (a + 1,)})
+                   p + "fc_attr.bias": (d // 4,), p + "attr_score.weight": (a + 1, d // 4),
+                   p + "attr_score.bias": (a + 1,)})
     return shapes
 
 
@@ -331,7 +332,8 @@ def test_rpn_proposals_equal_detectron2_reference(ckpt):
     a, d = anchors[top], dl[top]
     aw, ah = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
     cx, cy = a[:, 0] + aw / 2, a[:, 1] + ah / 2
-    pw, ph = np.exp(np.minimum(d[:, 2], math.log(1000 / 16))) * aw, np.exp(np.minimum(d[:, 3], math.log(1000 / 16))) * ah
+    clamp = math.log(1000 / 16)
+    pw, ph = np.exp(np.minimum(d[:, 2], clamp)) * aw, np.exp(np.minimum(d[:, 3], clamp)) * ah
     px, py = d[:, 0] * aw + cx, d[:, 1] * ah + cy
     b = np.stack([px - pw / 2, py - ph / 2, px + pw / 2, py + ph / 2], 1)
     b = np.clip(b, 0, [w, h, w, h])

@@ -34,7 +34,6 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
@@ -195,7 +194,8 @@ class VGRegionsExtractor(Extractor):
                 "shorter_side": c.shorter_side, "max_side": c.max_side, "interpolation": "cv2-linear",
                 "rpn": {"pre_nms_topk": c.pre_nms_topk, "post_nms_topk": c.post_nms_topk,
                         "nms_thresh": c.rpn_nms_thresh, "min_size": c.rpn_min_size},
-                "roi": {"pool": "RoIPool", "output": 14, "spatial_scale": 1 / 16, "head": "res5-dilated", "reduce": "mean"},
+                "roi": {"pool": "RoIPool", "output": 14, "spatial_scale": 1 / 16, "head": "res5-dilated",
+                        "reduce": "mean"},
                 "selection": {"nms": "per-class, legacy +1 IoU", "nms_thresh": c.nms_thresh,
                               "conf_thresh": c.conf_thresh, "min_boxes": c.min_boxes, "max_boxes": c.max_boxes},
                 "weights_load": self.load_report.summary() if self.load_report else None}
@@ -261,13 +261,12 @@ class VGRegionsExtractor(Extractor):
 
     @torch.inference_mode()
     def forward(self, batch) -> Dict[str, np.ndarray]:
-        c = self.config
         dets = self.detect(batch)
         rows = [self._row(d) for d in dets]
         out = {name: np.stack([r[name] for r in rows]) for name in rows[0]}
-        out["regions"], out["pooled"] = self.out(torch.from_numpy(out["regions"])), self.out(torch.from_numpy(out["pooled"]))
-        if c.cls_prob:
-            out["cls_prob"] = self.out(torch.from_numpy(out["cls_prob"]))
+        for name in ("regions", "pooled", "cls_prob"):  # the storage dtype (float16 overflow is an error)
+            if name in out:
+                out[name] = self.out(torch.from_numpy(out[name]))
         out["image_size"] = self.out_int(batch["size"])
         return out
 
