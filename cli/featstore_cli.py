@@ -325,25 +325,34 @@ def neighbors(query, set_ref, store_url, k, array, dataset_path):
 @click.option("--text-threshold", type=float, default=0.95, show_default=True,
               help="Text cosine at or above which two texts count as the same.")
 @click.option("--differ-below", type=float, default=0.9, show_default=True,
-              help="The other modality must be below this cosine for a pair to count.")
+              help="The other modality must be below this cosine for a pair to count (both sides).")
+@click.option("--text-differ-below", type=float, default=None,
+              help="Same-image pairs: texts must be below this cosine (default --differ-below).")
+@click.option("--image-differ-below", type=float, default=None,
+              help="Same-text pairs: images must be below this cosine (default --differ-below).")
+@click.option("--text-pool", type=click.Choice(["cls", "mean"]), default=None,
+              help="Text vector compared: cls or mean (default: the set's pooled, cls or mean, first found).")
 @click.option("-k", "k", type=int, default=20, show_default=True, help="Neighbours searched per sample.")
-@click.option("--max-pairs", type=int, default=500, show_default=True, help="Pairs shown in the HTML page.")
+@click.option("--max-pairs", type=int, default=500, show_default=True,
+              help="Pairs shown in the HTML page per kind (the CSV has every pair).")
 def confounders(image_ref, text_ref, dataset_path, store_url, out_dir, predictions, image_threshold, text_threshold,
-                differ_below, k, max_pairs):
-    """Pairs with the same image and different text (and the reverse), label flips marked: CSV + HTML page."""
+                differ_below, text_differ_below, image_differ_below, text_pool, k, max_pairs):
+    """Pairs of the same image file, a similar-looking image, or the same text, whose other side differs: counts,
+    label flips and hints printed; CSV + HTML page (a section per kind)."""
+    from featstore.search.confounders import summary_lines
     from featstore.search.inspect import confounder_report
     from featstore.store import open_store
 
-    pairs, paths = confounder_report(open_store(store_url), _maybe_dataset(dataset_path), image_ref, text_ref, out_dir,
-                                     predictions=predictions, max_pairs=max_pairs, image_threshold=image_threshold,
-                                     text_threshold=text_threshold, text_diff_max=differ_below,
-                                     image_diff_max=differ_below, k=k)
-    kinds = {kind: sum(p.kind == kind for p in pairs) for kind in ("same_image", "same_text")}
-    flips = sum(bool(p.label_flip) for p in pairs)
-    click.echo(f"{len(pairs)} confounder pairs ({kinds['same_image']} same image, {kinds['same_text']} same text), "
-               f"{flips} with a label flip")
+    found, paths = confounder_report(
+        open_store(store_url), _maybe_dataset(dataset_path), image_ref, text_ref, out_dir, predictions=predictions,
+        text_array=text_pool, max_pairs=max_pairs, image_threshold=image_threshold, text_threshold=text_threshold,
+        text_diff_max=differ_below if text_differ_below is None else text_differ_below,
+        image_diff_max=differ_below if image_differ_below is None else image_differ_below, k=k)
+    click.echo(f"{len(found.pairs)} confounder pairs")
+    for line in summary_lines(found.summary):
+        click.echo(line)
     if predictions:
-        wrong = sum(bool(p.wrong_a) or bool(p.wrong_b) for p in pairs)
+        wrong = sum(bool(p.wrong_a) or bool(p.wrong_b) for p in found.pairs)
         click.echo(f"{wrong} pairs have a side the model gets wrong")
     click.echo(f"wrote {paths['csv']} and {paths['html']}")
 

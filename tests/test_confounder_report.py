@@ -46,26 +46,30 @@ def _decode(uri):
     return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
 
 
-@pytest.fixture
-def memes(tmp_path):
-    """4 samples, solid-colour 'photos' (some wide), two planted confounder pairs."""
-    ids = ["m1", "m2", "m3", "m4"]
-    colours = ["red", "red", "blue", "yellow"]
-    sizes = [(400, 300), (400, 300), (300, 500), (320, 320)]
+def _images(tmp_path, ids, colours, sizes):
     paths = {}
     for i, c, size in zip(ids, colours, sizes):
         p = tmp_path / f"{i}.png"
         Image.new("RGB", size, COLOURS[c]).save(p)
         paths[i] = str(p)
+    return paths
+
+
+@pytest.fixture
+def memes(tmp_path):
+    """4 samples, solid-colour 'photos' (some wide), two planted confounder pairs."""
+    ids = ["m1", "m2", "m3", "m4"]
+    paths = _images(tmp_path, ids, ["red", "red", "blue", "yellow"], [(400, 300), (400, 300), (300, 500), (320, 320)])
     rng = np.random.default_rng(0)
     img = rng.standard_normal((4, 32))
     txt = rng.standard_normal((4, 32))
-    img[1] = img[0]  # m1/m2: same image, different text
+    img[1] = img[0]  # m1/m2: same image file, different text
     txt[3] = txt[2]  # m3/m4: same text, different image
     texts = {"m1": "look how many people love you", "m2": "look how many people <script>alert(1)</script> hate you",
              "m3": "when you & me \"agree\"", "m4": "when you & me \"agree\""}
     labels = {"m1": 0, "m2": 1, "m3": 1, "m4": 1}
-    pairs = sorted(find_confounders(ids, ids, img, txt, [labels[i] for i in ids]), key=lambda p: p.id_a)
+    pairs = sorted(find_confounders(ids, ["a", "a", "b", "c"], img, txt, [labels[i] for i in ids]),
+                   key=lambda p: p.id_a)
     assert [(p.id_a, p.id_b, p.kind) for p in pairs] == [("m1", "m2", "same_image"), ("m3", "m4", "same_text")]
     return dict(pairs=pairs, texts=texts, labels=labels, image_paths=paths)
 
@@ -126,12 +130,64 @@ def test_renders_in_headless_chromium(tmp_path, memes):
 def test_max_pairs_and_reused_thumbnails(tmp_path, memes):
     out = tmp_path / "one.html"
     assert write_html_report(memes["pairs"], out, texts=memes["texts"], labels=None,
-                             image_paths=memes["image_paths"], max_pairs=1) == 1
-    page = out.read_text()
-    assert "showing the first 1 of 2" in page and "m3" not in page
+                             image_paths=memes["image_paths"], max_pairs=1) == 2  # one per kind
     parser = _Collect()
-    parser.feed(page)
-    assert len(parser.imgs) == 2
+    parser.feed(out.read_text())
+    assert len(parser.imgs) == 4
+
+
+class _Sections(HTMLParser):
+    """{section kind: [pair ids shown]} and the page's summary lines, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self.lines, self.hints, self._where, self._ids = {}, [], [], None, False
+        self._kind = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self._kind = a["data-section"]
+            self.sections[self._kind] = []
+        self._where = a.get("class") if tag == "div" and a.get("class") in ("meta", "hint") else None
+        self._ids = tag == "div" and a.get("class") == "id"
+
+    def handle_data(self, data):
+        if self._where and self._kind is None:
+            (self.hints if self._where == "hint" else self.lines).append(data)
+        if self._ids:
+            self.sections[self._kind].append(data)
+        self._where, self._ids = None, False
+
+
+def test_sections_per_kind_with_own_caps_and_one_flip_count(tmp_path):
+    """8 samples: 3 same-file pairs (2 flips), 1 look-alike pair, 1 same-text pair (a flip); cap 2 per kind."""
+    from featstore.search.confounders import search_confounders, summary_lines
+
+    ids = [f"s{i}" for i in range(8)]
+    paths = _images(tmp_path, ids, ["red", "red", "red", "blue", "blue", "green", "yellow", "yellow"], [(64, 64)] * 8)
+    rng = np.random.default_rng(4)
+    img, txt = rng.standard_normal((8, 32)), rng.standard_normal((8, 32))
+    keys = ["r", "r", "r", "b", "b2", "g", "y1", "y2"]
+    img[1] = img[2] = img[0]  # s0, s1, s2: one file, three texts: 3 same-image pairs
+    img[4] = img[3] + 0.02 * rng.standard_normal(32)  # s3/s4: look-alike files
+    txt[7] = txt[6]  # s6/s7: same text on two images
+    labels = dict(zip(ids, [0, 1, 0, 1, 1, 0, 0, 1]))
+    res = search_confounders(ids, keys, img, txt, [labels[i] for i in ids])
+    assert res.summary.found == {"same_image": 3, "similar_image": 1, "same_text": 1}
+    assert res.summary.flips == {"same_image": 2, "similar_image": 0, "same_text": 1}
+    out = tmp_path / "r.html"
+    n = write_html_report(res.pairs, out, texts={i: f"text {i}" for i in ids}, labels=labels, image_paths=paths,
+                          max_pairs=2, summary=res.summary)
+    assert n == 2 + 1 + 1
+    page = _Sections()
+    page.feed(out.read_text())
+    assert page.sections == {"same_image": ["s0", "s1", "s0", "s2"], "similar_image": ["s3", "s4"],
+                             "same_text": ["s6", "s7"]}
+    want = summary_lines(res.summary, shown={"same_image": 2, "similar_image": 1, "same_text": 1})
+    assert page.lines + page.hints == [w for w in want if not w.startswith("hint:")] + [
+        w for w in want if w.startswith("hint:")]
+    assert page.lines[0] == "same image file, different text: 3 pairs, 2 with a label flip (showing the first 2)"
 
 
 def test_report_errors(tmp_path, memes):

@@ -16,7 +16,7 @@ from cli_helpers import build_world, cosine_neighbours_f64, invoke, one_line_err
 from PIL import Image
 
 from cli.featstore_cli import main as featstore
-from featstore.search import find_confounders
+from featstore.search.confounders import KINDS, search_confounders, summary_lines
 from featstore.search.inspect import nearest, version_index
 from featstore.store import Recipe, open_store
 
@@ -115,35 +115,47 @@ def test_neighbors_bad_input_is_one_line(world, args, needle):
 
 
 # -- confounders ------------------------------------------------------------------------------------------------------
-def reference_pairs(world):
-    """find_confounders called directly on the pooled vectors the store holds, one row per sample."""
+def reference_pairs(world, text_array="cls"):
+    """search_confounders called directly on the pooled vectors the store holds, one row per sample."""
     st, ds = open_store(world["store"]), world["ds"]
     img = st.open("grid").select([s.image_key for s in ds.samples], ["pooled"])["pooled"]
-    txt = st.open("bert").select([s.id for s in ds.samples], ["cls"])["cls"]
-    return find_confounders([s.id for s in ds.samples], [s.image_key for s in ds.samples], img, txt,
-                            [s.labels["label"] for s in ds.samples], **THRESHOLDS)
+    txt = st.open("bert").select([s.id for s in ds.samples], [text_array])[text_array]
+    return search_confounders([s.id for s in ds.samples], [s.image_key for s in ds.samples], img, txt,
+                              [s.labels["label"] for s in ds.samples], text_vector=text_array, **THRESHOLDS)
 
 
-class _PairDivs(HTMLParser):
+class _Page(HTMLParser):
+    """The kinds of the pair blocks (in page order) and the summary lines above the sections."""
+
     def __init__(self):
         super().__init__()
-        self.kinds = []
+        self.kinds, self.lines, self._top, self._line = [], [], True, False
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         if tag == "div" and a.get("class") == "pair":
             self.kinds.append(a.get("data-kind"))
+        self._top = self._top and tag != "section"
+        self._line = self._top and tag == "div" and a.get("class") in ("meta", "hint")
+
+    def handle_data(self, data):
+        if self._line:
+            self.lines.append(data)
+        self._line = False
 
 
 def test_confounders_csv_equals_the_library_and_the_html_shows_the_pairs(world, tmp_path):
     out = invoke(featstore, ["confounders", "--image", "grid", "--text", "bert", "--dataset", world["data"],
                              "--store", world["store"], "--out", tmp_path / "rep", "--max-pairs", 5, *CLI_THRESHOLDS])
-    ref = reference_pairs(world)
-    kinds = {k: sum(p.kind == k for p in ref) for k in ("same_image", "same_text")}
-    assert kinds["same_image"] > 0 and kinds["same_text"] > 0
-    flips = sum(p.label_flip for p in ref)
-    assert out.splitlines()[0] == (f"{len(ref)} confounder pairs ({kinds['same_image']} same image, "
-                                   f"{kinds['same_text']} same text), {flips} with a label flip")
+    found = reference_pairs(world)
+    ref, summary = found.pairs, found.summary
+    assert summary.found["same_image"] > 0 and summary.found["same_text"] > 0
+    # the CLI prints the library's summary: counts and label flips per kind, definition, thresholds, hints
+    lines = out.splitlines()
+    assert lines[0] == f"{len(ref)} confounder pairs"
+    assert lines[1:-1] == summary_lines(summary)
+    assert lines[1].startswith(f"same image file, different text: {summary.found['same_image']} pairs, "
+                               f"{sum(p.label_flip for p in ref if p.kind == 'same_image')} with a label flip")
     with open(tmp_path / "rep" / "confounders.csv", newline="") as f:
         got = list(csv.DictReader(f))
     texts = {s.id: s.text for s in world["ds"].samples}
@@ -158,9 +170,26 @@ def test_confounders_csv_equals_the_library_and_the_html_shows_the_pairs(world, 
         assert row["pred_a"] == row["wrong_a"] == ""  # no predictions given
     # every same-text pair of this set is a caption shown with its own and a foreign image: a label flip
     assert all(r["label_flip"] == "True" for r in got if r["kind"] == "same_text")
-    page = _PairDivs()
+    page = _Page()
     page.feed((tmp_path / "rep" / "confounders.html").read_text())
-    assert page.kinds == [p.kind for p in ref[:5]]
+    # a section per kind, each with its own cap of 5; the page's lines are the CLI's, with "showing the first 5"
+    assert page.kinds == [k for k in KINDS for _ in range(min(5, summary.found[k]))]
+    shown = {k: min(5, summary.found[k]) for k in KINDS}
+    assert page.lines == summary_lines(summary, shown)
+
+
+def test_confounders_text_pool_mean_compares_mean_vectors(world, tmp_path):
+    args = ["confounders", "--image", "grid", "--text", "bert", "--dataset", world["data"], "--store",
+            world["store"], "--out", tmp_path / "rep", *CLI_THRESHOLDS]
+    out = invoke(featstore, args + ["--text-pool", "mean"])
+    found = reference_pairs(world, "mean")
+    assert out.splitlines()[1:-1] == summary_lines(found.summary) and "(mean vectors)" in out
+    with open(tmp_path / "rep" / "confounders.csv", newline="") as f:
+        got = list(csv.DictReader(f))
+    assert [(r["kind"], r["id_a"], r["id_b"]) for r in got] == [(p.kind, p.id_a, p.id_b) for p in found.pairs]
+    np.testing.assert_allclose([float(r["text_sim"]) for r in got], [p.text_sim for p in found.pairs], atol=1e-6)
+    cls = reference_pairs(world, "cls").pairs
+    assert [p.text_sim for p in cls] != [p.text_sim for p in found.pairs]  # a different text vector was compared
 
 
 def test_confounders_overlay_marks_the_sides_a_model_gets_wrong(world, tmp_path):
@@ -177,7 +206,7 @@ def test_confounders_overlay_marks_the_sides_a_model_gets_wrong(world, tmp_path)
     truth = {s.id: s.labels["label"] for s in ds.samples}
     with open(tmp_path / "rep" / "confounders.csv", newline="") as f:
         got = list(csv.DictReader(f))
-    assert len(got) == len(reference_pairs(world))
+    assert len(got) == len(reference_pairs(world).pairs)
     wrong_pairs = 0
     for row in got:
         for side in "ab":
@@ -204,6 +233,14 @@ def test_confounders_bad_input_is_one_line(world, tmp_path):
         np.float32)}, key_kind="sample_id", modality="text")
     line = one_line_error(featstore, base[:3] + ["--text", "text-part"] + base[5:])
     assert "do not cover the dataset" in line and "38 missing" in line
+    assert not (tmp_path / "rep" / "confounders.csv").exists()
+    # --text-pool mean on a text set that stores only cls vectors
+    all_ids = [s.id for s in world["ds"].samples]
+    st.write("text-cls", Recipe("t"), all_ids, {"cls": np.random.default_rng(2).standard_normal(
+        (len(all_ids), 8)).astype(np.float32)}, key_kind="sample_id", modality="text")
+    line = one_line_error(featstore, base[:3] + ["--text", "text-cls"] + base[5:] + ["--text-pool", "mean"])
+    assert line.endswith(f"{st.open('text-cls').ref} has no array 'mean' (it has cls); pass --text-pool with one "
+                         "of cls")
     assert not (tmp_path / "rep" / "confounders.csv").exists()
 
 

@@ -30,7 +30,7 @@ def planted(n=300, d=64, seed=0):
     img[41], txt[41] = _noisy(img[40], rng, 0.02), _noisy(txt[40], rng, 0.02)  # duplicate: not a confounder
     img[51] = img[50] + 0.35 * np.linalg.norm(img[50]) / np.sqrt(d) * rng.standard_normal(d)  # sim ~0.94
     ids = [f"id{i}" for i in range(n)]
-    expected = {("id10", "id200"): "same_image", ("id20", "id21"): "same_image", ("id30", "id150"): "same_text"}
+    expected = {("id10", "id200"): "similar_image", ("id20", "id21"): "same_image", ("id30", "id150"): "same_text"}
     return ids, keys, img, txt, labels, expected
 
 
@@ -40,23 +40,17 @@ def brute_force(ids, keys, img, txt, it=0.95, tt=0.95, tdiff=0.9, idiff=0.9):
         x = np.asarray(x, np.float64)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    out = {}
     xi, xt = unit(img), unit(txt)
-    for start in range(0, len(ids), 1000):
-        si = xi[start:start + 1000] @ xi.T
-        st = xt[start:start + 1000] @ xt.T
-        for r, j in zip(*np.nonzero((si >= it) | (st >= tt))):
-            i = start + r
-            if i >= j:
-                continue
-            if (si[r, j] >= it or keys[i] == keys[j]) and st[r, j] < tdiff:
-                out[(ids[i], ids[j])] = "same_image"
-            elif st[r, j] >= tt and si[r, j] < idiff and keys[i] != keys[j]:
-                out[(ids[i], ids[j])] = "same_text"
-    for i in range(len(ids)):  # shared image keys whatever the vectors say
-        for j in range(i + 1, len(ids)):
-            if keys[i] == keys[j] and float(xt[i] @ xt[j]) < tdiff:
-                out[(ids[i], ids[j])] = "same_image"
+    si, st = xi @ xi.T, xt @ xt.T
+    k = np.asarray(keys)
+    same_file = k[:, None] == k[None, :]
+    upper = np.triu(np.ones_like(same_file), k=1)
+    rules = {"same_image": same_file & (st < tdiff), "similar_image": ~same_file & (si >= it) & (st < tdiff),
+             "same_text": ~same_file & (st >= tt) & (si < idiff)}
+    out = {}
+    for kind, m in rules.items():
+        for i, j in np.argwhere(upper & m):
+            out[(ids[i], ids[j])] = kind
     return out
 
 
@@ -69,9 +63,9 @@ def test_planted_pairs_found_ranked_and_nothing_else():
     assert by[("id10", "id200")].label_flip is True
     assert by[("id20", "id21")].label_flip is False and by[("id20", "id21")].same_image_key
     assert by[("id30", "id150")].label_flip is True
-    # the same-file pair scores 1.0 and ranks first; scores are sorted descending
+    # grouped by kind (same file, similar-looking, same text); the same-file pair scores 1.0
+    assert [p.kind for p in pairs] == ["same_image", "similar_image", "same_text"]
     assert (pairs[0].id_a, pairs[0].id_b) == ("id20", "id21") and pairs[0].score == 1.0
-    assert [p.score for p in pairs] == sorted((p.score for p in pairs), reverse=True)
     # similarities are the float64 cosines of the rows
     p = by[("id10", "id200")]
     ref = img[10].astype(np.float64) @ img[200] / np.linalg.norm(img[10]) / np.linalg.norm(img[200])
@@ -138,7 +132,7 @@ def test_to_csv_and_predictions_overlay(tmp_path):
         rows = {(r["id_a"], r["id_b"]): r for r in csv.DictReader(fh)}
     assert set(rows) == {(p.id_a, p.id_b) for p in pairs}
     a = rows[("id10", "id200")]
-    assert (a["kind"], a["label_a"], a["label_b"], a["label_flip"]) == ("same_image", "0", "1", "True")
+    assert (a["kind"], a["label_a"], a["label_b"], a["label_flip"]) == ("similar_image", "0", "1", "True")
     assert (a["pred_a"], a["pred_b"], a["wrong_a"], a["wrong_b"]) == ("1", "1", "True", "False")
     assert a["text_a"] == 'text of id10, with "quotes"'
     assert float(a["image_sim"]) == pytest.approx(pairs[[(p.id_a, p.id_b) for p in pairs].index(("id10", "id200"))].image_sim, abs=1e-6)
@@ -215,3 +209,74 @@ def test_chunked_and_widened_knn_equals_bruteforce():
     ref = {tuple(p) for p in np.argwhere(np.triu(x @ x.T >= 0.95, k=1)).tolist()}
     # 16 copies of one image (120 pairs) + the planted 10/200, 20/21 and 40/41 image pairs
     assert {tuple(p) for p in got.tolist()} == ref and len(ref) == 16 * 15 // 2 + 3
+
+
+# -- summary: counts per kind, left-out near-duplicates, thresholds and hints ---------------------------------------
+def summary_case(seed=0, n=200, d=64):
+    """Random samples with planted pairs of known counts:
+
+    * same image file: 3 pairs with different texts (2 label flips) + 4 whose texts are near-identical (left out);
+    * similar-looking image (another file): 1 pair with different texts (no flip);
+    * same text: none (no two texts are alike; different image files with similar texts are absent)."""
+    rng = np.random.default_rng(seed)
+    img = rng.standard_normal((n, d)).astype(np.float32)
+    txt = rng.standard_normal((n, d)).astype(np.float32)
+    keys = [f"k{i}" for i in range(n)]
+    labels = [0] * n
+    for a, b, la, lb in ((0, 1, 0, 1), (2, 3, 1, 0), (4, 5, 1, 1)):  # same file, different text
+        keys[b], img[b] = keys[a], img[a]
+        labels[a], labels[b] = la, lb
+    for a, b in ((6, 7), (8, 9), (10, 11), (12, 13)):  # same file, near-identical text: duplicates
+        keys[b], img[b], txt[b] = keys[a], img[a], _noisy(txt[a], rng, 0.05)
+    img[15] = _noisy(img[14], rng, 0.05)  # a look-alike scan of another file, different text
+    return [f"s{i}" for i in range(n)], keys, img, txt, labels
+
+
+def test_summary_counts_per_kind_and_hints_on_a_planted_case():
+    from featstore.search.confounders import search_confounders, summary_lines
+
+    ids, keys, img, txt, labels = summary_case()
+    res = search_confounders(ids, keys, img, txt, labels, text_vector="cls")
+    got = {(p.id_a, p.id_b): p.kind for p in res.pairs}
+    assert got == {("s0", "s1"): "same_image", ("s2", "s3"): "same_image", ("s4", "s5"): "same_image",
+                   ("s14", "s15"): "similar_image"} == brute_force(ids, keys, img, txt)
+    s = res.summary
+    assert s.n_samples == 200
+    assert s.found == {"same_image": 3, "similar_image": 1, "same_text": 0}
+    assert s.flips == {"same_image": 2, "similar_image": 0, "same_text": 0}
+    assert s.left_out == {"same_image": 4, "similar_image": 0, "same_text": 0}
+    assert summary_lines(s, shown={"same_image": 2, "similar_image": 1, "same_text": 0}) == [
+        "same image file, different text: 3 pairs, 2 with a label flip (showing the first 2)",
+        "similar-looking image (another file), different text: 1 pair, 0 with a label flip",
+        "same text, different image: 0 pairs, 0 with a label flip",
+        "label flip = the two samples of a pair have different labels; counted over every pair found of that kind, "
+        "not only the pairs shown",
+        "thresholds: same image = same image key; similar image = image cosine >= 0.95; same text = text cosine "
+        ">= 0.95 (cls vectors); the other side must differ: text cosine < 0.9, image cosine < 0.9",
+        "hint: same image file, different text: 4 more pairs were left out as near-duplicates (text cosine >= 0.9); "
+        "raise --text-differ-below (e.g. 0.99) or pass --text-pool mean (texts that differ by a word keep close "
+        "CLS vectors)",
+        "hint: same text, different image: none found; no two texts reach text cosine >= 0.95; lower "
+        "--text-threshold (e.g. 0.9) to look further",
+    ]
+    # raising the text "differs" bound brings the near-identical texts back as same-image pairs
+    loose = search_confounders(ids, keys, img, txt, labels, text_diff_max=0.9999).summary
+    assert loose.found["same_image"] == 7 and loose.left_out["same_image"] == 0
+
+
+def test_summary_saturated_and_unlabelled():
+    from featstore.search.confounders import search_confounders, summary_hints, summary_lines
+
+    rng = np.random.default_rng(1)
+    n = 20
+    img = rng.standard_normal((n, 32)).astype(np.float32)
+    txt = _noisy(np.tile(rng.standard_normal((1, 32)).astype(np.float32), (n, 1)), rng, 0.01)  # texts all alike
+    res = search_confounders([str(i) for i in range(n)], [str(i) for i in range(n)], img, txt)
+    s = res.summary
+    assert s.found == {"same_image": 0, "similar_image": 0, "same_text": n * (n - 1) // 2}
+    assert s.flips == {"same_image": None, "similar_image": None, "same_text": None}
+    assert summary_lines(s)[2] == "same text, different image: 190 pairs"
+    assert ("hint: same text, different image: 190 pairs for 20 samples (more than one per sample): text cosine "
+            ">= 0.95 does not single out copies; raise --text-threshold or pass --text-pool mean (CLS vectors of "
+            "short texts are all alike)") in summary_hints(s)
+    assert "hint: same image file, different text: none found; no two samples share an image key" in summary_hints(s)

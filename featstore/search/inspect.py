@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import FeatstoreError
-from .confounders import find_confounders, load_predictions, overlay_predictions, to_csv
+from .confounders import ConfounderSearch, load_predictions, overlay_predictions, search_confounders, to_csv
 from .embedmap import plot_embedding_map
 from .index import cached_index
 from .neighbors import neighbors
@@ -19,13 +19,16 @@ from .report import write_html_report
 POOLED_NAMES = ("pooled", "cls", "mean")
 
 
-def pooled_array(fsv, array: Optional[str] = None) -> str:
-    """The name of the version's pooled vector array (``array`` if given)."""
+def pooled_array(fsv, array: Optional[str] = None, flag: str = "--array") -> str:
+    """The name of the version's pooled vector array (``array`` if given; ``flag`` names the option in errors)."""
     if array:
+        if array not in fsv.array_names:
+            raise FeatstoreError(f"{fsv.ref} has no array {array!r} (it has {', '.join(fsv.array_names)}); pass {flag} "
+                                 f"with one of {', '.join(_pooled(fsv)) or '(none)'}")
         spec = fsv.spec(array)
         if spec.per_item or len(spec.shape) != 1:
             raise FeatstoreError(f"array {array!r} of {fsv.ref} is not a pooled vector ([N, D]) but {list(spec.shape)} "
-                                 f"per row; pass --array with one of {', '.join(_pooled(fsv)) or '(none)'}")
+                                 f"per row; pass {flag} with one of {', '.join(_pooled(fsv)) or '(none)'}")
         return array
     names = _pooled(fsv)
     if not names:
@@ -76,40 +79,44 @@ def nearest(fsv, query: str, k: int = 10, *, array: Optional[str] = None, datase
     return out
 
 
-def per_sample_vectors(fsv, samples: Sequence, array: Optional[str] = None) -> np.ndarray:
+def per_sample_vectors(fsv, samples: Sequence, array: Optional[str] = None, flag: str = "--array") -> np.ndarray:
     """Rows of a pooled array for each sample (by image key or sample id, as the set is keyed)."""
-    name = pooled_array(fsv, array)
+    name = pooled_array(fsv, array, flag)
     keys = [s.image_key if fsv.key_kind == "image_key" else s.id for s in samples]
     return np.asarray(fsv.select(keys, [name])[name], dtype=np.float32)
 
 
 def confounder_report(store, dataset, image_ref: str, text_ref: str, out_dir, *, predictions: Optional[str] = None,
                       image_array: Optional[str] = None, text_array: Optional[str] = None, max_pairs: int = 500,
-                      **thresholds) -> Tuple[list, Dict[str, str]]:
-    """Find confounder pairs among the dataset's samples; write ``confounders.csv`` and ``confounders.html``."""
+                      **thresholds) -> Tuple[ConfounderSearch, Dict[str, str]]:
+    """Find confounder pairs among the dataset's samples; write ``confounders.csv`` (every pair) and
+    ``confounders.html`` (a section per kind, ``max_pairs`` each). ``text_array`` picks the text set's pooled
+    vector (``cls`` or ``mean``; default the first of pooled/cls/mean). Returns the search (pairs + summary)
+    and the two paths."""
     from ..store import preflight
 
     img, txt = store.open(image_ref), store.open(text_ref)
     samples = list(dataset.samples)
     preflight(samples, img, txt).raise_if_missing()
     image_vecs = per_sample_vectors(img, samples, image_array)
-    text_vecs = per_sample_vectors(txt, samples, text_array)
+    text_name = pooled_array(txt, text_array, "--text-pool")
+    text_vecs = per_sample_vectors(txt, samples, text_name)
     labels = [_labels_of(s) for s in samples]
     has_labels = any(l is not None for l in labels)
-    pairs = find_confounders([s.id for s in samples], [s.image_key for s in samples], image_vecs, text_vecs,
-                             labels if has_labels else None, **thresholds)
+    found = search_confounders([s.id for s in samples], [s.image_key for s in samples], image_vecs, text_vecs,
+                               labels if has_labels else None, text_vector=text_name, **thresholds)
     preds = load_predictions(predictions) if predictions else None
     if preds is not None:
-        pairs = overlay_predictions(pairs, preds)
+        found = ConfounderSearch(overlay_predictions(found.pairs, preds), found.summary)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     texts = {s.id: s.text for s in samples}
-    to_csv(pairs, out / "confounders.csv", texts=texts, predictions=preds)
+    to_csv(found.pairs, out / "confounders.csv", texts=texts, predictions=preds)
     paths = {s.id: s.image_path for s in samples}
-    write_html_report(pairs, out / "confounders.html", texts=texts,
+    write_html_report(found.pairs, out / "confounders.html", texts=texts,
                       labels={s.id: l for s, l in zip(samples, labels)} if has_labels else None, image_paths=paths,
-                      predictions=preds, max_pairs=max_pairs)
-    return pairs, {"csv": str(out / "confounders.csv"), "html": str(out / "confounders.html")}
+                      predictions=preds, max_pairs=max_pairs, summary=found.summary)
+    return found, {"csv": str(out / "confounders.csv"), "html": str(out / "confounders.html")}
 
 
 def embedding_map(fsv, out_png, *, dataset=None, method: str = "tsne", array: Optional[str] = None, seed: int = 0):

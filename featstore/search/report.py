@@ -1,4 +1,4 @@
-"""One self-contained HTML page showing confounder pairs side by side.
+"""One self-contained HTML page showing confounder pairs side by side, one section per pair kind.
 
 Thumbnails are embedded as base64 JPEG ``data:`` URIs (PIL, resized to fit ``thumb_px``), all text is
 escaped with ``html.escape``, and the page loads no external resource (no scripts, fonts or links).
@@ -15,12 +15,15 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import FeatstoreError
-from .confounders import ConfounderPair, overlay_predictions
+from .confounders import (KIND_TITLES, KINDS, ConfounderPair, ConfounderSummary, count_lines, kind_counts,
+                          overlay_predictions, summary_lines)
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:16px;background:#f6f7f9;color:#222}
 h1{font-size:20px;margin:0 0 4px}
-.meta{color:#555;font-size:13px;margin-bottom:12px}
+.meta{color:#555;font-size:13px;margin-bottom:6px}
+.hint{color:#8a4b00;background:#fff4e0;border-left:3px solid #ef6c00;font-size:13px;padding:2px 6px;margin:4px 0}
+h2{font-size:17px;margin:22px 0 2px}.empty{color:#777;font-size:13px}
 .pair{display:flex;gap:12px;align-items:stretch;background:#fff;border:1px solid #ddd;border-radius:6px;
 padding:10px;margin:10px 0}
 .head{width:150px;font-size:12px;color:#444}
@@ -70,16 +73,7 @@ def _side(pid: str, text: str, label: Any, uri: str, wrong: Optional[bool], pred
     )
 
 
-def write_html_report(pairs: Sequence[ConfounderPair], out_html, *, texts: Mapping[str, str],
-                      labels: Optional[Mapping[str, Any]], image_paths: Mapping[str, str],
-                      predictions: Optional[Mapping[str, Any]] = None, thumb_px: int = 160,
-                      max_pairs: int = 500, title: str = "Confounder pairs") -> int:
-    """Write the first ``max_pairs`` of ``pairs`` to ``out_html``; returns how many were written.
-
-    ``texts``/``image_paths`` map every sample id of those pairs to its text and image file;
-    ``labels`` (id -> true label, or None to use the labels stored in the pairs) drives the label-flip
-    badge; ``predictions`` (as for ``overlay_predictions``) adds model right/wrong badges.
-    """
+def _check_args(thumb_px, max_pairs, out_html) -> str:
     if isinstance(thumb_px, bool) or not isinstance(thumb_px, int) or not 16 <= thumb_px <= 1024:
         raise FeatstoreError(f"thumb_px must be an integer between 16 and 1024, got {thumb_px!r}")
     if isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1:
@@ -88,22 +82,72 @@ def write_html_report(pairs: Sequence[ConfounderPair], out_html, *, texts: Mappi
     parent = os.path.dirname(os.path.abspath(out_html))
     if not os.path.isdir(parent):
         raise FeatstoreError(f"cannot write {out_html!r}: folder {parent!r} does not exist; create it first")
-    shown = list(pairs)[:max_pairs]
-    ids = [i for p in shown for i in (p.id_a, p.id_b)]
-    for what, mapping in (("texts", texts), ("image_paths", image_paths)) + (
-            (("labels", labels),) if labels is not None else ()):
-        missing = sorted({i for i in ids if i not in mapping})
-        if missing:
-            raise FeatstoreError(
-                f"{what} has no entry for {len(missing)} sample id(s) of the pairs (first: "
-                f"{', '.join(map(repr, missing[:5]))}); pass a mapping covering every sample"
-            )
-    if labels is not None:
-        shown = [replace(p, label_a=labels[p.id_a], label_b=labels[p.id_b],
-                         label_flip=bool(labels[p.id_a] != labels[p.id_b])) for p in shown]
-    if predictions is not None:
-        shown = overlay_predictions(shown, predictions)
+    return out_html
 
+
+def _check_covered(what: str, mapping: Mapping[str, Any], pairs: Sequence[ConfounderPair]) -> None:
+    missing = sorted({i for p in pairs for i in (p.id_a, p.id_b) if i not in mapping})
+    if missing:
+        raise FeatstoreError(f"{what} has no entry for {len(missing)} sample id(s) of the pairs (first: "
+                             f"{', '.join(map(repr, missing[:5]))}); pass a mapping covering every sample")
+
+
+def _pair_block(rank: int, p: ConfounderPair, texts: Mapping[str, str], uri) -> str:
+    badges = [_badge("kind", p.kind.replace("_", " "))]
+    if p.label_flip:
+        badges.append(_badge("flip", "label flip"))
+    elif p.label_flip is False:
+        badges.append(_badge("same", "same label"))
+    if p.same_image_key:
+        badges.append(_badge("same", "same image file"))
+    return (
+        f'<div class="pair" data-kind="{p.kind}">'
+        f'<div class="head"><div class="rank">#{rank}</div>'
+        f"image sim {p.image_sim:.3f}<br>text sim {p.text_sim:.3f}<br>score {p.score:.3f}<br>"
+        f'{"".join(badges)}</div>'
+        + _side(p.id_a, str(texts[p.id_a]), p.label_a, uri(p.id_a), p.wrong_a, p.pred_a)
+        + _side(p.id_b, str(texts[p.id_b]), p.label_b, uri(p.id_b), p.wrong_b, p.pred_b)
+        + "</div>"
+    )
+
+
+def _section(kind: str, shown: Sequence[ConfounderPair], line: str, texts, uri) -> str:
+    body = "\n".join(_pair_block(r, p, texts, uri) for r, p in enumerate(shown, start=1)) or \
+        '<p class="empty">none found</p>'
+    return (f'<section data-section="{kind}"><h2>{html.escape(KIND_TITLES[kind].capitalize())}</h2>'
+            f'<div class="meta">{html.escape(line)}</div>{body}</section>')
+
+
+def write_html_report(pairs: Sequence[ConfounderPair], out_html, *, texts: Mapping[str, str],
+                      labels: Optional[Mapping[str, Any]], image_paths: Mapping[str, str],
+                      predictions: Optional[Mapping[str, Any]] = None, thumb_px: int = 160,
+                      max_pairs: int = 500, title: str = "Confounder pairs",
+                      summary: Optional[ConfounderSummary] = None) -> int:
+    """Write one section per pair kind (``KINDS``), each showing its first ``max_pairs`` pairs, to
+    ``out_html``; returns how many pairs were written.
+
+    The top of the page holds the same lines the CLI prints (``summary_lines``: pairs and label flips per
+    kind over every pair, the flip definition, thresholds and hints when ``summary`` is given).
+    ``texts``/``image_paths`` map every sample id of the shown pairs to its text and image file;
+    ``labels`` (id -> true label, covering every pair, or None to use the labels stored in the pairs)
+    drives the label-flip badges and counts; ``predictions`` (as for ``overlay_predictions``) adds model
+    right/wrong badges.
+    """
+    out_html = _check_args(thumb_px, max_pairs, out_html)
+    pairs = list(pairs)
+    if labels is not None:
+        _check_covered("labels", labels, pairs)
+        pairs = [replace(p, label_a=labels[p.id_a], label_b=labels[p.id_b],
+                         label_flip=bool(labels[p.id_a] != labels[p.id_b])) for p in pairs]
+    shown = {k: [p for p in pairs if p.kind == k][:max_pairs] for k in KINDS}
+    for what, mapping in (("texts", texts), ("image_paths", image_paths)):
+        _check_covered(what, mapping, [p for k in KINDS for p in shown[k]])
+    if predictions is not None:
+        shown = {k: overlay_predictions(v, predictions) for k, v in shown.items()}
+    found, flips = kind_counts(pairs)
+    n_shown = {k: len(v) for k, v in shown.items()}
+    lines = (summary_lines(replace(summary, found=found, flips=flips), n_shown) if summary is not None
+             else count_lines(found, flips, n_shown))
     thumbs: Dict[str, str] = {}
 
     def uri(pid: str) -> str:
@@ -112,34 +156,16 @@ def write_html_report(pairs: Sequence[ConfounderPair], out_html, *, texts: Mappi
             thumbs[path] = thumbnail_data_uri(path, thumb_px)
         return thumbs[path]
 
-    n_flip = sum(1 for p in shown if p.label_flip)
-    blocks = []
-    for rank, p in enumerate(shown, start=1):
-        badges = [_badge("kind", p.kind.replace("_", " "))]
-        if p.label_flip:
-            badges.append(_badge("flip", "label flip"))
-        elif p.label_flip is False:
-            badges.append(_badge("same", "same label"))
-        if p.same_image_key:
-            badges.append(_badge("same", "same image file"))
-        blocks.append(
-            f'<div class="pair" data-kind="{p.kind}">'
-            f'<div class="head"><div class="rank">#{rank}</div>'
-            f"image sim {p.image_sim:.3f}<br>text sim {p.text_sim:.3f}<br>score {p.score:.3f}<br>"
-            f'{"".join(badges)}</div>'
-            + _side(p.id_a, str(texts[p.id_a]), p.label_a, uri(p.id_a), p.wrong_a, p.pred_a)
-            + _side(p.id_b, str(texts[p.id_b]), p.label_b, uri(p.id_b), p.wrong_b, p.pred_b)
-            + "</div>"
-        )
-    more = f" (showing the first {len(shown)} of {len(pairs)})" if len(pairs) > len(shown) else ""
+    sections = [_section(k, shown[k], lines[i], texts, uri) for i, k in enumerate(KINDS)]
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
-        f'<div class="meta">{len(pairs)} pairs{more}; {n_flip} with a label flip</div>'
-        + "\n".join(blocks)
+        + "".join(f'<div class="{"hint" if ln.startswith("hint:") else "meta"}">{html.escape(ln)}</div>'
+                  for ln in lines)
+        + "\n".join(sections)
         + "</body></html>\n"
     )
     with open(out_html, "w", encoding="utf-8") as fh:
         fh.write(page)
-    return len(shown)
+    return sum(n_shown.values())
