@@ -173,11 +173,17 @@ def _fmt_metrics(metrics: dict) -> str:
 @click.option("--bucket", type=int, default=0, show_default=True,
               help="Sort train batches by length within windows of this many batches (0: off).")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (refused otherwise).")
+@click.option("--rgcl", "rgcl_on", is_flag=True,
+              help="Add RGCL's retrieval-guided contrastive term (pseudo-gold positives, hard negatives; heads.rgcl).")
+@click.option("--rgcl-set", "rgcl_settings", multiple=True, metavar="KEY=VALUE",
+              help="RGCL option, repeatable (implies --rgcl): k_pos, k_neg, margin, ce_weight, refresh, knn_k, ...")
+@click.option("--predict", type=click.Choice(["classifier", "knn"]), default="classifier", show_default=True,
+              help="Report the classifier's predictions, or a vote of the nearest train samples (knn).")
 def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions, max_tokens,
           text_array, text_pool, val_fraction, device, head_name, settings, out_dir, seeds, epochs, batch_size, lr,
           weight_decay, warmup_ratio, schedule, grad_clip, patience, monitor, loss, focal_alpha, focal_gamma,
           label_smoothing, class_weights, amp, pretrain_epochs, label_fraction, vilbert_checkpoint, trust_checkpoint,
-          save_fused, quiet, overwrite, threads, trim, bucket, preset):
+          save_fused, quiet, overwrite, threads, trim, bucket, preset, rgcl_on, rgcl_settings, predict):
     """Train a head on cached features and write a run folder (config, history, checkpoint, predictions, metrics)."""
     from heads.session import train_heads
     from heads.threads import parse_threads
@@ -188,8 +194,11 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     from heads.train import TrainConfig
 
     ctx = click.get_current_context()
-    params = {**ctx.params, "threads": threads}
+    rgcl = parse_settings(rgcl_settings, "--rgcl-set") if rgcl_on or rgcl_settings else None
+    params = {**ctx.params, "threads": threads, "rgcl": rgcl}
     explicit = {k for k in params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+    if rgcl is None:  # not a click parameter: explicit only when --rgcl / --rgcl-set was given
+        explicit.discard("rgcl")
     opts = run_options(preset, head_name, params, explicit, parse_settings(settings))
     if opts["preset"] is not None:
         click.echo(opts["preset"].summary_line())
@@ -281,7 +290,7 @@ def compare(run_dirs, splits, metrics, against):
                    "a head option, or HEAD.option for one head. One value fixes a setting.")
 @click.option("--grid-file", default=None, help="JSON/YAML mapping KEY: [values] (added to --grid).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Head option for every head, repeatable.")
-@click.option("--preset", default=None, help="Start every row from a preset's train settings (see `heads presets`).")
+@click.option("--preset", default=None, help="Start every row from a preset (its train settings; its head options for its head).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; one run per seed per row.")
 @click.option("--out", "out_dir", required=True, help="Sweep folder (rerun the same command to resume).")
 @click.option("--top", type=int, default=5, show_default=True, help="Rows printed and drawn as ROC curves.")
@@ -293,18 +302,15 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     --image A,B,C and --text T give the feature sets (every pair; "-" leaves a modality out). Finished runs
     are skipped, so a killed sweep continues when rerun; a failing combination fails its row only.
     One process per device: runs go one after another on a CPU or one GPU; several GPUs get a worker each."""
-    from heads.sweep import SweepSpec, feature_pairs, load_grid_file, parse_grid, run_sweep, sweep_devices
+    from heads.sweep import (SweepSpec, feature_pairs, load_grid_file, parse_grid, preset_base, run_sweep,
+                             sweep_devices)
 
     grid_values = {**(load_grid_file(grid_file) if grid_file else {}), **parse_grid(grid)}
-    train_base: dict = {}
-    if preset:
-        from heads.presets import load_preset
-
-        train_base = load_preset(preset).train
     heads_list = [h.strip() for h in head_names.split(",") if h.strip()]
+    train_base, head_fixed = preset_base(preset, heads_list, parse_settings(settings))
     spec = SweepSpec(store=str(store_url), dataset=str(dataset_path), features=feature_pairs(image_ref, text_ref),
                      heads=heads_list, grid=grid_values, seeds=[int(s) for s in seeds.split(",") if s.strip()],
-                     train=train_base, head_cfg={h: parse_settings(settings) for h in heads_list},
+                     train=train_base, head_cfg=head_fixed,
                      data={"format": dataset_format, "task": task, "task_weights": _weights(task_weights),
                            "max_regions": max_regions, "max_tokens": max_tokens, "text_array": text_array,
                            "text_pool": text_pool, "val_fraction": val_fraction})

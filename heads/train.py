@@ -4,15 +4,17 @@ early stopping on a validation metric, best state restored.
 Determinism: ``seed`` seeds python/numpy/torch and a dedicated ``torch.Generator`` draws the batch order,
 so the same seed on the same device gives identical numbers.
 Loss per step: sum_t weight_t * loss_t (``heads.losses``) plus every term of the head's
-``extra_losses(outputs, batch, targets)`` when it has one (each logged in the history).
+``extra_losses(outputs, batch, targets)`` when it has one (each logged in the history). With ``rgcl`` options
+the step's loss is ``(1 - ce_weight) * L_rgcl + ce_weight * that`` (``heads.rgcl``, logged as ``loss_rgcl``);
+``predict="knn"`` reports (and early-stops on) a vote of the nearest train rows instead of the classifier.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Union
@@ -63,6 +65,8 @@ class TrainConfig:
     trim: bool = True  # cut each batch to its longest real token / region run (heads.batching); same outputs
     bucket: int = 0  # sort the shuffled train order by length within windows of this many batches (0 = off)
     threads: Union[str, int] = "auto"  # CPU intra-op threads: "auto" (measured, heads.threads) or a count
+    rgcl: Optional[Dict[str, Any]] = None  # RGCL objective options (heads.rgcl.RGCLConfig); None = off, {} = defaults
+    predict: str = "classifier"  # classifier | knn (vote of the nearest train rows, heads.rgcl.knn_probs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +93,12 @@ class TrainConfig:
         if self.bucket < 0:
             raise FeatstoreError(f"bucket={self.bucket} must be >= 0 (0 = no length bucketing); pass e.g. 20")
         check_threads(self.threads)
+        if self.predict not in ("classifier", "knn"):
+            raise FeatstoreError(f"predict {self.predict!r} is unknown; pass classifier or knn")
+        if self.rgcl is not None or self.predict == "knn":
+            from .rgcl import RGCLConfig
+
+            RGCLConfig.from_dict(self.rgcl)
 
     def loss_config(self) -> LossConfig:
         return LossConfig(self.loss, self.focal_alpha, self.focal_gamma, self.label_smoothing, self.class_weights)
@@ -178,6 +188,20 @@ def evaluate(model, data: TrainData, idx: torch.Tensor, losses=None, batch_size:
     return metrics, warnings, probs
 
 
+def evaluate_as(cfg: TrainConfig, model, data: TrainData, train_idx: torch.Tensor, idx: torch.Tensor, losses=None):
+    """``evaluate`` with ``cfg.predict``'s predictor: the classifier, or ``knn`` (``heads.rgcl.knn_probs``: a
+    vote of the nearest rows of ``train_idx``; "loss" stays the classifier's)."""
+    metrics, warnings, probs = evaluate(model, data, idx, losses, cfg.eval_batch_size, cfg.amp, cfg.trim)
+    if cfg.predict == "knn":
+        from .rgcl import RGCLConfig, knn_probs
+
+        probs = {data.task_spec.tasks[0].name: knn_probs(model, data, train_idx, idx, RGCLConfig.from_dict(cfg.rgcl),
+                                                         cfg.eval_batch_size, cfg.trim)}
+        knn, warnings = compute_metrics(data.task_spec, data.targets_numpy(idx), probs)
+        metrics = {**knn, **({"loss": metrics["loss"]} if "loss" in metrics else {})}
+    return metrics, warnings, probs
+
+
 def _label_subset(data: TrainData, idx: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     from sklearn.model_selection import train_test_split
 
@@ -252,8 +276,7 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
 
         model, load_report = head_from_checkpoint(cfg.head, data.input_spec(), spec, cfg.head_cfg,
                                                   cfg.init_checkpoint, trust_pickle=cfg.trust_checkpoint)
-        for line in load_report.lines():
-            logging.getLogger("heads").warning(line)
+        print("\n".join(load_report.lines()), file=sys.stderr)
     else:
         model = create_head(cfg.head, data.input_spec(), spec, **cfg.head_cfg)
     from .models.vilbert import check_text_layer
@@ -283,6 +306,11 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
     steps_per_epoch = math.ceil(train_idx.numel() / cfg.batch_size)
     scheduler = build_scheduler(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.schedule)
 
+    objective = None
+    if cfg.rgcl is not None:  # retrieval-guided contrastive term (heads.rgcl)
+        from .rgcl import RGCLConfig, RGCLObjective
+
+        objective = RGCLObjective(RGCLConfig.from_dict(cfg.rgcl), data, train_idx, cfg.eval_batch_size, cfg.trim)
     history: List[Dict[str, float]] = []
     best_value, best_epoch, best_state, stale = math.nan, 0, None, 0
     bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, desc=f"{cfg.head}", unit="epoch")
@@ -292,6 +320,8 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
         order = train_idx[torch.randperm(train_idx.numel(), generator=gen).to(device)]
         sums: Dict[str, float] = {}
         lr = optimizer.param_groups[0]["lr"]
+        if objective is not None:
+            objective.start_epoch()
         for b in bucketed_batches(order, key, cfg.batch_size, cfg.bucket, gen):
             batch, targets = data.batch(b, trim=cfg.trim), data.batch_targets(b)
             with _autocast(cfg, device):
@@ -303,6 +333,9 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
                 for k, v in extra.items():
                     loss = loss + v.float()
                     logged[f"loss_{k}"] = v
+            if objective is not None:
+                loss, extra = objective.loss(model, out, b, loss)
+                logged.update({f"loss_{k}": v for k, v in extra.items()})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -315,7 +348,7 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
                 sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v.detach()) * n
         row: Dict[str, float] = {"epoch": epoch, "lr": lr}
         row.update({k: v / train_idx.numel() for k, v in sums.items()})
-        val_metrics, _, _ = evaluate(model, data, val_idx, losses, cfg.eval_batch_size, cfg.amp, cfg.trim)
+        val_metrics, _, _ = evaluate_as(cfg, model, data, train_idx, val_idx, losses)
         row.update({f"val_{k}": v for k, v in val_metrics.items()})
         row["time_s"] = time.perf_counter() - t0
         history.append(row)
@@ -338,7 +371,7 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
     for split, idx in data.splits.items():
         if idx.numel() == 0:
             continue
-        m, w, p = evaluate(model, data, idx, None, cfg.eval_batch_size, cfg.amp, cfg.trim)
+        m, w, p = evaluate_as(cfg, model, data, train_idx, idx)
         probs[split] = p
         if m:
             metrics[split], warnings[split] = m, w
