@@ -115,3 +115,40 @@ def test_bad_ms_options(opt, msg):
     with pytest.raises(FeatstoreError) as e:
         create_head("refnet", InputSpec(img_dim=6, txt_dim=5), BIN, base="concat", **opt)
     assert str(e.value) == msg
+
+
+# -- benchmarks/label_efficiency.py: the task and its one-line errors -------------------------------------------
+def _bench():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return importlib.import_module("label_efficiency")
+
+
+def test_label_efficiency_task_needs_both_modalities():
+    le = _bench()
+    data = le.make_task(le.Sizes(n_train=400), torch.device("cpu"))
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 400, "val": 100, "test": 200}
+    y = data.targets["label"].double()
+    # each modality alone is uninformative: the correlation of the label with any feature is at noise level
+    for key in ("img_pooled", "txt_pooled"):
+        x = data.features[key].double()
+        corr = ((x - x.mean(0)) * (y - y.mean())[:, None]).mean(0) / (x.std(0) * y.std())
+        assert corr.abs().max() < 0.15  # (an informative feature would correlate at ~0.3 or more)
+    cfg = le.run_config("refnet+pre10", "concat", 0.05, 1, le.Sizes(), torch.device("cpu"), 1)
+    assert (cfg.head, cfg.pretrain_epochs, cfg.label_fraction, cfg.seed) == ("refnet", 10, 0.05, 1)
+    assert le.run_config("base", "concat", 1.0, 0, le.Sizes(), torch.device("cpu"), 1).label_fraction is None
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--fractions", "0.1,2"], "--fractions '0.1,2': 2.0 is outside (0, 1]; pass e.g. 0.05,0.1,0.2,1"),
+    (["--pretrain-epochs", "0"], "--pretrain-epochs '0' needs positive counts; pass e.g. 2,10"),
+    (["--seeds", "a"], "--seeds 'a' is not a comma-separated list of numbers; pass e.g. --seeds 0,1,2"),
+    (["--base", "vilbert"], "--base 'vilbert' is not benchmarked here; choose from concat, cross"),
+])
+def test_label_efficiency_bad_options(argv, msg):
+    with pytest.raises(FeatstoreError) as e:
+        _bench().main(["--device", "cpu"] + argv)
+    assert str(e.value) == msg

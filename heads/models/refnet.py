@@ -21,6 +21,11 @@ them the other way round (alpha for positives = 2, beta for negatives = 50), so 
 loss as pytorch-metric-learning's ``MultiSimilarityLoss(alpha=2, beta=50, base=0.5)`` with its
 ``MultiSimilarityMiner(epsilon=0.1)``; passing (50, 2) to pytorch-metric-learning would be a different loss.
 ``ms_alpha`` / ``ms_beta`` here use ReFNet's naming. ``ms_epsilon=None`` turns the pair mining off.
+
+Where this differs from MMF's transformer ``refiner`` head: there the refiner is one ``Linear(h, h)`` + ReLU +
+LayerNorm + dropout block and its targets are the mean of the fused transformer's own output tokens of each
+modality; here the refiner is ``refiner_hidden`` + a Linear and the targets are the pooled unimodal inputs
+(the paper's ``H_i(F_i)``), so it works over any base head that exposes ``fused``.
 """
 from __future__ import annotations
 
