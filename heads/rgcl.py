@@ -10,8 +10,8 @@ gradients, into a bank ``E [N, H]``: once per epoch before its first step (``ref
 ``train_feats = None`` per epoch), or every ``refresh`` steps. Bank rows are constants in the loss.
 
 Retrieval. Each training sample's embedding (train mode, detached) searches the bank for its ``depth =
-max(k_pos, k_neg) * search_multiple`` most cosine-similar rows (the reference: ``largest_retrieval *
-hard_negatives_multiple`` = 1 x 12), exactly: ``featstore.search.build_index(kind="flat")`` (faiss on the CPU)
+(k_pos, or k_neg when k_pos = 0) * search_multiple`` most cosine-similar rows (the reference's
+``largest_retrieval * hard_negatives_multiple``, 1 x 12 in the published run), exactly: ``featstore.search.build_index(kind="flat")`` (faiss on the CPU)
 or a torch ``matmul`` + ``topk`` (``backend="torch"``, on the data's device; ``"auto"`` picks torch on a GPU
 so no faiss-gpu install is needed). Walking that list best first, the first ``k_pos`` rows with the
 sample's label are its pseudo-gold positives ``P_i`` and the first ``k_neg`` with another label its hard
@@ -72,7 +72,7 @@ RGCL_SETTINGS = {
 class RGCLConfig:
     k_pos: int = 1  # pseudo-gold positives per sample (no_pseudo_gold_positives)
     k_neg: int = 1  # hard negatives per sample (no_hard_negatives)
-    search_multiple: int = 12  # neighbours searched = max(k_pos, k_neg) * this (hard_negatives_multiple)
+    search_multiple: int = 12  # neighbours searched = (k_pos or k_neg) * this (hard_negatives_multiple)
     margin: float = 0.1  # triplet margin
     ce_weight: float = 0.5  # loss = (1 - ce_weight) * L_rgcl + ce_weight * L_task
     in_batch: bool = True  # the in-batch negatives term
@@ -107,7 +107,7 @@ class RGCLConfig:
 
     @property
     def depth(self) -> int:
-        return max(self.k_pos, self.k_neg) * self.search_multiple
+        return (self.k_pos or self.k_neg) * self.search_multiple
 
 
 # --------------------------------------------------------------------------------------------- retrieval

@@ -195,7 +195,7 @@ def test_combined_loss_weights_task_and_rgcl_terms():
     obj = RGCLObjective(RGCLConfig(ce_weight=0.25), data, tr)
     out = model(data.batch(tr[:16]))
     total, logged = obj.loss(model, out, tr[:16], torch.tensor(2.0))
-    assert float(total) == pytest.approx(0.75 * float(logged["rgcl"]) + 0.25 * 2.0)
+    assert float(total.detach()) == pytest.approx(0.75 * float(logged["rgcl"].detach()) + 0.25 * 2.0)
     assert obj.bank.shape == (tr.numel(), 8)  # cross's "embed" (pre-ReLU), not "fused"
 
 
