@@ -276,12 +276,13 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
 
         model, load_report = head_from_checkpoint(cfg.head, data.input_spec(), spec, cfg.head_cfg,
                                                   cfg.init_checkpoint, trust_pickle=cfg.trust_checkpoint)
-        print("\n".join(load_report.lines()), file=sys.stderr)
     else:
         model = create_head(cfg.head, data.input_spec(), spec, **cfg.head_cfg)
     from .models.vilbert import check_text_layer
 
     check_text_layer(model, data.meta.get("features", {}).get("text"))
+    if load_report is not None:
+        print("\n".join(load_report.lines()), file=sys.stderr)
     model = model.to(device)
     losses = build_losses(spec, cfg.loss_config(), data.targets_numpy(train_idx), device)
 

@@ -1,127 +1,224 @@
 """Load Facebook/MMF ViLBERT checkpoints into a ``vilbert`` head (``heads.models.vilbert.VilbertHead``).
 
-Checkpoint keys look like ``model.bert.encoder.layer.7.attention.self.query.weight`` (MMF), or with the
-older ``bert.bert.`` / ``bert.`` prefixes (vilbert-multi-task, ``ViLBERT.format_state_key``), stored as a
-bare state dict or under ``"model"`` (``"state_dict"`` is accepted too). After the prefix:
+Checkpoint keys look like ``model.bert.encoder.layer.7.attention.self.query.weight`` and
+``model.classifier.0.dense.weight`` (MMF, ``ViLBERTForClassification`` / ``ViLBERTForPretraining``), or
+with the older ``bert.bert.`` / ``bert.`` prefixes (vilbert-multi-task, ``ViLBERT.format_state_key``),
+stored as a bare state dict or under ``"model"`` (``"state_dict"`` is accepted too). The file is read by
+``featstore.extractors.vilbert_text.read_checkpoint`` (``weights_only=True`` unless ``trust_pickle``).
+After the prefix:
 
 * ``encoder.layer.{i}.*`` with ``i >= text_start_layer`` -> the head's ``encoder.layer.{i - text_start_layer}``;
-  the lower text layers ran before the features were cached, so they are reported as ignored;
+  the lower text layers and ``embeddings.*`` ran before the text states were cached (the ``vilbert-text``
+  extractor runs them from the same file), so they are reported as ignored;
 * ``encoder.v_layer.*``, ``encoder.c_layer.*``, ``v_embeddings.*``, ``t_pooler.*``, ``v_pooler.*`` map as is;
-* word/position embeddings, ``*position_ids``, pretraining heads and classifiers are ignored.
+* ``model.classifier.0.*`` (MMF's Linear-GELU-LayerNorm) -> ``transform.*`` and ``model.classifier.1.*`` ->
+  ``outputs.layers.<task>.*`` for a head with ``classifier="mmf"`` and one task whose output count equals
+  the checkpoint's label count; otherwise the report says why it was left initialised;
+* pretraining heads (``model.cls.*``) and ``position_ids`` buffers are ignored.
 
-Files are read with ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused
-unless ``trust_pickle=True`` (the CLI's ``--trust-checkpoint``), since unpickling can run code.
+``head_from_checkpoint`` also reads the head's sizes, layer counts and co-attention ids from the tensors'
+shapes when the head config does not give them (``config_from_checkpoint``), as ``from_pretrained`` reads
+a config. Attention head counts cannot be read from shapes: they keep the head's defaults (BERT-base's
+12 / 8 / 8) unless given.
 """
 from __future__ import annotations
 
-import os
-import pickle
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
+from featstore.extractors.vilbert_text import base_key, read_checkpoint
 
-PREFIXES = ("model.bert.", "bert.bert.", "module.bert.", "bert.")
 DIRECT = ("encoder.v_layer.", "encoder.c_layer.", "v_embeddings.", "t_pooler.", "v_pooler.")
+CLASSIFIER = ("model.classifier.", "bert.classifier.", "module.classifier.", "classifier.")
+PRETRAINING = ("model.cls.", "bert.cls.", "module.cls.", "cls.")
+IMAGE_EMBEDDING = "v_embeddings.image_embeddings.weight"
+_INDEXED = re.compile(r"^encoder\.(layer|v_layer|c_layer)\.(\d+)\.")
 
 
 @dataclass
 class LoadReport:
+    path: str = ""
     used_keys: List[str] = field(default_factory=list)  # checkpoint keys copied into the head
-    ignored_keys: List[str] = field(default_factory=list)  # checkpoint keys with no home in the head
+    ignored_keys: List[str] = field(default_factory=list)  # checkpoint keys left out (see ``groups``)
     missing_keys: List[str] = field(default_factory=list)  # head keys the checkpoint did not provide
+    reinitialised_keys: List[str] = field(default_factory=list)  # checkpoint keys of another shape, not used
+    groups: Dict[str, List[str]] = field(default_factory=dict)  # "used: <group>" / "ignored: <group>" -> keys
+    notes: List[str] = field(default_factory=list)
+
+    def add(self, kind: str, group: str, key: str) -> None:
+        (self.used_keys if kind == "used" else self.ignored_keys).append(key)
+        self.groups.setdefault(f"{kind}: {group}", []).append(key)
+
+    def _counts(self, kind: str) -> str:
+        return ", ".join(f"{g.split(': ', 1)[1]} {len(k)}" for g, k in self.groups.items() if g.startswith(kind))
+
+    def lines(self) -> List[str]:
+        """Two lines: what was used and missing; what was ignored or re-initialised, and why."""
+        top = sorted({k.split(".", 1)[0] for k in self.missing_keys})
+        first = (f"checkpoint {self.path}: used {len(self.used_keys)} tensors ({self._counts('used')}); "
+                 f"missing {len(self.missing_keys)}" + (f" ({', '.join(top)}: left initialised)" if top else ""))
+        second = f"  ignored {len(self.ignored_keys)} ({self._counts('ignored') or 'none'})"
+        if self.reinitialised_keys:
+            second += f"; re-initialised {', '.join(self.reinitialised_keys)}"
+        return [first, second + "".join(f"; {n}" for n in self.notes)]
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["summary"] = self.lines()
+        return d
 
 
-def _read(path: str, trust_pickle: bool) -> dict:
-    if not os.path.isfile(path):
-        raise FeatstoreError(f"checkpoint {path!r} does not exist; pass the path of a ViLBERT .pt/.bin file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as e:
-        if trust_pickle:
-            raise FeatstoreError(f"checkpoint {path!r} cannot be unpickled ({str(e).splitlines()[0]}); "
-                                 "check the file is a torch checkpoint") from None
-        raise FeatstoreError(
-            f"checkpoint {path!r} holds objects other than tensors, which safe loading refuses; pass "
-            "--trust-checkpoint (trust_pickle=True) only if you trust the file, since unpickling can run code"
-        ) from None
-    except Exception as e:  # corrupt archive, truncated file, not a torch file
-        raise FeatstoreError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}); check it is a torch checkpoint") from None
-    return obj
-
-
-def _state_dict(obj, path: str) -> Dict[str, Tensor]:
-    if isinstance(obj, dict):
-        for k in ("model", "state_dict"):
-            if k in obj and isinstance(obj[k], dict):
-                obj = obj[k]
-                break
-    if not isinstance(obj, dict) or not any(isinstance(v, Tensor) for v in obj.values()):
-        raise FeatstoreError(f"checkpoint {path!r} holds no state dict (tensors by name, bare or under 'model'); "
-                             "pass a ViLBERT model checkpoint")
-    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-
-
-def map_key(key: str, text_start_layer: int) -> Tuple[Optional[str], str]:
-    """``(head_key or None, reason)`` for one checkpoint key."""
-    if key.endswith("position_ids"):
-        return None, "position_ids"
-    rest = None
-    for p in PREFIXES:
-        if key.startswith(p):
-            rest = key[len(p):]
-            break
+def _group(rest: Optional[str], key: str) -> str:
+    if key.endswith(("position_ids", "token_type_ids")):
+        return "buffers"
+    if key.startswith(CLASSIFIER):
+        return "classifier"
+    if key.startswith(PRETRAINING):
+        return "pretraining heads"
     if rest is None:
-        return None, "not a ViLBERT base key"
+        return "other"
+    if rest.startswith("embeddings."):
+        return "text embeddings"
     if rest.startswith("encoder.layer."):
+        return "text layers"
+    return "backbone" if rest.startswith(DIRECT) else "other"
+
+
+def map_key(key: str, text_start_layer: int, tasks: Sequence[str] = ()) -> Tuple[Optional[str], str]:
+    """``(head key or None, group)`` for one checkpoint key; groups name what the key belongs to."""
+    rest = base_key(key)
+    group = _group(rest, key)
+    if group == "classifier":
+        tail = key[len(next(p for p in CLASSIFIER if key.startswith(p))):]
+        if tail.startswith("0."):
+            return "transform." + tail[2:], group
+        if tail.startswith("1.") and len(tasks) == 1:
+            return f"outputs.layers.{tasks[0]}.{tail[2:]}", group
+        return None, group
+    if group == "text layers":
         idx, _, tail = rest[len("encoder.layer."):].partition(".")
-        if not idx.isdigit():
-            return None, "unknown"
-        i = int(idx)
-        if i < text_start_layer:
-            return None, "text layer before the cached layer"
-        return f"encoder.layer.{i - text_start_layer}.{tail}", ""
-    if rest.startswith(DIRECT):
-        return rest, ""
-    return None, "no counterpart (text embeddings or unknown)"
+        if not idx.isdigit() or int(idx) < text_start_layer:
+            return None, "lower text layers"
+        return f"encoder.layer.{int(idx) - text_start_layer}.{tail}", "upper text layers"
+    if group == "backbone":
+        return rest, group
+    return None, group
 
 
-def load_vilbert_checkpoint(head: nn.Module, path: str, *, trust_pickle: bool = False) -> LoadReport:
-    """Copy the matching weights of a Facebook/MMF ViLBERT checkpoint at ``path`` into ``head`` (in place).
+def _classifier_note(report: LoadReport, key: str, have, want) -> None:
+    report.add("ignored", "classifier", key)
+    note = (f"classifier: the checkpoint's final layer has {have[0]} labels, the head's task {want[0]} outputs; "
+            "it was left initialised")
+    if key.endswith("weight") and note not in report.notes:
+        report.notes.append(note)
 
-    Raises FeatstoreError (one line) for an unreadable/unsafe file, a checkpoint with no ViLBERT keys, a key
-    whose shape differs from the head's, or a key the head lacks (its config has fewer layers).
-    """
+
+def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
+    """Copy the matching tensors of ``sd`` into the vilbert ``head`` (in place) and report what happened."""
     if not hasattr(head, "encoder") or not hasattr(head, "v_embeddings"):
         raise FeatstoreError("load_vilbert_checkpoint needs a 'vilbert' head; build the run with --head vilbert")
-    start = head.config.text_start_layer
-    sd = _state_dict(_read(path, trust_pickle), path)
+    c = head.config
     own = head.state_dict()
-    report = LoadReport()
-    mapped: Dict[str, Tensor] = {}
+    tasks = [t.name for t in head.outputs.tasks] if c.classifier == "mmf" else []
+    report, mapped = LoadReport(path=str(path)), {}
     for key in sorted(sd):
-        target, _ = map_key(key, start)
-        if target is None:
-            report.ignored_keys.append(key)
+        target, group = map_key(key, c.text_start_layer, tasks)
+        if target is None or (group == "classifier" and target not in own):
+            report.add("ignored", group, key)
             continue
         if target not in own:
             raise FeatstoreError(
                 f"checkpoint {path!r} key {key!r} has no counterpart {target!r} in the head; build the head "
                 "with the checkpoint's layer counts (num_hidden_layers, v_num_hidden_layers, v/t_biattention_id)")
-        if tuple(sd[key].shape) != tuple(own[target].shape):
+        have, want = tuple(sd[key].shape), tuple(own[target].shape)
+        if have != want and group == "classifier":
+            _classifier_note(report, key, have, want)
+            continue
+        if have != want and target == IMAGE_EMBEDDING and c.img_dim_mismatch == "reinit":
+            report.reinitialised_keys.append(f"{key} (checkpoint {list(have)}, head {list(want)})")
+            continue
+        if have != want:
             raise FeatstoreError(
-                f"checkpoint {path!r} key {key!r} has shape {tuple(sd[key].shape)} but the head's {target!r} has "
-                f"{tuple(own[target].shape)}; match the head's sizes (hidden_size, v_hidden_size, bi_hidden_size, "
-                "intermediate sizes, feature dim) to the checkpoint")
+                f"checkpoint {path!r} key {key!r} has shape {have} but the head's {target!r} has {want}; match the "
+                "head's sizes (hidden_size, v_hidden_size, bi_hidden_size, intermediate sizes) to the checkpoint, "
+                "or for the image features' width pass --set img_dim_mismatch=project or reinit")
         mapped[target] = sd[key]
-        report.used_keys.append(key)
-    if not mapped:
+        report.add("used", group, key)
+    if not any(g in report.groups for g in ("used: backbone", "used: upper text layers")):
         raise FeatstoreError(f"checkpoint {path!r} has no ViLBERT weights (keys like "
                              "'model.bert.encoder.v_layer.0...'); pass a ViLBERT checkpoint")
     head.load_state_dict(mapped, strict=False)
     report.missing_keys = sorted(k for k in own if k not in mapped)
     return report
+
+
+def load_vilbert_checkpoint(head: nn.Module, path: str, *, trust_pickle: bool = False) -> LoadReport:
+    """Copy the matching weights of a Facebook/MMF ViLBERT checkpoint at ``path`` into ``head`` (in place).
+
+    Raises FeatstoreError (one line) for an unreadable/unsafe file, a checkpoint with no ViLBERT weights, a
+    key whose shape differs from the head's (unless a classifier or a re-initialised image embedding), or
+    a key the head lacks (its config has fewer layers).
+    """
+    if not hasattr(head, "encoder") or not hasattr(head, "v_embeddings"):
+        raise FeatstoreError("load_vilbert_checkpoint needs a 'vilbert' head; build the run with --head vilbert")
+    return load_state(head, read_checkpoint(path, trust_pickle), path)
+
+
+def _counts(shapes: Dict[str, tuple]) -> Dict[str, int]:
+    seen: Dict[str, set] = {"layer": set(), "v_layer": set(), "c_layer": set()}
+    for rest in shapes:
+        m = _INDEXED.match(rest)
+        if m:
+            seen[m.group(1)].add(int(m.group(2)))
+    return {k: len(v) for k, v in seen.items()}
+
+
+def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any]) -> Dict[str, Any]:
+    """``given`` completed with the sizes, layer counts and co-attention ids a checkpoint's shapes imply.
+
+    Ids follow MMF's layout when not given: co-attention block k after visual layers ``0..k-1`` and text
+    layers ``0..N-K+k-1`` (v ids ``0..K-1``, t ids ``N-K..N-1``: MMF's 0..5 / 6..11), and
+    ``text_start_layer`` = the first t id (where ViLBERT's co-attention starts)."""
+    base = {base_key(k): s for k, s in shapes.items() if base_key(k) is not None}
+    n = _counts(base)
+    read = {"hidden_size": ("encoder.layer.0.attention.self.query.weight", 0),
+            "intermediate_size": ("encoder.layer.0.intermediate.dense.weight", 0),
+            "v_hidden_size": ("encoder.v_layer.0.attention.self.query.weight", 0),
+            "v_intermediate_size": ("encoder.v_layer.0.intermediate.dense.weight", 0),
+            "bi_hidden_size": ("encoder.c_layer.0.biattention.query1.weight", 0),
+            "v_feature_size": (IMAGE_EMBEDDING, 1)}
+    found: Dict[str, Any] = {k: int(base[key][axis]) for k, (key, axis) in read.items() if key in base}
+    found.update(num_hidden_layers=n["layer"], v_num_hidden_layers=n["v_layer"])
+    found = {k: v for k, v in found.items() if v}
+    k, t_layers = n["c_layer"], given.get("num_hidden_layers", found.get("num_hidden_layers"))
+    if k and t_layers:
+        found["v_biattention_id"] = list(range(k))
+        found["t_biattention_id"] = list(range(t_layers - k, t_layers))
+    out = dict(found, **given)
+    if "text_start_layer" not in given and out.get("t_biattention_id"):
+        out["text_start_layer"] = min(out["t_biattention_id"])
+    return out
+
+
+def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path: str, *,
+                         trust_pickle: bool = False) -> Tuple[nn.Module, LoadReport]:
+    """Build head ``name`` (``vilbert``, or ``refnet`` with ``base="vilbert"``) with the sizes the checkpoint
+    at ``path`` implies where ``head_cfg`` gives none, load the checkpoint into it; -> (head, report)."""
+    from .models import create_head
+
+    sd = read_checkpoint(path, trust_pickle)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    if name == "vilbert":
+        cfg = config_from_checkpoint(shapes, head_cfg)
+    elif name == "refnet" and head_cfg.get("base") == "vilbert":
+        cfg = dict(head_cfg, base_cfg=config_from_checkpoint(shapes, dict(head_cfg.get("base_cfg") or {})))
+    else:
+        raise FeatstoreError(f"--vilbert-checkpoint initialises a vilbert head, not {name!r}; pass --head vilbert "
+                             "(or --head refnet --set base=vilbert)")
+    head = create_head(name, inputs, spec, **cfg)
+    report = load_state(head.base if name == "refnet" else head, sd, path)
+    return head, report

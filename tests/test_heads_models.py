@@ -299,7 +299,9 @@ def _mmf_vilbert_reference(head, batch):
 ])
 def test_vilbert_matches_mmf_forward_in_float64(cfg):
     torch.manual_seed(0)
-    head = create_head("vilbert", inputs(), SPECS["binary"], **cfg).eval().double()
+    # the optional vilbert-multi-task mean region and plain prediction layers (MMF's defaults: test_vilbert_mmf.py)
+    head = create_head("vilbert", inputs(), SPECS["binary"], **dict(cfg, global_region=True, classifier="layers"))
+    head = head.eval().double()
     batch = make_batch()
     out = head({k: (v.double() if v.is_floating_point() else v) for k, v in batch.items()})
     pt, pv = _mmf_vilbert_reference(head, batch)

@@ -14,24 +14,35 @@ states. Submodule names mirror MMF's so Facebook/MMF checkpoints map (``heads.vi
 Differences from MMF, by necessity of cached inputs:
 * ``txt_dim != hidden_size``: the cached tokens pass through ``t_proj`` (``Linear(txt_dim, hidden_size)``,
   not in MMF checkpoints); identity when they match.
-* Region 0 is an image-level feature as in MMF's feature files: the masked mean of the regions with the
-  whole-image box ``[0, 0, 1, 1, 1]`` (``global_region=True``). Without ``img_boxes`` the other regions
-  get a zero location vector.
-* Pooled outputs: ``t_pooler`` (token 0, Linear(hidden -> bi_hidden) + ReLU) and ``v_pooler`` (region 0,
-  Linear(v_hidden -> bi_hidden) + ReLU), fused by product ("mul", MMF's default), "sum" or "concat";
-  then dropout -> ``fused``.
+* Image features of another width than the checkpoint's image embedding (``v_feature_size``, 2048 for
+  Facebook's checkpoints): ``img_dim_mismatch="project"`` learns ``img_proj`` (``Linear(img_dim,
+  v_feature_size)``) in front of the loaded embedding, ``"reinit"`` builds a new ``Linear(img_dim,
+  v_hidden_size)`` embedding (the loader reports the checkpoint's as re-initialised), ``"error"`` refuses.
+
+As MMF: the feature rows are read as they are (the image mask is ``arange(N) < rows``), no region added.
+``global_region=True`` instead prepends the masked mean of the regions with the whole-image box
+``[0, 0, 1, 1, 1]`` (vilbert-multi-task's reader convention, not MMF's); without ``img_boxes`` the regions
+get a zero location vector. Pooled outputs: ``t_pooler`` (token 0, Linear(hidden -> bi_hidden) + ReLU) and
+``v_pooler`` (region 0, Linear(v_hidden -> bi_hidden) + ReLU), fused by product ("mul", MMF's default),
+"sum" or "concat" (2 * bi wide); then dropout(hidden_dropout_prob) -> ``fused``.
+Classifier (``classifier="mmf"``, MMF's ``ViLBERTForClassification.classifier``): ``transform`` =
+Linear(fused, fused) -> GELU (``hidden_act``) -> LayerNorm(eps=``layer_norm_eps``), then one
+``Linear(fused, num_outputs)`` per task (``outputs.layers.<task>``). ``classifier="layers"``: the shared
+prediction layers on ``fused`` directly (``out_hidden`` / ``out_dropout``). Every Linear/LayerNorm starts
+as MMF's ``_init_weights`` (normal(0, ``initializer_range``), zero bias, LayerNorm 1/0).
 Masks are additive, ``(1 - mask) * -10000``, as in MMF.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BertConfig
-from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfOutput
+from transformers.models.bert.modeling_bert import (BertIntermediate, BertOutput, BertPredictionHeadTransform,
+                                                    BertSelfOutput)
 
 from featstore.errors import FeatstoreError
 
@@ -39,6 +50,8 @@ from ..outputs import PredictionLayers
 from .base import Head, image_boxes, image_mask, masked_mean, register_head, text_mask
 
 FUSIONS = ("mul", "sum", "concat")
+CLASSIFIERS = ("mmf", "layers")
+MISMATCH = ("error", "project", "reinit")
 
 
 @dataclass
@@ -65,16 +78,27 @@ class VilbertConfig:
     bi_num_attention_heads: int = 8
     v_biattention_id: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
     t_biattention_id: List[int] = field(default_factory=lambda: [6, 7, 8, 9, 10, 11])
+    v_feature_size: int = 0  # input width of the image embedding (a checkpoint's 2048); 0: the features' width
+    img_dim_mismatch: str = "error"  # v_feature_size != the features' width: "project", "reinit" or "error"
     # head
     fusion_method: str = "mul"
-    global_region: bool = True  # prepend the image-level region (mean of regions, box [0,0,1,1,1])
-    out_hidden: int = 0
-    out_dropout: float = 0.0
+    global_region: bool = False  # True: prepend the mean region with box [0,0,1,1,1] (not MMF's behaviour)
+    classifier: str = "mmf"  # "mmf": Linear-GELU-LayerNorm then Linear per task (MMF); "layers": out_hidden/dropout
+    layer_norm_eps: float = 1e-12  # the mmf classifier's LayerNorm
+    initializer_range: float = 0.02
+    out_hidden: int = 0  # classifier="layers" only
+    out_dropout: float = 0.0  # classifier="layers" only
+    allow_text_layer_mismatch: bool = False  # train on cached text states from another layer than text_start_layer
 
     def validate(self) -> None:
-        if self.fusion_method not in FUSIONS:
-            raise FeatstoreError(
-                f"vilbert fusion_method={self.fusion_method!r} is not known; use one of: {', '.join(FUSIONS)}")
+        for name, value, allowed in (("fusion_method", self.fusion_method, FUSIONS),
+                                     ("classifier", self.classifier, CLASSIFIERS),
+                                     ("img_dim_mismatch", self.img_dim_mismatch, MISMATCH)):
+            if value not in allowed:
+                raise FeatstoreError(f"vilbert {name}={value!r} is not known; use one of: {', '.join(allowed)}")
+        if self.classifier == "mmf" and (self.out_hidden or self.out_dropout):
+            raise FeatstoreError("vilbert out_hidden/out_dropout apply to classifier='layers'; MMF's classifier "
+                                 "has its own transform - pass classifier=layers or drop them")
         for size, heads, what in ((self.hidden_size, self.num_attention_heads, "hidden_size"),
                                   (self.v_hidden_size, self.v_num_attention_heads, "v_hidden_size"),
                                   (self.bi_hidden_size, self.bi_num_attention_heads, "bi_hidden_size")):
@@ -288,6 +312,39 @@ def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return (1.0 - mask.to(dtype))[:, None, None, :] * -10000.0
 
 
+def mmf_init(module: nn.Module, std: float) -> None:
+    """MMF's ``BertPreTrainedModel._init_weights``: Linear/Embedding weights normal(0, std), Linear biases 0,
+    LayerNorm weight 1 and bias 0."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(0.0, std)
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.data.fill_(1.0)
+        module.bias.data.zero_()
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        module.bias.data.zero_()
+
+
+def _image_embedding_input(img_dim: int, c: VilbertConfig) -> Tuple[nn.Module, int]:
+    """(``img_proj``, the embedding's input width) for ``img_dim``-wide features (see ``img_dim_mismatch``)."""
+    want = c.v_feature_size or img_dim
+    if want == img_dim or c.img_dim_mismatch == "reinit":
+        return nn.Identity(), img_dim
+    if c.img_dim_mismatch == "project":
+        return nn.Linear(img_dim, want), want
+    raise FeatstoreError(
+        f"vilbert v_feature_size={want} (the checkpoint's image embedding input) differs from the image features' "
+        f"width {img_dim}; pass --set img_dim_mismatch=project (learn a Linear({img_dim}, {want}) in front of the "
+        f"checkpoint's embedding) or --set img_dim_mismatch=reinit (a new image embedding)")
+
+
+def with_global_region(regions: Tensor, boxes: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Prepend the masked mean region with the whole-image box ``[0, 0, 1, 1, 1]`` (``global_region=True``)."""
+    g = masked_mean(regions, mask).unsqueeze(1)
+    whole = boxes.new_tensor([0.0, 0.0, 1.0, 1.0, 1.0]).expand(boxes.shape[0], 1, 5)
+    return (torch.cat([g, regions], dim=1), torch.cat([whole, boxes], dim=1),
+            torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1))
+
+
 @register_head("vilbert", VilbertConfig, help="ViLBERT two-stream co-attention (MMF layout) on regions + tokens")
 class VilbertHead(Head):
     """fused ``[B, bi]`` (``[B, 2*bi]`` for fusion "concat"); outputs also ``"pooled_t"``, ``"pooled_v"``."""
@@ -298,26 +355,30 @@ class VilbertHead(Head):
         super().__init__(inputs, task, config)
         c = config
         self.t_proj = nn.Identity() if inputs.txt_dim == c.hidden_size else nn.Linear(inputs.txt_dim, c.hidden_size)
-        self.v_embeddings = ImageEmbeddings(inputs.img_dim, c)
+        self.img_proj, emb_in = _image_embedding_input(inputs.img_dim, c)
+        self.v_embeddings = ImageEmbeddings(emb_in, c)
         self.encoder = Encoder(c)
         self.t_pooler = Pooler(c.hidden_size, c.bi_hidden_size)
         self.v_pooler = Pooler(c.v_hidden_size, c.bi_hidden_size)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
         self.fused_dim = c.bi_hidden_size * (2 if c.fusion_method == "concat" else 1)
-        self.outputs = PredictionLayers(task, self.fused_dim, c.out_hidden, c.out_dropout)
+        if c.classifier == "mmf":
+            self.transform = BertPredictionHeadTransform(BertConfig(
+                hidden_size=self.fused_dim, hidden_act=c.hidden_act, layer_norm_eps=c.layer_norm_eps))
+            self.outputs = PredictionLayers(task, self.fused_dim)
+        else:
+            self.transform = nn.Identity()
+            self.outputs = PredictionLayers(task, self.fused_dim, c.out_hidden, c.out_dropout)
+        self.apply(lambda m: mmf_init(m, c.initializer_range))
 
     def forward(self, batch: Dict[str, Tensor]) -> dict:
         regions, tokens = batch["img_regions"], batch["txt_tokens"]
         r_mask, t_mask = image_mask(batch), text_mask(batch)
         boxes = image_boxes(batch)
         if self.config.global_region:
-            g = masked_mean(regions, r_mask).unsqueeze(1)
-            regions = torch.cat([g, regions], dim=1)
-            whole = boxes.new_tensor([0.0, 0.0, 1.0, 1.0, 1.0]).expand(boxes.shape[0], 1, 5)
-            boxes = torch.cat([whole, boxes], dim=1)
-            r_mask = torch.cat([r_mask.new_ones(r_mask.shape[0], 1), r_mask], dim=1)
+            regions, boxes, r_mask = with_global_region(regions, boxes, r_mask)
         txt = self.t_proj(tokens)
-        img = self.v_embeddings(regions, boxes)
+        img = self.v_embeddings(self.img_proj(regions), boxes)
         txt, img = self.encoder(txt, img, additive_mask(t_mask, txt.dtype), additive_mask(r_mask, img.dtype))
         pt, pv = self.t_pooler(txt), self.v_pooler(img)
         if self.config.fusion_method == "mul":
@@ -327,5 +388,47 @@ class VilbertHead(Head):
         else:
             fused = torch.cat([pt, pv], dim=-1)
         fused = self.dropout(fused)
-        return {"logits": self.outputs(fused), "fused": fused, "pooled_t": pt, "pooled_v": pv,
+        return {"logits": self.outputs(self.transform(fused)), "fused": fused, "pooled_t": pt, "pooled_v": pv,
                 "sequence_t": txt, "sequence_v": img}
+
+
+# ------------------------------------------------------------------------------ which layer the text came from
+
+BERT_LIKE = ("bert", "distilbert")
+
+
+def cached_text_layer(text_meta: Optional[dict]):
+    """The layer of the cached text states a run trains on, from ``TrainData.meta["features"]["text"]``
+    (``array`` and the version's ``extractor`` / ``config``): an int, ``"last"`` (a bert/distilbert
+    ``tokens`` array: the model's last layer) or None (not recorded, e.g. imported features)."""
+    if not text_meta or "array" not in text_meta:
+        return None
+    array = str(text_meta["array"])
+    if array.startswith("layer_") and array[len("layer_"):].isdigit():
+        return int(array[len("layer_"):])
+    if array == "tokens":
+        extractor, cfg = text_meta.get("extractor"), text_meta.get("config") or {}
+        if extractor == "vilbert-text" and cfg.get("layers"):
+            return max(int(k) for k in cfg["layers"])
+        if extractor in BERT_LIKE:
+            return "last"
+    return None
+
+
+def check_text_layer(model: nn.Module, text_meta: Optional[dict]) -> None:
+    """Refuse (one-line FeatstoreError) to train a vilbert head (alone or as a refnet base) on cached text
+    states of another layer than its ``text_start_layer``, unless ``allow_text_layer_mismatch``."""
+    layer = cached_text_layer(text_meta)
+    if layer is None:
+        return
+    for m in model.modules():
+        if not isinstance(m, VilbertHead) or m.config.allow_text_layer_mismatch:
+            continue
+        s = m.config.text_start_layer
+        if layer != s:
+            what = "the last layer's" if layer == "last" else f"layer {layer}"
+            raise FeatstoreError(
+                f"text feature set {text_meta.get('name')!r} array {text_meta['array']!r} holds {what} states, but "
+                f"vilbert text_start_layer={s} runs text layers {s}.. on states after layer {s}; pass --text-array "
+                f"layer_{s} (extract it with --set layers='[{s}]'), set text_start_layer to the cached layer, or "
+                "--set allow_text_layer_mismatch=true to train on them anyway")
