@@ -11,8 +11,8 @@ gradients, into a bank ``E [N, H]``: once per epoch before its first step (``ref
 
 Retrieval. Each training sample's embedding (train mode, detached) searches the bank for its ``depth =
 (k_pos, or k_neg when k_pos = 0) * search_multiple`` most cosine-similar rows (the reference's
-``largest_retrieval * hard_negatives_multiple``, 1 x 12 in the published run), exactly: ``featstore.search.build_index(kind="flat")`` (faiss on the CPU)
-or a torch ``matmul`` + ``topk`` (``backend="torch"``, on the data's device; ``"auto"`` picks torch on a GPU
+``largest_retrieval * hard_negatives_multiple``, 1 x 12 in the published run), exactly:
+``featstore.search.build_index(kind="flat")`` (faiss on the CPU) or a torch ``matmul`` + ``topk`` (``backend="torch"``, on the data's device; ``"auto"`` picks torch on a GPU
 so no faiss-gpu install is needed). Walking that list best first, the first ``k_pos`` rows with the
 sample's label are its pseudo-gold positives ``P_i`` and the first ``k_neg`` with another label its hard
 negatives ``H_i``; fewer found leave empty slots. All-zero bank rows are never retrieved; a zero query
@@ -119,31 +119,46 @@ def embedding(out: Dict[str, Tensor]) -> Tensor:
     return out["fused"] if e is None else e
 
 
-def nearest(bank: Tensor, queries: Tensor, k: int, backend: str = "auto") -> Tuple[Tensor, Tensor]:
-    """Exact cosine top-``k`` of ``queries [Q, H]`` in ``bank [N, H]`` -> (sims, idx) ``[Q, k']`` on the
-    queries' device, best first, ``k' = min(k, N)``; idx -1 (sim -inf) where nothing is found (zero rows)."""
-    k = min(int(k), bank.shape[0])
-    b_ok = bank.norm(dim=1) > 0
-    q_ok = queries.norm(dim=1) > 0
-    sims = torch.full((queries.shape[0], k), -float("inf"), device=queries.device)
-    idx = torch.full((queries.shape[0], k), -1, dtype=torch.long, device=queries.device)
-    rows, cols = torch.nonzero(q_ok).squeeze(1), torch.nonzero(b_ok).squeeze(1)
-    if rows.numel() == 0 or cols.numel() == 0:
-        return sims, idx
-    if backend == "auto":
-        backend = "torch" if queries.is_cuda else "faiss"
-    kk = min(k, cols.numel())
-    if backend == "faiss":
-        from featstore.search import build_index
+class BankIndex:
+    """An exact cosine index over ``bank [N, H]``, built once per bank: faiss ``IndexFlatIP`` through
+    ``featstore.search.build_index`` or the L2-normalised matrix for torch ``matmul`` + ``topk``. All-zero
+    bank rows are left out (never retrieved)."""
 
-        index = build_index(bank[cols].float().cpu().numpy(), metric="cosine", kind="flat", use_gpu=False)
-        s, i = index.search(queries[rows].float().cpu().numpy(), kk)
-        s, i = torch.from_numpy(s).to(queries.device), torch.from_numpy(i).to(queries.device)
-    else:
-        s = F.normalize(queries[rows].float(), dim=1) @ F.normalize(bank[cols].float(), dim=1).T
-        s, i = s.topk(kk, dim=1)
-    sims[rows, :kk], idx[rows, :kk] = s, cols.to(queries.device)[i]
-    return sims, idx
+    def __init__(self, bank: Tensor, backend: str = "auto"):
+        self.n = bank.shape[0]
+        self.backend = ("torch" if bank.is_cuda else "faiss") if backend == "auto" else backend
+        self.cols = torch.nonzero(bank.norm(dim=1) > 0).squeeze(1)
+        self.index = None
+        if self.cols.numel() and self.backend == "faiss":
+            from featstore.search import build_index
+
+            self.index = build_index(bank[self.cols].float().cpu().numpy(), metric="cosine", kind="flat", use_gpu=False)
+        elif self.cols.numel():
+            self.index = F.normalize(bank[self.cols].float(), dim=1)
+
+    def search(self, queries: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+        """(sims, idx) ``[Q, min(k, N)]`` on the queries' device, best first; idx -1 (sim -inf) where nothing
+        is found (a zero query, or fewer non-zero bank rows than k)."""
+        k = min(int(k), self.n)
+        sims = torch.full((queries.shape[0], k), -float("inf"), device=queries.device)
+        idx = torch.full((queries.shape[0], k), -1, dtype=torch.long, device=queries.device)
+        rows = torch.nonzero(queries.norm(dim=1) > 0).squeeze(1)
+        if rows.numel() == 0 or self.index is None:
+            return sims, idx
+        kk = min(k, self.cols.numel())
+        if self.backend == "faiss":
+            s, i = self.index.search(queries[rows].float().cpu().numpy(), kk)
+            s, i = torch.from_numpy(s).to(queries.device), torch.from_numpy(i).to(queries.device)
+        else:
+            s = F.normalize(queries[rows].float(), dim=1) @ self.index.to(queries.device).T
+            s, i = s.topk(kk, dim=1)
+        sims[rows, :kk], idx[rows, :kk] = s, self.cols.to(queries.device)[i]
+        return sims, idx
+
+
+def nearest(bank: Tensor, queries: Tensor, k: int, backend: str = "auto") -> Tuple[Tensor, Tensor]:
+    """Exact cosine top-``k`` of ``queries [Q, H]`` in ``bank [N, H]`` (``BankIndex(bank).search``)."""
+    return BankIndex(bank, backend).search(queries, k)
 
 
 def _first_matches(idx: Tensor, mask: Tensor, k: int) -> Tensor:
@@ -154,13 +169,15 @@ def _first_matches(idx: Tensor, mask: Tensor, k: int) -> Tensor:
     return out[:, :k]
 
 
-def positives_negatives(bank: Tensor, bank_labels: Tensor, queries: Tensor, labels: Tensor, cfg: RGCLConfig,
+def positives_negatives(bank, bank_labels: Tensor, queries: Tensor, labels: Tensor, cfg: RGCLConfig,
                         self_rows: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """(pseudo-gold positives ``[Q, k_pos]``, hard negatives ``[Q, k_neg]``): bank rows, -1 = none found.
 
-    ``self_rows [Q]``: each query's own bank row (-1: not in the bank), skipped when ``cfg.exclude_self``."""
+    ``bank``: the ``[N, H]`` embeddings or their ``BankIndex``. ``self_rows [Q]``: each query's own bank row
+    (-1: not in the bank), skipped when ``cfg.exclude_self``."""
     depth = cfg.depth + (1 if cfg.exclude_self else 0)
-    _, idx = nearest(bank, queries, depth, cfg.backend)
+    index = bank if isinstance(bank, BankIndex) else BankIndex(bank, cfg.backend)
+    _, idx = index.search(queries, depth)
     found = idx >= 0
     if cfg.exclude_self and self_rows is not None:
         found &= idx != self_rows[:, None]
@@ -227,6 +244,7 @@ class RGCLObjective:
         self.row_of[train_idx] = torch.arange(train_idx.numel(), device=train_idx.device)
         self.batch_size, self.trim = eval_batch_size, trim
         self.bank: Optional[Tensor] = None
+        self.index: Optional[BankIndex] = None
         self.steps = 0
 
     def start_epoch(self) -> None:
@@ -237,10 +255,11 @@ class RGCLObjective:
         """(combined loss, {"rgcl": L_rgcl}) for the batch of data rows ``rows``."""
         if self.bank is None or (self.cfg.refresh and self.steps % self.cfg.refresh == 0):
             self.bank = encode(model, self.data, self.train_idx, self.batch_size, self.trim)
+            self.index = BankIndex(self.bank, self.cfg.backend)
         self.steps += 1
         e = embedding(out).float()
         labels = self.data.targets[self.task.name].index_select(0, rows)
-        pos, neg = positives_negatives(self.bank, self.bank_labels, e.detach(), labels, self.cfg, self.row_of[rows])
+        pos, neg = positives_negatives(self.index, self.bank_labels, e.detach(), labels, self.cfg, self.row_of[rows])
         term = rgcl_loss(e, labels, self.bank, pos, neg, self.cfg)
         w = self.cfg.ce_weight
         return (1.0 - w) * term + w * task_loss, {"rgcl": term}
@@ -254,7 +273,10 @@ def knn_vote(sims: Tensor, labels: Tensor, vote: str = "arithmetic") -> Tensor:
     first; sim -inf = no neighbour); the module docstring's vote. A query with no neighbour gets 0.5."""
     k = sims.shape[1]
     ok = torch.isfinite(sims)
-    w = torch.arange(k, 0, -1, device=sims.device, dtype=torch.float32) if vote == "arithmetic" else torch.ones(k, device=sims.device)
+    if vote == "arithmetic":
+        w = torch.arange(k, 0, -1, device=sims.device, dtype=torch.float32)
+    else:
+        w = torch.ones(k, device=sims.device)
     w = w[None, :] * ok
     signed = torch.where(ok, (2.0 * labels.float() - 1.0) * sims, torch.zeros_like(sims))
     v = (w * signed).sum(1) / w.sum(1).clamp(min=1e-12)

@@ -34,7 +34,8 @@ def reference_forward(head, x_img: np.ndarray, x_txt: np.ndarray, fusion: str) -
     sd = {k: _np(v) for k, v in head.state_dict().items()}
 
     def mapping(prefix, x):
-        lin = sorted({k.rsplit(".", 1)[0] for k in sd if k.startswith(prefix + ".map.")}, key=lambda k: int(k.split(".")[-1]))
+        lin = sorted({k.rsplit(".", 1)[0] for k in sd if k.startswith(prefix + ".map.")},
+                     key=lambda k: int(k.split(".")[-1]))
         for i, name in enumerate(lin):
             if i:
                 x = np.maximum(x, 0.0)

@@ -48,7 +48,8 @@ _PAPER_TRAIN = {"lr": 1e-4, "weight_decay": 1e-4, "grad_clip": 0.1, "batch_size"
 # The published settings, for presets and the README. "train" keys are heads.train.TrainConfig fields.
 HATECLIPPER_SETTINGS = {
     "align": {  # the paper's best row: 0.858 test_seen AUROC, frozen CLIP ViT-L/14 at 224 px, ~5 M parameters
-        "source": "Kumar & Nandakumar 2022, Hate-CLIPper (arXiv 2210.05916): align fusion, n = m = 1024, 3 pre-output layers, "
+        "source": "Kumar & Nandakumar 2022, Hate-CLIPper (arXiv 2210.05916): align fusion, n = m = 1024, "
+                  "3 pre-output layers, "
                   "AdamW lr 1e-4, weight decay 1e-4, gradient clip 0.1, batch 64, up to 20 epochs",
         "head_cfg": {"fusion": "align", "proj_dim": 1024, "pre_output_layers": 3, "proj_dropout": 0.1,
                      "fusion_dropout": 0.4, "dropout": 0.2},
