@@ -223,7 +223,10 @@ def resolve_device(cfg: TrainConfig, data: TrainData) -> TrainConfig:
     ``cfg.device`` naming another device is a one-line error (the features are loaded onto one device)."""
     have = data.device
     if cfg.device != "auto":
-        want = torch.device(cfg.device)
+        try:
+            want = torch.device(cfg.device)
+        except RuntimeError:
+            raise FeatstoreError(f"train device={cfg.device!r} is not a device; pass auto, cpu or cuda[:N]") from None
         if want.type != have.type or (want.index is not None and have.index is not None and want.index != have.index):
             raise FeatstoreError(f"train device={cfg.device!r} but the training data is on {have}; load the data "
                                  f"with device={cfg.device!r} (--device) or pass device='auto'")

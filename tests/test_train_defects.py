@@ -51,6 +51,9 @@ def test_train_device_is_read_and_recorded():
         train(TrainConfig(head="concat", epochs=1, threads=1, device="cuda:0"), data, progress=False)
     assert str(e.value) == ("train device='cuda:0' but the training data is on cpu; load the data with "
                             "device='cuda:0' (--device) or pass device='auto'")
+    with pytest.raises(FeatstoreError) as e:
+        train(TrainConfig(head="concat", epochs=1, threads=1, device="gpu0"), data, progress=False)
+    assert str(e.value) == "train device='gpu0' is not a device; pass auto, cpu or cuda[:N]"
 
 
 def test_amp_default_is_the_same_in_cli_and_library():
