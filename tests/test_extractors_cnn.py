@@ -12,7 +12,8 @@ from torchvision.ops import roi_align
 
 from featstore.errors import FeatstoreError
 from featstore.extractors import create_extractor
-from featstore.extractors.geometry import grid_cell_boxes, multiscale_tiles, resize_keep_aspect
+from featstore.extractors.geometry import (adaptive_bin_boxes, balanced_counts, balanced_tiles, grid_cell_boxes,
+                                          multiscale_tiles, resize_keep_aspect)
 
 
 def _img(w, h, seed=0):
@@ -134,6 +135,115 @@ def test_geometry_hand_computed():
     assert (t[:, 2] <= 100 + 1e-4).all() and (t[:, 3] <= 80 + 1e-4).all()
     assert resize_keep_aspect(400, 300, 600, 1000) == (800, 600)
     assert resize_keep_aspect(3000, 300, 600, 1000) == (1000, 100)
+
+
+def _pooled_areas(width, height, map_hw, g):
+    """The image area each adaptive_avg_pool2d cell really averages, found by pooling one-hot maps through
+    torch itself: the union of the map cells (each W/w x H/h of the image) with a non-zero weight."""
+    mh, mw = map_hw
+    onehot = torch.eye(mh * mw, dtype=torch.float64).reshape(mh * mw, 1, mh, mw)
+    weight = F.adaptive_avg_pool2d(onehot, (g, g)).reshape(mh, mw, g * g)  # [map row, map col, pooled cell]
+    boxes = []
+    for c in range(g * g):
+        rows, cols = np.nonzero(weight[:, :, c].numpy() > 0)
+        boxes.append([cols.min() * width / mw, rows.min() * height / mh, (cols.max() + 1) * width / mw,
+                      (rows.max() + 1) * height / mh])
+    return np.array(boxes)
+
+
+@pytest.mark.parametrize("map_hw, g", [((7, 7), 6), ((4, 4), 3), ((13, 9), 6), ((5, 7), 2), ((6, 6), 6), ((6, 6), 3)])
+def test_adaptive_bin_boxes_are_what_adaptive_pool_averages(map_hw, g):
+    np.testing.assert_allclose(adaptive_bin_boxes(90, 50, map_hw, g, g).numpy(), _pooled_areas(90, 50, map_hw, g),
+                               rtol=1e-6)
+
+
+def test_adaptive_bin_boxes_7_to_6_hand_computed():
+    """ResNet layer4 at 224 px is 7x7; pooled to 6x6 the bins overlap: [0, 2/7], [1/7, 3/7], ..., [5/7, 1]."""
+    b = adaptive_bin_boxes(7, 7, (7, 7), 6, 6).numpy()
+    np.testing.assert_allclose(b[:6, [0, 2]], [[0, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]])
+    np.testing.assert_allclose(b[::6, [1, 3]], [[0, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]])
+    np.testing.assert_allclose(adaptive_bin_boxes(30, 20, (4, 6), 2, 3).numpy(), grid_cell_boxes(30, 20, 2, 3).numpy())
+
+
+@pytest.mark.parametrize("image_size, g", [(200, 6), (100, 3), (64, 2)])
+def test_grid_stores_the_pooled_bins_as_boxes(image_size, g):
+    """Sizes whose layer4 map (7, 4, 2) the grid does not divide store the overlapping bins actually pooled."""
+    ex = create_extractor("grid", backbone="resnet18", image_size=image_size, grid_size=g, dtype="float32")
+    imgs = [_img(90, 50, 1), _img(41, 77, 2)]
+    out = ex.forward(ex.collate([ex.preprocess(i) for i in imgs]))
+    m = _resnet18_ref(0)
+    with torch.no_grad():
+        x = torch.zeros(1, 3, image_size, image_size)
+        map_hw = tuple(m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x)))))))).shape[-2:])
+    for i, img in enumerate(imgs):
+        np.testing.assert_allclose(out["boxes"][i], _pooled_areas(*img.size, map_hw, g), rtol=1e-5)
+    assert ex.preprocessing()["boxes"] == "adaptive_bin_boxes"  # part of the version id: old boxes never resumed
+
+
+def _covered(boxes, width, height, n=97, top=0.0):
+    """Whether every point of an n x n lattice over the image (edges included; rows from ``top`` down) lies
+    in some box."""
+    xs, ys = np.meshgrid(np.linspace(0, width, n), np.linspace(top, height, n))
+    inside = ((xs[..., None] >= boxes[:, 0] - 1e-4) & (xs[..., None] <= boxes[:, 2] + 1e-4)
+              & (ys[..., None] >= boxes[:, 1] - 1e-4) & (ys[..., None] <= boxes[:, 3] + 1e-4))
+    return bool(inside.any(-1).all())
+
+
+def _by_scale(boxes, width, scales):
+    return {s: boxes[np.isclose(boxes[:, 2] - boxes[:, 0], s * width, rtol=1e-4)] for s in scales}
+
+
+def test_balanced_tiles_default_36_cover_every_scale_and_the_bottom():
+    w, h = 123.0, 77.0
+    scales = (1.0, 0.75, 0.5, 0.25)
+    b = balanced_tiles(w, h, scales, 36).numpy()
+    full = multiscale_tiles(w, h, scales).numpy()
+    assert len(b) == 36 and len(np.unique(b.round(3), axis=0)) == 36
+    assert all(np.isclose(full, row, atol=1e-4).all(1).any() for row in b)  # a subset of the 63 tiles
+    per = _by_scale(b, w, scales)
+    assert [len(per[s]) for s in scales] == [1, 4, 9, 22]
+    for s in scales:
+        assert _covered(per[s], w, h), s
+    quarter = per[0.25]
+    bottom = quarter[quarter[:, 1] >= 0.625 * h - 1e-4]  # fine regions lying in the lower 37.5%
+    top = quarter[quarter[:, 3] <= 0.375 * h + 1e-4]
+    assert len(bottom) == len(top) == 6
+    assert _covered(quarter, w, h, top=0.625 * h)  # every point of the lower band lies in a quarter-size tile
+    # the documented layout: 4x4 abutting quarter tiles + 6 centred on its inner corners
+    centres = np.stack([(quarter[:, 0] + quarter[:, 2]) / (2 * w), (quarter[:, 1] + quarter[:, 3]) / (2 * h)], 1)
+    extra = sorted(map(tuple, centres[~np.isclose((centres * 8) % 2, 1).all(1)].round(4)))
+    assert extra == [(0.25, 0.25), (0.25, 0.5), (0.25, 0.75), (0.75, 0.25), (0.75, 0.5), (0.75, 0.75)]
+    # the old cut (first 36 in order) left the lower 37.5% without a quarter tile
+    old = full[:36]
+    assert not (np.isclose(old[:, 2] - old[:, 0], 0.25 * w) & (old[:, 1] >= 0.625 * h - 1e-4)).any()
+
+
+@pytest.mark.parametrize("scales", [(1.0, 0.75, 0.5, 0.25), (1.0, 0.3), (0.6, 0.2)])
+def test_balanced_tiles_every_accepted_count_covers_each_kept_scale(scales):
+    w, h = 100.0, 60.0
+    total = len(multiscale_tiles(w, h, scales))
+    ok = balanced_counts(scales)
+    for count in range(1, total + 1):
+        accepted = any(lo <= count <= hi for lo, hi in ok)
+        if not accepted:
+            with pytest.raises(ValueError, match="covering the image takes"):
+                balanced_tiles(w, h, scales, count)
+            continue
+        b = balanced_tiles(w, h, scales, count).numpy()
+        assert len(b) == count
+        for s, part in _by_scale(b, w, scales).items():
+            assert len(part) == 0 or _covered(part, w, h), (count, s)
+    assert ok[-1][1] == total
+
+
+def test_roi_num_regions_that_cannot_cover_is_one_line():
+    with pytest.raises(FeatstoreError) as e:
+        create_extractor("roi", backbone="resnet18", num_regions=20)
+    assert str(e.value) == ("num_regions=20 is invalid for scales (1.0, 0.75, 0.5, 0.25): every kept scale must "
+                            "cover the whole image; choose one of 1, 5, 9-14, 30-63")
+    ex = create_extractor("roi", backbone="resnet18", shorter_side=64, max_side=100)
+    assert ex.preprocessing()["proposals"] == "balanced_tiles"
+    np.testing.assert_allclose(ex.proposals(123, 77).numpy(), balanced_tiles(123.0, 77.0, ex.config.scales, 36))
 
 
 def test_demo_cnn_classifies_chelsea_as_egyptian_cat():

@@ -22,6 +22,26 @@ def grid_cell_boxes(width: float, height: float, rows: int, cols: int) -> torch.
     return torch.stack([x1, y1, x2, y2], dim=-1).reshape(-1, 4).float()
 
 
+def adaptive_bins(size: int, out: int) -> list:
+    """The ``[start, end)`` index ranges ``adaptive_avg_pool`` averages: bin i of ``out`` over ``size`` cells is
+    ``[floor(i*size/out), ceil((i+1)*size/out))`` (bins overlap when ``out`` does not divide ``size``)."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def adaptive_bin_boxes(width: float, height: float, map_hw: Tuple[int, int], rows: int, cols: int) -> torch.Tensor:
+    """The image area each cell of ``adaptive_avg_pool2d(fmap, (rows, cols))`` actually averages.
+
+    ``map_hw`` is the feature map's (h, w); its cell (k, l) is taken to span ``[l*W/w, (l+1)*W/w) x
+    [k*H/h, (k+1)*H/h)`` of the ``width x height`` image (the map tiles the image evenly). Pooled cell (i, j)
+    averages map rows / columns ``adaptive_bins``, so its box is the union of those cells; row-major,
+    ``float32 [rows * cols, 4]``. When ``rows`` / ``cols`` divide the map this is ``grid_cell_boxes``.
+    """
+    mh, mw = int(map_hw[0]), int(map_hw[1])
+    ys = [(a * height / mh, b * height / mh) for a, b in adaptive_bins(mh, rows)]
+    xs = [(a * width / mw, b * width / mw) for a, b in adaptive_bins(mw, cols)]
+    return torch.tensor([[x1, y1, x2, y2] for y1, y2 in ys for x1, x2 in xs], dtype=torch.float64).float()
+
+
 def _starts(extent: float, box: float) -> list:
     """Tile starts along one axis: 0, box/2, box, ... while the box fits; plus one box flush with the far
     edge when the last regular tile leaves a gap (so the whole extent is covered)."""
@@ -51,6 +71,80 @@ def multiscale_tiles(width: float, height: float, scales: Sequence[float]) -> to
             for x in xs:
                 out.append([x, y, x + bw, y + bh])
     return torch.tensor(out, dtype=torch.float64).float()
+
+
+def _cover(n: int) -> list:
+    """Start indices whose tiles abut and reach the far edge: every second one (stride = half a box) + the last."""
+    idx = list(range(0, n, 2))
+    return idx if idx[-1] == n - 1 else idx + [n - 1]
+
+
+def _spread(items: list, k: int) -> list:
+    """``k`` of ``items`` evenly spaced through the list (the middle one for k = 1)."""
+    if k >= len(items):
+        return list(items)
+    if k == 1:
+        return [items[len(items) // 2]]
+    return [items[int(math.floor(i * (len(items) - 1) / (k - 1) + 0.5))] for i in range(k)]
+
+
+def balanced_subset(ny: int, nx: int, budget: int) -> list:
+    """Which of an ``ny x nx`` tiling's tiles to keep (``(row, col)`` pairs, row-major) when only ``budget`` fit.
+
+    All of them when they fit. Otherwise first the covering tiles (``_cover`` on both axes: abutting tiles
+    that cover the whole image), then the tiles centred on the covering tiles' shared corners (a non-covering
+    index on both axes), evenly spaced, then the other tiles, evenly spaced. Raises ``ValueError`` when
+    ``0 < budget <`` the covering tiles."""
+    every = [(i, j) for i in range(ny) for j in range(nx)]
+    if budget >= len(every) or budget <= 0:
+        return every[:max(budget, 0)]
+    cy, cx = _cover(ny), _cover(nx)
+    cover = [(i, j) for i in cy for j in cx]
+    if len(cover) > budget:
+        raise ValueError(f"covering the image takes {len(cover)} tiles, only {budget} left")
+    corners = [(i, j) for i, j in every if i not in cy and j not in cx]
+    keep = cover + _spread(corners, budget - len(cover))
+    rest = [t for t in every if t not in keep]
+    return sorted(keep + _spread(rest, budget - len(keep)))
+
+
+def balanced_tiles(width: float, height: float, scales: Sequence[float], count: int) -> torch.Tensor:
+    """``count`` of the ``multiscale_tiles`` proposals such that every kept scale covers the whole image.
+
+    Scales are taken in the given order (coarse first), each whole while the budget lasts; the first scale
+    that does not fit gets the rest of the budget through ``balanced_subset`` and later scales get none.
+    Within a scale the kept boxes stay row-major. Default scales (1.0, 0.75, 0.5, 0.25) and 36: the whole
+    image, the 2x2 and 3x3 tilings, and 22 of the 7x7 quarter-size tiles: the 4x4 abutting tiling (tile
+    starts 0, 1/4, 1/2, 3/4 of each side) + 6 tiles centred on its inner corners (centres x in {1/4, 3/4},
+    y in {1/4, 1/2, 3/4}). Raises ``ValueError`` when a scale's covering tiles do not fit the budget left."""
+    out, left = [], int(count)
+    for s in scales:
+        bw, bh = s * width, s * height
+        xs, ys = _starts(width, bw), _starts(height, bh)
+        try:
+            keep = balanced_subset(len(ys), len(xs), left)
+        except ValueError as e:
+            raise ValueError(f"scale {s}: {e}") from None
+        out += [[xs[j], ys[i], xs[j] + bw, ys[i] + bh] for i, j in keep]
+        left -= len(keep)
+    return torch.tensor(out, dtype=torch.float64).reshape(-1, 4).float()
+
+
+def balanced_counts(scales: Sequence[float]) -> list:
+    """The ``count`` values ``balanced_tiles`` accepts, as inclusive ``(lo, hi)`` ranges."""
+    ranges, before = [], 0
+    for s in scales:
+        n = len(_starts(1.0, s))
+        full, cover = n * n, len(_cover(n)) ** 2
+        ranges.append((before + cover, before + full))
+        before += full
+    merged: list = []
+    for lo, hi in ranges:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def resize_keep_aspect(width: int, height: int, shorter: int, max_side: int) -> Tuple[int, int]:

@@ -1,8 +1,12 @@
 """``grid``: a CNN's last feature map average-pooled to a G x G grid of region vectors.
 
 Preprocessing: the WHOLE image is resized (bilinear, antialiased) to ``image_size x image_size`` - no
-crop - so grid cell (i, j) covers exactly cell (i, j) of the original image; ``boxes`` are those cells in
-original-image pixels (row-major). Then the backbone's mean/std normalisation.
+crop - then the backbone's mean/std normalisation. The last map (h x w; 7x7 for ResNet at 224 px) is
+``adaptive_avg_pool2d``-ed to G x G: pooled cell i averages map rows ``[floor(i*h/G), ceil((i+1)*h/G))``,
+which overlap when G does not divide h (7 -> 6: cell 0 averages map rows 0-1, i.e. [0, 2/7] of the image
+side, not [0, 1/6]). ``boxes`` are exactly those areas (``geometry.adaptive_bin_boxes``, the map taken to
+tile the image evenly) in original-image pixels, row-major; they equal the G x G equal cells only when G
+divides the map (e.g. grid_size 7 at 224 px, or image_size 192 / 384 for G = 6).
 
 Output (R = grid_size**2, D = backbone channels, 2048 for ResNet-152, 320 for tf_efficientnet_lite0):
 ``regions [N, R, D]`` per item, ``count`` int32 [N] (= R), ``boxes [N, R, 4]``, ``image_size`` int32 [N, 2]
@@ -23,7 +27,7 @@ from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, register_extractor, require_pil
 from .cnn import CNNExtractor
-from .geometry import grid_cell_boxes
+from .geometry import adaptive_bin_boxes
 from .weights import DEMO, DEMO_IMAGE_BACKBONE
 
 
@@ -68,7 +72,7 @@ class GridExtractor(CNNExtractor):
     def preprocessing(self) -> Dict[str, Any]:
         s = self.config.image_size
         return {"resize": [s, s], "crop": None, "interpolation": "bilinear-antialias",
-                "mean": list(self.backbone.mean), "std": list(self.backbone.std)}
+                "mean": list(self.backbone.mean), "std": list(self.backbone.std), "boxes": "adaptive_bin_boxes"}
 
     def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
         s = self.config.image_size
@@ -83,7 +87,8 @@ class GridExtractor(CNNExtractor):
         pooled_map = F.adaptive_avg_pool2d(fmap.float(), (g, g))  # [N, D, g, g]
         regions = pooled_map.flatten(2).transpose(1, 2)  # [N, g*g, D], row-major cells
         sizes = batch["size"]
-        boxes = torch.stack([grid_cell_boxes(int(w), int(h), g, g) for w, h in sizes.tolist()])
+        hw = tuple(fmap.shape[-2:])
+        boxes = torch.stack([adaptive_bin_boxes(int(w), int(h), hw, g, g) for w, h in sizes.tolist()])
         n = regions.shape[0]
         return {"regions": self.out(regions), "count": np.full(n, g * g, dtype=np.int32),
                 "boxes": boxes.numpy(), "image_size": self.out_int(sizes),

@@ -10,10 +10,14 @@ different features at another batch size; with fixed canvases a row depends only
 
 Proposals (``geometry.multiscale_tiles`` on the ORIGINAL image, in the order of ``scales``, row-major
 within a scale; box side ``s*W x s*H``, stride half a box, an extra edge-flush box where the steps do not
-end at the edge), the first ``num_regions`` kept. Default scales (1.0, 0.75, 0.5, 0.25) give
-1 + 4 + 9 + 49 = 63 boxes: the first 36 are the whole image, the 2x2 and 3x3 tilings and the first 22
-quarter-size tiles (rows 0-2 and the first tile of row 3). Coarse scales come first so truncation never
-drops the global views; pass ``num_regions=63`` for all of them.
+end at the edge), cut to ``num_regions`` by ``geometry.balanced_tiles``: coarse scales first, each whole
+while it fits; the scale that does not fit keeps a subset that still covers the whole image (its abutting
+tiling first, then tiles centred on that tiling's inner corners, evenly spread). Default scales
+(1.0, 0.75, 0.5, 0.25) give 1 + 4 + 9 + 49 = 63 boxes; the default 36 are the whole image, the 2x2 and 3x3
+tilings and 22 quarter-size tiles: the 4x4 abutting tiling plus 6 tiles centred at x in {1/4, 3/4},
+y in {1/4, 1/2, 3/4}, so the bottom of the image (where meme captions sit) has fine regions as the top
+does. ``num_regions`` must leave each kept scale its covering tiles (defaults: 1, 5, 9-14 or 30-63);
+pass 63 for all of them.
 
 Features: ``torchvision.ops.roi_align`` (output ``roi_output`` = 14x14, spatial_scale 1/16, sampling_ratio 2,
 aligned=True) on the stride-16 map (ResNet layer3), then the remaining stage (layer4, 7x7), then the mean
@@ -36,7 +40,7 @@ from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, register_extractor, require_pil
 from .cnn import CNNExtractor
-from .geometry import multiscale_tiles, resize_keep_aspect
+from .geometry import balanced_counts, balanced_tiles, resize_keep_aspect
 from .grid import pil_to_normalized
 from .weights import DEMO, DEMO_IMAGE_BACKBONE
 
@@ -58,10 +62,11 @@ class RoiConfig(BaseConfig):
         if not self.scales or any(not 0 < float(s) <= 1 for s in self.scales):
             raise FeatstoreError(f"scales={self.scales!r} are invalid; give fractions of the image side in (0, 1]")
         self.scales = tuple(float(s) for s in self.scales)
-        total = len(multiscale_tiles(100.0, 100.0, self.scales))
-        if not 1 <= self.num_regions <= total:
-            raise FeatstoreError(f"num_regions={self.num_regions} is invalid; scales {self.scales} give {total} "
-                                 f"proposals, choose 1..{total}")
+        ok = balanced_counts(self.scales)
+        if not any(lo <= self.num_regions <= hi for lo, hi in ok):
+            choices = ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ok)
+            raise FeatstoreError(f"num_regions={self.num_regions} is invalid for scales {self.scales}: every kept "
+                                 f"scale must cover the whole image; choose one of {choices}")
         if self.shorter_side < 32 or self.max_side < self.shorter_side:
             raise FeatstoreError(f"shorter_side={self.shorter_side}, max_side={self.max_side} are invalid; "
                                  "use 32 <= shorter_side <= max_side")
@@ -79,13 +84,13 @@ class RoiExtractor(CNNExtractor):
         c = self.config
         return {"resize_shorter": c.shorter_side, "max_side": c.max_side, "keep_aspect": True,
                 "interpolation": "bilinear-antialias", "pad": "orientation-canvas", "mean": list(self.backbone.mean),
-                "std": list(self.backbone.std), "proposals": "multiscale_tiles", "scales": list(c.scales),
+                "std": list(self.backbone.std), "proposals": "balanced_tiles", "scales": list(c.scales),
                 "roi_align": {"output": c.roi_output, "spatial_scale": 1 / 16, "sampling_ratio": c.sampling_ratio,
                               "aligned": True}}
 
     def proposals(self, width: int, height: int) -> torch.Tensor:
-        """The first ``num_regions`` multi-scale tiles of a ``width x height`` image, float32 [R, 4]."""
-        return multiscale_tiles(float(width), float(height), self.config.scales)[: self.config.num_regions]
+        """The ``num_regions`` balanced multi-scale tiles of a ``width x height`` image, float32 [R, 4]."""
+        return balanced_tiles(float(width), float(height), self.config.scales, self.config.num_regions)
 
     def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
         w, h = require_pil(item).size
