@@ -90,7 +90,7 @@ def test_demo_pairing_rejects_a_different_architecture():
 def test_registry_listing_and_config_errors():
     names = {n for n, _, _ in list_extractors()}
     assert names == {"grid", "roi", "detector", "dinov2", "dinov2-multilayer", "clip-image", "clip-text", "bert",
-                     "distilbert"} == set(EXTRACTORS.names())
+                     "distilbert", "vilbert-text", "vg-regions"} == set(EXTRACTORS.names())
     opts = dict(dict((n, o) for n, _, o in list_extractors())["roi"])
     assert opts["num_regions"] == 36 and opts["scales"] == (1.0, 0.75, 0.5, 0.25) and opts["dtype"] == "float16"
     with pytest.raises(FeatstoreError, match="unknown extractor"):
