@@ -230,6 +230,22 @@ def test_bad_rgcl_options_are_one_line_errors():
     with pytest.raises(FeatstoreError) as e:
         RGCLConfig.from_dict({"k_pos": 0, "k_neg": 0})
     assert str(e.value) == "rgcl k_pos=0 and k_neg=0 retrieve nothing; use e.g. k_pos=1, k_neg=1"
+    with pytest.raises(FeatstoreError) as e:
+        RGCLConfig.from_dict({"k_neg": -1})
+    assert str(e.value) == "rgcl k_neg=-1 is out of range; use e.g. k_neg=1"
+    with pytest.raises(FeatstoreError) as e:
+        RGCLConfig.from_dict({"backend": "gpu"})
+    assert str(e.value) == ("rgcl backend='gpu' / vote='arithmetic' unknown; use backend one of auto, faiss, torch "
+                            "and vote one of arithmetic, mean")
+
+
+def test_knn_needs_a_binary_task():
+    data = cluster_task()
+    three = TaskSpec([Task("label", "multiclass", 3, ["a", "b", "c"])])
+    data3 = TrainData(data.features, data.ids, {"label": data.targets["label"]}, data.splits, three)
+    with pytest.raises(FeatstoreError) as e:
+        train(TrainConfig(head="concat", predict="knn", **FAST), data3, progress=False)
+    assert str(e.value) == "predict=knn votes on a binary task; task 'label' is multiclass - use predict=classifier"
 
 
 def test_rgcl_needs_one_single_label_task():
