@@ -558,3 +558,16 @@ def test_checkpoint_on_another_head_is_refused(world):
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert res.output.splitlines()[-1] == ("error: --vilbert-checkpoint initialises a vilbert head, not 'concat'; pass --head vilbert "
                    "(or --head refnet --set base=vilbert)")
+
+
+def test_refnet_over_vilbert_loads_the_checkpoint_into_its_base(world):
+    from heads.spec import InputSpec, Task, TaskSpec
+    from heads.vilbert_checkpoint import head_from_checkpoint
+
+    inputs = InputSpec(img_dim=10, txt_dim=16, img_regions=7, txt_tokens=16, img_boxes=True)
+    cfg = dict(base="vilbert", base_cfg=dict(num_attention_heads=2, v_num_attention_heads=2, bi_num_attention_heads=2))
+    head, report = head_from_checkpoint("refnet", inputs, TaskSpec([Task("label", "binary", 2)]), cfg,
+                                        str(world["ckpt"]))
+    assert head.base.config.text_start_layer == START and report.missing_keys == []
+    torch.testing.assert_close(head.base.encoder.c_layer[1].biattention.query2.weight,
+                               world["sd"]["model.bert.encoder.c_layer.1.biattention.query2.weight"], rtol=0, atol=0)
