@@ -129,7 +129,7 @@ def test_clip_image_and_text_against_clipmodel(tiny_clip):
     m = CLIPModel.from_pretrained(str(tiny_clip)).eval()
     rng = np.random.default_rng(0)
     imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(50, 40), (40, 70)]]
-    ex = create_extractor("clip-image", weights=str(tiny_clip), dtype="float32")
+    ex = create_extractor("clip-image", weights=str(tiny_clip), dtype="float32", num_regions=4)  # 4x4 patch grid
     out = ex.forward(ex.collate([ex.preprocess(i) for i in imgs]))
     px = CLIPImageProcessor.from_pretrained(str(tiny_clip))(images=imgs, return_tensors="pt")["pixel_values"]
     with torch.no_grad():

@@ -1,96 +1,215 @@
-"""``clip-image`` and ``clip-text``: CLIP's projected embeddings (``pooled`` [N, projection_dim] only).
+"""``clip-image`` and ``clip-text``: a CLIPModel's pre-projection and projected vectors, token states, regions.
+
+weights: any ``CLIPModel`` folder (or a model id in the local Hugging Face cache); default
+``openai/clip-vit-large-patch14`` at 224 px, Hate-CLIPper's encoder (1024-d image / 768-d text
+``pooler``, 768-d ``pooled``); ``openai/clip-vit-large-patch14-336`` (RGCL's) works the same, its own
+processor giving 336 px and a 24 x 24 patch grid.
 
 Image: the folder's own ``CLIPImageProcessor`` (shorter side resized, centre crop, CLIP mean/std), then
-``visual_projection(vision_model(pixels).pooler_output)``, i.e. ``CLIPModel.get_image_features``.
-Text: the folder's tokenizer (truncated to ``max_length``, at most the model's positions, 77 for CLIP),
-then ``text_projection(text_model(ids).pooler_output)`` (the EOS token's state). ``normalize=True`` divides
-by the L2 norm (as CLIPModel does before its logits). weights: a CLIPModel folder or a cached model id.
+``vision_model``. Stored per version:
+  * ``pooler [N, Dv]``: ``vision_model(...).pooler_output`` (post-LayerNormed CLS; pre-projection, what
+    Hate-CLIPper's trainable projections read);
+  * ``pooled [N, P]``: ``visual_projection(pooler)`` = ``CLIPModel.get_image_features``; ``normalize=True``
+    divides it (only it) by its L2 norm, as CLIPModel does before its logits;
+  * ``regions [N, R, Dv]`` + ``count`` + ``boxes`` + ``image_size`` (``num_regions`` > 0, default 36): the
+    g x g patch states reduced exactly as ``dinov2`` does (``patch_regions``: ``reduce="interp"``, a 6 x 6
+    antialiased bilinear resampling, or ``"attention"``, the top-R patches by last-layer CLS attention);
+    boxes are the cells of the centre crop's area in original-image pixels (``crop_window``);
+  * ``tokens [N, g*g, Dv]`` (``tokens=True``): every patch state, row-major, CLS left out (no ``count``:
+    every patch is real).
+Patch states are ``last_hidden_state`` (the encoder output; CLIP applies ``post_layernorm`` only to the
+CLS), or ``hidden_states[layer]`` (0 = the embeddings after ``pre_layrnorm``, k = layer k's output);
+``post_layernorm=True`` passes them through the vision tower's ``post_layernorm`` first.
+
+Text: the folder's tokenizer (truncated to ``max_length``, at most the model's positions, 77 for CLIP), then
+``text_model``: ``pooler [N, Dt]`` (``pooler_output``: the EOS token's state after ``final_layer_norm``),
+``pooled [N, P]`` (``text_projection(pooler)``, ``normalize`` as above) and, with ``tokens=True``,
+``tokens [N, T, Dt]`` (``last_hidden_state``, after ``final_layer_norm``; or ``hidden_states[layer]``, before
+it; zero past ``count``) + ``count``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import FeatstoreError
-from .base import BaseConfig, Extractor, register_extractor, require_pil
+from ..store.spec import ArraySpec
+from .base import BaseConfig, Extractor, pad_items, register_extractor, require_pil
 from .hf import load_pretrained
+from .patch_regions import attention_indices, check_fits_grid, check_region_options, reduce_patches, region_boxes
 from .text import pad_ids, text_input
 from .weights import DEMO, resolve_weights
 
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+
 
 @dataclass
-class ClipImageConfig(BaseConfig):
-    weights: Optional[str] = "openai/clip-vit-base-patch32"
+class _ClipConfig(BaseConfig):
+    """layer: None = the tower's ``last_hidden_state``; k = ``hidden_states[k]`` for ``tokens`` / ``regions``."""
+
+    weights: Optional[str] = DEFAULT_CLIP
     normalize: bool = False
+    tokens: bool = False
+    layer: Optional[int] = None
 
 
 @dataclass
-class ClipTextConfig(ClipImageConfig):
+class ClipImageConfig(_ClipConfig):
+    num_regions: int = 36
+    reduce: str = "interp"
+    antialias: bool = True
+    post_layernorm: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_regions != 0:
+            check_region_options(self.num_regions, self.reduce)
+
+
+@dataclass
+class ClipTextConfig(_ClipConfig):
     max_length: int = 77
+
+
+def crop_window(processor, width: int, height: int) -> Tuple[float, float, float, float]:
+    """The area (x1, y1, x2, y2, original pixels) of a ``width x height`` image that the processor's output
+    shows: its resize (``shortest_edge``: shorter side to it, the longer to ``int(s * long / short)``; or a
+    fixed ``height`` x ``width``) then its centre crop (offset ``int((resized - crop) / 2)``; a crop larger
+    than the resized image is zero padding, half each side, as the processor pads)."""
+    size, crop = processor.size, processor.crop_size
+    rw, rh = width, height
+    if processor.do_resize:
+        if size.shortest_edge and not size.longest_edge:
+            s = int(size.shortest_edge)
+            short, long = sorted((width, height))
+            rw, rh = (s, int(s * long / short)) if width <= height else (int(s * long / short), s)
+        elif size.height and size.width:
+            rw, rh = int(size.width), int(size.height)
+        else:
+            raise FeatstoreError(f"the CLIP processor's size {dict(size)} has no box arithmetic here; "
+                                 "use a processor with size shortest_edge or height/width")
+    x1, y1, cw, ch = 0.0, 0.0, float(rw), float(rh)
+    if processor.do_center_crop:
+        cw, ch = int(crop.width), int(crop.height)
+        x1 = -((cw - rw) // 2) if cw > rw else int((rw - cw) / 2.0)
+        y1 = -((ch - rh) // 2) if ch > rh else int((rh - ch) / 2.0)
+    sx, sy = width / rw, height / rh
+    return x1 * sx, y1 * sy, (x1 + cw) * sx, (y1 + ch) * sy
 
 
 class _ClipBase(Extractor):
     _compile_targets = ("model",)
+    tower = ""  # "vision_config" / "text_config"
 
-    def __init__(self, config: ClipImageConfig, name: str):
+    def __init__(self, config: _ClipConfig, name: str, attn: Optional[str] = None):
         super().__init__(config, name)
         from transformers import CLIPModel
 
         if config.weights in (None, DEMO):
             raise FeatstoreError(f"{name} needs CLIP weights; pass --weights with a CLIPModel folder or a cached id "
-                                 "(e.g. `huggingface-cli download openai/clip-vit-base-patch32`)")
+                                 f"(e.g. `huggingface-cli download {DEFAULT_CLIP}`)")
         self.weights_path = resolve_weights(config.weights, "dir")
-        self.model = load_pretrained(CLIPModel, self.weights_path, "CLIPModel")
+        extra = {"attn_implementation": attn} if attn else {}
+        self.model = load_pretrained(CLIPModel, self.weights_path, "CLIPModel", **extra)
         self.model.eval()
         self.dim = int(self.model.config.projection_dim)
+        tower = getattr(self.model.config, self.tower)
+        self.hidden, n_layers = int(tower.hidden_size), int(tower.num_hidden_layers)
+        if config.layer is not None and not 0 <= int(config.layer) <= n_layers:
+            raise FeatstoreError(f"layer={config.layer} is invalid for the {n_layers}-layer CLIP "
+                                 f"{self.tower.split('_')[0]} tower; choose 0..{n_layers} or leave it unset")
 
-    def schema(self):
-        return {"pooled": self.fspec(self.dim)}
+    def _states(self, out) -> torch.Tensor:
+        """The per-token states ``tokens`` / ``regions`` are made of (``layer``)."""
+        return out.last_hidden_state if self.config.layer is None else out.hidden_states[int(self.config.layer)]
 
-    def _finish(self, emb: torch.Tensor) -> Dict[str, np.ndarray]:
-        emb = emb.float()
+    def _vectors(self, pooler: torch.Tensor, projected: torch.Tensor) -> Dict[str, np.ndarray]:
+        emb = projected.float()
         if self.config.normalize:
             emb = emb / emb.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        return {"pooled": self.out(emb)}
+        return {"pooler": self.out(pooler.float()), "pooled": self.out(emb)}
 
 
-@register_extractor("clip-image", ClipImageConfig, help="CLIP image embedding (pooled, projection_dim)")
+@register_extractor("clip-image", ClipImageConfig,
+                    help="CLIP image tower: pooler (pre-projection), pooled (projected), 36 patch regions, tokens")
 class ClipImageExtractor(_ClipBase):
     modality = "image"
     key_kind = "image_key"
+    tower = "vision_config"
 
     def __init__(self, config: ClipImageConfig, name: str):
-        super().__init__(config, name)
+        super().__init__(config, name, attn="eager" if config.num_regions and config.reduce == "attention" else None)
         from transformers import CLIPImageProcessor
 
         self.processor = load_pretrained(CLIPImageProcessor, self.weights_path, "CLIPImageProcessor")
+        vc = self.model.config.vision_config
+        self.grid = int(vc.image_size) // int(vc.patch_size)
+        crop = self.processor.crop_size
+        if self.processor.do_center_crop and (crop.height, crop.width) != (vc.image_size, vc.image_size):
+            raise FeatstoreError(f"the CLIP processor crops {crop.height}x{crop.width} but the vision tower takes "
+                                 f"{vc.image_size}x{vc.image_size}; pass a folder whose processor matches its model")
+        if config.num_regions:
+            check_fits_grid(config.num_regions, self.grid)
+
+    def schema(self):
+        c, d = self.config, self.hidden
+        s = {"pooler": self.fspec(d), "pooled": self.fspec(self.dim)}
+        if c.num_regions:
+            r = c.num_regions
+            s.update({"regions": self.fspec(r, d, per_item=True), "count": ArraySpec((), "int32"),
+                      "boxes": ArraySpec((r, 4), "float32", True), "image_size": ArraySpec((2,), "int32")})
+        if c.tokens:
+            s["tokens"] = self.fspec(self.grid * self.grid, d)
+        return s
 
     def preprocessing(self) -> Dict[str, Any]:
         p = self.processor
         return {"processor": type(p).__name__, "size": dict(p.size) if p.size else None,
                 "crop_size": dict(p.crop_size) if getattr(p, "crop_size", None) else None,
-                "mean": list(p.image_mean), "std": list(p.image_std), "normalize": self.config.normalize}
+                "mean": list(p.image_mean), "std": list(p.image_std), "normalize": self.config.normalize,
+                "grid": self.grid, "boxes": "crop_window cells"}
 
     def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
         require_pil(item)
-        return {"pixel_values": self.processor(images=item.convert("RGB"), return_tensors="pt")["pixel_values"][0]}
+        px = self.processor(images=item.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        return {"pixel_values": px, "size": torch.tensor(item.size, dtype=torch.int64),
+                "window": torch.tensor(crop_window(self.processor, *item.size), dtype=torch.float64)}
 
     @torch.inference_mode()
     def forward(self, batch) -> Dict[str, np.ndarray]:
+        c, g = self.config, self.grid
+        attention = bool(c.num_regions) and c.reduce == "attention"
+        vm = self.model.vision_model
         with self.autocast():
-            v = self.model.vision_model(pixel_values=self.to_device(batch["pixel_values"]))
-            emb = self.model.visual_projection(v.pooler_output)
-        return self._finish(emb)
+            v = vm(pixel_values=self.to_device(batch["pixel_values"]), output_hidden_states=c.layer is not None,
+                   output_attentions=attention)
+            projected = self.model.visual_projection(v.pooler_output)
+            states = self._states(v)
+            if c.post_layernorm:
+                states = vm.post_layernorm(states)
+        res = self._vectors(v.pooler_output, projected)
+        patches = states[:, 1:1 + g * g].float()
+        if c.tokens:
+            res["tokens"] = self.out(patches)
+        if c.num_regions:
+            idx = attention_indices(v.attentions[-1], g, c.num_regions) if attention else None
+            res.update({"regions": self.out(reduce_patches(patches, g, c.num_regions, c.antialias, idx)),
+                        "count": np.full(len(patches), c.num_regions, dtype=np.int32),
+                        "boxes": region_boxes(batch["window"].tolist(), g, c.num_regions, idx).numpy(),
+                        "image_size": self.out_int(batch["size"])})
+        return res
 
 
-@register_extractor("clip-text", ClipTextConfig, help="CLIP text embedding (pooled, projection_dim)")
+@register_extractor("clip-text", ClipTextConfig,
+                    help="CLIP text tower: pooler (pre-projection EOS state), pooled (projected), tokens")
 class ClipTextExtractor(_ClipBase):
     modality = "text"
     key_kind = "sample_id"
+    tower = "text_config"
 
     def __init__(self, config: ClipTextConfig, name: str):
         super().__init__(config, name)
@@ -99,6 +218,13 @@ class ClipTextExtractor(_ClipBase):
         self.tokenizer = load_pretrained(AutoTokenizer, self.weights_path, "CLIP tokenizer")
         self.max_length = min(config.max_length, int(self.model.config.text_config.max_position_embeddings))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def schema(self):
+        s = {"pooler": self.fspec(self.hidden), "pooled": self.fspec(self.dim)}
+        if self.config.tokens:
+            s.update({"tokens": self.fspec(self.max_length, self.hidden, per_item=True),
+                      "count": ArraySpec((), "int32")})
+        return s
 
     def preprocessing(self) -> Dict[str, Any]:
         return {"tokenizer": type(self.tokenizer).__name__, "max_length": self.max_length, "truncation": True,
@@ -113,8 +239,13 @@ class ClipTextExtractor(_ClipBase):
 
     @torch.inference_mode()
     def forward(self, batch) -> Dict[str, np.ndarray]:
+        mask = batch["attention_mask"].to(self.device)
         with self.autocast():
-            t = self.model.text_model(input_ids=batch["input_ids"].to(self.device),
-                                      attention_mask=batch["attention_mask"].to(self.device))
-            emb = self.model.text_projection(t.pooler_output)
-        return self._finish(emb)
+            t = self.model.text_model(input_ids=batch["input_ids"].to(self.device), attention_mask=mask,
+                                      output_hidden_states=self.config.layer is not None)
+            projected = self.model.text_projection(t.pooler_output)
+        res = self._vectors(t.pooler_output, projected)
+        if self.config.tokens:
+            states = self._states(t).float() * mask.unsqueeze(-1).float()
+            res.update({"tokens": self.out(pad_items(states, self.max_length)), "count": self.out_int(mask.sum(1))})
+        return res

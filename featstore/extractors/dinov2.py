@@ -4,7 +4,8 @@ Preprocessing: the whole image resized to ``image_size x image_size`` (518 defau
 NOT the stock processor's 224 centre crop), ImageNet mean/std. With patch size P the patch grid is
 g x g (g = image_size / P, 37 at 518/14).
 
-Reduction of the [g, g, D] patch tokens to R regions (``reduce``):
+Reduction of the [g, g, D] patch tokens to R regions (``reduce``, ``patch_regions``, shared with
+``clip-image``):
   * ``"interp"`` (default): bilinear resampling of the grid to r x r (R = r*r must be a square;
     align_corners=False; ``antialias=True`` by default, so every patch contributes, as in a triangle-filter
     downscale); regions row-major; ``boxes`` the r x r cells of the original image;
@@ -24,13 +25,11 @@ Output: ``regions [N, R, D]``, ``count`` (= R), ``boxes [N, R, 4]`` (float32), `
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
@@ -38,11 +37,8 @@ from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, register_extractor, require_pil, seeded
 from .cnn import IMAGENET_MEAN, IMAGENET_STD
-from .geometry import grid_cell_boxes
+from .patch_regions import attention_indices, check_fits_grid, check_region_options, reduce_patches, region_boxes
 from .weights import DEMO, resolve_weights
-
-REDUCTIONS = ("interp", "attention")
-
 
 @dataclass
 class Dinov2Config(BaseConfig):
@@ -59,13 +55,7 @@ class Dinov2Config(BaseConfig):
         if self.weights == DEMO:
             raise FeatstoreError("dinov2 has no demo weights; pass --weights with a Dinov2Model folder "
                                  "(e.g. `huggingface-cli download facebook/dinov2-large`)")
-        if self.reduce not in REDUCTIONS:
-            raise FeatstoreError(f"reduce={self.reduce!r} is unknown; use one of {', '.join(REDUCTIONS)}")
-        if self.num_regions < 1:
-            raise FeatstoreError(f"num_regions={self.num_regions} is invalid; use a positive number")
-        if self.reduce == "interp" and math.isqrt(self.num_regions) ** 2 != self.num_regions:
-            raise FeatstoreError(f"num_regions={self.num_regions} is not a square; reduce='interp' needs r*r regions "
-                                 "(e.g. 36, 49) or use reduce='attention'")
+        check_region_options(self.num_regions, self.reduce)
 
 
 @dataclass
@@ -111,9 +101,7 @@ class _Dinov2Base(Extractor):
             raise FeatstoreError(f"image_size={config.image_size} is not a multiple of the patch size {self.patch}; "
                                  f"use e.g. {self.patch * max(1, round(config.image_size / self.patch))}")
         self.grid = config.image_size // self.patch
-        if config.num_regions > self.grid * self.grid:
-            raise FeatstoreError(f"num_regions={config.num_regions} exceeds the {self.grid}x{self.grid} patch grid; "
-                                 "use fewer regions or a larger image_size")
+        check_fits_grid(config.num_regions, self.grid)
         if self.multilayer:
             bad = [k for k in config.layers if not 0 <= int(k) <= hf.num_hidden_layers]
             if bad or not config.layers:
@@ -142,18 +130,6 @@ class _Dinov2Base(Extractor):
         x = TF.normalize(TF.to_tensor(x), list(IMAGENET_MEAN), list(IMAGENET_STD))
         return {"image": x, "size": torch.tensor(item.size, dtype=torch.int64)}
 
-    def _reduce(self, tokens: torch.Tensor, idx: Optional[torch.Tensor]) -> torch.Tensor:
-        """tokens [N, 1 + g*g, D] -> regions [N, R, D] (interp, or gather at ``idx`` [N, R])."""
-        n, g = tokens.shape[0], self.grid
-        patches = tokens[:, 1:1 + g * g].float()
-        if idx is not None:
-            return torch.gather(patches, 1, idx[..., None].expand(-1, -1, patches.shape[-1]))
-        r = math.isqrt(self.config.num_regions)
-        grid = patches.reshape(n, g, g, -1).permute(0, 3, 1, 2)
-        small = F.interpolate(grid, size=(r, r), mode="bilinear", align_corners=False,
-                              antialias=self.config.antialias)
-        return small.flatten(2).transpose(1, 2)
-
     @torch.inference_mode()
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
         c = self.config
@@ -167,16 +143,11 @@ class _Dinov2Base(Extractor):
                     layers = [self.model.layernorm(h) for h in layers]
             else:
                 layers = [out.last_hidden_state]
-        idx = None
-        g, sizes = self.grid, batch["size"].tolist()
-        if attention:
-            cls_attn = out.attentions[-1].float().mean(dim=1)[:, 0, 1:1 + g * g]  # [N, g*g]
-            idx = torch.topk(cls_attn, c.num_regions, dim=1).indices  # sorted by decreasing attention
-            boxes = torch.stack([grid_cell_boxes(w, h, g, g)[i] for (w, h), i in zip(sizes, idx.cpu())])
-        else:
-            r = math.isqrt(c.num_regions)
-            boxes = torch.stack([grid_cell_boxes(w, h, r, r) for w, h in sizes])
-        regions = torch.cat([self._reduce(h, idx) for h in layers], dim=-1)
+        g = self.grid
+        idx = attention_indices(out.attentions[-1], g, c.num_regions) if attention else None
+        boxes = region_boxes([(0, 0, w, h) for w, h in batch["size"].tolist()], g, c.num_regions, idx)
+        regions = torch.cat([reduce_patches(h[:, 1:1 + g * g], g, c.num_regions, c.antialias, idx) for h in layers],
+                            dim=-1)
         pooled = torch.cat([h[:, 0].float() for h in layers], dim=-1)
         n = regions.shape[0]
         return {"regions": self.out(regions), "count": np.full(n, c.num_regions, dtype=np.int32),
