@@ -108,3 +108,45 @@ def test_detector_batching_does_not_change_results():
         alone = ex.forward(ex.collate([ex.preprocess(img)]))
         for name in ("regions", "boxes", "scores", "count", "class_ids"):
             np.testing.assert_allclose(together[name][i], alone[name][0], rtol=1e-3, atol=1e-3, err_msg=f"{i} {name}")
+
+
+def test_detector_c5_regions_are_roi_align_on_layer4_mean_pooled():
+    """region_features='c5': each kept box ROI-aligned (7x7, 1/32, sampling 2, aligned) on the ResNet body's
+    layer4 of the image's own canvas, mean-pooled (2048-d); the box-head vectors are kept as box_features."""
+    from torchvision.ops import roi_align
+
+    cfg = dict(min_size=96, max_size=160, max_boxes=6, min_boxes=3, score_thresh=0.0, dtype="float32")
+    ex = create_extractor("detector", region_features="c5", **cfg)
+    plain = create_extractor("detector", **cfg)
+    rng = np.random.default_rng(3)
+    imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(120, 80), (60, 100)]]
+    batch = ex.collate([ex.preprocess(i) for i in imgs])
+    dets = ex.detect(batch)
+    out = ex.forward(batch)
+    base = plain.forward(batch)
+    il, _ = ex.model.transform([im.float() / 255 for im in batch["images"]])
+    body = ex.model.backbone.body
+    for i, d in enumerate(dets):
+        h, w = il.image_sizes[i]
+        canvas = torch.zeros(1, 3, *ex.canvas(h > w))
+        canvas[0, :, :h, :w] = il.tensors[i, :, :h, :w]
+        with torch.no_grad():
+            m = body.layer4(body.layer3(body.layer2(body.layer1(body.maxpool(body.relu(body.bn1(body.conv1(canvas))))))))
+            ref = roi_align(m, [d["boxes"]], output_size=7, spatial_scale=1 / 32, sampling_ratio=2, aligned=True)
+        n = int(out["count"][i])
+        assert m.shape[1] == 2048 and n == len(d["boxes"])
+        np.testing.assert_allclose(out["regions"][i, :n], ref.mean(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out["pooled"][i], ref.mean(dim=(0, 2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+        assert (out["regions"][i, n:] == 0).all()
+    # same detections as the default setting; its 1024-d features ride along as box_features
+    for name in ("boxes", "scores", "class_ids", "count"):
+        np.testing.assert_array_equal(out[name], base[name])
+    np.testing.assert_allclose(out["box_features"], base["regions"], rtol=1e-5, atol=1e-6)
+    s = ex.schema()
+    assert s["regions"].shape == (6, 2048) and s["box_features"].shape == (6, 1024) and set(out) == set(s)
+    assert ex.preprocessing()["region_features"] != plain.preprocessing()["region_features"]
+    for cfg_bad, msg in [(dict(region_features="fc6"), "region_features='fc6' is unknown; use one of box_head, c5"),
+                         (dict(c5_output=0), "c5_output=0 is invalid; use a positive size (7 by default)")]:
+        with pytest.raises(FeatstoreError) as e:
+            create_extractor("detector", **cfg_bad)
+        assert str(e.value) == msg

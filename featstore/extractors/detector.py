@@ -11,11 +11,21 @@ boxes removed). Selection (``select_detections``), all on the model's device:
    detections below the threshold fill up, so a low-confidence image still has regions) and at most
    ``max_boxes``.
 
-The feature of a kept box is the model's ``roi_heads.box_roi_pool`` (MultiScaleRoIAlign 7x7) +
-``box_head`` (TwoMLPHead) output on that box: 1024-d. Output (K = max_boxes): ``regions [N, K, 1024]``,
-``count``, ``boxes [N, K, 4]`` (float32, original pixels), ``class_ids`` int32 [N, K], ``scores`` float32
-[N, K], ``image_size`` int32 [N, 2], ``pooled`` (mean of the kept regions). A box may appear once per
-class (class-wise NMS, as torchvision's detector itself outputs).
+Features of a kept box (``region_features``):
+  * ``"box_head"`` (default): the model's ``roi_heads.box_roi_pool`` (MultiScaleRoIAlign 7x7) + ``box_head``
+    (TwoMLPHead) output on that box: 1024-d;
+  * ``"c5"``: ``torchvision.ops.roi_align`` of the box on the ResNet body's last stage (C5 = layer4, 2048
+    channels, stride 32, before the FPN; output ``c5_output`` x ``c5_output`` = 7x7, sampling_ratio 2,
+    aligned=True), mean-pooled: 2048-d, the size Facebook's ViLBERT / VisualBERT checkpoints embed. The
+    1024-d box-head vectors are stored beside them as ``box_features``.
+This is torchvision's COCO detector (91 classes, ResNet-50 FPN): its boxes and features are COCO's, not
+the Visual Genome bottom-up-attention regions ViLBERT / VisualBERT were pretrained on (``vg-regions``
+computes those; MMF's ``detectron.lmdb`` imports with ``featstore import``).
+
+Output (K = max_boxes, D = 1024 or 2048): ``regions [N, K, D]``, ``count``, ``boxes [N, K, 4]`` (float32,
+original pixels), ``class_ids`` int32 [N, K], ``scores`` float32 [N, K], ``image_size`` int32 [N, 2],
+``pooled`` (mean of the kept regions), with c5 also ``box_features [N, K, 1024]``. A box may appear once
+per class (class-wise NMS, as torchvision's detector itself outputs).
 """
 from __future__ import annotations
 
@@ -28,12 +38,15 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import batched_nms, boxes as box_ops
+from torchvision.ops import batched_nms, boxes as box_ops, roi_align
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, register_extractor, require_pil, seeded
 from .weights import DEMO, load_into, resolve_weights
+
+
+REGION_FEATURES = ("box_head", "c5")
 
 
 @dataclass
@@ -46,9 +59,16 @@ class DetectorConfig(BaseConfig):
     score_thresh: float = 0.2
     nms_thresh: float = 0.5
     pre_nms_topk: int = 3000
+    region_features: str = "box_head"
+    c5_output: int = 7
 
     def __post_init__(self):
         super().__post_init__()
+        if self.region_features not in REGION_FEATURES:
+            raise FeatstoreError(f"region_features={self.region_features!r} is unknown; use one of "
+                                 f"{', '.join(REGION_FEATURES)}")
+        if self.c5_output < 1:
+            raise FeatstoreError(f"c5_output={self.c5_output} is invalid; use a positive size (7 by default)")
         if self.weights == DEMO:
             raise FeatstoreError("the detector has no demo weights; pass --weights with a torchvision "
                                  "fasterrcnn_resnet50_fpn state dict")
@@ -71,7 +91,7 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.T
 
 
 @register_extractor("detector", DetectorConfig,
-                    help="Faster R-CNN R50-FPN detections: top-K boxes, 1024-d box-head features, classes, scores")
+                    help="Faster R-CNN R50-FPN (COCO) detections: top-K boxes, 1024-d box-head or 2048-d C5 features, classes")
 class DetectorExtractor(Extractor):
     modality = "image"
     key_kind = "image_key"
@@ -91,21 +111,29 @@ class DetectorExtractor(Extractor):
             self.weights_path = resolve_weights(c.weights, "file")
             load_into(self.model, self.weights_path, f"fasterrcnn_resnet50_fpn with {c.num_classes} classes")
         self.model.eval()
-        self.dim = self.model.roi_heads.box_head.fc7.out_features
+        self.box_dim = self.model.roi_heads.box_head.fc7.out_features
+        self.c5 = c.region_features == "c5"
+        self.dim = self.model.backbone.body.layer4[-1].conv3.out_channels if self.c5 else self.box_dim
 
     def schema(self):
         k, d = self.config.max_boxes, self.dim
-        return {"regions": self.fspec(k, d, per_item=True), "count": ArraySpec((), "int32"),
-                "boxes": ArraySpec((k, 4), "float32", True), "class_ids": ArraySpec((k,), "int32", True),
-                "scores": ArraySpec((k,), "float32", True), "image_size": ArraySpec((2,), "int32"),
-                "pooled": self.fspec(d)}
+        s = {"regions": self.fspec(k, d, per_item=True), "count": ArraySpec((), "int32"),
+             "boxes": ArraySpec((k, 4), "float32", True), "class_ids": ArraySpec((k,), "int32", True),
+             "scores": ArraySpec((k,), "float32", True), "image_size": ArraySpec((2,), "int32"),
+             "pooled": self.fspec(d)}
+        if self.c5:
+            s["box_features"] = self.fspec(k, self.box_dim, per_item=True)
+        return s
 
     def preprocessing(self) -> Dict[str, Any]:
         t = self.model.transform
         c = self.config
         return {"min_size": c.min_size, "max_size": c.max_size, "mean": list(t.image_mean), "std": list(t.image_std),
                 "selection": {"score_thresh": c.score_thresh, "nms_thresh": c.nms_thresh, "min_boxes": c.min_boxes,
-                              "max_boxes": c.max_boxes, "pre_nms_topk": c.pre_nms_topk, "nms": "class-wise"}}
+                              "max_boxes": c.max_boxes, "pre_nms_topk": c.pre_nms_topk, "nms": "class-wise"},
+                "region_features": (c.region_features if not self.c5 else
+                                    {"c5": {"output": c.c5_output, "sampling_ratio": 2, "aligned": True,
+                                            "pool": "mean"}})}
 
     def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
         """uint8 [3, H, W] (the model's transform resizes and normalises on the device) and (w, h)."""
@@ -120,7 +148,7 @@ class DetectorExtractor(Extractor):
     @torch.inference_mode()
     def detect(self, batch) -> List[Dict[str, torch.Tensor]]:
         """Per image: ``boxes`` [n, 4] in the model's resized coordinates, ``scores``, ``labels``,
-        ``features`` [n, 1024], plus ``resized`` (h, w)."""
+        ``features`` [n, D] (the ``regions`` vectors; with c5 also ``box_features`` [n, 1024]), ``resized`` (h, w)."""
         images = [img.to(self.device, non_blocking=True).float() / 255.0 for img in batch["images"]]
         with self.autocast():
             il, _ = self.model.transform(images)  # resized + normalised, padded to the batch maximum
@@ -150,7 +178,8 @@ class DetectorExtractor(Extractor):
         m, c = self.model, self.config
         rh = m.roi_heads
         with self.autocast():
-            feats = m.backbone(il.tensors)
+            body = m.backbone.body(il.tensors)  # what m.backbone(x) computes: body, then FPN
+            feats = m.backbone.fpn(body)
             proposals, _ = m.rpn(il, feats)
             x = rh.box_head(rh.box_roi_pool(feats, proposals, il.image_sizes))
             logits, reg = rh.box_predictor(x)
@@ -172,7 +201,19 @@ class DetectorExtractor(Extractor):
             f = rh.box_head(rh.box_roi_pool(feats, chosen, il.image_sizes)).float()
         for o, fi in zip(out, f.split([len(b) for b in chosen])):
             o["features"] = fi
+        if self.c5:
+            c5 = body[list(body)[-1]]
+            for o, fi in zip(out, self._c5_features(c5, chosen, il.tensors.shape[-1]).split([len(b) for b in chosen])):
+                o["box_features"], o["features"] = o["features"], fi
         return out
+
+    def _c5_features(self, c5: torch.Tensor, boxes: List[torch.Tensor], canvas_width: int) -> torch.Tensor:
+        """Each kept box (resized-image pixels) ROI-aligned on the C5 map and mean-pooled: [sum K, 2048]."""
+        k = self.config.c5_output
+        with self.autocast():
+            r = roi_align(c5, [b.to(c5.dtype) for b in boxes], output_size=k, spatial_scale=c5.shape[-1] / canvas_width,
+                          sampling_ratio=2, aligned=True)
+        return r.float().mean(dim=(2, 3))
 
     @torch.inference_mode()
     def forward(self, batch) -> Dict[str, np.ndarray]:
@@ -184,8 +225,11 @@ class DetectorExtractor(Extractor):
         scores = torch.zeros(n, k)
         count = np.zeros(n, dtype=np.int32)
         pooled = torch.zeros(n, self.dim)
+        box_features = torch.zeros(n, k, self.box_dim) if self.c5 else None
         for i, (d, (w, h)) in enumerate(zip(dets, batch["size"].tolist())):
             r = len(d["boxes"])
+            if box_features is not None:
+                box_features[i, :r] = d["box_features"].cpu()
             rh_, rw_ = d["resized"]
             scale = torch.tensor([w / rw_, h / rh_, w / rw_, h / rh_])
             regions[i, :r] = d["features"].cpu()
@@ -195,6 +239,9 @@ class DetectorExtractor(Extractor):
             count[i] = r
             if r:
                 pooled[i] = d["features"].cpu().mean(0)
-        return {"regions": self.out(regions), "count": count, "boxes": boxes.numpy(), "class_ids": cls.numpy(),
-                "scores": scores.numpy().astype(np.float32), "image_size": self.out_int(batch["size"]),
-                "pooled": self.out(pooled)}
+        res = {"regions": self.out(regions), "count": count, "boxes": boxes.numpy(), "class_ids": cls.numpy(),
+               "scores": scores.numpy().astype(np.float32), "image_size": self.out_int(batch["size"]),
+               "pooled": self.out(pooled)}
+        if box_features is not None:
+            res["box_features"] = self.out(box_features)
+        return res
