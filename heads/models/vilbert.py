@@ -6,7 +6,9 @@ layers ``0..t_biattention_id[0]-1``, then for each co-attention block ``k`` the 
 remaining visual then text layers. With the defaults (v ids 0..5, t ids 6..11) the order is
 ``t0..t5, c0, t6 v0 c1, t7 v1 c2, ..., t10 v4 c5, v5, t11``.
 
-Here ``txt_tokens`` are BERT states cached after ``text_start_layer`` layers (6 by default), so the head
+Here ``txt_tokens`` are BERT states cached after ``text_start_layer`` layers (6 by default; best the
+checkpoint's own, from the ``vilbert-text`` extractor; 0 = the embedding output, every text layer trained;
+``check_text_layer`` refuses states of another layer), so the head
 builds only text layers ``text_start_layer..num_hidden_layers-1`` (stored as ``encoder.layer.{i -
 text_start_layer}``), all visual layers and the co-attention layers, and starts the loop with the cached
 states. Submodule names mirror MMF's so Facebook/MMF checkpoints map (``heads.vilbert_checkpoint``).
