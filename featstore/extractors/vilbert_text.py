@@ -17,7 +17,8 @@ fine-tune every text layer. Only k <= the first co-attention layer is what ViLBE
 Options: ``weights`` (the checkpoint file: MMF ``model.bert.*``, vilbert-multi-task ``bert.*`` /
 ``bert.bert.*`` keys, bare or under ``"model"``/``"state_dict"``), ``vocab`` (a tokenizer folder, a
 ``vocab.txt`` file or a model id in the local Hugging Face cache), ``num_attention_heads`` (not readable
-from tensor shapes; 12 for BERT-base), ``trust_checkpoint`` (allow full unpickling of a file you trust).
+from tensor shapes; 12 for BERT-base), ``trust_checkpoint`` (allow full unpickling of a file you trust),
+``dtype`` (storage, float16 as every extractor; ``float32`` keeps MMF's float32 states exactly).
 
 Checkpoint reading (``read_checkpoint``, ``base_key``) is shared with ``heads.vilbert_checkpoint``.
 """
