@@ -20,7 +20,7 @@ Features of a kept box (``region_features``):
     1024-d box-head vectors are stored beside them as ``box_features``.
 This is torchvision's COCO detector (91 classes, ResNet-50 FPN): its boxes and features are COCO's, not
 the Visual Genome bottom-up-attention regions ViLBERT / VisualBERT were pretrained on (``vg-regions``
-computes those; MMF's ``detectron.lmdb`` imports with ``featstore import``).
+computes those; an MMF ``detectron.lmdb`` imports with ``featstore import detectron.lmdb --format mmf-lmdb``).
 
 Output (K = max_boxes, D = 1024 or 2048): ``regions [N, K, D]``, ``count``, ``boxes [N, K, 4]`` (float32,
 original pixels), ``class_ids`` int32 [N, K], ``scores`` float32 [N, K], ``image_size`` int32 [N, 2],
