@@ -436,3 +436,17 @@ def feature_pairs(images: Optional[str], texts: Optional[str]) -> List[Tuple[Opt
     if not pairs:
         raise FeatstoreError("no feature set given; pass --image A,B and/or --text T")
     return pairs
+
+
+def preset_base(preset: Optional[str], heads: Sequence[str], settings: Dict[str, Any]):
+    """(fixed train options, {head: fixed options}) of a sweep: ``--set`` options for every head, a preset's
+    train settings for every row and its head options for its own head (``--set`` wins)."""
+    from .presets import load_preset
+
+    head_cfg = {h: dict(settings) for h in heads}
+    if not preset:
+        return {}, head_cfg
+    p = load_preset(preset)
+    if p.head in head_cfg:
+        head_cfg[p.head] = {**p.head_cfg, **settings}
+    return dict(p.train), head_cfg

@@ -236,3 +236,36 @@ def test_two_worker_processes_give_the_same_leaderboard(world, swept, tmp_path):
     one = {r["row_id"]: r for r in read_csv(out / "leaderboard.csv")}
     for r in read_csv(tmp_path / "par" / "leaderboard.csv"):
         assert r["dev label/auroc mean"] == one[r["row_id"]]["dev label/auroc mean"]
+
+
+def test_train_summary_and_compare_show_every_labelled_split(world, tmp_path):
+    out = tmp_path / "t"
+    text = invoke(heads, ["train", "--store", world["store"], "--dataset", world["data"], "--image", "img", "--text",
+                          "txt", "--head", "concat", "--epochs", "2", "--seeds", "0,1", "--quiet", "--threads", "1",
+                          "--device", "cpu", "--out", out])
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    for split in ("dev", "dev_unseen", "test", "test_unseen"):
+        line = next(line for line in text.splitlines() if line.startswith(f"  {split} "))
+        auc = summary[split]["label/auroc"]
+        assert f"label/auroc={auc['mean']:.4f}+-{auc['std']:.4f}" in line
+    table = invoke(heads, ["compare", out, out])
+    assert [line.split(":")[1].split("(")[0].strip() for line in table.splitlines() if line.startswith("split:")] == [
+        "dev", "dev_unseen", "test", "test_unseen"]
+
+
+def test_a_preset_gives_every_row_its_train_settings_and_its_head_its_options(world, tmp_path):
+    from heads.presets import load_preset
+
+    out = tmp_path / "p"
+    invoke(heads, ["sweep", "--store", world["store"], "--dataset", world["data"], "--image", "img", "--text", "txt",
+                   "--head", "cross,concat", "--preset", "hateclipper-cross", "--grid", "epochs=1", "--set",
+                   "dropout=0.3", "--seeds", "0", "--device", "cpu", "--out", out])
+    preset = load_preset("hateclipper-cross")
+    rows = {r["head"]: r for r in (json.loads((d / "row.json").read_text()) for d in (out / "runs").iterdir())}
+    for head, row in rows.items():
+        assert row["train"] == {**preset.train, "epochs": 1}
+        cfg = json.loads((out / "runs" / row["id"] / "seed_0" / "config.json").read_text())
+        assert cfg["train"]["schedule"] == "constant" and cfg["train"]["lr"] == 1e-4
+        assert cfg["head_config"]["dropout"] == 0.3
+    assert rows["cross"]["head_cfg"] == {**preset.head_cfg, "dropout": 0.3}
+    assert rows["concat"]["head_cfg"] == {"dropout": 0.3}
