@@ -151,7 +151,8 @@ def _pooled_areas(width, height, map_hw, g):
     return np.array(boxes)
 
 
-@pytest.mark.parametrize("map_hw, g", [((7, 7), 6), ((4, 4), 3), ((13, 9), 6), ((5, 7), 2), ((6, 6), 6), ((6, 6), 3)])
+@pytest.mark.parametrize("map_hw, g", [((7, 7), 6), ((4, 4), 3), ((13, 9), 6), ((5, 7), 2), ((6, 6), 6), ((6, 6), 3),
+                                      ((2, 3), 5)])
 def test_adaptive_bin_boxes_are_what_adaptive_pool_averages(map_hw, g):
     np.testing.assert_allclose(adaptive_bin_boxes(90, 50, map_hw, g, g).numpy(), _pooled_areas(90, 50, map_hw, g),
                                rtol=1e-6)
