@@ -77,8 +77,7 @@ def build_leaderboard(root, rows, seeds: Sequence[int]) -> dict:
     primary = next((e["monitor"] for e in ok), None)
     rank_split = next((e["val_split"] for e in ok), None)
     splits = list(dict.fromkeys(s for e in ok for s in e["values"]))
-    metrics = sorted({k for e in ok for vals in e["values"].values() for k in vals
-                      if k.rsplit("/", 1)[-1] in HEADLINE})
+    metrics = headline_keys({k for e in ok for vals in e["values"].values() for k in vals})
     if primary and primary not in metrics:
         metrics.insert(0, primary)
     for e in entries:
@@ -96,6 +95,14 @@ def build_leaderboard(root, rows, seeds: Sequence[int]) -> dict:
     for e in entries:
         e["p"] = {s: _p_vs(best, e, s, primary) for s in splits}
     return {"splits": splits, "metrics": metrics, "primary": primary, "rank_split": rank_split, "rows": entries}
+
+
+def headline_keys(keys) -> List[str]:
+    """The headline metrics among flat metric ``keys``, sorted: AUROC, accuracy, F1 (a binary task's ``f1``;
+    ``macro_f1`` only for a task without one, i.e. multi-class / multi-label)."""
+    keys = set(keys)
+    return sorted(k for k in keys if k.rsplit("/", 1)[-1] in HEADLINE
+                  and not (k.endswith("/macro_f1") and k[:-len("macro_f1")] + "f1" in keys))
 
 
 def _p_vs(best: Optional[dict], e: dict, split: str, metric: Optional[str]) -> Optional[float]:
@@ -256,7 +263,7 @@ def html_page(board: dict, top: int = 5) -> str:
     """A self-contained page: sortable table + ROC curves of the ``top`` rows per split (no external files)."""
     rocs = "".join(_roc_svg(board, s, top) for s in board["splits"])
     style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:2px 5px}th{cursor:pointer;background:#eee}"
+             "td,th{border:1px solid #ccc;padding:2px 5px}td{white-space:nowrap}th{cursor:pointer;background:#eee}"
              ".roc{display:inline-block;vertical-align:top;margin:1em}.roc ul{font-size:11px;max-width:380px}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Sweep leaderboard</title>"
             f"<style>{style}</style><script>{_JS}</script></head><body><h1>Sweep leaderboard</h1>"

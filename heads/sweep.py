@@ -252,7 +252,21 @@ def _roc_points(task, y, probs, most: int = 200) -> Optional[Dict[str, List[floa
     return {"fpr": [round(float(x), 5) for x in fpr[keep]], "tpr": [round(float(x), 5) for x in tpr[keep]]}
 
 
-def run_job(job: Job, data, root: Path, device: str) -> dict:
+def _with_threads(cfg, data, cache: dict):
+    """``cfg`` with ``threads="auto"`` resolved once per (head, head options, batch size) and reused by every
+    seed of the row, so a row's seeds run with one count and the probe is not paid per run."""
+    if cfg.threads != "auto":
+        return cfg
+    from .threads import resolve_threads
+
+    key = (cfg.head, json.dumps(cfg.head_cfg, sort_keys=True, default=str), cfg.batch_size)
+    if key not in cache:
+        cache[key] = resolve_threads(cfg, data)
+    choice = cache[key]
+    return cfg if choice.how == "cuda" else dataclasses.replace(cfg, threads=choice.threads)
+
+
+def run_job(job: Job, data, root: Path, device: str, threads_cache: Optional[dict] = None) -> dict:
     """Train one (row, seed) into its folder; return its ``done.json`` record, or ``{"error": line}``."""
     from .runs import _write_json, save_run
     from .train import TrainConfig, train
@@ -268,7 +282,8 @@ def run_job(job: Job, data, root: Path, device: str) -> dict:
             raise data
         cfg = TrainConfig.from_dict({**job.row.train, "head": job.row.head, "head_cfg": dict(job.row.head_cfg),
                                      "seed": job.seed, "device": device})
-        result = train(cfg, data, None, progress=False)
+        result = train(_with_threads(cfg, data, {} if threads_cache is None else threads_cache), data, None,
+                       progress=False)
         save_run(folder, result, data, plots=False)
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -284,6 +299,7 @@ def run_job(job: Job, data, root: Path, device: str) -> dict:
             roc[split] = _roc_points(first, y, probs[first.name])
     record = {"seed": job.seed, "seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch,
               "monitor": result.monitor, "val_split": result.val_split,
+              "threads": getattr(result.threads, "threads", None),
               "metrics": {s: m for s, m in result.metrics.items() if s != "train"}, "roc": roc}
     _write_json(folder / DONE, record)
     return record
@@ -315,13 +331,13 @@ def run_jobs(spec: SweepSpec, jobs: Sequence[Job], root: Path, device: str, echo
     from featstore.datasets import load_dataset
 
     dataset = load_dataset(spec.dataset, spec.data.get("format", "auto"), check_images=False)
-    current, data = None, None
+    current, data, threads = None, None, {}
     for n, job in enumerate(jobs, 1):
         if job.row.features != current:
-            data, current = None, job.row.features
+            data, current, threads = None, job.row.features, {}
             gc.collect()
             data = _load_data(spec, dataset, current, device)
-        record = run_job(job, data, root, device)
+        record = run_job(job, data, root, device, threads)
         echo(job_line(job, record, done_before + n, total, device))
 
 

@@ -123,6 +123,7 @@ def test_markdown_and_html_show_every_split_and_the_roc_of_the_top_rows(swept):
     for split in ("dev", "dev_unseen", "test", "test_unseen"):
         assert f"| {split} label/auroc |" in header
     assert md.count("\n| ") == 9 and "+-" in md
+    assert "macro_f1" not in header  # a binary task reports its F1, not also the macro average
     page = (out / "leaderboard.html").read_text()
     assert "<script" in page and "sortBy" in page and "http" not in page.replace("http://www.w3.org/2000/svg", "")
     assert page.count("<polyline") == 4 * 5  # 4 labelled splits x top 5 rows
