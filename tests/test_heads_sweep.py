@@ -270,3 +270,36 @@ def test_a_preset_gives_every_row_its_train_settings_and_its_head_its_options(wo
         assert cfg["head_config"]["dropout"] == 0.3
     assert rows["cross"]["head_cfg"] == {**preset.head_cfg, "dropout": 0.3}
     assert rows["concat"]["head_cfg"] == {"dropout": 0.3}
+
+
+def test_more_bad_input_messages(world, tmp_path, swept):
+    from heads.compare import compare_runs
+    from heads.leaderboard import read_leaderboard_order
+    from heads.runs import run_dir_of
+    from heads.sweep import SweepSpec, feature_pairs, load_grid_file, run_sweep, sweep_devices
+
+    (tmp_path / "g.yaml").write_text("lr: [1, 2\n")
+    with pytest.raises(FeatstoreError, match=r"^--grid-file .*g.yaml does not parse \(.*\); fix its syntax$"):
+        load_grid_file(tmp_path / "g.yaml")
+    with pytest.raises(FeatstoreError, match=r"^--device 'tpu:0' is not a device; pass auto, cpu, cuda, cuda:N or a comma list$"):
+        sweep_devices("tpu:0")
+    with pytest.raises(FeatstoreError, match=r"^--device is empty; pass auto, cpu, cuda or e.g. cuda:0,cuda:1$"):
+        sweep_devices(" , ")
+    with pytest.raises(FeatstoreError, match=r"^no feature set given; pass --image A,B and/or --text T$"):
+        feature_pairs("-", None)
+    assert feature_pairs("a,-", "t") == [("a", "t"), (None, "t")]
+    spec = SweepSpec(str(world["store"]), str(world["data"]), [("img", "txt")], ["concat"], seeds=[1, 1])
+    with pytest.raises(FeatstoreError, match=r"^seeds \[1, 1\] are empty or repeat a value; pass distinct seeds"):
+        list(run_sweep(spec, tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "sweep.json").write_text("{}")
+    with pytest.raises(FeatstoreError, match=r"leaderboard.csv does not exist; run `heads sweep` into .*half first$"):
+        read_leaderboard_order(tmp_path / "half")
+    out, _ = swept
+    row = out / "runs" / read_csv(out / "leaderboard.csv")[0]["row_id"]
+    assert run_dir_of(row) == row / "seed_0" and run_dir_of(row, 1) == row / "seed_1"
+    with pytest.raises(FeatstoreError, match=r"^.* has no run for seed 7 \(it has 0, 1\); pass one of them$"):
+        run_dir_of(row, 7)
+    with pytest.raises(FeatstoreError, match=r"^metric 'label/bleu' is not in every run"):
+        compare_runs([out], split="dev", metrics=["label/bleu"])

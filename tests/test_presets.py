@@ -170,3 +170,19 @@ def test_constant_schedule_keeps_the_learning_rate_after_warmup():
             sched.step()
         assert got == pytest.approx(want)
     assert load_preset("hateclipper-cross").train["schedule"] == "constant"
+
+
+def test_preset_file_and_option_errors(world, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1\n")
+    assert one_line_error(heads, args(world, tmp_path / "o", "--preset", bad)).startswith(
+        f"error: preset {bad} does not parse (")
+    bad.write_text("- 1\n- 2\n")
+    assert one_line_error(heads, args(world, tmp_path / "o", "--preset", bad)) == (
+        f"error: preset {bad} must hold a mapping (name, source, head, train, ...); it holds list")
+    bad.write_text("name: h\nsource: s\ntrain: {epochs: 1}\n")
+    assert one_line_error(heads, args(world, tmp_path / "o", "--preset", bad)) == (
+        "error: preset 'h' names no head; pass --head NAME")
+    assert one_line_error(heads, args(world, tmp_path / "o", "--head", "concat", "--class-weights", "1,x")) == (
+        "error: --class-weights '1,x': pass none, auto or comma-separated numbers")
+    assert not (tmp_path / "o").exists()
