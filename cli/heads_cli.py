@@ -313,6 +313,7 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
                      train=train_base, head_cfg=head_fixed,
                      data={"format": dataset_format, "task": task, "task_weights": _weights(task_weights),
                            "max_regions": max_regions, "max_tokens": max_tokens, "text_array": text_array,
-                           "text_pool": text_pool, "val_fraction": val_fraction})
+                           "text_pool": text_pool, "val_fraction": val_fraction,
+                           "image_pool": click.get_current_context().meta.get("image_pool", "pooled")})
     for line in run_sweep(spec, out_dir, sweep_devices(device), echo=click.echo, top=top):
         click.echo(line)

@@ -134,6 +134,10 @@ def check_preset(preset: Preset, head: Optional[str] = None) -> None:
     if preset.train.get("schedule", "linear") not in SCHEDULES:
         raise FeatstoreError(f"{where} sets schedule {preset.train['schedule']!r}, which this toolkit does not have "
                              f"(schedules: {', '.join(SCHEDULES)}); update the toolkit or edit a copy of the preset")
+    try:  # values too (an rgcl option this toolkit lacks, a bad predict mode, ...)
+        TrainConfig.from_dict(dict(preset.train)).validate()
+    except FeatstoreError as err:
+        raise FeatstoreError(f"{where}: {err}; update the toolkit or edit a copy of the preset") from None
     for k in preset.data:
         if k not in DATA_KEYS:
             raise FeatstoreError(f"{where} sets data option {k!r}; data options are {', '.join(DATA_KEYS)}")

@@ -316,7 +316,8 @@ def _load_data(spec: SweepSpec, dataset, features, device: str):
         return build_train_data(open_store(spec.store), dataset, features[0], features[1], d.get("task"),
                                 device=device, max_regions=d.get("max_regions"), max_tokens=d.get("max_tokens"),
                                 val_fraction=d.get("val_fraction"), task_weights=d.get("task_weights"),
-                                text_array=d.get("text_array", "tokens"), text_pool=d.get("text_pool", "cls"))
+                                text_array=d.get("text_array", "tokens"), text_pool=d.get("text_pool", "cls"),
+                                image_pool=d.get("image_pool", "pooled"))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:

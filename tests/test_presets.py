@@ -186,3 +186,20 @@ def test_preset_file_and_option_errors(world, tmp_path):
     assert one_line_error(heads, args(world, tmp_path / "o", "--head", "concat", "--class-weights", "1,x")) == (
         "error: --class-weights '1,x': pass none, auto or comma-separated numbers")
     assert not (tmp_path / "o").exists()
+
+
+def test_rgcl_presets_train_with_the_rgcl_objective_and_knn_inference(world, tmp_path):
+    for name in ("rgcl", "rgcl-knn"):
+        out = tmp_path / name
+        invoke(heads, args(world, out, "--preset", name, "--epochs", "1", "--set", "proj_dim=16"))
+        cfg = train_config(out)
+        assert cfg["head"] == "cross" and cfg["head_config"]["fusion"] == "align"
+        assert cfg["train"]["rgcl"] == load_preset("rgcl").train["rgcl"] and cfg["train"]["schedule"] == "constant"
+        assert cfg["train"]["predict"] == ("knn" if name == "rgcl-knn" else "classifier")
+        history = json.loads((out / "seed_0" / "history.json").read_text())
+        assert "train_loss_rgcl" in history[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "b", "source": "s", "extends": "rgcl", "train": {"rgcl": {"top_k": 20}}}))
+    line = one_line_error(heads, args(world, tmp_path / "o", "--preset", bad))
+    assert line.startswith("error: preset 'b' (") and "rgcl has no option 'top_k'; its options are: " in line
+    assert line.endswith("; update the toolkit or edit a copy of the preset")
