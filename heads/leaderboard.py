@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .compare import lower_is_better, significance
-from .session import HEADLINE
+from .session import headline_keys
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -95,14 +95,6 @@ def build_leaderboard(root, rows, seeds: Sequence[int]) -> dict:
     for e in entries:
         e["p"] = {s: _p_vs(best, e, s, primary) for s in splits}
     return {"splits": splits, "metrics": metrics, "primary": primary, "rank_split": rank_split, "rows": entries}
-
-
-def headline_keys(keys) -> List[str]:
-    """The headline metrics among flat metric ``keys``, sorted: AUROC, accuracy, F1 (a binary task's ``f1``;
-    ``macro_f1`` only for a task without one, i.e. multi-class / multi-label)."""
-    keys = set(keys)
-    return sorted(k for k in keys if k.rsplit("/", 1)[-1] in HEADLINE
-                  and not (k.endswith("/macro_f1") and k[:-len("macro_f1")] + "f1" in keys))
 
 
 def _p_vs(best: Optional[dict], e: dict, split: str, metric: Optional[str]) -> Optional[float]:

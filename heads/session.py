@@ -18,9 +18,17 @@ from .train import TrainConfig
 HEADLINE = ("auroc", "accuracy", "f1", "macro_f1", "micro_auroc", "macro_auroc", "subset_accuracy")
 
 
+def headline_keys(keys) -> List[str]:
+    """The headline metrics among flat metric ``keys``, sorted: AUROC, accuracy, F1 (a binary task's ``f1``;
+    ``macro_f1`` only for a task without one, i.e. multi-class / multi-label)."""
+    keys = set(keys)
+    return sorted(k for k in keys if k.rsplit("/", 1)[-1] in HEADLINE
+                  and not (k.endswith("/macro_f1") and k[:-len("macro_f1")] + "f1" in keys))
+
+
 def headline_metrics(flat: dict) -> dict:
     """The numbers the field reports (AUROC, accuracy, F1) from a flat metrics dict."""
-    return {k: v for k, v in flat.items() if isinstance(v, (int, float)) and k.rsplit("/", 1)[-1] in HEADLINE}
+    return {k: flat[k] for k in headline_keys(k for k, v in flat.items() if isinstance(v, (int, float)))}
 
 
 def epoch_line(seed: int, row: dict, monitor: str, epochs: int) -> str:
@@ -35,7 +43,7 @@ def summary_lines(summary: dict) -> List[str]:
     """One line per labelled split (dev, dev_unseen, test, test_unseen, ...): headline metrics mean +- std."""
     lines = []
     for split, metrics in summary["summary"].items():
-        shown = {k: v for k, v in metrics.items() if k.rsplit("/", 1)[-1] in HEADLINE and v.get("mean") is not None}
+        shown = {k: metrics[k] for k in headline_keys(metrics) if metrics[k].get("mean") is not None}
         if shown:
             lines.append(f"  {split:<11} " + "  ".join(f"{k}={v['mean']:.4f}+-{v['std']:.4f}"
                                                          for k, v in sorted(shown.items())))
