@@ -13,7 +13,9 @@ A sweep folder::
 
 Rows: ``features x heads x product(grid values)``. A grid key is a ``TrainConfig`` field (``lr``,
 ``batch_size``, ``label_smoothing``, ``loss``, ``epochs``, ...), a head option for every head (``hidden``,
-``dropout``) or ``HEAD.option`` for one head only (``cross.proj_dim``); a row's setting is the keys that
+``dropout``), ``HEAD.option`` for one head only (``cross.proj_dim``) or a data option (``GRID_DATA``:
+``max_regions`` - the region count -, ``max_tokens``, ``text_array``, ``text_pool``; the features are
+loaded once per distinct data setting); a row's setting is the keys that
 apply to its head, and rows with the same (features, head, setting) are one row. A row's folder name is a
 readable slug plus a hash of everything that determines its runs, so a rerun finds its finished runs
 (``done.json``) and skips them: a killed sweep, rerun with the same command, continues; a changed grid adds
@@ -42,6 +44,7 @@ from featstore.errors import FeatstoreError
 
 RUNS, DONE, ERROR, ROW, SPEC = "runs", "done.json", "error.json", "row.json", "sweep.json"
 NOT_GRID = ("head", "head_cfg", "seed", "device", "init_checkpoint", "trust_checkpoint")
+GRID_DATA = ("max_regions", "max_tokens", "text_array", "text_pool")  # swept by loading the features again
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Row:
     setting: Dict[str, Any]  # the grid keys that apply to this head, as given
     train: Dict[str, Any]  # TrainConfig fields (without head / seed / device)
     head_cfg: Dict[str, Any]
+    data: Dict[str, Any] = field(default_factory=dict)  # data options this row changes (max_regions, ...)
     error: Optional[str] = None  # a feature set that did not open
 
     @property
@@ -122,7 +126,8 @@ def load_grid_file(path) -> Dict[str, List[Any]]:
 
 
 def _route(key: str, heads: Sequence[str], train_fields: set, head_fields: Dict[str, set]) -> str:
-    """"train", "head" (all heads) or "head:<name>"; a one-line error for a key nothing accepts."""
+    """"train", "data" (``GRID_DATA``), "head" (all heads) or "head:<name>"; a one-line error for a key
+    nothing accepts."""
     if "." in key:
         head, _, opt = key.partition(".")
         if head not in heads:
@@ -134,6 +139,8 @@ def _route(key: str, heads: Sequence[str], train_fields: set, head_fields: Dict[
         return f"head:{head}"
     if key in NOT_GRID:
         raise FeatstoreError(f"grid key {key!r} cannot be swept; sweep seeds with --seeds and heads with --head")
+    if key in GRID_DATA:
+        return "data"
     if key in train_fields:
         return "train"
     if any(key in f for f in head_fields.values()):
@@ -142,8 +149,8 @@ def _route(key: str, heads: Sequence[str], train_fields: set, head_fields: Dict[
                          "see `heads list` and `heads train --help`")
 
 
-def plan_settings(spec: SweepSpec) -> Dict[str, List[Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]]]:
-    """{head: [(setting, train overrides, head options)]}, settings deduplicated per head."""
+def plan_settings(spec: SweepSpec) -> Dict[str, List[Tuple[Dict[str, Any], ...]]]:
+    """{head: [(setting, train overrides, head options, data overrides)]}, settings deduplicated per head."""
     from .models import HEADS, list_heads
     from .train import TrainConfig
 
@@ -158,15 +165,16 @@ def plan_settings(spec: SweepSpec) -> Dict[str, List[Tuple[Dict[str, Any], Dict[
     for h in spec.heads:
         seen, mine = set(), []
         for combo in itertools.product(*(spec.grid[k] for k in keys)):
-            setting = {k: v for k, v in zip(keys, combo) if routes[k] in ("train", "head", f"head:{h}")}
+            setting = {k: v for k, v in zip(keys, combo) if routes[k] in ("train", "data", "head", f"head:{h}")}
             sig = json.dumps(setting, sort_keys=True)
             if sig in seen:
                 continue
             seen.add(sig)
             train = {**spec.train, **{k: v for k, v in setting.items() if routes[k] == "train"}}
-            opts = {**spec.head_cfg.get(h, {}),
-                    **{k.partition(".")[2] or k: v for k, v in setting.items() if routes[k] != "train"}}
-            mine.append((_varying(setting, spec.grid), train, opts))
+            opts = {**spec.head_cfg.get(h, {}), **{k.partition(".")[2] or k: v for k, v in setting.items()
+                                                   if routes[k] not in ("train", "data")}}
+            data = {k: v for k, v in setting.items() if routes[k] == "data"}
+            mine.append((_varying(setting, spec.grid), train, opts, data))
         out[h] = mine
     return out
 
@@ -201,9 +209,9 @@ def plan_rows(spec: SweepSpec, store) -> List[Row]:
     rows = []
     for features, error in resolve_features(store, spec.features):
         for h in spec.heads:
-            for setting, train, opts in settings[h]:
-                rows.append(Row(_row_id(features, h, setting, train, opts, spec.data), features, h, setting,
-                                train, opts, error))
+            for setting, train, opts, data in settings[h]:
+                rows.append(Row(_row_id(features, h, setting, train, opts, {**spec.data, **data}), features, h,
+                                setting, train, opts, data=data, error=error))
     return rows
 
 
@@ -227,10 +235,15 @@ class Job:
 
 
 def pending_jobs(rows: Sequence[Row], seeds: Sequence[int], root: Path) -> List[Job]:
-    """The (row, seed) runs without a ``done.json``, grouped by feature set (loading order)."""
+    """The (row, seed) runs without a ``done.json``, grouped by ``loading_key`` (loading order)."""
     jobs = [Job(r, s) for r in rows for s in seeds if not (root / f"{RUNS}/{r.id}/seed_{s}" / DONE).is_file()]
-    order = {f: i for i, f in enumerate(dict.fromkeys(r.features for r in rows))}
-    return sorted(jobs, key=lambda j: order[j.row.features])
+    order = {f: i for i, f in enumerate(dict.fromkeys(loading_key(r) for r in rows))}
+    return sorted(jobs, key=lambda j: order[loading_key(j.row)])
+
+
+def loading_key(row: Row) -> Tuple:
+    """What a row's ``TrainData`` depends on: its feature sets and the data options it changes."""
+    return row.features, json.dumps(row.data, sort_keys=True, default=str)
 
 
 def _error_line(err: BaseException) -> str:
@@ -305,13 +318,14 @@ def run_job(job: Job, data, root: Path, device: str, threads_cache: Optional[dic
     return record
 
 
-def _load_data(spec: SweepSpec, dataset, features, device: str):
-    """The ``TrainData`` of one feature set, or the exception that stopped it (its rows fail with it)."""
+def _load_data(spec: SweepSpec, dataset, row: Row, device: str):
+    """The ``TrainData`` of a row's feature sets and data options, or the exception that stopped it (its
+    rows fail with it)."""
     from featstore.store import open_store
 
     from .data import build_train_data
 
-    d = spec.data
+    features, d = row.features, {**spec.data, **row.data}
     try:
         return build_train_data(open_store(spec.store), dataset, features[0], features[1], d.get("task"),
                                 device=device, max_regions=d.get("max_regions"), max_tokens=d.get("max_tokens"),
@@ -326,7 +340,7 @@ def _load_data(spec: SweepSpec, dataset, features, device: str):
 
 def run_jobs(spec: SweepSpec, jobs: Sequence[Job], root: Path, device: str, echo: Callable[[str], None],
              total: int, done_before: int = 0) -> None:
-    """Run ``jobs`` one after another on ``device``, loading each feature set once (jobs come grouped)."""
+    """Run ``jobs`` one after another on ``device``, loading each ``loading_key`` once (jobs come grouped)."""
     import gc
 
     from featstore.datasets import load_dataset
@@ -334,10 +348,10 @@ def run_jobs(spec: SweepSpec, jobs: Sequence[Job], root: Path, device: str, echo
     dataset = load_dataset(spec.dataset, spec.data.get("format", "auto"), check_images=False)
     current, data, threads = None, None, {}
     for n, job in enumerate(jobs, 1):
-        if job.row.features != current:
-            data, current, threads = None, job.row.features, {}
+        if loading_key(job.row) != current:
+            data, current, threads = None, loading_key(job.row), {}
             gc.collect()
-            data = _load_data(spec, dataset, current, device)
+            data = _load_data(spec, dataset, job.row, device)
         record = run_job(job, data, root, device, threads)
         echo(job_line(job, record, done_before + n, total, device))
 

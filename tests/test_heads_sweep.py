@@ -53,6 +53,8 @@ def world(tmp_path_factory):
     st.write("noise", Recipe("noise"), keys, {"pooled": g.normal(size=(n, 6)).astype(np.float32)},
              key_kind="image_key", modality="image")
     st.write("txt", Recipe("txt"), ids, {"cls": txt}, key_kind="sample_id", modality="text")
+    st.write("reg", Recipe("reg"), keys, {"regions": np.repeat(img[:, None], 4, 1), "count": np.full(n, 4, np.int32)},
+             key_kind="image_key", modality="image", per_item=("regions",))
     return {"root": root, "data": data, "store": root / "store", "y": dict(zip(ids, y))}
 
 
@@ -303,3 +305,25 @@ def test_more_bad_input_messages(world, tmp_path, swept):
         run_dir_of(row, 7)
     with pytest.raises(FeatstoreError, match=r"^metric 'label/bleu' is not in every run"):
         compare_runs([out], split="dev", metrics=["label/bleu"])
+
+
+def test_a_data_option_in_the_grid_loads_the_features_once_per_value(world, tmp_path):
+    out = tmp_path / "r"
+    text = invoke(heads, ["sweep", "--store", world["store"], "--dataset", world["data"], "--image", "reg", "--text",
+                          "txt", "--head", "concat,text-only", "--grid", "max_regions=2,3", "--grid", "epochs=1",
+                          "--seeds", "0,1", "--device", "cpu", "--out", out])
+    assert text.splitlines()[0].startswith(f"sweep {out}: 4 rows x 2 seeds = 8 runs")
+    for d in (out / "runs").iterdir():
+        row = json.loads((d / "row.json").read_text())
+        assert row["data"] == {"max_regions": row["setting"]["max_regions"]} and row["train"] == {"epochs": 1}
+        for s in (0, 1):
+            spec = json.loads((d / f"seed_{s}" / "config.json").read_text())["input_spec"]
+            assert spec["img_regions"] == row["setting"]["max_regions"]
+    from heads.sweep import SweepSpec, loading_key, pending_jobs, plan_rows
+
+    spec = SweepSpec(str(world["store"]), str(world["data"]), [("reg", "txt")], ["concat", "text-only"],
+                     {"max_regions": [2, 3]}, seeds=[0, 1])
+    jobs = pending_jobs(plan_rows(spec, open_store(world["store"])), [0, 1], tmp_path / "fresh")
+    keys = [loading_key(j.row) for j in jobs]
+    assert len(set(keys)) == 2  # one load per max_regions value, the jobs of each value in one block:
+    assert [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k] == list(dict.fromkeys(keys))
