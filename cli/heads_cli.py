@@ -103,16 +103,10 @@ def _device(device: str) -> str:
     return device
 
 
-def _weights(text):
-    if not text:
-        return None
-    out = {}
-    for part in text.split(","):
-        if "=" not in part:
-            raise FeatstoreError(f"--task-weights {text!r}: write TASK=WEIGHT pairs, e.g. A=0.4,B=0.3,C=0.3")
-        k, v = part.split("=", 1)
-        out[k.strip()] = float(v)
-    return out
+def _weights(text, task=None):
+    from heads.session import task_weights
+
+    return task_weights(text, task)
 
 
 def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
@@ -127,7 +121,7 @@ def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, tas
     image_pool = ctx.meta.get("image_pool", "pooled") if ctx is not None else "pooled"  # --image-pool
     return build_train_data(st, ds, image_ref, text_ref, task, device=device, max_regions=max_regions,
                             max_tokens=max_tokens, val_fraction=val_fraction, seed=seed,
-                            task_weights=_weights(task_weights), text_array=text_array, text_pool=text_pool,
+                            task_weights=_weights(task_weights, task), text_array=text_array, text_pool=text_pool,
                             image_pool=image_pool)
 
 
@@ -311,7 +305,7 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     spec = SweepSpec(store=str(store_url), dataset=str(dataset_path), features=feature_pairs(image_ref, text_ref),
                      heads=heads_list, grid=grid_values, seeds=[int(s) for s in seeds.split(",") if s.strip()],
                      train=train_base, head_cfg=head_fixed,
-                     data={"format": dataset_format, "task": task, "task_weights": _weights(task_weights),
+                     data={"format": dataset_format, "task": task, "task_weights": _weights(task_weights, task),
                            "max_regions": max_regions, "max_tokens": max_tokens, "text_array": text_array,
                            "text_pool": text_pool, "val_fraction": val_fraction,
                            "image_pool": click.get_current_context().meta.get("image_pool", "pooled")})

@@ -31,6 +31,27 @@ def headline_metrics(flat: dict) -> dict:
     return {k: flat[k] for k in headline_keys(k for k, v in flat.items() if isinstance(v, (int, float)))}
 
 
+def task_weights(text: Optional[str], task: Optional[str]) -> Optional[List[float]]:
+    """``--task-weights A=0.4,B=0.3,C=0.3`` -> the weights in ``--task A,B,C`` order (what
+    ``heads.tasks.derive_task_spec`` takes); one-line errors for a bad pair or tasks that do not match."""
+    if not text:
+        return None
+    out: dict = {}
+    for part in text.split(","):
+        k, eq, v = part.partition("=")
+        try:
+            out[k.strip()] = float(v) if eq else None
+        except ValueError:
+            out[k.strip()] = None
+        if out[k.strip()] is None:
+            raise FeatstoreError(f"--task-weights {text!r}: write TASK=WEIGHT pairs, e.g. A=0.4,B=0.3,C=0.3")
+    names = [t.strip() for t in (task or "").split(",") if t.strip()]
+    if sorted(names) != sorted(out):
+        raise FeatstoreError(f"--task-weights {text!r} weighs {', '.join(out)}; pass --task with the same tasks, "
+                             f"e.g. --task {','.join(out)}")
+    return [out[n] for n in names]
+
+
 def epoch_line(seed: int, row: dict, monitor: str, epochs: int) -> str:
     """One line for an epoch: ``seed 0 epoch 3/20: train_loss=0.6123 val label/auroc=0.7012 (0.4 s)``."""
     val = row.get(f"val_{monitor}")

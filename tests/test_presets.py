@@ -203,3 +203,20 @@ def test_rgcl_presets_train_with_the_rgcl_objective_and_knn_inference(world, tmp
     line = one_line_error(heads, args(world, tmp_path / "o", "--preset", bad))
     assert line.startswith("error: preset 'b' (") and "rgcl has no option 'top_k'; its options are: " in line
     assert line.endswith("; update the toolkit or edit a copy of the preset")
+
+
+def test_task_weights_follow_the_task_order_and_bad_ones_are_one_line(world, tmp_path):
+    from heads.session import task_weights
+
+    assert task_weights("A=0.4,B=0.3,C=0.3", "C,A,B") == [0.3, 0.4, 0.3]
+    assert task_weights(None, "A") is None
+    out = tmp_path / "w"
+    invoke(heads, args(world, out, "--head", "concat", "--epochs", "1", "--task", "label", "--task-weights", "label=2"))
+    assert train_config(out)["task_spec"]["tasks"][0]["weight"] == 2.0
+    for given, task, line in (
+            ("label=x", "label", "error: --task-weights 'label=x': write TASK=WEIGHT pairs, e.g. A=0.4,B=0.3,C=0.3"),
+            ("A=1,B=2", "label", "error: --task-weights 'A=1,B=2' weighs A, B; pass --task with the same tasks, "
+                                 "e.g. --task A,B")):
+        assert one_line_error(heads, args(world, tmp_path / "o", "--head", "concat", "--task", task,
+                                          "--task-weights", given)) == line
+    assert not (tmp_path / "o").exists()
