@@ -1,5 +1,5 @@
 """`heads train` CPU threads (heads.threads: --threads N takes effect and is restored, auto measures, the
-summary names the count) and start-up (`heads --help` / `heads list` / non-GNN heads never import PyG)."""
+summary names the count) and start-up (`heads --help`, the commands' help and non-GNN heads never import PyG)."""
 from __future__ import annotations
 
 import subprocess
@@ -76,11 +76,11 @@ def _modules_after(code: str) -> set:
 
 
 @pytest.mark.slow
-def test_heads_help_list_and_other_heads_do_not_import_pyg():
+def test_heads_help_and_other_heads_do_not_import_pyg():
     mods = _modules_after("""
         from click.testing import CliRunner
         from cli.heads_cli import main
-        for args in (["--help"], ["list"], ["train", "--help"]):
+        for args in (["--help"], ["train", "--help"], ["eval", "--help"], ["compare", "--help"]):
             res = CliRunner().invoke(main, args)
             assert res.exit_code == 0, res.output
         from heads.models import create_head
