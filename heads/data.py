@@ -181,6 +181,15 @@ def dataset_splits(samples: Sequence[Any], targets: Dict[str, np.ndarray], spec:
     return splits
 
 
+VAL_SPLITS = ("val", "dev", "dev_unseen")  # val (carved by --val-fraction), dev (dev_seen), else dev_unseen
+
+
+def validation_split(splits: Dict[str, Any]) -> str:
+    """The split training monitors: ``val`` when carved, else the dataset's dev split (``dev`` = dev_seen,
+    else ``dev_unseen``: MMF's Hateful Memes files ship train + dev_unseen only). ``"dev"`` when none."""
+    return next((name for name in VAL_SPLITS if name in splits and len(splits[name])), "dev")
+
+
 # ------------------------------------------------------------------------------------------ from a store
 
 def _parse_ref(ref: Union[str, Sequence[str]]) -> tuple:

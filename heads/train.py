@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from featstore.errors import FeatstoreError
 
 from .batching import bucketed_batches, length_key, length_sorted
-from .data import TrainData
+from .data import TrainData, validation_split
 from .losses import LossConfig, build_losses, multitask_loss
 from .metrics import compute_metrics, logits_to_probs, metric_keys
 from .schedule import build_scheduler
@@ -260,10 +260,10 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
     spec = data.task_spec
     device = data.device
     gen = seed_everything(cfg.seed)
-    val_split = "val" if "val" in data.splits else "dev"
+    val_split = validation_split(data.splits)  # val, else dev (dev_seen), else dev_unseen; named in the results
     if val_split not in data.splits or data.labelled(data.splits[val_split]).numel() == 0:
-        raise FeatstoreError("no labelled validation split ('val' or 'dev'); pass --val-fraction 0.1 to carve one "
-                             "from train")
+        raise FeatstoreError("no labelled validation split ('val', 'dev'/'dev_seen' or 'dev_unseen'); pass "
+                             "--val-fraction 0.1 to carve one from train")
     monitor, mode = resolve_monitor(cfg, spec)
     all_train = data.split("train")
     train_idx = data.labelled(all_train)

@@ -114,7 +114,7 @@ def test_import_without_dataset_keeps_file_stems_and_float16(world, grid, tmp_pa
     assert imp.spec("regions").dtype == "float16" and imp.record["backend"] == "lmdb"
     got = imp.select(list(fsv.keys), ["regions"])["regions"]
     np.testing.assert_array_equal(got, data["regions"].astype(np.float16))
-    assert "regions [6, 4, 512] float16; boxes: yes, image sizes: yes, class ids: no" in report
+    assert "regions [6, 4, 512] float16; boxes: yes, image sizes: yes, class ids: no; also num_boxes" in report
 
 
 def test_mmf_lmdb_keys_without_leading_zeros_or_with_windows_paths_are_matched(world, grid, tmp_path):

@@ -253,8 +253,14 @@ def test_hdf5_table_round_trip(tmp_path, compression):
         assert f["features"].chunks == (2, 5, 16) and f["features"].compression == compression
     recs = list(iter_hdf5_records(path, block_rows=2))
     assert [k for k, _ in recs] == keys
-    np.testing.assert_array_equal(recs[2][1]["features"], arrays["features"][2])
+    # a table pads every row to the widest: records are cut to num_boxes (or num_rows, when written)
+    for i, n in enumerate([5, 2, 0]):
+        np.testing.assert_array_equal(recs[i][1]["features"], arrays["features"][i, :n])
+        np.testing.assert_array_equal(recs[i][1]["bbox"], arrays["bbox"][i, :n])
     assert recs[1][1]["num_boxes"] == 2
+    write_hdf5(tmp_path / "rows.h5", keys, {**arrays, "num_rows": np.array([5, 3, 1], np.int32)})
+    recs = list(iter_hdf5_records(tmp_path / "rows.h5"))
+    assert [r["features"].shape[0] for _, r in recs] == [5, 3, 1] and "num_rows" not in recs[0][1]
 
 
 def test_hdf5_groups_layout_and_integer_keys(tmp_path):

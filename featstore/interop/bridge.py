@@ -4,9 +4,16 @@ Formats: ``mmf-lmdb`` (Facebook/MMF ``detectron.lmdb``), ``hdf5`` (table or per-
 (MMF's per-image ``<key>.npy`` + ``<key>_info.npy`` folders). Records are streamed chunk by chunk, so an
 import never holds more than one store chunk in memory.
 
-An imported set is an image region set keyed by image key: ``regions`` [N, R, D] (per item), ``count``,
-``pooled`` (mean of the real regions) and, when the source has them, ``boxes`` [N, R, 4] (image pixels),
-``image_size`` [N, 2] (width, height) and ``class_ids`` [N, R] (the detector's ``objects``).
+An imported set is an image region set keyed by image key: ``regions`` [N, R, D] (per item; R = the
+largest record's row count unless ``max_regions``), ``count`` (the rows each record stores: every stored
+row is kept, as MMF's reader uses them all), ``pooled`` (float64 mean of those rows) and, when every record
+has them, ``num_boxes`` [N] (MMF's count of boxes with non-zero confidence, its own array), ``image_size``
+[N, 2] (width, height) and one per-region array per record field whose first axis is the record's rows.
+
+Names (``IMPORT_NAMES``; the export maps them back): ``features`` <-> ``regions``, ``bbox`` <-> ``boxes``,
+``objects`` <-> ``class_ids``; every other per-region field (``cls_prob``, ``scores``, ``attr_ids``,
+``attr_scores``, ...) keeps its name and dtype both ways, so whatever arrays a set has are exported.
+Non-array fields (MMF's ``feature_path``) are not imported; the report names them.
 """
 from __future__ import annotations
 
@@ -53,19 +60,74 @@ def source_fingerprint(path: str, fmt: str) -> str:
     return fingerprint_files(p)
 
 
-def import_features(store: Store, path: str, fmt: str, name: str, *, dataset=None, max_regions: Optional[int] = None,
-                    dtype: str = "float32", backend: str = "zarr", chunk_rows: int = 64):
-    """Import ``path`` as feature set ``name``. Returns (version, report lines).
+# record field <-> store array, for the fields whose names differ; every other per-region array of a record
+# (``cls_prob``, ``scores``, ``attr_ids``, ...: first axis = the record's rows) keeps its own name both ways.
+IMPORT_NAMES = {"features": "regions", "bbox": "boxes", "objects": "class_ids"}
+EXPORT_NAMES = {v: k for k, v in IMPORT_NAMES.items()}
+SCALARS = ("num_boxes", "image_width", "image_height")  # per-record integers; the sizes become ``image_size``
+NOT_EXPORTED = ("count", "valid", "pooled", "image_size", "num_boxes")
 
-    With ``dataset``, source keys are matched to its image keys (leading zeros, path separators and file
-    extensions do not matter) and only matched keys are imported; without it keys are normalised to file stems.
-    """
-    _check_format(fmt)
-    path = os.fspath(path)
-    src_keys, iterate = _open_source(path, fmt)
-    if not src_keys:
-        raise FeatstoreError(f"{fmt} source {path} holds no records")
-    report: List[str] = []
+
+class SourceShape:
+    """What a pre-pass over the source found: the largest row count, the feature size, and per field the
+    row shape and dtype of the per-region arrays and which scalars every record has."""
+
+    def __init__(self):
+        self.rows, self.dim, self.n = 0, None, 0
+        self.arrays: Dict[str, Tuple[Tuple[int, ...], str]] = {}
+        self.partial: Dict[str, int] = {}
+        self.scalars: Dict[str, int] = {}
+        self.ignored: set = set()
+
+    def add(self, key: str, rec: dict, path: str) -> None:
+        f = rec["features"]
+        if self.dim is None:
+            self.dim = int(f.shape[1])
+        if f.shape[1] != self.dim:
+            raise FeatstoreError(f"{path}[{key}]: features have shape {f.shape}, expected [N, {self.dim}] like the "
+                                 f"first record")
+        self.rows, self.n = max(self.rows, int(f.shape[0])), self.n + 1
+        for name, v in rec.items():
+            if name == "features":
+                continue
+            if name in SCALARS and v is not None:
+                self.scalars[name] = self.scalars.get(name, 0) + 1
+            elif isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == f.shape[0]:
+                got = (tuple(v.shape[1:]), v.dtype.name)
+                if self.arrays.setdefault(name, got) != got:
+                    raise FeatstoreError(f"{path}[{key}]: {name!r} has rows {got[0]} {got[1]}, other records "
+                                         f"{self.arrays[name][0]} {self.arrays[name][1]}; the records are inconsistent")
+                self.partial[name] = self.partial.get(name, 0) + 1
+            elif v is not None:
+                self.ignored.add(str(name))
+
+    def kept(self) -> List[str]:
+        """Per-region fields present in every record (a field some records lack cannot round-trip)."""
+        return [n for n in self.arrays if self.partial[n] == self.n]
+
+
+def _scan(records: Iterator[Tuple[str, dict]], to_image: Dict[str, str], path: str) -> SourceShape:
+    shape = SourceShape()
+    for k, rec in records:
+        if k in to_image:
+            shape.add(k, rec, path)
+    return shape
+
+
+def _import_schema(shape: SourceShape, width: int, dtype: str) -> Dict[str, ArraySpec]:
+    schema = {"regions": ArraySpec((width, shape.dim), dtype, True), "pooled": ArraySpec((shape.dim,), dtype)}
+    for name in shape.kept():
+        rows, dt = shape.arrays[name]
+        schema[IMPORT_NAMES.get(name, name)] = ArraySpec((width,) + rows, dt, True)
+    if shape.scalars.get("num_boxes") == shape.n:
+        schema["num_boxes"] = ArraySpec((), "int32")
+    if shape.scalars.get("image_width") == shape.n and shape.scalars.get("image_height") == shape.n:
+        schema["image_size"] = ArraySpec((2,), "int32")
+    return schema
+
+
+def _match_source(src_keys: List[str], dataset, path: str, report: List[str]) -> Dict[str, str]:
+    """source key -> image key (matched to the dataset's image keys, or the file stems)."""
     if dataset is not None:
         km = match_keys(src_keys, dataset.image_keys())
         report.append(f"key matching: {km.summary()}")
@@ -74,34 +136,71 @@ def import_features(store: Store, path: str, fmt: str, name: str, *, dataset=Non
         if not len(km):
             raise FeatstoreError(f"no key of {path} matches an image key of the dataset (e.g. source "
                                  f"{src_keys[0]!r} vs dataset {dataset.image_keys()[0]!r}); check the dataset")
-        to_image = {str(v if not isinstance(v, bytes) else v.decode()): k for k, v in km.items()}
-    else:
-        to_image = {}
-        for k in src_keys:
-            ik = normalize_key(k)
-            if ik in to_image.values():
-                raise FeatstoreError(f"source keys {k!r} and another both name image {ik!r}; pass --dataset to "
-                                     f"match keys to the dataset's images")
-            to_image[k] = ik
-    keys = [to_image[k] for k in src_keys if k in to_image]
+        return {str(v if not isinstance(v, bytes) else v.decode()): k for k, v in km.items()}
+    to_image: Dict[str, str] = {}
+    for k in src_keys:
+        ik = normalize_key(k)
+        if ik in to_image.values():
+            raise FeatstoreError(f"source keys {k!r} and another both name image {ik!r}; pass --dataset to "
+                                 f"match keys to the dataset's images")
+        to_image[k] = ik
+    return to_image
 
-    records = iterate()
-    first_key, first = next((k, r) for k, r in records if k in to_image)
-    feats = np.asarray(first["features"])
-    width = int(max_regions or feats.shape[0])
-    dim = int(feats.shape[1])
+
+def _rows_of(rec: dict, key: str, schema: Dict[str, ArraySpec], width: int, path: str) -> Dict[str, np.ndarray]:
+    """One record as store rows: every stored row kept (``count`` = rows, MMF's reader uses them all)."""
+    f = np.asarray(rec["features"])
+    n = int(f.shape[0])
+    if n > width:
+        raise FeatstoreError(f"{path}[{key}] has {n} regions but the set keeps {width}; pass --max-regions {n} "
+                             f"(or more)")
+    out = {"regions": f, "count": np.int32(n), "pooled": f.astype(np.float64).mean(0) if n else np.zeros(f.shape[1])}
+    for field, name in ((fl, IMPORT_NAMES.get(fl, fl)) for fl in rec):
+        if name in schema and schema[name].per_item and name != "regions":
+            out[name] = np.asarray(rec[field])
+    if "num_boxes" in schema:
+        out["num_boxes"] = np.int32(rec["num_boxes"])
+    if "image_size" in schema:
+        out["image_size"] = np.array([rec["image_width"], rec["image_height"]], dtype=np.int32)
+    return out
+
+
+def _stack(rows: List[Dict[str, np.ndarray]], schema: Dict[str, ArraySpec]) -> Dict[str, np.ndarray]:
+    out = {}
+    for name, spec in schema.items():
+        if name == "valid":
+            continue
+        if spec.per_item:
+            buf = np.zeros((len(rows),) + spec.shape, dtype=spec.dtype)
+            for i, r in enumerate(rows):
+                buf[i, : len(r[name])] = r[name]
+            out[name] = buf
+        else:
+            out[name] = np.stack([np.asarray(r[name]) for r in rows]).astype(spec.dtype)
+    return out
+
+
+def import_features(store: Store, path: str, fmt: str, name: str, *, dataset=None, max_regions: Optional[int] = None,
+                    dtype: str = "float32", backend: str = "zarr", chunk_rows: int = 64):
+    """Import ``path`` as feature set ``name``. Returns (version, report lines).
+
+    With ``dataset``, source keys are matched to its image keys (leading zeros, path separators and file
+    extensions do not matter) and only matched keys are imported; without it keys are normalised to file stems.
+    A pre-pass sizes the region axis from the largest record (or ``max_regions``); every stored row is kept.
+    """
+    _check_format(fmt)
     if dtype not in ("float16", "float32"):
         raise FeatstoreError(f"dtype {dtype!r} is not supported for imports; use float16 or float32")
-    schema: Dict[str, ArraySpec] = {"regions": ArraySpec((width, dim), dtype, True), "pooled": ArraySpec((dim,), dtype)}
-    has_boxes = "bbox" in first
-    has_size = "image_width" in first and "image_height" in first
-    has_objects = "objects" in first
-    if has_boxes:
-        schema["boxes"] = ArraySpec((width, 4), "float32", True)
-    if has_size:
-        schema["image_size"] = ArraySpec((2,), "int32")
-    if has_objects:
-        schema["class_ids"] = ArraySpec((width,), "int32", True)
+    path = os.fspath(path)
+    src_keys, iterate = _open_source(path, fmt)
+    if not src_keys:
+        raise FeatstoreError(f"{fmt} source {path} holds no records")
+    report: List[str] = []
+    to_image = _match_source(src_keys, dataset, path, report)
+    keys = [to_image[k] for k in src_keys if k in to_image]
+    shape = _scan(iterate(), to_image, path)
+    width = int(max_regions or shape.rows)
+    schema = _import_schema(shape, width, dtype)
     recipe = Recipe(extractor=f"import:{fmt}",
                     config={"source": os.path.basename(os.path.normpath(path)), "max_regions": width, "dtype": dtype,
                             "source_sha256": source_fingerprint(path, fmt)},
@@ -111,60 +210,34 @@ def import_features(store: Store, path: str, fmt: str, name: str, *, dataset=Non
     if writer.complete:
         report.append("already imported: the same source and options name an existing version")
         return writer.commit(), report
-    pending = set(writer.pending_chunks())
-
-    def rows_of(rec: dict, key: str) -> Dict[str, np.ndarray]:
-        f = np.asarray(rec["features"])
-        n = int(rec.get("num_boxes", f.shape[0]))
-        if f.ndim != 2 or f.shape[1] != dim:
-            raise FeatstoreError(f"{path}[{key}]: features have shape {f.shape}, expected [N, {dim}] like the first record")
-        if n > width:
-            raise FeatstoreError(f"{path}[{key}] has {n} regions but the set keeps {width}; pass --max-regions {n} "
-                                 f"(or more)")
-        out = {"regions": f[:n], "count": np.int32(n),
-               "pooled": f[:n].astype(np.float64).mean(0) if n else np.zeros(dim)}
-        if has_boxes:
-            out["boxes"] = np.asarray(rec["bbox"], dtype=np.float32)[:n]
-        if has_size:
-            out["image_size"] = np.array([rec["image_width"], rec["image_height"]], dtype=np.int32)
-        if has_objects:
-            out["class_ids"] = np.asarray(rec["objects"]).astype(np.int32)[:n]
-        return out
-
-    def stack(rows: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-        out = {}
-        for name_, spec in writer.schema.items():
-            if name_ == "valid":
-                continue
-            if spec.per_item:
-                buf = np.zeros((len(rows),) + spec.shape, dtype=spec.dtype)
-                for i, r in enumerate(rows):
-                    buf[i, : len(r[name_])] = r[name_]
-                out[name_] = buf
-            else:
-                out[name_] = np.stack([np.asarray(r[name_]) for r in rows]).astype(spec.dtype)
-        return out
-
-    chunk, buf = 0, []
-    stream = ((k, r) for k, r in _chain_first(first_key, first, records) if k in to_image)
-    for k, rec in stream:
-        if chunk in pending:
-            buf.append(rows_of(rec, k))
-        else:
-            buf.append(None)
-        if len(buf) == len(writer.chunk_keys(chunk)):
-            if chunk in pending:
-                writer.write_chunk(chunk, stack(buf))
-            chunk, buf = chunk + 1, []
+    _write_chunks(writer, ((k, r) for k, r in iterate() if k in to_image), schema, width, path)
     fsv = writer.commit()
-    report.append(f"regions [{len(fsv)}, {width}, {dim}] {dtype}; boxes: {'yes' if has_boxes else 'no'}, "
-                  f"image sizes: {'yes' if has_size else 'no'}, class ids: {'yes' if has_objects else 'no'}")
+    report.append(_summary(fsv, schema, shape, width, dtype))
     return fsv, report
 
 
-def _chain_first(k, r, rest):
-    yield k, r
-    yield from rest
+def _write_chunks(writer, stream, schema, width: int, path: str) -> None:
+    pending = set(writer.pending_chunks())
+    chunk, buf = 0, []
+    for k, rec in stream:
+        buf.append(_rows_of(rec, k, schema, width, path) if chunk in pending else None)
+        if len(buf) == len(writer.chunk_keys(chunk)):
+            if chunk in pending:
+                writer.write_chunk(chunk, _stack(buf, writer.schema))
+            chunk, buf = chunk + 1, []
+
+
+def _summary(fsv, schema, shape: SourceShape, width: int, dtype: str) -> str:
+    yes = lambda n: "yes" if n in schema else "no"  # noqa: E731
+    line = (f"regions [{len(fsv)}, {width}, {shape.dim}] {dtype}; boxes: {yes('boxes')}, image sizes: "
+            f"{yes('image_size')}, class ids: {yes('class_ids')}")
+    extra = [n for n in schema if n not in ("regions", "pooled", "boxes", "image_size", "class_ids")]
+    if extra:
+        line += f"; also {', '.join(extra)}"
+    dropped = sorted(set(shape.arrays) - set(shape.kept())) + sorted(shape.ignored)
+    if dropped:
+        line += f"; not imported: {', '.join(dropped)} (not an array per region in every record)"
+    return line
 
 
 def _check_regions(fsv) -> None:
@@ -175,23 +248,24 @@ def _check_regions(fsv) -> None:
 
 
 def _records(fsv, block: int = 256) -> Iterator[Tuple[str, dict]]:
+    """(key, MMF record) per row: ``EXPORT_NAMES`` renamed, every per-region array cut to ``count`` rows,
+    ``num_boxes`` from its own array when the set has one (else ``count``), ``image_size`` -> width/height."""
     _check_regions(fsv)
-    names = [n for n in ("regions", "boxes", "image_size", "class_ids", "scores") if n in fsv.array_names]
+    names = [n for n in fsv.array_names if n not in ("count", "valid", "pooled")]
+    per_region = [n for n in names if fsv.spec(n).per_item]
     keys = list(fsv.keys)
     for start in range(0, len(keys), block):
         ks = keys[start:start + block]
         data = fsv.select(ks, names)
         for i, k in enumerate(ks):
             n = int(data["count"][i])
-            rec = {"features": data["regions"][i, :n].astype(np.float32), "num_boxes": n}
-            if "boxes" in data:
-                rec["bbox"] = data["boxes"][i, :n].astype(np.float32)
+            rec = {EXPORT_NAMES.get(a, a): data[a][i, :n] for a in per_region}
+            rec["features"] = rec["features"].astype(np.float32)
+            if "objects" in rec:
+                rec["objects"] = rec["objects"].astype(np.int64)  # what MMF's extractor writes (torch.argmax)
+            rec["num_boxes"] = int(data["num_boxes"][i]) if "num_boxes" in data else n
             if "image_size" in data:
                 rec["image_width"], rec["image_height"] = (int(v) for v in data["image_size"][i])
-            if "class_ids" in data:
-                rec["objects"] = data["class_ids"][i, :n].astype(np.int64)
-            if "scores" in data:
-                rec["scores"] = data["scores"][i, :n].astype(np.float32)
             yield k, rec
 
 
@@ -205,15 +279,14 @@ def export_features(fsv, out_path: str, fmt: str) -> int:
         return len(write_mmf_lmdb(out_path, _records(fsv)))
     if fmt == "npy":
         return write_npy_folder(out_path, _records(fsv))
-    names = [n for n in fsv.array_names]
-    data = fsv.load(names)
-    arrays = {"features": data["regions"], "num_boxes": data["count"]}
-    if "boxes" in data:
-        arrays["bbox"] = data["boxes"]
+    data = fsv.load([n for n in fsv.array_names])
+    arrays = {EXPORT_NAMES.get(n, n): data[n] for n in fsv.array_names
+              if n not in NOT_EXPORTED and fsv.spec(n).per_item}
+    arrays["num_rows"] = data["count"]  # the stored rows (the table pads to the widest); see hdf5._unpad
+    arrays["num_boxes"] = data["num_boxes"] if "num_boxes" in data else data["count"]
     if "image_size" in data:
         arrays["image_width"], arrays["image_height"] = data["image_size"][:, 0], data["image_size"][:, 1]
-    for extra in ("class_ids", "scores", "pooled"):
-        if extra in data:
-            arrays["objects" if extra == "class_ids" else extra] = data[extra]
+    if "pooled" in data:
+        arrays["pooled"] = data["pooled"]
     write_hdf5(out_path, list(fsv.keys), arrays, {"featstore_ref": fsv.ref, "recipe": fsv.record["recipe"]})
     return len(fsv)

@@ -194,7 +194,19 @@ def iter_hdf5_records(path: Union[str, os.PathLike], *, keys_name: str = "keys",
             block = {n: ds[start:start + block_rows] for n, ds in datasets.items()}
             for i, k in enumerate(keys[start:start + block_rows]):
                 rec = {n: (a[i].item() if a.ndim == 1 else a[i]) for n, a in block.items()}
-                yield k, check_record(rec, source=f"{path}[{k}]")
+                yield k, check_record(_unpad(rec), source=f"{path}[{k}]")
+
+
+def _unpad(rec: Dict[str, Any]) -> Dict[str, Any]:
+    """A table row holds padded region arrays: cut them to ``num_rows`` (the stored rows, what
+    ``featstore export`` writes) or, in files without it, to ``num_boxes``."""
+    rows = rec.pop("num_rows", rec.get("num_boxes"))
+    feats = rec.get("features")
+    if rows is None or not isinstance(feats, np.ndarray) or feats.ndim != 2:
+        return rec
+    width, rows = feats.shape[0], int(rows)
+    return {n: (v[:rows] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == width else v)
+            for n, v in rec.items()}
 
 
 def hdf5_keys(path: Union[str, os.PathLike], *, keys_name: str = "keys") -> List[str]:
