@@ -481,13 +481,16 @@ def test_cli_extract_then_export_a_detectron_lmdb(ckpt, tmp_path):
     reader = MMFLmdbReader(tmp_path / "detectron.lmdb")
     got = {k: rec for k, rec in reader}
     assert sorted(got) == sorted(fs.keys)
-    data_ = fs.select(list(fs.keys), ["regions", "boxes", "class_ids", "image_size"])
+    per_region = ["class_scores", "attr_ids", "attr_scores", "cls_prob"]
+    data_ = fs.select(list(fs.keys), ["regions", "boxes", "class_ids", "image_size", *per_region])
     for i, k in enumerate(fs.keys):
         rec, n = got[k], int(data_["count"][i])
-        assert rec["num_boxes"] == n and rec["features"].shape == (n, 128)
+        assert rec["num_boxes"] == n and rec["features"].shape == (n, 128) and rec["cls_prob"].shape == (n, C + 1)
         np.testing.assert_array_equal(rec["features"], data_["regions"][i, :n])
         np.testing.assert_array_equal(rec["bbox"], data_["boxes"][i, :n])
         np.testing.assert_array_equal(rec["objects"], data_["class_ids"][i, :n])
+        for name in per_region:  # exported under their own names (MMF's pretraining reads cls_prob)
+            np.testing.assert_array_equal(rec[name], data_[name][i, :n])
         assert (rec["image_width"], rec["image_height"]) == tuple(data_["image_size"][i])
     missing = str(tmp_path / "nope.pkl")
     line = one_line_error(featstore, ["extract", "--dataset", data / "train.jsonl", "--extractor", "vg-regions",
