@@ -105,11 +105,9 @@ def verify(refs, store_url):
     from featstore.store import open_store
 
     st = open_store(store_url)
-    if not refs:
-        refs = [f"{n}@{v.version}" for n in st.feature_sets() for v in st.versions(n)]
+    reports = [st.verify(ref) for ref in refs] if refs else st.verify_all()
     bad = 0
-    for ref in refs:
-        rep = st.verify(ref)
+    for rep in reports:
         for line in rep.lines():
             click.echo(line)
         bad += not rep.ok

@@ -157,3 +157,17 @@ def test_heads_train_monitors_dev_unseen_with_mmfs_split_files(tmp_path):
     assert "seed 0: best epoch 1, dev_unseen " in out
     out = invoke(heads, base + ["--dataset", w["data"], "--out", tmp_path / "run2"])
     assert "seed 0: best epoch 1, dev " in out
+
+
+def test_truncated_mmf_lmdb_import_is_one_line_not_sigbus(tmp_path):
+    import subprocess
+    import sys
+
+    write_like_mmf(tmp_path / "detectron.lmdb", mmf_records())
+    data = tmp_path / "detectron.lmdb" / "data.mdb"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    got = subprocess.run([sys.executable, "-c", "from cli.featstore_cli import main; main()", "import",
+                          str(tmp_path / "detectron.lmdb"), "--store", str(tmp_path / "s"), "--format", "mmf-lmdb",
+                          "--name", "det"], capture_output=True, text=True, timeout=120)
+    assert got.returncode == 2 and "Traceback" not in got.stderr, (got.returncode, got.stderr)  # not -7 (SIGBUS)
+    assert f"LMDB {data} is truncated (" in got.stderr + got.stdout

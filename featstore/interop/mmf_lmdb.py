@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import lmdb
 
 from ..errors import FeatstoreError
+from ..store.backends import check_lmdb_size
 from . import check_record
 from .safe_pickle import safe_loads
 
@@ -135,6 +136,8 @@ class MMFLmdbReader:
                                       readahead=False, meminit=False, max_readers=MAX_READERS)
             except lmdb.Error as e:
                 raise FeatstoreError(f"MMF LMDB {self.path} cannot be opened ({e}); check it is an LMDB") from None
+            data = os.path.join(self.path, "data.mdb") if os.path.isdir(self.path) else self.path
+            check_lmdb_size(self._env, data)  # a truncated file would kill the process with SIGBUS on read
             self._pid = os.getpid()
         return self._env
 

@@ -28,6 +28,7 @@ import concurrent.futures as cf
 import functools
 import json
 import math
+import os
 import struct
 from abc import ABC, abstractmethod
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -62,6 +63,7 @@ class ArrayBackend(ABC):
 
     def __init__(self, loc: Location, n: int, schema: Dict[str, ArraySpec], chunk_rows: int, options: dict):
         self.loc, self.n, self.schema, self.chunk_rows, self.options = loc, n, schema, chunk_rows, options
+        self.tags: Dict[str, Dict[int, List[int]]] = {}  # array -> write chunk -> its recorded CRC32Cs
 
     @property
     def n_chunks(self) -> int:
@@ -86,6 +88,12 @@ class ArrayBackend(ABC):
     @abstractmethod
     def missing_chunks(self) -> List[str]:
         """Names of the storage objects a complete version must have but does not."""
+
+    keys_object = ""
+
+    def chunk_tags(self, chunk: int) -> Dict[str, List[int]]:
+        """What binds write chunk ``chunk``'s stored objects to their position (recorded in its marker)."""
+        return {}
 
     def read_chunk(self, chunk: int, names: Iterable[str]) -> Dict[str, np.ndarray]:
         start = chunk * self.chunk_rows
@@ -162,14 +170,83 @@ class ZarrBackend(ArrayBackend):
             # chunk (e.g. every row failed) is not written and the version cannot be committed.
             grp[name].with_config({"write_empty_chunks": True})[start:start + len(arr)] = arr
 
+    keys_object = f"{DIR}/{KEYS}/c/0"
+
     def read_keys(self) -> np.ndarray:
-        return np.asarray(self._group()[KEYS][:], dtype=object).astype(str) if self.n else np.array([], dtype=str)
+        if not self.n:
+            return np.array([], dtype=str)
+        try:
+            return np.asarray(self._open_array(KEYS)[:], dtype=object).astype(str)
+        except CorruptDataError:
+            raise
+        except Exception as e:  # zstd / vlen decode errors of a damaged key chunk
+            raise CorruptDataError(f"the key array {self.loc.url_of(self.keys_object)} is damaged ({type(e).__name__}: "
+                                   f"{e}); the version cannot be joined: rewrite it (featstore rm, then rerun)") from None
+
+    def _open_array(self, name: str):
+        """A zarr array whose metadata is readable (a half-written zarr.json is one line naming it)."""
+        meta = self.loc.url_of(self.DIR, name, "zarr.json")
+        try:
+            return self._group()[name]
+        except Exception as e:
+            raise CorruptDataError(f"array metadata {meta} is damaged or missing ({type(e).__name__}: {e}); run "
+                                   f"`featstore verify`, then rewrite or remove the version") from None
 
     def _array(self, name: str):
         cache = self.__dict__.setdefault("_arrays", {})
         if name not in cache:
-            cache[name] = self._group()[name]
+            arr = self._open_array(name)
+            self._check_metadata(name, arr.metadata)
+            cache[name] = arr
         return cache[name]
+
+    def _check_metadata(self, name: str, metadata) -> None:
+        """The stored metadata must say what the committed schema says (dtype, shape, chunking)."""
+        spec = self.schema[name]
+        inner, shards = self._layout(spec)
+        try:
+            have = (np.dtype(metadata.dtype.to_native_dtype()).name, tuple(metadata.shape),
+                    tuple(metadata.chunk_grid.chunk_shape))
+        except (AttributeError, TypeError) as e:
+            have = (f"unreadable ({e})",)
+        want = (spec.dtype, (self.n,) + tuple(spec.shape), tuple(shards or inner))
+        if have != want:
+            raise CorruptDataError(f"array metadata {self.loc.url_of(self.DIR, name, 'zarr.json')} says dtype/shape/"
+                                   f"chunks {have} but the committed schema says {want}; the metadata was edited or "
+                                   f"damaged: rewrite or remove the version")
+
+    # -- position binding: the checksums stored in each chunk object, recorded at write time -----------------
+    def chunk_tags(self, chunk: int) -> Dict[str, List[int]]:
+        """Per array, the CRC32Cs stored in write chunk ``chunk``'s object (local stores; {} elsewhere)."""
+        from .zarr_direct import object_crcs
+
+        if not self.loc.is_local:
+            return {}
+        out = {}
+        for name, spec in self.schema.items():
+            _, shards = self._layout(spec)
+            per_obj = None if shards is None else shards[0] // self._layout(spec)[0][0]
+            out[name] = object_crcs(self._object_path(name)(chunk), per_obj)
+        return out
+
+    def _check_tags(self, name: str, rows: np.ndarray) -> None:
+        """Arrays read through zarr-python: each touched object's last CRC32C must be the one recorded for
+        its position (a chunk file swapped with another of the same array fails here)."""
+        from .zarr_direct import object_crcs
+
+        tags = self.tags.get(name) if self.loc.is_local else None
+        if not tags or not len(rows):
+            return
+        for obj in np.unique(rows // self.chunk_rows).tolist():
+            want = tags.get(int(obj))
+            if want is None:
+                continue
+            path = self._object_path(name)(obj)
+            got = object_crcs(path, None)
+            if got and got[-1] != want[-1]:
+                raise CorruptDataError(f"array {name!r}: stored chunk {path} is not the chunk written at position "
+                                       f"{obj} (its checksum is another chunk's); run `featstore verify`, then rewrite "
+                                       f"or remove the version")
 
     def _direct_layout(self, name: str):
         """The raw-chunk layout of a local, uncompressed array (``zarr_direct``), else None."""
@@ -195,9 +272,10 @@ class ZarrBackend(ArrayBackend):
         for name in names:
             layout = self._direct_layout(name)
             if layout is not None:  # raw chunks on a local disk: read straight into the output
-                out[name] = read_rows(layout, self._object_path(name), rows, name)
+                out[name] = read_rows(layout, self._object_path(name), rows, name, tags=self.tags.get(name))
                 continue
             arr = self._array(name)
+            self._check_tags(name, rows)
             try:
                 if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
                     out[name] = arr[int(rows[0]):int(rows[-1]) + 1]
@@ -216,6 +294,8 @@ class ZarrBackend(ArrayBackend):
             rows_per_obj = (shards or inner)[0]
             n_obj = max(1, math.ceil(self.n / rows_per_obj)) if self.n else 0
             exp[name] = [self._object_key(name, i) for i in range(n_obj)]
+        if self.n:
+            exp[KEYS] = [f"{KEYS}/c/0"]
         return exp
 
     def missing_chunks(self) -> List[str]:
@@ -285,12 +365,32 @@ def _lmdb_env(path: str, write: bool, map_size: int):
         return cached[0]
     if cached:
         cached[0].close()
-    if write:
-        env = lmdb.open(path, map_size=map_size, subdir=True, readahead=False, meminit=False, max_readers=1024)
-    else:
-        env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True, max_readers=1024)
+    try:
+        if write:
+            env = lmdb.open(path, map_size=map_size, subdir=True, readahead=False, meminit=False, max_readers=1024)
+        else:
+            env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True, max_readers=1024)
+    except lmdb.Error as e:  # a deleted data.mdb, a damaged meta page (MDB_INVALID), ...
+        raise CorruptDataError(f"LMDB {os.path.join(path, 'data.mdb')} cannot be opened ({type(e).__name__}: {e}); "
+                               f"run `featstore verify`, then rewrite or remove the version") from None
+    check_lmdb_size(env, os.path.join(path, "data.mdb"))
     _ENVS[path] = (env, write)
     return env
+
+
+def check_lmdb_size(env, data_file: str) -> None:
+    """Refuse (one line, env closed) an LMDB file shorter than its last page: mapping it would kill the
+    process with SIGBUS on the first read past the end."""
+    try:
+        need = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+        have = os.path.getsize(data_file)
+    except Exception as e:  # lmdb.Error, OSError
+        env.close()
+        raise CorruptDataError(f"LMDB {data_file} cannot be read ({type(e).__name__}: {e}); it is damaged") from None
+    if have < need:
+        env.close()
+        raise CorruptDataError(f"LMDB {data_file} is truncated ({have} bytes, its pages end at {need}); the file "
+                               f"is damaged: re-create it (a store version: `featstore verify`, then rewrite or remove it)")
 
 
 def close_lmdb_envs() -> None:
@@ -341,13 +441,20 @@ class LmdbBackend(ArrayBackend):
                 txn.put(k, encode_record(rec))
         env.sync()
 
+    keys_object = f"{DIR}/data.mdb"
+
     def read_keys(self) -> np.ndarray:
-        env = self._env(write=False) if self.loc.exists(self.DIR) else None
-        if env is None:
-            raise FeatstoreError(f"{self.loc.url}: lmdb data is missing")
-        with env.begin() as txn:
-            raw = txn.get(_KEYS_RECORD)
-        return np.asarray(json.loads(raw), dtype=str) if raw else np.array([], dtype=str)
+        if not self.loc.exists(self.DIR, "data.mdb"):
+            raise CorruptDataError(f"LMDB {self.loc.url_of(self.keys_object)} is missing; the version's data is "
+                                   f"lost: rewrite or remove the version")
+        env = self._env(write=False)
+        try:
+            with env.begin() as txn:
+                raw = txn.get(_KEYS_RECORD)
+            return np.asarray(json.loads(raw), dtype=str) if raw else np.array([], dtype=str)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptDataError(f"the key record of {self.loc.url_of(self.keys_object)} is damaged ({e}); "
+                                   f"rewrite or remove the version") from None
 
     def read(self, names: Iterable[str], rows: np.ndarray) -> Dict[str, np.ndarray]:
         names = list(names)

@@ -9,7 +9,7 @@ from ..errors import CorruptDataError, FeatstoreError
 from .backends import COUNT, VALID, full_schema, make_backend
 from .location import Location
 from .spec import ArraySpec, Recipe
-from .writer import RECORD_FILE
+from .writer import RECORD_FILE, keys_digest, read_record
 
 
 class FeatureSetVersion:
@@ -19,13 +19,16 @@ class FeatureSetVersion:
         if not loc.exists(RECORD_FILE):
             raise FeatstoreError(f"{loc.url} is not a complete feature set version")
         self.loc, self.name = loc, name
-        self.record: dict = loc.read_json(RECORD_FILE)
+        self.record: dict = read_record(loc)
         self.version: str = self.record["version"]
         self.user_schema = {k: ArraySpec.from_dict(v) for k, v in self.record["schema"].items()}
         self.schema = full_schema(self.user_schema)
         self.n_rows: int = self.record["n"]
         self.backend = make_backend(self.record["backend"], loc, self.n_rows, self.schema, self.record["chunk_rows"],
                                     self.record.get("backend_options"))
+        for ch in self.record.get("chunks", []):  # records before the position tags have none: not checked
+            for arr, tag in (ch.get("tags") or {}).items():
+                self.backend.tags.setdefault(arr, {})[int(ch["chunk"])] = tag
         self._keys_all: Optional[np.ndarray] = None
         self._checked = False
 
@@ -72,6 +75,12 @@ class FeatureSetVersion:
     def _load_keys(self) -> None:
         if self._keys_all is None:
             keys = self.backend.read_keys()
+            want = self.record.get("keys_sha256")
+            if want and keys_digest(keys.tolist()) != want:
+                where = self.loc.url_of(self.backend.keys_object) if self.backend.keys_object else self.loc.url
+                raise CorruptDataError(f"feature set {self.ref}: the stored keys ({where}) are not the keys "
+                                       f"committed (checksum mismatch: a damaged or lost key chunk); run `featstore "
+                                       f"verify`, then rewrite the version (featstore rm, then rerun)")
             valid = np.ones(len(keys), dtype=bool)
             if self.record.get("n_failed", 0):
                 fail = self.failures

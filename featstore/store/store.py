@@ -91,12 +91,15 @@ class Store:
 
     def _info(self, name: str, version: str) -> Optional[VersionInfo]:
         vloc = self._vloc(name, version)
-        if vloc.exists(RECORD_FILE):
-            r = vloc.read_json(RECORD_FILE)
+        r = _intact_record(vloc)
+        if r is not None:
             return VersionInfo(name, version, True, r["created"], r["n"], r["n_valid"], r["recipe"]["extractor"],
                                r["modality"], len(r["chunks"]), len(r["chunks"]), float(r.get("created_unix", 0.0)))
         if vloc.exists(SPEC_FILE):
-            s = vloc.read_json(SPEC_FILE)
+            try:
+                s = vloc.read_json(SPEC_FILE)
+            except ValueError:
+                return None  # a damaged start record: `featstore verify` names it
             total = max(1, -(-s["n"] // s["chunk_rows"])) if s["n"] else 0
             done = len([f for f in vloc.listdir(CHUNK_DIR) if f.endswith(".json")])
             return VersionInfo(name, version, False, "", s["n"], 0, s["recipe"]["extractor"], s["modality"], done, total)
@@ -189,30 +192,91 @@ class Store:
             self.loc.remove_tree(SETS, name)
         return every
 
+    def verify_all(self) -> List["VerifyReport"]:
+        """``verify`` of every version directory, damaged ones included: a version whose record is damaged,
+        or missing while its chunks are all written, is reported, and the others are still checked."""
+        reports = []
+        for name in self.feature_sets():
+            for version in self.loc.listdir(SETS, name):
+                vloc = self._vloc(name, version)
+                ref = f"{name}@{version}"
+                if vloc.exists(RECORD_FILE):
+                    reports.append(self.verify(name, version))
+                elif vloc.exists(SPEC_FILE):
+                    unrecorded = _unrecorded(vloc, ref)
+                    if unrecorded is not None:
+                        reports.append(unrecorded)
+        return reports
+
     def verify(self, name: str, version: Optional[str] = None) -> "VerifyReport":
-        """Re-read every chunk and compare with the checksums recorded at commit."""
-        fsv = self.open(name, version)
-        report = VerifyReport(fsv.ref)
-        missing = fsv.backend.missing_chunks()
-        for obj in missing:
-            report.problems.append((None, obj, "missing"))
-        for ch in fsv.record["chunks"]:
-            c = ch["chunk"]
-            names = [k for k in fsv.schema if k in ch["checksums"]]
-            try:  # the whole chunk in one read (LMDB decodes each record once for all its arrays)
-                data = fsv.backend.read_chunk(c, names)
-            except CorruptDataError:
-                data = {}
-                for k in names:  # one array at a time, so the problem names its array
-                    try:
-                        data[k] = fsv.backend.read_chunk(c, [k])[k]
-                    except CorruptDataError as e:
+        """Re-read every chunk and compare with the checksums recorded at commit; damage is reported, not raised."""
+        if version is None and "@" in name:
+            name, version = parse_ref(name)
+        vloc = self._vloc(name, version) if version else None
+        try:
+            if vloc is not None and vloc.exists(RECORD_FILE):
+                fsv = FeatureSetVersion(vloc, name)  # a damaged record is named, not "not found"
+            else:
+                fsv = self.open(name, version)
+        except CorruptDataError as e:
+            return VerifyReport(f"{name}@{version}" if version else name, [(None, "record", str(e))])
+        return _verify_version(fsv)
+
+
+def _intact_record(vloc: Location) -> Optional[dict]:
+    from .writer import read_record
+
+    if not vloc.exists(RECORD_FILE):
+        return None
+    try:
+        return read_record(vloc)
+    except CorruptDataError:
+        return None  # a damaged record is no complete version; `featstore verify` names it
+
+
+def _unrecorded(vloc: Location, ref: str) -> Optional["VerifyReport"]:
+    """A version with every chunk marker but no record (a deleted version.json); None when unfinished."""
+    try:
+        s = vloc.read_json(SPEC_FILE)
+    except ValueError as e:
+        return VerifyReport(ref, [(None, "record", f"start record {vloc.url_of(SPEC_FILE)} is damaged ({e}); "
+                                                   f"remove the version and extract it again")])
+    total = max(1, -(-s["n"] // s["chunk_rows"])) if s["n"] else 0
+    done = len([f for f in vloc.listdir(CHUNK_DIR) if f.endswith(".json")])
+    if done < total:
+        return None  # an extraction still running or killed: resumable, not damage
+    return VerifyReport(ref, [(None, "record", f"{vloc.url_of(RECORD_FILE)} is missing but all {total} chunks are "
+                                               f"written; rerun the extraction that wrote it to recommit it")])
+
+
+def _verify_version(fsv: FeatureSetVersion) -> "VerifyReport":
+    report = VerifyReport(fsv.ref)
+    try:
+        fsv.keys
+    except CorruptDataError as e:
+        report.problems.append((None, "ids", str(e)))
+    missing = fsv.backend.missing_chunks()
+    for obj in missing:
+        report.problems.append((None, obj, "missing"))
+    for ch in fsv.record["chunks"]:
+        c = ch["chunk"]
+        names = [k for k in fsv.schema if k in ch["checksums"]]
+        try:  # the whole chunk in one read (LMDB decodes each record once for all its arrays)
+            data = fsv.backend.read_chunk(c, names)
+        except CorruptDataError:
+            data = {}
+            for k in names:  # one array at a time, so the problem names its array
+                try:
+                    data[k] = fsv.backend.read_chunk(c, [k])[k]
+                except CorruptDataError as e:
+                    whole_file = "data.mdb" in str(e) or "zarr.json" in str(e)  # a whole file: said once
+                    if not whole_file or all(str(e) not in why for _, _, why in report.problems):
                         report.problems.append((c, k, f"unreadable: {e}"))
-            for k, arr in data.items():
-                if array_checksum(arr) != ch["checksums"][k]:
-                    report.problems.append((c, k, "checksum mismatch"))
-            report.chunks_checked += 1
-        return report
+        for k, arr in data.items():
+            if array_checksum(arr) != ch["checksums"][k]:
+                report.problems.append((c, k, "checksum mismatch"))
+        report.chunks_checked += 1
+    return report
 
 
 @dataclass

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import time
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import FeatstoreError
+from ..errors import CorruptDataError, FeatstoreError
 from ..version import __version__
 from .backends import COUNT, RESERVED, VALID, full_schema, make_backend
 from .location import Location
@@ -39,11 +40,48 @@ def array_checksum(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
+DIGEST_FIELD = "record_sha256"
+
+
+def record_digest(record: dict) -> str:
+    """sha256 of a version record (every field but the digest itself), checked whenever it is opened."""
+    body = {k: v for k, v in record.items() if k != DIGEST_FIELD}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
 def keys_digest(keys: Sequence[str]) -> str:
     h = hashlib.sha256()
     for k in keys:
         h.update(k.encode("utf-8") + b"\n")
     return h.hexdigest()
+
+
+def read_record(loc: Location) -> dict:
+    """A version's commit record, whose digest (when it has one: records written since it exists) matches."""
+    path = loc.url_of(RECORD_FILE)
+    try:
+        record = loc.read_json(RECORD_FILE)
+    except FileNotFoundError:
+        raise FeatstoreError(f"{loc.url} is not a complete feature set version") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptDataError(f"version record {path} is damaged (not JSON: {e}); rerun the extraction that "
+                               f"wrote it to recommit it, or remove the version") from None
+    need = ("version", "schema", "n", "backend", "chunk_rows", "chunks")
+    if not isinstance(record, dict) or any(k not in record for k in need):
+        raise CorruptDataError(f"version record {path} is damaged (fields missing); rerun the extraction that "
+                               f"wrote it to recommit it, or remove the version")
+    if DIGEST_FIELD in record and record_digest(record) != record[DIGEST_FIELD]:
+        raise CorruptDataError(f"version record {path} was edited or damaged (its digest does not match); rerun "
+                               f"the extraction that wrote it to recommit it, or remove the version")
+    return record
+
+
+def _record_intact(loc: Location) -> bool:
+    try:
+        read_record(loc)
+        return True
+    except CorruptDataError:
+        return False
 
 
 @contextlib.contextmanager
@@ -93,7 +131,7 @@ class VersionWriter:
             self.backend_options.setdefault("modality", modality)
         self.meta = dict(meta or {})
         self.backend = make_backend(backend, loc, len(keys), self.schema, self.chunk_rows, self.backend_options)
-        self.complete = loc.exists(RECORD_FILE)
+        self.complete = loc.exists(RECORD_FILE) and _record_intact(loc)  # a damaged record is recommitted
         if not self.complete:
             self._create_or_open()
 
@@ -220,6 +258,7 @@ class VersionWriter:
         sl = self.chunk_slice(chunk)
         self.loc.write_json({"chunk": chunk, "rows": [sl.start, sl.stop],
                              "checksums": {k: array_checksum(v) for k, v in sorted(full.items())},
+                             "tags": self.backend.chunk_tags(chunk),
                              "failures": failures, "written": time.time(), "pid": os.getpid()},
                             CHUNK_DIR, f"{chunk}.json")
 
@@ -241,7 +280,7 @@ class VersionWriter:
         chunks, failures = [], {}
         for c in range(self.n_chunks):
             m = self.loc.read_json(CHUNK_DIR, f"{c}.json")
-            chunks.append({"chunk": c, "rows": m["rows"], "checksums": m["checksums"]})
+            chunks.append({"chunk": c, "rows": m["rows"], "checksums": m["checksums"], "tags": m.get("tags", {})})
             failures.update(m["failures"])
         record = self._spec_record()
         record.update({
@@ -249,6 +288,7 @@ class VersionWriter:
             "n_failed": len(failures), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "created_unix": time.time(), "tool_version": __version__,
         })
+        record[DIGEST_FIELD] = record_digest(record)
         self.loc.write_json(record, RECORD_FILE)  # the atomic commit
         self.complete = True
         return FeatureSetVersion(self.loc, self.name)

@@ -92,9 +92,43 @@ class _Task:
     dst: np.ndarray
 
 
+def object_crcs(path: str, per_obj: Optional[int]) -> List[int]:
+    """The CRC32Cs stored in one chunk object: ``[chunk crc]``, or for a shard of ``per_obj`` inner chunks
+    each inner chunk's crc (-1 for one never written) then the index crc. [] for a missing/short file.
+
+    Recorded at write time and compared on reads, they bind a chunk's bytes to its array and position:
+    a chunk file swapped with another one passes its own CRC32C but not the one recorded for its place."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if per_obj is None:
+                if size < 4:
+                    return []
+                f.seek(size - 4)
+                return [int.from_bytes(f.read(4), "little")]
+            nbytes = per_obj * 16 + 4
+            if size < nbytes:
+                return []
+            f.seek(size - nbytes)
+            raw = f.read(nbytes)
+            crcs = []
+            for start, length in np.frombuffer(raw[:-4], dtype="<u8").reshape(per_obj, 2).tolist():
+                if start == int(_EMPTY) or length < 4 or start + length > size:
+                    crcs.append(-1)
+                    continue
+                f.seek(start + length - 4)
+                crcs.append(int.from_bytes(f.read(4), "little"))
+            return crcs + [int.from_bytes(raw[-4:], "little")]
+    except FileNotFoundError:
+        return []
+
+
 def read_rows(layout: DirectLayout, object_path: Callable[[int], str], rows: np.ndarray,
-              name: str, threads: int = READ_THREADS) -> np.ndarray:
-    """``array[rows]`` (sorted, unique row indices) read from the chunk files ``object_path(i)``."""
+              name: str, threads: int = READ_THREADS, tags: Optional[Dict[int, List[int]]] = None) -> np.ndarray:
+    """``array[rows]`` (sorted, unique row indices) read from the chunk files ``object_path(i)``.
+
+    ``tags`` (object -> ``object_crcs`` recorded at write time): each chunk's CRC32C must also be the one
+    recorded for its position, at no extra read."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows),) + layout.row_shape, layout.dtype)
     if not len(rows):
@@ -103,7 +137,7 @@ def read_rows(layout: DirectLayout, object_path: Callable[[int], str], rows: np.
     by_obj: Dict[int, List[_Task]] = {}
     for t in tasks:
         by_obj.setdefault(t.obj, []).append(t)
-    reader = _ObjectReader(layout, object_path, out, name)
+    reader = _ObjectReader(layout, object_path, out, name, tags or {})
     if threads <= 1 or len(by_obj) == 1:
         for obj, ts in by_obj.items():
             reader(obj, ts)
@@ -130,8 +164,9 @@ def _plan(layout: DirectLayout, rows: np.ndarray) -> List[_Task]:
 class _ObjectReader:
     """Reads the tasks of one stored object (thread-safe: each call opens its own file)."""
 
-    def __init__(self, layout: DirectLayout, object_path: Callable[[int], str], out: np.ndarray, name: str):
-        self.layout, self.object_path, self.out, self.name = layout, object_path, out, name
+    def __init__(self, layout: DirectLayout, object_path: Callable[[int], str], out: np.ndarray, name: str,
+                 tags: Dict[int, List[int]]):
+        self.layout, self.object_path, self.out, self.name, self.tags = layout, object_path, out, name, tags
         self.chunk_bytes = layout.inner_rows * layout.row_bytes
         self.flat = out.reshape(len(out), -1).view(np.uint8) if out.size else out
 
@@ -153,7 +188,7 @@ class _ObjectReader:
                     if start == _EMPTY or start + length > size - (len(offsets) * 16 + 4):
                         raise self._corrupt(path, "shard index points outside the shard")
                     start, length = int(start), int(length)
-                self._read_chunk(f, start, length, t, path)
+                self._read_chunk(f, start, length, t, path, self.tags.get(obj))
 
     def _shard_index(self, f, size: int, path: str) -> np.ndarray:
         per_obj = self.layout.object_rows // self.layout.inner_rows
@@ -167,7 +202,7 @@ class _ObjectReader:
             raise self._corrupt(path, "shard index checksum mismatch")
         return np.frombuffer(body, dtype="<u8").reshape(per_obj, 2)
 
-    def _read_chunk(self, f, start: int, length: int, t: _Task, path: str) -> None:
+    def _read_chunk(self, f, start: int, length: int, t: _Task, path: str, tag: Optional[List[int]]) -> None:
         if length != self.chunk_bytes + 4:
             raise self._corrupt(path, f"chunk is {length} bytes, expected {self.chunk_bytes + 4}")
         f.seek(start)
@@ -183,9 +218,12 @@ class _ObjectReader:
             if not more:
                 raise self._corrupt(path, "chunk is truncated")
             got += more
-        crc = _read_exact(f, 4, path, self)
-        if _crc(target) != int.from_bytes(crc, "little"):
+        crc = int.from_bytes(_read_exact(f, 4, path, self), "little")
+        if _crc(target) != crc:
             raise self._corrupt(path, "checksum mismatch")
+        if tag and tag[t.inner if self.layout.sharded else 0] != crc:
+            raise self._corrupt(path, f"it is not the chunk written at this position (its checksum is another "
+                                      f"chunk's: a swapped or misplaced file)")
         if not whole:
             rows = target.reshape(self.layout.inner_rows, -1)
             self.flat[t.dst] = rows[t.src]
