@@ -367,10 +367,49 @@ def test_path_and_format_errors(tmp_path):
         load_dataset(root, format="generic")
     with pytest.raises(FeatstoreError, match=r"image root .* is not a folder"):
         load_dataset(root, image_root=tmp_path / "nope")
-    (tmp_path / "latin.jsonl").write_bytes(b'{"id": 1, "img": "a.png", "text": "caf\xe9"}\n')
-    with pytest.raises(FeatstoreError, match=r"latin\.jsonl: 1 problem: not UTF-8 text \(invalid continuation byte at byte 38\); re-save the file as UTF-8 \(fix the file\)$"):
+    (tmp_path / "latin.jsonl").write_bytes(b'{"id": 0, "img": "b.png", "text": "ok"}\n'
+                                           b'{"id": 1, "img": "a.png", "text": "caf\xe9"}\n')
+    with pytest.raises(FeatstoreError, match=r"latin\.jsonl: 1 problem: row 2: not UTF-8 text \(invalid continuation byte, byte 0xe9\); re-save the file as UTF-8 \(fix the rows\)$"):
         load_dataset(tmp_path / "latin.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(FeatstoreError, match=r"no samples found"):
         load_dataset(tmp_path / "empty.jsonl", format="hateful_memes")
     assert DATASET_FORMATS.names() == ["generic", "hateful_memes", "memotion", "mmimdb"]
+
+
+def test_directory_and_symlink_loop_images_become_failed_rows_not_a_crash(tmp_path):
+    """A directory named like an image and a symlink loop: the fingerprint skips them and the extraction
+    stores two failed rows with the reasons load_image gives (it used to die in the fingerprint)."""
+    import os
+
+    from cli.featstore_cli import main as featstore
+    from cli_helpers import extract_args, invoke, make_hm_folder
+    from featstore.store import open_store
+
+    data = make_hm_folder(tmp_path / "data")
+    os.remove(data / "img" / "00001.png")
+    os.mkdir(data / "img" / "00001.png")
+    os.remove(data / "img" / "00002.png")
+    os.symlink(data / "img" / "00002.png", data / "img" / "00002.png")
+    out = invoke(featstore, extract_args(data, tmp_path / "store", "grid"))
+    assert "4 rows, 2 failed" in out
+    fsv = open_store(tmp_path / "store").open("grid")
+    assert fsv.failures == {
+        "00001": f"image '{data / 'img' / '00001.png'}': is a directory; point the manifest at an image file",
+        "00002": f"image '{data / 'img' / '00002.png'}': file not found; check the manifest's image path and the "
+                 f"images folder"}
+
+
+def test_csv_with_an_unclosed_quote_names_the_row_instead_of_losing_rows(tmp_path):
+    rows = [[str(i), f"img/{i}.png", f"caption {i}", str(i % 2)] for i in range(20)]
+    lines = ["id,img,text,label"] + [",".join(r) for r in rows]
+    lines[6] = '5,img/5.png,"caption 5 with an open quote,1'  # row 7 (the header is row 1)
+    lines[12] = '11,img/11.png,"a, quoted caption",0'  # where csv would close it, 6 rows later
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    for i in range(20):
+        make_image(tmp_path / "img" / f"{i}.png")
+    with pytest.raises(FeatstoreError) as e:
+        load_dataset(tmp_path / "m.csv", format="generic")
+    msg = str(e.value)
+    assert "\n" not in msg and "1 problem: row 7: not valid CSV from this row on" in msg, msg
+    assert "a quote opened in this row is not closed" in msg

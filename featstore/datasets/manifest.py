@@ -108,7 +108,7 @@ def file_sha256(path: str, block: int = 1 << 20) -> Optional[str]:
                 if not chunk:
                     break
                 h.update(chunk)
-    except FileNotFoundError:
+    except OSError:  # missing, a directory, a symlink loop, unreadable: the image load names the reason
         return None
     return h.hexdigest()
 

@@ -30,12 +30,23 @@ def read_jsonl(path: Path, problems: Problems, file: str) -> Iterator[Tuple[int,
                     problems.add(row, f"expected a JSON object, got {type(obj).__name__}", file)
                     continue
                 yield row, obj
-    except UnicodeDecodeError as e:
-        problems.add(None, f"not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8", file)
+    except UnicodeDecodeError:
+        problems.add(*_non_utf8(path), file)
 
 
 def normalise_column(name: str) -> str:
     return "_".join(str(name).strip().lower().replace("-", " ").split())
+
+
+def _non_utf8(path: Path) -> Tuple[int, str]:
+    """(line, message) of a file's first byte that is not UTF-8 (the decoder's own offset is per block)."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8-sig")
+        return None, "not UTF-8 text; re-save the file as UTF-8"
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        return line, f"not UTF-8 text ({e.reason}, byte {data[e.start]:#04x}); re-save the file as UTF-8"
 
 
 def read_csv(path: Path, problems: Problems, file: str) -> Tuple[List[str], List[Tuple[int, Dict[str, str]]]]:
@@ -45,9 +56,10 @@ def read_csv(path: Path, problems: Problems, file: str) -> Tuple[List[str], List
     lines gets the number of its first line. Rows with the wrong number of fields are reported.
     """
     rows: List[Tuple[int, Dict[str, str]]] = []
+    start = 1
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, strict=True)  # an unclosed quote is an error, not rows swallowed into one field
             try:
                 header = next(reader)
             except StopIteration:
@@ -62,11 +74,12 @@ def read_csv(path: Path, problems: Problems, file: str) -> Tuple[List[str], List
                     problems.add(row, f"expected {len(header)} fields, got {len(values)}", file)
                     continue
                 rows.append((row, dict(zip(header, values))))
-    except UnicodeDecodeError as e:
-        problems.add(None, f"not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8", file)
+    except UnicodeDecodeError:
+        problems.add(*_non_utf8(path), file)
         return [], []
     except csv.Error as e:
-        problems.add(None, f"not valid CSV ({e})", file)
+        problems.add(start, f"not valid CSV from this row on ({e}): a quote opened in this row is not closed where "
+                            f"it should be; close it, or write a literal quote as \"\"", file)
         return [], []
     return header, rows
 
