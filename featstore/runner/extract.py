@@ -45,6 +45,23 @@ class ExtractOptions:
     # None = decode every image. Never part of the recipe: cached pixels are exactly load_image's.
     image_cache: Optional[Any] = None
 
+    def validate(self) -> None:
+        """One line per bad option, before anything is written (a bad value must not leave a version behind)."""
+        from ..store.backends import BACKENDS
+
+        for flag, value in (("--batch-size", self.batch_size), ("--chunk-rows", self.chunk_rows),
+                            ("--max-pixels", self.max_pixels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FeatstoreError(f"{flag} {value!r} is invalid; pass a whole number >= 1")
+        if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise FeatstoreError(f"--workers {self.num_workers!r} is invalid; pass 0 (load in the main process) or more")
+        if self.on_error not in ("skip", "fail"):
+            raise FeatstoreError(f"--on-error {self.on_error!r} is unknown; use skip or fail")
+        if self.backend not in BACKENDS:
+            raise FeatstoreError(f"--backend {self.backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+        if self.compression not in ("auto", "blosc", "zstd", "none"):
+            raise FeatstoreError(f"--compression {self.compression!r} is unknown; use auto, blosc, zstd or none")
+
 
 @dataclass
 class ExtractSummary:
@@ -222,9 +239,8 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     from ..extractors import create_extractor
 
     opts = options or ExtractOptions()
+    opts.validate()
     workers = _resolve_workers(opts.num_workers)
-    if opts.on_error not in ("skip", "fail"):
-        raise FeatstoreError(f"--on-error {opts.on_error!r} is unknown; use skip or fail")
     t0 = time.perf_counter()
     if not opts.progress:  # --quiet: no transformers "Loading weights" bar either
         from transformers.utils import logging as hf_logging

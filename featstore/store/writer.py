@@ -132,8 +132,18 @@ class VersionWriter:
         self.meta = dict(meta or {})
         self.backend = make_backend(backend, loc, len(keys), self.schema, self.chunk_rows, self.backend_options)
         self.complete = loc.exists(RECORD_FILE) and _record_intact(loc)  # a damaged record is recommitted
-        if not self.complete:
+        if self.complete:
+            self._check_backend(loc.read_json(RECORD_FILE).get("backend"))
+        else:
             self._create_or_open()
+
+    def _check_backend(self, have: Optional[str]) -> None:
+        """The backend is not part of the version id: the same recipe on another backend is a conflict."""
+        if have and have != self.backend_kind:
+            raise FeatstoreError(f"version {self.name}@{self.version} already exists on the {have} backend (the "
+                                 f"backend is not part of the version id); read it as it is, or remove it with "
+                                 f"`featstore rm {self.name}@{self.version}` and run again with --backend "
+                                 f"{self.backend_kind}")
 
     # -- set-up --------------------------------------------------------------------------------------
     def _spec_record(self) -> dict:

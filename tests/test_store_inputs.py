@@ -1,0 +1,37 @@
+"""Bad options and conflicting runs (issue 12, item 10): checked before anything is written."""
+from __future__ import annotations
+
+import pytest
+
+from cli.featstore_cli import main as featstore
+from cli_helpers import extract_args, invoke, make_hm_folder, one_line_error, tree
+from featstore.store import open_store
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_hm_folder(tmp_path_factory.mktemp("inputs") / "data")
+
+
+@pytest.mark.parametrize("flag,value,line", [
+    ("--batch-size", 0, "--batch-size 0 is invalid; pass a whole number >= 1"),
+    ("--batch-size", -3, "--batch-size -3 is invalid; pass a whole number >= 1"),
+    ("--chunk-rows", 0, "--chunk-rows 0 is invalid; pass a whole number >= 1"),
+])
+def test_bad_extract_options_fail_before_a_version_is_created(data, tmp_path, flag, value, line):
+    store = tmp_path / "store"
+    got = one_line_error(featstore, extract_args(data, store, "grid", flag, value))
+    assert got == f"error: {line}"
+    assert not [p for p in tree(store) if p.startswith("sets/")]  # no version left behind
+    # and the same recipe then runs on either backend
+    invoke(featstore, extract_args(data, store, "grid", "--backend", "lmdb"))
+    assert open_store(store).open("grid").record["backend"] == "lmdb"
+
+
+def test_same_recipe_on_another_backend_is_a_one_line_conflict(data, tmp_path):
+    store = tmp_path / "store"
+    invoke(featstore, extract_args(data, store, "grid"))
+    got = one_line_error(featstore, extract_args(data, store, "grid", "--backend", "lmdb"))
+    assert got.startswith("error: version grid@") and got.endswith(
+        "already exists on the zarr backend (the backend is not part of the version id); read it as it is, or remove "
+        "it with `featstore rm grid@" + got.split("grid@")[1].split(" ")[0] + "` and run again with --backend lmdb")
