@@ -35,3 +35,32 @@ def test_same_recipe_on_another_backend_is_a_one_line_conflict(data, tmp_path):
     assert got.startswith("error: version grid@") and got.endswith(
         "already exists on the zarr backend (the backend is not part of the version id); read it as it is, or remove "
         "it with `featstore rm grid@" + got.split("grid@")[1].split(" ")[0] + "` and run again with --backend lmdb")
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 512 KiB tmpfs (root in a container that allows mounts); skipped elsewhere."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("backend", ["zarr", "lmdb"])
+def test_disk_full_is_one_line_naming_the_store(data, small_fs, backend):
+    store = small_fs / "store"
+    got = one_line_error(featstore, extract_args(data, store, "grid", "--backend", backend, "--set", "grid_size=7"))
+    assert got.startswith(f"error: no space left on the device of {store}/sets/grid/"), got
+    assert got.endswith("free space, then rerun the same command to resume (finished chunks are kept)")
+
+
+def test_store_path_that_is_a_file(data, tmp_path):
+    (tmp_path / "f").write_text("x")
+    assert one_line_error(featstore, extract_args(data, tmp_path / "f", "grid")) == \
+        f"error: store path '{tmp_path / 'f'}' is a file, not a directory; pass a directory for --store"
+    assert one_line_error(featstore, extract_args(data, tmp_path / "f" / "s", "grid")) == \
+        f"error: store path '{tmp_path / 'f' / 's'}' is below a file ({tmp_path / 'f'}); pass a directory for --store"

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from .backends import close_lmdb_envs
 from .location import Location
 from .reader import FeatureSetVersion
 from .spec import ArraySpec, Recipe
-from .writer import CHUNK_DIR, RECORD_FILE, SPEC_FILE, VersionWriter, array_checksum
+from .writer import CHUNK_DIR, RECORD_FILE, SPEC_FILE, VersionWriter, array_checksum, os_errors
 
 MARKER = "featstore.json"
 SETS = "sets"
@@ -56,6 +57,11 @@ class VersionInfo:
 def open_store(url: str, *, create: bool = False, storage_options: Optional[dict] = None) -> "Store":
     """Open the store at a local path or fsspec URL; ``create=True`` makes it when absent."""
     loc = Location(url, storage_options)
+    if loc.is_local and os.path.exists(loc.root) and not os.path.isdir(loc.root):
+        raise FeatstoreError(f"store path {url!r} is a file, not a directory; pass a directory for --store")
+    if loc.is_local and any(os.path.isfile(p) for p in _parents(loc.root)):
+        raise FeatstoreError(f"store path {url!r} is below a file ({next(p for p in _parents(loc.root) if os.path.isfile(p))}); "
+                             f"pass a directory for --store")
     try:
         present = loc.exists(MARKER)
     except Exception as e:  # network / credentials errors from fsspec
@@ -68,10 +74,19 @@ def open_store(url: str, *, create: bool = False, storage_options: Optional[dict
         if others and not loc.exists(SETS):
             raise FeatstoreError(f"{url!r} exists and is not empty but is not a featstore store; choose an empty "
                                  f"or new directory")
-        loc.makedirs()
-        loc.write_json({"format": "featstore", "format_version": 1, "created": time.time(),
-                        "tool_version": __version__}, MARKER)
+        with os_errors("the store marker", url):
+            loc.makedirs()
+            loc.write_json({"format": "featstore", "format_version": 1, "created": time.time(),
+                            "tool_version": __version__}, MARKER)
     return Store(loc)
+
+
+def _parents(path: str) -> List[str]:
+    out, p = [], os.path.dirname(os.path.abspath(path))
+    while p and p != os.path.dirname(p):
+        out.append(p)
+        p = os.path.dirname(p)
+    return out
 
 
 class Store:

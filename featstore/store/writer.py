@@ -85,6 +85,41 @@ def _record_intact(loc: Location) -> bool:
 
 
 @contextlib.contextmanager
+def os_errors(what: str, where: str) -> Iterator[None]:
+    """OS and LMDB write errors as one line: what failed, where, what to do (written chunks are kept)."""
+    import errno
+
+    import lmdb
+
+    resume = "rerun the same command to resume (finished chunks are kept)"
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise FeatstoreError(f"no space left on the device of {where} while writing {what}; free space, then "
+                                 f"{resume}") from None
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise FeatstoreError(f"{where} is not writable ({e.strerror}) while writing {what}; fix its permissions "
+                                 f"or pass another --store") from None
+        raise FeatstoreError(f"cannot write {what} to {where} ({e.strerror or e}); check the disk, then {resume}") \
+            from None
+    except lmdb.Error as e:
+        if _free_bytes(where) < (1 << 20):  # LMDB reports a full disk as an input/output error
+            raise FeatstoreError(f"no space left on the device of {where} while writing {what} (LMDB: {e}); free "
+                                 f"space, then {resume}") from None
+        raise FeatstoreError(f"LMDB failed writing {what} in {where} ({e}); check the disk, then {resume}") from None
+
+
+def _free_bytes(where: str) -> int:
+    import shutil
+
+    try:
+        return shutil.disk_usage(where).free
+    except OSError:
+        return 1 << 62
+
+
+@contextlib.contextmanager
 def creation_lock(loc: Location) -> Iterator[None]:
     """An exclusive lock while a version is created, so concurrent writers create it once (local stores)."""
     if not loc.is_local:
@@ -166,8 +201,9 @@ class VersionWriter:
                             f"version {self.name}@{self.version} was started with a different {field}; remove the "
                             f"unfinished version with `featstore rm {self.name}@{self.version}` and run again")
                 return
-            self.backend.create(self.keys)
-            self.loc.write_json(want, SPEC_FILE)  # last: its presence means the arrays exist
+            with os_errors(f"the new version {self.name}@{self.version}", self.loc.url):
+                self.backend.create(self.keys)
+                self.loc.write_json(want, SPEC_FILE)  # last: its presence means the arrays exist
 
     # -- chunks --------------------------------------------------------------------------------------
     @property
@@ -264,6 +300,10 @@ class VersionWriter:
                     beyond = np.arange(spec.shape[0])[None, :] >= counts[:, None]
                     full[name][beyond] = 0  # padding is always zeros, so checksums are deterministic
         full[VALID] = ok
+        with os_errors(f"chunk {chunk} of {self.name}@{self.version}", self.loc.url):
+            self._store_chunk(chunk, full, failures)
+
+    def _store_chunk(self, chunk: int, full: Dict[str, np.ndarray], failures: Dict[str, str]) -> None:
         self.backend.write_chunk(chunk, full)
         sl = self.chunk_slice(chunk)
         self.loc.write_json({"chunk": chunk, "rows": [sl.start, sl.stop],
@@ -299,6 +339,7 @@ class VersionWriter:
             "created_unix": time.time(), "tool_version": __version__,
         })
         record[DIGEST_FIELD] = record_digest(record)
-        self.loc.write_json(record, RECORD_FILE)  # the atomic commit
+        with os_errors(f"the record of {self.name}@{self.version}", self.loc.url):
+            self.loc.write_json(record, RECORD_FILE)  # the atomic commit
         self.complete = True
         return FeatureSetVersion(self.loc, self.name)
