@@ -64,3 +64,34 @@ def test_store_path_that_is_a_file(data, tmp_path):
         f"error: store path '{tmp_path / 'f'}' is a file, not a directory; pass a directory for --store"
     assert one_line_error(featstore, extract_args(data, tmp_path / "f" / "s", "grid")) == \
         f"error: store path '{tmp_path / 'f' / 's'}' is below a file ({tmp_path / 'f'}); pass a directory for --store"
+
+
+def test_identical_extraction_committed_meanwhile_stops_the_slower_one_early(data, tmp_path):
+    """Item 13: run A's first forward starts and finishes an identical run B; A then stops at its next batch
+    (it used to recompute and rewrite every chunk B had committed) and says so; B's bytes stay as committed."""
+    from cli_helpers import GRID_CFG
+    from featstore.datasets import load_dataset
+    from featstore.extractors import create_extractor
+    from featstore.runner.extract import ExtractOptions, run_extraction
+
+    store, ds = open_store(tmp_path / "store", create=True), load_dataset(data)
+    opts = ExtractOptions(batch_size=1, chunk_rows=1, num_workers=0, progress=False, device="cpu")
+
+    class RacedByB:
+        def __init__(self):
+            self.inner, self.raced = create_extractor("grid", **GRID_CFG), False
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def forward(self, batch):
+            if not self.raced:
+                self.raced = True
+                run_extraction(store, ds, "grid", extractor_config=GRID_CFG, options=opts)  # B, start to end
+            return self.inner.forward(batch)
+
+    a = run_extraction(store, ds, "grid", options=opts, extractor=RacedByB())
+    assert a.already_complete and a.stopped_early and a.chunks_written <= 1, a
+    assert "an identical extraction committed it while this one ran: stopped early after" in a.lines()[0]
+    fsv = store.open("grid")
+    assert store.verify("grid").ok and len(fsv) == len(ds.image_keys())

@@ -78,11 +78,18 @@ class ExtractSummary:
     timing: Dict[str, float] = dataclasses.field(default_factory=dict)
     modality: str = "image"
     forward_threads: Optional[int] = None  # set when the CPU forward pass left its cores to the workers
+    stopped_early: bool = False  # an identical extraction committed the version while this one ran
+
+    def _done_note(self) -> str:
+        if self.stopped_early:
+            return (f" (an identical extraction committed it while this one ran: stopped early after "
+                    f"{self.chunks_written} chunks)")
+        return " (already complete: nothing to do)"
 
     def lines(self) -> List[str]:
         rate = self.n_written / self.seconds if self.seconds > 0 else float("nan")
         out = [f"feature set {self.name}@{self.version}: {self.n - len(self.failures)} rows, "
-               f"{len(self.failures)} failed" + (" (already complete: nothing to do)" if self.already_complete else
+               f"{len(self.failures)} failed" + (self._done_note() if self.already_complete else
                                                  f", {self.chunks_written} chunks written in {self.seconds:.1f} s "
                                                  f"({rate:.1f} items/s)")]
         for k, shape in self.shapes.items():
@@ -290,6 +297,8 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     def flush(buf: _ChunkBuffer):
         ok_rows, arrays = buf.assemble(names)
         failures = {keys[r]: why for r, why in buf.failed.items()}
+        if writer.chunk_taken(buf.chunk):  # an identical extraction wrote it meanwhile: keep its bytes
+            return
         if not ok_rows:
             arrays = {n: np.zeros((0,) + tuple(writer.schema[n].shape), writer.schema[n].dtype) for n in names}
         pending_writes.append(pool.submit(writer.write_chunk, buf.chunk, arrays, failures))
@@ -308,7 +317,7 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     threads = ForwardThreads(device, workers)
     try:
         batches = iter(loader)  # starts the workers: counted as waiting for inputs
-        while True:
+        while not writer.committed_elsewhere():  # an identical extraction finished first: stop, say so
             tick = time.perf_counter()
             try:
                 ok_rows, batch, failed = next(batches)
@@ -353,6 +362,11 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
         pool.shutdown(wait=True)
     dist.barrier()
     failures, shapes = all_failures, {}
+    if writer.committed_elsewhere():
+        fsv = store.open(set_name, writer.version)
+        return ExtractSummary(set_name, writer.version, len(keys), 0, fsv.failures, time.perf_counter() - t0,
+                              _shapes(fsv), already_complete=True, chunks_written=written, timing=timing,
+                              modality=modality, stopped_early=True)
     if rank == 0:
         fsv = writer.commit()
         failures, shapes = fsv.failures, _shapes(fsv)

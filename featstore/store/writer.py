@@ -221,6 +221,14 @@ class VersionWriter:
             return list(range(self.n_chunks))
         return sorted(int(n[:-5]) for n in self.loc.listdir(CHUNK_DIR) if n.endswith(".json") and n[:-5].isdigit())
 
+    def chunk_taken(self, chunk: int) -> bool:
+        """Another writer finished this chunk (its marker exists) or committed the version meanwhile."""
+        return self.committed_elsewhere() or self.loc.exists(CHUNK_DIR, f"{chunk}.json")
+
+    def committed_elsewhere(self) -> bool:
+        """The version was committed by another process after this writer opened it."""
+        return not self.complete and self.loc.exists(RECORD_FILE)
+
     def pending_chunks(self) -> List[int]:
         done = set(self.done_chunks())
         return [c for c in range(self.n_chunks) if c not in done]
