@@ -248,3 +248,25 @@ def test_lmdb_record_with_a_valid_checksum_but_a_broken_table_is_corrupt():
         rec = _MAGIC + struct.pack("<I", google_crc32c.value(body)) + body
         with pytest.raises(CorruptDataError, match="record layout is invalid"):
             decode_record(rec, "r")
+
+
+def test_resume_removes_a_killed_writers_stale_tmp_files(tmp_path):
+    """Item 14: ``*.tmp-*`` files of atomic writes a killed writer never renamed go on resume; a fresh
+    one (a live writer's, renamed within milliseconds) is left alone."""
+    root = tmp_path / "s"
+    keys, arrays = H.region_data(N, R, D, "float32", seed=2)
+    st = open_store(str(root), create=True)
+    w = st.writer("img", H.recipe(), keys, H.region_schema(R, D, "float32"), key_kind="image_key",
+                  modality="image", chunk_rows=CHUNK)
+    H.write_chunks(w, arrays, [0])
+    vdir = Path(root, "sets", "img", w.version)
+    stale = [vdir / "chunks" / "1.json.tmp-dead", vdir / "version.json.tmp-dead"]
+    fresh = vdir / "chunks" / "2.json.tmp-live"
+    for p in stale + [fresh]:
+        p.write_text("{")
+    for p in stale:
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    w2 = st.writer("img", H.recipe(), keys, H.region_schema(R, D, "float32"), key_kind="image_key",
+                   modality="image", chunk_rows=CHUNK)
+    assert [p.exists() for p in stale] == [False, False] and fresh.exists()
+    assert w2.pending_chunks() == [1, 2, 3]

@@ -194,6 +194,7 @@ class VersionWriter:
         want = self._spec_record()
         with creation_lock(self.loc):
             if self.loc.exists(SPEC_FILE):
+                self._clean_stale_tmp()
                 have = self.loc.read_json(SPEC_FILE)
                 for field in ("schema", "n", "keys_sha256", "chunk_rows", "backend", "key_kind", "modality"):
                     if have.get(field) != want[field]:
@@ -204,6 +205,19 @@ class VersionWriter:
             with os_errors(f"the new version {self.name}@{self.version}", self.loc.url):
                 self.backend.create(self.keys)
                 self.loc.write_json(want, SPEC_FILE)  # last: its presence means the arrays exist
+
+    STALE_TMP_S = 60.0  # a live writer replaces its temporary file within milliseconds
+
+    def _clean_stale_tmp(self) -> None:
+        """Remove the ``*.tmp-*`` files a killed writer left (atomic writes that never got renamed)."""
+        if not self.loc.is_local:
+            return
+        now = time.time()
+        for folder in (self.loc.path(), self.loc.path(CHUNK_DIR)):
+            for entry in (os.scandir(folder) if os.path.isdir(folder) else []):
+                if ".tmp-" in entry.name and entry.is_file() and now - entry.stat().st_mtime > self.STALE_TMP_S:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(entry.path)
 
     # -- chunks --------------------------------------------------------------------------------------
     @property
