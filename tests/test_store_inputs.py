@@ -47,7 +47,11 @@ def small_fs(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     yield mnt
-    subprocess.run(["umount", str(mnt)], capture_output=True)
+    from featstore.store.backends import close_lmdb_envs
+
+    close_lmdb_envs()  # an open environment keeps the mount busy
+    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.mark.parametrize("backend", ["zarr", "lmdb"])
