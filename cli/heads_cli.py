@@ -125,10 +125,6 @@ def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, tas
                             image_pool=image_pool)
 
 
-def _fmt_metrics(metrics: dict) -> str:
-    return "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
-
-
 @main.command()
 @data_options
 @click.option("--head", "head_name", default=None, help="Head name (see `heads list`; default: the preset's).")

@@ -51,7 +51,6 @@ class CNNExtractor(Extractor):
 class CNNBackbone(nn.Module):
     def __init__(self, name: str, weights: Optional[str], seed: int = 0):
         super().__init__()
-        self.backbone_name = name
         self.weights_path = None
         if name in TORCHVISION_RESNETS:
             import torchvision
