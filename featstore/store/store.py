@@ -130,6 +130,8 @@ class Store:
     def resolve(self, name: str, version: Optional[str] = None) -> str:
         """The full version id: the latest complete one by default; a unique prefix is accepted."""
         complete = self.versions(name)
+        if not complete or (version and not any(i.version.startswith(version) for i in complete)):
+            self._raise_if_damaged(name, version)
         if not complete:
             sets = self.feature_sets()
             if name not in sets:
@@ -148,6 +150,16 @@ class Store:
             raise FeatstoreError(f"feature set {name!r} has no complete version {version!r}{hint}; versions: "
                                  f"{', '.join(i.version for i in complete)}")
         raise FeatstoreError(f"version prefix {version!r} of {name!r} is ambiguous: {', '.join(matches)}")
+
+    def _raise_if_damaged(self, name: str, version: Optional[str]) -> None:
+        """A version asked for (or the only ones there) whose record exists but is damaged: say that, not
+        "not found"."""
+        for v in self.loc.listdir(SETS, check_name(name)):
+            vloc = self._vloc(name, v)
+            if (not version or v.startswith(version)) and vloc.exists(RECORD_FILE) and _intact_record(vloc) is None:
+                from .writer import read_record
+
+                read_record(vloc)  # raises the one-line CorruptDataError naming the file
 
     def open(self, name: str, version: Optional[str] = None) -> FeatureSetVersion:
         """A complete version (``name`` may be ``NAME@VERSION``); latest complete when no version is given."""
