@@ -267,6 +267,9 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
             if text_pool not in ("cls", "mean") and text_pool not in names:
                 raise FeatstoreError(f"text feature set {name!r} has no array {text_pool!r} for --text-pool "
                                      f"(it has {', '.join(sorted(names))}); pass one of those")
+            if text_array != "tokens" and text_array not in names:  # an explicit --text-array is never ignored
+                raise FeatstoreError(f"text feature set {name!r} has no array {text_array!r} for --text-array "
+                                     f"(it has {', '.join(sorted(names))}); pass one of those")
             pool = text_pool if text_pool in names else next((p for p in ("cls", "mean") if p in names), None)
             want = [n for n in (text_array, pool) if n is not None and n in names]
             if not want:

@@ -99,3 +99,16 @@ def test_identical_extraction_committed_meanwhile_stops_the_slower_one_early(dat
     assert "an identical extraction committed it while this one ran: stopped early after" in a.lines()[0]
     fsv = store.open("grid")
     assert store.verify("grid").ok and len(fsv) == len(ds.image_keys())
+
+
+def test_text_array_the_text_set_lacks_is_refused_even_for_a_text_only_head(tmp_path):
+    """Item 14: `--text-array nosuch` used to be ignored when the set had a pooled vector (text-only head)."""
+    from cli.heads_cli import main as heads
+    from cli_helpers import build_world
+
+    w = build_world(tmp_path / "w")
+    got = one_line_error(heads, ["train", "--store", w["store"], "--dataset", w["data"], "--text", "bert", "--head",
+                                 "text-only", "--text-array", "nosuch", "--epochs", 1, "--quiet", "--device", "cpu",
+                                 "--out", tmp_path / "run"])
+    assert got.startswith("error: text feature set 'bert' has no array 'nosuch' for --text-array (it has "), got
+    assert not (tmp_path / "run").exists()
