@@ -17,11 +17,13 @@ import json
 import os
 from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
-import h5py
 import numpy as np
 
 from ..errors import FeatstoreError
+from ..extras import LazyModule
 from . import check_record
+
+h5py = LazyModule("h5py", "hdf5", "reading or writing HDF5 feature files")  # the optional extra .[hdf5]
 
 JSON_ATTRS = "featstore_json_attrs"
 COMPRESSIONS = (None, "gzip", "lzf")

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
+from featstore.extras import require
 
 from ..outputs import PredictionLayers
 from .base import Head, image_mask, pooled_image, pooled_text, register_head, text_mask
@@ -47,7 +48,7 @@ def pyg_nn():
     it (``heads --help``, ``heads list`` and every other head never load it)."""
     with warnings.catch_warnings():  # PyG calls torch.jit.script at import; torch 2.14 warns on every run
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
-        import torch_geometric.nn as pyg
+        pyg = require("torch_geometric.nn", "gnn", "the gnn head")
 
     return pyg
 
