@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import click
 
@@ -35,6 +35,18 @@ def parse_settings(pairs: Tuple[str, ...], what: str = "--set") -> Dict[str, Any
         except json.JSONDecodeError:
             out[k.strip().replace("-", "_")] = v
     return out
+
+
+def parse_seeds(text: str) -> List[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; anything that is not a comma list of integers is a one-line error."""
+    parts = [s.strip() for s in str(text).split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in parts]
+    except ValueError:
+        raise FeatstoreError(f"--seeds {text!r} is not a comma-separated list of integers; pass e.g. --seeds 0,1,2")
+    if not seeds:
+        raise FeatstoreError("--seeds is empty; pass e.g. --seeds 0,1,2")
+    return seeds
 
 
 def store_option(f):

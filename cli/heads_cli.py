@@ -12,7 +12,7 @@ import click
 
 from featstore.errors import FeatstoreError
 
-from .common import FriendlyGroup, parse_settings, store_option
+from .common import FriendlyGroup, parse_seeds, parse_settings, store_option
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,13 +94,10 @@ def data_options(f):
 
 
 def _device(device: str) -> str:
-    import torch
+    from featstore.devices import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatstoreError(f"--device {device} asked for CUDA but no GPU is visible; use --device cpu")
-    return device
+    dev = resolve_device(device)
+    return "cuda" if device == "auto" and dev == "cuda:0" else dev
 
 
 def _weights(text, task=None):
@@ -192,7 +189,7 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     opts = run_options(preset, head_name, params, explicit, parse_settings(settings))
     if opts["preset"] is not None:
         click.echo(opts["preset"].summary_line())
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    seed_list = parse_seeds(seeds)
     dev = _device(device)
     d = opts["data"]
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, d["task"], d["task_weights"],
@@ -299,7 +296,7 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     heads_list = [h.strip() for h in head_names.split(",") if h.strip()]
     train_base, head_fixed = preset_base(preset, heads_list, parse_settings(settings))
     spec = SweepSpec(store=str(store_url), dataset=str(dataset_path), features=feature_pairs(image_ref, text_ref),
-                     heads=heads_list, grid=grid_values, seeds=[int(s) for s in seeds.split(",") if s.strip()],
+                     heads=heads_list, grid=grid_values, seeds=parse_seeds(seeds),
                      train=train_base, head_cfg=head_fixed,
                      data={"format": dataset_format, "task": task, "task_weights": _weights(task_weights, task),
                            "max_regions": max_regions, "max_tokens": max_tokens, "text_array": text_array,

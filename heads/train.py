@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from featstore.config_types import check_values
 from featstore.errors import FeatstoreError
 
 from .batching import bucketed_batches, length_key, length_sorted
@@ -77,6 +78,7 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise FeatstoreError(f"train option {unknown[0]!r} is unknown; options are: {', '.join(sorted(known))}")
+        check_values(cls, d, "train")
         return cls(**d)
 
     def validate(self) -> None:

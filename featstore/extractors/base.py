@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import FeatstoreError
+from ..config_types import check_values
 from ..registry import Registry
 from ..store.spec import ArraySpec
 
@@ -74,6 +75,7 @@ def make_config(config_cls: type, name: str, cfg: Dict[str, Any]):
     if unknown:
         raise FeatstoreError(f"extractor {name!r} has no option {', '.join(map(repr, unknown))}; "
                              f"valid options: {', '.join(sorted(known))}")
+    check_values(config_cls, cfg, f"extractor {name!r}")
     return config_cls(**cfg)
 
 

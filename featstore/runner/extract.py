@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import FeatstoreError
 from ..store import Recipe, Store
 from . import dist
@@ -190,12 +191,7 @@ class _Collate:
 
 
 def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda", dist.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FeatstoreError(f"--device {device} asked for CUDA but no GPU is visible; use --device cpu")
-    return dev
+    return torch.device(resolve_device(device, dist.local_rank()))
 
 
 _AMP_NAMES = {torch.float32: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}

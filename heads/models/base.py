@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
+from featstore.config_types import check_values
 from featstore.registry import Registry
 
 from ..spec import InputSpec, TaskSpec
@@ -171,6 +172,7 @@ def build_config(name: str, cfg_cls: type, cfg: Dict[str, Any]) -> Any:
     if unknown:
         raise FeatstoreError(
             f"head {name!r} has no option {unknown[0]!r}; its options are: {', '.join(sorted(fields))}")
+    check_values(cfg_cls, cfg, f"head {name!r}")
     return cfg_cls(**cfg)
 
 

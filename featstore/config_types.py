@@ -1,0 +1,112 @@
+"""Type-check a config dataclass's field values against their annotations.
+
+CLI values arrive as JSON or plain strings (``--set max_length=abc`` gives the string ``"abc"``), so every
+config builder (extractors, heads, training) calls :func:`check_values` before construction and a value
+of the wrong type is one line naming the option and the type it needs, before anything is built or written.
+
+Accepted: ``int`` for an int (not ``bool``); ``int`` or ``float`` for a float; ``bool`` for a bool; ``str``;
+``None`` for ``Optional``; any member of a ``Union``; ``Literal`` values; lists/tuples whose items match
+``List[X]`` / ``Tuple[X, ...]`` / ``tuple[X, Y]``; dicts for ``Dict``. Annotations it does not understand
+(``Any``, classes, callables) are not checked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+from .errors import FeatstoreError
+
+_UNCHECKED = object()
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """True when ``value`` fits annotation ``hint`` (unknown annotations always fit)."""
+    if hint is Any or hint is _UNCHECKED:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (list, tuple) or origin in (list, tuple, typing.Sequence):
+        return _matches_sequence(value, hint)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _matches_sequence(value: Any, hint: Any) -> bool:
+    if not isinstance(value, (list, tuple)):
+        return False
+    args = typing.get_args(hint)
+    if not args:
+        return True
+    if typing.get_origin(hint) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    return all(_matches(v, args[0]) for v in value)
+
+
+_NAMES = {bool: "a bool (true or false)", int: "an int", float: "a float", str: "a string", dict: "a dict",
+          list: "a list", tuple: "a list"}
+
+
+def _describe(hint: Any) -> str:
+    """What an annotation asks for, in words: ``an int``, ``an int or None``, ``a list of int``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if hint in _NAMES:
+        return _NAMES[hint]
+    if origin in (list, tuple, typing.Sequence):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return "a list" + (f" of {_describe(args[0]).split(' ', 1)[-1]}" if args else "")
+    if origin is dict:
+        return "a dict"
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_values(config_cls: type, values: dict, what: str, hint_flag: str = "--set") -> None:
+    """Raise a one-line FeatstoreError when a value in ``values`` does not fit its field's annotation in
+    dataclass ``config_cls``; called before the dataclass is built, so ``__post_init__`` never sees a wrong
+    type. ``what`` names the config in the message (``extractor 'bert'``, ``head 'vilbert'``, ``train``)."""
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # unresolvable forward references: nothing to check against
+        return
+    by_name = {f.name: f for f in dataclasses.fields(config_cls)}
+    for name, value in values.items():
+        hint = hints.get(name, _UNCHECKED)
+        if name in by_name and not _matches(value, hint):
+            raise FeatstoreError(
+                f"{what} option {name}={value!r} must be {_describe(hint)}; "
+                f"e.g. {hint_flag} {name}={_example(by_name[name])}")
+
+
+def _example(f: dataclasses.Field) -> str:
+    """The field's default written as a ``--set`` value (JSON, quoted for the shell when it has brackets)."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if default is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+    if default is None:
+        return "VALUE"
+    if isinstance(default, str):
+        return default
+    text = json.dumps(list(default) if isinstance(default, tuple) else default)
+    return f"'{text}'" if isinstance(default, (list, tuple, dict)) else text
