@@ -195,6 +195,8 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, d["task"], d["task_weights"],
                       d["max_regions"], d["max_tokens"], d["text_array"], d["text_pool"], d["val_fraction"], dev,
                       seed=seed_list[0] if seed_list else 0)
+    for warning in data.meta.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     cfg = TrainConfig(head=opts["head"], head_cfg=opts["head_cfg"], device=dev, **opts["train"])
     for line in train_heads(cfg, data, out_dir, seed_list, progress=not quiet, vilbert_checkpoint=vilbert_checkpoint,
                             trust_checkpoint=trust_checkpoint, overwrite=overwrite, echo=click.echo if quiet else None):

@@ -200,6 +200,24 @@ def _parse_ref(ref: Union[str, Sequence[str]]) -> tuple:
     return name, version
 
 
+def dataset_mismatch_warnings(dataset, opened: Dict[str, Any]) -> List[str]:
+    """One line per feature set extracted from a different dataset manifest than ``dataset``.
+
+    The version's recipe records the manifest fingerprint it was extracted from (ids, texts, labels, image
+    bytes); a dataset that keeps the ids but moves them to other texts or images joins silently, so the
+    features would belong to other samples. Imported sets (no recorded fingerprint) are not compared."""
+    out: List[str] = []
+    for modality, fs in opened.items():
+        recorded = getattr(fs.recipe, "manifest_fingerprint", "") or ""
+        current = getattr(dataset, "fingerprint", None)
+        if recorded and current and recorded != current:
+            out.append(f"{modality} feature set {fs.name}@{fs.version} was extracted from another version of this "
+                       f"dataset (manifest fingerprint {recorded[:12]}, now {current[:12]}): texts, labels or "
+                       "images changed, so rows joined by id may belong to other samples; re-extract it, or "
+                       "ignore this if only labels or the set of samples changed")
+    return out
+
+
 def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec, str, None] = None, *,
                      device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
                      max_regions: Optional[int] = None, max_tokens: Optional[int] = None,
@@ -280,6 +298,7 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
                 features["txt_tokens"], features["txt_mask"] = got[text_array], got["mask"].bool()
             if pool in got:
                 features["txt_pooled"] = got[pool]
+    warnings = dataset_mismatch_warnings(dataset, opened)
     targets_np = encode_targets(samples, spec)
     splits = dataset_splits(samples, targets_np, spec, val_fraction, seed)
     for s, idx in splits.items():
@@ -290,4 +309,4 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
         targets={k: torch.as_tensor(v, device=device) for k, v in targets_np.items()},
         splits={k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in splits.items()},
         task_spec=spec,
-        meta={"features": refs, "dataset_fingerprint": getattr(dataset, "fingerprint", None)})
+        meta={"features": refs, "dataset_fingerprint": getattr(dataset, "fingerprint", None), "warnings": warnings})

@@ -92,3 +92,33 @@ def test_cli_train_bad_values_are_one_line(world, tmp_path):
     line = one_line_error(heads, [*base, "--head", "concat", "--device", "tpu"])
     assert line == "error: --device 'tpu' is not a device this toolkit runs on; pass auto, cpu, cuda or cuda:N"
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def _swap_texts(src, dst):
+    """A copy of the dataset folder whose train rows 1 and 2 swap texts (same ids, other captions)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    lines = (dst / "train.jsonl").read_text().splitlines()
+    import json as _json
+    a, b = _json.loads(lines[0]), _json.loads(lines[2])
+    a["text"], b["text"] = b["text"], a["text"]
+    lines[0], lines[2] = _json.dumps(a), _json.dumps(b)
+    (dst / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return dst
+
+
+def test_training_on_a_changed_manifest_warns_for_each_feature_set(world, tmp_path):
+    """Issue 12 item 11: the same ids moved to other texts are joined silently unless the recorded manifest
+    fingerprint is compared; `heads train` says so for both feature sets, and the unchanged dataset is quiet."""
+    from cli_helpers import invoke
+
+    moved = _swap_texts(world["data"], tmp_path / "moved")
+    args = ["train", "--store", world["store"], "--image", "grid", "--text", "bert", "--head", "concat",
+            "--quiet", "--epochs", 1, "--device", "cpu"]
+    out = invoke(heads, [*args, "--dataset", moved, "--out", tmp_path / "a"])
+    warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert [w.split(" feature set ")[0] for w in warnings] == ["warning: image", "warning: text"], out
+    assert all("was extracted from another version of this dataset" in w for w in warnings)
+    out = invoke(heads, [*args, "--dataset", world["data"], "--out", tmp_path / "b"])
+    assert "warning: " not in out
