@@ -81,6 +81,14 @@ def check_head(cfg: TrainConfig, data: TrainData) -> None:
         create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
 
 
+def unlabelled_train_rows(data: TrainData) -> int:
+    """How many rows of the train split carry no label for any task (they are skipped by the loss)."""
+    if "train" not in data.splits:
+        return 0
+    idx = data.splits["train"]
+    return int(idx.numel() - data.labelled(idx).numel())
+
+
 def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int], *, progress: bool = True,
                 vilbert_checkpoint: Optional[str] = None, trust_checkpoint: bool = False, overwrite: bool = False,
                 echo=None) -> Iterator[str]:
@@ -97,6 +105,10 @@ def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int]
     check_head(cfg, data)  # a bad head, option or input fails before --out is touched
     out = prepare_out(out_dir, overwrite)
     yield f"training head {cfg.head} on {len(data)} samples, seeds {','.join(map(str, seeds))} -> {out}"
+    unlabelled = unlabelled_train_rows(data)
+    if unlabelled:
+        yield (f"note: train rows without a label for any task: {unlabelled} (not trained on; check the "
+               "dataset's label column)")
     from .threads import resolve_threads
 
     choice = resolve_threads(cfg, data)  # once, so every seed runs with the same count

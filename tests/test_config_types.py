@@ -122,3 +122,25 @@ def test_training_on_a_changed_manifest_warns_for_each_feature_set(world, tmp_pa
     assert all("was extracted from another version of this dataset" in w for w in warnings)
     out = invoke(heads, [*args, "--dataset", world["data"], "--out", tmp_path / "b"])
     assert "warning: " not in out
+
+
+def test_train_rows_without_a_label_are_counted_in_the_summary(world, tmp_path):
+    """Issue 12 item 14: a train row without a label used to load silently; the run now says how many."""
+    import json as _json
+    import shutil
+
+    from cli_helpers import invoke
+
+    data = tmp_path / "unlabelled"
+    shutil.copytree(world["data"], data)
+    lines = [_json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    for row in lines[:3]:
+        del row["label"]
+    (data / "train.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in lines))
+    args = ["train", "--store", world["store"], "--image", "grid", "--text", "bert", "--head", "concat",
+            "--quiet", "--epochs", 1, "--device", "cpu"]
+    out = invoke(heads, [*args, "--dataset", data, "--out", tmp_path / "a"])
+    assert ("note: train rows without a label for any task: 3 (not trained on; check the dataset's label column)"
+            in out.splitlines()), out
+    out = invoke(heads, [*args, "--dataset", world["data"], "--out", tmp_path / "b"])
+    assert "without a label" not in out
