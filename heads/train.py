@@ -204,6 +204,17 @@ def evaluate_as(cfg: TrainConfig, model, data: TrainData, train_idx: torch.Tenso
     return metrics, warnings, probs
 
 
+def labelled_train_rows(cfg: TrainConfig, data: TrainData) -> torch.Tensor:
+    """The labelled train rows a run learns from: ``cfg.label_fraction``'s stratified subset (seeded by
+    ``cfg.seed``) when set; also the bank a ``predict="knn"`` run votes with, at training and on reload."""
+    train_idx = data.labelled(data.split("train"))
+    if train_idx.numel() == 0:
+        raise FeatstoreError("the train split has no labels for the chosen task(s); pass another --task")
+    if cfg.label_fraction is not None:
+        train_idx = _label_subset(data, train_idx, cfg.label_fraction, cfg.seed)
+    return train_idx
+
+
 def _label_subset(data: TrainData, idx: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     from sklearn.model_selection import train_test_split
 
@@ -268,11 +279,7 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
                              "--val-fraction 0.1 to carve one from train")
     monitor, mode = resolve_monitor(cfg, spec)
     all_train = data.split("train")
-    train_idx = data.labelled(all_train)
-    if train_idx.numel() == 0:
-        raise FeatstoreError("the train split has no labels for the chosen task(s); pass another --task")
-    if cfg.label_fraction is not None:
-        train_idx = _label_subset(data, train_idx, cfg.label_fraction, cfg.seed)
+    train_idx = labelled_train_rows(cfg, data)
     val_idx = data.labelled(data.splits[val_split])
 
     load_report = None

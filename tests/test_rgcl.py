@@ -289,3 +289,24 @@ def test_cli_trains_with_rgcl_and_knn(tmp_path):
     assert cfg["train"]["rgcl"] == {"k_pos": 2} and cfg["train"]["predict"] == "knn"
     line = one_line_error(heads, args + ["--rgcl-set", "kk=1", "--out", tmp_path / "bad"])
     assert line.startswith("error: rgcl has no option 'kk'")
+
+
+def test_a_saved_knn_run_evaluates_and_predicts_with_the_vote(tmp_path):
+    """A run trained with predict=knn, reloaded from its folder, reports the vote's numbers (what it
+    trained and early-stopped on), not its classifier's: the reloaded test probabilities equal the ones
+    the run computed at the end of training, and its saved AUROC is sklearn's on them."""
+    from heads.runs import evaluate_run, save_run, _run_probs, load_run
+
+    data = cluster_task()
+    cfg = TrainConfig(head="concat", head_cfg={"hidden": [16], "dropout": 0.0}, rgcl={"knn_k": 5},
+                      predict="knn", **FAST)
+    result = train(cfg, data, progress=False)
+    run = save_run(tmp_path / "run", result, data, plots=False)
+    model, config = load_run(run)
+    test = data.split("test")
+    reloaded = _run_probs(model, data, test, config)["label"]
+    np.testing.assert_allclose(reloaded, result.probs["test"]["label"], rtol=1e-5, atol=1e-6)
+    y = data.targets["label"][test].numpy()
+    assert evaluate_run(run, data, "test")["label/auroc"] == pytest.approx(roc_auc_score(y, reloaded[:, 1]))
+    logits = model(data.batch(test))["logits"]["label"].softmax(-1)[:, 1].detach().numpy()
+    assert not np.allclose(reloaded[:, 1], logits, atol=1e-3)  # the classifier's numbers differ
