@@ -166,11 +166,13 @@ def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, tas
               help="RGCL option, repeatable (implies --rgcl): k_pos, k_neg, margin, ce_weight, refresh, knn_k, ...")
 @click.option("--predict", type=click.Choice(["classifier", "knn"]), default="classifier", show_default=True,
               help="Report the classifier's predictions, or a vote of the nearest train samples (knn).")
+@click.option("--feeds", default=None, metavar="SRC>DST,...",
+              help="Fan-out cascade: feed label SRC's task probabilities into every task of label DST (B>C).")
 def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions, max_tokens,
           text_array, text_pool, val_fraction, device, head_name, settings, out_dir, seeds, epochs, batch_size, lr,
           weight_decay, warmup_ratio, schedule, grad_clip, patience, monitor, loss, focal_alpha, focal_gamma,
           label_smoothing, class_weights, amp, pretrain_epochs, label_fraction, vilbert_checkpoint, trust_checkpoint,
-          save_fused, quiet, overwrite, threads, trim, bucket, preset, rgcl_on, rgcl_settings, predict):
+          save_fused, quiet, overwrite, threads, trim, bucket, preset, rgcl_on, rgcl_settings, predict, feeds):
     """Train a head on cached features and write a run folder (config, history, checkpoint, predictions, metrics)."""
     from heads.session import train_heads
     from heads.threads import parse_threads
@@ -195,6 +197,12 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, d["task"], d["task_weights"],
                       d["max_regions"], d["max_tokens"], d["text_array"], d["text_pool"], d["val_fraction"], dev,
                       seed=seed_list[0] if seed_list else 0)
+    if d.get("feeds"):
+        import dataclasses
+
+        from heads.tasks import with_feeds
+
+        data = dataclasses.replace(data, task_spec=with_feeds(data.task_spec, d["feeds"]))
     for warning in data.meta.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
     cfg = TrainConfig(head=opts["head"], head_cfg=opts["head_cfg"], device=dev, **opts["train"])

@@ -7,6 +7,9 @@
 * ``task.cascade = ["B", "C", ...]``: task B's probabilities (softmax for binary/multiclass, sigmoid for
   multilabel) are concatenated to the input of task C's layer, C's to D's, and so on. Gradients flow
   through the cascade (the probabilities are not detached).
+* ``task.feeds = {"C_humour": ["B"], ...}``: the same, fanned out: each listed task's probabilities are
+  concatenated (in the listed order) to that task's input; with ``cascade`` both apply. Tasks run in an
+  order where every task's feeders come first; a cycle is a one-line error.
 """
 from __future__ import annotations
 
@@ -50,6 +53,41 @@ def validate_tasks(spec: TaskSpec) -> None:
         raise FeatstoreError(f"cascade {cascade} lists a task twice; list each task once, in order")
     if len(cascade) == 1:
         raise FeatstoreError(f"cascade {cascade} has one task; a cascade needs at least two (e.g. ['B', 'C'])")
+    for task, feeders in (spec.feeds or {}).items():
+        for n in [task, *feeders]:
+            if n not in names:
+                raise FeatstoreError(f"feeds names task {n!r} which is not a task; choose from: {', '.join(names)}")
+    task_order(spec)  # raises on a cycle
+
+
+def task_parents(spec: TaskSpec) -> Dict[str, List[str]]:
+    """Task -> the tasks whose probabilities feed its layer: the ``cascade`` chain, then ``feeds``."""
+    cascade = list(spec.cascade or [])
+    parents: Dict[str, List[str]] = {c: [p] for p, c in zip(cascade, cascade[1:])}
+    for task, feeders in (spec.feeds or {}).items():
+        parents[task] = parents.get(task, []) + [f for f in feeders if f not in parents.get(task, [])]
+    return parents
+
+
+def task_order(spec: TaskSpec) -> List[str]:
+    """Every task name once, feeders before the tasks they feed (cascade order first, then the spec's)."""
+    parents, order, state = task_parents(spec), [], {}
+    names = list(spec.cascade or []) + [t.name for t in spec.tasks if t.name not in (spec.cascade or [])]
+
+    def visit(n: str, path: tuple) -> None:
+        if state.get(n) == "done":
+            return
+        if n in path:
+            raise FeatstoreError(f"task feeds form a cycle ({' -> '.join([*path, n])}); feed each task from "
+                                 "tasks that do not depend on it")
+        for p in parents.get(n, []):
+            visit(p, (*path, n))
+        state[n] = "done"
+        order.append(n)
+
+    for n in names:
+        visit(n, ())
+    return order
 
 
 class PredictionLayers(nn.Module):
@@ -63,12 +101,10 @@ class PredictionLayers(nn.Module):
         validate_tasks(task)
         self.spec = task
         self.tasks: List[Task] = list(task.tasks)
-        cascade = list(task.cascade or [])
         by_name = {t.name: t for t in self.tasks}
-        # extra input width of each task: its cascade predecessor's number of outputs
-        self.parent: Dict[str, str] = {c: p for p, c in zip(cascade, cascade[1:])}
-        # evaluation order: cascade tasks in cascade order, after which the others (any order works)
-        self.order = cascade + [t.name for t in self.tasks if t.name not in cascade]
+        # extra input width of each task: its feeders' numbers of outputs (cascade predecessor and feeds)
+        self.parents: Dict[str, List[str]] = task_parents(task)
+        self.order = task_order(task)  # feeders before the tasks they feed
 
         if task.shared_outputs:
             width = hidden or in_dim
@@ -78,7 +114,7 @@ class PredictionLayers(nn.Module):
             self.shared = nn.Dropout(dropout)
         self.layers = nn.ModuleDict()
         for t in self.tasks:
-            d = width + (by_name[self.parent[t.name]].num_outputs if t.name in self.parent else 0)
+            d = width + sum(by_name[p].num_outputs for p in self.parents.get(t.name, []))
             if hidden > 0 and not task.shared_outputs:
                 self.layers[t.name] = nn.Sequential(
                     nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, t.num_outputs))
@@ -91,9 +127,7 @@ class PredictionLayers(nn.Module):
         by_name = {t.name: t for t in self.tasks}
         out: Dict[str, Tensor] = {}
         for name in self.order:
-            inp = h
-            if name in self.parent:
-                p = self.parent[name]
-                inp = torch.cat([h, task_probabilities(by_name[p], out[p])], dim=-1)
+            feeders = self.parents.get(name, [])
+            inp = torch.cat([h, *(task_probabilities(by_name[p], out[p]) for p in feeders)], dim=-1) if feeders else h
             out[name] = self.layers[name](inp)
         return {t.name: out[t.name] for t in self.tasks}

@@ -6,7 +6,7 @@ say what it expects.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 
 @dataclass
@@ -56,6 +56,9 @@ class TaskSpec:
     tasks: List[Task]
     shared_outputs: bool = False  # one shared hidden layer before the per-task linear layers
     cascade: Optional[List[str]] = None  # e.g. ["B", "C"]: task B's outputs are fed into task C's layer
+    # fan-out cascade: task -> the tasks whose probabilities are concatenated to its layer's input, e.g.
+    # {"C_humour": ["B"], "C_sarcasm": ["B"], ...} (Memotion 2.0's emotions feeding every intensity task)
+    feeds: Optional[Dict[str, List[str]]] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,4 +66,4 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "TaskSpec":
         return cls(tasks=[Task(**t) for t in d["tasks"]], shared_outputs=d.get("shared_outputs", False),
-                   cascade=d.get("cascade"))
+                   cascade=d.get("cascade"), feeds=d.get("feeds"))

@@ -161,3 +161,32 @@ def encode_targets(samples: Sequence[Any], spec: TaskSpec) -> Dict[str, np.ndarr
                 y[r] = index[c]
         out[task.name] = y
     return out
+
+
+def _tasks_named(spec: TaskSpec, key: str) -> List[str]:
+    """The tasks a label key names: the task ``key`` itself, or every per-item task ``key_<item>``."""
+    names = [t.name for t in spec.tasks]
+    return [key] if key in names else [n for n in names if n.startswith(f"{key}_")]
+
+
+def with_feeds(spec: TaskSpec, text: Optional[str]) -> TaskSpec:
+    """``spec`` with a fan-out cascade from ``--feeds`` text: comma-separated ``SRC>DST`` pairs, each feeding
+    the probabilities of the tasks of label ``SRC`` into every task of label ``DST`` (``B>C``: Memotion's
+    emotions into each intensity task ``C_humour``, ``C_sarcasm``, ...; see ``heads.outputs``)."""
+    if not text:
+        return spec
+    feeds: Dict[str, List[str]] = {k: list(v) for k, v in (spec.feeds or {}).items()}
+    for pair in (p.strip() for p in str(text).split(",") if p.strip()):
+        src_key, sep, dst_key = (x.strip() for x in pair.partition(">"))
+        src, dst = _tasks_named(spec, src_key), _tasks_named(spec, dst_key)
+        if not sep or not src or not dst:
+            names = ", ".join(t.name for t in spec.tasks)
+            raise FeatstoreError(f"--feeds {pair!r}: write SRC>DST with labels of the chosen tasks (e.g. B>C); "
+                                 f"the tasks are {names}")
+        for d in dst:
+            feeds[d] = feeds.get(d, []) + [s for s in src if s not in feeds.get(d, [])]
+    out = TaskSpec(tasks=list(spec.tasks), shared_outputs=spec.shared_outputs, cascade=spec.cascade, feeds=feeds)
+    from .outputs import validate_tasks
+
+    validate_tasks(out)
+    return out
