@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+import pytest
 from PIL import Image
 
 from featstore.datasets import load_dataset
@@ -44,6 +45,7 @@ def test_demo_dataset_is_made_of_confounders(tmp_path):
     assert load_dataset(build_demo_dataset(tmp_path / "d")).fingerprint == ds.fingerprint
 
 
+@pytest.mark.slow  # over 30 s on two loaded cores; CI runs it, `-m "not slow"` skips it
 def test_main_job_extracts_both_demo_sets_and_only_fusion_solves_the_task(tmp_path):
     """The README's main job as written: extraction, then a fusion head and both unimodal baselines."""
     lines = list(run_demo(str(tmp_path / "store"), str(tmp_path / "data"), progress=False))

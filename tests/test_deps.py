@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = "import sys\nsys.modules['h5py'] = sys.modules['torch_geometric'] = None\n"
 
@@ -59,6 +61,7 @@ def test_gnn_head_without_pyg_is_a_one_line_error_naming_the_extra_and_other_hea
     assert len(proc.stdout.splitlines()) == 2
 
 
+@pytest.mark.slow  # the demo end to end, like tests/test_demo.py's main job
 def test_featstore_demo_runs_without_the_optional_extras(tmp_path):
     """`pip install -e . && featstore demo` (no extras) as the README has it: extraction, heads, table."""
     proc = _run_without_extras("""

@@ -75,6 +75,7 @@ def test_auto_on_cpu_is_float32_and_fp16_on_cpu_is_refused_before_anything_is_wr
     assert "compute        {\"autocast\": \"none\"}" in invoke(featstore, ["info", "grid", "--store", tmp_path / "store"])
 
 
+@pytest.mark.slow  # over 30 s on two loaded cores; CI runs it, `-m "not slow"` skips it
 def test_compile_on_cpu_gives_the_eager_numbers(tmp_path):
     imgs = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (40 + i, 50, 3), dtype=np.uint8))
             for i in range(3)]

@@ -147,6 +147,7 @@ def _run(args, env_extra=None, **kw):
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, **kw)
 
 
+@pytest.mark.slow  # over 30 s on two loaded cores; CI runs it, `-m "not slow"` skips it
 def test_killed_run_is_invisible_then_resumes_to_identical_result(tmp_path):
     manifest = make_dataset(tmp_path / "data", n_images=7)
     script = tmp_path / "run.py"
@@ -169,6 +170,7 @@ def test_killed_run_is_invisible_then_resumes_to_identical_result(tmp_path):
         np.testing.assert_array_equal(a.read(name), b.read(name))
 
 
+@pytest.mark.slow  # over 30 s on two loaded cores; CI runs it, `-m "not slow"` skips it
 def test_torchrun_two_ranks_gloo_equals_single_process(tmp_path):
     manifest = make_dataset(tmp_path / "data", n_images=7)
     script = tmp_path / "run.py"
