@@ -58,6 +58,11 @@ def test_list_shows_every_head_with_its_options():
         else:
             blocks[name].append(line)
     assert list(blocks) == HEADS.names()
+    # written independently of the registry: the eight heads, and the gnn head's documented defaults
+    assert set(blocks) == {"concat", "text-only", "image-only", "cross", "vilbert", "visualbert", "gnn", "refnet"}
+    for line in ("layer = 'gcn'", "num_layers = 2", "hidden = 256", "gat_heads = 4", "dropout = 0.1",
+                 "residual = True"):
+        assert f"    {line}" in blocks["gnn"], line
     for name, _, cfg in list_heads():
         for f in dataclasses.fields(cfg):
             assert f"    {f.name} = {getattr(cfg, f.name)!r}" in blocks[name], (name, f.name)
