@@ -114,6 +114,12 @@ def test_extractors_lists_every_registered_name_with_its_options():
     out = invoke(featstore, ["extractors"])
     listed = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
     assert listed == EXTRACTORS.names()
+    # written independently of the registry: the eleven extractors, and the grid extractor's documented defaults
+    assert set(listed) == {"bert", "clip-image", "clip-text", "detector", "dinov2", "dinov2-multilayer", "distilbert",
+                           "grid", "roi", "vg-regions", "vilbert-text"}
+    grid = out.split("grid:", 1)[1].split("roi:", 1)[0]
+    for line in ("backbone = 'resnet152'", "image_size = 224", "grid_size = 6", "dtype = 'float16'"):
+        assert f"    {line}" in grid, line
     for name, _, opts in list_extractors():
         block = out.split(f"{name}:", 1)[1]
         for opt, default in opts:
