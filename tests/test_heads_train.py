@@ -194,6 +194,17 @@ def test_refnet_pretrain_and_label_fraction(data):
     res = train(cfg, data, progress=False)
     assert "train_loss_refiner" in res.history[0] and "train_loss_ms" in res.history[0]
     assert {"train", "dev", "test"} <= set(res.metrics)
+    # the run learns from a seeded, stratified 20 % of the labelled train rows (each class within one row of 20 %)
+    from heads.train import labelled_train_rows
+
+    full = labelled_train_rows(TrainConfig(head="concat"), data).cpu().numpy()
+    rows = labelled_train_rows(cfg, data).cpu().numpy()
+    assert set(rows) < set(full) and len(rows) == int(0.2 * len(full))
+    y = data.targets[data.task_spec.tasks[0].name].cpu().numpy()
+    for c in np.unique(y[full]):
+        assert abs((y[rows] == c).sum() - 0.2 * (y[full] == c).sum()) <= 1, c
+    assert np.array_equal(rows, labelled_train_rows(cfg, data).cpu().numpy())
+    assert not np.array_equal(rows, labelled_train_rows(dataclasses.replace(cfg, seed=1), data).cpu().numpy())
 
 
 def test_train_seeds_summary(tmp_path, data):
