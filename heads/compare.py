@@ -24,6 +24,8 @@ from scipy import stats
 
 from featstore.errors import FeatstoreError
 
+from .metrics import mean_std
+
 ALPHA = 0.05  # significance level of the verdicts
 
 
@@ -171,8 +173,7 @@ def _ttest(a: Dict[int, float], b: Dict[int, float]) -> Tuple[str, float, float]
 def _row_stats(g: RunGroup, metrics: Sequence[str]) -> dict:
     out = {}
     for m in metrics:
-        xs = np.array([v[m] for v in g.metrics.values() if math.isfinite(v.get(m, math.nan))])
-        out[m] = (float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0) if len(xs) else (None, None)
+        out[m] = mean_std(v.get(m, math.nan) for v in g.metrics.values())[:2]
     return out
 
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .compare import lower_is_better, significance
+from .metrics import mean_std
 from .session import headline_keys
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -41,10 +42,7 @@ def _records(root: Path, row_id: str, seeds: Sequence[int]) -> Tuple[Dict[int, d
 
 
 def _stat(values: Dict[int, Optional[float]]) -> Tuple[Optional[float], Optional[float], int]:
-    xs = np.array([v for v in values.values() if v is not None and math.isfinite(v)], dtype=float)
-    if not len(xs):
-        return None, None, 0
-    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0, int(len(xs))
+    return mean_std(values.values())
 
 
 def _row_entry(root: Path, row, seeds: Sequence[int]) -> dict:

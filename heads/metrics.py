@@ -14,7 +14,7 @@ task's ``warnings`` list; it never raises.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -134,3 +134,12 @@ def metric_keys(spec: TaskSpec) -> List[str]:
     """Every flat metric key ``compute_metrics`` can produce for ``spec`` (plus "score" and "loss")."""
     keys = [f"{t.name}/{m}" for t in spec.tasks for m in METRIC_NAMES[t.kind]]
     return keys + ["score", "loss"]
+
+
+def mean_std(values) -> Tuple[Optional[float], Optional[float], int]:
+    """(mean, sample std with ddof=1 (0 for one value), n) over the finite values of ``values``, ignoring None
+    and NaN; (None, None, 0) when none is left. The one mean +- std of runs, sweeps and comparisons."""
+    xs = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if not len(xs):
+        return None, None, 0
+    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0, int(len(xs))

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from featstore.errors import FeatstoreError
 
 from .data import TrainData
-from .metrics import compute_metrics, logits_to_probs, predictions
+from .metrics import compute_metrics, logits_to_probs, mean_std, predictions
 from .plots import plot_learning_curve, plot_roc
 from .spec import InputSpec, TaskSpec
 
@@ -229,10 +229,7 @@ def summarise(per_seed: Dict[int, dict]) -> Dict[str, Dict[str, dict]]:
                 out.setdefault(split, {}).setdefault(k, {"values": {}})["values"][seed] = v
     for split in out.values():
         for stat in split.values():
-            xs = np.array([v for v in stat["values"].values() if v is not None and math.isfinite(v)], dtype=float)
-            stat["n"] = int(len(xs))
-            stat["mean"] = float(xs.mean()) if len(xs) else None
-            stat["std"] = float(xs.std(ddof=1)) if len(xs) > 1 else (0.0 if len(xs) else None)
+            stat["mean"], stat["std"], stat["n"] = mean_std(stat["values"].values())
     return out
 
 
