@@ -173,17 +173,13 @@ def _check_compatible(config: dict, data: TrainData, run_dir) -> None:
 def _run_probs(model, data: TrainData, idx: torch.Tensor, config: dict) -> Dict[str, np.ndarray]:
     """Probabilities of rows ``idx`` by the run's own predictor: its classifier, or for a ``predict="knn"``
     run the vote of its nearest labelled train rows of ``data`` (``heads.rgcl.knn_probs``)."""
-    from .train import TrainConfig, labelled_train_rows, predict_logits
+    from .train import TrainConfig, knn_predictions, labelled_train_rows, predict_logits
 
     spec = TaskSpec.from_dict(config["task_spec"])
     model.to(data.device)
     if config["train"].get("predict") == "knn":
-        from .rgcl import RGCLConfig, knn_probs
-
         cfg = TrainConfig.from_dict(config["train"])
-        bank = labelled_train_rows(cfg, data)
-        return {spec.tasks[0].name: knn_probs(model, data, bank, idx, RGCLConfig.from_dict(cfg.rgcl),
-                                              cfg.eval_batch_size, cfg.trim)}
+        return knn_predictions(cfg, model, data, labelled_train_rows(cfg, data), idx)
     logits = predict_logits(model, data, idx, config["train"].get("eval_batch_size", 512))
     return {t.name: logits_to_probs(t, logits[t.name]).cpu().numpy() for t in spec.tasks}
 

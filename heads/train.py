@@ -190,15 +190,21 @@ def evaluate(model, data: TrainData, idx: torch.Tensor, losses=None, batch_size:
     return metrics, warnings, probs
 
 
+def knn_predictions(cfg: TrainConfig, model, data: TrainData, train_idx: torch.Tensor,
+                    idx: torch.Tensor) -> Dict[str, np.ndarray]:
+    """``{task: [len(idx), 2]}``: the vote of each row's ``cfg.rgcl`` ``knn_k`` nearest rows of ``train_idx``."""
+    from .rgcl import RGCLConfig, knn_probs
+
+    return {data.task_spec.tasks[0].name: knn_probs(model, data, train_idx, idx, RGCLConfig.from_dict(cfg.rgcl),
+                                                    cfg.eval_batch_size, cfg.trim)}
+
+
 def evaluate_as(cfg: TrainConfig, model, data: TrainData, train_idx: torch.Tensor, idx: torch.Tensor, losses=None):
     """``evaluate`` with ``cfg.predict``'s predictor: the classifier, or ``knn`` (``heads.rgcl.knn_probs``: a
     vote of the nearest rows of ``train_idx``; "loss" stays the classifier's)."""
     metrics, warnings, probs = evaluate(model, data, idx, losses, cfg.eval_batch_size, cfg.amp, cfg.trim)
     if cfg.predict == "knn":
-        from .rgcl import RGCLConfig, knn_probs
-
-        probs = {data.task_spec.tasks[0].name: knn_probs(model, data, train_idx, idx, RGCLConfig.from_dict(cfg.rgcl),
-                                                         cfg.eval_batch_size, cfg.trim)}
+        probs = knn_predictions(cfg, model, data, train_idx, idx)
         knn, warnings = compute_metrics(data.task_spec, data.targets_numpy(idx), probs)
         metrics = {**knn, **({"loss": metrics["loss"]} if "loss" in metrics else {})}
     return metrics, warnings, probs
