@@ -96,8 +96,7 @@ def data_options(f):
 def _device(device: str) -> str:
     from featstore.devices import resolve_device
 
-    dev = resolve_device(device)
-    return "cuda" if device == "auto" and dev == "cuda:0" else dev
+    return resolve_device(device)
 
 
 def _weights(text, task=None):
@@ -107,7 +106,7 @@ def _weights(text, task=None):
 
 
 def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
-               max_tokens, text_array, text_pool, val_fraction, device, seed=0):
+               max_tokens, text_array, text_pool, val_fraction, device, seed=0, feeds=None):
     from featstore.datasets import load_dataset
     from featstore.store import open_store
     from heads.data import build_train_data
@@ -119,7 +118,7 @@ def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, tas
     return build_train_data(st, ds, image_ref, text_ref, task, device=device, max_regions=max_regions,
                             max_tokens=max_tokens, val_fraction=val_fraction, seed=seed,
                             task_weights=_weights(task_weights, task), text_array=text_array, text_pool=text_pool,
-                            image_pool=image_pool)
+                            image_pool=image_pool, feeds=feeds)
 
 
 @main.command()
@@ -196,13 +195,7 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     d = opts["data"]
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, d["task"], d["task_weights"],
                       d["max_regions"], d["max_tokens"], d["text_array"], d["text_pool"], d["val_fraction"], dev,
-                      seed=seed_list[0] if seed_list else 0)
-    if d.get("feeds"):
-        import dataclasses
-
-        from heads.tasks import with_feeds
-
-        data = dataclasses.replace(data, task_spec=with_feeds(data.task_spec, d["feeds"]))
+                      seed=seed_list[0] if seed_list else 0, feeds=d.get("feeds"))
     for warning in data.meta.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
     cfg = TrainConfig(head=opts["head"], head_cfg=opts["head_cfg"], device=dev, **opts["train"])

@@ -222,7 +222,8 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
                      device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
                      max_regions: Optional[int] = None, max_tokens: Optional[int] = None,
                      val_fraction: Optional[float] = None, seed: int = 0, task_weights=None,
-                     text_array: str = "tokens", text_pool: str = "cls", image_pool: str = "pooled") -> TrainData:
+                     text_array: str = "tokens", text_pool: str = "cls", image_pool: str = "pooled",
+                     feeds: Optional[str] = None) -> TrainData:
     """Load every sample's features from ``store`` once, joined by key (never by position).
 
     ``dataset``: a ``DatasetManifest`` (or a path for ``featstore.datasets.load_dataset``).
@@ -233,9 +234,10 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     ``image_size``) and ``img_pooled`` from ``pooled``; text sets give ``txt_tokens``/``txt_mask`` from
     ``text_array`` and ``txt_pooled`` from ``text_pool`` ("cls" or "mean", whichever exists; or any pooled
     array such as CLIP's pre-projection "pooler"). ``image_pool`` names the image set's array that becomes
-    ``img_pooled`` ("pooled", or e.g. "pooler"); a name the set lacks is a one-line error.
+    ``img_pooled`` ("pooled", or e.g. "pooler"); a name the set lacks is a one-line error. ``feeds``: a
+    fan-out cascade such as ``"B>C"`` (``heads.tasks.with_feeds``).
     """
-    from .tasks import derive_task_spec, encode_targets
+    from .tasks import derive_task_spec, encode_targets, with_feeds
 
     if isinstance(dataset, (str, bytes)) or hasattr(dataset, "__fspath__"):
         from featstore.datasets import load_dataset
@@ -243,7 +245,7 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     samples = list(dataset.samples)
     if image_ref is None and text_ref is None:
         raise FeatstoreError("no feature set given; pass --image NAME and/or --text NAME")
-    spec = tasks if isinstance(tasks, TaskSpec) else derive_task_spec(samples, tasks, task_weights)
+    spec = with_feeds(tasks if isinstance(tasks, TaskSpec) else derive_task_spec(samples, tasks, task_weights), feeds)
     features: Dict[str, Tensor] = {}
     refs: Dict[str, Any] = {}
     opened: Dict[str, Any] = {}

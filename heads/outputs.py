@@ -71,18 +71,18 @@ def task_parents(spec: TaskSpec) -> Dict[str, List[str]]:
 
 def task_order(spec: TaskSpec) -> List[str]:
     """Every task name once, feeders before the tasks they feed (cascade order first, then the spec's)."""
-    parents, order, state = task_parents(spec), [], {}
+    parents, order, done = task_parents(spec), [], set()
     names = list(spec.cascade or []) + [t.name for t in spec.tasks if t.name not in (spec.cascade or [])]
 
     def visit(n: str, path: tuple) -> None:
-        if state.get(n) == "done":
+        if n in done:
             return
         if n in path:
             raise FeatstoreError(f"task feeds form a cycle ({' -> '.join([*path, n])}); feed each task from "
                                  "tasks that do not depend on it")
         for p in parents.get(n, []):
             visit(p, (*path, n))
-        state[n] = "done"
+        done.add(n)
         order.append(n)
 
     for n in names:

@@ -17,6 +17,7 @@ tasks); an explicit ``weights`` list gives one weight per picked key.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -185,7 +186,7 @@ def with_feeds(spec: TaskSpec, text: Optional[str]) -> TaskSpec:
                                  f"the tasks are {names}")
         for d in dst:
             feeds[d] = feeds.get(d, []) + [s for s in src if s not in feeds.get(d, [])]
-    out = TaskSpec(tasks=list(spec.tasks), shared_outputs=spec.shared_outputs, cascade=spec.cascade, feeds=feeds)
+    out = dataclasses.replace(spec, feeds=feeds)
     from .outputs import validate_tasks
 
     validate_tasks(out)

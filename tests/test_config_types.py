@@ -144,3 +144,14 @@ def test_train_rows_without_a_label_are_counted_in_the_summary(world, tmp_path):
             in out.splitlines()), out
     out = invoke(heads, [*args, "--dataset", world["data"], "--out", tmp_path / "b"])
     assert "without a label" not in out
+
+
+def test_cli_feeds_reach_the_task_spec(world, tmp_path):
+    """`--feeds` is applied where the task spec is derived (build_train_data): a label feeding itself is the
+    cascade's one-line cycle error, before --out is written."""
+    line = one_line_error(heads, ["train", "--store", world["store"], "--dataset", world["data"], "--image", "grid",
+                                  "--text", "bert", "--head", "concat", "--quiet", "--epochs", 1, "--device", "cpu",
+                                  "--feeds", "label>label", "--out", tmp_path / "run"])
+    assert line == ("error: task feeds form a cycle (label -> label); feed each task from tasks that do not "
+                    "depend on it")
+    assert not (tmp_path / "run").exists()
