@@ -11,6 +11,7 @@ Accepted: ``int`` for an int (not ``bool``); ``int`` or ``float`` for a float; `
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import types
@@ -41,7 +42,7 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
-    if hint in (list, tuple) or origin in (list, tuple, typing.Sequence):
+    if hint in (list, tuple) or origin in (list, tuple, collections.abc.Sequence):
         return _matches_sequence(value, hint)
     if hint is dict or origin is dict:
         return isinstance(value, dict)
@@ -74,7 +75,7 @@ def _describe(hint: Any) -> str:
         return "None"
     if hint in _NAMES:
         return _NAMES[hint]
-    if origin in (list, tuple, typing.Sequence):
+    if origin in (list, tuple, collections.abc.Sequence):
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
         return "a list" + (f" of {_describe(args[0]).split(' ', 1)[-1]}" if args else "")
     if origin is dict:
