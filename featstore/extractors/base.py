@@ -57,6 +57,12 @@ class BaseConfig:
                 setattr(self, f.name, tuple(v))
 
 
+def check_box_counts(min_boxes: int, max_boxes: int) -> None:
+    """The detectors' box budget: one line unless ``1 <= min_boxes <= max_boxes``."""
+    if not 1 <= min_boxes <= max_boxes:
+        raise FeatstoreError(f"min_boxes={min_boxes}, max_boxes={max_boxes} are invalid; use 1 <= min_boxes <= max_boxes")
+
+
 def _wants_tuple(hint) -> bool:
     """True when the annotation is a tuple type (``Tuple[int, ...]``, ``tuple[int, int]``, ``tuple``) or a
     Union / Optional whose first non-None member is one."""

@@ -42,7 +42,7 @@ from torchvision.ops import batched_nms, boxes as box_ops, roi_align
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, Extractor, register_extractor, require_pil, seeded
+from .base import BaseConfig, Extractor, check_box_counts, register_extractor, require_pil, seeded
 from .weights import DEMO, load_into, resolve_weights
 
 
@@ -72,9 +72,7 @@ class DetectorConfig(BaseConfig):
         if self.weights == DEMO:
             raise FeatstoreError("the detector has no demo weights; pass --weights with a torchvision "
                                  "fasterrcnn_resnet50_fpn state dict")
-        if not 1 <= self.min_boxes <= self.max_boxes:
-            raise FeatstoreError(f"min_boxes={self.min_boxes}, max_boxes={self.max_boxes} are invalid; "
-                                 "use 1 <= min_boxes <= max_boxes")
+        check_box_counts(self.min_boxes, self.max_boxes)
         if not 0 <= self.score_thresh <= 1 or not 0 < self.nms_thresh <= 1:
             raise FeatstoreError(f"score_thresh={self.score_thresh} / nms_thresh={self.nms_thresh} must be in [0, 1]")
 

@@ -39,7 +39,7 @@ from PIL import Image
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, Extractor, register_extractor, require_pil, seeded
+from .base import BaseConfig, Extractor, check_box_counts, register_extractor, require_pil, seeded
 from .vg_model import RPNSettings, VGArch, VGDetector, grouped_nms, load_checkpoint
 from .weights import DEMO
 
@@ -74,9 +74,7 @@ class VGRegionsConfig(BaseConfig):
         if self.weights == DEMO:
             raise FeatstoreError("vg-regions has no demo weights; pass --weights faster_rcnn_from_caffe_attr.pkl "
                                  "(py-bottom-up-attention's Visual Genome checkpoint)")
-        if not 1 <= self.min_boxes <= self.max_boxes:
-            raise FeatstoreError(f"min_boxes={self.min_boxes}, max_boxes={self.max_boxes} are invalid; "
-                                 "use 1 <= min_boxes <= max_boxes")
+        check_box_counts(self.min_boxes, self.max_boxes)
         if not 0 <= self.conf_thresh <= 1 or not 0 < self.nms_thresh <= 1 or not 0 < self.rpn_nms_thresh <= 1:
             raise FeatstoreError(f"conf_thresh={self.conf_thresh}, nms_thresh={self.nms_thresh}, rpn_nms_thresh="
                                  f"{self.rpn_nms_thresh} must be in [0, 1] (NMS thresholds above 0)")
