@@ -218,6 +218,64 @@ def dataset_mismatch_warnings(dataset, opened: Dict[str, Any]) -> List[str]:
     return out
 
 
+def _open_feature_sets(store, image_ref, text_ref) -> Dict[str, Any]:
+    """``{"image": FeatureSetVersion, "text": ...}`` for the refs given; a set of the other modality is a
+    one-line error."""
+    opened: Dict[str, Any] = {}
+    for modality, ref, flag in (("image", image_ref, "--image"), ("text", text_ref, "--text")):
+        if ref is None:
+            continue
+        name, version = _parse_ref(ref)
+        fs = store.open(name, version)
+        if fs.modality != modality:
+            raise FeatstoreError(f"feature set {name!r} passed as {flag} holds {fs.modality} features; swap "
+                                 "--image and --text (or pass a " + modality + " feature set)")
+        opened[modality] = fs
+    return opened
+
+
+def _image_features(fs, keys, image_pool: str, max_regions, device, dtype) -> Dict[str, Tensor]:
+    """``img_regions`` / ``img_mask`` / ``img_boxes`` and ``img_pooled`` (from ``image_pool``) of rows ``keys``."""
+    name, names, features = fs.name, set(fs.array_names), {}
+    if image_pool != "pooled" and image_pool not in names:
+        raise FeatstoreError(f"image feature set {name!r} has no array {image_pool!r} for --image-pool "
+                             f"(it has {', '.join(sorted(names))}); pass one of those")
+    want = [n for n in ("regions", "boxes", "image_size", image_pool) if n in names]
+    if "regions" not in names and image_pool not in names:
+        raise FeatstoreError(f"image feature set {name!r} has neither 'regions' nor 'pooled' "
+                             f"(it has {', '.join(sorted(names))}); pass an image feature set")
+    got = fs.select(keys, want, max_items=max_regions, torch=True, device=device, dtype=dtype)
+    if "regions" in got:
+        features["img_regions"], features["img_mask"] = got["regions"], got["mask"].bool()
+        if "boxes" in got and "image_size" in got:
+            features["img_boxes"] = normalise_boxes(got["boxes"].to(dtype), got["image_size"]).to(dtype)
+    if image_pool in got:
+        features["img_pooled"] = got[image_pool]
+    return features
+
+
+def _text_features(fs, keys, text_array: str, text_pool: str, max_tokens, device, dtype) -> Dict[str, Tensor]:
+    """``txt_tokens`` / ``txt_mask`` (from ``text_array``) and ``txt_pooled`` (``text_pool``, else cls / mean)."""
+    name, names, features = fs.name, set(fs.array_names), {}
+    if text_pool not in ("cls", "mean") and text_pool not in names:
+        raise FeatstoreError(f"text feature set {name!r} has no array {text_pool!r} for --text-pool "
+                             f"(it has {', '.join(sorted(names))}); pass one of those")
+    if text_array != "tokens" and text_array not in names:  # an explicit --text-array is never ignored
+        raise FeatstoreError(f"text feature set {name!r} has no array {text_array!r} for --text-array "
+                             f"(it has {', '.join(sorted(names))}); pass one of those")
+    pool = text_pool if text_pool in names else next((p for p in ("cls", "mean") if p in names), None)
+    want = [n for n in (text_array, pool) if n is not None and n in names]
+    if not want:
+        raise FeatstoreError(f"text feature set {name!r} has neither {text_array!r} nor cls/mean "
+                             f"(it has {', '.join(sorted(names))}); pass a text feature set")
+    got = fs.select(keys, want, max_items=max_tokens, torch=True, device=device, dtype=dtype)
+    if text_array in got:
+        features["txt_tokens"], features["txt_mask"] = got[text_array], got["mask"].bool()
+    if pool in got:
+        features["txt_pooled"] = got[pool]
+    return features
+
+
 def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec, str, None] = None, *,
                      device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
                      max_regions: Optional[int] = None, max_tokens: Optional[int] = None,
@@ -246,60 +304,20 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     if image_ref is None and text_ref is None:
         raise FeatstoreError("no feature set given; pass --image NAME and/or --text NAME")
     spec = with_feeds(tasks if isinstance(tasks, TaskSpec) else derive_task_spec(samples, tasks, task_weights), feeds)
-    features: Dict[str, Tensor] = {}
-    refs: Dict[str, Any] = {}
-    opened: Dict[str, Any] = {}
-    for modality, ref, flag in (("image", image_ref, "--image"), ("text", text_ref, "--text")):
-        if ref is None:
-            continue
-        name, version = _parse_ref(ref)
-        fs = store.open(name, version)
-        if fs.modality != modality:
-            raise FeatstoreError(f"feature set {name!r} passed as {flag} holds {fs.modality} features; swap "
-                                 "--image and --text (or pass a " + modality + " feature set)")
-        opened[modality] = fs
+    opened = _open_feature_sets(store, image_ref, text_ref)
     from featstore.store import preflight
 
     preflight(samples, image=opened.get("image"), text=opened.get("text")).raise_if_missing()
+    features: Dict[str, Tensor] = {}
+    refs: Dict[str, Any] = {}
     for modality, fs in opened.items():
-        name = fs.name
         keys = [s.image_key if fs.key_kind == "image_key" else s.id for s in samples]
         refs[modality] = {"name": fs.name, "version": fs.version}
-        if modality == "text":  # which layer the states are from (checked against vilbert's text_start_layer)
-            refs[modality].update(array=text_array, extractor=fs.recipe.extractor, config=fs.recipe.config)
-        names = set(fs.array_names)
         if modality == "image":
-            if image_pool != "pooled" and image_pool not in names:
-                raise FeatstoreError(f"image feature set {name!r} has no array {image_pool!r} for --image-pool "
-                                     f"(it has {', '.join(sorted(names))}); pass one of those")
-            want = [n for n in ("regions", "boxes", "image_size", image_pool) if n in names]
-            if "regions" not in names and image_pool not in names:
-                raise FeatstoreError(f"image feature set {name!r} has neither 'regions' nor 'pooled' "
-                                     f"(it has {', '.join(sorted(names))}); pass an image feature set")
-            got = fs.select(keys, want, max_items=max_regions, torch=True, device=device, dtype=dtype)
-            if "regions" in got:
-                features["img_regions"], features["img_mask"] = got["regions"], got["mask"].bool()
-                if "boxes" in got and "image_size" in got:
-                    features["img_boxes"] = normalise_boxes(got["boxes"].to(dtype), got["image_size"]).to(dtype)
-            if image_pool in got:
-                features["img_pooled"] = got[image_pool]
-        else:
-            if text_pool not in ("cls", "mean") and text_pool not in names:
-                raise FeatstoreError(f"text feature set {name!r} has no array {text_pool!r} for --text-pool "
-                                     f"(it has {', '.join(sorted(names))}); pass one of those")
-            if text_array != "tokens" and text_array not in names:  # an explicit --text-array is never ignored
-                raise FeatstoreError(f"text feature set {name!r} has no array {text_array!r} for --text-array "
-                                     f"(it has {', '.join(sorted(names))}); pass one of those")
-            pool = text_pool if text_pool in names else next((p for p in ("cls", "mean") if p in names), None)
-            want = [n for n in (text_array, pool) if n is not None and n in names]
-            if not want:
-                raise FeatstoreError(f"text feature set {name!r} has neither {text_array!r} nor cls/mean "
-                                     f"(it has {', '.join(sorted(names))}); pass a text feature set")
-            got = fs.select(keys, want, max_items=max_tokens, torch=True, device=device, dtype=dtype)
-            if text_array in got:
-                features["txt_tokens"], features["txt_mask"] = got[text_array], got["mask"].bool()
-            if pool in got:
-                features["txt_pooled"] = got[pool]
+            features.update(_image_features(fs, keys, image_pool, max_regions, device, dtype))
+        else:  # which layer the states are from (checked against vilbert's text_start_layer)
+            refs[modality].update(array=text_array, extractor=fs.recipe.extractor, config=fs.recipe.config)
+            features.update(_text_features(fs, keys, text_array, text_pool, max_tokens, device, dtype))
     warnings = dataset_mismatch_warnings(dataset, opened)
     targets_np = encode_targets(samples, spec)
     splits = dataset_splits(samples, targets_np, spec, val_fraction, seed)
