@@ -5,13 +5,13 @@ The version id is a hash of the recipe, so writing the same recipe twice names t
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Tuple
 
 import numpy as np
 
 from ..errors import FeatstoreError
+from ..jsonio import canonical_json
 from ..version import __version__
 
 SUPPORTED_DTYPES = ("float16", "float32", "float64", "int64", "int32", "int16", "uint8", "bool")
@@ -49,10 +49,6 @@ class ArraySpec:
         return cls(tuple(d["shape"]), d["dtype"], bool(d.get("per_item", False)))
 
 
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
 @dataclass
 class Recipe:
     """Everything that determines a version's content. ``version_id`` hashes all of it."""
@@ -74,4 +70,4 @@ class Recipe:
 
     @property
     def version_id(self) -> str:
-        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:16]
+        return hashlib.sha256(canonical_json(self.to_dict(), "recipe").encode()).hexdigest()[:16]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import time
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -23,6 +22,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from ..errors import CorruptDataError, FeatstoreError
+from ..jsonio import canonical_json
 from ..version import __version__
 from .backends import COUNT, RESERVED, VALID, full_schema, make_backend
 from .location import Location
@@ -46,7 +46,7 @@ DIGEST_FIELD = "record_sha256"
 def record_digest(record: dict) -> str:
     """sha256 of a version record (every field but the digest itself), checked whenever it is opened."""
     body = {k: v for k, v in record.items() if k != DIGEST_FIELD}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(body, "version record").encode()).hexdigest()
 
 
 def keys_digest(keys: Sequence[str]) -> str:
