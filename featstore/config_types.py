@@ -8,6 +8,9 @@ Accepted: ``int`` for an int (not ``bool``); ``int`` or ``float`` for a float; `
 ``None`` for ``Optional``; any member of a ``Union``; ``Literal`` values; lists/tuples whose items match
 ``List[X]`` / ``Tuple[X, ...]`` / ``tuple[X, Y]``; dicts for ``Dict``. Annotations it does not understand
 (``Any``, classes, callables) are not checked.
+
+:func:`build_dataclass` is the one strict "dataclass from a dict" builder: unknown keys, then types, then
+construction.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import dataclasses
 import json
 import types
 import typing
-from typing import Any
+from typing import Any, Mapping, Optional
 
 from .errors import FeatstoreError
 
@@ -81,6 +84,27 @@ def _describe(hint: Any) -> str:
     if origin is dict:
         return "a dict"
     return getattr(hint, "__name__", str(hint))
+
+
+UNKNOWN_OPTION = "{what} has no option {first}; its options are: {known}"
+
+
+def build_dataclass(config_cls: type, values: Optional[Mapping[str, Any]], what: str,
+                    unknown_message: str = UNKNOWN_OPTION, check_types: bool = True) -> Any:
+    """``config_cls(**values)``, strictly: a key that is not a field of dataclass ``config_cls`` is a one-line
+    FeatstoreError, and so (``check_types``) is a value of the wrong type (:func:`check_values`).
+
+    ``unknown_message`` is formatted with ``what``, ``first`` (the first unknown key, repr), ``unknown`` (every
+    unknown key, repr, comma-separated) and ``known`` (the sorted field names, comma-separated)."""
+    values = dict(values or {})
+    known = sorted(f.name for f in dataclasses.fields(config_cls))
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise FeatstoreError(unknown_message.format(what=what, first=repr(unknown[0]),
+                                                    unknown=", ".join(map(repr, unknown)), known=", ".join(known)))
+    if check_types:
+        check_values(config_cls, values, what)
+    return config_cls(**values)
 
 
 def check_values(config_cls: type, values: dict, what: str, hint_flag: str = "--set") -> None:

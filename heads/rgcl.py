@@ -39,7 +39,6 @@ never votes for itself. New labelled rows join the vote by being in the train sp
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -48,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from featstore.config_types import build_dataclass
 from featstore.errors import FeatstoreError
 
 BACKENDS = ("auto", "faiss", "torch")
@@ -84,11 +84,7 @@ class RGCLConfig:
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "RGCLConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d or {}) - known)
-        if unknown:
-            raise FeatstoreError(f"rgcl has no option {unknown[0]!r}; its options are: {', '.join(sorted(known))}")
-        cfg = cls(**(d or {}))
+        cfg = build_dataclass(cls, d, "rgcl", check_types=False)
         cfg.validate()
         return cfg
 

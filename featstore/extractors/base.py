@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import FeatstoreError
-from ..config_types import check_values
+from ..config_types import build_dataclass
 from ..registry import Registry
 from ..store.spec import ArraySpec
 
@@ -76,13 +76,8 @@ def _wants_tuple(hint) -> bool:
 
 def make_config(config_cls: type, name: str, cfg: Dict[str, Any]):
     """Build ``config_cls(**cfg)``; unknown keys raise a one-line ``FeatstoreError`` listing the valid ones."""
-    known = {f.name for f in fields(config_cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise FeatstoreError(f"extractor {name!r} has no option {', '.join(map(repr, unknown))}; "
-                             f"valid options: {', '.join(sorted(known))}")
-    check_values(config_cls, cfg, f"extractor {name!r}")
-    return config_cls(**cfg)
+    return build_dataclass(config_cls, cfg, f"extractor {name!r}",
+                           unknown_message="{what} has no option {unknown}; valid options: {known}")
 
 
 def register_extractor(name: str, config_cls: type, help: str) -> Callable[[type], type]:
@@ -220,6 +215,20 @@ class Extractor:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def resize_recipe(self):
+        """The ``pixels.ResizeRecipe`` this extractor resizes decoded images with, when ``preprocess`` also
+        takes a ``pixels.ResizedImage`` (then normalised batched on the device); None: PIL images only."""
+        return None
+
+    def image_input(self, x: torch.Tensor, mean, std, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The forward pass's image input on the device: a float batch as given, or uint8 pixels
+        ``[N, H, W, 3]`` normalised there (``pixels.normalize_pixels``; ``valid`` as there)."""
+        if x.dtype != torch.uint8:
+            return self.to_device(x)
+        from .pixels import normalize_pixels
+
+        return normalize_pixels(x, mean, std, self.device, self.channels_last, valid)
 
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         t = t.to(self.device, non_blocking=True)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
-from featstore.config_types import check_values
+from featstore.config_types import build_dataclass
 from featstore.registry import Registry
 
 from ..spec import InputSpec, TaskSpec
@@ -167,13 +167,7 @@ def check_needs(name: str, needs: frozenset, inputs: InputSpec) -> None:
 
 def build_config(name: str, cfg_cls: type, cfg: Dict[str, Any]) -> Any:
     """The head's config dataclass from keyword overrides; unknown keys are a one-line error."""
-    fields = {f.name for f in dataclasses.fields(cfg_cls)}
-    unknown = sorted(set(cfg) - fields)
-    if unknown:
-        raise FeatstoreError(
-            f"head {name!r} has no option {unknown[0]!r}; its options are: {', '.join(sorted(fields))}")
-    check_values(cfg_cls, cfg, f"head {name!r}")
-    return cfg_cls(**cfg)
+    return build_dataclass(cfg_cls, cfg, f"head {name!r}")
 
 
 def _register_all() -> None:
