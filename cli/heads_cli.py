@@ -27,7 +27,7 @@ def main():
 @main.command("list")
 def list_cmd():
     """List the registered heads with their options and defaults."""
-    from heads.models import list_heads
+    from heads.models import HEADS, list_heads
     from heads.presets import size_note
 
     for name, help_text, cfg in list_heads():
@@ -35,7 +35,7 @@ def list_cmd():
         note = size_note(name)
         if note:
             click.echo(f"    {note}")
-        needs = getattr(cfg, "needs", None)
+        needs = HEADS.info(name).meta["needs"]
         for f in dataclasses.fields(cfg):
             click.echo(f"    {f.name} = {getattr(cfg, f.name)!r}")
         if needs:
@@ -100,7 +100,7 @@ def _device(device: str) -> str:
 
 
 def _weights(text, task=None):
-    from heads.session import task_weights
+    from heads.experiment import task_weights
 
     return task_weights(text, task)
 
@@ -173,7 +173,7 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
           label_smoothing, class_weights, amp, pretrain_epochs, label_fraction, vilbert_checkpoint, trust_checkpoint,
           save_fused, quiet, overwrite, threads, trim, bucket, preset, rgcl_on, rgcl_settings, predict, feeds):
     """Train a head on cached features and write a run folder (config, history, checkpoint, predictions, metrics)."""
-    from heads.session import train_heads
+    from heads.experiment import train_heads
     from heads.threads import parse_threads
 
     threads = parse_threads(threads)  # a bad value fails before any data is loaded
@@ -204,7 +204,7 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
         click.echo(line)
     if save_fused:
         from featstore.store import open_store
-        from heads.session import save_fused as store_fused
+        from heads.experiment import save_fused as store_fused
 
         from heads.runs import run_dir_of
 
@@ -221,8 +221,8 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
 def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
              max_tokens, text_array, text_pool, val_fraction, device, split, seed):
     """Evaluate a saved run on a split (feature sets default to the exact versions the run was trained on)."""
-    from heads.runs import evaluate_run, run_dir_of
-    from heads.session import run_feature_refs
+    from heads.experiment import evaluate_run, run_feature_refs
+    from heads.runs import run_dir_of
 
     run_dir = run_dir_of(run_dir, seed)
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
@@ -241,8 +241,8 @@ def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_r
 def predict(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
             max_tokens, text_array, text_pool, val_fraction, device, split, out_csv, seed):
     """Write a saved run's predictions for a dataset."""
-    from heads.runs import predict_run, run_dir_of
-    from heads.session import run_feature_refs
+    from heads.experiment import predict_run, run_feature_refs
+    from heads.runs import run_dir_of
 
     run_dir = run_dir_of(run_dir, seed)
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)

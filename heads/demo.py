@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from typing import Iterator
 
-from .session import headline_metrics
+from .experiment import headline_metrics
 
 DEMO_HEADS = (("concat", {"hidden": [256], "dropout": 0.1}), ("text-only", {}), ("image-only", {}))
 
@@ -15,14 +15,15 @@ def train_demo_heads(store, dataset, image_ref: str, text_ref: str, *, progress:
     import time
 
     from .data import build_train_data
-    from .train import TrainConfig, train
+    from .experiment import train_run
+    from .train import TrainConfig
 
     data = build_train_data(store, dataset, image_ref, text_ref, "label")
     root = run_root or tempfile.mkdtemp(prefix="heads-demo-")
     rows = []
     for head, cfg in DEMO_HEADS:
         t0 = time.perf_counter()
-        res = train(TrainConfig(head=head, head_cfg=cfg, epochs=60, lr=2e-3, batch_size=32, patience=15, seed=0),
+        res = train_run(TrainConfig(head=head, head_cfg=cfg, epochs=60, lr=2e-3, batch_size=32, patience=15, seed=0),
                     data, f"{root}/{head}", progress=False)
         rows.append((head, headline_metrics(res.metrics["test"]), time.perf_counter() - t0))
     yield f"heads trained on cached features (runs in {root}); test split, {len(data.split('test'))} samples:"

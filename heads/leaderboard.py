@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import lower_is_better, significance
-from .metrics import mean_std
-from .session import headline_keys
+from featstore.jsonio import read_json
 
+from .compare import lower_is_better, significance
+from .metrics import format_mean_std, mean_std
+from .experiment import headline_keys
+
+UNREADABLE = "cannot read {path} ({err}); remove it and run the same `heads sweep` command again to redo that run"
+NOT_JSON = "{path} is not valid JSON ({err.msg}); remove it and run the same `heads sweep` command again to redo that run"
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -35,9 +38,9 @@ def _records(root: Path, row_id: str, seeds: Sequence[int]) -> Tuple[Dict[int, d
     for s in seeds:
         folder = root / "runs" / row_id / f"seed_{s}"
         if (folder / "done.json").is_file():
-            done[s] = json.loads((folder / "done.json").read_text())
+            done[s] = read_json(folder / "done.json", UNREADABLE, NOT_JSON)
         elif (folder / "error.json").is_file():
-            failed[s] = json.loads((folder / "error.json").read_text())["error"]
+            failed[s] = read_json(folder / "error.json", UNREADABLE, NOT_JSON)["error"]
     return done, failed
 
 
@@ -115,7 +118,7 @@ def _cells(board: dict, e: dict, pm: bool) -> List[Any]:
     for s in board["splits"]:
         for m in board["metrics"]:
             mean, std, _ = e["stats"][s][m]
-            out += [_pm(mean, std)] if pm else [_f(mean), _f(std)]
+            out += [format_mean_std(mean, std)] if pm else [_f(mean), _f(std)]
     out += [("best" if e["rank"] == 1 else _f(e["p"].get(s), 3)) for s in board["splits"]]
     errors = "; ".join(f"seed {s}: {msg}" for s, msg in sorted(e["errors"].items()))
     return out + [errors] + ([] if pm else [e["row_id"]])
@@ -138,10 +141,6 @@ def _setting(setting: Dict[str, Any]) -> str:
 
 def _f(x: Optional[float], digits: int = 4) -> str:
     return "" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _pm(mean: Optional[float], std: Optional[float]) -> str:
-    return "" if mean is None else f"{mean:.4f} +- {std:.4f}"
 
 
 def write_leaderboard(root, board: dict, top: int = 5) -> List[Path]:
@@ -177,7 +176,7 @@ def leaderboard_lines(board: dict, top: int = 5) -> List[str]:
         if not e["seeds"]:
             out.append(f"  -  {e['label']}: failed: {next(iter(e['errors'].values()), 'not run')}")
             continue
-        cells = "  ".join(f"{s}={_pm(*e['stats'][s][board['primary']][:2])}" for s in board["splits"])
+        cells = "  ".join(f"{s}={format_mean_std(*e['stats'][s][board['primary']][:2])}" for s in board["splits"])
         out.append(f"  {e['rank']:>2} {e['label']}: {cells}  ({_f(e['seconds'], 1)} s/run)")
     return out
 

@@ -1,12 +1,13 @@
-"""Run folders: write (``save_run``), reopen (``load_run``), reuse (``evaluate_run``, ``predict_run``) and
-repeat over seeds (``train_seeds``).
+"""Run folders, files only: write (``save_run``, ``write_summary``, ``write_predictions``), reopen
+(``load_run``), find (``run_dir_of``) and clear (``prepare_out``) them. Training a run, one per seed, and
+evaluating or predicting with a saved one are ``heads.experiment``'s; nothing here trains or evaluates.
 
 ``heads train --out DIR`` always writes the same layout, for one seed or many: ``DIR/summary.json`` (mean
 +- std over seeds of every labelled split, seconds per seed) and one run folder ``DIR/seed_<k>/`` per seed.
 A ``DIR`` that already holds a run is refused unless ``overwrite`` (``prepare_out``); ``run_dir_of``
 finds the run folder inside ``DIR`` for eval / predict.
 
-A run folder (``train(..., run_dir)``) holds::
+A run folder (``save_run``; ``heads.experiment.train_run``) holds::
 
     config.json            train config, head name + resolved head config, InputSpec, TaskSpec,
                            feature set refs {name, version}, dataset fingerprint, monitor, best epoch,
@@ -37,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from featstore.errors import FeatstoreError
 
 from .data import TrainData
-from .metrics import compute_metrics, logits_to_probs, mean_std, predictions
+from .metrics import mean_std, predictions
 from .plots import plot_learning_curve, plot_roc
 from .spec import InputSpec, TaskSpec
 
@@ -160,59 +161,6 @@ def load_run(run_dir) -> Tuple[torch.nn.Module, dict]:
     return model, config
 
 
-def _check_compatible(config: dict, data: TrainData, run_dir) -> None:
-    have = data.input_spec().to_dict()
-    want = config["input_spec"]
-    if have != want:
-        diff = [k for k in want if want[k] != have.get(k)]
-        raise FeatstoreError(f"data does not match run {run_dir}: input {diff[0]} is {have.get(diff[0])!r}, the "
-                             f"run was trained with {want[diff[0]]!r}; pass the feature sets of the run "
-                             f"({config.get('features')})")
-
-
-def _run_probs(model, data: TrainData, idx: torch.Tensor, config: dict) -> Dict[str, np.ndarray]:
-    """Probabilities of rows ``idx`` by the run's own predictor: its classifier, or for a ``predict="knn"``
-    run the vote of its nearest labelled train rows of ``data`` (``heads.rgcl.knn_probs``)."""
-    from .train import TrainConfig, knn_predictions, labelled_train_rows, predict_logits
-
-    spec = TaskSpec.from_dict(config["task_spec"])
-    model.to(data.device)
-    if config["train"].get("predict") == "knn":
-        cfg = TrainConfig.from_dict(config["train"])
-        return knn_predictions(cfg, model, data, labelled_train_rows(cfg, data), idx)
-    logits = predict_logits(model, data, idx, config["train"].get("eval_batch_size", 512))
-    return {t.name: logits_to_probs(t, logits[t.name]).cpu().numpy() for t in spec.tasks}
-
-
-def evaluate_run(run_dir, data: TrainData, split: str) -> Dict[str, float]:
-    """Flat metrics (``heads.metrics.compute_metrics``) of a saved run on ``data``'s ``split``."""
-    model, config = load_run(run_dir)
-    _check_compatible(config, data, run_dir)
-    spec = TaskSpec.from_dict(config["task_spec"])
-    missing = [t.name for t in spec.tasks if t.name not in data.targets]
-    if missing:
-        raise FeatstoreError(f"data has no labels for task {missing[0]!r} of run {run_dir}; pass the run's --task")
-    idx = data.labelled(data.split(split))
-    if idx.numel() == 0:
-        raise FeatstoreError(f"split {split!r} has no labels; evaluate a labelled split or use predict")
-    probs = _run_probs(model, data, idx, config)
-    metrics, _ = compute_metrics(spec, data.targets_numpy(idx), probs)
-    return metrics
-
-
-def predict_run(run_dir, data: TrainData, out_csv, split: Optional[str] = None) -> Path:
-    """Write predictions of a saved run for ``split`` (default: every row of ``data``) to ``out_csv``."""
-    model, config = load_run(run_dir)
-    _check_compatible(config, data, run_dir)
-    spec = TaskSpec.from_dict(config["task_spec"])
-    idx = data.split(split) if split is not None else torch.arange(len(data), device=data.device)
-    probs = _run_probs(model, data, idx, config)
-    out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, spec, [data.ids[i] for i in idx.tolist()], probs)
-    return out
-
-
 def summarise(per_seed: Dict[int, dict]) -> Dict[str, Dict[str, dict]]:
     """{split: {metric: {"mean", "std" (sample std, ddof=1; 0 for one seed), "n", "values"}}} from
     {seed: metrics.json content}; NaN/None values are left out of mean and std."""
@@ -286,36 +234,6 @@ def prepare_out(out_dir, overwrite: bool = False) -> Path:
     return root
 
 
-def check_seeds(seeds: Sequence[int]) -> List[int]:
-    if not seeds:
-        raise FeatstoreError("no seeds given; pass e.g. --seeds 0 or --seeds 0,1,2")
-    if len(set(seeds)) != len(seeds):
-        raise FeatstoreError(f"seeds {list(seeds)} repeat a value; pass distinct seeds")
-    return [int(s) for s in seeds]
-
-
-def iter_seeds(cfg, data: TrainData, seeds: Sequence[int], out_dir, progress: bool = False, on_epoch=None):
-    """Train one run per seed into ``out_dir/seed_<k>``, yielding ``(seed, TrainResult, seconds)`` as each
-    finishes; ``summary.json`` is rewritten after every seed (so it always covers the finished ones).
-    ``on_epoch(seed, history_row, monitor)`` is called at the end of every epoch when given."""
-    import time
-
-    from .train import train
-
-    out = Path(out_dir)
-    per_seed, runs = {}, {}
-    seeds = check_seeds(seeds)
-    for s in seeds:
-        t0 = time.perf_counter()
-        hook = None if on_epoch is None else (lambda row, monitor, s=s: on_epoch(s, row, monitor))
-        result = train(dataclasses.replace(cfg, seed=s), data, out / f"seed_{s}", progress=progress, on_epoch=hook)
-        secs = time.perf_counter() - t0
-        per_seed[s] = _read_json(out / f"seed_{s}" / METRICS)
-        runs[s] = {"dir": f"seed_{s}", "best_epoch": result.best_epoch, "seconds": secs}
-        write_summary(out, per_seed, runs, head=cfg.head)
-        yield s, result, secs
-
-
 def write_summary(out_dir, per_seed: Dict[int, dict], runs: Dict[int, dict], head: Optional[str] = None) -> dict:
     """``summary.json``: {"head", "seeds", "runs": {seed: {dir, best_epoch, seconds}}, "summary":
     summarise(...)} covering every labelled split."""
@@ -323,14 +241,3 @@ def write_summary(out_dir, per_seed: Dict[int, dict], runs: Dict[int, dict], hea
                "summary": summarise(per_seed)}
     _write_json(Path(out_dir) / SUMMARY, summary)
     return summary
-
-
-def train_seeds(cfg, data: TrainData, seeds: Sequence[int], out_dir, progress: bool = False,
-                overwrite: bool = False) -> Dict[str, Any]:
-    """One run per seed into ``out_dir/seed_<k>`` (the same layout for one seed or many); writes and returns
-    ``summary.json``. An ``out_dir`` that already holds a run is refused unless ``overwrite``."""
-    seeds = check_seeds(seeds)
-    out = prepare_out(out_dir, overwrite)
-    for _ in iter_seeds(cfg, data, seeds, out, progress):
-        pass
-    return _read_json(out / SUMMARY)

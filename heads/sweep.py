@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from featstore.devices import NO_GPU, check_device
 from featstore.errors import FeatstoreError
 
 RUNS, DONE, ERROR, ROW, SPEC = "runs", "done.json", "error.json", "row.json", "sweep.json"
@@ -295,7 +296,7 @@ def run_job(job: Job, data, root: Path, device: str, threads_cache: Optional[dic
             raise data
         cfg = TrainConfig.from_dict({**job.row.train, "head": job.row.head, "head_cfg": dict(job.row.head_cfg),
                                      "seed": job.seed, "device": device})
-        result = train(_with_threads(cfg, data, {} if threads_cache is None else threads_cache), data, None,
+        result = train(_with_threads(cfg, data, {} if threads_cache is None else threads_cache), data,
                        progress=False)
         save_run(folder, result, data, plots=False)
     except (KeyboardInterrupt, SystemExit):
@@ -449,10 +450,7 @@ def sweep_devices(text: str) -> List[str]:
         return [f"cuda:{i}" for i in range(n)] if n > 1 else (["cuda"] if n == 1 else ["cpu"])
     devices = [d.strip() for d in text.split(",") if d.strip()]
     for d in devices:
-        if d.startswith("cuda") and not torch.cuda.is_available():
-            raise FeatstoreError(f"--device {d} asked for CUDA but no GPU is visible; use --device cpu")
-        if not (d == "cpu" or re.fullmatch(r"cuda(:\d+)?", d)):
-            raise FeatstoreError(f"--device {d!r} is not a device; pass auto, cpu, cuda, cuda:N or a comma list")
+        check_device(d, "--device {device!r} is not a device; pass auto, cpu, cuda, cuda:N or a comma list", NO_GPU)
     if not devices:
         raise FeatstoreError("--device is empty; pass auto, cpu, cuda or e.g. cuda:0,cuda:1")
     return devices

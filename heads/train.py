@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from featstore.config_types import check_values
+from featstore.config_types import build_dataclass
+from featstore.devices import check_device
 from featstore.errors import FeatstoreError
 
 from .batching import bucketed_batches, length_key, length_sorted
@@ -74,12 +75,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise FeatstoreError(f"train option {unknown[0]!r} is unknown; options are: {', '.join(sorted(known))}")
-        check_values(cls, d, "train")
-        return cls(**d)
+        return build_dataclass(cls, d, "train", unknown_message="{what} option {first} is unknown; options are: {known}")
 
     def validate(self) -> None:
         for name in ("lr", "batch_size", "epochs", "eval_batch_size"):
@@ -242,10 +238,8 @@ def resolve_device(cfg: TrainConfig, data: TrainData) -> TrainConfig:
     ``cfg.device`` naming another device is a one-line error (the features are loaded onto one device)."""
     have = data.device
     if cfg.device != "auto":
-        try:
-            want = torch.device(cfg.device)
-        except RuntimeError:
-            raise FeatstoreError(f"train device={cfg.device!r} is not a device; pass auto, cpu or cuda[:N]") from None
+        checked = check_device(cfg.device, "train device={device!r} is not a device; pass auto, cpu or cuda[:N]")
+        want = torch.device(checked)
         if want.type != have.type or (want.index is not None and have.index is not None and want.index != have.index):
             raise FeatstoreError(f"train device={cfg.device!r} but the training data is on {have}; load the data "
                                  f"with device={cfg.device!r} (--device) or pass device='auto'")
@@ -258,19 +252,20 @@ def _is_better(value: float, best: float, mode: str) -> bool:
     return math.isnan(best) or (value > best if mode == "max" else value < best)
 
 
-def train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = True, on_epoch=None) -> TrainResult:
+def train(cfg: TrainConfig, data: TrainData, *, progress: bool = True, on_epoch=None) -> TrainResult:
     """``_train`` with the CPU intra-op threads of ``cfg.threads`` (``heads.threads.cpu_threads``: "auto"
-    measures; the caller's setting is restored afterwards); ``result.threads`` says what was used."""
+    measures; the caller's setting is restored afterwards); ``result.threads`` says what was used.
+    Nothing is written: ``heads.experiment.train_run`` also saves the run folder (``heads.runs.save_run``)."""
     cfg.validate()
     with cpu_threads(cfg, data) as choice:
-        result = _train(cfg, data, run_dir, progress, on_epoch)
+        result = _train(cfg, data, progress, on_epoch)
     result.threads = choice
     return result
 
 
-def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = True, on_epoch=None) -> TrainResult:
+def _train(cfg: TrainConfig, data: TrainData, progress: bool = True, on_epoch=None) -> TrainResult:
     """Train ``cfg.head`` on ``data``'s train split, early-stop on ``val`` (or ``dev``), restore the best
-    state, evaluate every split with labels. Writes a run folder (``heads.runs.save_run``) if ``run_dir``.
+    state, evaluate every split with labels.
     ``on_epoch(row, monitor)``, when given, is called with each epoch's history row as it ends."""
     from .models import create_head
 
@@ -396,7 +391,4 @@ def _train(cfg: TrainConfig, data: TrainData, run_dir=None, progress: bool = Tru
             metrics[split], warnings[split] = m, w
     result = TrainResult(model, cfg, spec, history, best_epoch, monitor, val_split, metrics, warnings, probs)
     result.load_report = load_report.to_dict() if load_report is not None else None
-    if run_dir is not None:
-        from .runs import save_run
-        save_run(run_dir, result, data)
     return result

@@ -1,4 +1,4 @@
-"""`heads` list / train / eval / predict / compare and the glue behind them (heads.session, heads.demo) on tiny
+"""`heads` list / train / eval / predict / compare and the glue behind them (heads.experiment, heads.demo) on tiny
 real features (ResNet-18 grid regions + MiniLM tokens extracted by `featstore extract`). Printed and saved
 metrics are checked against scikit-learn on the saved predictions; reloaded runs against the files they wrote.
 """
@@ -129,7 +129,7 @@ def test_predict_reproduces_the_runs_test_predictions(world, run, tmp_path):
 def test_save_fused_stores_the_heads_fused_embeddings(world, run):
     from heads.data import build_train_data
     from heads.runs import load_run
-    from heads.session import fused_embeddings
+    from heads.experiment import fused_embeddings
 
     rd, out = run
     rd = rd / "seed_0"
@@ -149,7 +149,7 @@ def test_save_fused_stores_the_heads_fused_embeddings(world, run):
 
 
 def test_run_feature_refs_name_the_exact_trained_versions(world, run, tmp_path):
-    from heads.session import run_feature_refs
+    from heads.experiment import run_feature_refs
 
     rd, _ = run
     rd = rd / "seed_0"
@@ -237,7 +237,7 @@ def test_an_out_that_holds_a_run_is_refused_then_replaced_with_overwrite(world, 
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "seed_3", "seed_4", "summary.json"]
     assert json.loads((out / "summary.json").read_text())["seeds"] == [3, 4]
     assert "seed 4: best epoch" in text
-    # a bare run folder (train(run_dir)) and a lone seed folder count as runs too
+    # a bare run folder (save_run) and a lone seed folder count as runs too
     for holder, name in ((out / "seed_3", "config.json"), (tmp_path / "only-seeds", "seed_9")):
         (holder / name).mkdir(parents=True) if name.startswith("seed_") else None
         assert one_line_error(heads, train_args(world, holder)).startswith(f"error: --out {holder} already holds a run ({name})")

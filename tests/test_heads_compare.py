@@ -11,7 +11,7 @@ from scipy import stats
 from featstore.errors import FeatstoreError
 from heads.compare import compare_runs, significance
 from heads.data import TrainData
-from heads.runs import train_seeds
+from heads.experiment import train_seeds
 from heads.spec import Task, TaskSpec
 from heads.train import TrainConfig
 

@@ -13,7 +13,7 @@ from cli.heads_cli import main as heads
 from cli_helpers import one_line_error
 from featstore.errors import FeatstoreError
 from heads import threads as heads_threads
-from heads.session import train_heads
+from heads.experiment import train_heads
 from heads.threads import ThreadChoice, parse_threads, resolve_threads
 from heads.train import TrainConfig, train
 from test_extract_compute import two_threads  # noqa: F401  (fixture)

@@ -15,7 +15,8 @@ from sklearn.metrics import roc_auc_score
 
 from featstore.errors import FeatstoreError
 from heads.data import TrainData, normalise_boxes
-from heads.runs import evaluate_run, load_run, predict_run, train_seeds
+from heads.experiment import evaluate_run, predict_run, train_run, train_seeds
+from heads.runs import load_run
 from heads.spec import Task, TaskSpec
 from heads.train import TrainConfig, resolve_monitor, train
 
@@ -123,7 +124,7 @@ def test_early_stopping_restores_best(data):
 
 def test_run_folder_reopens(tmp_path, data):
     cfg = TrainConfig(head="concat", head_cfg=dict(hidden=[16], dropout=0.0), **{**FAST, "epochs": 5})
-    res = train(cfg, data, run_dir=tmp_path / "run", progress=False)
+    res = train_run(cfg, data, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
     assert config["features"]["text"] == {"name": "txt", "version": "v2"} and config["dataset_fingerprint"] == "abc"
@@ -174,7 +175,7 @@ def test_multitask_run_with_multilabel_and_multiclass(tmp_path):
                      Task("level", "multiclass", 4, ["w", "x", "y", "z"], 0.3)])
     d = xor_data(spec=spec, extra=extra)
     cfg = TrainConfig(head="concat", head_cfg=dict(hidden=[32], dropout=0.0), class_weights="auto", **FAST)
-    res = train(cfg, d, run_dir=tmp_path, progress=False)
+    res = train_run(cfg, d, tmp_path, progress=False)
     assert res.monitor == "score"
     m = res.metrics["test"]
     assert m["genres/micro_f1"] > 0.8 and m["level/macro_f1"] > 0.6
@@ -278,7 +279,7 @@ def test_bad_run_folders(tmp_path, data):
     with pytest.raises(FeatstoreError, match="does not exist"):
         load_run(tmp_path / "missing")
     cfg = TrainConfig(head="concat", head_cfg=dict(hidden=[8], dropout=0.0), **{**FAST, "epochs": 1})
-    train(cfg, data, run_dir=tmp_path / "r", progress=False)
+    train_run(cfg, data, tmp_path / "r", progress=False)
     pooled_only = dataclasses.replace(data, features={k: data.features[k] for k in ("img_pooled", "txt_pooled")})
     with pytest.raises(FeatstoreError, match="does not match run"):
         evaluate_run(tmp_path / "r", pooled_only, "test")

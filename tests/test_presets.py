@@ -206,7 +206,7 @@ def test_rgcl_presets_train_with_the_rgcl_objective_and_knn_inference(world, tmp
 
 
 def test_task_weights_follow_the_task_order_and_bad_ones_are_one_line(world, tmp_path):
-    from heads.session import task_weights
+    from heads.experiment import task_weights
 
     assert task_weights("A=0.4,B=0.3,C=0.3", "C,A,B") == [0.3, 0.4, 0.3]
     assert task_weights(None, "A") is None

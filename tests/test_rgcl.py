@@ -295,7 +295,8 @@ def test_a_saved_knn_run_evaluates_and_predicts_with_the_vote(tmp_path):
     """A run trained with predict=knn, reloaded from its folder, reports the vote's numbers (what it
     trained and early-stopped on), not its classifier's: the reloaded test probabilities equal the ones
     the run computed at the end of training, and its saved AUROC is sklearn's on them."""
-    from heads.runs import evaluate_run, save_run, _run_probs, load_run
+    from heads.experiment import _run_probs, evaluate_run
+    from heads.runs import load_run, save_run
 
     data = cluster_task()
     cfg = TrainConfig(head="concat", head_cfg={"hidden": [16], "dropout": 0.0}, rgcl={"knn_k": 5},

@@ -33,7 +33,7 @@ def tiny_data(n=40, val_one_class=False, seed=0):
 
 
 def test_printed_summary_shows_each_kinds_monitored_metric():
-    from heads.session import HEADLINE, summary_lines
+    from heads.experiment import HEADLINE, summary_lines
 
     for kind in ("binary", "multiclass", "multilabel"):
         assert default_metric(Task("t", kind, 3)) in HEADLINE, kind  # the metric a run is monitored on

@@ -1,11 +1,17 @@
-"""What `heads train` does around the training loop: one run or one per seed, the summary lines it prints,
-and the fused embeddings it can save into the store for neighbour search."""
+"""What `heads train` / `eval` / `predict` do around the training loop: one run or one per seed
+(``train_run``, ``iter_seeds``, ``train_seeds``, ``train_heads``) and the lines they print, a saved run
+evaluated or predicting on new data (``evaluate_run``, ``predict_run``), and the fused embeddings a run can
+save into the store for neighbour search (``save_fused``).
+
+Data flows one way: ``heads.data`` (a ``TrainData``) -> ``heads.train`` (a ``TrainResult``, nothing written)
+-> here -> ``heads.runs`` (run-folder files only)."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -13,7 +19,11 @@ import torch
 from featstore.errors import FeatstoreError
 
 from .data import TrainData
-from .train import TrainConfig
+from .metrics import compute_metrics, logits_to_probs
+from .runs import METRICS, SUMMARY, _read_json, holds_run, load_run, prepare_out, save_run, write_predictions, \
+    write_summary
+from .spec import TaskSpec
+from .train import TrainConfig, TrainResult, knn_predictions, labelled_train_rows, predict_logits, train
 
 HEADLINE = ("auroc", "accuracy", "f1", "macro_f1", "micro_auroc", "macro_auroc", "subset_accuracy")
 
@@ -89,6 +99,52 @@ def unlabelled_train_rows(data: TrainData) -> int:
     return int(idx.numel() - data.labelled(idx).numel())
 
 
+def check_seeds(seeds: Sequence[int]) -> List[int]:
+    if not seeds:
+        raise FeatstoreError("no seeds given; pass e.g. --seeds 0 or --seeds 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise FeatstoreError(f"seeds {list(seeds)} repeat a value; pass distinct seeds")
+    return [int(s) for s in seeds]
+
+
+def train_run(cfg: TrainConfig, data: TrainData, run_dir, *, progress: bool = True, on_epoch=None,
+              plots: bool = True) -> TrainResult:
+    """``heads.train.train`` and its run folder (``heads.runs.save_run``) in ``run_dir``."""
+    result = train(cfg, data, progress=progress, on_epoch=on_epoch)
+    save_run(run_dir, result, data, plots=plots)
+    return result
+
+
+def iter_seeds(cfg, data: TrainData, seeds: Sequence[int], out_dir, progress: bool = False, on_epoch=None):
+    """Train one run per seed into ``out_dir/seed_<k>``, yielding ``(seed, TrainResult, seconds)`` as each
+    finishes; ``summary.json`` is rewritten after every seed (so it always covers the finished ones).
+    ``on_epoch(seed, history_row, monitor)`` is called at the end of every epoch when given."""
+    out = Path(out_dir)
+    per_seed, runs = {}, {}
+    seeds = check_seeds(seeds)
+    for s in seeds:
+        t0 = time.perf_counter()
+        hook = None if on_epoch is None else (lambda row, monitor, s=s: on_epoch(s, row, monitor))
+        result = train_run(dataclasses.replace(cfg, seed=s), data, out / f"seed_{s}", progress=progress,
+                           on_epoch=hook)
+        secs = time.perf_counter() - t0
+        per_seed[s] = _read_json(out / f"seed_{s}" / METRICS)
+        runs[s] = {"dir": f"seed_{s}", "best_epoch": result.best_epoch, "seconds": secs}
+        write_summary(out, per_seed, runs, head=cfg.head)
+        yield s, result, secs
+
+
+def train_seeds(cfg, data: TrainData, seeds: Sequence[int], out_dir, progress: bool = False,
+                overwrite: bool = False) -> Dict[str, Any]:
+    """One run per seed into ``out_dir/seed_<k>`` (the same layout for one seed or many); writes and returns
+    ``summary.json``. An ``out_dir`` that already holds a run is refused unless ``overwrite``."""
+    seeds = check_seeds(seeds)
+    out = prepare_out(out_dir, overwrite)
+    for _ in iter_seeds(cfg, data, seeds, out, progress):
+        pass
+    return _read_json(out / SUMMARY)
+
+
 def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int], *, progress: bool = True,
                 vilbert_checkpoint: Optional[str] = None, trust_checkpoint: bool = False, overwrite: bool = False,
                 echo=None) -> Iterator[str]:
@@ -96,8 +152,6 @@ def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int]
     lines as they happen: a start line, the CPU threads used (``heads.threads``, one choice for every seed),
     one line per finished seed, then mean +- std per labelled split.
     ``echo``, when given (with ``progress`` off), also receives one line per epoch as it ends."""
-    from .runs import SUMMARY, _read_json, check_seeds, holds_run, iter_seeds, prepare_out
-
     seeds = check_seeds(seeds)
     cfg = dataclasses.replace(cfg, init_checkpoint=vilbert_checkpoint, trust_checkpoint=trust_checkpoint)
     if holds_run(out_dir) and not overwrite:
@@ -142,6 +196,57 @@ def run_feature_refs(run_dir, image_ref: Optional[str], text_ref: Optional[str])
     return ref("image", image_ref), ref("text", text_ref)
 
 
+def _check_compatible(config: dict, data: TrainData, run_dir) -> None:
+    have = data.input_spec().to_dict()
+    want = config["input_spec"]
+    if have != want:
+        diff = [k for k in want if want[k] != have.get(k)]
+        raise FeatstoreError(f"data does not match run {run_dir}: input {diff[0]} is {have.get(diff[0])!r}, the "
+                             f"run was trained with {want[diff[0]]!r}; pass the feature sets of the run "
+                             f"({config.get('features')})")
+
+
+def _run_probs(model, data: TrainData, idx: torch.Tensor, config: dict) -> Dict[str, np.ndarray]:
+    """Probabilities of rows ``idx`` by the run's own predictor: its classifier, or for a ``predict="knn"``
+    run the vote of its nearest labelled train rows of ``data`` (``heads.rgcl.knn_probs``)."""
+    spec = TaskSpec.from_dict(config["task_spec"])
+    model.to(data.device)
+    if config["train"].get("predict") == "knn":
+        cfg = TrainConfig.from_dict(config["train"])
+        return knn_predictions(cfg, model, data, labelled_train_rows(cfg, data), idx)
+    logits = predict_logits(model, data, idx, config["train"].get("eval_batch_size", 512))
+    return {t.name: logits_to_probs(t, logits[t.name]).cpu().numpy() for t in spec.tasks}
+
+
+def evaluate_run(run_dir, data: TrainData, split: str) -> Dict[str, float]:
+    """Flat metrics (``heads.metrics.compute_metrics``) of a saved run on ``data``'s ``split``."""
+    model, config = load_run(run_dir)
+    _check_compatible(config, data, run_dir)
+    spec = TaskSpec.from_dict(config["task_spec"])
+    missing = [t.name for t in spec.tasks if t.name not in data.targets]
+    if missing:
+        raise FeatstoreError(f"data has no labels for task {missing[0]!r} of run {run_dir}; pass the run's --task")
+    idx = data.labelled(data.split(split))
+    if idx.numel() == 0:
+        raise FeatstoreError(f"split {split!r} has no labels; evaluate a labelled split or use predict")
+    probs = _run_probs(model, data, idx, config)
+    metrics, _ = compute_metrics(spec, data.targets_numpy(idx), probs)
+    return metrics
+
+
+def predict_run(run_dir, data: TrainData, out_csv, split: Optional[str] = None) -> Path:
+    """Write predictions of a saved run for ``split`` (default: every row of ``data``) to ``out_csv``."""
+    model, config = load_run(run_dir)
+    _check_compatible(config, data, run_dir)
+    spec = TaskSpec.from_dict(config["task_spec"])
+    idx = data.split(split) if split is not None else torch.arange(len(data), device=data.device)
+    probs = _run_probs(model, data, idx, config)
+    out = Path(out_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(out, spec, [data.ids[i] for i in idx.tolist()], probs)
+    return out
+
+
 @torch.no_grad()
 def fused_embeddings(model: torch.nn.Module, data: TrainData, batch_size: int = 512) -> np.ndarray:
     """The head's fused embedding ([N, H] float32) for every row of ``data``, in ``data.ids`` order."""
@@ -156,8 +261,6 @@ def fused_embeddings(model: torch.nn.Module, data: TrainData, batch_size: int = 
 def save_fused(store, name: str, run_dir, data: TrainData):
     """Store a run's fused embeddings as a feature set keyed by sample id (modality "fused")."""
     from featstore.store import Recipe
-
-    from .runs import load_run
 
     model, config = load_run(run_dir)
     model = model.to(data.device)
