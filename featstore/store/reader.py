@@ -7,9 +7,9 @@ import numpy as np
 
 from ..errors import CorruptDataError, FeatstoreError
 from .backends import COUNT, VALID, full_schema, make_backend
+from .layout import RECORD_FILE, keys_digest, read_record
 from .location import Location
 from .spec import ArraySpec, Recipe
-from .writer import RECORD_FILE, keys_digest, read_record
 
 
 class FeatureSetVersion:

@@ -1,8 +1,4 @@
-"""A store: named feature sets, each with immutable versions. See writer.py for a version's layout.
-
-    store/featstore.json             marks the directory (or bucket prefix) as a store
-    store/sets/<name>/<version>/     one version (visible once its version.json exists)
-"""
+"""A store: named feature sets, each with immutable versions (on-disk layout: layout.py)."""
 from __future__ import annotations
 
 import os
@@ -16,13 +12,12 @@ import numpy as np
 from ..errors import CorruptDataError, FeatstoreError
 from ..version import __version__
 from .backends import close_lmdb_envs
+from .layout import CHUNK_DIR, MARKER, RECORD_FILE, SETS, SPEC_FILE, array_checksum, intact_record, read_record
 from .location import Location
 from .reader import FeatureSetVersion
 from .spec import ArraySpec, Recipe
-from .writer import CHUNK_DIR, RECORD_FILE, SPEC_FILE, VersionWriter, array_checksum, os_errors
+from .writer import VersionWriter, os_errors
 
-MARKER = "featstore.json"
-SETS = "sets"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -106,7 +101,7 @@ class Store:
 
     def _info(self, name: str, version: str) -> Optional[VersionInfo]:
         vloc = self._vloc(name, version)
-        r = _intact_record(vloc)
+        r = intact_record(vloc)
         if r is not None:
             return VersionInfo(name, version, True, r["created"], r["n"], r["n_valid"], r["recipe"]["extractor"],
                                r["modality"], len(r["chunks"]), len(r["chunks"]), float(r.get("created_unix", 0.0)))
@@ -156,9 +151,7 @@ class Store:
         "not found"."""
         for v in self.loc.listdir(SETS, check_name(name)):
             vloc = self._vloc(name, v)
-            if (not version or v.startswith(version)) and vloc.exists(RECORD_FILE) and _intact_record(vloc) is None:
-                from .writer import read_record
-
+            if (not version or v.startswith(version)) and vloc.exists(RECORD_FILE) and intact_record(vloc) is None:
                 read_record(vloc)  # raises the one-line CorruptDataError naming the file
 
     def open(self, name: str, version: Optional[str] = None) -> FeatureSetVersion:
@@ -177,8 +170,8 @@ class Store:
         if modality not in ("image", "text", "fused"):
             raise FeatstoreError(f"modality must be 'image', 'text' or 'fused', got {modality!r}")
         return VersionWriter(self._vloc(name, recipe.version_id), name, recipe, keys, schema, key_kind=key_kind,
-                             modality=modality, chunk_rows=chunk_rows, backend=backend,
-                             backend_options=backend_options, meta=meta)
+                             modality=modality, open_version=FeatureSetVersion, chunk_rows=chunk_rows,
+                             backend=backend, backend_options=backend_options, meta=meta)
 
     def write(self, name: str, recipe: Recipe, keys: Sequence[str], arrays: Dict[str, np.ndarray], *,
               key_kind: str, modality: str, schema: Optional[Dict[str, ArraySpec]] = None,
@@ -248,17 +241,6 @@ class Store:
         except CorruptDataError as e:
             return VerifyReport(f"{name}@{version}" if version else name, [(None, "record", str(e))])
         return _verify_version(fsv)
-
-
-def _intact_record(vloc: Location) -> Optional[dict]:
-    from .writer import read_record
-
-    if not vloc.exists(RECORD_FILE):
-        return None
-    try:
-        return read_record(vloc)
-    except CorruptDataError:
-        return None  # a damaged record is no complete version; `featstore verify` names it
 
 
 def _unrecorded(vloc: Location, ref: str) -> Optional["VerifyReport"]:

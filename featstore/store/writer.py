@@ -1,88 +1,25 @@
 """Writing one feature set version: in chunks, by one or several writers, resumable, committed atomically.
 
-Layout of a version directory ``sets/<name>/<version>/``::
-
-    spec.json            what is being written (recipe, schema, n, chunk_rows, backend): written at start
-    data.zarr/ | data.lmdb/   the arrays (see backends.py)
-    chunks/<i>.json      one marker per finished chunk: its per-array checksums and failed keys
-    version.json         the commit record; a version is visible to readers only once this exists
-
-A chunk's marker is written only after its data, so a killed writer leaves at most one chunk without a
-marker; rerunning the same recipe opens the same version and writes only the chunks that have none.
+A version directory's files are named in layout.py. A chunk's marker is written only after its data, so a
+killed writer leaves at most one chunk without a marker; rerunning the same recipe opens the same version and writes only the chunks that have none.
 Writers on disjoint chunks never touch the same object, so several processes can fill one version.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import CorruptDataError, FeatstoreError
-from ..jsonio import canonical_json
+from ..errors import FeatstoreError
 from ..version import __version__
 from .backends import COUNT, RESERVED, VALID, full_schema, make_backend
+from .layout import CHUNK_DIR, DIGEST_FIELD, RECORD_FILE, SPEC_FILE, array_checksum, intact_record, keys_digest, \
+    record_digest
 from .location import Location
 from .spec import ArraySpec, Recipe
-
-SPEC_FILE = "spec.json"
-RECORD_FILE = "version.json"
-CHUNK_DIR = "chunks"
-
-
-def array_checksum(arr: np.ndarray) -> str:
-    arr = np.ascontiguousarray(arr)
-    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(arr.tobytes())
-    return h.hexdigest()
-
-
-DIGEST_FIELD = "record_sha256"
-
-
-def record_digest(record: dict) -> str:
-    """sha256 of a version record (every field but the digest itself), checked whenever it is opened."""
-    body = {k: v for k, v in record.items() if k != DIGEST_FIELD}
-    return hashlib.sha256(canonical_json(body, "version record").encode()).hexdigest()
-
-
-def keys_digest(keys: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for k in keys:
-        h.update(k.encode("utf-8") + b"\n")
-    return h.hexdigest()
-
-
-def read_record(loc: Location) -> dict:
-    """A version's commit record, whose digest (when it has one: records written since it exists) matches."""
-    path = loc.url_of(RECORD_FILE)
-    try:
-        record = loc.read_json(RECORD_FILE)
-    except FileNotFoundError:
-        raise FeatstoreError(f"{loc.url} is not a complete feature set version") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CorruptDataError(f"version record {path} is damaged (not JSON: {e}); rerun the extraction that "
-                               f"wrote it to recommit it, or remove the version") from None
-    need = ("version", "schema", "n", "backend", "chunk_rows", "chunks")
-    if not isinstance(record, dict) or any(k not in record for k in need):
-        raise CorruptDataError(f"version record {path} is damaged (fields missing); rerun the extraction that "
-                               f"wrote it to recommit it, or remove the version")
-    if DIGEST_FIELD in record and record_digest(record) != record[DIGEST_FIELD]:
-        raise CorruptDataError(f"version record {path} was edited or damaged (its digest does not match); rerun "
-                               f"the extraction that wrote it to recommit it, or remove the version")
-    return record
-
-
-def _record_intact(loc: Location) -> bool:
-    try:
-        read_record(loc)
-        return True
-    except CorruptDataError:
-        return False
-
 
 @contextlib.contextmanager
 def os_errors(what: str, where: str) -> Iterator[None]:
@@ -137,11 +74,15 @@ def creation_lock(loc: Location) -> Iterator[None]:
 
 
 class VersionWriter:
-    """Fills one version. Obtain it from ``Store.writer``; see the module docstring for the protocol."""
+    """Fills one version. Obtain it from ``Store.writer``; see the module docstring for the protocol.
+
+    ``open_version(loc, name)`` opens the committed version for ``commit`` to return (the store passes its
+    reader, so the writer never imports it).
+    """
 
     def __init__(self, loc: Location, name: str, recipe: Recipe, keys: Sequence[str], schema: Dict[str, ArraySpec],
-                 *, key_kind: str, modality: str, chunk_rows: int = 64, backend: str = "zarr",
-                 backend_options: Optional[dict] = None, meta: Optional[dict] = None):
+                 *, key_kind: str, modality: str, open_version: Callable[[Location, str], Any], chunk_rows: int = 64,
+                 backend: str = "zarr", backend_options: Optional[dict] = None, meta: Optional[dict] = None):
         keys = [str(k) for k in keys]
         if len(set(keys)) != len(keys):
             dup = next(k for k in keys if keys.count(k) > 1)
@@ -165,8 +106,9 @@ class VersionWriter:
         if backend == "zarr":  # codec choice per array ("auto" compression) depends on the modality
             self.backend_options.setdefault("modality", modality)
         self.meta = dict(meta or {})
+        self.open_version = open_version
         self.backend = make_backend(backend, loc, len(keys), self.schema, self.chunk_rows, self.backend_options)
-        self.complete = loc.exists(RECORD_FILE) and _record_intact(loc)  # a damaged record is recommitted
+        self.complete = intact_record(loc) is not None  # a damaged record is recommitted
         if self.complete:
             self._check_backend(loc.read_json(RECORD_FILE).get("backend"))
         else:
@@ -337,10 +279,8 @@ class VersionWriter:
     # -- commit --------------------------------------------------------------------------------------
     def commit(self):
         """Make the version visible. Fails, listing what is missing, unless every chunk has been written."""
-        from .reader import FeatureSetVersion
-
         if self.complete:
-            return FeatureSetVersion(self.loc, self.name)
+            return self.open_version(self.loc, self.name)
         pending = self.pending_chunks()
         if pending:
             raise FeatstoreError(f"version {self.name}@{self.version} is incomplete: {len(pending)} of {self.n_chunks} "
@@ -364,4 +304,4 @@ class VersionWriter:
         with os_errors(f"the record of {self.name}@{self.version}", self.loc.url):
             self.loc.write_json(record, RECORD_FILE)  # the atomic commit
         self.complete = True
-        return FeatureSetVersion(self.loc, self.name)
+        return self.open_version(self.loc, self.name)
