@@ -62,3 +62,77 @@ def test_each_config_keeps_its_unknown_option_message():
     with pytest.raises(FeatstoreError) as e:
         RGCLConfig.from_dict({"zz": 1})
     assert str(e.value).startswith("rgcl has no option 'zz'; its options are: backend, ce_weight")
+
+
+def test_registry_info_carries_what_was_registered():
+    from featstore.registry import ComponentInfo, Registry
+
+    reg = Registry("widget")
+
+    @reg.register("b", Knobs, help="the b widget", colour="red")
+    def build_b(config):
+        return ("b", config)
+
+    @reg.register("a")
+    def build_a():
+        """First docstring line.
+
+        More."""
+        return "a"
+
+    assert reg.info("b") == ComponentInfo("b", Knobs, "the b widget", {"colour": "red"})
+    assert reg.info("a").help == "First docstring line." and reg.info("a").config_cls is None
+    assert [i.name for i in reg.infos()] == ["a", "b"]
+    assert reg.create("b", Knobs(size=1)) == ("b", Knobs(size=1))
+    with pytest.raises(TypeError):
+        reg.info("b").meta["colour"] = "blue"  # read-only
+    with pytest.raises(FeatstoreError) as e:
+        reg.info("c")
+    assert str(e.value) == "unknown widget 'c'; choose one of: a, b"
+    with pytest.raises(ValueError):
+        reg.register("a")(build_a)
+
+
+def test_head_needs_are_public_metadata_and_checked_by_create_head():
+    from heads.models import HEADS, create_head
+    from heads.spec import InputSpec, Task, TaskSpec
+
+    # written from each head's documented inputs, not read back from the classes
+    assert HEADS.info("vilbert").meta["needs"] == {"img_regions", "txt_tokens"}
+    assert HEADS.info("concat").meta["needs"] == {"img_pooled", "txt_pooled"}
+    assert HEADS.info("text-only").meta["needs"] == {"txt_pooled"}
+    assert all(set(i.meta["needs"]) <= {"img_regions", "img_pooled", "txt_tokens", "txt_pooled"} for i in HEADS.infos())
+    spec = TaskSpec([Task("label", "binary", 2, ["0", "1"])])
+    with pytest.raises(FeatstoreError) as e:
+        create_head("vilbert", InputSpec(img_dim=8, txt_dim=8, img_regions=4, txt_tokens=0, txt_pooled=True), spec)
+    assert str(e.value).startswith("head 'vilbert' needs text tokens but the text feature set gives pooled vectors only")
+
+
+def test_heads_list_prints_each_heads_needs():
+    from click.testing import CliRunner
+
+    from cli.heads_cli import main
+    from heads.models import HEADS
+
+    out = CliRunner().invoke(main, ["list"]).output
+    blocks = {}
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            name = line.split(":")[0]
+        elif line.startswith("    (needs "):
+            blocks[name] = set(line[len("    (needs "):-1].split(", "))
+    assert blocks == {i.name: set(i.meta["needs"]) for i in HEADS.infos()}
+    assert blocks["gnn"] == {"img_regions", "txt_tokens"}
+
+
+def test_extractors_registered_through_the_same_registry():
+    from featstore.extractors import EXTRACTORS, create_extractor
+    from featstore.extractors.grid import GridConfig
+
+    info = EXTRACTORS.info("grid")
+    assert info.config_cls is GridConfig and info.help.startswith("CNN last stage pooled")
+    ex = create_extractor("grid", seed=3)
+    assert ex.name == "grid" and isinstance(ex.config, GridConfig) and ex.config.seed == 3
+    with pytest.raises(FeatstoreError) as e:
+        create_extractor("nope")
+    assert str(e.value).startswith("unknown extractor 'nope'; choose one of: bert, clip-image, ")

@@ -81,22 +81,15 @@ def make_config(config_cls: type, name: str, cfg: Dict[str, Any]):
 
 
 def register_extractor(name: str, config_cls: type, help: str) -> Callable[[type], type]:
-    """Class decorator: registers ``lambda **cfg: cls(make_config(config_cls, name, cfg))`` as ``name``."""
-
-    def deco(cls: type) -> type:
-        def build(**cfg):
-            return cls(make_config(config_cls, name, cfg), name=name)
-
-        build.__doc__ = help
-        EXTRACTORS.register(name, config_cls, help=help)(build)
-        return cls
-
-    return deco
+    """Class decorator: ``EXTRACTORS.register(name, config_cls, help=help)`` on an ``Extractor`` subclass built
+    as ``cls(config, name=name)`` by ``create_extractor``."""
+    return EXTRACTORS.register(name, config_cls, help=help)
 
 
 def create_extractor(name: str, **cfg) -> "Extractor":
     """Build a registered extractor with its config options as keyword arguments."""
-    return EXTRACTORS.create(name, **cfg)
+    config = make_config(EXTRACTORS.config_cls(name), name, cfg)  # an unknown name raises first
+    return EXTRACTORS.create(name, config, name)
 
 
 def list_extractors() -> List[Tuple[str, str, List[Tuple[str, Any]]]]:
@@ -255,6 +248,12 @@ class Extractor:
 
     def fspec(self, *shape: int, per_item: bool = False) -> ArraySpec:
         return ArraySpec(tuple(shape), self.config.dtype, per_item)
+
+    def region_schema(self, r: int, d: int) -> Dict[str, ArraySpec]:
+        """A region set's arrays: ``regions`` [R, D] per item with their ``count``, ``boxes`` [R, 4] (x1 y1 x2
+        y2 in image pixels, per item) and ``image_size`` (width, height)."""
+        return {"regions": self.fspec(r, d, per_item=True), "count": ArraySpec((), "int32"),
+                "boxes": ArraySpec((r, 4), "float32", True), "image_size": ArraySpec((2,), "int32")}
 
 
 def pad_items(t: torch.Tensor, n: int) -> torch.Tensor:

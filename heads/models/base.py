@@ -1,8 +1,9 @@
 """The head registry, ``create_head`` / ``list_heads`` and the blocks every head shares.
 
-A head is an ``nn.Module`` registered with ``@HEADS.register(name, ConfigDataclass, help=...)`` above a
-builder ``f(inputs: InputSpec, task: TaskSpec, cfg: ConfigDataclass) -> nn.Module``. The module has a class
-attribute ``needs`` (a subset of ``NEEDS``) that ``create_head`` checks against the ``InputSpec`` first.
+A head is an ``nn.Module`` class ``cls(inputs: InputSpec, task: TaskSpec, cfg: ConfigDataclass)`` registered
+with ``@register_head(name, ConfigDataclass, help=...)`` (``HEADS.register`` with the class attribute ``needs``,
+a subset of ``NEEDS``, as metadata: ``HEADS.info(name).meta["needs"]``), which ``create_head`` checks against
+the ``InputSpec`` first.
 
 ``forward(batch)`` takes the batch dict described in ``heads.spec.InputSpec`` and returns
 ``{"logits": {task_name: Tensor[B, task.num_outputs]}, "fused": Tensor[B, H], ...}``.
@@ -182,12 +183,11 @@ def create_head(name: str, inputs: InputSpec, task: TaskSpec, **cfg: Any) -> nn.
     ``.task``. Raises FeatstoreError for an unknown head, an unknown option, or missing inputs.
     """
     _register_all()
-    cfg_cls = HEADS.config_cls(name)  # raises for an unknown name
-    config = build_config(name, cfg_cls, cfg)
+    info = HEADS.info(name)  # raises for an unknown name
+    config = build_config(name, info.config_cls, cfg)
     if hasattr(config, "validate"):
         config.validate()
-    builder_needs = getattr(HEADS._builders[name], "needs", frozenset())
-    check_needs(name, frozenset(builder_needs), inputs)
+    check_needs(name, info.meta["needs"], inputs)
     return HEADS.create(name, inputs, task, config)
 
 
@@ -198,20 +198,14 @@ def list_heads() -> List[Tuple[str, str, Any]]:
 
 
 def register_head(name: str, config_cls: type, help: str):
-    """Class decorator: register an ``nn.Module`` subclass ``cls(inputs, task, config)`` as head ``name``.
-
-    The class must define ``needs``; the registry builder carries it so ``create_head`` can check inputs
-    before building.
-    """
+    """Class decorator: ``HEADS.register(name, config_cls, help=help, needs=cls.needs)`` on an ``nn.Module``
+    subclass built as ``cls(inputs, task, config)``. ``HEADS.info(name).meta["needs"]`` is what
+    ``create_head`` checks the inputs against before building."""
 
     def deco(cls):
-        def builder(inputs: InputSpec, task: TaskSpec, config: Any) -> nn.Module:
-            return cls(inputs, task, config)
-
-        builder.needs = frozenset(cls.needs)  # type: ignore[attr-defined]
-        assert builder.needs <= NEEDS, f"{cls.__name__}.needs has unknown entries"
-        builder.__doc__ = help
-        HEADS.register(name, config_cls, help=help)(builder)
+        needs = frozenset(cls.needs)
+        assert needs <= NEEDS, f"{cls.__name__}.needs has unknown entries"
+        HEADS.register(name, config_cls, help=help, needs=needs)(cls)
         cls.head_name = name
         return cls
 
