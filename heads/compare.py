@@ -12,7 +12,6 @@ dev_unseen, test, test_unseen) -> ``[Comparison]``.
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -23,10 +22,12 @@ import numpy as np
 from scipy import stats
 
 from featstore.errors import FeatstoreError
+from featstore.jsonio import read_json
 
-from .metrics import mean_std
+from .metrics import format_mean_std, mean_std
 
 ALPHA = 0.05  # significance level of the verdicts
+UNREADABLE = "cannot read {path} ({err}); pass run folders written by `heads train`"
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Comparison:
     def to_text(self) -> str:
         head = ["run", "head", "features", "seeds"] + self.metrics
         body = [[r["name"], r["head"], r["features"], ",".join(map(str, r["seeds"]))]
-                + [_pm(*r["metrics"][m]) for m in self.metrics] for r in self.rows]
+                + [format_mean_std(*r["metrics"][m], missing="n/a") for m in self.metrics] for r in self.rows]
         lines = _table(head, body, f"split: {self.split} (mean +- std over seeds)")
         if self.tests:
             th = ["a", "b", "metric", "test", "t (b - a)", "p", "verdict"]
@@ -62,21 +63,10 @@ def _num(x: Optional[float]) -> str:
     return "nan" if x is None or math.isnan(x) else f"{x:.4g}"
 
 
-def _pm(mean: Optional[float], std: Optional[float]) -> str:
-    return "n/a" if mean is None else f"{mean:.4f} +- {std:.4f}"
-
-
 def _table(header: List[str], body: List[List[str]], title: str) -> List[str]:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [title, fmt.format(*header), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in body]
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise FeatstoreError(f"cannot read {path} ({err}); pass run folders written by `heads train`") from None
 
 
 def lower_is_better(metric: str) -> bool:
@@ -97,21 +87,23 @@ def verdict(a: str, b: str, metric: str, t: float, p: float, alpha: float = ALPH
 
 
 def _seed_runs(root: Path) -> List[Path]:
+    """``root`` itself when it is a run folder, else its ``seed_<k>`` runs; none is a one-line error."""
     if (root / "metrics.json").is_file():
         return [root]
-    return sorted((p for p in root.glob("seed_*") if (p / "metrics.json").is_file()), key=lambda p: p.name)
+    runs = sorted((p for p in root.glob("seed_*") if (p / "metrics.json").is_file()), key=lambda p: p.name)
+    if not runs:
+        raise FeatstoreError(f"{root} holds no metrics.json nor seed_*/metrics.json; pass run folders of `heads train`")
+    return runs
 
 
 def load_group(run_dir, split: str, name: Optional[str] = None) -> RunGroup:
     """A run folder (``metrics.json``) or a folder of ``seed_<k>`` runs as one group."""
     root = Path(run_dir)
     runs = _seed_runs(root)
-    if not runs:
-        raise FeatstoreError(f"{root} holds no metrics.json nor seed_*/metrics.json; pass run folders of `heads train`")
     metrics: Dict[int, Dict[str, float]] = {}
-    config = _read(runs[0] / "config.json")
+    config = read_json(runs[0] / "config.json", UNREADABLE)
     for r in runs:
-        m = _read(r / "metrics.json")
+        m = read_json(r / "metrics.json", UNREADABLE)
         if split not in m:
             raise FeatstoreError(f"run {r} has no metrics for split {split!r} (it has {', '.join(labelled_splits(m))}); "
                                  "pass --split")
@@ -233,11 +225,8 @@ def common_splits(run_dirs: Sequence) -> List[str]:
     """The labelled splits every group's runs have (train left out), in the first run's order."""
     found: Optional[List[str]] = None
     for d, _ in expand_inputs(run_dirs):
-        runs = _seed_runs(Path(d))
-        if not runs:
-            raise FeatstoreError(f"{d} holds no metrics.json nor seed_*/metrics.json; pass run folders of `heads train`")
-        for r in runs:
-            have = [s for s in labelled_splits(_read(r / "metrics.json")) if s != "train"]
+        for r in _seed_runs(Path(d)):
+            have = [s for s in labelled_splits(read_json(r / "metrics.json", UNREADABLE)) if s != "train"]
             found = have if found is None else [s for s in found if s in have]
     return found or []
 

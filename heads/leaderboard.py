@@ -28,8 +28,8 @@ from .compare import lower_is_better, significance
 from .metrics import format_mean_std, mean_std
 from .experiment import headline_keys
 
-UNREADABLE = "cannot read {path} ({err}); remove it and run the same `heads sweep` command again to redo that run"
-NOT_JSON = "{path} is not valid JSON ({err.msg}); remove it and run the same `heads sweep` command again to redo that run"
+REDO = "remove it and rerun the same `heads sweep` command to redo that run"
+UNREADABLE, NOT_JSON = "cannot read {path} ({err}); " + REDO, "{path} is not valid JSON ({err.msg}); " + REDO
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 

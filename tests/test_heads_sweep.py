@@ -14,7 +14,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from cli.heads_cli import main as heads
-from cli_helpers import invoke, one_line_error
+from cli_helpers import invoke, invoke_result, one_line_error
 from featstore.errors import FeatstoreError
 from featstore.store import Recipe, open_store
 
@@ -327,3 +327,21 @@ def test_a_data_option_in_the_grid_loads_the_features_once_per_value(world, tmp_
     keys = [loading_key(j.row) for j in jobs]
     assert len(set(keys)) == 2  # one load per max_regions value, the jobs of each value in one block:
     assert [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k] == list(dict.fromkeys(keys))
+
+
+def test_a_damaged_run_record_is_one_line_naming_it(world, swept, tmp_path):
+    import shutil
+
+    out, _ = swept
+    copy = tmp_path / "damaged"
+    shutil.copytree(out, copy)
+    done = copy / "runs" / read_csv(copy / "leaderboard.csv")[0]["row_id"] / "seed_0" / "done.json"
+    done.write_text('{"seconds": 1.0, ')  # cut off mid-write by a full disk
+    res = invoke_result(heads, sweep_args(world, copy))  # the plan line, then the error, no traceback
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.splitlines()[1:] == [
+        f"error: {done} is not valid JSON (Expecting property name enclosed in double quotes); remove it and rerun "
+        "the same `heads sweep` command to redo that run"]
+    done.unlink()  # what the message says: the run is redone and the leaderboard is whole again
+    invoke(heads, sweep_args(world, copy))
+    assert done.is_file() and len(read_csv(copy / "leaderboard.csv")) == len(read_csv(out / "leaderboard.csv"))

@@ -14,7 +14,7 @@ from torchvision.ops import sigmoid_focal_loss
 from featstore.errors import FeatstoreError
 from heads.data import dataset_splits
 from heads.losses import LossConfig, auto_class_weights, build_losses, build_task_loss, multitask_loss
-from heads.metrics import compute_metrics, task_metrics
+from heads.metrics import compute_metrics, format_mean_std, mean_std, task_metrics
 from heads.schedule import build_scheduler
 from heads.spec import Task, TaskSpec
 from heads.tasks import derive_task_spec, encode_targets
@@ -277,3 +277,10 @@ def test_bad_task_inputs():
         dataset_splits([S(0, {"label": 0}, "dev")], {"label": np.array([0])}, spec)
     with pytest.raises(FeatstoreError, match="val_fraction"):
         dataset_splits([S(0, {"label": 0})], {"label": np.array([0])}, spec, val_fraction=1.5)
+
+
+def test_format_mean_std_is_four_decimals_or_the_missing_text():
+    mean, std, n = mean_std([0.5, 0.75, None, math.nan, 1.0])
+    assert n == 3 and format_mean_std(mean, std) == "0.7500 +- 0.2500"  # sample std (ddof=1) of 0.5, 0.75, 1
+    assert format_mean_std(*mean_std([0.123456])[:2]) == "0.1235 +- 0.0000"
+    assert format_mean_std(None, None) == "" and format_mean_std(None, None, missing="n/a") == "n/a"
