@@ -178,6 +178,10 @@ def merge(preset: Optional[Preset], given: Dict[str, Any], head_settings: Dict[s
 REFERENCE_INPUTS = dict(img_dim=2048, txt_dim=768, img_regions=36, txt_tokens=128, img_boxes=True)
 GPU_SIZED = 20_000_000  # parameters above which a head is called GPU-sized (hours a seed on a 2-core CPU)
 SMALL_PRESETS = {"vilbert": "vilbert-small", "visualbert": "visualbert-small"}
+# heads whose size `heads list` does not count: building one imports a heavy optional package (the gnn head's
+# PyTorch Geometric layers take seconds to import), and its default is far below GPU_SIZED
+# (tests/test_heads_startup.py checks both)
+NOT_COUNTED = ("gnn",)
 
 
 def parameter_count(head: str, head_cfg: Optional[Dict[str, Any]] = None) -> int:
@@ -195,7 +199,9 @@ def parameter_count(head: str, head_cfg: Optional[Dict[str, Any]] = None) -> int
 
 
 def size_note(head: str) -> Optional[str]:
-    """``heads list``'s line about a head's default size, or None when it is small."""
+    """``heads list``'s line about a head's default size, or None when it is small (or in ``NOT_COUNTED``)."""
+    if head in NOT_COUNTED:
+        return None
     try:
         n = parameter_count(head)
     except FeatstoreError:  # a head that needs options to be built (none today)
