@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from featstore.config_types import build_dataclass
+from featstore.config_types import build_dataclass, cli_field
 from featstore.devices import check_device
 from featstore.errors import FeatstoreError
 
@@ -31,44 +31,51 @@ from .batching import bucketed_batches, length_key, length_sorted
 from .data import TrainData, validation_split
 from .losses import LossConfig, build_losses, multitask_loss
 from .metrics import compute_metrics, logits_to_probs, metric_keys
-from .schedule import build_scheduler
+from .schedule import SCHEDULES, build_scheduler
 from .spec import TaskSpec
 from .threads import check_threads, cpu_threads
 
 
 @dataclass
 class TrainConfig:
+    """One training run's settings. Fields made with ``cli_field`` are also ``heads train`` options (flag, help,
+    choices in the field's metadata; the option's default is the field's: ``cli.common.options_from_dataclass``)."""
+
     head: str = "concat"
     head_cfg: Dict[str, Any] = field(default_factory=dict)
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    schedule: str = "linear"  # linear | cosine
-    batch_size: int = 64
-    epochs: int = 20
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    patience: int = 5  # epochs without improvement before stopping; 0 = never stop early
-    monitor: str = "auto"  # "auto" (AUROC for one binary task, macro F1 for one other, "score" for several),
-    #                         a metric name ("auroc"), a flat key ("label/auroc"), "score" or "loss"
+    lr: float = cli_field(1e-3, "Peak learning rate (AdamW).")
+    weight_decay: float = cli_field(0.01, "AdamW weight decay.")
+    warmup_ratio: float = cli_field(0.1, "Warmup fraction of steps.", flag="--warmup")
+    schedule: str = cli_field("linear", "Learning-rate decay after the warmup (heads.schedule).", choices=SCHEDULES)
+    batch_size: int = cli_field(64, "Training batch size.")
+    epochs: int = cli_field(20, "Training epochs (at most: early stopping may end sooner).")
+    grad_clip: float = cli_field(1.0, "Max global gradient norm (0: off).")
+    patience: int = cli_field(5, "Early-stopping patience (0: off).")  # epochs without improvement before stopping
+    monitor: str = cli_field("auto", "Validation metric for early stopping.")  # "auto" (AUROC for one binary task,
+    #   macro F1 for one other, "score" for several), a metric name ("auroc"), a flat key ("label/auroc"), "score", "loss"
     mode: str = "auto"  # max | min | auto (min for loss)
-    loss: str = "ce"  # ce | focal
-    focal_alpha: Optional[float] = 0.25
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
-    class_weights: Union[str, List[float], None] = "none"  # auto | none | list
+    loss: str = cli_field("ce", "Task loss.", choices=("ce", "focal"))
+    focal_alpha: Optional[float] = cli_field(0.25, "Focal loss alpha.")
+    focal_gamma: float = cli_field(2.0, "Focal loss gamma.")
+    label_smoothing: float = cli_field(0.0, "Label smoothing of the ce loss.")
+    class_weights: Union[str, List[float], None] = cli_field("none", "none, auto or comma-separated weights.")
     seed: int = 0
     device: str = "auto"  # where the data lives: "auto" = the TrainData's device; another value must match it
-    amp: bool = False  # bf16 autocast, CUDA only (ignored on CPU)
-    pretrain_epochs: int = 0  # refnet: epochs of the head's pretrain_loss on all train rows first
-    label_fraction: Optional[float] = None  # train on a stratified fraction of the train labels
+    amp: bool = cli_field(False, "bf16 autocast on CUDA (ignored on CPU).")
+    pretrain_epochs: int = cli_field(0, "ReFNet refiner pretraining epochs.")  # the head's pretrain_loss, all train rows
+    label_fraction: Optional[float] = cli_field(None, "Train on this fraction of the labels (0.05..1).")  # stratified
     eval_batch_size: int = 512
-    init_checkpoint: Optional[str] = None  # a Facebook/MMF ViLBERT checkpoint loaded into the head before training
-    trust_checkpoint: bool = False  # allow a checkpoint that needs full unpickling (only files you trust)
-    trim: bool = True  # cut each batch to its longest real token / region run (heads.batching); same outputs
-    bucket: int = 0  # sort the shuffled train order by length within windows of this many batches (0 = off)
-    threads: Union[str, int] = "auto"  # CPU intra-op threads: "auto" (measured, heads.threads) or a count
+    init_checkpoint: Optional[str] = cli_field(None, "Facebook/MMF ViLBERT checkpoint to initialise from.",
+                                               flag="--vilbert-checkpoint")  # loaded into the head before training
+    trust_checkpoint: bool = cli_field(False, "Allow a checkpoint that needs full unpickling (only files you trust).",
+                                       flag="--trust-checkpoint")
+    trim: bool = cli_field(True, "Cut each batch to its longest real token/region run (same outputs, less work).")
+    bucket: int = cli_field(0, "Sort train batches by length within windows of this many batches (0: off).")
+    threads: Union[str, int] = cli_field("auto", "CPU intra-op threads: auto (times a few steps at 1 and at every "
+                                         "core) or a count.")  # heads.threads
     rgcl: Optional[Dict[str, Any]] = None  # RGCL objective options (heads.rgcl.RGCLConfig); None = off, {} = defaults
-    predict: str = "classifier"  # classifier | knn (vote of the nearest train rows, heads.rgcl.knn_probs)
+    predict: str = cli_field("classifier", "Report the classifier's predictions, or a vote of the nearest train "
+                             "samples (knn).", choices=("classifier", "knn"))  # heads.rgcl.knn_probs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -252,6 +259,31 @@ def _is_better(value: float, best: float, mode: str) -> bool:
     return math.isnan(best) or (value > best if mode == "max" else value < best)
 
 
+@dataclass
+class EarlyStopping:
+    """Early stopping on one validation value per epoch. ``update(value, epoch)`` is True when ``value`` is the
+    new best: the first epoch's always is (NaN included), later ones must be strictly better in ``mode``
+    ("max" | "min"; a tie or NaN is not). ``should_stop`` once ``patience`` epochs in a row were not
+    (``patience`` 0: never)."""
+
+    mode: str
+    patience: int
+    best: float = math.nan
+    best_epoch: Optional[int] = None  # None until the first update
+    stale: int = 0  # epochs since the best
+
+    def update(self, value: float, epoch: int) -> bool:
+        if self.best_epoch is not None and not _is_better(value, self.best, self.mode):
+            self.stale += 1
+            return False
+        self.best, self.best_epoch, self.stale = value, epoch, 0
+        return True
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.patience) and self.stale >= self.patience
+
+
 def train(cfg: TrainConfig, data: TrainData, *, progress: bool = True, on_epoch=None) -> TrainResult:
     """``_train`` with the CPU intra-op threads of ``cfg.threads`` (``heads.threads.cpu_threads``: "auto"
     measures; the caller's setting is restored afterwards); ``result.threads`` says what was used.
@@ -263,132 +295,193 @@ def train(cfg: TrainConfig, data: TrainData, *, progress: bool = True, on_epoch=
     return result
 
 
+@dataclass
+class _Fit:
+    """What one training run works with (``_prepare``); ``gen`` draws the batch orders."""
+    cfg: TrainConfig
+    data: TrainData
+    gen: torch.Generator
+    val_split: str
+    monitor: str
+    mode: str
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    model: torch.nn.Module
+    losses: Any
+    load_report: Any  # heads.vilbert_checkpoint.LoadReport of cfg.init_checkpoint, or None
+    key: Optional[torch.Tensor]  # heads.batching.length_key for cfg.bucket, or None
+
+
+@dataclass
+class _Optimisation:
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    objective: Any  # heads.rgcl.RGCLObjective for cfg.rgcl, or None
+
+
 def _train(cfg: TrainConfig, data: TrainData, progress: bool = True, on_epoch=None) -> TrainResult:
     """Train ``cfg.head`` on ``data``'s train split, early-stop on ``val`` (or ``dev``), restore the best
     state, evaluate every split with labels.
     ``on_epoch(row, monitor)``, when given, is called with each epoch's history row as it ends."""
-    from .models import create_head
-
-    cfg.validate()
     cfg = resolve_device(cfg, data)
-    spec = data.task_spec
-    device = data.device
+    fit = _prepare(cfg, data)
+    if cfg.pretrain_epochs:
+        _pretrain(fit)
+    opt = _optimisation(fit)
+    history: List[Dict[str, float]] = []
+    stopping, best_state = EarlyStopping(fit.mode, cfg.patience), None
+    bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, desc=f"{cfg.head}", unit="epoch")
+    for epoch in bar:
+        row = _epoch(fit, opt, epoch)
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row, fit.monitor)
+        value = row.get(f"val_{fit.monitor}", math.nan)
+        if stopping.update(value, epoch):
+            best_state = copy.deepcopy(fit.model.state_dict())
+        bar.set_postfix({"loss": f"{row['train_loss']:.4f}", f"val_{fit.monitor}": f"{value:.4f}"})
+        if stopping.should_stop:
+            break
+    metrics, warnings, probs = _final_evaluation(fit, best_state)
+    result = TrainResult(fit.model, cfg, data.task_spec, history, stopping.best_epoch, fit.monitor, fit.val_split,
+                         metrics, warnings, probs)
+    result.load_report = fit.load_report.to_dict() if fit.load_report is not None else None
+    return result
+
+
+def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
+    """Seed, pick the validation split and the monitor, the labelled train rows, the head and the losses."""
     gen = seed_everything(cfg.seed)
     val_split = validation_split(data.splits)  # val, else dev (dev_seen), else dev_unseen; named in the results
     if val_split not in data.splits or data.labelled(data.splits[val_split]).numel() == 0:
         raise FeatstoreError("no labelled validation split ('val', 'dev'/'dev_seen' or 'dev_unseen'); pass "
                              "--val-fraction 0.1 to carve one from train")
-    monitor, mode = resolve_monitor(cfg, spec)
-    all_train = data.split("train")
+    monitor, mode = resolve_monitor(cfg, data.task_spec)
     train_idx = labelled_train_rows(cfg, data)
     val_idx = data.labelled(data.splits[val_split])
+    model, load_report = _build_head(cfg, data)
+    losses = build_losses(data.task_spec, cfg.loss_config(), data.targets_numpy(train_idx), data.device)
+    key = length_key(data.sequence_lengths()) if cfg.trim and cfg.bucket else None
+    return _Fit(cfg, data, gen, val_split, monitor, mode, train_idx, val_idx, model, losses, load_report, key)
 
-    load_report = None
-    if cfg.init_checkpoint:  # sizes read from the checkpoint where head_cfg gives none; report printed + saved
-        from .vilbert_checkpoint import head_from_checkpoint
 
-        model, load_report = head_from_checkpoint(cfg.head, data.input_spec(), spec, cfg.head_cfg,
-                                                  cfg.init_checkpoint, trust_pickle=cfg.trust_checkpoint)
-    else:
-        model = create_head(cfg.head, data.input_spec(), spec, **cfg.head_cfg)
+def _build_head(cfg: TrainConfig, data: TrainData):
+    """``cfg.head`` for ``data`` on its device -> (model, LoadReport or None): from ``cfg.init_checkpoint`` when
+    set (sizes read from the checkpoint where head_cfg gives none; the report printed), checked against the
+    cached text layer (``heads.models.vilbert.check_text_layer``)."""
+    from .models import create_head
     from .models.vilbert import check_text_layer
 
+    load_report = None
+    if cfg.init_checkpoint:
+        from .vilbert_checkpoint import head_from_checkpoint
+
+        model, load_report = head_from_checkpoint(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg,
+                                                  cfg.init_checkpoint, trust_pickle=cfg.trust_checkpoint)
+    else:
+        model = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
     check_text_layer(model, data.meta.get("features", {}).get("text"))
     if load_report is not None:
         print("\n".join(load_report.lines()), file=sys.stderr)
-    model = model.to(device)
-    losses = build_losses(spec, cfg.loss_config(), data.targets_numpy(train_idx), device)
+    return model.to(data.device), load_report
 
-    key = length_key(data.sequence_lengths()) if cfg.trim and cfg.bucket else None
-    if cfg.pretrain_epochs:
-        if not hasattr(model, "pretrain_loss"):
-            raise FeatstoreError(f"pretrain_epochs needs a head with pretrain_loss (refnet); head {cfg.head!r} "
-                                 "has none - pass pretrain_epochs=0")
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        for _ in range(cfg.pretrain_epochs):
-            model.train()
-            order = all_train[torch.randperm(all_train.numel(), generator=gen).to(device)]
-            for b in bucketed_batches(order, key, cfg.batch_size, cfg.bucket, gen):
-                batch = data.batch(b, trim=cfg.trim)
-                with _autocast(cfg, device):
-                    loss = model.pretrain_loss(model(batch), batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(train_idx.numel() / cfg.batch_size)
+def _pretrain(fit: _Fit) -> None:
+    """``cfg.pretrain_epochs`` epochs of the head's ``pretrain_loss`` (refnet) on every train row, labelled or
+    not, with an AdamW of their own."""
+    cfg, data, model = fit.cfg, fit.data, fit.model
+    if not hasattr(model, "pretrain_loss"):
+        raise FeatstoreError(f"pretrain_epochs needs a head with pretrain_loss (refnet); head {cfg.head!r} "
+                             "has none - pass pretrain_epochs=0")
+    all_train = data.split("train")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.pretrain_epochs):
+        model.train()
+        order = all_train[torch.randperm(all_train.numel(), generator=fit.gen).to(data.device)]
+        for b in bucketed_batches(order, fit.key, cfg.batch_size, cfg.bucket, fit.gen):
+            batch = data.batch(b, trim=cfg.trim)
+            with _autocast(cfg, data.device):
+                loss = model.pretrain_loss(model(batch), batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def _optimisation(fit: _Fit) -> _Optimisation:
+    """AdamW, the per-step warmup + decay schedule over every epoch, and the RGCL term when ``cfg.rgcl``."""
+    cfg = fit.cfg
+    optimizer = torch.optim.AdamW(fit.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(fit.train_idx.numel() / cfg.batch_size)
     scheduler = build_scheduler(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.schedule)
-
     objective = None
     if cfg.rgcl is not None:  # retrieval-guided contrastive term (heads.rgcl)
         from .rgcl import RGCLConfig, RGCLObjective
 
-        objective = RGCLObjective(RGCLConfig.from_dict(cfg.rgcl), data, train_idx, cfg.eval_batch_size, cfg.trim)
-    history: List[Dict[str, float]] = []
-    best_value, best_epoch, best_state, stale = math.nan, 0, None, 0
-    bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, desc=f"{cfg.head}", unit="epoch")
-    for epoch in bar:
-        model.train()
-        t0 = time.perf_counter()
-        order = train_idx[torch.randperm(train_idx.numel(), generator=gen).to(device)]
-        sums: Dict[str, float] = {}
-        lr = optimizer.param_groups[0]["lr"]
-        if objective is not None:
-            objective.start_epoch()
-        for b in bucketed_batches(order, key, cfg.batch_size, cfg.bucket, gen):
-            batch, targets = data.batch(b, trim=cfg.trim), data.batch_targets(b)
-            with _autocast(cfg, device):
-                out = model(batch)
-            loss, parts = multitask_loss(spec, losses, out["logits"], targets)
-            logged = {f"loss_{k}": v for k, v in parts.items()} if len(parts) > 1 else {}
-            if hasattr(model, "extra_losses"):
-                extra = model.extra_losses(out, batch, targets)
-                for k, v in extra.items():
-                    loss = loss + v.float()
-                    logged[f"loss_{k}"] = v
-            if objective is not None:
-                loss, extra = objective.loss(model, out, b, loss)
-                logged.update({f"loss_{k}": v for k, v in extra.items()})
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            n = b.numel()
-            sums["train_loss"] = sums.get("train_loss", 0.0) + float(loss.detach()) * n
-            for k, v in logged.items():
-                sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v.detach()) * n
-        row: Dict[str, float] = {"epoch": epoch, "lr": lr}
-        row.update({k: v / train_idx.numel() for k, v in sums.items()})
-        val_metrics, _, _ = evaluate_as(cfg, model, data, train_idx, val_idx, losses)
-        row.update({f"val_{k}": v for k, v in val_metrics.items()})
-        row["time_s"] = time.perf_counter() - t0
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row, monitor)
-        value = val_metrics.get(monitor, math.nan)
-        if _is_better(value, best_value, mode) or best_state is None:
-            if best_state is None or not math.isnan(value):
-                best_value, best_epoch, stale = value, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        bar.set_postfix({"loss": f"{row['train_loss']:.4f}", f"val_{monitor}": f"{value:.4f}"})
-        if cfg.patience and stale >= cfg.patience:
-            break
-    model.load_state_dict(best_state)
-    model.eval()
+        objective = RGCLObjective(RGCLConfig.from_dict(cfg.rgcl), fit.data, fit.train_idx, cfg.eval_batch_size,
+                                  cfg.trim)
+    return _Optimisation(optimizer, scheduler, objective)
 
+
+def _epoch(fit: _Fit, opt: _Optimisation, epoch: int) -> Dict[str, float]:
+    """One pass over the shuffled labelled train rows, then the validation metrics -> the epoch's history
+    row: epoch, lr, mean train losses (``train_loss``, ``train_loss_<term>``), ``val_<metric>``, time_s."""
+    cfg, data = fit.cfg, fit.data
+    fit.model.train()
+    t0 = time.perf_counter()
+    order = fit.train_idx[torch.randperm(fit.train_idx.numel(), generator=fit.gen).to(data.device)]
+    sums: Dict[str, float] = {}
+    lr = opt.optimizer.param_groups[0]["lr"]
+    if opt.objective is not None:
+        opt.objective.start_epoch()
+    for b in bucketed_batches(order, fit.key, cfg.batch_size, cfg.bucket, fit.gen):
+        loss, logged = _step(fit, opt, b)
+        n = b.numel()
+        sums["train_loss"] = sums.get("train_loss", 0.0) + float(loss.detach()) * n
+        for k, v in logged.items():
+            sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v.detach()) * n
+    row: Dict[str, float] = {"epoch": epoch, "lr": lr}
+    row.update({k: v / fit.train_idx.numel() for k, v in sums.items()})
+    val_metrics, _, _ = evaluate_as(cfg, fit.model, data, fit.train_idx, fit.val_idx, fit.losses)
+    row.update({f"val_{k}": v for k, v in val_metrics.items()})
+    row["time_s"] = time.perf_counter() - t0
+    return row
+
+
+def _step(fit: _Fit, opt: _Optimisation, b: torch.Tensor):
+    """One optimiser step on train rows ``b`` -> (the step's loss, {"loss_<term>": logged loss term})."""
+    cfg, data, model = fit.cfg, fit.data, fit.model
+    batch, targets = data.batch(b, trim=cfg.trim), data.batch_targets(b)
+    with _autocast(cfg, data.device):
+        out = model(batch)
+    loss, parts = multitask_loss(data.task_spec, fit.losses, out["logits"], targets)
+    logged = {f"loss_{k}": v for k, v in parts.items()} if len(parts) > 1 else {}
+    if hasattr(model, "extra_losses"):
+        for k, v in model.extra_losses(out, batch, targets).items():
+            loss = loss + v.float()
+            logged[f"loss_{k}"] = v
+    if opt.objective is not None:
+        loss, extra = opt.objective.loss(model, out, b, loss)
+        logged.update({f"loss_{k}": v for k, v in extra.items()})
+    opt.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.optimizer.step()
+    opt.scheduler.step()
+    return loss, logged
+
+
+def _final_evaluation(fit: _Fit, best_state: dict):
+    """Restore ``best_state`` (eval mode), then ({split: metrics}, {split: warnings}, {split: probs}) for every
+    non-empty split (metrics and warnings only for the splits with labels)."""
+    fit.model.load_state_dict(best_state)
+    fit.model.eval()
     metrics, warnings, probs = {}, {}, {}
-    for split, idx in data.splits.items():
+    for split, idx in fit.data.splits.items():
         if idx.numel() == 0:
             continue
-        m, w, p = evaluate_as(cfg, model, data, train_idx, idx)
+        m, w, p = evaluate_as(fit.cfg, fit.model, fit.data, fit.train_idx, idx)
         probs[split] = p
         if m:
             metrics[split], warnings[split] = m, w
-    result = TrainResult(model, cfg, spec, history, best_epoch, monitor, val_split, metrics, warnings, probs)
-    result.load_report = load_report.to_dict() if load_report is not None else None
-    return result
+    return metrics, warnings, probs
