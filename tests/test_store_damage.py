@@ -181,7 +181,7 @@ def test_edited_record_is_refused_on_open_and_recommitted_by_a_rerun(tmp_path):
     with pytest.raises(CorruptDataError) as e:
         from featstore.store.reader import FeatureSetVersion
         from featstore.store.location import Location
-        FeatureSetVersion(Location(str(vdir)), "img")
+        FeatureSetVersion(Location.from_url(str(vdir)), "img")
     H.assert_one_line_error(e, f"version record {vdir / 'version.json'} was edited or damaged")
     _write(root)  # the same extraction again rebuilds the record from its chunk markers
     fsv = open_store(root).open("img")

@@ -8,6 +8,7 @@ The writer (writer.py) and the reader (reader.py) both import this module and ne
         data.zarr/ | data.lmdb/   the arrays (see backends.py)
         chunks/<i>.json      one marker per finished chunk: its per-array checksums and failed keys
         version.json         the commit record; a version is visible to readers only once this exists
+        .lock                held while a writer creates the version (local stores)
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ SETS = "sets"
 SPEC_FILE = "spec.json"
 RECORD_FILE = "version.json"
 CHUNK_DIR = "chunks"
+LOCK_FILE = ".lock"
 DIGEST_FIELD = "record_sha256"
 
 

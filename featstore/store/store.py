@@ -51,7 +51,7 @@ class VersionInfo:
 
 def open_store(url: str, *, create: bool = False, storage_options: Optional[dict] = None) -> "Store":
     """Open the store at a local path or fsspec URL; ``create=True`` makes it when absent."""
-    loc = Location(url, storage_options)
+    loc = Location.from_url(url, storage_options)
     if loc.is_local and os.path.exists(loc.root) and not os.path.isdir(loc.root):
         raise FeatstoreError(f"store path {url!r} is a file, not a directory; pass a directory for --store")
     if loc.is_local and any(os.path.isfile(p) for p in _parents(loc.root)):

@@ -16,8 +16,8 @@ import numpy as np
 from ..errors import FeatstoreError
 from ..version import __version__
 from .backends import COUNT, RESERVED, VALID, full_schema, make_backend
-from .layout import CHUNK_DIR, DIGEST_FIELD, RECORD_FILE, SPEC_FILE, array_checksum, intact_record, keys_digest, \
-    record_digest
+from .layout import CHUNK_DIR, DIGEST_FIELD, LOCK_FILE, RECORD_FILE, SPEC_FILE, array_checksum, intact_record, \
+    keys_digest, record_digest
 from .location import Location
 from .spec import ArraySpec, Recipe
 
@@ -54,23 +54,6 @@ def _free_bytes(where: str) -> int:
         return shutil.disk_usage(where).free
     except OSError:
         return 1 << 62
-
-
-@contextlib.contextmanager
-def creation_lock(loc: Location) -> Iterator[None]:
-    """An exclusive lock while a version is created, so concurrent writers create it once (local stores)."""
-    if not loc.is_local:
-        yield  # object stores: the first writer (rank 0) creates, the others open after a barrier
-        return
-    import fcntl
-
-    loc.makedirs()
-    with open(loc.path(".lock"), "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class VersionWriter:
@@ -134,7 +117,7 @@ class VersionWriter:
 
     def _create_or_open(self) -> None:
         want = self._spec_record()
-        with creation_lock(self.loc):
+        with self.loc.lock(LOCK_FILE):  # concurrent writers create the version once (local stores)
             if self.loc.exists(SPEC_FILE):
                 self._clean_stale_tmp()
                 have = self.loc.read_json(SPEC_FILE)
@@ -152,14 +135,8 @@ class VersionWriter:
 
     def _clean_stale_tmp(self) -> None:
         """Remove the ``*.tmp-*`` files a killed writer left (atomic writes that never got renamed)."""
-        if not self.loc.is_local:
-            return
-        now = time.time()
-        for folder in (self.loc.path(), self.loc.path(CHUNK_DIR)):
-            for entry in (os.scandir(folder) if os.path.isdir(folder) else []):
-                if ".tmp-" in entry.name and entry.is_file() and now - entry.stat().st_mtime > self.STALE_TMP_S:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(entry.path)
+        for folder in ((), (CHUNK_DIR,)):
+            self.loc.remove_stale_tmp(*folder, older_than_s=self.STALE_TMP_S)
 
     # -- chunks --------------------------------------------------------------------------------------
     @property
