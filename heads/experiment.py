@@ -247,15 +247,13 @@ def predict_run(run_dir, data: TrainData, out_csv, split: Optional[str] = None) 
     return out
 
 
-@torch.no_grad()
 def fused_embeddings(model: torch.nn.Module, data: TrainData, batch_size: int = 512) -> np.ndarray:
-    """The head's fused embedding ([N, H] float32) for every row of ``data``, in ``data.ids`` order."""
-    model.eval()
-    out: List[np.ndarray] = []
-    idx = torch.arange(len(data), device=data.device)
-    for s in range(0, len(data), batch_size):
-        out.append(model(data.batch(idx[s:s + batch_size]))["fused"].float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    """The head's fused embedding ([N, H] float32) for every row of ``data``, in ``data.ids`` order: the
+    ``"fused"`` output of ``heads.train.predict_logits``, the loop evaluation uses (eval mode, rows in length
+    order, each batch trimmed to its real tokens / regions)."""
+    if len(data) == 0:
+        return np.zeros((0, 0), np.float32)
+    return predict_logits(model, data, torch.arange(len(data), device=data.device), batch_size)["fused"].cpu().numpy()
 
 
 def save_fused(store, name: str, run_dir, data: TrainData):
