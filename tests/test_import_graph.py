@@ -62,9 +62,7 @@ def imports_of(module: str, path: Path, known) -> Dict[str, int]:
             base = _base(module, is_package, node)
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         for t in targets:
-            while t and t not in known:  # `import featstore.store.x.y` of a name inside a module
-                t = t.rpartition(".")[0]
-            if t and t != module:
+            if t in known and t != module:  # others: outside the packages (or a module that does not exist)
                 found.setdefault(t, node.lineno)
     return found
 
