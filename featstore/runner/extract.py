@@ -231,27 +231,74 @@ class _ChunkBuffer:
         return ok_rows, arrays
 
 
+@dataclass
+class _Plan:
+    """An extraction resolved before any work: the extractor, its rows, where it runs and the open version."""
+
+    ext: Any
+    set_name: str
+    items: List[tuple]
+    keys: List[str]
+    device: torch.device
+    compute_dtype: torch.dtype
+    workers: int
+    image_cache: Optional[DecodedImageCache]
+    writer: Any
+    rank: int
+    world: int
+
+    @property
+    def modality(self) -> str:
+        return self.ext.modality
+
+    def my_chunks(self) -> List[int]:
+        """The pending chunks this rank writes: ``c % world == rank``."""
+        return [c for c in self.writer.pending_chunks() if c % self.world == self.rank]
+
+    def chunk_range(self, chunk: int) -> range:
+        return range(*self.writer.chunk_slice(chunk).indices(len(self.keys)))
+
+
 def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional[str] = None,
                    extractor_config: Optional[Dict[str, Any]] = None, options: Optional[ExtractOptions] = None,
                    extractor=None) -> ExtractSummary:
     """Materialise ``extractor_name`` over ``dataset`` into ``store`` as one version (resuming if started).
 
     ``extractor`` may be passed already built (tests); otherwise it is created from the registry with
-    ``extractor_config`` (which carries ``weights``).
+    ``extractor_config`` (which carries ``weights``). Steps: plan (``_plan``: extractor, recipe, device,
+    the version's writer), the loop over this rank's pending chunks (``_ExtractLoop``), commit (``_commit``).
     """
-    from ..extractors import create_extractor
-
     opts = options or ExtractOptions()
     opts.validate()
     workers = _resolve_workers(opts.num_workers)
     t0 = time.perf_counter()
+    plan = _plan(store, dataset, extractor_name, name, extractor_config, extractor, opts, workers)
+    if plan.writer.complete:
+        fsv = store.open(plan.set_name, plan.writer.version)
+        return ExtractSummary(plan.set_name, plan.writer.version, len(plan.keys), 0, fsv.failures,
+                              time.perf_counter() - t0, _shapes(fsv), already_complete=True)
+    chunks = plan.my_chunks()
+    rows = [r for c in chunks for r in plan.chunk_range(c)]
+    plan.ext.to(plan.device, plan.compute_dtype)
+    loop = _ExtractLoop(plan, chunks, opts.on_error)
+    loop.run(rows, opts)
+    dist.barrier()
+    return _commit(store, plan, loop, len(rows), t0)
+
+
+# -- plan: everything that can be refused is checked before the version's writer exists ---------------------
+def _plan(store: Store, dataset, extractor_name: str, name: Optional[str], extractor_config, extractor,
+          opts: ExtractOptions, workers: int) -> _Plan:
+    """Build the extractor, list its rows, resolve the device and compute dtype, open the image cache, then
+    open (or reopen, to resume) the version; a bad argument leaves no version behind."""
+    from ..extractors import create_extractor
+
     if not opts.progress:  # --quiet: no transformers "Loading weights" bar either
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     ext = extractor if extractor is not None else create_extractor(extractor_name, **(extractor_config or {}))
-    modality = ext.modality
-    items = extraction_items(dataset, modality)
+    items = extraction_items(dataset, ext.modality)
     if not items:
         raise FeatstoreError("the dataset has no samples to extract; check the manifest and split")
     keys = [k for k, _ in items]
@@ -259,13 +306,24 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     rank, world = dist.init()
     device = _resolve_device(opts.device)  # before the writer: a bad --device must not leave a version behind
     compute_dtype = _compute_dtype(opts.amp, device)
-    # the autocast dtype changes the numbers (bf16 vs float32), so it is part of what names the version
-    recipe = Recipe(extractor=extractor_name, config=_jsonable(ext.config),
-                    weights_fingerprint=ext.weights_fingerprint(), preprocessing=_jsonable(ext.preprocessing()),
-                    manifest_fingerprint=dataset.fingerprint, compute={"autocast": _AMP_NAMES[compute_dtype]})
+    recipe = _recipe(ext, extractor_name, dataset, compute_dtype)
     set_name = name or extractor_name
-    image_cache = _open_image_cache(opts.image_cache, modality)  # likewise a bad cache directory
-    kw = dict(key_kind=ext.key_kind, modality=modality, chunk_rows=opts.chunk_rows, backend=opts.backend,
+    image_cache = _open_image_cache(opts.image_cache, ext.modality)  # likewise a bad cache directory
+    writer = _open_writer(store, set_name, recipe, keys, schema, ext, extractor_name, opts, rank)
+    return _Plan(ext, set_name, items, keys, device, compute_dtype, workers, image_cache, writer, rank, world)
+
+
+def _recipe(ext, extractor_name: str, dataset, compute_dtype: torch.dtype) -> Recipe:
+    """What names the version; the autocast dtype changes the numbers (bf16 vs float32), so it is part of it."""
+    return Recipe(extractor=extractor_name, config=_jsonable(ext.config),
+                  weights_fingerprint=ext.weights_fingerprint(), preprocessing=_jsonable(ext.preprocessing()),
+                  manifest_fingerprint=dataset.fingerprint, compute={"autocast": _AMP_NAMES[compute_dtype]})
+
+
+def _open_writer(store: Store, set_name: str, recipe: Recipe, keys: List[str], schema, ext, extractor_name: str,
+                 opts: ExtractOptions, rank: int):
+    """The version's writer: rank 0 creates (or reopens) it first, the other ranks reopen it after."""
+    kw = dict(key_kind=ext.key_kind, modality=ext.modality, chunk_rows=opts.chunk_rows, backend=opts.backend,
               backend_options={"compression": opts.compression} if opts.backend == "zarr" else None,
               meta={"extractor": extractor_name})
     if rank == 0:
@@ -273,102 +331,131 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     dist.barrier()
     if rank != 0:
         writer = store.writer(set_name, recipe, keys, schema, **kw)
-    if writer.complete:
-        fsv = store.open(set_name, writer.version)
-        return ExtractSummary(set_name, writer.version, len(keys), 0, fsv.failures, time.perf_counter() - t0,
-                              _shapes(fsv), already_complete=True)
+    return writer
 
-    my_chunks = [c for c in writer.pending_chunks() if c % world == rank]
-    rows = [r for c in my_chunks for r in range(*writer.chunk_slice(c).indices(len(keys)))]
-    ext.to(device, compute_dtype)
 
-    buffers = {c: _ChunkBuffer(c, range(*writer.chunk_slice(c).indices(len(keys)))) for c in my_chunks}
-    chunk_of = {r: c for c in my_chunks for r in buffers[c].rows}
-    names = [n for n in writer.schema if n != "valid"]
-    all_failures: Dict[str, str] = {}
-    written = 0
-    pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="featstore-writer")
-    pending_writes: List[cf.Future] = []
-
-    def flush(buf: _ChunkBuffer):
-        ok_rows, arrays = buf.assemble(names)
-        failures = {keys[r]: why for r, why in buf.failed.items()}
-        if writer.chunk_taken(buf.chunk):  # an identical extraction wrote it meanwhile: keep its bytes
-            return
-        if not ok_rows:
-            arrays = {n: np.zeros((0,) + tuple(writer.schema[n].shape), writer.schema[n].dtype) for n in names}
-        pending_writes.append(pool.submit(writer.write_chunk, buf.chunk, arrays, failures))
-        tick = time.perf_counter()
-        while len(pending_writes) > 2:  # bound memory: at most two chunks queued behind the device
-            pending_writes.pop(0).result()
-        timing["writer"] += time.perf_counter() - tick
-
-    loader = torch.utils.data.DataLoader(
-        _ItemDataset(ext, items, rows, modality, opts.max_pixels, image_cache), batch_size=opts.batch_size,
-        shuffle=False, num_workers=workers, collate_fn=_Collate(ext),
-        pin_memory=device.type == "cuda",  # pinned in the loader's background thread; copies are non_blocking
+def _loader(plan: _Plan, rows: List[int], opts: ExtractOptions) -> torch.utils.data.DataLoader:
+    """``rows`` decoded and preprocessed in ``plan.workers`` DataLoader workers, collated per batch there."""
+    workers = plan.workers
+    return torch.utils.data.DataLoader(
+        _ItemDataset(plan.ext, plan.items, rows, plan.modality, opts.max_pixels, plan.image_cache),
+        batch_size=opts.batch_size, shuffle=False, num_workers=workers, collate_fn=_Collate(plan.ext),
+        pin_memory=plan.device.type == "cuda",  # pinned in the loader's background thread; copies are non_blocking
         persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
-    bar = _progress(len(rows), opts.progress and rank == 0, "images" if modality == "image" else "texts")
-    timing = {"inputs": 0.0, "forward": 0.0, "writer": 0.0}
-    threads = ForwardThreads(device, workers)
-    try:
-        batches = iter(loader)  # starts the workers: counted as waiting for inputs
-        while not writer.committed_elsewhere():  # an identical extraction finished first: stop, say so
+
+
+# -- the loop: forward, buffer per chunk, hand finished chunks to the writer thread -------------------------
+class _ExtractLoop:
+    """The main loop and its state: rows buffered per chunk, failures so far, the writer thread, the timing.
+
+    ``timing`` splits the loop's seconds into waiting for inputs, the forward pass and waiting for the writer.
+    """
+
+    def __init__(self, plan: _Plan, chunks: List[int], on_error: str):
+        self.plan, self.on_error = plan, on_error
+        self.buffers = {c: _ChunkBuffer(c, plan.chunk_range(c)) for c in chunks}
+        self.chunk_of = {r: c for c in chunks for r in self.buffers[c].rows}
+        self.names = [n for n in plan.writer.schema if n != "valid"]
+        self.failures: Dict[str, str] = {}
+        self.written = 0
+        self.pending_writes: List[cf.Future] = []
+        self.timing = {"inputs": 0.0, "forward": 0.0, "writer": 0.0}
+        self.pool: Optional[cf.ThreadPoolExecutor] = None
+        self.threads: Optional[ForwardThreads] = None
+
+    def run(self, rows: List[int], opts: ExtractOptions) -> None:
+        """Extract ``rows`` (this rank's pending chunks) and wait until every finished chunk is written."""
+        plan = self.plan
+        self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="featstore-writer")
+        loader = _loader(plan, rows, opts)
+        bar = _progress(len(rows), opts.progress and plan.rank == 0, "images" if plan.modality == "image" else "texts")
+        self.threads = ForwardThreads(plan.device, plan.workers)
+        try:
+            self._drive(iter(loader), bar)  # iter() starts the workers: counted as waiting for inputs
+            self._flush_done(sorted(self.buffers))  # chunks with no pending rows at all
+            tick = time.perf_counter()
+            for f in self.pending_writes:
+                f.result()
+            self.timing["writer"] += time.perf_counter() - tick
+        finally:
+            self.threads.close()
+            bar.close()
+            self.pool.shutdown(wait=True)
+
+    def _drive(self, batches, bar) -> None:
+        while not self.plan.writer.committed_elsewhere():  # an identical extraction finished first: stop, say so
             tick = time.perf_counter()
             try:
                 ok_rows, batch, failed = next(batches)
             except StopIteration:
                 break
             wait = time.perf_counter() - tick
-            timing["inputs"] += wait
-            for r, why in failed:
-                if isinstance(why, _CacheBroken):
-                    raise FeatstoreError(why)
-                if opts.on_error == "fail":
-                    raise FeatstoreError(f"{keys[r]}: {why} (--on-error fail stops at the first bad input; "
-                                         f"use --on-error skip to record it and go on)")
-                buffers[chunk_of[r]].failed[r] = why
-                all_failures[keys[r]] = why
+            self.timing["inputs"] += wait
+            self._record_failures(failed)
             if ok_rows:
-                tick = time.perf_counter()
-                with torch.inference_mode():
-                    out = ext.forward(batch)  # autocast (on CUDA) inside; returns host arrays, so synchronised
-                spent = time.perf_counter() - tick
-                timing["forward"] += spent
-                threads.observe(wait, spent)
-                for i, r in enumerate(ok_rows):
-                    buffers[chunk_of[r]].outputs[r] = {n: out[n][i] for n in names}
-            touched = {chunk_of[r] for r in ok_rows} | {chunk_of[r] for r, _ in failed}
-            for c in sorted(touched):
-                if buffers[c].done:
-                    flush(buffers.pop(c))
-                    written += 1
+                self._forward(ok_rows, batch, wait)
+            touched = {self.chunk_of[r] for r in ok_rows} | {self.chunk_of[r] for r, _ in failed}
+            self._flush_done(sorted(touched))
             bar.update(len(ok_rows) + len(failed))
-        for c in sorted(list(buffers)):  # chunks with no pending rows at all
-            if buffers[c].done:
-                flush(buffers.pop(c))
-                written += 1
+
+    def _record_failures(self, failed: List[tuple]) -> None:
+        keys = self.plan.keys
+        for r, why in failed:
+            if isinstance(why, _CacheBroken):
+                raise FeatstoreError(why)
+            if self.on_error == "fail":
+                raise FeatstoreError(f"{keys[r]}: {why} (--on-error fail stops at the first bad input; "
+                                     f"use --on-error skip to record it and go on)")
+            self.buffers[self.chunk_of[r]].failed[r] = why
+            self.failures[keys[r]] = why
+
+    def _forward(self, ok_rows: List[int], batch, wait: float) -> None:
         tick = time.perf_counter()
-        for f in pending_writes:
-            f.result()
-        timing["writer"] += time.perf_counter() - tick
-    finally:
-        threads.close()
-        bar.close()
-        pool.shutdown(wait=True)
-    dist.barrier()
-    failures, shapes = all_failures, {}
+        with torch.inference_mode():
+            out = self.plan.ext.forward(batch)  # autocast (on CUDA) inside; returns host arrays, so synchronised
+        spent = time.perf_counter() - tick
+        self.timing["forward"] += spent
+        self.threads.observe(wait, spent)
+        for i, r in enumerate(ok_rows):
+            self.buffers[self.chunk_of[r]].outputs[r] = {n: out[n][i] for n in self.names}
+
+    def _flush_done(self, chunks: List[int]) -> None:
+        for c in chunks:
+            if self.buffers[c].done:
+                self._flush(self.buffers.pop(c))
+                self.written += 1
+
+    def _flush(self, buf: _ChunkBuffer) -> None:
+        writer, names = self.plan.writer, self.names
+        ok_rows, arrays = buf.assemble(names)
+        failures = {self.plan.keys[r]: why for r, why in buf.failed.items()}
+        if writer.chunk_taken(buf.chunk):  # an identical extraction wrote it meanwhile: keep its bytes
+            return
+        if not ok_rows:
+            arrays = {n: np.zeros((0,) + tuple(writer.schema[n].shape), writer.schema[n].dtype) for n in names}
+        self.pending_writes.append(self.pool.submit(writer.write_chunk, buf.chunk, arrays, failures))
+        tick = time.perf_counter()
+        while len(self.pending_writes) > 2:  # bound memory: at most two chunks queued behind the device
+            self.pending_writes.pop(0).result()
+        self.timing["writer"] += time.perf_counter() - tick
+
+
+# -- commit ----------------------------------------------------------------------------------------------------
+def _commit(store: Store, plan: _Plan, loop: _ExtractLoop, n_rows: int, t0: float) -> ExtractSummary:
+    """Rank 0 commits the version (every rank is done) unless an identical extraction committed it first."""
+    writer, n = plan.writer, len(plan.keys)
     if writer.committed_elsewhere():
-        fsv = store.open(set_name, writer.version)
-        return ExtractSummary(set_name, writer.version, len(keys), 0, fsv.failures, time.perf_counter() - t0,
-                              _shapes(fsv), already_complete=True, chunks_written=written, timing=timing,
-                              modality=modality, stopped_early=True)
-    if rank == 0:
+        fsv = store.open(plan.set_name, writer.version)
+        return ExtractSummary(plan.set_name, writer.version, n, 0, fsv.failures, time.perf_counter() - t0,
+                              _shapes(fsv), already_complete=True, chunks_written=loop.written, timing=loop.timing,
+                              modality=plan.modality, stopped_early=True)
+    failures, shapes = loop.failures, {}
+    if plan.rank == 0:
         fsv = writer.commit()
         failures, shapes = fsv.failures, _shapes(fsv)
-    summary = ExtractSummary(set_name, writer.version, len(keys), len(rows), failures, time.perf_counter() - t0,
-                             shapes, chunks_written=written, timing=timing, modality=modality,
-                             forward_threads=threads.lowered_to)
+    summary = ExtractSummary(plan.set_name, writer.version, n, n_rows, failures, time.perf_counter() - t0,
+                             shapes, chunks_written=loop.written, timing=loop.timing, modality=plan.modality,
+                             forward_threads=loop.threads.lowered_to)
     dist.barrier()
     return summary
 
