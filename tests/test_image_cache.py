@@ -275,7 +275,7 @@ def test_extraction_without_cold_and_warm_cache_store_identical_arrays(tmp_path)
     cache_dir = tmp_path / "cache"
     _, plain = _extract(tmp_path / "plain", ds, None, 0)
     _, cold = _extract(tmp_path / "cold", ds, str(cache_dir), 2)
-    assert len(DecodedImageCache(cache_dir)) == 10  # 9 images + 1 cached failure
+    assert len(DecodedImageCache(cache_dir)) == 19  # 9 decoded images, their 9 resized for grid, 1 failure
     for p in sorted((tmp_path / "data" / "img").glob("*.png")):
         _same_stamp_garbage(p)  # from now on only the cache can supply pixels (and the failure); `ds` keeps
         # the fingerprint it computed from the real bytes, so the version id is comparable
@@ -305,7 +305,7 @@ def test_cli_image_cache_flag(tmp_path):
     cache_dir = tmp_path / "cache"
     invoke(featstore, extract_args(data, tmp_path / "plain", "grid"))
     invoke(featstore, extract_args(data, tmp_path / "cold", "grid", "--image-cache", cache_dir))
-    assert len(DecodedImageCache(cache_dir)) == 6
+    assert len(DecodedImageCache(cache_dir)) == 12  # 6 decoded images and each resized for grid
     filled = (cache_dir / "data.mdb").read_bytes()
     out = invoke(featstore, extract_args(data, tmp_path / "warm", "grid", "--image-cache", cache_dir))
     assert "6 rows, 0 failed" in out

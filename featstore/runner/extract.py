@@ -26,7 +26,7 @@ from ..devices import resolve_device
 from ..errors import FeatstoreError
 from ..store import Recipe, Store
 from . import dist
-from .image_cache import DecodedImageCache, ImageCacheError
+from .image_cache import DecodedImageCache, ImageCacheError, load_input
 from .threads import ForwardThreads, available_cores
 
 
@@ -153,6 +153,9 @@ class _ItemDataset(torch.utils.data.Dataset):
         self.extractor, self.items, self.rows = extractor, items, rows
         self.modality, self.max_pixels = modality, max_pixels
         self.image_cache = image_cache if modality == "image" else None
+        # resized uint8 pixels for extractors that normalise batched on the device (pixels.ResizeRecipe)
+        recipe = getattr(extractor, "resize_recipe", None)
+        self.recipe = recipe() if recipe is not None and modality == "image" else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -162,14 +165,9 @@ class _ItemDataset(torch.utils.data.Dataset):
         key, payload = self.items[row]
         try:
             if self.modality == "image":
-                from ..extractors.images import load_image
-
                 if payload is None:
                     raise FeatstoreError("no image path in the manifest")
-                if self.image_cache is not None:
-                    payload = self.image_cache.load(payload, max_pixels=self.max_pixels)
-                else:
-                    payload = load_image(payload, max_pixels=self.max_pixels)
+                payload = load_input(payload, self.recipe, self.max_pixels, self.image_cache)
             return row, self.extractor.preprocess(payload), None
         except ImageCacheError as e:
             return row, None, _CacheBroken(str(e))

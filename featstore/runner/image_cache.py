@@ -11,7 +11,14 @@ Records (one per file, the LMDB key is the SHA-256 of the file's realpath)::
     header  magic b"FSIC", format version, kind (pixels | failure), the file's size and mtime_ns when it
             was decoded, width/height of the RGB pixels, the size the file declares (before the EXIF
             rotation; what load_image checks against max_pixels), CRC32C and length of the payload
-    payload pixels: H*W*3 raw RGB bytes; failure: JSON {"reason", "fix"} of the ImageDecodeError
+    payload pixels: H*W*3 raw RGB bytes; failure: JSON {"reason", "fix"} of the ImageDecodeError;
+            resized: the decoded image's width and height (2 x uint32) then H*W*3 RGB bytes resized by
+            an extractor's ``pixels.ResizeRecipe`` (width/height in the header are the resized ones)
+
+Resized records (``load_resized(path, recipe)``: the extractor's input geometry as uint8, so a warm run does
+no per-image resize) are keyed by the SHA-256 of the realpath and ``recipe.key()`` (mode, sizes, filter,
+torchvision and Pillow versions), so another size or extractor never reads them; a miss resizes
+``load(path)``'s pixels (the decoded record, itself decoded on a miss) and stores both.
 
 A record whose size/mtime_ns differ from the file's is stale (the file changed): a miss, overwritten by
 the fresh decode. A record that does not parse or whose CRC does not match is treated the same way, so the
@@ -45,7 +52,8 @@ from ..errors import FeatstoreError
 
 _MAGIC = b"FSIC"
 _FORMAT = 1
-_PIXELS, _FAILURE = 1, 2
+_PIXELS, _FAILURE, _RESIZED = 1, 2, 3
+_ORIG = struct.Struct("<II")  # a resized record's payload starts with the decoded image's width, height
 # magic, format, kind, file size, file mtime_ns, width, height, declared width, declared height, crc32c, length
 _HEADER = struct.Struct("<4sHHqqIIIIIQ")
 _LMDB_FILES = ("data.mdb", "lock.mdb")
@@ -79,7 +87,8 @@ class DecodedImageCache:
 
     The constructor only validates the directory (one-line ``ImageCacheError`` naming it and the fix);
     ``check()`` also opens the environment in this process. ``hits`` / ``misses`` / ``corrupt`` count this
-    process's calls (a DataLoader worker has its own copy).
+    process's records served (decoded or resized), files decoded and damaged records (a DataLoader worker
+    has its own copy).
     """
 
     def __init__(self, path: Union[str, os.PathLike], map_size: int = DEFAULT_MAP_SIZE):
@@ -115,28 +124,65 @@ class DecodedImageCache:
         or not) and ``ImageCacheError`` when the cache directory cannot be read or written (full, corrupt
         environment, disk error).
         """
-        images = _images()
-        if max_pixels is None:
-            max_pixels = images.DEFAULT_MAX_PIXELS
-        if int(max_pixels) <= 0:
-            raise FeatstoreError(f"max_pixels={max_pixels!r} is invalid; pass a positive pixel count")
-        path = os.fspath(path)
-        try:
-            st = os.stat(path)
-        except OSError:
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode):
-            return images.load_image(path, max_pixels=max_pixels)  # missing / a directory: nothing to cache
-        key = hashlib.sha256(os.fsencode(os.path.realpath(path))).digest()
+        max_pixels, path, st = _checked(max_pixels, path)
+        if st is None:
+            return _images().load_image(path, max_pixels=max_pixels)  # missing / a directory: nothing to cache
+        key = _key(path)
         found = self._lookup(key, path, st, max_pixels)
         if found is not None:
             return found
         self.misses += 1
         return self._decode_and_store(key, path, st, max_pixels)
 
+    def load_resized(self, path: Union[str, os.PathLike], recipe, max_pixels: Optional[int] = None):
+        """``recipe.apply(load(path, max_pixels))`` (a ``pixels.ResizedImage``) through the cache: the same
+        pixels byte for byte, the same errors. A hit reads only the resized bytes."""
+        max_pixels, path, st = _checked(max_pixels, path)
+        if st is None:
+            return recipe.apply(self.load(path, max_pixels))  # load raises load_image's error
+        key = _key(path, recipe.key())
+        found = self._lookup_resized(key, path, st, max_pixels)
+        if found is not None:
+            return found
+        img = self.load(path, max_pixels)  # counts its own hit or miss; raises a (cached) decode failure
+        resized = recipe.apply(img)
+        if _unchanged(path, st):
+            self._put(key, _resized_value(resized, st, _declared_size(path)))
+        return resized
+
     # -- hit path -------------------------------------------------------------------------------------
     def _lookup(self, key: bytes, path: str, st: os.stat_result, max_pixels: int) -> Optional[Image.Image]:
         """The cached image (or a raised cached failure); None for a miss, a stale or a corrupt record."""
+        def serve(rec: _Record):
+            failure = _cached_failure(path, rec) if rec.kind == _FAILURE else None
+            if rec.kind == _RESIZED or (rec.kind == _FAILURE and failure is None):
+                self.corrupt += 1
+                return None
+            self.hits += 1  # served from the cache: the pixels, a too-large error or a cached failure
+            _check_declared_size(path, rec.declared, max_pixels)
+            if failure is not None:
+                raise failure
+            return Image.frombytes("RGB", (rec.width, rec.height), rec.payload)  # copies the bytes
+
+        return self._read(key, st, serve)
+
+    def _lookup_resized(self, key: bytes, path: str, st: os.stat_result, max_pixels: int):
+        """The cached ``ResizedImage``; None for a miss, a stale or a corrupt record (then resized anew)."""
+        def serve(rec: _Record):
+            if rec.kind != _RESIZED:
+                self.corrupt += 1
+                return None
+            self.hits += 1
+            _check_declared_size(path, rec.declared, max_pixels)
+            w, h = _ORIG.unpack_from(rec.payload)
+            pixels = rec.payload[_ORIG.size:].reshape(rec.height, rec.width, 3).copy()
+            return _pixels().ResizedImage(pixels, (int(w), int(h)))
+
+        return self._read(key, st, serve)
+
+    def _read(self, key: bytes, st: os.stat_result, serve):
+        """``serve(record)`` inside the read transaction (the payload is valid only there) for an intact record
+        stamped with the file's size and mtime; None for a miss, a stale (the file changed) or a corrupt one."""
         with _LOCK:
             env = _env(self.path, self.map_size)
             try:
@@ -149,16 +195,8 @@ class DecodedImageCache:
                         self.corrupt += 1
                         return None
                     if (rec.size, rec.mtime_ns) != (st.st_size, st.st_mtime_ns):
-                        return None  # the file changed since it was decoded
-                    failure = _cached_failure(path, rec) if rec.kind == _FAILURE else None
-                    if rec.kind == _FAILURE and failure is None:
-                        self.corrupt += 1
                         return None
-                    self.hits += 1  # served from the cache: the pixels, a too-large error or a cached failure
-                    _check_declared_size(path, rec.declared, max_pixels)
-                    if failure is not None:
-                        raise failure
-                    return Image.frombytes("RGB", (rec.width, rec.height), rec.payload)  # copies the bytes
+                    return serve(rec)
             except _lmdb().Error as e:
                 raise _cache_error(self.path, e) from e
 
@@ -192,6 +230,26 @@ class DecodedImageCache:
                 raise _cache_error(self.path, e) from e
 
 
+def _checked(max_pixels: Optional[int], path) -> Tuple[int, str, Optional[os.stat_result]]:
+    """(max_pixels with load_image's default, the path, its stat when it is a regular file: else None)."""
+    if max_pixels is None:
+        max_pixels = _images().DEFAULT_MAX_PIXELS
+    if int(max_pixels) <= 0:
+        raise FeatstoreError(f"max_pixels={max_pixels!r} is invalid; pass a positive pixel count")
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return max_pixels, path, None
+    return max_pixels, path, (st if stat.S_ISREG(st.st_mode) else None)
+
+
+def _key(path: str, recipe_key: str = "") -> bytes:
+    """The LMDB key: SHA-256 of the realpath (decoded pixels), or of the realpath and a resize recipe's key."""
+    raw = os.fsencode(os.path.realpath(path))
+    return hashlib.sha256(raw + b"\0" + recipe_key.encode() if recipe_key else raw).digest()
+
+
 # -- records --------------------------------------------------------------------------------------------
 def _pixels_value(img: Image.Image, st: os.stat_result, declared: Tuple[int, int]) -> bytes:
     if img.mode != "RGB":
@@ -199,6 +257,13 @@ def _pixels_value(img: Image.Image, st: os.stat_result, declared: Tuple[int, int
     data = img.tobytes()
     w, h = img.size
     return _HEADER.pack(_MAGIC, _FORMAT, _PIXELS, st.st_size, st.st_mtime_ns, w, h, *declared,
+                        crc32c(data), len(data)) + data
+
+
+def _resized_value(resized, st: os.stat_result, declared: Tuple[int, int]) -> bytes:
+    h, w = resized.pixels.shape[:2]
+    data = _ORIG.pack(*resized.size) + np.ascontiguousarray(resized.pixels, np.uint8).tobytes()
+    return _HEADER.pack(_MAGIC, _FORMAT, _RESIZED, st.st_size, st.st_mtime_ns, w, h, *declared,
                         crc32c(data), len(data)) + data
 
 
@@ -230,9 +295,11 @@ def _parse(value) -> Optional[_Record]:
     if len(value) < _HEADER.size:
         return None
     magic, fmt, kind, size, mtime_ns, w, h, dw, dh, crc, length = _HEADER.unpack_from(value)
-    if magic != _MAGIC or fmt != _FORMAT or kind not in (_PIXELS, _FAILURE):
+    if magic != _MAGIC or fmt != _FORMAT or kind not in (_PIXELS, _FAILURE, _RESIZED):
         return None
-    if len(value) != _HEADER.size + length or (kind == _PIXELS and (w * h * 3 != length or w * h == 0)):
+    pixel_bytes = {_PIXELS: 0, _RESIZED: _ORIG.size}.get(kind)
+    if len(value) != _HEADER.size + length or (pixel_bytes is not None and (w * h * 3 + pixel_bytes != length
+                                                                            or w * h == 0)):
         return None
     payload = np.frombuffer(value, np.uint8, offset=_HEADER.size)
     if crc32c(payload) != crc:
@@ -283,6 +350,12 @@ def _images():
     from ..extractors import images
 
     return images
+
+
+def _pixels():
+    from ..extractors import pixels
+
+    return pixels
 
 
 def _lmdb():
@@ -362,3 +435,13 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
+def load_input(path: Union[str, os.PathLike], recipe, max_pixels: int, cache: Optional[DecodedImageCache] = None):
+    """What an image extractor's ``preprocess`` takes for the file at ``path``: the decoded PIL image when
+    ``recipe`` is None, else its ``pixels.ResizedImage`` (the extractor's ``resize_recipe()``); through
+    ``cache`` when given. Raises ``load_image``'s ``ImageDecodeError`` (and the cache's ``ImageCacheError``)."""
+    if cache is not None:
+        return cache.load(path, max_pixels) if recipe is None else cache.load_resized(path, recipe, max_pixels)
+    img = _images().load_image(path, max_pixels=max_pixels)
+    return img if recipe is None else recipe.apply(img)

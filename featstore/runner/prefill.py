@@ -4,11 +4,13 @@ Decoding Hateful Memes' PNGs is CPU work; on a rented GPU machine it is GPU time
 cache beforehand, on any machine that sees the same files, lets every later ``featstore extract
 --image-cache DIR`` read pixels instead of decoding them. Workers are DataLoader processes, each loading
 through its own handle on the cache; pixels never travel between processes, only (hit, failure) pairs.
+With ``recipes`` (extractors' ``resize_recipe()``) each image is also stored resized to those input
+geometries, so the extraction's warm path reads only the resized bytes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -33,8 +35,8 @@ class PrefillSummary:
 class _Loads(torch.utils.data.Dataset):
     """Item i -> (key, hit, failure reason or None, cache error or None); runs in the workers."""
 
-    def __init__(self, cache: DecodedImageCache, items: List[tuple], max_pixels: int):
-        self.cache, self.items, self.max_pixels = cache, items, max_pixels
+    def __init__(self, cache: DecodedImageCache, items: List[tuple], max_pixels: int, recipes: Sequence = ()):
+        self.cache, self.items, self.max_pixels, self.recipes = cache, items, max_pixels, tuple(recipes)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -43,28 +45,32 @@ class _Loads(torch.utils.data.Dataset):
         from ..extractors.images import ImageDecodeError
 
         key, path = self.items[i]
-        hits = self.cache.hits
+        misses = self.cache.misses  # a miss is a decode; resizing a cached decode is not one
         try:
             if path is None:
                 return key, False, "no image path in the manifest", None
             self.cache.load(path, max_pixels=self.max_pixels)
-            return key, self.cache.hits > hits, None, None
+            for recipe in self.recipes:
+                self.cache.load_resized(path, recipe, max_pixels=self.max_pixels)
+            return key, self.cache.misses == misses, None, None
         except ImageCacheError as e:
             return key, False, None, str(e)
         except ImageDecodeError as e:
-            return key, self.cache.hits > hits, e.reason, None
+            return key, self.cache.misses == misses, e.reason, None
 
 
 def prefill_image_cache(dataset, cache_dir: str, *, num_workers: Optional[int] = None,
-                        max_pixels: int = ExtractOptions.max_pixels, progress: bool = True) -> PrefillSummary:
+                        max_pixels: int = ExtractOptions.max_pixels, progress: bool = True,
+                        recipes: Sequence = ()) -> PrefillSummary:
     """Decode every distinct image of ``dataset`` into the cache at ``cache_dir`` (images already there and
-    unchanged are skipped). A broken cache raises ``ImageCacheError``; unreadable images are counted and
-    listed, as extraction would record them."""
+    unchanged are skipped), and store it resized by each of ``recipes`` (``pixels.ResizeRecipe``). A broken
+    cache raises ``ImageCacheError``; unreadable images are counted and listed, as extraction would record
+    them."""
     cache = DecodedImageCache(cache_dir)
     cache.check()
     items = extraction_items(dataset, "image")
     workers = _resolve_workers(num_workers)
-    loader = torch.utils.data.DataLoader(_Loads(cache, items, max_pixels), batch_size=None, shuffle=False,
+    loader = torch.utils.data.DataLoader(_Loads(cache, items, max_pixels, recipes), batch_size=None, shuffle=False,
                                          num_workers=workers, prefetch_factor=16 if workers else None)
     summary = PrefillSummary(len(items), 0, 0)
     bar = _progress(len(items), progress, "images")
