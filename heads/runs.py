@@ -9,7 +9,8 @@ finds the run folder inside ``DIR`` for eval / predict.
 
 A run folder (``save_run``; ``heads.experiment.train_run``) holds::
 
-    config.json            train config, head name + resolved head config, InputSpec, TaskSpec,
+    config.json            format_version (``FORMAT_VERSION``; ``load_run`` refuses a newer one), train config,
+                           head name + resolved head config, InputSpec, TaskSpec,
                            feature set refs {name, version}, dataset fingerprint, monitor, best epoch,
                            checkpoint_load (the init checkpoint's LoadReport: used / ignored / missing)
     history.csv / .json    one row per epoch: train loss (+ per-task / extra losses), lr, val metrics
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -36,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from featstore.errors import FeatstoreError
+from featstore.jsonio import read_json, write_json
 
 from .data import TrainData
 from .metrics import mean_std, predictions
@@ -43,34 +43,12 @@ from .plots import plot_learning_curve, plot_roc
 from .spec import InputSpec, TaskSpec
 
 CONFIG, METRICS, WEIGHTS = "config.json", "metrics.json", "model.safetensors"
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, numpy scalars -> python."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _clean(dataclasses.asdict(obj))
-    return obj
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+FORMAT_VERSION = 1  # config.json's "format_version"; a config.json without one is version 1
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FeatstoreError(f"{path} does not exist; pass a run folder written by `heads train`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise FeatstoreError(f"{path} is not valid JSON ({err.msg}); re-run training to rewrite it") from None
+    return read_json(path, "{path} does not exist; pass a run folder written by `heads train`",
+                     "{path} is not valid JSON ({err.msg}); re-run training to rewrite it")
 
 
 def is_hm_layout(spec: TaskSpec) -> bool:
@@ -110,8 +88,9 @@ def save_run(run_dir, result, data: TrainData, plots: bool = True) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     model = result.model
     head_cfg = model.config if dataclasses.is_dataclass(getattr(model, "config", None)) else result.config.head_cfg
-    _write_json(run / CONFIG, {
-        "train": result.config.to_dict(), "head": result.config.head, "head_config": head_cfg,
+    write_json(run / CONFIG, {
+        "format_version": FORMAT_VERSION, "train": result.config.to_dict(), "head": result.config.head,
+        "head_config": head_cfg,
         "input_spec": data.input_spec().to_dict(), "task_spec": result.task_spec.to_dict(),
         "features": data.meta.get("features", {}), "dataset_fingerprint": data.meta.get("dataset_fingerprint"),
         "monitor": result.monitor, "val_split": result.val_split, "best_epoch": result.best_epoch,
@@ -121,12 +100,12 @@ def save_run(run_dir, result, data: TrainData, plots: bool = True) -> Path:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(result.history)
-    _write_json(run / "history.json", result.history)
+    write_json(run / "history.json", result.history)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(run / WEIGHTS))
     metrics = {"seed": result.config.seed, "monitor": result.monitor, "best_epoch": result.best_epoch}
     metrics.update(result.metrics)
     metrics["warnings"] = {s: w for s, w in result.warnings.items() if w}
-    _write_json(run / METRICS, metrics)
+    write_json(run / METRICS, metrics)
     for split, probs in result.probs.items():
         idx = data.splits[split]
         write_predictions(run / f"predictions_{split}.csv", result.task_spec, [data.ids[i] for i in idx.tolist()], probs)
@@ -137,12 +116,27 @@ def save_run(run_dir, result, data: TrainData, plots: bool = True) -> Path:
     return run
 
 
+def read_config(run_dir) -> Any:
+    """A run folder's ``config.json``; one written by a newer run format (``format_version`` above
+    ``FORMAT_VERSION``; none means 1) is refused in one line."""
+    run = Path(run_dir)
+    config = _read_json(run / CONFIG)
+    version = config.get("format_version", 1) if isinstance(config, dict) else 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise FeatstoreError(f"{run / CONFIG} has format_version {version!r}, not a whole number >= 1; re-run "
+                             "`heads train` to rewrite it")
+    if version > FORMAT_VERSION:
+        raise FeatstoreError(f"run {run} was written in run format {version}, newer than this featstore-heads "
+                             f"reads ({FORMAT_VERSION}); upgrade featstore-heads (pip install -U featstore-heads)")
+    return config
+
+
 def load_run(run_dir) -> Tuple[torch.nn.Module, dict]:
     """Rebuild the head from ``config.json`` and load ``model.safetensors`` -> (model in eval mode, config)."""
     from .models import create_head
 
     run = Path(run_dir)
-    config = _read_json(run / CONFIG)
+    config = read_config(run)
     if not (run / WEIGHTS).is_file():
         raise FeatstoreError(f"{run / WEIGHTS} does not exist; the run did not finish - re-run `heads train`")
     try:
@@ -239,5 +233,5 @@ def write_summary(out_dir, per_seed: Dict[int, dict], runs: Dict[int, dict], hea
     summarise(...)} covering every labelled split."""
     summary = {"head": head, "seeds": sorted(per_seed), "runs": {str(s): r for s, r in sorted(runs.items())},
                "summary": summarise(per_seed)}
-    _write_json(Path(out_dir) / SUMMARY, summary)
+    write_json(Path(out_dir) / SUMMARY, summary)
     return summary

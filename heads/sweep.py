@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from featstore.devices import NO_GPU, check_device
 from featstore.errors import FeatstoreError
+from featstore.jsonio import canonical_json, write_json
 
 RUNS, DONE, ERROR, ROW, SPEC = "runs", "done.json", "error.json", "row.json", "sweep.json"
 NOT_GRID = ("head", "head_cfg", "seed", "device", "init_checkpoint", "trust_checkpoint")
@@ -167,7 +168,7 @@ def plan_settings(spec: SweepSpec) -> Dict[str, List[Tuple[Dict[str, Any], ...]]
         seen, mine = set(), []
         for combo in itertools.product(*(spec.grid[k] for k in keys)):
             setting = {k: v for k, v in zip(keys, combo) if routes[k] in ("train", "data", "head", f"head:{h}")}
-            sig = json.dumps(setting, sort_keys=True)
+            sig = canonical_json(setting, "grid setting")
             if sig in seen:
                 continue
             seen.add(sig)
@@ -217,8 +218,8 @@ def plan_rows(spec: SweepSpec, store) -> List[Row]:
 
 
 def _row_id(features, head, setting, train, opts, data) -> str:
-    key = json.dumps({"features": features, "head": head, "train": train, "head_cfg": opts, "data": data},
-                     sort_keys=True, default=str)
+    key = canonical_json({"features": features, "head": head, "train": train, "head_cfg": opts, "data": data},
+                         "sweep row", compact=False)  # the row ids of existing sweeps were hashed with ", " / ": "
     slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", f"{features_label(features)}_{head}_{setting_label(setting)}")[:80]
     return f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
@@ -244,7 +245,7 @@ def pending_jobs(rows: Sequence[Row], seeds: Sequence[int], root: Path) -> List[
 
 def loading_key(row: Row) -> Tuple:
     """What a row's ``TrainData`` depends on: its feature sets and the data options it changes."""
-    return row.features, json.dumps(row.data, sort_keys=True, default=str)
+    return row.features, canonical_json(row.data, "data options")
 
 
 def _error_line(err: BaseException) -> str:
@@ -273,7 +274,7 @@ def _with_threads(cfg, data, cache: dict):
         return cfg
     from .threads import resolve_threads
 
-    key = (cfg.head, json.dumps(cfg.head_cfg, sort_keys=True, default=str), cfg.batch_size)
+    key = (cfg.head, canonical_json(cfg.head_cfg, "head options"), cfg.batch_size)
     if key not in cache:
         cache[key] = resolve_threads(cfg, data)
     choice = cache[key]
@@ -282,7 +283,7 @@ def _with_threads(cfg, data, cache: dict):
 
 def run_job(job: Job, data, root: Path, device: str, threads_cache: Optional[dict] = None) -> dict:
     """Train one (row, seed) into its folder; return its ``done.json`` record, or ``{"error": line}``."""
-    from .runs import _write_json, save_run
+    from .runs import save_run
     from .train import TrainConfig, train
 
     folder = root / job.folder
@@ -303,7 +304,7 @@ def run_job(job: Job, data, root: Path, device: str, threads_cache: Optional[dic
         raise
     except Exception as err:  # a bad combination fails its row; the sweep goes on
         record = {"seed": job.seed, "error": _error_line(err)}
-        _write_json(folder / ERROR, record)
+        write_json(folder / ERROR, record)
         return record
     first = result.task_spec.tasks[0]
     roc = {}
@@ -315,7 +316,7 @@ def run_job(job: Job, data, root: Path, device: str, threads_cache: Optional[dic
               "monitor": result.monitor, "val_split": result.val_split,
               "threads": getattr(result.threads, "threads", None),
               "metrics": {s: m for s, m in result.metrics.items() if s != "train"}, "roc": roc}
-    _write_json(folder / DONE, record)
+    write_json(folder / DONE, record)
     return record
 
 
@@ -403,17 +404,16 @@ def run_sweep(spec: SweepSpec, out_dir, devices: Sequence[str] = ("cpu",), echo:
     from featstore.store import open_store
 
     from .leaderboard import build_leaderboard, leaderboard_lines, write_leaderboard
-    from .runs import _write_json
 
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         raise FeatstoreError(f"seeds {spec.seeds} are empty or repeat a value; pass distinct seeds, e.g. --seeds 0,1,2")
     rows = plan_rows(spec, open_store(spec.store))
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    _write_json(root / SPEC, spec.to_dict())
+    write_json(root / SPEC, spec.to_dict())
     for r in rows:
         (root / RUNS / r.id).mkdir(parents=True, exist_ok=True)
-        _write_json(root / RUNS / r.id / ROW, dataclasses.asdict(r))
+        write_json(root / RUNS / r.id / ROW, dataclasses.asdict(r))
     jobs = pending_jobs(rows, spec.seeds, root)
     total = len(rows) * len(spec.seeds)
     yield (f"sweep {root}: {len(rows)} rows x {len(spec.seeds)} seeds = {total} runs; {total - len(jobs)} finished "

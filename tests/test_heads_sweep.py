@@ -345,3 +345,21 @@ def test_a_damaged_run_record_is_one_line_naming_it(world, swept, tmp_path):
     done.unlink()  # what the message says: the run is redone and the leaderboard is whole again
     invoke(heads, sweep_args(world, copy))
     assert done.is_file() and len(read_csv(copy / "leaderboard.csv")) == len(read_csv(out / "leaderboard.csv"))
+
+
+def test_row_ids_keep_their_hash_and_numpy_values_hash_like_python():
+    import hashlib
+
+    from heads.sweep import _row_id
+
+    text = ('{"data": {"max_regions": 2}, "features": ["img@abc", null], "head": "concat", '
+            '"head_cfg": {"dropout": 0.3, "hidden": [256]}, "train": {"epochs": 4, "lr": 0.01}}')  # written by hand
+    rid = _row_id(("img@abc", None), "concat", {"lr": 0.01}, {"lr": 0.01, "epochs": 4}, {"dropout": 0.3, "hidden": [256]},
+                  {"max_regions": 2})
+    assert rid == f"img_concat_lr=0.01-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    assert _row_id(("img@abc", None), "concat", {"lr": 0.01}, {"lr": np.float64(0.01), "epochs": np.int64(4)},
+                   {"dropout": 0.3, "hidden": (256,)}, {"max_regions": np.int32(2)}) == rid
+    with pytest.raises(FeatstoreError) as e:
+        _row_id(("img@abc", None), "concat", {}, {"lr": object()}, {}, {})
+    assert str(e.value) == ("sweep row['train']['lr'] is a builtins.object, which JSON cannot hold; pass a str, number, "
+                            "bool, None, list or dict")
