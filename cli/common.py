@@ -1,8 +1,10 @@
 """Shared CLI plumbing: FeatstoreError becomes one line on stderr and exit status 2, never a traceback."""
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any, Dict, List, Tuple
+import typing
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import click
 
@@ -60,3 +62,57 @@ def echo_table(rows, headers) -> None:
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+_CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
+
+
+def _click_type(hint: Any, choices) -> Any:
+    """The click type of a field: its choices, ``int`` / ``float`` / ``str`` (also inside ``Optional``), else
+    text that the command parses (``Union[str, int]``, lists)."""
+    if choices:
+        return click.Choice(list(choices))
+    members = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is typing.Union else [hint]
+    return _CLICK_TYPES.get(members[0], click.STRING) if len(members) == 1 else click.STRING
+
+
+def options_from_dataclass(cls: type, skip: Iterable[str] = ()) -> List[click.Option]:
+    """A click option for every field of dataclass ``cls`` whose metadata has a ``help``
+    (``featstore.config_types.cli_field``), except ``skip``: named like the field, with the field's default,
+    type, choices and help, so the option's default is the dataclass's. A bool field is a ``--x/--no-x``
+    switch, or a plain flag when its metadata names one flag."""
+    hints = typing.get_type_hints(cls)
+    options = []
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata or f.name in skip:
+            continue
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        extra: Dict[str, Any] = {}
+        if hints[f.name] is bool:
+            if "flag" in f.metadata:
+                extra["is_flag"] = True
+            else:
+                flag = f"{flag}/--no-{flag[2:]}"
+        else:
+            extra["type"] = _click_type(hints[f.name], f.metadata.get("choices"))
+        if "metavar" in f.metadata:
+            extra["metavar"] = f.metadata["metavar"]
+        options.append(click.Option([flag, f.name], default=f.default, show_default=True, help=f.metadata["help"],
+                                    **extra))
+    return options
+
+
+class LazyOptionsCommand(click.Command):
+    """A command whose options generated from a dataclass (``options_from_dataclass``) are made on first use:
+    ``lazy_options`` is called then, so importing the CLI does not import the library that defines the
+    dataclass (``heads train``'s ``TrainConfig`` pulls in torch)."""
+
+    def __init__(self, *args: Any, lazy_options: Callable[[], List[click.Option]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._lazy_options = lazy_options
+
+    def get_params(self, ctx: click.Context) -> List[click.Parameter]:
+        if self._lazy_options is not None:
+            self.params.extend(self._lazy_options())
+            self._lazy_options = None
+        return super().get_params(ctx)

@@ -12,7 +12,8 @@ import click
 
 from featstore.errors import FeatstoreError
 
-from .common import FriendlyGroup, parse_seeds, parse_settings, store_option
+from .common import (FriendlyGroup, LazyOptionsCommand, options_from_dataclass, parse_seeds, parse_settings,
+                     store_option)
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,7 +122,14 @@ def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, tas
                             image_pool=image_pool, feeds=feeds)
 
 
-@main.command()
+def _train_options():
+    """``heads train``'s options made from ``TrainConfig``'s fields (their defaults, types, choices and help)."""
+    from heads.train import TrainConfig
+
+    return options_from_dataclass(TrainConfig)
+
+
+@main.command(cls=LazyOptionsCommand, lazy_options=_train_options)
 @data_options
 @click.option("--head", "head_name", default=None, help="Head name (see `heads list`; default: the preset's).")
 @click.option("--preset", default=None, metavar="NAME",
@@ -129,49 +137,20 @@ def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, tas
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Head option, repeatable.")
 @click.option("--out", "out_dir", required=True, help="Run folder to write.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run per seed.")
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--warmup", "warmup_ratio", type=float, default=0.1, show_default=True, help="Warmup fraction of steps.")
-@click.option("--schedule", type=click.Choice(["linear", "cosine", "constant"]), default="linear", show_default=True)
-@click.option("--grad-clip", type=float, default=1.0, show_default=True)
-@click.option("--patience", type=int, default=5, show_default=True, help="Early-stopping patience (0: off).")
-@click.option("--monitor", default="auto", show_default=True, help="Validation metric for early stopping.")
-@click.option("--loss", type=click.Choice(["ce", "focal"]), default="ce", show_default=True)
-@click.option("--focal-alpha", type=float, default=0.25, show_default=True)
-@click.option("--focal-gamma", type=float, default=2.0, show_default=True)
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
-@click.option("--class-weights", default="none", show_default=True, help="none, auto or comma-separated weights.")
-@click.option("--amp/--no-amp", default=False, show_default=True,
-              help="bf16 autocast on CUDA (ignored on CPU); off by default, like TrainConfig.amp.")
-@click.option("--pretrain-epochs", type=int, default=0, show_default=True, help="ReFNet refiner pretraining epochs.")
-@click.option("--label-fraction", type=float, default=None, help="Train on this fraction of the labels (0.05..1).")
-@click.option("--vilbert-checkpoint", default=None, help="Facebook/MMF ViLBERT checkpoint to initialise from.")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling (only files you trust).")
 @click.option("--save-fused", default=None, metavar="NAME",
               help="Also store the head's fused embeddings as feature set NAME (for `featstore neighbors`).")
 @click.option("--quiet", is_flag=True, help="No progress bars: one line per epoch and per seed instead.")
-@click.option("--threads", default="auto", show_default=True,
-              help="CPU intra-op threads: auto (times a few steps at 1 and at every core) or a count.")
-@click.option("--trim/--no-trim", default=True, show_default=True,
-              help="Cut each batch to its longest real token/region run (same outputs, less work).")
-@click.option("--bucket", type=int, default=0, show_default=True,
-              help="Sort train batches by length within windows of this many batches (0: off).")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (refused otherwise).")
 @click.option("--rgcl", "rgcl_on", is_flag=True,
               help="Add RGCL's retrieval-guided contrastive term (pseudo-gold positives, hard negatives; heads.rgcl).")
 @click.option("--rgcl-set", "rgcl_settings", multiple=True, metavar="KEY=VALUE",
               help="RGCL option, repeatable (implies --rgcl): k_pos, k_neg, margin, ce_weight, refresh, knn_k, ...")
-@click.option("--predict", type=click.Choice(["classifier", "knn"]), default="classifier", show_default=True,
-              help="Report the classifier's predictions, or a vote of the nearest train samples (knn).")
 @click.option("--feeds", default=None, metavar="SRC>DST,...",
               help="Fan-out cascade: feed label SRC's task probabilities into every task of label DST (B>C).")
 def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions, max_tokens,
-          text_array, text_pool, val_fraction, device, head_name, settings, out_dir, seeds, epochs, batch_size, lr,
-          weight_decay, warmup_ratio, schedule, grad_clip, patience, monitor, loss, focal_alpha, focal_gamma,
-          label_smoothing, class_weights, amp, pretrain_epochs, label_fraction, vilbert_checkpoint, trust_checkpoint,
-          save_fused, quiet, overwrite, threads, trim, bucket, preset, rgcl_on, rgcl_settings, predict, feeds):
+          text_array, text_pool, val_fraction, device, head_name, settings, out_dir, seeds, save_fused, quiet,
+          overwrite, preset, rgcl_on, rgcl_settings, feeds, threads, init_checkpoint, trust_checkpoint,
+          **train_options):
     """Train a head on cached features and write a run folder (config, history, checkpoint, predictions, metrics)."""
     from heads.experiment import train_heads
     from heads.threads import parse_threads
@@ -199,7 +178,7 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     for warning in data.meta.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
     cfg = TrainConfig(head=opts["head"], head_cfg=opts["head_cfg"], device=dev, **opts["train"])
-    for line in train_heads(cfg, data, out_dir, seed_list, progress=not quiet, vilbert_checkpoint=vilbert_checkpoint,
+    for line in train_heads(cfg, data, out_dir, seed_list, progress=not quiet, vilbert_checkpoint=init_checkpoint,
                             trust_checkpoint=trust_checkpoint, overwrite=overwrite, echo=click.echo if quiet else None):
         click.echo(line)
     if save_fused:
