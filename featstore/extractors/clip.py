@@ -159,9 +159,7 @@ class ClipImageExtractor(_ClipBase):
         c, d = self.config, self.hidden
         s = {"pooler": self.fspec(d), "pooled": self.fspec(self.dim)}
         if c.num_regions:
-            r = c.num_regions
-            s.update({"regions": self.fspec(r, d, per_item=True), "count": ArraySpec((), "int32"),
-                      "boxes": ArraySpec((r, 4), "float32", True), "image_size": ArraySpec((2,), "int32")})
+            s.update(self.region_schema(c.num_regions, d))
         if c.tokens:
             s["tokens"] = self.fspec(self.grid * self.grid, d)
         return s

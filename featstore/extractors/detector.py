@@ -115,10 +115,8 @@ class DetectorExtractor(Extractor):
 
     def schema(self):
         k, d = self.config.max_boxes, self.dim
-        s = {"regions": self.fspec(k, d, per_item=True), "count": ArraySpec((), "int32"),
-             "boxes": ArraySpec((k, 4), "float32", True), "class_ids": ArraySpec((k,), "int32", True),
-             "scores": ArraySpec((k,), "float32", True), "image_size": ArraySpec((2,), "int32"),
-             "pooled": self.fspec(d)}
+        s = {**self.region_schema(k, d), "class_ids": ArraySpec((k,), "int32", True),
+             "scores": ArraySpec((k,), "float32", True), "pooled": self.fspec(d)}
         if self.c5:
             s["box_features"] = self.fspec(k, self.box_dim, per_item=True)
         return s

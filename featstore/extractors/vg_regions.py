@@ -177,8 +177,7 @@ class VGRegionsExtractor(Extractor):
     def schema(self) -> Dict[str, ArraySpec]:
         c = self.config
         k, d = c.max_boxes, self.model.arch.feature_dim
-        out = {"regions": self.fspec(k, d, per_item=True), "count": ArraySpec((), "int32"),
-               "boxes": ArraySpec((k, 4), "float32", True), "image_size": ArraySpec((2,), "int32"),
+        out = {**self.region_schema(k, d),
                "class_ids": ArraySpec((k,), "int32", True), "class_scores": ArraySpec((k,), "float32", True),
                "attr_ids": ArraySpec((k,), "int32", True), "attr_scores": ArraySpec((k,), "float32", True),
                "pooled": self.fspec(d)}
