@@ -9,6 +9,10 @@ The writer (writer.py) and the reader (reader.py) both import this module and ne
         chunks/<i>.json      one marker per finished chunk: its per-array checksums and failed keys
         version.json         the commit record; a version is visible to readers only once this exists
         .lock                held while a writer creates the version (local stores)
+
+The marker and every version record carry ``format_version`` (``FORMAT_VERSION``): a record without one
+is from an older store (format 1); a reader refuses a higher one, which a newer featstore-heads wrote.
+The format version is not part of the recipe, so it never changes a version id.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import numpy as np
 
 from ..errors import CorruptDataError, FeatstoreError
 from ..jsonio import canonical_json
+from ..version import __version__
 from .location import Location
 
 MARKER = "featstore.json"
@@ -28,6 +33,8 @@ RECORD_FILE = "version.json"
 CHUNK_DIR = "chunks"
 LOCK_FILE = ".lock"
 DIGEST_FIELD = "record_sha256"
+FORMAT_FIELD = "format_version"
+FORMAT_VERSION = 1  # of the layout and its records: raise it when a reader of this one would misread them
 
 
 def array_checksum(arr: np.ndarray) -> str:
@@ -60,6 +67,8 @@ def read_record(loc: Location) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise CorruptDataError(f"version record {path} is damaged (not JSON: {e}); rerun the extraction that "
                                f"wrote it to recommit it, or remove the version") from None
+    if isinstance(record, dict):
+        check_format(record, loc)
     need = ("version", "schema", "n", "backend", "chunk_rows", "chunks")
     if not isinstance(record, dict) or any(k not in record for k in need):
         raise CorruptDataError(f"version record {path} is damaged (fields missing); rerun the extraction that "
@@ -70,8 +79,22 @@ def read_record(loc: Location) -> dict:
     return record
 
 
+def check_format(record: dict, loc: Location) -> None:
+    """A record this featstore-heads can read: format 1 (also when it has no format version) up to ours."""
+    have = record.get(FORMAT_FIELD, 1)
+    if isinstance(have, bool) or not isinstance(have, int) or have < 1:
+        raise CorruptDataError(f"version record {loc.url_of(RECORD_FILE)} is damaged ({FORMAT_FIELD} {have!r} is "
+                               f"not a positive integer); rerun the extraction that wrote it to recommit it, or "
+                               f"remove the version")
+    if have > FORMAT_VERSION:
+        raise FeatstoreError(f"feature set version {loc.url} is in store format {have}, newer than this "
+                             f"featstore-heads {__version__} reads (format {FORMAT_VERSION}); upgrade "
+                             f"featstore-heads (pip install -U featstore-heads) to read it")
+
+
 def intact_record(loc: Location) -> Optional[dict]:
-    """The version's record, or None when it has none or a damaged one (`featstore verify` names it)."""
+    """The version's record, or None when it has none or a damaged one (`featstore verify` names it); a
+    record in a newer format raises (never taken for a damaged one that a writer would recommit)."""
     if not loc.exists(RECORD_FILE):
         return None
     try:

@@ -12,7 +12,8 @@ import numpy as np
 from ..errors import CorruptDataError, FeatstoreError
 from ..version import __version__
 from .backends import close_lmdb_envs
-from .layout import CHUNK_DIR, MARKER, RECORD_FILE, SETS, SPEC_FILE, array_checksum, intact_record, read_record
+from .layout import CHUNK_DIR, FORMAT_FIELD, FORMAT_VERSION, MARKER, RECORD_FILE, SETS, SPEC_FILE, array_checksum, \
+    intact_record, read_record
 from .location import Location
 from .reader import FeatureSetVersion
 from .spec import ArraySpec, Recipe
@@ -71,7 +72,7 @@ def open_store(url: str, *, create: bool = False, storage_options: Optional[dict
                                  f"or new directory")
         with os_errors("the store marker", url):
             loc.makedirs()
-            loc.write_json({"format": "featstore", "format_version": 1, "created": time.time(),
+            loc.write_json({"format": "featstore", FORMAT_FIELD: FORMAT_VERSION, "created": time.time(),
                             "tool_version": __version__}, MARKER)
     return Store(loc)
 

@@ -16,8 +16,8 @@ import numpy as np
 from ..errors import FeatstoreError
 from ..version import __version__
 from .backends import COUNT, RESERVED, VALID, full_schema, make_backend
-from .layout import CHUNK_DIR, DIGEST_FIELD, LOCK_FILE, RECORD_FILE, SPEC_FILE, array_checksum, intact_record, \
-    keys_digest, record_digest
+from .layout import CHUNK_DIR, DIGEST_FIELD, FORMAT_FIELD, FORMAT_VERSION, LOCK_FILE, RECORD_FILE, SPEC_FILE, \
+    array_checksum, intact_record, keys_digest, record_digest
 from .location import Location
 from .spec import ArraySpec, Recipe
 
@@ -275,7 +275,7 @@ class VersionWriter:
         record.update({
             "chunks": chunks, "failures": failures, "n_valid": len(self.keys) - len(failures),
             "n_failed": len(failures), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "created_unix": time.time(), "tool_version": __version__,
+            "created_unix": time.time(), "tool_version": __version__, FORMAT_FIELD: FORMAT_VERSION,
         })
         record[DIGEST_FIELD] = record_digest(record)
         with os_errors(f"the record of {self.name}@{self.version}", self.loc.url):
