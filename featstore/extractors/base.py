@@ -214,6 +214,15 @@ class Extractor:
         takes a ``pixels.ResizedImage`` (then normalised batched on the device); None: PIL images only."""
         return None
 
+    def resized_item(self, item) -> Optional[Dict[str, torch.Tensor]]:
+        """``preprocess``'s item for a ``pixels.ResizedImage``: ``image`` its uint8 [h, w, 3] pixels (checked
+        against ``resize_recipe()``), ``size`` int64 (width, height) decoded; None for any other input."""
+        from .pixels import ResizedImage
+
+        if not isinstance(item, ResizedImage):
+            return None
+        return {"image": item.tensor_for(self.resize_recipe()), "size": torch.tensor(item.size, dtype=torch.int64)}
+
     def image_input(self, x: torch.Tensor, mean, std, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The forward pass's image input on the device: a float batch as given, or uint8 pixels
         ``[N, H, W, 3]`` normalised there (``pixels.normalize_pixels``; ``valid`` as there)."""
@@ -248,12 +257,6 @@ class Extractor:
 
     def fspec(self, *shape: int, per_item: bool = False) -> ArraySpec:
         return ArraySpec(tuple(shape), self.config.dtype, per_item)
-
-    def region_schema(self, r: int, d: int) -> Dict[str, ArraySpec]:
-        """A region set's arrays: ``regions`` [R, D] per item with their ``count``, ``boxes`` [R, 4] (x1 y1 x2
-        y2 in image pixels, per item) and ``image_size`` (width, height)."""
-        return {"regions": self.fspec(r, d, per_item=True), "count": ArraySpec((), "int32"),
-                "boxes": ArraySpec((r, 4), "float32", True), "image_size": ArraySpec((2,), "int32")}
 
     def region_schema(self, r: int, d: int) -> Dict[str, ArraySpec]:
         """A region set's arrays: ``regions`` [R, D] per item with their ``count``, ``boxes`` [R, 4] (x1 y1 x2

@@ -31,11 +31,11 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
 
 from ..errors import FeatstoreError
 from .base import BaseConfig, Extractor, register_extractor, require_pil, seeded
 from .cnn import IMAGENET_MEAN, IMAGENET_STD
+from .pixels import ResizeRecipe
 from .patch_regions import attention_indices, check_fits_grid, check_region_options, reduce_patches, region_boxes
 from .weights import DEMO, resolve_weights
 
@@ -120,7 +120,15 @@ class _Dinov2Base(Extractor):
         return {"resize": [s, s], "crop": None, "interpolation": "bicubic-antialias", "mean": list(IMAGENET_MEAN),
                 "std": list(IMAGENET_STD), "patch_size": self.patch, "grid": self.grid}
 
-    def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
+    def resize_recipe(self) -> ResizeRecipe:
+        return ResizeRecipe("square", self.config.image_size, "bicubic")
+
+    def preprocess(self, item) -> Dict[str, torch.Tensor]:
+        """A PIL image -> ``image`` normalised float32 [3, s, s]; a ``ResizedImage`` (``resize_recipe()``)
+        -> ``image`` its uint8 [s, s, 3] pixels, normalised in ``forward`` (same numbers)."""
+        resized = self.resized_item(item)
+        if resized is not None:
+            return resized
         require_pil(item)
         s = self.config.image_size
         x = TF.resize(item.convert("RGB"), [s, s], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
@@ -132,7 +140,8 @@ class _Dinov2Base(Extractor):
         c = self.config
         attention = c.reduce == "attention"
         with self.autocast():
-            out = self.model(pixel_values=self.to_device(batch["image"]), output_hidden_states=self.multilayer,
+            pixels = self.image_input(batch["image"], IMAGENET_MEAN, IMAGENET_STD)
+            out = self.model(pixel_values=pixels, output_hidden_states=self.multilayer,
                              output_attentions=attention)
             if self.multilayer:
                 layers = [out.hidden_states[int(k)] for k in c.layers]

@@ -27,6 +27,7 @@ from ..errors import FeatstoreError
 from .base import BaseConfig, register_extractor, require_pil
 from .cnn import CNNExtractor
 from .geometry import adaptive_bin_boxes
+from .pixels import ResizeRecipe
 from .weights import DEMO, DEMO_IMAGE_BACKBONE
 
 
@@ -71,7 +72,15 @@ class GridExtractor(CNNExtractor):
         return {"resize": [s, s], "crop": None, "interpolation": "bilinear-antialias",
                 "mean": list(self.backbone.mean), "std": list(self.backbone.std), "boxes": "adaptive_bin_boxes"}
 
-    def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
+    def resize_recipe(self) -> ResizeRecipe:
+        return ResizeRecipe("square", self.config.image_size, "bilinear")
+
+    def preprocess(self, item) -> Dict[str, torch.Tensor]:
+        """A PIL image -> ``image`` normalised float32 [3, s, s]; a ``ResizedImage`` (``resize_recipe()``)
+        -> ``image`` its uint8 [s, s, 3] pixels, normalised in ``forward`` (same numbers)."""
+        resized = self.resized_item(item)
+        if resized is not None:
+            return resized
         s = self.config.image_size
         x = pil_to_normalized(item, (s, s), self.backbone.mean, self.backbone.std)
         return {"image": x, "size": torch.tensor(item.size, dtype=torch.int64)}
@@ -80,7 +89,7 @@ class GridExtractor(CNNExtractor):
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
         g = self.config.grid_size
         with self.autocast():
-            fmap = self.backbone(self.to_device(batch["image"]))
+            fmap = self.backbone(self.image_input(batch["image"], self.backbone.mean, self.backbone.std))
         pooled_map = F.adaptive_avg_pool2d(fmap.float(), (g, g))  # [N, D, g, g]
         regions = pooled_map.flatten(2).transpose(1, 2)  # [N, g*g, D], row-major cells
         sizes = batch["size"]

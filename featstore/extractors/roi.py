@@ -33,7 +33,6 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.ops import roi_align
 
 from ..errors import FeatstoreError
@@ -41,6 +40,7 @@ from .base import BaseConfig, register_extractor, require_pil
 from .cnn import CNNExtractor
 from .geometry import balanced_counts, balanced_tiles, resize_keep_aspect
 from .grid import pil_to_normalized
+from .pixels import ResizeRecipe
 from .weights import DEMO, DEMO_IMAGE_BACKBONE
 
 
@@ -89,7 +89,15 @@ class RoiExtractor(CNNExtractor):
         """The ``num_regions`` balanced multi-scale tiles of a ``width x height`` image, float32 [R, 4]."""
         return balanced_tiles(float(width), float(height), self.config.scales, self.config.num_regions)
 
-    def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
+    def resize_recipe(self) -> ResizeRecipe:
+        return ResizeRecipe("keep_aspect", self.config.shorter_side, "bilinear", self.config.max_side)
+
+    def preprocess(self, item) -> Dict[str, torch.Tensor]:
+        """A PIL image -> ``image`` normalised float32 [3, rh, rw]; a ``ResizedImage`` (``resize_recipe()``)
+        -> ``image`` its uint8 [rh, rw, 3] pixels, normalised in ``forward`` (same numbers)."""
+        resized = self.resized_item(item)
+        if resized is not None:
+            return resized
         w, h = require_pil(item).size
         rw, rh = resize_keep_aspect(w, h, self.config.shorter_side, self.config.max_side)
         x = pil_to_normalized(item, (rw, rh), self.backbone.mean, self.backbone.std)
@@ -103,19 +111,30 @@ class RoiExtractor(CNNExtractor):
     def collate(self, items: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         """Zero-pad each image to its orientation's canvas: ``landscape [Nl, 3, S, M]`` and
         ``portrait [Np, 3, M, S]`` (S = shorter_side, M = max_side), ``portrait_mask`` bool [N] (row order),
-        ``resized`` int64 [N, 2] (w, h before padding), ``size`` int64 [N, 2] (original w, h)."""
+        ``resized`` int64 [N, 2] (w, h before padding), ``size`` int64 [N, 2] (original w, h). uint8 pixels
+        ([h, w, 3], from a ``ResizedImage``) give uint8 canvases ``[n, S, M, 3]`` / ``[n, M, S, 3]`` instead,
+        normalised (and their padding zeroed) in ``forward``."""
         if not items:
             raise FeatstoreError("collate got an empty batch; the DataLoader must yield at least one item")
-        portrait = torch.tensor([it["image"].shape[1] > it["image"].shape[2] for it in items], dtype=torch.bool)
+        pixels = items[0]["image"].dtype == torch.uint8
+        if any((it["image"].dtype == torch.uint8) != pixels for it in items):
+            raise FeatstoreError("collate got PIL-preprocessed and resized-pixel items in one batch; use one kind")
+        hw = [tuple(it["image"].shape[:2] if pixels else it["image"].shape[1:]) for it in items]
+        portrait = torch.tensor([h > w for h, w in hw], dtype=torch.bool)
         out = {}
         for name, is_p in (("landscape", False), ("portrait", True)):
             group = [it["image"] for it, p in zip(items, portrait.tolist()) if p == is_p]
             ch, cw = self.canvas(is_p)
-            img = torch.zeros(len(group), 3, ch, cw)
-            for i, x in enumerate(group):
-                img[i, :, : x.shape[1], : x.shape[2]] = x
+            if pixels:
+                img = torch.zeros(len(group), ch, cw, 3, dtype=torch.uint8)
+                for i, x in enumerate(group):
+                    img[i, : x.shape[0], : x.shape[1]] = x
+            else:
+                img = torch.zeros(len(group), 3, ch, cw)
+                for i, x in enumerate(group):
+                    img[i, :, : x.shape[1], : x.shape[2]] = x
             out[name] = img
-        resized = torch.tensor([[it["image"].shape[2], it["image"].shape[1]] for it in items], dtype=torch.int64)
+        resized = torch.tensor([[w, h] for h, w in hw], dtype=torch.int64)
         return dict(out, portrait_mask=portrait, resized=resized, size=torch.stack([it["size"] for it in items]))
 
     @torch.inference_mode()
@@ -134,7 +153,8 @@ class RoiExtractor(CNNExtractor):
             if not rows:
                 continue
             with self.autocast():
-                fmap = self.backbone.stem16(self.to_device(batch[name]))
+                valid = batch["resized"][torch.tensor(rows)]  # zero padding of uint8 canvases
+                fmap = self.backbone.stem16(self.image_input(batch[name], self.backbone.mean, self.backbone.std, valid))
                 rois = roi_align(fmap.float(), [boxes_resized[i].to(self.device) for i in rows],
                                  output_size=c.roi_output, spatial_scale=1 / 16, sampling_ratio=c.sampling_ratio,
                                  aligned=True)
