@@ -1,4 +1,5 @@
-"""The versioned feature store: see store.py (the entry point), writer.py, reader.py and backends.py."""
+"""The versioned feature store: see store.py (the entry point), writer.py, reader.py, backends.py, layout.py
+(file names, checksums, the version record) and location.py (local or fsspec files)."""
 from .backends import COUNT, VALID
 from .join import JoinReport, preflight
 from .location import Location
