@@ -18,7 +18,7 @@ import torch
 from cli.featstore_cli import main as featstore
 from cli_helpers import (BERT_CFG, GRID_CFG, build_world, extract_args, invoke, invoke_result, one_line_error,
                          small_region_store, table_rows, tree)
-from featstore.extractors import EXTRACTORS, create_extractor, list_extractors, load_image
+from featstore.extractors import create_extractor, load_image
 from featstore.store import open_store
 
 
@@ -110,20 +110,38 @@ def test_info_text_and_json_equal_the_version_record(world):
     assert "regions      [N, 4, 512] float32  (per item" in text
 
 
-def test_extractors_lists_every_registered_name_with_its_options():
+# every extractor and its config dataclass, written here (not read from the registry or the listing code)
+EXTRACTOR_CONFIGS = {
+    "bert": ("text", "BertConfig"), "clip-image": ("clip", "ClipImageConfig"), "clip-text": ("clip", "ClipTextConfig"),
+    "detector": ("detector", "DetectorConfig"), "dinov2": ("dinov2", "Dinov2Config"),
+    "dinov2-multilayer": ("dinov2", "Dinov2MultiConfig"), "distilbert": ("text", "DistilBertConfig"),
+    "grid": ("grid", "GridConfig"), "roi": ("roi", "RoiConfig"), "vg-regions": ("vg_regions", "VGRegionsConfig"),
+    "vilbert-text": ("vilbert_text", "VilbertTextConfig"),
+}
+
+
+def test_extractors_lists_every_extractor_with_its_config_defaults():
+    import dataclasses
+    import importlib
+
     out = invoke(featstore, ["extractors"])
-    listed = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
-    assert listed == EXTRACTORS.names()
-    # written independently of the registry: the eleven extractors, and the grid extractor's documented defaults
-    assert set(listed) == {"bert", "clip-image", "clip-text", "detector", "dinov2", "dinov2-multilayer", "distilbert",
-                           "grid", "roi", "vg-regions", "vilbert-text"}
-    grid = out.split("grid:", 1)[1].split("roi:", 1)[0]
-    for line in ("backbone = 'resnet152'", "image_size = 224", "grid_size = 6", "dtype = 'float16'"):
-        assert f"    {line}" in grid, line
-    for name, _, opts in list_extractors():
-        block = out.split(f"{name}:", 1)[1]
-        for opt, default in opts:
-            assert f"    {opt} = {default!r}" in block
+    blocks, name = {}, None
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            name, _, blurb = line.partition(": ")
+            blocks[name] = [blurb]
+        else:
+            blocks[name].append(line)
+    assert list(blocks) == sorted(EXTRACTOR_CONFIGS)  # the eleven extractors, by name
+    assert blocks["grid"][0] == "CNN last stage pooled to a GxG grid (ResNet-152 default, 36x2048)"
+    for line in ("backbone = 'resnet152'", "image_size = 224", "grid_size = 6", "dtype = 'float16'"):  # documented
+        assert f"    {line}" in blocks["grid"], line
+    assert "    weights = 'facebook/dinov2-large'" in blocks["dinov2"] and "    max_boxes = 36" in blocks["detector"]
+    for name, (module, cls_name) in EXTRACTOR_CONFIGS.items():
+        cls = getattr(importlib.import_module(f"featstore.extractors.{module}"), cls_name)
+        defaults = cls()
+        want = [f"    {f.name} = {getattr(defaults, f.name)!r}" for f in dataclasses.fields(cls)]
+        assert blocks[name][1:] == want, name  # every option of the extractor's config, in field order
 
 
 def test_verify_ok_then_names_the_corrupted_chunk(tmp_path, world):
