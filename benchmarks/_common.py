@@ -72,7 +72,16 @@ def header_lines(title: str, device: torch.device) -> List[str]:
         f"torch  : {torch.__version__}" + (f" (CUDA {torch.version.cuda})" if device.type == "cuda" else ""),
         f"date   : {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"command: {command_line()}",
+        f"load   : {load_average()}",
     ]
+
+
+def load_average() -> str:
+    """The 1 / 5 / 15-minute load averages (other work on the machine depresses every figure)."""
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def synchronize(device: torch.device) -> None:

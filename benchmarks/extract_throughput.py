@@ -6,12 +6,19 @@ naive loop.
         [--extractors grid,roi,dinov2-multilayer] [--batch-size B] [--workers W] [--baseline-n M]
         [--no-image-cache] [--repeats R]
 
-Forward-only ceiling (same run, the SAME extractor object): the first ``CEILING_BATCHES`` batches decoded,
-preprocessed and collated into memory beforehand (pinned on CUDA), then only ``extractor.forward`` timed
-over them: no decode, no DataLoader, no writer (the copy to the device and the copy back are inside
-``forward``, as in the pipeline; on CUDA the same batches already on the GPU give the ceiling without the
-host-to-device copy; on a CPU the best of one intra-op thread and every core). Column ``pipeline ... (of ceiling)``: the pipeline's rate over the ceiling's, cold
-(decoding PNGs) and over a warm decoded-image cache; goal: warm >= 85% for grid, roi, dinov2-multilayer.
+Forward-only ceiling (same run, the SAME extractor object): the first ``CEILING_BATCHES`` batches loaded as
+the pipeline loads them (decoded and, for grid / roi / dinov2, resized to uint8 pixels that ``forward``
+normalises batched on the device), collated into memory beforehand (pinned on CUDA), then only
+``extractor.forward`` timed over them: no decode, no resize, no DataLoader, no writer (the copy to the device
+and the copy back are inside ``forward``, as in the pipeline; on CUDA the same batches already on the GPU
+give the ceiling without the host-to-device copy). It is measured after every pipeline run (interleaved
+with them, so under the same load), at the pipeline's batch size and at the intra-op threads that run's
+forward used (the default, and the count ``ForwardThreads`` lowered it to, if it did), after two warm-up
+batches; best of all. It is never taken below the pipeline's own forward calls (images / seconds inside
+``forward`` in its best run): a standalone figure under that means the load moved while it ran (it did for
+roi in session 3), and the summary says when the bound was used. Column ``pipeline ... (of ceiling)``: the
+pipeline's rate over the ceiling's, cold (decoding PNGs) and over a warm image cache (its resized entries
+for the extractor filled beforehand); goal: warm >= 85% for grid, roi, dinov2-multilayer.
 Below the table, for each extractor, where the rest goes (``ExtractSummary.timing``): the loop waiting for
 inputs, waiting for the writer, its forward calls slower than the ceiling's (cores shared with the decoding
 workers), and setup + commit outside the loop; on CUDA the host-to-device copies.
@@ -64,8 +71,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _common import (Parser, Stopwatch, fmt, format_table, goal_status, header_lines, name_list, positive_int,
-                     resolve_device, run_main, synchronize)
+from _common import (Parser, Stopwatch, fmt, format_table, goal_status, header_lines, load_average, name_list,
+                     positive_int, resolve_device, run_main, synchronize)
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -214,36 +221,37 @@ def _map(batch, fn):
 
 
 def decoded_batches(ext, paths: Sequence[str], batch_size: int, device: torch.device) -> List[object]:
-    """``paths`` decoded (``load_image``, the pipeline's decoder and pixel limit), preprocessed and collated
-    into batches in memory, pinned on CUDA as the pipeline's loader pins them."""
-    from featstore.extractors.images import load_image
+    """``paths`` loaded as the pipeline loads them (``load_input``: decoded with its pixel limit and, for an
+    extractor with a ``resize_recipe()``, resized to uint8 pixels that ``forward`` normalises batched),
+    preprocessed and collated into batches in memory, pinned on CUDA as the pipeline's loader pins them."""
+    from featstore.runner.image_cache import load_input
 
-    max_pixels = ExtractOptions().max_pixels
-    items = [ext.preprocess(load_image(p, max_pixels=max_pixels)) for p in paths]
+    max_pixels, recipe = ExtractOptions().max_pixels, ext.resize_recipe()
+    items = [ext.preprocess(load_input(p, recipe, max_pixels)) for p in paths]
     batches = [ext.collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
     return [_map(b, lambda t: t.pin_memory()) for b in batches] if device.type == "cuda" else batches
 
 
-def forward_ceiling(ext, batches: Sequence[object], device: torch.device) -> Dict[str, float]:
-    """Images/s of ``ext.forward`` alone over in-memory batches: ``host`` (batches in host memory, so the
-    host-to-device copy and the copy back are included, as in the pipeline) and on CUDA ``device``
-    (batches already on the GPU: no host-to-device copy). One warm-up batch first. On a CPU the best of
-    one intra-op thread and every core (the most this hardware gives; the caller's count is restored)."""
-    from featstore.runner.threads import available_cores
-
+def forward_ceiling(ext, batches: Sequence[object], device: torch.device, threads: Sequence[int]) -> Dict[str, float]:
+    """Images/s of ``ext.forward`` alone over in-memory batches (the pipeline's batch size and inputs):
+    ``host`` (batches in host memory, so the host-to-device copy and the copy back are included, as in the
+    pipeline) and on CUDA ``device`` (batches already on the GPU: no host-to-device copy). Two warm-up
+    batches first at each intra-op thread count in ``threads`` (the counts the pipeline's forward ran
+    with); the best count is kept and the caller's count restored."""
     n = sum(len(next(iter(b.values()))) if isinstance(b, dict) else len(b) for b in batches)
     out: Dict[str, float] = {}
     kinds = [("host", batches)]
     if device.type == "cuda":
         kinds.append(("device", [_map(b, lambda t: t.to(device)) for b in batches]))
     before = torch.get_num_threads()
-    counts = sorted({1, available_cores()}) if device.type == "cpu" else [before]
+    counts = sorted(set(threads)) if device.type == "cpu" else [before]
     try:
         with torch.inference_mode():
             for kind, bs in kinds:
-                for threads in counts:
-                    torch.set_num_threads(threads)
-                    ext.forward(bs[0])
+                for count in counts:
+                    torch.set_num_threads(count)
+                    for b in bs[:2]:
+                        ext.forward(b)
                     with Stopwatch(device) as sw:
                         for b in bs:
                             ext.forward(b)
@@ -312,6 +320,8 @@ class Result:
     clip_ips: float = float("nan")  # clip_retrieval_loop over all images, best round
     split_cold: Dict[str, float] = dataclasses.field(default_factory=dict)  # time_split of the best cold run
     split_warm: Dict[str, float] = dataclasses.field(default_factory=dict)  # time_split of the best warm run
+    ceiling_alone: float = float("nan")  # forward_ceiling's own best ("host"), before the pipeline's bound
+    loop_forward: float = float("nan")  # images / seconds inside forward, the pipeline's best run
 
 
 def same_arrays(store_dir: Path, a: str, b: str) -> bool:
@@ -323,56 +333,77 @@ def same_arrays(store_dir: Path, a: str, b: str) -> bool:
 
 def bench_one(setup: Setup, dataset, work: Path, device: torch.device, n_warm: int, batch_size: int,
               workers: int, naive_n: int, image_cache: Optional[Path] = None, repeats: int = 1) -> Result:
-    """Time, ``repeats`` rounds interleaved, each path's best round reported: the forward-only ceiling, the
-    pipeline cold (decoding PNGs) and, with ``image_cache``, over that warm cache, clip-retrieval's loop and
-    the naive loop."""
+    """Time, ``repeats`` rounds interleaved, each path's best round reported: the pipeline cold (decoding
+    PNGs), the forward-only ceiling right after it (at the intra-op threads that run used), with
+    ``image_cache`` the pipeline over that cache made warm for this extractor (its resized entries filled
+    beforehand, untimed), clip-retrieval's loop and the naive loop."""
     ext = create_extractor(setup.name, **setup.config)
     opts = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device.type, progress=False)
     store_dir = work / f"store-{setup.name}"
     store = open_store(store_dir, create=True)
     # warm-up: same extractor object, the first images, its own feature set (cudnn/cuBLAS init, allocator)
-    warm = _subset(dataset, n_warm)
-    run_extraction(store, warm, setup.name, name=f"{setup.name}-warmup", extractor=ext, options=opts)
+    run_extraction(store, _subset(dataset, n_warm), setup.name, name=f"{setup.name}-warmup", extractor=ext,
+                   options=opts)
+    if image_cache is not None and ext.resize_recipe() is not None:  # warm for this extractor: resized entries
+        prefill_image_cache(dataset, str(image_cache), num_workers=workers, progress=False,
+                            recipes=[ext.resize_recipe()])
     items = [(s.image_key, s.image_path) for s in dataset.samples][:naive_n]
     paths = [s.image_path for s in dataset.samples]
     batches = decoded_batches(ext, paths[:min(len(paths), CEILING_BATCHES * batch_size)], batch_size, device)
-    n_ceiling = sum(len(next(iter(b.values()))) if isinstance(b, dict) else len(b) for b in batches)
     naive_dir = work / f"naive-{setup.name}"
     naive_loop(ext, items[: min(3, len(items))], work / f"naive-warmup-{setup.name}")  # warm-up, batch of one
-    best = {"pipeline": (0.0, None, None), "cached": (0.0, None, None), "naive": 0.0, "clip": 0.0}
+    best = {"pipeline": (0.0, None), "cached": (0.0, None), "naive": 0.0, "clip": 0.0, "loop_forward": 0.0}
     ceiling: Dict[str, float] = {}
-    identical, n = True, 0
+    identical = True
+    default_threads = torch.get_num_threads()
     for i in range(repeats):
-        for kind, ips in forward_ceiling(ext, batches, device).items():
-            ceiling[kind] = max(ceiling.get(kind, 0.0), ips)
         suffix = "" if i == 0 else f"-r{i}"  # a new feature set each round: the same name would be a no-op
-        summary = _pipeline(store, dataset, setup, ext, opts, setup.name + suffix, device)
-        n = summary.n_written
-        best["pipeline"] = max(best["pipeline"], (n / summary.seconds, summary.forward_threads, summary),
-                               key=lambda t: t[0])
+        runs = [("pipeline", opts, setup.name + suffix)]
         if image_cache is not None:
-            cached_opts = dataclasses.replace(opts, image_cache=str(image_cache))
-            cached = _pipeline(store, dataset, setup, ext, cached_opts, f"{setup.name}-cached{suffix}", device)
-            best["cached"] = max(best["cached"], (cached.n_written / cached.seconds, cached.forward_threads, cached),
-                                 key=lambda t: t[0])
+            runs.append(("cached", dataclasses.replace(opts, image_cache=str(image_cache)),
+                         f"{setup.name}-cached{suffix}"))
+        for kind, run_opts, set_name in runs:
+            summary = _pipeline(store, dataset, setup, ext, run_opts, set_name, device)
+            best[kind] = max(best[kind], (summary.n_written / summary.seconds, summary), key=lambda t: t[0])
+            best["loop_forward"] = max(best["loop_forward"], summary.n_written / max(summary.timing["forward"], 1e-9))
+            threads = {default_threads, summary.forward_threads or default_threads}
+            for k, ips in forward_ceiling(ext, batches, device, sorted(threads)).items():
+                ceiling[k] = max(ceiling.get(k, 0.0), ips)
+        if image_cache is not None:
             identical = identical and same_arrays(store_dir, setup.name, f"{setup.name}-cached{suffix}")
-        with Stopwatch(device) as sw_clip:
-            clip_retrieval_loop(ext, paths, work / f"clip-{setup.name}", batch_size, workers, device)
-        best["clip"] = max(best["clip"], len(paths) / sw_clip.seconds)
-        with Stopwatch(device) as sw_naive:
-            naive_loop(ext, items, naive_dir)
-        best["naive"] = max(best["naive"], len(items) / sw_naive.seconds)
+        best["clip"] = max(best["clip"], len(paths) / _timed(device, lambda: clip_retrieval_loop(
+            ext, paths, work / f"clip-{setup.name}", batch_size, workers, device)))
+        best["naive"] = max(best["naive"], len(items) / _timed(device, lambda: naive_loop(ext, items, naive_dir)))
     diff = compare_with_store(store_dir, setup.name, naive_dir, [k for k, _ in items])
     del ext, batches
     synchronize(device)
-    default = torch.get_num_threads()
-    threads = f"{best['pipeline'][1] or default}" + (f" / {best['cached'][1] or default}" if image_cache else "")
+    return _result(setup, best, ceiling, identical, diff, batch_size, workers, len(items), default_threads,
+                   image_cache is not None)
+
+
+def _timed(device: torch.device, fn) -> float:
+    with Stopwatch(device) as sw:
+        fn()
+    return sw.seconds
+
+
+def _result(setup: Setup, best: dict, ceiling: Dict[str, float], identical: bool, diff: float, batch_size: int,
+            workers: int, naive_n: int, default_threads: int, cached: bool) -> Result:
+    """The Result of one extractor's rounds. The ceiling is never below the pipeline's own forward calls
+    (images / seconds in forward, the best run): if the standalone measurement came out lower, the load
+    moved while it ran, and the pipeline's figure is the better estimate of what forward alone does."""
+    measured = dict(ceiling)
+    if best["loop_forward"] > ceiling["host"]:
+        ceiling = dict(ceiling, host=best["loop_forward"])
+    pipe, warm = best["pipeline"][1], best["cached"][1]
+    threads = f"{pipe.forward_threads or default_threads}" + (
+        f" / {warm.forward_threads or default_threads}" if cached else "")
     per_image_s = 1.0 / ceiling["host"]
-    splits = {k: time_split(best[k][2], best[k][2].n_written * per_image_s) if best[k][2] else {}
-              for k in ("pipeline", "cached")}
-    return Result(setup, n, batch_size, workers, best["pipeline"][0], len(items), best["naive"], diff,
-                  best["cached"][0] if image_cache is not None else None, identical, threads, ceiling,
-                  best["clip"], splits["pipeline"], splits["cached"])
+    splits = {k: time_split(s, s.n_written * per_image_s) if s else {} for k, s in (("pipeline", pipe),
+                                                                                    ("cached", warm))}
+    return Result(setup, pipe.n_written, batch_size, workers, best["pipeline"][0], naive_n, best["naive"], diff,
+                  best["cached"][0] if cached else None, identical, threads, ceiling, best["clip"],
+                  splits["pipeline"], splits["cached"], measured["host"], best["loop_forward"])
 
 
 def _pipeline(store, dataset, setup: Setup, ext, opts, name: str, device: torch.device):
@@ -450,7 +481,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with Stopwatch(torch.device("cpu")) as sw_fill:
                 held = prefill_image_cache(dataset, str(cache_dir), num_workers=workers, progress=False).images
             print(f"image cache: {held} decoded images filled in {sw_fill.seconds:.1f} s (`featstore cache-images`, "
-                  f"{workers} workers; not timed below); each extractor also runs the pipeline over this warm cache")
+                  f"{workers} workers; not timed below); each extractor adds its resized entries (untimed) and also runs "
+                  f"the pipeline over this warm cache")
         print()
         results = []
         for s in setups(names, args.quick, work):
@@ -464,6 +496,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    print(f"load average at the end: {load_average()}")
     tol = 5e-2 if cuda else 1e-3  # bf16 kernels differ between batch sizes; fp32 on CPU only by summation order
     print()
     print(format_table(*result_table(results, cuda, tol)))
@@ -519,6 +552,10 @@ def rest_lines(r: Result, cuda: bool) -> List[str]:
             lines.append(f"  {label}: waiting for inputs {split['inputs']:.0%}, waiting for the writer "
                          f"{split['writer']:.0%}, forward slower than alone {split['forward']:.0%} (cores shared "
                          f"with the decoding workers), setup + commit {split['setup']:.0%}")
+    bound = (f"the pipeline's own forward calls ({fmt(r.loop_forward)} img/s; measured alone "
+             f"{fmt(r.ceiling_alone)}: the load moved)" if r.loop_forward > r.ceiling_alone else
+             f"measured alone ({fmt(r.ceiling_alone)} img/s; the pipeline's forward calls ran at {fmt(r.loop_forward)})")
+    lines.append(f"  ceiling {fmt(r.ceiling['host'])} img/s from {bound}")
     if "device" in r.ceiling:
         h2d = 1.0 - r.ceiling["host"] / r.ceiling["device"]
         lines.append(f"  host-to-device copies: {h2d:.0%} of the ceiling's own time (forward on device-resident "
