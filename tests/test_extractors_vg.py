@@ -75,10 +75,11 @@ def d2_anchors():
 GAINS = {"anchor_deltas": 1e-3, "objectness_logits": 1e-2, "cls_score": 1e-2, "fc_attr": 1e-2}
 
 
-def random_weights(seed=0, **over):
+def random_weights(seed=0, shapes=None, gains=GAINS, **over):
+    """Random float32 arrays for ``shapes`` (name -> shape; default this file's ``layout(**over)``)."""
     rng = np.random.default_rng(seed)
     out = {}
-    for k, shape in layout(**over).items():
+    for k, shape in (shapes or layout(**over)).items():
         if k.endswith("norm.weight"):
             v = rng.uniform(0.5, 1.5, shape)
         elif k.endswith("running_var"):
@@ -89,7 +90,7 @@ def random_weights(seed=0, **over):
             v = rng.normal(0, 0.3, shape)
         else:
             fan_in = int(np.prod(shape[1:]))
-            gain = next((g for part, g in GAINS.items() if part in k), 1.0)
+            gain = next((g for part, g in gains.items() if part in k), 1.0)
             v = rng.normal(0, math.sqrt(2.0 / fan_in) * gain, shape)
         out[k] = v.astype(np.float32)
     return out
@@ -416,13 +417,17 @@ def test_batch_rows_equal_single_image_rows(ckpt):
     assert (batch["boxes"][0, :n] >= 0).all() and (batch["boxes"][0, :n, [0, 2]] <= w + 1e-3).all()
 
 
+def detect_and_forward(path, image):
+    """One image through the float32 extractor: its ``detect`` dict and its ``forward`` rows."""
+    ex = create_extractor("vg-regions", weights=path, **TINY).to("cpu", torch.float32)
+    b = ex.collate([ex.preprocess(image)])
+    return ex.detect(b)[0], ex.forward(b)
+
+
 def test_selected_rows_are_the_proposals_features(ckpt):
     """The stored rows are the selected proposals' own features, boxes / scale and probabilities."""
     path, _ = ckpt
-    ex = create_extractor("vg-regions", weights=path, **TINY).to("cpu", torch.float32)
-    b = ex.collate([ex.preprocess(images()[1])])
-    det = ex.detect(b)[0]
-    out = ex.forward(b)
+    det, out = detect_and_forward(path, images()[1])
     keep = det["keep"]
     n = len(keep)
     ref = select_regions([det["boxes"]], [det["probs"][:, :C]], nms_thresh=0.3, conf_thresh=0.2, min_boxes=3,
@@ -495,7 +500,7 @@ def test_cli_extract_then_export_a_detectron_lmdb(ckpt, tmp_path):
     missing = str(tmp_path / "nope.pkl")
     line = one_line_error(featstore, ["extract", "--dataset", data / "train.jsonl", "--extractor", "vg-regions",
                                       "--weights", missing, "--store", store, "--workers", 0, "--quiet"])
-    assert line.startswith(f"error: weights file {missing!r} does not exist; pass the caffe-converted attribute")
+    assert line.startswith(f"error: weights file {missing!r} does not exist; pass py-bottom-up-attention's faster_rcnn")
 
 
 # -- bad input: one-line errors ------------------------------------------------------------------------------
@@ -504,9 +509,9 @@ def test_missing_weights_file_names_the_checkpoint(tmp_path):
     with pytest.raises(FeatstoreError) as e:
         create_extractor("vg-regions", weights=missing, **TINY)
     assert str(e.value) == (
-        f"weights file {missing!r} does not exist; pass the caffe-converted attribute model "
-        "faster_rcnn_from_caffe_attr.pkl of py-bottom-up-attention (detectron2 layout; "
-        "http://nlp.cs.unc.edu/models/faster_rcnn_from_caffe_attr.pkl, fetched on a connected machine)")
+        f"weights file {missing!r} does not exist; pass py-bottom-up-attention's faster_rcnn_from_caffe_attr.pkl "
+        "(detectron2 layout; http://nlp.cs.unc.edu/models/faster_rcnn_from_caffe_attr.pkl) or "
+        "bottom-up-attention.pytorch's bua-caffe-frcn-r101_with_attributes.pth, fetched on a connected machine")
     with pytest.raises(FeatstoreError) as e:
         create_extractor("vg-regions", weights="demo")
     assert str(e.value) == ("vg-regions has no demo weights; pass --weights faster_rcnn_from_caffe_attr.pkl "
@@ -520,7 +525,7 @@ def test_checkpoint_missing_keys_and_wrong_shapes(tmp_path):
     with pytest.raises(FeatstoreError) as e:
         create_extractor("vg-regions", weights=p, **TINY)
     assert_one_line_error(e, f"weights {p!r} lack 2 of the model's keys (e.g. roi_heads.box_predictor.attr_score."
-                          "weight, roi_heads.box_predictor.attr_score.bias); pass the caffe-converted attribute model")
+                          "weight, roi_heads.box_predictor.attr_score.bias); pass py-bottom-up-attention's")
     p = save_checkpoint(tmp_path / "other.pkl", random_weights(c=9))
     with pytest.raises(FeatstoreError) as e:
         create_extractor("vg-regions", weights=p, **TINY)
@@ -530,6 +535,14 @@ def test_checkpoint_missing_keys_and_wrong_shapes(tmp_path):
     p = save_checkpoint(tmp_path / "caffe2.pkl", {"res2_0_branch2a_w": np.zeros((4, 4), np.float32)}, extra=False)
     with pytest.raises(FeatstoreError) as e:
         create_extractor("vg-regions", weights=p, **TINY)
+    assert str(e.value) == (
+        f"weights {p!r} are in no known layout (they have neither roi_heads.box_predictor.fc_attr.weight nor "
+        "roi_heads.box_predictor.attr_linear1.weight); pass py-bottom-up-attention's faster_rcnn_from_caffe_attr.pkl "
+        "(detectron2 layout; http://nlp.cs.unc.edu/models/faster_rcnn_from_caffe_attr.pkl) or "
+        "bottom-up-attention.pytorch's bua-caffe-frcn-r101_with_attributes.pth, fetched on a connected machine, or "
+        "--set layout=detectron2|bua-caffe for a file with those modules under other names")
+    with pytest.raises(FeatstoreError) as e:  # a forced layout gets as far as the key check
+        create_extractor("vg-regions", weights=p, layout="detectron2", **TINY)
     assert_one_line_error(e, f"weights {p!r} have none of the model's keys (e.g. backbone.stem.conv1.weight); pass")
 
 
@@ -576,7 +589,7 @@ def test_hostile_or_broken_pickles_are_refused(tmp_path):
     p.write_bytes(pickle.dumps(np.zeros(3)))
     with pytest.raises(FeatstoreError) as e:
         create_extractor("vg-regions", weights=str(p), **TINY)
-    assert_one_line_error(e, f"weights file {str(p)!r} does not hold a dict of arrays by name; pass the caffe")
+    assert_one_line_error(e, f"weights file {str(p)!r} does not hold a dict of arrays by name; pass py-bottom")
     p = tmp_path / "cut.pkl"
     p.write_bytes(pickle.dumps({"model": random_weights()})[:5000])
     with pytest.raises(FeatstoreError) as e:

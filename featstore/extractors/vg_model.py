@@ -1,49 +1,75 @@
 """The bottom-up-attention Faster R-CNN (Anderson et al. 2018): ResNet-101 C4 with an attribute head.
 
-The graph is the one the caffe-converted Visual Genome weights of py-bottom-up-attention
-(``faster_rcnn_from_caffe_attr.pkl``, detectron2 layout, config ``faster_rcnn_R_101_C4_attr_caffemaxpool``)
-run in, with module names equal to the checkpoint's keys:
+One graph, in the two layouts its public caffe-converted Visual Genome weights come in (``VGArch.layout``),
+with module names equal to the checkpoint's keys (reading them: ``vg_checkpoint``):
 
-* ``backbone``: caffe/MSRA ResNet stem (7x7/2 conv, frozen BN as an affine map, ReLU, 3x3/2 max-pool with
-  no padding and ceil mode) and stages ``res2``-``res4`` of bottleneck blocks with the stride on the 1x1
-  conv (``stride_in_1x1``), widths 64/128/256 (outputs 256/512/1024), blocks (3, 4, 23): the stride-16 C4 map.
-* ``proposal_generator.rpn_head``: 3x3 conv to 512 + ReLU, 1x1 objectness (A logits) and deltas (4A) per
-  location; A = 12 anchors (sizes 64/128/256/512 x ratios 0.5/1/2, size-major, centred on ``i * 16``).
+* ``detectron2``: py-bottom-up-attention's ``faster_rcnn_from_caffe_attr.pkl`` (config
+  ``faster_rcnn_R_101_C4_attr_caffemaxpool``, airsplay's detectron2 fork);
+* ``bua-caffe``: bottom-up-attention.pytorch's ``bua-caffe-frcn-r101_with_attributes.pth`` (MILVLG, config
+  ``test-caffe-r101.yaml``: ``GeneralizedBUARCNN``, ``BUARPN``, ``BUACaffeRes5ROIHeads``).
+
+Shared by both:
+
+* ``backbone``: caffe/MSRA ResNet stem (7x7/2 conv, BN as an affine map of its running statistics, ReLU,
+  3x3/2 max-pool with no padding and ceil mode) and stages ``res2``-``res4`` of bottleneck blocks with the
+  stride on the 1x1 conv (``stride_in_1x1``), widths 64/128/256 (outputs 256/512/1024), blocks (3, 4, 23): the
+  stride-16 C4 map. (MILVLG's res4 / res5 norms are ``BatchNorm2d`` in eval mode: the same map.)
+* ``proposal_generator.rpn_head``: 3x3 conv to 512 + ReLU, 1x1 objectness and 1x1 deltas (4A channels,
+  anchor-major: channel ``4a + k`` is coordinate k of anchor a, in both layouts) per location, A = 12.
 * ``roi_heads.res5``: three bottleneck blocks 1024 -> 2048 with NO stride and dilation 2 on every 3x3
   (the VG model's "res5 not halved"), run on each 14x14 ``RoIPool`` (caffe max pooling, scale 1/16) crop;
   the mean over the 14x14 output is the 2048-d region feature.
-* ``roi_heads.box_predictor``: ``cls_score`` (1,601 logits: the 1,600 VG classes, then background),
-  ``bbox_pred`` (unused by the extraction), and the attribute head: ``cls_embedding`` of the argmax class
-  (incl. background, 256-d) concatenated to the feature, ``fc_attr`` (-> 512, ReLU), ``attr_score`` (401:
-  the 400 attributes, then "no attribute").
+* the attribute head: the embedding (256-d) of the argmax class (background included) concatenated to the
+  feature, a linear layer to 512 + ReLU, then 401 attribute logits; probabilities are softmaxes over all
+  1,601 classes / all 401 attribute outputs.
+
+What differs (checked in the code of both references):
+
+==================  ==========================================  ==========================================
+                    detectron2 (py-bottom-up-attention)         bua-caffe (bottom-up-attention.pytorch)
+==================  ==========================================  ==========================================
+objectness          A logits (channel a), sigmoid order         2A logits viewed (2, A): channels 0..A-1
+                                                                background, A..2A-1 object; score = the
+                                                                softmax object probability
+anchors             sizes 64..512 x ratios 0.5/1/2, size-major, the checkpoint's ``cell_anchors.0``
+                    float, centred on (16x, 16y)                buffer (caffe ``generate_anchors``: ratio-
+                                                                major, rounded, +1 extents), same shifts
+box decoding        width x2 - x1, clip to [0, w]               width x2 - x1 + 1, clip to [0, w - 1]
+proposal order      top 6000 by score, decode, clip, drop       decode all, clip, drop empty and sides
+                    sides <= ``min_size`` (0)                   (+1) <= 16 x image scale, then top 6000
+RPN NMS (0.7)       IoU without +1, suppress IoU > t            +1 areas, suppress IoU >= t (maskrcnn-
+                                                                benchmark's nms); 300 kept in both
+class order         1,600 classes then background               background first (caffe)
+attribute order     400 attributes then "no attribute"          "no attribute" first
+bbox_pred           1600 x 4 = 6400 rows (no background row)    1601 x 4 = 6404 (row 0 background; its
+                                                                inference drops ``boxes[:, 4:]``)
+predictor names     cls_embedding, fc_attr, attr_score          cls_embed, attr_linear1, attr_linear2
+==================  ==========================================  ==========================================
+
+``predict`` returns both layouts' probabilities in the detectron2 order (background / "no attribute" last),
+so the extractor has one convention. ``bbox_pred`` is loaded and reported but unused: both references
+extract the features of the RPN proposals, not of regressed boxes.
 
 Images of different sizes run in one padded batch without changing any number: the input of every conv
 with a spatial kernel (and of the stem's max-pool) is zeroed outside each image's valid area, which is
 exactly the zero padding the convolution sees on the unpadded image; the RPN only reads the valid
 locations and ROI pooling reads each image's valid crop. ``valid_sizes`` tracks that area per stage.
-
-``load_checkpoint`` reads the pickled numpy dict with the restricted unpickler and reports the keys used,
-ignored and missing (``LoadReport``).
 """
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import nms, roi_pool
 
-from ..errors import FeatstoreError
-
-BBOX_CLAMP = math.log(1000.0 / 16)  # detectron2's limit on predicted log-scale deltas
-CHECKPOINT_HINT = ("pass the caffe-converted attribute model faster_rcnn_from_caffe_attr.pkl of "
-                   "py-bottom-up-attention (detectron2 layout; http://nlp.cs.unc.edu/models/"
-                   "faster_rcnn_from_caffe_attr.pkl, fetched on a connected machine)")
+BBOX_CLAMP = math.log(1000.0 / 16)  # both references' limit on predicted log-scale deltas
+LAYOUTS = ("detectron2", "bua-caffe")
+PREDICTOR_NAMES = {"detectron2": ("cls_score", "bbox_pred", "cls_embedding", "fc_attr", "attr_score"),
+                   "bua-caffe": ("cls_score", "bbox_pred", "cls_embed", "attr_linear1", "attr_linear2")}
 
 
 @dataclass(frozen=True)
@@ -57,6 +83,7 @@ class VGArch:
     num_attrs: int = 400
     anchor_sizes: Tuple[float, ...] = (64.0, 128.0, 256.0, 512.0)
     anchor_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
+    layout: str = "detectron2"  # see the module docstring
 
     @property
     def feature_dim(self) -> int:
@@ -152,32 +179,45 @@ class Backbone(nn.Module):
 
 
 class RPNHead(nn.Module):
-    def __init__(self, cin: int, hidden: int, anchors: int):
+    """``softmax``: bottom-up-attention.pytorch's 2A objectness logits (background block, then object block),
+    scored by the object probability; else detectron2's A logits, scored by the logit itself."""
+
+    def __init__(self, cin: int, hidden: int, anchors: int, softmax: bool = False):
         super().__init__()
+        self.softmax = softmax
         self.conv = nn.Conv2d(cin, hidden, 3, padding=1)
-        self.objectness_logits = nn.Conv2d(hidden, anchors, 1)
+        self.objectness_logits = nn.Conv2d(hidden, anchors * (2 if softmax else 1), 1)
         self.anchor_deltas = nn.Conv2d(hidden, 4 * anchors, 1)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Objectness scores [N, A, H, W] and deltas [N, 4A, H, W]."""
         t = F.relu(self.conv(x if mask is None else x * mask))
-        return self.objectness_logits(t), self.anchor_deltas(t)
+        scores = self.objectness_logits(t)
+        if self.softmax:
+            n, c, h, w = scores.shape
+            scores = F.softmax(scores.float().view(n, 2, c // 2, h, w), dim=1)[:, 1]
+        return scores, self.anchor_deltas(t)
 
 
 class BoxPredictor(nn.Module):
-    def __init__(self, dim: int, num_classes: int, num_attrs: int):
+    """Class scores, box deltas and the attribute head, named as ``layout``'s checkpoint names them
+    (``PREDICTOR_NAMES``); bua-caffe regresses a box for the background too (1601 x 4 rows)."""
+
+    def __init__(self, dim: int, num_classes: int, num_attrs: int, layout: str = "detectron2"):
         super().__init__()
-        self.cls_score = nn.Linear(dim, num_classes + 1)
-        self.bbox_pred = nn.Linear(dim, num_classes * 4)
-        self.cls_embedding = nn.Embedding(num_classes + 1, dim // 8)
-        self.fc_attr = nn.Linear(dim + dim // 8, dim // 4)
-        self.attr_score = nn.Linear(dim // 4, num_attrs + 1)
+        self.names = PREDICTOR_NAMES[layout]
+        box_classes = num_classes + 1 if layout == "bua-caffe" else num_classes
+        for name, module in zip(self.names, (nn.Linear(dim, num_classes + 1), nn.Linear(dim, box_classes * 4),
+                                             nn.Embedding(num_classes + 1, dim // 8),
+                                             nn.Linear(dim + dim // 8, dim // 4), nn.Linear(dim // 4, num_attrs + 1))):
+            self.add_module(name, module)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """Class logits [R, C+1] and attribute logits [R, A+1] of pooled features ``x`` [R, D]."""
-        logits = self.cls_score(x)
-        emb = self.cls_embedding(logits.argmax(-1))  # the argmax class, background included
-        attr = self.attr_score(F.relu(self.fc_attr(torch.cat([x, emb.to(x.dtype)], -1))))
-        return logits, attr
+        """Class logits [R, C+1] and attribute logits [R, A+1] of pooled features ``x`` [R, D] (layout order)."""
+        cls, _, embed, hidden, attr = (getattr(self, n) for n in self.names)
+        logits = cls(x)
+        emb = embed(logits.argmax(-1))  # the argmax class, background included
+        return logits, attr(F.relu(hidden(torch.cat([x, emb.to(x.dtype)], -1))))
 
 
 @dataclass
@@ -189,35 +229,46 @@ class RPNSettings:
 
 
 class VGDetector(nn.Module):
-    """The whole network; ``state_dict()`` keys are the checkpoint's."""
+    """The whole network; ``state_dict()`` keys are the checkpoint's (of ``arch.layout``)."""
 
     def __init__(self, arch: VGArch = VGArch()):
         super().__init__()
         self.arch = arch
         w, d = arch.width, arch.feature_dim
+        caffe = arch.layout == "bua-caffe"
         self.backbone = Backbone(arch)
-        self.proposal_generator = nn.ModuleDict({"rpn_head": RPNHead(16 * w, arch.rpn_channels, arch.num_anchors)})
+        self.proposal_generator = nn.ModuleDict({"rpn_head": RPNHead(16 * w, arch.rpn_channels, arch.num_anchors,
+                                                                     softmax=caffe)})
         self.roi_heads = nn.ModuleDict({"res5": _stage(arch.blocks[3], 16 * w, 8 * w, d, 1, dilation=2),
-                                        "box_predictor": BoxPredictor(d, arch.num_classes, arch.num_attrs)})
-        self.register_buffer("cell_anchors", cell_anchors(arch.anchor_sizes, arch.anchor_ratios), persistent=False)
+                                        "box_predictor": BoxPredictor(d, arch.num_classes, arch.num_attrs,
+                                                                      arch.layout)})
+        make = caffe_anchors if caffe else cell_anchors
+        self.register_buffer("cell_anchors", make(arch.anchor_sizes, arch.anchor_ratios), persistent=False)
 
     def proposals(self, c4: Tensor, sizes16: Sequence[Tuple[int, int]], image_sizes: Sequence[Tuple[int, int]],
-                  s: RPNSettings) -> List[Tensor]:
-        """RPN proposals per image (float32 [P, 4] in input pixels, by decreasing objectness)."""
-        logits, deltas = self.proposal_generator["rpn_head"](c4, valid_mask(sizes16, tuple(c4.shape[-2:]), c4))
-        cand, scores, owner = [], [], []
+                  s: RPNSettings, scales: Optional[Sequence[float]] = None) -> List[Tensor]:
+        """RPN proposals per image (float32 [P, 4] in input pixels, by decreasing objectness); ``scales``
+        (input / original pixels) scale bua-caffe's ``min_size``, which is in original pixels."""
+        scores, deltas = self.proposal_generator["rpn_head"](c4, valid_mask(sizes16, tuple(c4.shape[-2:]), c4))
+        caffe = self.arch.layout == "bua-caffe"
+        cand, score, owner = [], [], []
         for i, ((hf, wf), (h, w)) in enumerate(zip(sizes16, image_sizes)):
-            lg = logits[i, :, :hf, :wf].permute(1, 2, 0).reshape(-1).float()  # (y, x, anchor) order
+            sc = scores[i, :, :hf, :wf].permute(1, 2, 0).reshape(-1).float()  # (y, x, anchor) order
             dl = deltas[i, :, :hf, :wf].reshape(-1, 4, hf, wf).permute(2, 3, 0, 1).reshape(-1, 4).float()
             anchors = grid_anchors(self.cell_anchors, hf, wf, 16)
-            top = torch.sort(lg, descending=True).indices[: s.pre_nms_topk]
-            boxes = clip_boxes(apply_deltas(dl[top], anchors[top], (1.0, 1.0, 1.0, 1.0)), h, w)
-            ok = ((boxes[:, 2] - boxes[:, 0]) > s.min_size) & ((boxes[:, 3] - boxes[:, 1]) > s.min_size)
-            cand.append(boxes[ok])
-            scores.append(lg[top][ok])
-            owner.append(torch.full((int(ok.sum()),), i, dtype=torch.int64, device=c4.device))
-        boxes, sc, own = torch.cat(cand), torch.cat(scores), torch.cat(owner)
-        keep = grouped_nms(boxes, sc, own, s.nms_thresh)  # one NMS for the batch, images kept apart
+            if caffe:
+                boxes, sc = caffe_candidates(sc, dl, anchors, (h, w), s.pre_nms_topk,
+                                             s.min_size * (scales[i] if scales else 1.0))
+            else:
+                boxes, sc = detectron2_candidates(sc, dl, anchors, (h, w), s.pre_nms_topk, s.min_size)
+            cand.append(boxes)
+            score.append(sc)
+            owner.append(torch.full((len(sc),), i, dtype=torch.int64, device=c4.device))
+        boxes, sc, own = torch.cat(cand), torch.cat(score), torch.cat(owner)
+        if caffe:  # maskrcnn-benchmark's nms: +1 areas, suppressed at IoU >= t
+            keep = grouped_nms(legacy_boxes(boxes), sc, own, math.nextafter(s.nms_thresh, 0.0))
+        else:
+            keep = grouped_nms(boxes, sc, own, s.nms_thresh)  # one NMS for the batch, images kept apart
         return [boxes[keep[own[keep] == i]][: s.post_nms_topk] for i in range(len(image_sizes))]
 
     def region_features(self, c4: Tensor, sizes16: Sequence[Tuple[int, int]], boxes: Sequence[Tensor],
@@ -234,9 +285,42 @@ class VGDetector(nn.Module):
         return torch.cat(out) if out else x.new_zeros(0, self.arch.feature_dim)
 
     def predict(self, pooled: Tensor) -> Tuple[Tensor, Tensor]:
-        """Class probabilities [R, C+1] and attribute probabilities [R, A+1] (softmax, float32)."""
+        """Class probabilities [R, C+1] and attribute probabilities [R, A+1] (softmax, float32), background /
+        "no attribute" last in both layouts (bua-caffe's column 0 moved to the end)."""
         logits, attr = self.roi_heads["box_predictor"](pooled)
-        return F.softmax(logits.float(), -1), F.softmax(attr.float(), -1)
+        probs, attr = F.softmax(logits.float(), -1), F.softmax(attr.float(), -1)
+        if self.arch.layout == "bua-caffe":
+            probs, attr = (torch.cat([p[:, 1:], p[:, :1]], 1) for p in (probs, attr))
+        return probs, attr
+
+
+# -- proposals ----------------------------------------------------------------------------------------
+def detectron2_candidates(scores: Tensor, deltas: Tensor, anchors: Tensor, hw: Tuple[int, int], topk: int,
+                          min_size: float) -> Tuple[Tensor, Tensor]:
+    """detectron2's find_top_rpn_proposals before NMS: the ``topk`` best anchors, decoded, clipped to
+    [0, w] x [0, h], sides > ``min_size``."""
+    top = torch.sort(scores, descending=True, stable=True).indices[:topk]
+    boxes = clip_boxes(apply_deltas(deltas[top], anchors[top], (1.0, 1.0, 1.0, 1.0)), *hw)
+    ok = ((boxes[:, 2] - boxes[:, 0]) > min_size) & ((boxes[:, 3] - boxes[:, 1]) > min_size)
+    return boxes[ok], scores[top][ok]
+
+
+def caffe_candidates(scores: Tensor, deltas: Tensor, anchors: Tensor, hw: Tuple[int, int], topk: int,
+                     min_size: float) -> Tuple[Tensor, Tensor]:
+    """bottom-up-attention.pytorch's find_top_bua_rpn_proposals before NMS: every anchor decoded with +1
+    widths, clipped to [0, w - 1] x [0, h - 1], kept when x2 > x1, y2 > y1 and both +1 sides exceed
+    ``min_size``; then the ``topk`` best."""
+    boxes = clip_boxes(apply_deltas(deltas, anchors, (1.0, 1.0, 1.0, 1.0), plus_one=1.0), *hw, plus_one=1.0)
+    wd, ht = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    ok = (wd > 0) & (ht > 0) & (wd + 1 > min_size) & (ht + 1 > min_size)
+    boxes, scores = boxes[ok], scores[ok]
+    top = torch.sort(scores, descending=True, stable=True).indices[:topk]
+    return boxes[top], scores[top]
+
+
+def legacy_boxes(boxes: Tensor) -> Tensor:
+    """Boxes whose plain areas / intersections are the legacy (x2 - x1 + 1) * (y2 - y1 + 1) ones."""
+    return torch.cat([boxes[:, :2], boxes[:, 2:] + 1.0], 1)
 
 
 # -- geometry -----------------------------------------------------------------------------------------
@@ -273,6 +357,20 @@ def cell_anchors(sizes: Sequence[float], ratios: Sequence[float]) -> Tensor:
     return torch.tensor(out, dtype=torch.float32)
 
 
+def caffe_anchors(sizes: Sequence[float], ratios: Sequence[float], base: int = 16) -> Tensor:
+    """py-faster-rcnn's ``generate_anchors(base, ratios, scales=sizes / base)``: for each ratio (h / w) the
+    base box's rounded width / height, then for each scale those times the scale, as +1 extents around
+    ((base - 1) / 2, (base - 1) / 2)."""
+    ctr, out = (base - 1) / 2, []
+    for r in ratios:
+        ws = round(math.sqrt(base * base / r))  # half to even, as np.round
+        hs = round(ws * r)
+        for size in sizes:
+            w, h = ws * size / base, hs * size / base
+            out.append([ctr - (w - 1) / 2, ctr - (h - 1) / 2, ctr + (w - 1) / 2, ctr + (h - 1) / 2])
+    return torch.tensor(out, dtype=torch.float32)
+
+
 def grid_anchors(cell: Tensor, h: int, w: int, stride: int) -> Tensor:
     """[h * w * A, 4] anchors centred on (x * stride, y * stride), in (y, x, anchor) order."""
     ys = torch.arange(h, device=cell.device, dtype=torch.float32) * stride
@@ -282,9 +380,10 @@ def grid_anchors(cell: Tensor, h: int, w: int, stride: int) -> Tensor:
     return (shifts + cell.reshape(1, -1, 4)).reshape(-1, 4)
 
 
-def apply_deltas(deltas: Tensor, boxes: Tensor, weights: Tuple[float, float, float, float]) -> Tensor:
-    """R-CNN box decoding (widths without +1, dw/dh clamped at log(1000/16))."""
-    wd, ht = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+def apply_deltas(deltas: Tensor, boxes: Tensor, weights: Tuple[float, float, float, float],
+                 plus_one: float = 0.0) -> Tensor:
+    """R-CNN box decoding (widths x2 - x1 + ``plus_one``, dw/dh clamped at log(1000/16))."""
+    wd, ht = boxes[:, 2] - boxes[:, 0] + plus_one, boxes[:, 3] - boxes[:, 1] + plus_one
     cx, cy = boxes[:, 0] + 0.5 * wd, boxes[:, 1] + 0.5 * ht
     dx, dy = deltas[:, 0] / weights[0], deltas[:, 1] / weights[1]
     dw = torch.clamp(deltas[:, 2] / weights[2], max=BBOX_CLAMP)
@@ -293,7 +392,9 @@ def apply_deltas(deltas: Tensor, boxes: Tensor, weights: Tuple[float, float, flo
     return torch.stack([px - 0.5 * pw, py - 0.5 * ph, px + 0.5 * pw, py + 0.5 * ph], -1)
 
 
-def clip_boxes(boxes: Tensor, h: int, w: int) -> Tensor:
+def clip_boxes(boxes: Tensor, h: int, w: int, plus_one: float = 0.0) -> Tensor:
+    """Clip to [0, w - ``plus_one``] x [0, h - ``plus_one``]."""
+    w, h = w - plus_one, h - plus_one
     return torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
                         boxes[:, 3].clamp(0, h)], -1)
 
@@ -323,89 +424,3 @@ def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float, max_b
         size += count
     run(start, start + size)
     return torch.cat(keep)
-
-
-# -- checkpoint ---------------------------------------------------------------------------------------
-@dataclass
-class LoadReport:
-    used: List[str] = field(default_factory=list)  # checkpoint keys copied into the model
-    ignored: List[Tuple[str, str]] = field(default_factory=list)  # (key, why) with no place in the model
-    missing: List[str] = field(default_factory=list)  # model keys the checkpoint lacks (an error when loading)
-
-    def summary(self) -> Dict[str, object]:
-        return {"used": len(self.used), "ignored": [f"{k} ({why})" for k, why in self.ignored],
-                "missing": list(self.missing)}
-
-
-def read_checkpoint(path: str) -> Dict[str, np.ndarray]:
-    """The name -> array dict of a detectron2-layout pickle (bare, or under ``"model"`` as detectron2's
-    model zoo stores it), read with the restricted unpickler."""
-    from ..interop.safe_pickle import safe_load
-
-    if not os.path.isfile(path):
-        raise FeatstoreError(f"weights file {path!r} does not exist; {CHECKPOINT_HINT}")
-    with open(path, "rb") as f:
-        obj = safe_load(f, source=path)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not obj:
-        raise FeatstoreError(f"weights file {path!r} does not hold a dict of arrays by name; {CHECKPOINT_HINT}")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
-    if bad:
-        raise FeatstoreError(f"weights file {path!r}: entry {bad[0]!r} is not a numpy array; {CHECKPOINT_HINT}")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
-
-
-def map_checkpoint(ckpt: Dict[str, np.ndarray], model: VGDetector, pixel_mean: Sequence[float],
-                   source: str) -> Tuple[Dict[str, Tensor], LoadReport]:
-    """Checkpoint arrays -> the model's state dict (same names), checking shapes and constants."""
-    own = model.state_dict()
-    report = LoadReport()
-    state: Dict[str, Tensor] = {}
-    for key in sorted(ckpt):
-        arr = ckpt[key]
-        if key in own:
-            if tuple(arr.shape) != tuple(own[key].shape):
-                raise FeatstoreError(f"weights {source!r}: {key} has shape {tuple(arr.shape)}, the model expects "
-                                     f"{tuple(own[key].shape)}; set the architecture options (width, blocks, "
-                                     "rpn_channels, num_classes, num_attrs) to the checkpoint's")
-            state[key] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-            report.used.append(key)
-        else:
-            report.ignored.append((key, _check_constant(key, arr, model, pixel_mean, source)))
-    report.missing = [k for k in own if k not in state]
-    if not report.used:
-        raise FeatstoreError(f"weights {source!r} have none of the model's keys (e.g. backbone.stem.conv1.weight); "
-                             f"{CHECKPOINT_HINT}")
-    if report.missing:
-        raise FeatstoreError(f"weights {source!r} lack {len(report.missing)} of the model's keys (e.g. "
-                             f"{', '.join(report.missing[:3])}); {CHECKPOINT_HINT}")
-    return state, report
-
-
-def _check_constant(key: str, arr: np.ndarray, model: VGDetector, pixel_mean: Sequence[float], source: str) -> str:
-    """Why a checkpoint key is not loaded; a stored constant that disagrees with the extractor is an error."""
-    if key == "pixel_mean":
-        if not np.allclose(arr.reshape(-1), np.asarray(pixel_mean, dtype=np.float64), atol=1e-3):
-            raise FeatstoreError(f"weights {source!r} were trained with pixel_mean {arr.reshape(-1).tolist()} "
-                                 f"(BGR), the extractor uses {list(pixel_mean)}; pass --set pixel_mean=...")
-        return "equals pixel_mean"
-    if key == "pixel_std":
-        if not np.allclose(arr.reshape(-1), 1.0):
-            raise FeatstoreError(f"weights {source!r} expect pixel_std {arr.reshape(-1).tolist()}, the caffe model "
-                                 "divides by nothing; pass the caffe-converted attribute checkpoint")
-        return "ones, as the extractor"
-    if key.startswith("proposal_generator.anchor_generator.cell_anchors"):
-        if arr.shape != tuple(model.cell_anchors.shape) or not np.allclose(arr, model.cell_anchors.cpu().numpy(),
-                                                                           atol=1e-3):
-            raise FeatstoreError(f"weights {source!r}: {key} differs from the anchors the extractor generates "
-                                 f"(sizes {list(model.arch.anchor_sizes)}, ratios {list(model.arch.anchor_ratios)})")
-        return "equals the generated anchors"
-    return "no counterpart in the model"
-
-
-def load_checkpoint(model: VGDetector, path: str, pixel_mean: Sequence[float]) -> LoadReport:
-    """Load every weight of the pickle at ``path`` into ``model``; raises one-line errors (see above)."""
-    state, report = map_checkpoint(read_checkpoint(path), model, pixel_mean, path)
-    model.load_state_dict(state, strict=False)  # every model key is in state (missing raised above)
-    return report

@@ -1,8 +1,12 @@
 """``vg-regions``: Visual Genome bottom-up-attention region features (Anderson et al. 2018) for any image.
 
 The detector is ``vg_model.VGDetector`` (ResNet-101 C4 Faster R-CNN with the attribute head) loaded from
-the caffe-converted checkpoint of py-bottom-up-attention (``--weights faster_rcnn_from_caffe_attr.pkl``).
-Per image, as bottom-up-attention's ``generate_tsv.py`` (and bottom-up-attention.pytorch) extract:
+either public caffe-converted checkpoint (``vg_checkpoint``): py-bottom-up-attention's
+``--weights faster_rcnn_from_caffe_attr.pkl`` (layout ``detectron2``) or bottom-up-attention.pytorch's
+``--weights bua-caffe-frcn-r101_with_attributes.pth`` (layout ``bua-caffe``), told apart by their keys
+(``--set layout=`` forces one). The layout also sets the RPN conventions (``vg_model``'s table) and the
+``rpn_min_size`` default (0, or 16 original pixels for bua-caffe). Per image, as bottom-up-attention's
+``generate_tsv.py`` (and bottom-up-attention.pytorch's ``save_roi_features``) extract:
 
 1. caffe preprocessing: BGR, minus the pixel means (102.9801, 115.9465, 122.7717), scale so the shorter side
    is ``shorter_side`` (600) unless the longer would then exceed ``max_side`` (1000) (``caffe_scale``),
@@ -12,6 +16,7 @@ Per image, as bottom-up-attention's ``generate_tsv.py`` (and bottom-up-attention
 3. every proposal's 2048-d feature (RoIPool 14x14 -> res5 -> mean), class and attribute probabilities;
 4. selection (``select_regions``) on the proposal boxes in original pixels: for every object class, NMS of
    the proposals by that class's probability at ``nms_thresh`` (0.3; IoU with the legacy +1 pixel areas);
+   (bua-caffe: maskrcnn-benchmark's nms, which also suppresses at IoU equal to the threshold);
    a proposal's confidence is its best probability among the classes where it survives; keep those with
    confidence >= ``conf_thresh`` (0.2) in proposal order, or the ``min_boxes`` (10) / ``max_boxes`` (100)
    most confident (by decreasing confidence) when fewer / more pass.
@@ -20,17 +25,21 @@ Output (K = max_boxes, zero-padded past ``count``): ``regions [N, K, 2048]``, ``
 in original pixels: the proposal / scale), ``count``, ``image_size`` (w, h), ``class_ids`` (0..1599, the
 index in the VG ``objects_vocab.txt``, background excluded) and ``class_scores``, ``attr_ids`` (0..399,
 ``attributes_vocab.txt``) and ``attr_scores`` (softmax over the 401 attribute outputs, "no attribute"
-excluded from the argmax), ``cls_prob [N, K, 1601]`` (the class softmax in the caffe order MMF and
-ViLBERT pretraining read: column 0 background, column 1 + c class c) and ``pooled`` (mean of the regions).
+excluded from the argmax, as ``save_roi_features``' ``attr_scores[:, 1:]``), ``cls_prob [N, K, 1601]``
+(the class softmax in the caffe order MMF and ViLBERT pretraining read: column 0 background, column 1 + c
+class c) and ``pooled`` (mean of the regions). The attribute softmax over all 401 outputs is caffe's
+``attr_prob`` and MILVLG's; py-bottom-up-attention's demo notebooks instead softmax the 400 without
+"no attribute" (same argmax, larger scores).
 
 A batch runs as at most two padded tensors (landscape and portrait); masking in ``VGDetector`` makes every
 row equal to the image run alone. All NMS runs on the model's device, one call per stage for the batch.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,7 +49,8 @@ from PIL import Image
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, check_box_counts, register_extractor, require_pil, seeded
-from .vg_model import RPNSettings, VGArch, VGDetector, grouped_nms, load_checkpoint
+from .vg_checkpoint import detect_layout, load_checkpoint, read_checkpoint
+from .vg_model import LAYOUTS, RPNSettings, VGArch, VGDetector, grouped_nms, legacy_boxes
 from .weights import DEMO
 
 CAFFE_PIXEL_MEAN = (102.9801, 115.9465, 122.7717)  # BGR
@@ -55,7 +65,7 @@ class VGRegionsConfig(BaseConfig):
     pre_nms_topk: int = 6000
     post_nms_topk: int = 300
     rpn_nms_thresh: float = 0.7
-    rpn_min_size: float = 0.0
+    rpn_min_size: Optional[float] = None  # None: the layout's (0 for detectron2, 16 original pixels for bua-caffe)
     nms_thresh: float = 0.3
     conf_thresh: float = 0.2
     min_boxes: int = 10
@@ -68,12 +78,16 @@ class VGRegionsConfig(BaseConfig):
     rpn_channels: int = 512
     num_classes: int = 1600
     num_attrs: int = 400
+    layout: str = "auto"  # auto (from the checkpoint's keys; detectron2 without weights), detectron2, bua-caffe
 
     def __post_init__(self):
         super().__post_init__()
         if self.weights == DEMO:
             raise FeatstoreError("vg-regions has no demo weights; pass --weights faster_rcnn_from_caffe_attr.pkl "
                                  "(py-bottom-up-attention's Visual Genome checkpoint)")
+        if self.layout not in ("auto",) + LAYOUTS:
+            raise FeatstoreError(f"layout={self.layout!r} is not a checkpoint layout; use auto, "
+                                 f"{', '.join(LAYOUTS)}")
         check_box_counts(self.min_boxes, self.max_boxes)
         if not 0 <= self.conf_thresh <= 1 or not 0 < self.nms_thresh <= 1 or not 0 < self.rpn_nms_thresh <= 1:
             raise FeatstoreError(f"conf_thresh={self.conf_thresh}, nms_thresh={self.nms_thresh}, rpn_nms_thresh="
@@ -87,9 +101,13 @@ class VGRegionsConfig(BaseConfig):
         self.blocks = tuple(int(b) for b in self.blocks)
         self.pixel_mean = tuple(float(m) for m in self.pixel_mean)
 
-    def arch(self) -> VGArch:
+    def arch(self, layout: str) -> VGArch:
         return VGArch(width=self.width, blocks=self.blocks, rpn_channels=self.rpn_channels,
-                      num_classes=self.num_classes, num_attrs=self.num_attrs)
+                      num_classes=self.num_classes, num_attrs=self.num_attrs, layout=layout)
+
+    def rpn(self, layout: str) -> RPNSettings:
+        min_size = self.rpn_min_size if self.rpn_min_size is not None else (16.0 if layout == "bua-caffe" else 0.0)
+        return RPNSettings(self.pre_nms_topk, self.post_nms_topk, self.rpn_nms_thresh, min_size)
 
 
 def caffe_scale(width: int, height: int, shorter: int, max_side: int) -> Tuple[float, Tuple[int, int]]:
@@ -102,20 +120,20 @@ def caffe_scale(width: int, height: int, shorter: int, max_side: int) -> Tuple[f
 
 
 def region_confidence(boxes: torch.Tensor, probs: torch.Tensor, owner: torch.Tensor, nms_thresh: float,
-                      floor: float) -> torch.Tensor:
+                      floor: float, inclusive: bool = False) -> torch.Tensor:
     """Per box, the best class probability among the classes where class-wise NMS keeps it (0 if none).
 
     ``boxes [R, 4]`` (all images), ``probs [R, C]`` (foreground classes), ``owner [R]`` (image index). Only
     (box, class) pairs with probability >= ``floor`` take part: a pair can only be suppressed by pairs of
-    higher probability, so every confidence >= ``floor`` is exact. IoU uses the legacy +1 areas."""
+    higher probability, so every confidence >= ``floor`` is exact. IoU uses the legacy +1 areas;
+    ``inclusive``: an IoU equal to ``nms_thresh`` suppresses too (maskrcnn-benchmark's nms)."""
     r, c = torch.nonzero(probs >= floor, as_tuple=True)
     conf = torch.zeros(len(boxes), dtype=torch.float64, device=boxes.device)
     if r.numel() == 0:
         return conf
-    b = boxes[r].double()
-    b = torch.cat([b[:, :2], b[:, 2:] + 1.0], 1)  # (x2 - x1 + 1) * (y2 - y1 + 1) areas, as caffe's nms
     s = probs[r, c].double()
-    keep = grouped_nms(b, s, owner[r] * probs.shape[1] + c, nms_thresh)
+    iou = math.nextafter(nms_thresh, 0.0) if inclusive else nms_thresh
+    keep = grouped_nms(legacy_boxes(boxes[r].double()), s, owner[r] * probs.shape[1] + c, iou)
     return conf.scatter_reduce(0, r[keep], s[keep], reduce="amax")
 
 
@@ -130,7 +148,7 @@ def pick(conf: torch.Tensor, conf_thresh: float, min_boxes: int, max_boxes: int)
 
 
 def select_regions(boxes: Sequence[torch.Tensor], probs: Sequence[torch.Tensor], *, nms_thresh: float,
-                   conf_thresh: float, min_boxes: int, max_boxes: int) -> List[torch.Tensor]:
+                   conf_thresh: float, min_boxes: int, max_boxes: int, inclusive: bool = False) -> List[torch.Tensor]:
     """Indices of the kept proposals of each image (step 4 of the module docstring), all images at once.
 
     ``boxes[i] [R_i, 4]`` in original pixels, ``probs[i] [R_i, C]`` foreground class probabilities. The pairs
@@ -144,7 +162,7 @@ def select_regions(boxes: Sequence[torch.Tensor], probs: Sequence[torch.Tensor],
         owner = torch.cat([torch.full((len(boxes[i]),), j, dtype=torch.int64, device=boxes[i].device)
                            for j, i in enumerate(todo)])
         conf = region_confidence(torch.cat([boxes[i] for i in todo]), torch.cat([probs[i] for i in todo]), owner,
-                                 nms_thresh, floor).split([len(boxes[i]) for i in todo])
+                                 nms_thresh, floor, inclusive).split([len(boxes[i]) for i in todo])
         still = []
         for i, ci in zip(todo, conf):
             if int((ci >= floor).sum()) >= min(min_boxes, len(ci)) or floor == 0.0:
@@ -165,14 +183,19 @@ class VGRegionsExtractor(Extractor):
 
     def __init__(self, config: VGRegionsConfig, name: str):
         super().__init__(config, name)
-        self.model = seeded(config.seed, lambda: VGDetector(config.arch()))
         self.weights_path = None
         self.load_report = None
+        ckpt = None
+        self.layout = "detectron2" if config.layout == "auto" else config.layout
         if config.weights is not None:
             self.weights_path = os.path.expanduser(str(config.weights))
-            self.load_report = load_checkpoint(self.model, self.weights_path, config.pixel_mean)
+            ckpt = read_checkpoint(self.weights_path)
+            self.layout = detect_layout(ckpt, config.layout, self.weights_path)
+        self.model = seeded(config.seed, lambda: VGDetector(config.arch(self.layout)))
+        if ckpt is not None:
+            self.load_report = load_checkpoint(self.model, ckpt, config.pixel_mean, self.weights_path)
         self.model.eval()
-        self.rpn = RPNSettings(config.pre_nms_topk, config.post_nms_topk, config.rpn_nms_thresh, config.rpn_min_size)
+        self.rpn = config.rpn(self.layout)
 
     def schema(self) -> Dict[str, ArraySpec]:
         c = self.config
@@ -189,8 +212,9 @@ class VGRegionsExtractor(Extractor):
         c = self.config
         return {"color": "BGR", "pixel_mean": list(c.pixel_mean), "pixel_std": None, "scale": "caffe_scale",
                 "shorter_side": c.shorter_side, "max_side": c.max_side, "interpolation": "cv2-linear",
+                "layout": self.layout,
                 "rpn": {"pre_nms_topk": c.pre_nms_topk, "post_nms_topk": c.post_nms_topk,
-                        "nms_thresh": c.rpn_nms_thresh, "min_size": c.rpn_min_size},
+                        "nms_thresh": c.rpn_nms_thresh, "min_size": self.rpn.min_size},
                 "roi": {"pool": "RoIPool", "output": 14, "spatial_scale": 1 / 16, "head": "res5-dilated",
                         "reduce": "mean"},
                 "selection": {"nms": "per-class, legacy +1 IoU", "nms_thresh": c.nms_thresh,
@@ -221,15 +245,16 @@ class VGRegionsExtractor(Extractor):
             x = torch.ops.aten.upsample_bilinear2d.default(x[None], [rh, rw], False, scale, scale)[0]
         return x, scale
 
-    def run_group(self, xs: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
-        """Proposals (input pixels), their pooled features and probabilities for images padded together."""
+    def run_group(self, xs: List[torch.Tensor], scales: Sequence[float]) -> List[Dict[str, torch.Tensor]]:
+        """Proposals (input pixels), their pooled features and probabilities for images padded together
+        (``scales``: each input's size / its original's)."""
         sizes = [tuple(x.shape[-2:]) for x in xs]
         canvas = xs[0].new_zeros(len(xs), 3, max(h for h, _ in sizes), max(w for _, w in sizes))
         for i, x in enumerate(xs):
             canvas[i, :, : x.shape[1], : x.shape[2]] = x
         with self.autocast():
             c4, sizes16 = self.model.backbone(canvas, sizes)
-            props = self.model.proposals(c4, sizes16, sizes, self.rpn)
+            props = self.model.proposals(c4, sizes16, sizes, self.rpn, scales)
             pooled = self.model.region_features(c4, sizes16, props, self.config.roi_chunk)
             probs, attr = self.model.predict(pooled)
         n = [len(p) for p in props]
@@ -245,13 +270,14 @@ class VGRegionsExtractor(Extractor):
         for portrait in (False, True):
             rows = [i for i, (x, _) in enumerate(prepared) if (x.shape[1] > x.shape[2]) == portrait]
             if rows:
-                for i, d in zip(rows, self.run_group([prepared[i][0] for i in rows])):
+                group = self.run_group([prepared[i][0] for i in rows], [prepared[i][1] for i in rows])
+                for i, d in zip(rows, group):
                     d["boxes"] = d.pop("proposals") / prepared[i][1]
                     dets[i] = d
         c = self.config
         keeps = select_regions([d["boxes"] for d in dets], [d["probs"][:, :c.num_classes] for d in dets],
                                nms_thresh=c.nms_thresh, conf_thresh=c.conf_thresh, min_boxes=c.min_boxes,
-                               max_boxes=c.max_boxes)
+                               max_boxes=c.max_boxes, inclusive=self.layout == "bua-caffe")
         for d, k in zip(dets, keeps):
             d["keep"] = k
         return dets
