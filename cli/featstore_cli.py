@@ -9,7 +9,8 @@ import json
 import click
 
 
-from .common import FriendlyGroup, echo_table, parse_settings, store_option
+from .common import (FriendlyGroup, LazyOptionsCommand, echo_table, options_from_dataclass, parse_settings,
+                     store_option)
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -203,7 +204,14 @@ def extractors():
             click.echo(f"    {opt} = {default!r}")
 
 
-@main.command()
+def _extract_options():
+    """``featstore extract``'s options made from ``ExtractOptions``' fields (defaults, types, choices, help)."""
+    from featstore.runner import ExtractOptions
+
+    return options_from_dataclass(ExtractOptions)
+
+
+@main.command(cls=LazyOptionsCommand, lazy_options=_extract_options)
 @click.option("--dataset", "dataset_path", required=True, help="Dataset manifest (Hateful Memes jsonl or folder, "
               "Memotion CSV, MM-IMDB folder, generic CSV/JSONL).")
 @click.option("--format", "dataset_format", default="auto", show_default=True)
@@ -214,28 +222,10 @@ def extractors():
 @click.option("--name", default=None, help="Feature set name (default: the extractor name).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Extractor option, repeatable (e.g. --set image_size=448 --set regions=100).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=None,
-              help="DataLoader worker processes (decode + resize). Default: one per CPU core (shared by the "
-              "torchrun ranks of a node), at most 16; 0 decodes in the main process.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
-              help="Autocast dtype: auto = bf16 on CUDA (fp16 where unsupported), none on CPU; bf16 also runs on "
-              "CPU, fp16 needs CUDA. Part of the version id.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
-@click.option("--chunk-rows", type=int, default=64, show_default=True, help="Rows per store chunk (resume unit).")
-@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
-              help="Bad inputs: skip records them in the version's failures; fail stops at the first.")
-@click.option("--backend", type=click.Choice(["zarr", "lmdb"]), default="zarr", show_default=True,
-              help="zarr: bulk loads; lmdb: fastest per-sample random reads (local stores only).")
-@click.option("--compression", type=click.Choice(["auto", "blosc", "zstd", "none"]), default="auto",
-              show_default=True, help="Zarr codec; auto keeps dense image features raw, compresses padded text.")
-@click.option("--image-cache", "image_cache", default=None, metavar="DIR",
-              help="Decoded-image cache shared by extractors: the first run decodes and fills it, later runs over "
-              "the same images read pixels from it; safe to delete.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(dataset_path, dataset_format, extractor_name, weights, store_url, name, settings, batch_size, workers,
-            device, amp, compile_model, chunk_rows, on_error, backend, compression, image_cache, quiet):
+def extract(dataset_path, dataset_format, extractor_name, weights, store_url, name, settings, compile_model, quiet,
+            **extract_options):
     """Materialise one feature set version: run an extractor over a dataset into the store.
 
     Rerunning the same command resumes an interrupted run, or names the finished version. Under
@@ -253,9 +243,7 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
     # missing or broken images are not a manifest error here: the --on-error policy records or stops on them
     ds = load_dataset(dataset_path, dataset_format, check_images=False)
     st = open_store(store_url, create=True)
-    opts = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device, amp=amp, chunk_rows=chunk_rows,
-                          on_error=on_error, backend=backend, compression=compression, image_cache=image_cache,
-                          progress=not quiet)
+    opts = ExtractOptions(**extract_options, progress=not quiet)
     summary = run_extraction(st, ds, extractor_name, name=name, extractor_config=cfg, options=opts)
     for line in summary.lines():
         click.echo(line)

@@ -113,3 +113,30 @@ def test_options_from_dataclass_types_flags_and_skip():
     opts = {o.name: o for o in options_from_dataclass(Small)}
     assert opts["spec"].type == click.STRING and opts["spec"].metavar == "N" and opts["spec"].default == "auto"
     assert set(opts) == {"size", "scale", "mode", "fast", "sure", "spec"}
+
+
+# written from the README / earlier CLI: the `featstore extract` flags of ExtractOptions fields
+EXTRACT_FLAGS = {"batch_size": "--batch-size", "num_workers": "--workers", "device": "--device", "amp": "--amp",
+                 "chunk_rows": "--chunk-rows", "on_error": "--on-error", "backend": "--backend",
+                 "compression": "--compression", "image_cache": "--image-cache"}
+
+
+def test_every_extract_option_has_the_dataclass_default():
+    from cli.featstore_cli import main as featstore
+    from featstore.runner import ExtractOptions
+
+    cmd = featstore.commands["extract"]
+    ctx = click.Context(cmd)
+    params = {p.name: p for p in cmd.get_params(ctx)}
+    defaults = ExtractOptions()
+    for name, flag in EXTRACT_FLAGS.items():
+        assert params[name].opts == [flag], name
+        assert params[name].get_default(ctx) == getattr(defaults, name), name
+    assert {f.name for f in dataclasses.fields(ExtractOptions) if f.name in params} == set(EXTRACT_FLAGS)
+    assert list(params["backend"].type.choices) == ["zarr", "lmdb"]
+    for backend in params["backend"].type.choices:  # every offered backend passes the library's check
+        ExtractOptions(backend=backend).validate()
+    for compression in params["compression"].type.choices:
+        ExtractOptions(compression=compression).validate()
+    out = CliRunner().invoke(featstore, ["extract", "--help"])
+    assert out.exit_code == 0 and all(f"  {flag} " in out.output for flag in EXTRACT_FLAGS.values())

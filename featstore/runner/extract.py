@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from ..config_types import cli_field
 from ..devices import resolve_device
 from ..errors import FeatstoreError
 from ..store import Recipe, Store
@@ -32,19 +33,33 @@ from .threads import ForwardThreads, available_cores
 
 @dataclass
 class ExtractOptions:
-    batch_size: int = 32
-    num_workers: Optional[int] = None  # None: one per CPU core this process may use (per rank on a node), <= 16
-    device: str = "auto"  # "auto" = cuda when available, else cpu
-    amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | bf16 (CUDA or CPU) | fp16 (CUDA) | none; in the recipe
-    chunk_rows: int = 64
-    on_error: str = "skip"  # skip (record id + reason in the version's failures) | fail
-    backend: str = "zarr"
-    compression: str = "auto"  # zarr codec: auto | blosc | zstd | none (see featstore.store.backends)
+    """How an extraction runs. Fields made with ``cli_field`` are also ``featstore extract`` options (flag, help,
+    choices in the field's metadata; the option's default is the field's: ``cli.common.options_from_dataclass``)."""
+
+    batch_size: int = cli_field(32, "Inputs per forward batch.")
+    num_workers: Optional[int] = cli_field(  # None: one per CPU core this process may use (per rank on a node), <= 16
+        None, "DataLoader worker processes (decode + resize). Default: one per CPU core (shared by the torchrun ranks "
+        "of a node), at most 16; 0 decodes in the main process.", flag="--workers")
+    device: str = cli_field("auto", "auto, cpu, cuda or cuda:N.")  # "auto" = cuda when available, else cpu
+    amp: str = cli_field(  # auto (bf16 on CUDA, none on CPU) | bf16 (CUDA or CPU) | fp16 (CUDA) | none; in the recipe
+        "auto", "Autocast dtype: auto = bf16 on CUDA (fp16 where unsupported), none on CPU; bf16 also runs on CPU, "
+        "fp16 needs CUDA. Part of the version id.", choices=("auto", "bf16", "fp16", "none"))
+    chunk_rows: int = cli_field(64, "Rows per store chunk (resume unit).")
+    on_error: str = cli_field(  # skip (record id + reason in the version's failures) | fail
+        "skip", "Bad inputs: skip records them in the version's failures; fail stops at the first.",
+        choices=("skip", "fail"))
+    backend: str = cli_field("zarr", "zarr: bulk loads; lmdb: fastest per-sample random reads (local stores only).",
+                             choices=("zarr", "lmdb"))  # featstore.store.backends.BACKENDS
+    compression: str = cli_field(  # zarr codec: auto | blosc | zstd | none (see featstore.store.backends)
+        "auto", "Zarr codec; auto keeps dense image features raw, compresses padded text.",
+        choices=("auto", "blosc", "zstd", "none"))
     max_pixels: int = 89_478_485  # PIL's decompression-bomb limit
-    progress: bool = True
+    progress: bool = True  # the CLI's --quiet turns it off
     # decoded-image cache shared by extractors: a directory or a DecodedImageCache (featstore.runner.image_cache);
     # None = decode every image. Never part of the recipe: cached pixels are exactly load_image's.
-    image_cache: Optional[Any] = None
+    image_cache: Optional[Any] = cli_field(
+        None, "Decoded-image cache shared by extractors: the first run decodes and fills it, later runs over the same "
+        "images read pixels from it; safe to delete.", metavar="DIR")
 
     def validate(self) -> None:
         """One line per bad option, before anything is written (a bad value must not leave a version behind)."""
