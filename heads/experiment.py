@@ -8,7 +8,6 @@ Data flows one way: ``heads.data`` (a ``TrainData``) -> ``heads.train`` (a ``Tra
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -19,9 +18,10 @@ import torch
 from featstore.errors import FeatstoreError
 
 from .data import TrainData
-from .metrics import compute_metrics, logits_to_probs
-from .runs import METRICS, SUMMARY, _read_json, holds_run, load_run, prepare_out, save_run, write_predictions, \
-    write_summary
+from .metrics import compute_metrics
+from .outputs import probabilities
+from .runs import CONFIG, METRICS, SUMMARY, _read_json, holds_run, load_run, prepare_out, read_config, save_run, \
+    write_predictions, write_summary
 from .spec import TaskSpec
 from .train import TrainConfig, TrainResult, knn_predictions, labelled_train_rows, predict_logits, train
 
@@ -182,10 +182,9 @@ def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int]
 
 def run_feature_refs(run_dir, image_ref: Optional[str], text_ref: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
     """Feature set refs for evaluating a run: the ones given, else the exact versions it was trained on."""
-    cfg_path = Path(run_dir) / "config.json"
-    if not cfg_path.exists():
+    if not (Path(run_dir) / CONFIG).exists():
         raise FeatstoreError(f"{run_dir} is not a run folder (no config.json); pass the --out folder of `heads train`")
-    feats = json.loads(cfg_path.read_text()).get("features", {})
+    feats = read_config(run_dir).get("features", {})
 
     def ref(side, given):
         if given:
@@ -215,7 +214,7 @@ def _run_probs(model, data: TrainData, idx: torch.Tensor, config: dict) -> Dict[
         cfg = TrainConfig.from_dict(config["train"])
         return knn_predictions(cfg, model, data, labelled_train_rows(cfg, data), idx)
     logits = predict_logits(model, data, idx, config["train"].get("eval_batch_size", 512))
-    return {t.name: logits_to_probs(t, logits[t.name]).cpu().numpy() for t in spec.tasks}
+    return probabilities(spec, logits)
 
 
 def evaluate_run(run_dir, data: TrainData, split: str) -> Dict[str, float]:

@@ -17,7 +17,6 @@ import math
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from .spec import Task, TaskSpec
@@ -34,12 +33,6 @@ METRIC_NAMES = {
 def default_metric(task: Task) -> str:
     """The metric a task is judged by unless told otherwise: AUROC for binary, macro F1 otherwise."""
     return "auroc" if task.kind == "binary" else "macro_f1"
-
-
-def logits_to_probs(task: Task, logits: torch.Tensor) -> torch.Tensor:
-    """[B, task.num_outputs] logits -> probabilities of the same shape (softmax, or sigmoid for multilabel)."""
-    logits = logits.float()
-    return torch.sigmoid(logits) if task.kind == "multilabel" else torch.softmax(logits, dim=-1)
 
 
 def labelled_rows(task: Task, y_true: np.ndarray) -> np.ndarray:

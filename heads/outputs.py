@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,9 +26,15 @@ from .spec import Task, TaskSpec
 KINDS = ("binary", "multiclass", "multilabel")
 
 
-def task_probabilities(task: Task, logits: Tensor) -> Tensor:
-    """Probabilities for ``logits [B, task.num_outputs]``: sigmoid for multilabel, softmax otherwise."""
+def logits_to_probs(task: Task, logits: Tensor) -> Tensor:
+    """[B, task.num_outputs] logits -> probabilities of the same shape and dtype: sigmoid for multilabel, softmax
+    otherwise. The one definition: the cascade's inputs here, and every reported probability (``probabilities``)."""
     return torch.sigmoid(logits) if task.kind == "multilabel" else torch.softmax(logits, dim=-1)
+
+
+def probabilities(spec: TaskSpec, logits: Dict[str, Tensor]) -> Dict[str, np.ndarray]:
+    """{task: [N, K] float32 numpy probabilities} of a model's {task: logits} (evaluation and predictions)."""
+    return {t.name: logits_to_probs(t, logits[t.name].float()).cpu().numpy() for t in spec.tasks}
 
 
 def validate_tasks(spec: TaskSpec) -> None:
@@ -128,6 +135,6 @@ class PredictionLayers(nn.Module):
         out: Dict[str, Tensor] = {}
         for name in self.order:
             feeders = self.parents.get(name, [])
-            inp = torch.cat([h, *(task_probabilities(by_name[p], out[p]) for p in feeders)], dim=-1) if feeders else h
+            inp = torch.cat([h, *(logits_to_probs(by_name[p], out[p]) for p in feeders)], dim=-1) if feeders else h
             out[name] = self.layers[name](inp)
         return {t.name: out[t.name] for t in self.tasks}

@@ -30,7 +30,8 @@ from featstore.errors import FeatstoreError
 from .batching import bucketed_batches, length_key, length_sorted
 from .data import TrainData, validation_split
 from .losses import LossConfig, build_losses, multitask_loss
-from .metrics import compute_metrics, logits_to_probs, metric_keys
+from .metrics import compute_metrics, metric_keys
+from .outputs import probabilities
 from .schedule import SCHEDULES, build_scheduler
 from .spec import TaskSpec
 from .threads import check_threads, cpu_threads
@@ -185,7 +186,7 @@ def evaluate(model, data: TrainData, idx: torch.Tensor, losses=None, batch_size:
     """(flat metrics incl. "loss" when ``losses`` given, warnings, {task: probs numpy}) on rows ``idx``."""
     spec = data.task_spec
     logits = predict_logits(model, data, idx, batch_size, amp, trim)
-    probs = {t.name: logits_to_probs(t, logits[t.name]).cpu().numpy() for t in spec.tasks}
+    probs = probabilities(spec, logits)
     metrics, warnings = compute_metrics(spec, data.targets_numpy(idx), probs)
     if losses is not None:
         total, _ = multitask_loss(spec, losses, {t.name: logits[t.name] for t in spec.tasks}, data.batch_targets(idx))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from featstore.errors import FeatstoreError
-from heads.outputs import PredictionLayers, task_order
+from heads.outputs import PredictionLayers, logits_to_probs, probabilities, task_order
 from heads.presets import load_preset
 from heads.spec import Task, TaskSpec
 from heads.tasks import with_feeds
@@ -77,3 +77,19 @@ def test_bad_feeds_text_is_one_line():
 def test_memotion_preset_cascades_emotions_into_intensities():
     p = load_preset("memotion2-multitask")
     assert p.data["feeds"] == "B>C" and p.data["task_weights"] == "A=0.4,B=0.3,C=0.3"
+
+
+def test_probabilities_are_softmax_or_sigmoid_as_a_float64_numpy_forward_computes_them():
+    spec = TaskSpec(tasks=[Task("label", "binary", 2), TASKS[0], TASKS[1]])
+    g = torch.Generator().manual_seed(0)
+    logits = {"label": torch.randn(5, 2, generator=g) * 3, "A": torch.randn(5, 3, generator=g) * 3,
+              "B": torch.randn(5, 4, generator=g).to(torch.bfloat16)}  # bf16, as an autocast forward gives them
+    x = {k: v.double().numpy() for k, v in logits.items()}
+    want = {k: np.exp(x[k]) / np.exp(x[k]).sum(1, keepdims=True) for k in ("label", "A")}
+    want["B"] = 1 / (1 + np.exp(-x["B"]))
+    got = probabilities(spec, logits)
+    assert list(got) == ["label", "A", "B"] and all(v.dtype == np.float32 for v in got.values())
+    for k in got:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+    # the cascade's input keeps the logits' dtype (a float64 forward stays float64)
+    assert logits_to_probs(TASKS[1], logits["B"].double()).dtype == torch.float64
