@@ -1,0 +1,89 @@
+"""Run folders carry ``format_version`` in config.json: written as 1, a config.json without one still loads
+(version 1), a newer one is refused in one line naming the run and the fix, before anything is rebuilt."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from featstore.errors import FeatstoreError
+from heads.experiment import evaluate_run, run_feature_refs, train_run
+from heads.runs import load_run
+from heads.train import TrainConfig
+from test_heads_train import FAST, xor_data
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    data = xor_data()
+    run_dir = tmp_path_factory.mktemp("fmt") / "run"
+    train_run(TrainConfig(head="concat", head_cfg=dict(hidden=[8], dropout=0.0), **{**FAST, "epochs": 1}), data,
+              run_dir, progress=False, plots=False)
+    return run_dir, data
+
+
+def _rewrite(run_dir, **changes):
+    path = run_dir / "config.json"
+    config = json.loads(path.read_text())
+    for k, v in changes.items():
+        if v is None:
+            config.pop(k)
+        else:
+            config[k] = v
+    path.write_text(json.dumps(config))
+    return path.read_text()
+
+
+def test_config_json_says_format_version_1(run):
+    run_dir, _ = run
+    assert json.loads((run_dir / "config.json").read_text())["format_version"] == 1
+    _, config = load_run(run_dir)
+    assert config["format_version"] == 1
+
+
+def test_a_config_json_without_format_version_loads_as_version_1(run, tmp_path):
+    run_dir, data = run
+    saved = (run_dir / "config.json").read_text()
+    try:
+        _rewrite(run_dir, format_version=None)
+        model, config = load_run(run_dir)
+        assert "format_version" not in config
+        weights = load_file(str(run_dir / "model.safetensors"))
+        assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+        assert set(evaluate_run(run_dir, data, "test")) >= {"label/auroc", "label/accuracy"}
+    finally:
+        (run_dir / "config.json").write_text(saved)
+
+
+@pytest.mark.parametrize("version", [2, 7])
+def test_a_newer_format_version_is_refused_in_one_line(run, version):
+    run_dir, data = run
+    saved = (run_dir / "config.json").read_text()
+    try:
+        written = _rewrite(run_dir, format_version=version)
+        want = (f"run {run_dir} was written in run format {version}, newer than this featstore-heads reads (1); "
+                "upgrade featstore-heads (pip install -U featstore-heads)")
+        for call in (lambda: load_run(run_dir), lambda: evaluate_run(run_dir, data, "test"),
+                     lambda: run_feature_refs(run_dir, None, None)):
+            with pytest.raises(FeatstoreError) as err:
+                call()
+            assert str(err.value) == want
+        assert (run_dir / "config.json").read_text() == written  # nothing rewritten
+    finally:
+        (run_dir / "config.json").write_text(saved)
+
+
+@pytest.mark.parametrize("version", ["1", 0, 1.5, True])
+def test_a_format_version_that_is_not_a_whole_number_is_refused(run, version):
+    run_dir, _ = run
+    saved = (run_dir / "config.json").read_text()
+    try:
+        _rewrite(run_dir, format_version=version)
+        with pytest.raises(FeatstoreError) as err:
+            load_run(run_dir)
+        assert str(err.value) == (f"{run_dir / 'config.json'} has format_version {version!r}, not a whole number "
+                                  ">= 1; re-run `heads train` to rewrite it")
+    finally:
+        (run_dir / "config.json").write_text(saved)
