@@ -208,6 +208,29 @@ def test_refnet_pretrain_and_label_fraction(data):
     assert not np.array_equal(rows, labelled_train_rows(dataclasses.replace(cfg, seed=1), data).cpu().numpy())
 
 
+def test_label_fraction_trains_on_exactly_the_chosen_rows(data):
+    """A run with label_fraction learns what a run whose train split holds only the chosen rows learns: the same
+    weights bit for bit; a split with one chosen row swapped for an unchosen one learns something else."""
+    from heads.train import labelled_train_rows
+
+    cfg = TrainConfig(head="concat", head_cfg=dict(hidden=[16], dropout=0.0), label_fraction=0.3, seed=2, threads=1,
+                      **{**FAST, "epochs": 2})
+    chosen = labelled_train_rows(cfg, data)
+    unchosen = sorted(set(data.split("train").tolist()) - set(chosen.tolist()))
+
+    def weights(train_rows, fraction):
+        on = data if train_rows is None else dataclasses.replace(data, splits={**data.splits, "train": train_rows})
+        return train(dataclasses.replace(cfg, label_fraction=fraction), on, progress=False).model.state_dict()
+
+    got = weights(None, 0.3)
+    want = weights(chosen, None)
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in got)
+    swapped = chosen.clone()
+    swapped[0] = unchosen[0]
+    other = weights(swapped, None)
+    assert any(not torch.equal(got[k], other[k]) for k in got)
+
+
 def test_train_seeds_summary(tmp_path, data):
     cfg = TrainConfig(head="concat", head_cfg=dict(hidden=[8], dropout=0.0), **{**FAST, "epochs": 2})
     summary = train_seeds(cfg, data, [0, 3], tmp_path)
