@@ -98,3 +98,22 @@ def test_read_json_errors_are_the_given_lines(tmp_path):
     with pytest.raises(FeatstoreError) as e:
         read_json(missing, "cannot read {path} ({err}); pass run folders")
     assert str(e.value) == f"cannot read {missing} ([Errno 2] No such file or directory: '{missing}'); pass run folders"
+
+
+def test_an_extractions_recipe_is_json_types_and_an_unknown_object_is_named():
+    from types import SimpleNamespace
+
+    import torch
+
+    from featstore.runner.extract import _recipe
+
+    ext = SimpleNamespace(config=_Opts(np.int64(224), Path("/w/resnet.pt")), weights_fingerprint=lambda: "sha:1",
+                          preprocessing=lambda: {"mean": np.array([0.5, 0.25]), "size": (224, 224)})
+    r = _recipe(ext, "grid", SimpleNamespace(fingerprint="m"), torch.float32)
+    assert r.config == {"size": 224, "where": "/w/resnet.pt"} and type(r.config["size"]) is int
+    assert r.preprocessing == {"mean": [0.5, 0.25], "size": [224, 224]}
+    ext.preprocessing = lambda: {"interpolation": torch.float16}  # formerly written as the string "torch.float16"
+    with pytest.raises(FeatstoreError) as e:
+        _recipe(ext, "grid", SimpleNamespace(fingerprint="m"), torch.float32)
+    assert str(e.value) == ("grid preprocessing['interpolation'] is a torch.dtype, which JSON cannot hold; pass a str, "
+                            "number, bool, None, list or dict")

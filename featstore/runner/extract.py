@@ -25,6 +25,7 @@ import torch
 from ..config_types import cli_field
 from ..devices import resolve_device
 from ..errors import FeatstoreError
+from ..jsonio import to_jsonable
 from ..store import Recipe, Store
 from . import dist
 from .image_cache import DecodedImageCache, ImageCacheError, load_input
@@ -328,8 +329,9 @@ def _plan(store: Store, dataset, extractor_name: str, name: Optional[str], extra
 
 def _recipe(ext, extractor_name: str, dataset, compute_dtype: torch.dtype) -> Recipe:
     """What names the version; the autocast dtype changes the numbers (bf16 vs float32), so it is part of it."""
-    return Recipe(extractor=extractor_name, config=_jsonable(ext.config),
-                  weights_fingerprint=ext.weights_fingerprint(), preprocessing=_jsonable(ext.preprocessing()),
+    return Recipe(extractor=extractor_name, config=to_jsonable(ext.config, where=f"{extractor_name} config"),
+                  weights_fingerprint=ext.weights_fingerprint(),
+                  preprocessing=to_jsonable(ext.preprocessing(), where=f"{extractor_name} preprocessing"),
                   manifest_fingerprint=dataset.fingerprint, compute={"autocast": _AMP_NAMES[compute_dtype]})
 
 
@@ -500,18 +502,6 @@ def _open_image_cache(path, modality: str) -> Optional[DecodedImageCache]:
 
 def _shapes(fsv) -> Dict[str, tuple]:
     return {n: (len(fsv),) + fsv.spec(n).shape for n in fsv.array_names}
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj)
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 class _NoBar:
