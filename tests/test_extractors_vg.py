@@ -469,18 +469,27 @@ def test_extract_into_a_store_and_resume_noop(ckpt, tmp_path):
     assert s2.already_complete and s2.version == s1.version
 
 
-def test_cli_extract_then_export_a_detectron_lmdb(ckpt, tmp_path):
+def cli_extract(weights, tmp_path):
+    """``featstore extract`` of a Hateful-Memes-style folder with the TINY options: (dataset folder, store
+    path, the feature set ``vg``)."""
     from cli.featstore_cli import main as featstore
-    from cli_helpers import invoke, make_hm_folder, one_line_error
-    from featstore.interop.mmf_lmdb import MMFLmdbReader
+    from cli_helpers import invoke, make_hm_folder
     from featstore.store import open_store
 
-    path, _ = ckpt
     data, store = make_hm_folder(tmp_path / "hm"), tmp_path / "store"
     tiny = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
-    invoke(featstore, ["extract", "--dataset", data / "train.jsonl", "--extractor", "vg-regions", "--weights", path,
+    invoke(featstore, ["extract", "--dataset", data / "train.jsonl", "--extractor", "vg-regions", "--weights", weights,
                        "--store", store, "--workers", 0, "--quiet", "--batch-size", 4, "--name", "vg", *tiny])
-    fs = open_store(str(store)).open("vg")
+    return data, store, open_store(str(store)).open("vg")
+
+
+def test_cli_extract_then_export_a_detectron_lmdb(ckpt, tmp_path):
+    from cli.featstore_cli import main as featstore
+    from cli_helpers import invoke, one_line_error
+    from featstore.interop.mmf_lmdb import MMFLmdbReader
+
+    path, _ = ckpt
+    data, store, fs = cli_extract(path, tmp_path)
     assert fs.record["recipe"]["preprocessing"]["weights_load"]["missing"] == []
     invoke(featstore, ["export", "vg", "--store", store, "--format", "mmf-lmdb", "--out", tmp_path / "detectron.lmdb"])
     reader = MMFLmdbReader(tmp_path / "detectron.lmdb")

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from featstore.errors import FeatstoreError
 from featstore.extractors import create_extractor
 from featstore.extractors.vg_model import RPNSettings
-from test_extractors_vg import (BLOCKS, RPN, TINY, A, C, W, block, caffe_roi_pool, detect_and_forward, images,
-                                random_boxes, random_weights, ref_c4, ref_input, t64)
+from test_extractors_vg import (BLOCKS, RPN, TINY, A, C, W, block, caffe_roi_pool, cli_extract, detect_and_forward,
+                                images, random_boxes, random_weights, ref_c4, ref_input, t64)
 
 NA = 12  # 3 ratios x 4 scales
 
@@ -321,3 +321,12 @@ def test_bad_pth_files_are_one_line_errors(bua, tmp_path):
     assert str(e.value) == (f"weights {p!r}: proposal_generator.rpn_head.objectness_logits.weight has shape "
                             "(12, 8, 1, 1), the model expects (24, 8, 1, 1); set the architecture options (width, "
                             "blocks, rpn_channels, num_classes, num_attrs) to the checkpoint's")
+
+
+def test_cli_extracts_from_the_pth_and_records_the_layout(bua, tmp_path):
+    _, _, fs = cli_extract(bua[0], tmp_path)
+    pre = fs.record["recipe"]["preprocessing"]
+    assert pre["layout"] == "bua-caffe" and pre["rpn"]["min_size"] == 16.0
+    assert pre["weights_load"]["missing"] == [] and pre["weights_load"]["anchors"] == "checkpoint"
+    counts = fs.read("count")
+    assert len(counts) == len(fs.keys) and ((counts >= 3) & (counts <= 12)).all()
