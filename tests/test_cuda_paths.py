@@ -67,15 +67,22 @@ def test_head_trains_on_the_device_with_trimmed_batches_like_the_untrimmed_forwa
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
-def test_faiss_index_on_the_gpu_finds_the_cpu_neighbours():
-    from featstore.search import build_index, gpu_available
+def test_faiss_index_on_the_gpu_finds_the_exact_neighbours():
+    if DEVICE == "cpu":  # without a GPU both indexes would be the CPU one: nothing to compare
+        pytest.skip("the CPU index is tests/test_search_index.py; this test needs faiss-gpu on a CUDA device")
+    from featstore.search import VectorIndex, build_index, gpu_available
 
-    use_gpu = DEVICE == "cuda"
-    if use_gpu:
-        assert gpu_available(), "the installed faiss has no GPU support: pip install -e '.[gpu]' (faiss-gpu)"
+    assert gpu_available(), "the installed faiss has no GPU support: pip install -e '.[gpu]' (faiss-gpu)"
     x = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)
-    dev = build_index(x, kind="flat", use_gpu=use_gpu)
-    cpu = build_index(x, kind="flat", use_gpu=False)
-    assert dev.on_gpu == use_gpu
-    (_, i_dev), (_, i_cpu) = dev.search(x[:50], 5), cpu.search(x[:50], 5)
-    assert np.array_equal(np.asarray(i_dev)[:, 0], np.arange(50)) and np.array_equal(np.asarray(i_dev), np.asarray(i_cpu))
+    q = x[:50] + 0.1 * np.random.default_rng(1).standard_normal((50, 64)).astype(np.float32)
+    unit = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ unit.T  # float64 cosine, brute force
+    want = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    for index in (build_index(x, kind="flat", use_gpu=True), build_index(x, kind="flat", use_gpu="auto"),
+                  build_index(x, kind="ivf", nlist=16, nprobe=16, use_gpu=True)):  # every list probed: exact
+        assert index.on_gpu, index
+        s, i = index.search(q, 5)
+        assert np.array_equal(np.asarray(i), want), index
+        np.testing.assert_allclose(np.asarray(s), np.take_along_axis(sims, want, 1), atol=1e-4)
+    back = VectorIndex.from_bytes(index.to_bytes(), use_gpu=False)  # the GPU index saved in its CPU form
+    assert not back.on_gpu and np.array_equal(np.asarray(back.search(q, 5)[1]), want)
