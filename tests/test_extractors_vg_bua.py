@@ -301,13 +301,27 @@ def test_forced_layout_must_match_the_file(bua):
     assert str(e.value) == "layout='caffe' is not a checkpoint layout; use auto, detectron2, bua-caffe"
 
 
-def test_bad_pth_files_are_one_line_errors(bua, tmp_path):
+class Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch pwned",))
+
+
+def test_bad_pth_files_are_one_line_errors(bua, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     p = tmp_path / "cut.pth"
     p.write_bytes(open(bua[0], "rb").read()[:3000])
     with pytest.raises(FeatstoreError) as e:
         create_extractor("vg-regions", weights=str(p), **TINY)
     assert str(e.value).startswith(f"weights file {str(p)!r} cannot be read (")
     assert str(e.value).endswith("); pass a torch state dict (.pth) or a .safetensors file")
+    p = tmp_path / "evil.pth"
+    torch.save({"model": {"x": Evil()}}, str(p))  # weights_only refuses the global before calling it
+    with pytest.raises(FeatstoreError) as e:
+        create_extractor("vg-regions", weights=str(p), **TINY)
+    assert str(e.value) == (f"weights file {str(p)!r} cannot be read (UnpicklingError); pass a torch state dict "
+                            "(.pth) or a .safetensors file")
+    assert not (tmp_path / "pwned").exists()
     weights = dict(bua[1], **{"proposal_generator.anchor_generator.cell_anchors.0": np.zeros((9, 4), np.float32)})
     p = save_pth(tmp_path / "anchors.pth", weights)
     with pytest.raises(FeatstoreError) as e:
