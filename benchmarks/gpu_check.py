@@ -5,9 +5,11 @@ about 8 minutes altogether on one H100/H200, one table with the goals beside the
 
 Steps, in order (each timed; the table says how long it took):
 
-1. ``pytest -m cuda tests/test_cuda_paths.py`` in a subprocess with ``FEATSTORE_CUDA_TESTS=cuda``: bf16
-   autocast, pinned memory and non-blocking copies, channels_last under cuDNN, ``--compile`` on CUDA, a
-   head trained on the GPU with trimmed batches, faiss-gpu. A skipped test counts as a failure here.
+1. ``pytest -m cuda`` over every test file that marks tests ``cuda`` (``tests/test_cuda_paths.py``,
+   ``tests/test_gpu_check_cuda.py``, ...) in a subprocess with ``FEATSTORE_CUDA_TESTS=cuda``: bf16
+   autocast, pinned memory and non-blocking copies (float and uint8 pixel batches), channels_last under
+   cuDNN, pixels normalised on the device, ``--compile`` on CUDA, a head trained on the GPU with trimmed
+   batches, faiss-gpu. A skipped test counts as a failure here.
 2. Extraction (``extract_throughput.bench_one``, random weights, full architectures): DINOv2 ViT-L/14
    multi-layer at 518 px, ResNet-152 grid at 224 px, ResNet-152 roi at 600 px; 2,048 synthetic PNGs each,
    pipeline cold (decoding) and over a warm decoded-image cache, its forward-only ceiling and the clip-
@@ -22,6 +24,10 @@ NCCL under ``torchrun`` needs two GPUs on one machine; with one it is reported a
 ``--dry-run``: the same steps on the CPU at tiny sizes (tests on the CPU, tiny models, a few dozen images,
 no DataLoader workers), so the script cannot rot before a GPU arrives (``tests/test_gpu_check.py`` runs it).
 
+Time: ``--budget-s`` (480) bounds the whole check, not only when a step may start: a step still running at
+the budget is stopped (SIGALRM; the test subprocess by its timeout) and reported ``FAIL: time``, later
+steps ``not run: time``.
+
 Exit status: 0 when every step ran; 1 when any step failed (an exception, a failed or skipped test, a
 CUDA path that broke) or did not run for lack of time; goals missed are marked ``NOT met`` in the table
 but do not fail the run. The table (markdown, with the device, date and command) is printed and written
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -81,13 +88,21 @@ def sizes_for(dry_run: bool) -> Sizes:
 
 
 # ------------------------------------------------------------------------------------------- steps
+def cuda_test_files() -> List[Path]:
+    """The test files that mark tests ``cuda`` (``pytest.mark.cuda`` in their text)."""
+    return sorted(p for p in (ROOT / "tests").glob("test_*.py") if "pytest.mark.cuda" in p.read_text())
+
+
 def step_tests(sizes: Sizes, work: Path) -> List[Row]:
     """The CUDA-marked tests in a subprocess; any failure, error or skip is a FAIL."""
     xml = work / "cuda-tests.xml"
     env = dict(os.environ, FEATSTORE_CUDA_TESTS=sizes.device.type)
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-           str(ROOT / "tests" / "test_cuda_paths.py"), f"--junitxml={xml}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+           *map(str, cuda_test_files()), f"--junitxml={xml}"]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=_left())
+    except subprocess.TimeoutExpired:
+        return [Row("CUDA tests", status=f"FAIL: time: still running at the {_BUDGET['s']:g} s budget")]
     if not xml.exists():
         last = ((proc.stdout + proc.stderr).strip().splitlines() or [""])[-1]
         return [Row("CUDA tests", status=f"FAIL: pytest wrote no report (exit {proc.returncode}): {last}")]
@@ -206,20 +221,46 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+_BUDGET = {"s": 480.0, "end": float("inf")}  # the whole check's budget and its perf_counter deadline
+
+
+class StepTimeout(BaseException):
+    """The time budget ran out while a step was running (a BaseException: a step's own ``except Exception``
+    around one extractor must not swallow it)."""
+
+
+def _left() -> float:
+    return max(1.0, _BUDGET["end"] - time.perf_counter())
+
+
+def _on_alarm(signum, frame):
+    raise StepTimeout(f"still running at the {_BUDGET['s']:g} s budget")
+
+
 def run_steps(sizes: Sizes, budget_s: float, work: Path) -> List[Row]:
+    """Every step in order; one that raises is a FAIL row, one still running at the budget is stopped."""
     rows: List[Row] = []
-    start = time.perf_counter()
-    for step in STEPS:
-        name = step.__name__.replace("step_", "")
-        if time.perf_counter() - start > budget_s:
-            rows.append(Row(name, status=f"not run: time budget of {budget_s:g} s spent"))
-            continue
-        t0 = time.perf_counter()
-        try:
-            rows += step(sizes, work)
-        except Exception as err:  # one broken path must not hide the others
-            rows.append(_failed(name, err, t0))
-        print(f"  done {name} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    _BUDGET.update(s=float(budget_s), end=time.perf_counter() + budget_s)
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        for step in STEPS:
+            name = step.__name__.replace("step_", "")
+            if time.perf_counter() >= _BUDGET["end"]:
+                rows.append(Row(name, status=f"not run: time budget of {budget_s:g} s spent"))
+                continue
+            t0 = time.perf_counter()
+            signal.setitimer(signal.ITIMER_REAL, _left())
+            try:
+                rows += step(sizes, work)
+            except StepTimeout as err:
+                rows.append(Row(name, status=f"FAIL: time: {err}", seconds=time.perf_counter() - t0))
+            except Exception as err:  # one broken path must not hide the others
+                rows.append(_failed(name, err, t0))
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            print(f"  done {name} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
     return rows
 
 

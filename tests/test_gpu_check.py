@@ -23,7 +23,8 @@ def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     assert "GPU check (DRY RUN: CPU, tiny sizes)" in text and "FAIL" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| step")]
     steps = [r.split(" | ")[0][2:] for r in rows]
-    assert sum(s.startswith("test test_") for s in steps) == 4
+    assert sum(s.startswith("test test_") for s in steps) == 6  # every cuda-marked test of every file
+    assert "test test_pinned_uint8_pixels_normalised_on_the_device_equal_the_cpus" in steps
     for name in ("extract dinov2-multilayer (tiny)", "extract grid (tiny)", "extract roi (tiny)"):
         assert name in steps
     assert any(s.startswith("vilbert head (tiny), 48 + 8 samples") for s in steps)
@@ -37,3 +38,31 @@ def test_without_a_gpu_the_real_run_is_a_one_line_error():
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: no GPU is visible to torch; run on a CUDA machine, or pass --dry-run to "
                                    "check the script on the CPU")
+
+
+def test_a_step_still_running_at_the_budget_is_stopped_and_fails_the_check(tmp_path, monkeypatch):
+    import time
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    ran = []
+
+    def step_slow(sizes, work):
+        try:
+            time.sleep(30)
+        except Exception:  # a step's own handler must not swallow the budget
+            ran.append("swallowed")
+        return []
+
+    def step_after(sizes, work):
+        ran.append("after")
+        return []
+
+    monkeypatch.setattr(gpu_check, "STEPS", (step_slow, step_after))
+    t0 = time.perf_counter()
+    rows = gpu_check.run_steps(gpu_check.sizes_for(True), 1, tmp_path)
+    assert time.perf_counter() - t0 < 10 and ran == []
+    assert [(r.step, r.status) for r in rows] == [("slow", "FAIL: time: still running at the 1 s budget"),
+                                                  ("after", "not run: time budget of 1 s spent")]
+    assert all(r.failed for r in rows)
