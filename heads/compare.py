@@ -25,6 +25,7 @@ from featstore.errors import FeatstoreError
 from featstore.jsonio import read_json
 
 from .metrics import format_mean_std, mean_std
+from .sweep_layout import LEADERBOARD_CSV, SPEC, sweep_row_groups
 
 ALPHA = 0.05  # significance level of the verdicts
 UNREADABLE = "cannot read {path} ({err}); pass run folders written by `heads train`"
@@ -124,13 +125,11 @@ def labelled_splits(metrics_json: dict) -> List[str]:
 def expand_inputs(run_dirs: Sequence) -> List[Tuple[Path, Optional[str]]]:
     """(group folder, display name) for each input: a sweep folder (or its ``leaderboard.csv``) becomes its
     finished rows in leaderboard order; anything else stays itself."""
-    from .sweep import sweep_row_groups
-
     out: List[Tuple[Path, Optional[str]]] = []
     for d in run_dirs:
         p = Path(d)
-        root = p.parent if p.name == "leaderboard.csv" else p
-        if (root / "sweep.json").is_file():
+        root = p.parent if p.name == LEADERBOARD_CSV else p
+        if (root / SPEC).is_file():
             rows = sweep_row_groups(root)
             if not rows:
                 raise FeatstoreError(f"sweep {root} has no finished row yet; run `heads sweep` to completion first")

@@ -27,6 +27,7 @@ from featstore.jsonio import read_json
 from .compare import lower_is_better, significance
 from .metrics import format_mean_std, mean_std
 from .experiment import headline_keys
+from .sweep_layout import DONE, ERROR, LEADERBOARD_CSV, RUNS, seed_folder, setting_label
 
 REDO = "remove it and rerun the same `heads sweep` command to redo that run"
 UNREADABLE, NOT_JSON = "cannot read {path} ({err}); " + REDO, "{path} is not valid JSON ({err.msg}); " + REDO
@@ -36,11 +37,11 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 def _records(root: Path, row_id: str, seeds: Sequence[int]) -> Tuple[Dict[int, dict], Dict[int, str]]:
     done, failed = {}, {}
     for s in seeds:
-        folder = root / "runs" / row_id / f"seed_{s}"
-        if (folder / "done.json").is_file():
-            done[s] = read_json(folder / "done.json", UNREADABLE, NOT_JSON)
-        elif (folder / "error.json").is_file():
-            failed[s] = read_json(folder / "error.json", UNREADABLE, NOT_JSON)["error"]
+        folder = seed_folder(root, row_id, s)
+        if (folder / DONE).is_file():
+            done[s] = read_json(folder / DONE, UNREADABLE, NOT_JSON)
+        elif (folder / ERROR).is_file():
+            failed[s] = read_json(folder / ERROR, UNREADABLE, NOT_JSON)["error"]
     return done, failed
 
 
@@ -58,7 +59,7 @@ def _row_entry(root: Path, row, seeds: Sequence[int]) -> dict:
             for k, v in flat.items():
                 values.setdefault(split, {}).setdefault(k, {})[s] = v
     if done:
-        write_summary(root / "runs" / row.id, {s: {**r["metrics"], "seed": s} for s, r in done.items()},
+        write_summary(root / RUNS / row.id, {s: {**r["metrics"], "seed": s} for s, r in done.items()},
                       {s: {"dir": f"seed_{s}", "best_epoch": r["best_epoch"], "seconds": r["seconds"]}
                        for s, r in done.items()}, head=row.head)
     status = "failed" if not done else ("ok" if len(done) == len(seeds) else f"partial ({len(done)}/{len(seeds)} seeds)")
@@ -113,7 +114,7 @@ def _p_vs(best: Optional[dict], e: dict, split: str, metric: Optional[str]) -> O
 
 def _cells(board: dict, e: dict, pm: bool) -> List[Any]:
     """One row's values in column order (``pm``: "mean +- std" text cells, else mean and std apart)."""
-    out: List[Any] = [e["rank"] or "", e["features"], e["head"], _setting(e["setting"]), e["status"],
+    out: List[Any] = [e["rank"] or "", e["features"], e["head"], setting_label(e["setting"]), e["status"],
                       ",".join(map(str, e["seeds"])), _f(e["seconds"], 2)]
     for s in board["splits"]:
         for m in board["metrics"]:
@@ -133,12 +134,6 @@ def _headers(board: dict, pm: bool) -> List[str]:
     return h + ["errors"] + ([] if pm else ["row_id"])
 
 
-def _setting(setting: Dict[str, Any]) -> str:
-    from .sweep import setting_label
-
-    return setting_label(setting)
-
-
 def _f(x: Optional[float], digits: int = 4) -> str:
     return "" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
@@ -146,13 +141,13 @@ def _f(x: Optional[float], digits: int = 4) -> str:
 def write_leaderboard(root, board: dict, top: int = 5) -> List[Path]:
     """Write leaderboard.csv, .md and .html into ``root``; return their paths."""
     root = Path(root)
-    with open(root / "leaderboard.csv", "w", newline="") as f:
+    with open(root / LEADERBOARD_CSV, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(_headers(board, pm=False))
         w.writerows(_cells(board, e, pm=False) for e in board["rows"])
     (root / "leaderboard.md").write_text(markdown(board))
     (root / "leaderboard.html").write_text(html_page(board, top))
-    return [root / "leaderboard.csv", root / "leaderboard.md", root / "leaderboard.html"]
+    return [root / LEADERBOARD_CSV, root / "leaderboard.md", root / "leaderboard.html"]
 
 
 def _title(board: dict) -> str:
@@ -181,23 +176,6 @@ def leaderboard_lines(board: dict, top: int = 5) -> List[str]:
     return out
 
 
-def read_leaderboard_order(root) -> List[Tuple[str, str]]:
-    """(row_id, label) of the rows in ``leaderboard.csv``, in its order."""
-    from featstore.errors import FeatstoreError
-
-    path = Path(root) / "leaderboard.csv"
-    if not path.is_file():
-        raise FeatstoreError(f"{path} does not exist; run `heads sweep` into {root} first")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [(r["row_id"], f"{_names(r['features'])} {r['head']} {r['setting']}") for r in rows]
-
-
-def _names(features: str) -> str:
-    """``img@v1+txt@v2`` -> ``img+txt`` (the versions are in the compare table's features column)."""
-    return "+".join(f.split("@")[0] for f in features.split("+"))
-
-
 # ------------------------------------------------------------------------------------------------ html
 
 _JS = """
@@ -214,7 +192,7 @@ def _html_table(board: dict) -> str:
     ths = "".join(f"<th onclick='sortBy(this)'>{html.escape(h)}</th>" for h in head)
     body = []
     for e in board["rows"]:
-        sort_vals = [e["rank"] or "", e["features"], e["head"], _setting(e["setting"]), e["status"],
+        sort_vals = [e["rank"] or "", e["features"], e["head"], setting_label(e["setting"]), e["status"],
                      len(e["seeds"]), _f(e["seconds"], 3)]
         sort_vals += [_f(e["stats"][s][m][0]) for s in board["splits"] for m in board["metrics"]]
         sort_vals += [_f(e["p"].get(s), 6) for s in board["splits"]] + [""]

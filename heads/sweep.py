@@ -44,7 +44,8 @@ from featstore.devices import NO_GPU, check_device
 from featstore.errors import FeatstoreError
 from featstore.jsonio import canonical_json, write_json
 
-RUNS, DONE, ERROR, ROW, SPEC = "runs", "done.json", "error.json", "row.json", "sweep.json"
+from .sweep_layout import DONE, ERROR, ROW, RUNS, SPEC, features_label, seed_folder, setting_label
+
 NOT_GRID = ("head", "head_cfg", "seed", "device", "init_checkpoint", "trust_checkpoint")
 GRID_DATA = ("max_regions", "max_tokens", "text_array", "text_pool")  # swept by loading the features again
 
@@ -84,14 +85,6 @@ class Row:
     @property
     def label(self) -> str:
         return f"{features_label(self.features)} {self.head} {setting_label(self.setting)}"
-
-
-def features_label(features: Tuple[Optional[str], Optional[str]]) -> str:
-    return "+".join(f.split("@")[0] for f in features if f) or "-"
-
-
-def setting_label(setting: Dict[str, Any]) -> str:
-    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in setting.items()) or "default"
 
 
 # --------------------------------------------------------------------------------------------- the grid
@@ -238,7 +231,7 @@ class Job:
 
 def pending_jobs(rows: Sequence[Row], seeds: Sequence[int], root: Path) -> List[Job]:
     """The (row, seed) runs without a ``done.json``, grouped by ``loading_key`` (loading order)."""
-    jobs = [Job(r, s) for r in rows for s in seeds if not (root / f"{RUNS}/{r.id}/seed_{s}" / DONE).is_file()]
+    jobs = [Job(r, s) for r in rows for s in seeds if not (seed_folder(root, r.id, s) / DONE).is_file()]
     order = {f: i for i, f in enumerate(dict.fromkeys(loading_key(r) for r in rows))}
     return sorted(jobs, key=lambda j: order[loading_key(j.row)])
 
@@ -426,19 +419,6 @@ def run_sweep(spec: SweepSpec, out_dir, devices: Sequence[str] = ("cpu",), echo:
     paths = write_leaderboard(root, board, top)
     yield from leaderboard_lines(board, top)
     yield "leaderboard: " + ", ".join(str(p) for p in paths)
-
-
-def sweep_row_groups(root) -> List[Tuple[Path, str]]:
-    """(row folder, row label) of every row with a finished run, in leaderboard order (``heads compare``)."""
-    from .leaderboard import read_leaderboard_order
-
-    root = Path(root)
-    out = []
-    for row_id, label in read_leaderboard_order(root):
-        folder = root / RUNS / row_id
-        if any((p / DONE).is_file() for p in folder.glob("seed_*")):
-            out.append((folder, label))
-    return out
 
 
 def sweep_devices(text: str) -> List[str]:

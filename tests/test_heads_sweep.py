@@ -276,7 +276,7 @@ def test_a_preset_gives_every_row_its_train_settings_and_its_head_its_options(wo
 
 def test_more_bad_input_messages(world, tmp_path, swept):
     from heads.compare import compare_runs
-    from heads.leaderboard import read_leaderboard_order
+    from heads.sweep_layout import read_leaderboard_order
     from heads.runs import run_dir_of
     from heads.sweep import SweepSpec, feature_pairs, load_grid_file, run_sweep, sweep_devices
 

@@ -24,9 +24,6 @@ KNOWN_CYCLES = {
     ("featstore.interop", "featstore.interop.hdf5"):
         "interop/__init__.py re-exports hdf5, which imports check_record from the package: give check_record "
         "its own module",
-    ("heads.compare", "heads.leaderboard", "heads.sweep"):
-        "leaderboard imports compare and (lazily) sweep, sweep lazily imports leaderboard, compare lazily "
-        "imports sweep: move what both use (setting_label, sweep_row_groups, read_leaderboard_order) below them",
 }
 
 
