@@ -147,13 +147,22 @@ def step_extraction(sizes: Sizes, work: Path) -> List[Row]:
             continue
         ceil = r.ceiling["host"]
         figure = (f"{fmt(r.pipeline_ips)} img/s cold, {fmt(r.cached_ips)} warm ({r.cached_ips / ceil:.0%} of ceiling "
-                  f"{fmt(ceil)}); clip-retrieval loop {fmt(r.clip_ips)}")
+                  f"{fmt(ceil)}); clip-retrieval loop {fmt(r.clip_ips)}" + _rest(r))
         ok = r.max_rel_diff <= 5e-2 and r.cached_identical
         status = (goal_status(r.pipeline_ips, goal, True, not sizes.quick, "dry run") if ok
                   else f"FAIL: stored features differ from the one-image loop ({r.max_rel_diff:.1e})")
         rows.append(Row(f"extract {what if not sizes.quick else setup.name + ' (tiny)'}", figure,
                         f">= {goal:,.0f} img/s", status, time.perf_counter() - t0))
     return rows
+
+
+def _rest(r) -> str:
+    """What the warm run lost to the ceiling: input and writer waits, and on CUDA the host-to-device copies."""
+    w = r.split_warm
+    out = f"; warm waits: inputs {w['inputs']:.0%}, writer {w['writer']:.0%}" if w else ""
+    if "device" in r.ceiling:
+        out += f"; H2D {1.0 - r.ceiling['host'] / r.ceiling['device']:.0%} of the ceiling's time"
+    return out
 
 
 def step_vilbert(sizes: Sizes, work: Path) -> List[Row]:
@@ -163,7 +172,7 @@ def step_vilbert(sizes: Sizes, work: Path) -> List[Row]:
 
     n_train, n_val, epochs = sizes.vilbert
     t0 = time.perf_counter()
-    data = hs.padded_data(n_train, n_val, 128, 768, 36, 2048, sizes.device)
+    data = hs.padded_data(n_train, n_val, 128, 768, "36", 2048, sizes.device)
     cfg = TrainConfig(head="vilbert", head_cfg=hs.TINY_HEAD_CFG["vilbert"] if sizes.quick else {}, epochs=epochs,
                       patience=0, device=sizes.device.type, amp=sizes.device.type == "cuda", threads=torch.get_num_threads())
     res = train(cfg, data, progress=False)
