@@ -89,6 +89,27 @@ def test_bad_compare_inputs(groups, tmp_path):
         compare_runs([tmp_path / "bad"])
 
 
+def test_unreadable_runs_are_exact_one_line_errors(tmp_path):
+    from heads.compare import common_splits
+
+    for call in (compare_runs, common_splits):  # both paths share one check and one reader
+        with pytest.raises(FeatstoreError) as e:
+            call([tmp_path])
+        assert str(e.value) == (f"{tmp_path} holds no metrics.json nor seed_*/metrics.json; pass run folders of "
+                                "`heads train`")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.json").write_text("{oops")
+    with pytest.raises(FeatstoreError) as e:
+        common_splits([bad])
+    assert str(e.value) == (f"cannot read {bad / 'metrics.json'} (Expecting property name enclosed in double quotes: "
+                            "line 1 column 2 (char 1)); pass run folders written by `heads train`")
+    with pytest.raises(FeatstoreError) as e:  # a run folder without its config.json
+        compare_runs([bad])
+    assert str(e.value) == (f"cannot read {bad / 'config.json'} ([Errno 2] No such file or directory: "
+                            f"'{bad / 'config.json'}'); pass run folders written by `heads train`")
+
+
 def test_verdict_says_which_side_is_better_in_words(groups):
     from heads.compare import verdict
 
