@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import click
 
+from featstore.config_types import field_default
 from featstore.errors import FeatstoreError
 
 
@@ -97,7 +98,7 @@ def options_from_dataclass(cls: type, skip: Iterable[str] = ()) -> List[click.Op
             extra["type"] = _click_type(hints[f.name], f.metadata.get("choices"))
         if "metavar" in f.metadata:
             extra["metavar"] = f.metadata["metavar"]
-        options.append(click.Option([flag, f.name], default=f.default, show_default=True, help=f.metadata["help"],
+        options.append(click.Option([flag, f.name], default=field_default(f), show_default=True, help=f.metadata["help"],
                                     **extra))
     return options
 

@@ -124,11 +124,18 @@ def check_values(config_cls: type, values: dict, what: str, hint_flag: str = "--
                 f"e.g. {hint_flag} {name}={_example(by_name[name])}")
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (its ``default_factory()`` for one made by a factory; None without)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
 def _example(f: dataclasses.Field) -> str:
     """The field's default written as a ``--set`` value (JSON, quoted for the shell when it has brackets)."""
-    default = f.default if f.default is not dataclasses.MISSING else None
-    if default is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        default = f.default_factory()  # type: ignore[misc]
+    default = field_default(f)
     if default is None:
         return "VALUE"
     if isinstance(default, str):

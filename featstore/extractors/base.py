@@ -17,7 +17,6 @@ on CUDA ``forward`` runs under autocast (bf16 where supported, else fp16) unless
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import FeatstoreError
-from ..config_types import build_dataclass
+from ..config_types import build_dataclass, field_default
 from ..registry import Registry
 from ..store.spec import ArraySpec
 
@@ -74,12 +73,6 @@ def _wants_tuple(hint) -> bool:
     return False
 
 
-def make_config(config_cls: type, name: str, cfg: Dict[str, Any]):
-    """Build ``config_cls(**cfg)``; unknown keys raise a one-line ``FeatstoreError`` listing the valid ones."""
-    return build_dataclass(config_cls, cfg, f"extractor {name!r}",
-                           unknown_message="{what} has no option {unknown}; valid options: {known}")
-
-
 def register_extractor(name: str, config_cls: type, help: str) -> Callable[[type], type]:
     """Class decorator: ``EXTRACTORS.register(name, config_cls, help=help)`` on an ``Extractor`` subclass built
     as ``cls(config, name=name)`` by ``create_extractor``."""
@@ -88,7 +81,8 @@ def register_extractor(name: str, config_cls: type, help: str) -> Callable[[type
 
 def create_extractor(name: str, **cfg) -> "Extractor":
     """Build a registered extractor with its config options as keyword arguments."""
-    config = make_config(EXTRACTORS.config_cls(name), name, cfg)  # an unknown name raises first
+    config = build_dataclass(EXTRACTORS.config_cls(name), cfg, f"extractor {name!r}",  # an unknown name raises first
+                             unknown_message="{what} has no option {unknown}; valid options: {known}")
     return EXTRACTORS.create(name, config, name)
 
 
@@ -96,16 +90,7 @@ def list_extractors() -> List[Tuple[str, str, List[Tuple[str, Any]]]]:
     """``[(name, help, [(option, default), ...])]`` for ``featstore extractors``."""
     out = []
     for name in EXTRACTORS.names():
-        cls = EXTRACTORS.config_cls(name)
-        opts = []
-        for f in fields(cls):
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                default = f.default_factory()  # type: ignore[misc]
-            else:
-                default = None
-            opts.append((f.name, default))
+        opts = [(f.name, field_default(f)) for f in fields(EXTRACTORS.config_cls(name))]
         out.append((name, EXTRACTORS.help(name), opts))
     return out
 

@@ -166,11 +166,6 @@ def check_needs(name: str, needs: frozenset, inputs: InputSpec) -> None:
         f"pass an {side} feature set or use --head {'text-only' if side == 'image' else 'image-only'}")
 
 
-def build_config(name: str, cfg_cls: type, cfg: Dict[str, Any]) -> Any:
-    """The head's config dataclass from keyword overrides; unknown keys are a one-line error."""
-    return build_dataclass(cfg_cls, cfg, f"head {name!r}")
-
-
 def _register_all() -> None:
     """Import ``heads.models`` so every head module has registered itself."""
     importlib.import_module(__package__)
@@ -184,7 +179,7 @@ def create_head(name: str, inputs: InputSpec, task: TaskSpec, **cfg: Any) -> nn.
     """
     _register_all()
     info = HEADS.info(name)  # raises for an unknown name
-    config = build_config(name, info.config_cls, cfg)
+    config = build_dataclass(info.config_cls, cfg, f"head {name!r}")  # unknown keys / wrong types: one line
     if hasattr(config, "validate"):
         config.validate()
     check_needs(name, info.meta["needs"], inputs)
