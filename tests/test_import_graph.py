@@ -24,6 +24,9 @@ KNOWN_CYCLES = {
     ("featstore.interop", "featstore.interop.hdf5"):
         "interop/__init__.py re-exports hdf5, which imports check_record from the package: give check_record "
         "its own module",
+    ("featstore.extractors.base", "featstore.extractors.pixels"):
+        "Extractor.resized_item / image_input lazily import pixels, whose ResizeRecipe.apply lazily imports "
+        "base.require_pil: give require_pil a module below both (e.g. extractors/images.py)",
 }
 
 
