@@ -117,3 +117,20 @@ def test_an_extractions_recipe_is_json_types_and_an_unknown_object_is_named():
         _recipe(ext, "grid", SimpleNamespace(fingerprint="m"), torch.float32)
     assert str(e.value) == ("grid preprocessing['interpolation'] is a torch.dtype, which JSON cannot hold; pass a str, "
                             "number, bool, None, list or dict")
+
+
+def test_a_version_with_numpy_values_in_its_recipe_reopens_under_its_digest(tmp_path):
+    from featstore.store import open_store
+
+    st = open_store(tmp_path / "s", create=True)
+    recipe = Recipe("x", config={"k": np.float32(0.5), "n": np.int64(2)})
+    st.write("a", recipe, ["1", "2"], {"pooled": np.zeros((2, 3), np.float32)}, key_kind="sample_id", modality="text")
+    fs = open_store(tmp_path / "s").open("a")  # the record file and its digest agree: numbers, not "0.5"
+    assert fs.record["recipe"]["config"] == {"k": 0.5, "n": 2}
+    assert fs.version == Recipe("x", config={"k": 0.5, "n": 2}).version_id
+    with pytest.raises(FeatstoreError) as e:
+        st.write("b", Recipe("x", config={"k": object()}), ["1"], {"pooled": np.zeros((1, 3), np.float32)},
+                 key_kind="sample_id", modality="text")
+    assert str(e.value) == ("recipe['config']['k'] is a builtins.object, which JSON cannot hold; pass a str, number, "
+                            "bool, None, list or dict")
+    assert open_store(tmp_path / "s").feature_sets() == ["a"]  # refused before anything was written

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, List, Optional
 import fsspec
 
 from ..errors import FeatstoreError
+from ..jsonio import to_jsonable
 
 LOCAL_PROTOCOLS = (None, "file", "local")
 
@@ -90,7 +91,8 @@ class Location(ABC):
         return json.loads(self.read_bytes(*parts).decode("utf-8"))
 
     def write_json(self, obj: Any, *parts: str) -> None:
-        self.write_bytes(json.dumps(obj, indent=1, sort_keys=True, default=str).encode("utf-8"), *parts)
+        text = json.dumps(to_jsonable(obj, where=parts[-1]), indent=1, sort_keys=True)  # as record digests see it
+        self.write_bytes(text.encode("utf-8"), *parts)
 
     @abstractmethod
     def makedirs(self, *parts: str) -> None:
