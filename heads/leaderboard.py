@@ -157,7 +157,7 @@ def _title(board: dict) -> str:
 
 def markdown(board: dict) -> str:
     head = _headers(board, pm=True)
-    lines = [f"# Sweep leaderboard", "", _title(board), "", "| " + " | ".join(head) + " |",
+    lines = ["# Sweep leaderboard", "", _title(board), "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for e in board["rows"]:
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in _cells(board, e, pm=True)) + " |")
