@@ -33,6 +33,12 @@ Linear(fused, fused) -> GELU (``hidden_act``) -> LayerNorm(eps=``layer_norm_eps`
 prediction layers on ``fused`` directly (``out_hidden`` / ``out_dropout``). Every Linear/LayerNorm starts
 as MMF's ``_init_weights`` (normal(0, ``initializer_range``), zero bias, LayerNorm 1/0).
 Masks are additive, ``(1 - mask) * -10000``, as in MMF.
+
+Padding costs no per-position work on CPU (``Layout``, ``VilbertHead.pack_positions``): every Linear,
+LayerNorm, GELU and dropout runs on the real positions only (plus position 0, which the poolers read), and
+attention pads them back to ``[B, L]`` with zeros at the rest, which the -10000 mask gives exactly zero
+weight. Logits, pooled and fused outputs equal the dense forward's (float summation order aside);
+``sequence_t`` / ``sequence_v`` hold zeros at the padded positions instead of values no output reads.
 """
 from __future__ import annotations
 
@@ -128,6 +134,44 @@ def _bert_config(hidden: int, intermediate: int, act: str, dropout: float) -> Be
                       hidden_dropout_prob=dropout, layer_norm_eps=1e-12, num_attention_heads=1)
 
 
+MIN_PADDING_TO_PACK = 0.9  # pack a stream only when at most this share of its [B, L] positions is computed
+
+
+class Layout:
+    """Where a stream's computed positions sit in its padded ``[B, L]`` layout.
+
+    Every op of a layer except attention works per position, so it runs on the packed rows ``[N, H]`` of the
+    computed positions only (the real ones, plus position 0, which the poolers read); attention takes them
+    back to ``[B, L, H]`` (zeros at the others, which its additive mask gives exactly zero weight) and
+    returns to packed rows. ``idx=None``: every position is computed (pack / pad are reshapes)."""
+
+    def __init__(self, b: int, length: int, idx: Optional[Tensor] = None):
+        self.b, self.length, self.idx = b, length, idx
+
+    @classmethod
+    def of(cls, mask: Tensor, pack: bool) -> "Layout":
+        """The layout of a stream with mask ``[B, L]`` (True = real); ``pack=False``: every position."""
+        b, length = mask.shape
+        keep = mask.to(torch.bool).clone()
+        keep[:, 0] = True
+        if not pack or not bool(mask.any(dim=1).all()):
+            return cls(b, length)  # a row without a real position attends uniformly over all: keep them all
+        idx = keep.reshape(-1).nonzero().squeeze(1)
+        # nearly no padding (a length-bucketed batch): the gathers would cost more than they save
+        return cls(b, length) if idx.numel() > MIN_PADDING_TO_PACK * keep.numel() else cls(b, length, idx)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``[B, L, ...] -> [N, ...]``: the computed positions, row by row."""
+        flat = x.reshape(self.b * self.length, *x.shape[2:])
+        return flat if self.idx is None else flat.index_select(0, self.idx)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """``[N, ...] -> [B, L, ...]``, zeros at the positions not computed."""
+        if self.idx is not None:
+            x = x.new_zeros(self.b * self.length, *x.shape[1:]).index_copy(0, self.idx, x)
+        return x.view(self.b, self.length, *x.shape[1:])
+
+
 def _attend(q: Tensor, k: Tensor, v: Tensor, heads: int, add_mask: Tensor, dropout: float) -> Tensor:
     """Multi-head scaled dot-product attention; ``q [B, Nq, A]``, ``k, v [B, Nk, A]``,
     ``add_mask [B, 1, 1, Nk]`` additive -> ``[B, Nq, A]``."""
@@ -149,9 +193,11 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(hidden, hidden)
         self.dropout_p = dropout
 
-    def forward(self, x: Tensor, add_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, add_mask: Tensor, layout: Layout) -> Tensor:
+        """``x`` packed ``[N, H]`` (``layout``) -> packed ``[N, H]``."""
         p = self.dropout_p if self.training else 0.0
-        return _attend(self.query(x), self.key(x), self.value(x), self.num_attention_heads, add_mask, p)
+        q, k, v = (layout.pad(f(x)) for f in (self.query, self.key, self.value))
+        return layout.pack(_attend(q, k, v, self.num_attention_heads, add_mask, p))
 
 
 class Attention(nn.Module):
@@ -162,12 +208,12 @@ class Attention(nn.Module):
         self.self = SelfAttention(hidden, heads, attn_dropout)
         self.output = BertSelfOutput(bert_cfg)
 
-    def forward(self, x: Tensor, add_mask: Tensor) -> Tensor:
-        return self.output(self.self(x, add_mask), x)
+    def forward(self, x: Tensor, add_mask: Tensor, layout: Layout) -> Tensor:
+        return self.output(self.self(x, add_mask, layout), x)
 
 
 class TransformerLayer(nn.Module):
-    """MMF's BertLayer / BertImageLayer: attention, intermediate, output. ``[B, N, H] -> [B, N, H]``."""
+    """MMF's BertLayer / BertImageLayer: attention, intermediate, output; packed ``[N, H] -> [N, H]``."""
 
     def __init__(self, hidden: int, heads: int, intermediate: int, act: str, dropout: float, attn_dropout: float):
         super().__init__()
@@ -176,8 +222,8 @@ class TransformerLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg)
 
-    def forward(self, x: Tensor, add_mask: Tensor) -> Tensor:
-        a = self.attention(x, add_mask)
+    def forward(self, x: Tensor, add_mask: Tensor, layout: Layout) -> Tensor:
+        a = self.attention(x, add_mask, layout)
         return self.output(self.intermediate(a), a)
 
 
@@ -196,12 +242,14 @@ class BiAttention(nn.Module):
         self.query2, self.key2, self.value2 = (nn.Linear(c.hidden_size, bi) for _ in range(3))
         self.p1, self.p2 = c.v_attention_probs_dropout_prob, c.attention_probs_dropout_prob
 
-    def forward(self, x1: Tensor, mask1: Tensor, x2: Tensor, mask2: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x1: Tensor, mask1: Tensor, x2: Tensor, mask2: Tensor, lay1: Layout,
+                lay2: Layout) -> Tuple[Tensor, Tensor]:
+        """``x1``, ``x2`` packed by ``lay1`` / ``lay2``; returns ``ctx1`` packed by ``lay2``, ``ctx2`` by ``lay1``."""
         p1, p2 = (self.p1, self.p2) if self.training else (0.0, 0.0)
         h = self.num_attention_heads
-        ctx1 = _attend(self.query2(x2), self.key1(x1), self.value1(x1), h, mask1, p1)
-        ctx2 = _attend(self.query1(x1), self.key2(x2), self.value2(x2), h, mask2, p2)
-        return ctx1, ctx2
+        ctx1 = _attend(lay2.pad(self.query2(x2)), lay1.pad(self.key1(x1)), lay1.pad(self.value1(x1)), h, mask1, p1)
+        ctx2 = _attend(lay1.pad(self.query1(x1)), lay2.pad(self.key2(x2)), lay2.pad(self.value2(x2)), h, mask2, p2)
+        return lay2.pack(ctx1), lay1.pack(ctx2)
 
 
 class BiOutput(nn.Module):
@@ -239,8 +287,9 @@ class ConnectionLayer(nn.Module):
         self.v_intermediate, self.v_output = BertIntermediate(vcfg), BertOutput(vcfg)
         self.t_intermediate, self.t_output = BertIntermediate(tcfg), BertOutput(tcfg)
 
-    def forward(self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor) -> Tuple[Tensor, Tensor]:
-        ctx_t, ctx_v = self.biattention(img, img_mask, txt, txt_mask)
+    def forward(self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor, img_layout: Layout,
+                txt_layout: Layout) -> Tuple[Tensor, Tensor]:
+        ctx_t, ctx_v = self.biattention(img, img_mask, txt, txt_mask, img_layout, txt_layout)
         a_img, a_txt = self.biOutput(ctx_v, img, ctx_t, txt)
         img = self.v_output(self.v_intermediate(a_img), a_img)
         txt = self.t_output(self.t_intermediate(a_txt), a_txt)
@@ -264,21 +313,23 @@ class Encoder(nn.Module):
             for _ in range(c.v_num_hidden_layers))
         self.c_layer = nn.ModuleList(ConnectionLayer(c) for _ in c.v_biattention_id)
 
-    def forward(self, txt: Tensor, img: Tensor, txt_mask: Tensor, img_mask: Tensor) -> Tuple[Tensor, Tensor]:
-        """``txt [B, T, Ht]``, ``img [B, R, Hv]``, additive masks ``[B, 1, 1, T]`` / ``[B, 1, 1, R]``."""
+    def forward(self, txt: Tensor, img: Tensor, txt_mask: Tensor, img_mask: Tensor, txt_layout: Layout,
+                img_layout: Layout) -> Tuple[Tensor, Tensor]:
+        """``txt``, ``img`` packed ``[Nt, Ht]`` / ``[Nr, Hv]`` (``txt_layout`` / ``img_layout``), additive masks
+        ``[B, 1, 1, T]`` / ``[B, 1, 1, R]``."""
         s = self.c.text_start_layer
         t_start, v_start = s, 0
         for k, (v_end, t_end) in enumerate(zip(self.c.v_biattention_id, self.c.t_biattention_id)):
             for i in range(t_start, t_end):
-                txt = self.layer[i - s](txt, txt_mask)
+                txt = self.layer[i - s](txt, txt_mask, txt_layout)
             for i in range(v_start, v_end):
-                img = self.v_layer[i](img, img_mask)
-            img, txt = self.c_layer[k](img, img_mask, txt, txt_mask)
+                img = self.v_layer[i](img, img_mask, img_layout)
+            img, txt = self.c_layer[k](img, img_mask, txt, txt_mask, img_layout, txt_layout)
             t_start, v_start = t_end, v_end
         for i in range(v_start, len(self.v_layer)):
-            img = self.v_layer[i](img, img_mask)
+            img = self.v_layer[i](img, img_mask, img_layout)
         for i in range(t_start, self.c.num_hidden_layers):
-            txt = self.layer[i - s](txt, txt_mask)
+            txt = self.layer[i - s](txt, txt_mask, txt_layout)
         return txt, img
 
 
@@ -352,6 +403,9 @@ class VilbertHead(Head):
     """fused ``[B, bi]`` (``[B, 2*bi]`` for fusion "concat"); outputs also ``"pooled_t"``, ``"pooled_v"``."""
 
     needs = frozenset({"img_regions", "txt_tokens"})
+    # per-position work on the real positions only (``Layout``): None = on CPU (on CUDA the padded dense ops
+    # are cheap and the packing's dynamic shapes would sync and defeat --compile); True / False force it
+    pack_positions: Optional[bool] = None
 
     def __init__(self, inputs, task, config: VilbertConfig):
         super().__init__(inputs, task, config)
@@ -379,9 +433,12 @@ class VilbertHead(Head):
         boxes = image_boxes(batch)
         if self.config.global_region:
             regions, boxes, r_mask = with_global_region(regions, boxes, r_mask)
-        txt = self.t_proj(tokens)
-        img = self.v_embeddings(self.img_proj(regions), boxes)
-        txt, img = self.encoder(txt, img, additive_mask(t_mask, txt.dtype), additive_mask(r_mask, img.dtype))
+        pack = tokens.device.type == "cpu" if self.pack_positions is None else self.pack_positions
+        t_lay, v_lay = Layout.of(t_mask, pack), Layout.of(r_mask, pack)
+        txt = self.t_proj(t_lay.pack(tokens))
+        img = self.v_embeddings(self.img_proj(v_lay.pack(regions)), v_lay.pack(boxes))
+        txt, img = self.encoder(txt, img, additive_mask(t_mask, txt.dtype), additive_mask(r_mask, img.dtype), t_lay, v_lay)
+        txt, img = t_lay.pad(txt), v_lay.pad(img)
         pt, pv = self.t_pooler(txt), self.v_pooler(img)
         if self.config.fusion_method == "mul":
             fused = pt * pv
