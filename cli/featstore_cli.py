@@ -255,14 +255,22 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
 @click.option("--image-cache", "image_cache", required=True, metavar="DIR",
               help="Cache directory (created if missing); pass the same to `featstore extract --image-cache`.")
 @click.option("--workers", type=int, default=None, help="Decoding processes (default: one per CPU core, at most 16).")
+@click.option("--extractor", "extractors", multiple=True, metavar="NAME",
+              help="Also store each image resized for this extractor (grid, roi, dinov2, ...), repeatable.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Option of those extractors, as for `featstore extract` (e.g. --set image_size=448).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def cache_images(dataset_path, dataset_format, image_cache, workers, quiet):
+def cache_images(dataset_path, dataset_format, image_cache, workers, extractors, settings, quiet):
     """Decode a dataset's images into a decoded-image cache ahead of extraction (e.g. before GPU time)."""
     from featstore.datasets import load_dataset
+    from featstore.extractors.pixels import recipe_for
     from featstore.runner.prefill import prefill_image_cache
 
+    cfg = parse_settings(settings)
+    recipes = [r for r in (recipe_for(name, cfg) for name in extractors) if r is not None]
     ds = load_dataset(dataset_path, dataset_format, check_images=False)
-    for line in prefill_image_cache(ds, image_cache, num_workers=workers, progress=not quiet).lines():
+    for line in prefill_image_cache(ds, image_cache, num_workers=workers, progress=not quiet,
+                                    recipes=recipes).lines():
         click.echo(line)
 
 

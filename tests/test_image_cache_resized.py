@@ -234,3 +234,31 @@ def test_prefill_with_a_recipe_fills_the_resized_entries(tmp_path):
     cache = DecodedImageCache(cache_dir)
     _run(tmp_path / "warm", ds, cache, "grid", GRID)
     assert cache.stats() == {"hits": 10, "misses": 0, "corrupt": 0}
+
+
+def test_recipe_for_reads_the_config_alone():
+    from featstore.extractors.pixels import recipe_for
+
+    assert recipe_for("grid", {"image_size": 64}) == ResizeRecipe("square", 64, "bilinear")
+    assert recipe_for("roi", {"shorter_side": 48, "max_side": 80}) == ResizeRecipe("keep_aspect", 48, "bilinear", 80)
+    # dinov2's default weights name a model folder that is not here: the recipe does not need it
+    assert recipe_for("dinov2-multilayer") == ResizeRecipe("square", 518, "bicubic")
+    assert recipe_for("detector") is None and recipe_for("clip-image") is None  # they take PIL images
+    assert create_extractor("grid", **GRID).resize_recipe() == recipe_for("grid", {"image_size": 64})
+
+
+def test_cli_cache_images_for_an_extractor(tmp_path):
+    from cli.featstore_cli import main as featstore
+    from cli_helpers import invoke, one_line_error
+
+    manifest = _dataset(tmp_path / "data")
+    args = ["cache-images", "--dataset", manifest, "--image-cache", tmp_path / "cache", "--workers", "0", "--quiet"]
+    out = invoke(featstore, args + ["--extractor", "grid", "--set", "image_size=64"])
+    assert "image cache: 10 images, 10 decoded now, 0 already cached, 1 unreadable" in out
+    assert len(DecodedImageCache(tmp_path / "cache")) == 19  # 9 decoded, 9 resized to 64 x 64, 1 failure
+    cache = DecodedImageCache(tmp_path / "cache")
+    _run(tmp_path / "warm", load_dataset(manifest, check_images=False), cache, "grid", GRID)
+    assert cache.stats() == {"hits": 10, "misses": 0, "corrupt": 0}
+    line = one_line_error(featstore, args + ["--extractor", "grid", "--set", "image_sise=64"])
+    assert line == ("error: extractor 'grid' has no option 'image_sise'; valid options: backbone, compile, dtype, "
+                    "grid_size, image_size, seed, weights")

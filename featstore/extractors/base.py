@@ -81,9 +81,13 @@ def register_extractor(name: str, config_cls: type, help: str) -> Callable[[type
 
 def create_extractor(name: str, **cfg) -> "Extractor":
     """Build a registered extractor with its config options as keyword arguments."""
-    config = build_dataclass(EXTRACTORS.config_cls(name), cfg, f"extractor {name!r}",  # an unknown name raises first
-                             unknown_message="{what} has no option {unknown}; valid options: {known}")
-    return EXTRACTORS.create(name, config, name)
+    return EXTRACTORS.create(name, extractor_config(name, cfg), name)
+
+
+def extractor_config(name: str, cfg: Dict[str, Any]):
+    """Extractor ``name``'s config dataclass from its options (unknown or mistyped ones: one-line errors)."""
+    return build_dataclass(EXTRACTORS.config_cls(name), cfg, f"extractor {name!r}",  # an unknown name raises first
+                           unknown_message="{what} has no option {unknown}; valid options: {known}")
 
 
 def list_extractors() -> List[Tuple[str, str, List[Tuple[str, Any]]]]:
@@ -196,8 +200,10 @@ class Extractor:
 
     def resize_recipe(self):
         """The ``pixels.ResizeRecipe`` this extractor resizes decoded images with, when ``preprocess`` also
-        takes a ``pixels.ResizedImage`` (then normalised batched on the device); None: PIL images only."""
-        return None
+        takes a ``pixels.ResizedImage`` (then normalised batched on the device); None: PIL images only. It
+        is the config's ``resize_recipe()`` (a function of the config alone: ``pixels.recipe_for``)."""
+        recipe = getattr(self.config, "resize_recipe", None)
+        return recipe() if recipe is not None else None
 
     def resized_item(self, item) -> Optional[Dict[str, torch.Tensor]]:
         """``preprocess``'s item for a ``pixels.ResizedImage``: ``image`` its uint8 [h, w, 3] pixels (checked

@@ -56,6 +56,9 @@ class Dinov2Config(BaseConfig):
                                  "(e.g. `huggingface-cli download facebook/dinov2-large`)")
         check_region_options(self.num_regions, self.reduce)
 
+    def resize_recipe(self) -> ResizeRecipe:
+        return ResizeRecipe("square", self.image_size, "bicubic")
+
 
 @dataclass
 class Dinov2MultiConfig(Dinov2Config):
@@ -119,9 +122,6 @@ class _Dinov2Base(Extractor):
         s = self.config.image_size
         return {"resize": [s, s], "crop": None, "interpolation": "bicubic-antialias", "mean": list(IMAGENET_MEAN),
                 "std": list(IMAGENET_STD), "patch_size": self.patch, "grid": self.grid}
-
-    def resize_recipe(self) -> ResizeRecipe:
-        return ResizeRecipe("square", self.config.image_size, "bicubic")
 
     def preprocess(self, item) -> Dict[str, torch.Tensor]:
         """A PIL image -> ``image`` normalised float32 [3, s, s]; a ``ResizedImage`` (``resize_recipe()``)

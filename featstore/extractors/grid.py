@@ -47,6 +47,9 @@ class GridConfig(BaseConfig):
             raise FeatstoreError(f"image_size={self.image_size} / grid_size={self.grid_size} are invalid; "
                                  "use image_size >= 32 and grid_size >= 1")
 
+    def resize_recipe(self) -> ResizeRecipe:
+        return ResizeRecipe("square", self.image_size, "bilinear")
+
 
 def pil_to_normalized(img: Image.Image, size_wh, mean, std) -> torch.Tensor:
     """PIL RGB -> resized (bilinear, antialiased) float32 [3, h, w] normalised with mean/std."""
@@ -71,9 +74,6 @@ class GridExtractor(CNNExtractor):
         s = self.config.image_size
         return {"resize": [s, s], "crop": None, "interpolation": "bilinear-antialias",
                 "mean": list(self.backbone.mean), "std": list(self.backbone.std), "boxes": "adaptive_bin_boxes"}
-
-    def resize_recipe(self) -> ResizeRecipe:
-        return ResizeRecipe("square", self.config.image_size, "bilinear")
 
     def preprocess(self, item) -> Dict[str, torch.Tensor]:
         """A PIL image -> ``image`` normalised float32 [3, s, s]; a ``ResizedImage`` (``resize_recipe()``)

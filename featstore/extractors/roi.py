@@ -70,6 +70,9 @@ class RoiConfig(BaseConfig):
             raise FeatstoreError(f"shorter_side={self.shorter_side}, max_side={self.max_side} are invalid; "
                                  "use 32 <= shorter_side <= max_side")
 
+    def resize_recipe(self) -> ResizeRecipe:
+        return ResizeRecipe("keep_aspect", self.shorter_side, "bilinear", self.max_side)
+
 
 @register_extractor("roi", RoiConfig, help="RoIAlign on a CNN stride-16 map over multi-scale grid proposals (36x2048)")
 class RoiExtractor(CNNExtractor):
@@ -88,9 +91,6 @@ class RoiExtractor(CNNExtractor):
     def proposals(self, width: int, height: int) -> torch.Tensor:
         """The ``num_regions`` balanced multi-scale tiles of a ``width x height`` image, float32 [R, 4]."""
         return balanced_tiles(float(width), float(height), self.config.scales, self.config.num_regions)
-
-    def resize_recipe(self) -> ResizeRecipe:
-        return ResizeRecipe("keep_aspect", self.config.shorter_side, "bilinear", self.config.max_side)
 
     def preprocess(self, item) -> Dict[str, torch.Tensor]:
         """A PIL image -> ``image`` normalised float32 [3, rh, rw]; a ``ResizedImage`` (``resize_recipe()``)
