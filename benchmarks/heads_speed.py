@@ -50,6 +50,7 @@ rows of the same run, not runs.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
@@ -311,6 +312,12 @@ def bench_head(head: str, head_cfg: Dict[str, object], describe: str, data: Trai
 PADDING_HEADS = ("vilbert", "visualbert")
 PADDING_GOAL = 3.0  # vilbert, untrimmed / trimmed s/epoch, 2-core CPU
 PADDING_SIZES = {"cpu": (1024, 64), "quick": (256, 16), "full": (FULL_TRAIN, FULL_VAL)}
+# Region sets as the users store them: (stored R, (low, high) real counts or None = all real, description)
+REGION_SETS = {
+    "36": (36, None, "36 x 2048 all real (grid / roi / dinov2 store a fixed count)"),
+    "vg": (100, (10, 100), "100 x 2048 stored, real 10-100 uniform (vg-regions and MMF's detectron.lmdb: 10 to "
+                           "100 boxes per image padded to 100; no published histogram, so uniform over the bounds)"),
+}
 
 
 def caption_lengths(n: int, stored: int, g: torch.Generator) -> Tensor:
@@ -321,18 +328,21 @@ def caption_lengths(n: int, stored: int, g: torch.Generator) -> Tensor:
     return torch.where(torch.rand(n, generator=g) < 0.05, tail, short).clamp_max(stored)
 
 
-def padded_data(n_train: int, n_val: int, tokens: int, txt_dim: int, regions: int, img_dim: int,
+def padded_data(n_train: int, n_val: int, tokens: int, txt_dim: int, regions: str, img_dim: int,
                 device: torch.device, seed: int = 0) -> TrainData:
     """Random cached features at the stored shapes (``tokens`` positions, real counts from
-    ``caption_lengths``; ``regions`` all real, as grid/roi store them); padded positions hold zeros as the
-    store writes them. The head's work depends on the shapes only, so no backbone is needed here."""
+    ``caption_lengths``; regions as ``REGION_SETS[regions]``); padded positions hold zeros as the store
+    writes them. The head's work depends on the shapes only, so no backbone is needed here."""
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_val
+    stored, counts, _ = REGION_SETS[regions]
     lengths = caption_lengths(n, tokens, g)
     t_mask = torch.arange(tokens)[None] < lengths[:, None]
+    r_real = torch.full((n,), stored) if counts is None else torch.randint(counts[0], counts[1] + 1, (n,), generator=g)
+    r_mask = torch.arange(stored)[None] < r_real[:, None]
     feats = {"txt_tokens": torch.randn(n, tokens, txt_dim, generator=g) * t_mask[..., None], "txt_mask": t_mask,
-             "img_regions": torch.randn(n, regions, img_dim, generator=g).abs(),
-             "img_mask": torch.ones(n, regions, dtype=torch.bool), "img_boxes": torch.rand(n, regions, 5, generator=g)}
+             "img_regions": torch.randn(n, stored, img_dim, generator=g).abs() * r_mask[..., None],
+             "img_mask": r_mask, "img_boxes": torch.rand(n, stored, 5, generator=g) * r_mask[..., None]}
     feats["txt_pooled"], feats["img_pooled"] = feats["txt_tokens"][:, 0], feats["img_regions"].mean(1)
     labels = torch.cat([(torch.arange(k) % 2)[torch.randperm(k, generator=g)] for k in (n_train, n_val)])
     return TrainData({k: v.to(device) for k, v in feats.items()}, [f"s{i:05d}" for i in range(n)],
@@ -340,8 +350,28 @@ def padded_data(n_train: int, n_val: int, tokens: int, txt_dim: int, regions: in
                                                     "val": torch.arange(n_train, n, device=device)}, _task_spec())
 
 
-PADDING_VARIANTS = (("untrimmed", dict(trim=False)), ("trimmed", dict(trim=True)),
-                    ("trimmed + bucket 8", dict(trim=True, bucket=8)))
+# (label, TrainConfig options, vilbert's pack_positions: False = dense, None = its default: packed on CPU)
+PADDING_VARIANTS = (("untrimmed", dict(trim=False), False), ("trimmed", dict(trim=True), False),
+                    ("trimmed + packed", dict(trim=True), None), ("trimmed + bucket 8", dict(trim=True, bucket=8), None))
+
+
+@contextlib.contextmanager
+def vilbert_packing(pack: Optional[bool]):
+    """``VilbertHead.pack_positions`` set to ``pack`` for the heads built inside (the untrimmed baseline and
+    the plain trimmed variant run dense, as before packing existed)."""
+    from heads.models.vilbert import VilbertHead
+
+    before = VilbertHead.pack_positions
+    VilbertHead.pack_positions = pack
+    try:
+        yield
+    finally:
+        VilbertHead.pack_positions = before
+
+
+def variants(head: str) -> tuple:
+    """The padding variants that differ for ``head`` (only vilbert packs)."""
+    return tuple(v for v in PADDING_VARIANTS if head == "vilbert" or v[0] != "trimmed + packed")
 
 
 def bench_padding_head(head: str, head_cfg: Dict[str, object], data: TrainData, epochs: int,
@@ -353,15 +383,17 @@ def bench_padding_head(head: str, head_cfg: Dict[str, object], data: TrainData, 
 
     cuda = device.type == "cuda"
     out: Dict[str, object] = {}
-    for label, opts in PADDING_VARIANTS:
+    for label, opts, pack in variants(head):
         cfg = TrainConfig(head=head, head_cfg=copy.deepcopy(head_cfg), epochs=epochs, patience=0, seed=0,
                           device=device.type, amp=cuda, threads=torch.get_num_threads(), **opts)
-        res = train(cfg, data, progress=False)
+        with vilbert_packing(pack):
+            res = train(cfg, data, progress=False)
         times = [row["time_s"] for row in res.history]
         out[label] = median(times[1:] if len(times) > 2 else times)
-        if label == "trimmed":
+        if label == variants(head)[-2][0]:  # trimmed (+ packed for vilbert)
             idx = torch.arange(len(data), device=data.device)
             a = predict_logits(res.model, data, idx, trim=True)["label"].softmax(-1)
+            res.model.pack_positions = False  # the reference: untrimmed and dense
             b = predict_logits(res.model, data, idx, trim=False)["label"].softmax(-1)
             out["prob_diff"] = float((a - b).abs().max())
         del res
@@ -369,28 +401,56 @@ def bench_padding_head(head: str, head_cfg: Dict[str, object], data: TrainData, 
     return out
 
 
+def no_padding_batch(batch: Dict[str, Tensor], lengths: Dict[str, int]) -> Dict[str, Tensor]:
+    """``batch`` cut to ``lengths`` positions per sequence group with every position real: a batch of the
+    same rows in which every row has the mean real length (what an ideal packing without padding costs)."""
+    from heads.batching import SEQUENCES
+
+    out = dict(batch)
+    for mask_key, keys in SEQUENCES:
+        if mask_key in out:
+            for k in keys:
+                out[k] = out[k][:, :lengths[mask_key]]
+            out[mask_key] = torch.ones_like(out[mask_key][:, :lengths[mask_key]])
+    return out
+
+
+def step_plans(data: TrainData, head: str = "vilbert", window: int = 8) -> Dict[str, List]:
+    """One epoch's training batches per variant: ``{label: [(rows, trim, mean lengths or None, pack)]}``."""
+    from heads.batching import bucketed_batches, length_key
+
+    train_idx = data.split("train")
+    order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(0)).to(train_idx.device)]
+    bs = TrainConfig.batch_size
+    lengths = data.sequence_lengths()
+    plain = bucketed_batches(order, None, bs, 0, torch.Generator())
+    bucketed = bucketed_batches(order, length_key(lengths), bs, window, torch.Generator().manual_seed(0))
+    mean = {k: max(1, int(torch.ceil(v.index_select(0, train_idx).float().mean()))) for k, v in lengths.items()}
+    plans = {label: [(b, opts["trim"], None, pack) for b in (bucketed if opts.get("bucket") else plain)]
+             for label, opts, pack in variants(head)}
+    plans["no-padding bound"] = [(b, True, mean, False) for b in plain]
+    return plans
+
+
 def interleaved_epoch_s(head: str, head_cfg: Dict[str, object], data: TrainData, device: torch.device,
                         window: int = 8) -> Dict[str, float]:
     """Seconds of one epoch of training steps (forward + backward, no optimiser step) per variant, the
-    variants' steps interleaved batch by batch (untrimmed i, trimmed i, bucketed i, ...) so that a shared
-    machine's changing load hits all three alike; ``train()``'s epoch times run one variant after another."""
-    from heads.batching import bucketed_batches, length_key
+    variants' steps interleaved batch by batch (untrimmed i, trimmed i, bucketed i, bound i, ...) so that a
+    shared machine's changing load hits all alike; ``train()``'s epoch times run one variant after another.
+    ``no-padding bound``: every batch at the data's mean real lengths, all real (``no_padding_batch``)."""
     from heads.models import create_head
 
     torch.manual_seed(0)
     model = create_head(head, data.input_spec(), data.task_spec, **copy.deepcopy(head_cfg)).to(device).train()
-    order = data.split("train")[torch.randperm(len(data.split("train")), generator=torch.Generator().manual_seed(0))
-                                 .to(device)]
-    bs = TrainConfig.batch_size
-    plain = bucketed_batches(order, None, bs, 0, torch.Generator())
-    bucketed = bucketed_batches(order, length_key(data.sequence_lengths()), bs, window, torch.Generator().manual_seed(0))
-    plans = {"untrimmed": [(b, False) for b in plain], "trimmed": [(b, True) for b in plain],
-             "trimmed + bucket 8": [(b, True) for b in bucketed]}
+    plans = step_plans(data, head, window)
     spent = {k: 0.0 for k in plans}
-    for i in range(len(plain)):
+    for i in range(len(plans["untrimmed"])):
         for label, plan in plans.items():
-            idx, trim = plan[i]
+            idx, trim, mean, pack = plan[i]
+            model.pack_positions = pack
             batch = data.batch(idx, trim=trim)
+            if mean is not None:
+                batch = no_padding_batch(batch, mean)
             with Stopwatch(device) as sw, autocast(device):
                 out = model(batch)
                 out["logits"]["label"].float().sum().backward()
@@ -399,9 +459,109 @@ def interleaved_epoch_s(head: str, head_cfg: Dict[str, object], data: TrainData,
     return spent
 
 
+# Where a trimmed + bucketed vilbert training step goes: (label, module names of VilbertHead; a ModuleList counts
+# each of its layers)
+VILBERT_PARTS = (("text input projection (t_proj)", ("t_proj",)),
+                 ("image embedding (img_proj + v_embeddings)", ("img_proj", "v_embeddings")),
+                 ("text layers (encoder.layer)", ("encoder.layer",)),
+                 ("visual layers (encoder.v_layer)", ("encoder.v_layer",)),
+                 ("co-attention layers (encoder.c_layer)", ("encoder.c_layer",)),
+                 ("poolers + classifier", ("t_pooler", "v_pooler", "transform", "outputs")))
+
+
+def _capture_calls(model: nn.Module, batch: Dict[str, Tensor]) -> List[tuple]:
+    """One forward of ``model`` on ``batch``; returns ``(part label, module, args, kwargs)`` of every call to
+    a module named in ``VILBERT_PARTS`` (inputs detached, ``requires_grad`` as in the real graph)."""
+    calls, handles = [], []
+    for label, names in VILBERT_PARTS:
+        for name in names:
+            mod = model.get_submodule(name)
+            for m in (list(mod) if isinstance(mod, nn.ModuleList) else [mod]):
+                def hook(m, args, kwargs, label=label):
+                    keep = lambda a: a.detach().requires_grad_(a.requires_grad) if isinstance(a, Tensor) else a  # noqa: E731
+                    calls.append((label, m, [keep(a) for a in args], {k: keep(v) for k, v in kwargs.items()}))
+                handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _outputs(x) -> List[Tensor]:
+    if isinstance(x, Tensor):
+        return [x] if x.requires_grad else []
+    items = x.values() if isinstance(x, dict) else x
+    return [t for v in items for t in _outputs(v)]
+
+
+def vilbert_breakdown(head_cfg: Dict[str, object], data: TrainData, device: torch.device) -> List[tuple]:
+    """``[(part, s/epoch)]`` of one epoch of trimmed (packed: the default) vilbert training steps: the whole step
+    (gather + forward + backward + clipping + AdamW), the gather, the optimiser, and each part of the head
+    re-run alone (forward + backward) on the inputs it received in that step; ``other`` is what the parts
+    do not account for (loss, fusion, masks, autograd bookkeeping)."""
+    from heads.models import create_head
+
+    torch.manual_seed(0)
+    model = create_head("vilbert", data.input_spec(), data.task_spec, **copy.deepcopy(head_cfg)).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    spent: Dict[str, float] = {"whole step": 0.0, "gather + trim (TrainData.batch)": 0.0,
+                               "grad clipping + AdamW step": 0.0}
+    spent.update({label: 0.0 for label, _ in VILBERT_PARTS})
+    for idx, trim, _, _ in step_plans(data)["trimmed + packed"]:
+        with Stopwatch(device) as whole:
+            with Stopwatch(device) as gather:
+                batch = data.batch(idx, trim=trim)
+            model(batch)["logits"]["label"].float().sum().backward()
+            with Stopwatch(device) as step:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        spent["whole step"] += whole.seconds
+        spent["gather + trim (TrainData.batch)"] += gather.seconds
+        spent["grad clipping + AdamW step"] += step.seconds
+        for label, mod, args, kwargs in _capture_calls(model, batch):
+            with Stopwatch(device) as sw:
+                outs = _outputs(mod(*args, **kwargs))
+                if outs:
+                    torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+            spent[label] += sw.seconds
+        model.zero_grad(set_to_none=True)
+    parts = [(k, v) for k, v in spent.items() if k != "whole step"]
+    return [("whole step", spent["whole step"])] + parts + [("other", spent["whole step"] - sum(v for _, v in parts))]
+
+
+def _lengths_line(data: TrainData) -> str:
+    lengths = data.sequence_lengths()
+    parts = []
+    for key, what in (("txt_mask", "tokens"), ("img_mask", "regions")):
+        v = lengths[key].float()
+        parts.append(f"{what} real {int(v.min())}..{int(v.max())} (mean {v.mean():.1f}, median {v.median():.0f})")
+    return "; ".join(parts)
+
+
+def padding_rows(head: str, regions: str, data: TrainData, epochs: int, device: torch.device) -> tuple:
+    """One head on one region set: (table rows, one per variant, the best speed-up of train()'s epochs, prob diff
+    within 1e-4)."""
+    tiny = device.type != "cuda"
+    cfg = TINY_HEAD_CFG[head] if tiny else {}
+    r = bench_padding_head(head, cfg, data, epochs, device)
+    steps = interleaved_epoch_s(head, cfg, data, device)
+    config = TINY_DESCRIBE[head] if tiny else FULL_DESCRIBE[head]
+    rows = []
+    for label in steps:
+        epoch = r.get(label)
+        rows.append([head, regions, config, label, fmt(epoch), f"{r['untrimmed'] / epoch:.2f}x" if epoch else "-",
+                     fmt(steps[label]), f"{steps['untrimmed'] / steps[label]:.2f}x"])
+    best = max(r["untrimmed"] / r[label] for label, _, _ in variants(head))
+    return rows, best, r["prob_diff"]
+
+
 def padding_main(args, device: torch.device) -> int:
-    """``--padding``: vilbert and visualbert trained on tokens stored at 128 with short real captions,
-    untrimmed against trimmed (and length-bucketed), in one run."""
+    """``--padding``: vilbert and visualbert trained on tokens stored at 128 with short real captions, on each
+    region set, untrimmed against trimmed (packed, length-bucketed), in one run; then where the time of a
+    trimmed vilbert step goes."""
     cuda = device.type == "cuda"
     preset = "quick" if args.quick else ("full" if cuda else "cpu")
     n_train, n_val = PADDING_SIZES[preset]
@@ -409,43 +569,46 @@ def padding_main(args, device: torch.device) -> int:
         n_train, n_val = args.n_train, max(8, round(args.n_train / 17))
     epochs = args.epochs or (GOAL_EPOCHS if preset == "full" else 3)
     heads = [h for h in name_list("--heads", args.heads, HEADS, "head") if h in PADDING_HEADS] or list(PADDING_HEADS)
+    region_sets = name_list("--regions", args.regions, tuple(REGION_SETS), "region set")
     for line in header_lines("heads speed: padding (trimmed batches vs untrimmed)", device):
         print(line)
-    data = padded_data(n_train, n_val, 128, 768, 36, 2048, device)
-    lengths = data.sequence_lengths()["txt_mask"].float()
-    print(f"data   : {n_train} train + {n_val} val; tokens stored at 128 x 768, real {int(lengths.min())}..."
-          f"{int(lengths.max())} (mean {lengths.mean():.1f}, median {lengths.median():.0f}); regions 36 x 2048 "
-          f"all real; batch {TrainConfig.batch_size}; threads {torch.get_num_threads()}; {epochs} epochs each")
+    print(f"data   : {n_train} train + {n_val} val; tokens stored at 128 x 768; batch {TrainConfig.batch_size}; "
+          f"threads {torch.get_num_threads()}; {epochs} epochs each")
+    rows, goals, diffs, sets = [], [], {}, {}
+    for regions in region_sets:
+        sets[regions] = padded_data(n_train, n_val, 128, 768, regions, 2048, device)
+        print(f"regions {regions!r}: {REGION_SETS[regions][2]}; {_lengths_line(sets[regions])}")
     print()
-    rows, step_rows, ok = [], [], True
-    for h in heads:
-        tiny = not cuda
-        cfg = TINY_HEAD_CFG[h] if tiny else {}
-        r = bench_padding_head(h, cfg, data, epochs, device)
-        steps = interleaved_epoch_s(h, cfg, data, device)
-        step_rows.append([h, fmt(steps["untrimmed"]), fmt(steps["trimmed"]), fmt(steps["trimmed + bucket 8"]),
-                          f"{steps['untrimmed'] / steps['trimmed']:.2f}x",
-                          f"{steps['untrimmed'] / steps['trimmed + bucket 8']:.2f}x"])
-        base = r["untrimmed"]
-        ratio, bucket_ratio = base / r["trimmed"], base / r["trimmed + bucket 8"]
-        goal = (goal_status(max(ratio, bucket_ratio), PADDING_GOAL, True, not cuda, "CPU goal")
-                if h == "vilbert" else "-")
-        ok = ok and r["prob_diff"] <= 1e-4
-        rows.append([h, TINY_DESCRIBE[h] if tiny else FULL_DESCRIBE[h], fmt(base), fmt(r["trimmed"]),
-                     fmt(r["trimmed + bucket 8"]), f"{ratio:.2f}x", f"{bucket_ratio:.2f}x", goal,
-                     f"{r['prob_diff']:.1e}" + ("" if r["prob_diff"] <= 1e-4 else " MISMATCH")])
-        print(f"  done {h}", flush=True)
+    for regions, data in sets.items():
+        for h in heads:
+            head_rows, best, diffs[(h, regions)] = padding_rows(h, regions, data, epochs, device)
+            rows += head_rows
+            if h == "vilbert":
+                goals.append(f"  regions {regions!r}: best {best:.2f}x: "
+                             f"{goal_status(best, PADDING_GOAL, True, not cuda, 'CPU goal')}")
+            print(f"  done {h} on regions {regions!r}", flush=True)
     print()
-    print(format_table(["head", "config", "untrimmed s/epoch", "trimmed s/epoch", "trimmed + bucket s/epoch",
-                        "speed-up", "speed-up (bucket)", f"vilbert goal >= {PADDING_GOAL:g}x (CPU)",
-                        "prob diff trim on/off"], rows))
+    print("s/epoch: train()'s epoch (train + val pass, median after the first), variants one after another; "
+          "steps: one epoch of forward + backward, the variants interleaved batch by batch (the same load for all); "
+          "'no-padding bound': every batch at the mean real lengths, nothing padded; 'packed': vilbert's per-position "
+          "work on real positions only (its CPU default); untrimmed and trimmed run dense")
+    print(format_table(["head", "regions", "config", "variant", "s/epoch", "speed-up", "steps s", "speed-up (steps)"],
+                       rows))
     print()
-    print("training steps interleaved batch by batch (forward + backward of one epoch's batches; the same load "
-          "for all three):")
-    print(format_table(["head", "untrimmed s", "trimmed s", "trimmed + bucket s", "speed-up", "speed-up (bucket)"],
-                       step_rows))
-    if not ok:
-        print("error: the trimmed forward changed predictions beyond 1e-4; see 'prob diff trim on/off'")
+    print(f"vilbert goal >= {PADDING_GOAL:g}x per epoch vs untrimmed (CPU), train() epochs:")
+    print("\n".join(goals) if goals else "  vilbert not run")
+    print("prob diff, trimmed model with trimming (and packing) on vs untrimmed dense (eval): "
+          + ", ".join(f"{h} {r!r} {d:.1e}" for (h, r), d in diffs.items()))
+    if "vilbert" in heads:
+        for regions, data in sets.items():
+            parts = vilbert_breakdown({} if cuda else TINY_HEAD_CFG["vilbert"], data, device)
+            whole = parts[0][1]
+            print()
+            print(f"where a trimmed + packed vilbert training epoch goes (regions {regions!r}; parts re-run alone, "
+                  "forward + backward):")
+            print(format_table(["part", "s/epoch", "share"], [[k, fmt(v), f"{100 * v / whole:.0f}%"] for k, v in parts]))
+    if any(d > 1e-4 for d in diffs.values()):
+        print("error: the trimmed forward changed predictions beyond 1e-4; see 'prob diff'")
         return 1
     return 0
 
@@ -462,6 +625,9 @@ def parse_args(argv: Optional[Sequence[str]]):
                    help=f"epochs of the timed cached run (default {GOAL_EPOCHS} full, 3 on CPU / --quick)")
     p.add_argument("--baseline-epochs", type=positive_int("--baseline-epochs"), default=None,
                    help="epochs of the re-extracting baseline (and of the loss check); default by preset")
+    p.add_argument("--regions", default=",".join(REGION_SETS),
+                   help=f"--padding: region sets, comma-separated, from {', '.join(REGION_SETS)} (36: all real; vg: "
+                   "10-100 real of 100 stored)")
     p.add_argument("--padding", action="store_true",
                    help="instead: vilbert/visualbert on tokens stored at 128 with 8-30-token captions, trimmed "
                    "batches vs untrimmed (--n-train, --epochs, --quick apply)")

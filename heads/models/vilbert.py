@@ -172,6 +172,14 @@ class Layout:
         return x.view(self.b, self.length, *x.shape[1:])
 
 
+def _padded(layout: Layout, x: Tensor, *linears: nn.Module) -> Tuple[Tensor, ...]:
+    """Each Linear of packed ``x``, back in the padded layout (one scatter for all of them)."""
+    outs = [f(x) for f in linears]
+    if layout.idx is None:
+        return tuple(layout.pad(o) for o in outs)
+    return layout.pad(torch.cat(outs, dim=-1)).split([o.shape[-1] for o in outs], dim=-1)
+
+
 def _attend(q: Tensor, k: Tensor, v: Tensor, heads: int, add_mask: Tensor, dropout: float) -> Tensor:
     """Multi-head scaled dot-product attention; ``q [B, Nq, A]``, ``k, v [B, Nk, A]``,
     ``add_mask [B, 1, 1, Nk]`` additive -> ``[B, Nq, A]``."""
@@ -196,7 +204,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, add_mask: Tensor, layout: Layout) -> Tensor:
         """``x`` packed ``[N, H]`` (``layout``) -> packed ``[N, H]``."""
         p = self.dropout_p if self.training else 0.0
-        q, k, v = (layout.pad(f(x)) for f in (self.query, self.key, self.value))
+        q, k, v = _padded(layout, x, self.query, self.key, self.value)
         return layout.pack(_attend(q, k, v, self.num_attention_heads, add_mask, p))
 
 
@@ -247,8 +255,10 @@ class BiAttention(nn.Module):
         """``x1``, ``x2`` packed by ``lay1`` / ``lay2``; returns ``ctx1`` packed by ``lay2``, ``ctx2`` by ``lay1``."""
         p1, p2 = (self.p1, self.p2) if self.training else (0.0, 0.0)
         h = self.num_attention_heads
-        ctx1 = _attend(lay2.pad(self.query2(x2)), lay1.pad(self.key1(x1)), lay1.pad(self.value1(x1)), h, mask1, p1)
-        ctx2 = _attend(lay1.pad(self.query1(x1)), lay2.pad(self.key2(x2)), lay2.pad(self.value2(x2)), h, mask2, p2)
+        q1, k1, v1 = _padded(lay1, x1, self.query1, self.key1, self.value1)
+        q2, k2, v2 = _padded(lay2, x2, self.query2, self.key2, self.value2)
+        ctx1 = _attend(q2, k1, v1, h, mask1, p1)
+        ctx2 = _attend(q1, k2, v2, h, mask2, p2)
         return lay2.pack(ctx1), lay1.pack(ctx2)
 
 
