@@ -4,13 +4,16 @@
         [--n-train N] [--epochs E] [--baseline-epochs B]
     python benchmarks/heads_speed.py --padding [--quick] [--n-train N] [--epochs E]
 
-``--padding``: vilbert and visualbert on cached tensors shaped like the users' text sets (tokens stored at
-128 x 768 while the captions are 8-30 tokens, 5% a tail up to 64; 36 x 2048 regions, all real), trained
-three ways in one run with the same seed: untrimmed (``trim=False``), trimmed (each batch cut to its
-longest real run, the default) and trimmed with length buckets (``bucket=8``); s/epoch is the median of
-the epochs after the first. Sizes: 1,024 + 64 samples on CPU (256 + 16 with --quick; tiny head configs),
-8,500 + 500 with default configs on CUDA. Column ``prob diff``: the trimmed model's predicted
-probabilities with trimming on vs off (must agree to 1e-4, else exit 1). Goal: vilbert >= 3x on the 2-core CPU.
+``--padding``: vilbert and visualbert on cached tensors shaped like the users' sets: tokens stored at 128 x 768
+with captions of 8-30 tokens (5% a tail up to 64), and each region set of ``--regions``: ``36`` (36 x 2048, all
+real, as grid / roi / dinov2 store them) and ``vg`` (100 stored, 10-100 real, uniform: the vg-regions
+extractor's and MMF detectron.lmdb's bounds; no published histogram). Variants in one run, same seed:
+untrimmed (``trim=False``, dense), trimmed (dense), trimmed + packed (vilbert's CPU default: per-position work
+on real positions only) and trimmed + length buckets (``bucket=8``); s/epoch = median of train()'s epochs after
+the first; "steps": the variants' forward + backward interleaved batch by batch, plus a no-padding bound
+(every batch at the mean real lengths); then where a trimmed vilbert epoch goes, part by part. Predictions
+with trimming/packing on vs untrimmed dense must agree to 1e-4, else exit 1. Goal: vilbert >= 3x on the 2-core
+CPU. Sizes: 1,024 + 64 samples on CPU (256 + 16 with --quick; tiny head configs), 8,500 + 500 on CUDA.
 
 Data (generated once, seeded): raw inputs shaped like the users' - ``N`` RGB images (uint8, ``S x S``) and
 ``N`` token-id sequences (``[CLS] ... [SEP]``, lengths uniform in 8..T, padded to T) with a random binary
