@@ -263,7 +263,7 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
 def cache_images(dataset_path, dataset_format, image_cache, workers, extractors, settings, quiet):
     """Decode a dataset's images into a decoded-image cache ahead of extraction (e.g. before GPU time)."""
     from featstore.datasets import load_dataset
-    from featstore.extractors.pixels import recipe_for
+    from featstore.extractors.base import recipe_for
     from featstore.runner.prefill import prefill_image_cache
 
     cfg = parse_settings(settings)

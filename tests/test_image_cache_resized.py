@@ -237,7 +237,7 @@ def test_prefill_with_a_recipe_fills_the_resized_entries(tmp_path):
 
 
 def test_recipe_for_reads_the_config_alone():
-    from featstore.extractors.pixels import recipe_for
+    from featstore.extractors.base import recipe_for
 
     assert recipe_for("grid", {"image_size": 64}) == ResizeRecipe("square", 64, "bilinear")
     assert recipe_for("roi", {"shorter_side": 48, "max_side": 80}) == ResizeRecipe("keep_aspect", 48, "bilinear", 80)

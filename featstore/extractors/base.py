@@ -90,6 +90,14 @@ def extractor_config(name: str, cfg: Dict[str, Any]):
                            unknown_message="{what} has no option {unknown}; valid options: {known}")
 
 
+def recipe_for(name: str, settings: Optional[dict] = None):
+    """The ``pixels.ResizeRecipe`` of extractor ``name`` with ``settings`` (its options, checked as
+    ``create_extractor`` checks them), without building its model; None when it takes PIL images only."""
+    config = extractor_config(name, dict(settings or {}))
+    recipe = getattr(config, "resize_recipe", None)
+    return recipe() if recipe is not None else None
+
+
 def list_extractors() -> List[Tuple[str, str, List[Tuple[str, Any]]]]:
     """``[(name, help, [(option, default), ...])]`` for ``featstore extractors``."""
     out = []
@@ -97,16 +105,6 @@ def list_extractors() -> List[Tuple[str, str, List[Tuple[str, Any]]]]:
         opts = [(f.name, field_default(f)) for f in fields(EXTRACTORS.config_cls(name))]
         out.append((name, EXTRACTORS.help(name), opts))
     return out
-
-
-def require_pil(item):
-    """Image extractors take an already decoded PIL image (``load_image``); anything else is one error."""
-    from PIL import Image
-
-    if not isinstance(item, Image.Image):
-        raise FeatstoreError(f"image extractors take a decoded PIL image, got {type(item).__name__}; "
-                             "decode with featstore.extractors.load_image")
-    return item
 
 
 def seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -201,7 +199,7 @@ class Extractor:
     def resize_recipe(self):
         """The ``pixels.ResizeRecipe`` this extractor resizes decoded images with, when ``preprocess`` also
         takes a ``pixels.ResizedImage`` (then normalised batched on the device); None: PIL images only. It
-        is the config's ``resize_recipe()`` (a function of the config alone: ``pixels.recipe_for``)."""
+        is the config's ``resize_recipe()`` (a function of the config alone: ``recipe_for``)."""
         recipe = getattr(self.config, "resize_recipe", None)
         return recipe() if recipe is not None else None
 

@@ -38,7 +38,8 @@ from PIL import Image
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, Extractor, pad_items, register_extractor, require_pil
+from .base import BaseConfig, Extractor, pad_items, register_extractor
+from .images import require_pil
 from .hf import load_pretrained
 from .patch_regions import attention_indices, check_fits_grid, check_region_options, reduce_patches, region_boxes
 from .text import pad_ids, text_input

@@ -42,7 +42,8 @@ from torchvision.ops import batched_nms, boxes as box_ops, roi_align
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, Extractor, check_box_counts, register_extractor, require_pil, seeded
+from .base import BaseConfig, Extractor, check_box_counts, register_extractor, seeded
+from .images import require_pil
 from .weights import DEMO, load_into, resolve_weights
 
 

@@ -33,7 +33,8 @@ import torch
 import torchvision.transforms.functional as TF
 
 from ..errors import FeatstoreError
-from .base import BaseConfig, Extractor, register_extractor, require_pil, seeded
+from .base import BaseConfig, Extractor, register_extractor, seeded
+from .images import require_pil
 from .cnn import IMAGENET_MEAN, IMAGENET_STD
 from .pixels import ResizeRecipe
 from .patch_regions import attention_indices, check_fits_grid, check_region_options, reduce_patches, region_boxes

@@ -24,7 +24,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from ..errors import FeatstoreError
-from .base import BaseConfig, register_extractor, require_pil
+from .base import BaseConfig, register_extractor
+from .images import require_pil
 from .cnn import CNNExtractor
 from .geometry import adaptive_bin_boxes
 from .pixels import ResizeRecipe

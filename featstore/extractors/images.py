@@ -107,3 +107,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             arr = arr * 255.0  # float images in [0, 1]
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L").convert("RGB")
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def require_pil(item):
+    """Image extractors take an already decoded PIL image (``load_image``); anything else is one error."""
+    if not isinstance(item, Image.Image):
+        raise FeatstoreError(f"image extractors take a decoded PIL image, got {type(item).__name__}; "
+                             "decode with featstore.extractors.load_image")
+    return item

@@ -63,7 +63,7 @@ class ResizeRecipe:
         """A decoded RGB ``PIL.Image`` resized as the per-image path resizes it (``TF.resize``)."""
         import torchvision.transforms.functional as TF
 
-        from .base import require_pil
+        from .images import require_pil
 
         w, h = require_pil(img).size
         img = img.convert("RGB") if img.mode != "RGB" else img
@@ -112,13 +112,3 @@ def normalize_pixels(x: torch.Tensor, mean: Sequence[float], std: Sequence[float
         cols = torch.arange(y.shape[3], device=device).view(1, 1, -1) < v[:, 0].view(-1, 1, 1)
         y = y.masked_fill_(~(rows & cols).unsqueeze(1), 0.0)
     return y
-
-
-def recipe_for(name: str, settings: Optional[dict] = None) -> Optional[ResizeRecipe]:
-    """The resize recipe of extractor ``name`` with ``settings`` (its options; checked as ``create_extractor``
-    checks them), without building its model; None when the extractor takes PIL images only."""
-    from .base import extractor_config
-
-    config = extractor_config(name, dict(settings or {}))
-    recipe = getattr(config, "resize_recipe", None)
-    return recipe() if recipe is not None else None

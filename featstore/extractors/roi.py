@@ -36,7 +36,8 @@ import torch
 from torchvision.ops import roi_align
 
 from ..errors import FeatstoreError
-from .base import BaseConfig, register_extractor, require_pil
+from .base import BaseConfig, register_extractor
+from .images import require_pil
 from .cnn import CNNExtractor
 from .geometry import balanced_counts, balanced_tiles, resize_keep_aspect
 from .grid import pil_to_normalized

@@ -48,7 +48,8 @@ from PIL import Image
 
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
-from .base import BaseConfig, Extractor, check_box_counts, register_extractor, require_pil, seeded
+from .base import BaseConfig, Extractor, check_box_counts, register_extractor, seeded
+from .images import require_pil
 from .vg_checkpoint import detect_layout, load_checkpoint, read_checkpoint
 from .vg_model import LAYOUTS, RPNSettings, VGArch, VGDetector, grouped_nms, legacy_boxes
 from .weights import DEMO

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import FeatstoreError
 from ..store import ArraySpec, Recipe, Store
-from . import check_record
+from .records import check_record
 from .hdf5 import hdf5_keys, iter_hdf5_records, write_hdf5
 from .mmf_lmdb import match_keys, normalize_key, read_mmf_lmdb, write_mmf_lmdb
 from .npy_folder import npy_folder_keys, read_npy_folder, write_npy_folder

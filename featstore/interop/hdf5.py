@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import FeatstoreError
 from ..extras import LazyModule
-from . import check_record
+from .records import check_record
 
 h5py = LazyModule("h5py", "hdf5", "reading or writing HDF5 feature files")  # the optional extra .[hdf5]
 

@@ -19,7 +19,7 @@ import lmdb
 
 from ..errors import FeatstoreError
 from ..store.backends import check_lmdb_size
-from . import check_record
+from .records import check_record
 from .safe_pickle import safe_loads
 
 KEYS_ENTRY = b"keys"

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from ..errors import FeatstoreError
-from . import check_record
+from .records import check_record
 from .safe_pickle import safe_load
 
 INFO_SUFFIX = "_info.npy"
