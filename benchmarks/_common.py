@@ -27,18 +27,15 @@ import torch  # noqa: E402
 
 from featstore.errors import FeatstoreError  # noqa: E402
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")  # what featstore.devices.resolve_device takes
 
 
 def resolve_device(arg: str) -> torch.device:
-    """``--device`` value -> ``torch.device``: auto = cuda when a GPU is visible, else cpu."""
-    if arg not in DEVICE_CHOICES:
-        raise FeatstoreError(f"--device {arg!r} is unknown; use one of {', '.join(DEVICE_CHOICES)}")
-    if arg == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if arg == "cuda" and not torch.cuda.is_available():
-        raise FeatstoreError("--device cuda asked for a GPU but torch sees none; use --device cpu (or auto)")
-    return torch.device(arg)
+    """``--device`` value -> ``torch.device`` through the toolkit's one validator (``featstore.devices``): auto = cuda
+    when a GPU is visible, else cpu; cpu, cuda, cuda:N as given."""
+    from featstore.devices import resolve_device as resolve
+
+    return torch.device(resolve(arg))
 
 
 def cpu_model() -> str:

@@ -18,7 +18,7 @@ import torch
 from featstore.errors import FeatstoreError
 
 from .data import TrainData
-from .metrics import compute_metrics
+from .metrics import compute_metrics, format_mean_std
 from .outputs import probabilities
 from .runs import CONFIG, METRICS, SUMMARY, _read_json, holds_run, load_run, prepare_out, read_config, save_run, \
     write_predictions, write_summary
@@ -76,7 +76,7 @@ def summary_lines(summary: dict) -> List[str]:
     for split, metrics in summary["summary"].items():
         shown = {k: metrics[k] for k in headline_keys(metrics) if metrics[k].get("mean") is not None}
         if shown:
-            lines.append(f"  {split:<11} " + "  ".join(f"{k}={v['mean']:.4f}+-{v['std']:.4f}"
+            lines.append(f"  {split:<11} " + "  ".join(f"{k}={format_mean_std(v['mean'], v['std'], sep='+-')}"
                                                          for k, v in sorted(shown.items())))
     return lines
 

@@ -138,7 +138,7 @@ def mean_std(values) -> Tuple[Optional[float], Optional[float], int]:
     return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0, int(len(xs))
 
 
-def format_mean_std(mean: Optional[float], std: Optional[float], missing: str = "") -> str:
-    """``"0.7512 +- 0.0123"`` (4 decimals), or ``missing`` when there is no mean: the one mean +- std cell of
-    run comparisons and sweep leaderboards."""
-    return missing if mean is None else f"{mean:.4f} +- {std:.4f}"
+def format_mean_std(mean: Optional[float], std: Optional[float], missing: str = "", sep: str = " +- ") -> str:
+    """``"0.7512 +- 0.0123"`` (4 decimals, ``sep`` between), or ``missing`` when there is no mean: the one
+    mean +- std text of run comparisons, sweep leaderboards and the training summary (``sep="+-"``)."""
+    return missing if mean is None else f"{mean:.4f}{sep}{std:.4f}"
