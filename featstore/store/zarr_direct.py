@@ -17,8 +17,10 @@ a bad shard index raises ``CorruptDataError``, as zarr's own decode does.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -238,3 +240,45 @@ def _read_exact(f, n: int, path: str, reader: _ObjectReader) -> bytes:
     if len(data) != n:
         raise reader._corrupt(path, "object is truncated")
     return data
+
+
+# -- writes ---------------------------------------------------------------------------------------------------
+def encode_object(layout: DirectLayout, rows: np.ndarray, last_row: int) -> bytes:
+    """The bytes zarr-python stores for one object (a chunk, or a shard of inner chunks) whose first rows are
+    ``rows``; ``last_row`` is how many rows of the object lie inside the array (an edge object holds fewer).
+
+    A chunk is its ``object_rows`` rows in C order, little endian (zarr pads an edge chunk to the full chunk
+    shape with the fill value 0), then the CRC32C of those bytes. A shard is its inner chunks so encoded, one
+    after another, then the index: per inner chunk (offset, length) as ``<u8``, the index's own CRC32C; an inner
+    chunk wholly outside the array is not stored (its index entry is 2**64 - 1 twice)."""
+    data = np.zeros((layout.object_rows,) + layout.row_shape, dtype=layout.dtype.newbyteorder("<"))
+    data[:len(rows)] = rows
+    if not layout.sharded:
+        raw = data.tobytes()
+        return raw + _crc(raw).to_bytes(4, "little")
+    parts, index, offset = [], [], 0
+    for i in range(layout.object_rows // layout.inner_rows):
+        if i * layout.inner_rows >= last_row:
+            index.append((int(_EMPTY), int(_EMPTY)))
+            continue
+        raw = data[i * layout.inner_rows:(i + 1) * layout.inner_rows].tobytes()
+        parts += [raw, _crc(raw).to_bytes(4, "little")]
+        index.append((offset, len(raw) + 4))
+        offset += len(raw) + 4
+    idx = np.asarray(index, dtype="<u8").tobytes()
+    return b"".join(parts) + idx + _crc(idx).to_bytes(4, "little")
+
+
+def write_object(layout: DirectLayout, path: str, rows: np.ndarray, last_row: int) -> None:
+    """``encode_object`` written to ``path`` through a temporary file renamed over it, so a reader (or a run
+    resumed after a kill) sees the old object or the new one, never a part."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(encode_object(layout, rows, last_row))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
