@@ -198,7 +198,7 @@ class ClipImageExtractor(_ClipBase):
             idx = attention_indices(v.attentions[-1], g, c.num_regions) if attention else None
             res.update({"regions": self.out(reduce_patches(patches, g, c.num_regions, c.antialias, idx)),
                         "count": np.full(len(patches), c.num_regions, dtype=np.int32),
-                        "boxes": region_boxes(batch["window"].tolist(), g, c.num_regions, idx).numpy(),
+                        "boxes": region_boxes(batch["window"].cpu(), g, c.num_regions, idx).numpy(),
                         "image_size": self.out_int(batch["size"])})
         return res
 

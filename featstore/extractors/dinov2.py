@@ -152,7 +152,8 @@ class _Dinov2Base(Extractor):
                 layers = [out.last_hidden_state]
         g = self.grid
         idx = attention_indices(out.attentions[-1], g, c.num_regions) if attention else None
-        boxes = region_boxes([(0, 0, w, h) for w, h in batch["size"].tolist()], g, c.num_regions, idx)
+        size = batch["size"].cpu()
+        boxes = region_boxes(torch.cat([torch.zeros_like(size), size], dim=1), g, c.num_regions, idx)
         regions = torch.cat([reduce_patches(h[:, 1:1 + g * g], g, c.num_regions, c.antialias, idx) for h in layers],
                             dim=-1)
         pooled = torch.cat([h[:, 0].float() for h in layers], dim=-1)

@@ -15,11 +15,19 @@ def grid_cell_boxes(width: float, height: float, rows: int, cols: int) -> torch.
 
     Returns ``float32 [rows * cols, 4]``; cell (i, j) is ``[j*W/cols, i*H/rows, (j+1)*W/cols, (i+1)*H/rows]``.
     """
-    xs = torch.arange(cols + 1, dtype=torch.float64) * (width / cols)
-    ys = torch.arange(rows + 1, dtype=torch.float64) * (height / rows)
-    y1, x1 = torch.meshgrid(ys[:-1], xs[:-1], indexing="ij")
-    y2, x2 = torch.meshgrid(ys[1:], xs[1:], indexing="ij")
-    return torch.stack([x1, y1, x2, y2], dim=-1).reshape(-1, 4).float()
+    return grid_cell_boxes_batch(torch.tensor([[width, height]], dtype=torch.float64), rows, cols)[0]
+
+
+def grid_cell_boxes_batch(sizes: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``grid_cell_boxes`` of every image at once: ``sizes`` ``[N, 2]`` (width, height) -> ``float32
+    [N, rows * cols, 4]``, computed in float64 with the same operations (so equal bit for bit)."""
+    wh = sizes.to(torch.float64).reshape(-1, 2)
+    xs = torch.arange(cols + 1, dtype=torch.float64)[None] * (wh[:, :1] / cols)  # [N, cols + 1]
+    ys = torch.arange(rows + 1, dtype=torch.float64)[None] * (wh[:, 1:] / rows)  # [N, rows + 1]
+    n = wh.shape[0]
+    x1, x2 = (xs[:, None, :-1].expand(n, rows, cols), xs[:, None, 1:].expand(n, rows, cols))
+    y1, y2 = (ys[:, :-1, None].expand(n, rows, cols), ys[:, 1:, None].expand(n, rows, cols))
+    return torch.stack([x1, y1, x2, y2], dim=-1).reshape(n, rows * cols, 4).float()
 
 
 def adaptive_bins(size: int, out: int) -> list:
@@ -36,10 +44,22 @@ def adaptive_bin_boxes(width: float, height: float, map_hw: Tuple[int, int], row
     averages map rows / columns ``adaptive_bins``, so its box is the union of those cells; row-major,
     ``float32 [rows * cols, 4]``. When ``rows`` / ``cols`` divide the map this is ``grid_cell_boxes``.
     """
+    return adaptive_bin_boxes_batch(torch.tensor([[width, height]], dtype=torch.float64), map_hw, rows, cols)[0]
+
+
+def adaptive_bin_boxes_batch(sizes: torch.Tensor, map_hw: Tuple[int, int], rows: int, cols: int) -> torch.Tensor:
+    """``adaptive_bin_boxes`` of every image at once: ``sizes`` ``[N, 2]`` (width, height) -> ``float32
+    [N, rows * cols, 4]`` (float64 arithmetic ``bin * extent / map cells``, as for one image)."""
     mh, mw = int(map_hw[0]), int(map_hw[1])
-    ys = [(a * height / mh, b * height / mh) for a, b in adaptive_bins(mh, rows)]
-    xs = [(a * width / mw, b * width / mw) for a, b in adaptive_bins(mw, cols)]
-    return torch.tensor([[x1, y1, x2, y2] for y1, y2 in ys for x1, x2 in xs], dtype=torch.float64).float()
+    wh = sizes.to(torch.float64).reshape(-1, 2)
+    by = torch.tensor(adaptive_bins(mh, rows), dtype=torch.float64)  # [rows, 2] map-row ranges
+    bx = torch.tensor(adaptive_bins(mw, cols), dtype=torch.float64)  # [cols, 2]
+    ys = by[None] * wh[:, 1, None, None] / mh  # [N, rows, 2]
+    xs = bx[None] * wh[:, 0, None, None] / mw  # [N, cols, 2]
+    n = wh.shape[0]
+    x = xs[:, None].expand(n, rows, cols, 2)
+    y = ys[:, :, None].expand(n, rows, cols, 2)
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1).reshape(n, rows * cols, 4).float()
 
 
 def _starts(extent: float, box: float) -> list:

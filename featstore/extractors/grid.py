@@ -27,7 +27,7 @@ from ..errors import FeatstoreError
 from .base import BaseConfig, register_extractor
 from .images import require_pil
 from .cnn import CNNExtractor
-from .geometry import adaptive_bin_boxes
+from .geometry import adaptive_bin_boxes_batch
 from .pixels import ResizeRecipe
 from .weights import DEMO, DEMO_IMAGE_BACKBONE
 
@@ -95,7 +95,7 @@ class GridExtractor(CNNExtractor):
         regions = pooled_map.flatten(2).transpose(1, 2)  # [N, g*g, D], row-major cells
         sizes = batch["size"]
         hw = tuple(fmap.shape[-2:])
-        boxes = torch.stack([adaptive_bin_boxes(int(w), int(h), hw, g, g) for w, h in sizes.tolist()])
+        boxes = adaptive_bin_boxes_batch(sizes.cpu(), hw, g, g)
         n = regions.shape[0]
         return {"regions": self.out(regions), "count": np.full(n, g * g, dtype=np.int32),
                 "boxes": boxes.numpy(), "image_size": self.out_int(sizes),

@@ -13,13 +13,13 @@ Boxes are in original-image pixels: ``window`` is the part of the original image
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import FeatstoreError
-from .geometry import grid_cell_boxes
+from .geometry import grid_cell_boxes_batch
 
 REDUCTIONS = ("interp", "attention")
 
@@ -60,14 +60,12 @@ def reduce_patches(patches: torch.Tensor, grid: int, num_regions: int, antialias
     return small.flatten(2).transpose(1, 2)
 
 
-def region_boxes(windows: Sequence[Sequence[float]], grid: int, num_regions: int,
-                 idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Boxes [N, R, 4] (float32, original pixels): per image its ``window`` (x1, y1, x2, y2) cut into r x r
-    cells (interp) or into the g x g patch cells picked by ``idx``."""
-    out = []
-    for n, (x1, y1, x2, y2) in enumerate(windows):
-        side = grid if idx is not None else math.isqrt(num_regions)
-        cells = grid_cell_boxes(x2 - x1, y2 - y1, side, side).double() + torch.tensor([x1, y1, x1, y1],
-                                                                                        dtype=torch.float64)
-        out.append(cells[idx[n].cpu()] if idx is not None else cells)
-    return torch.stack(out).float()
+def region_boxes(windows, grid: int, num_regions: int, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Boxes [N, R, 4] (float32, original pixels): per image its ``window`` (x1, y1, x2, y2; ``[N, 4]``) cut
+    into r x r cells (interp) or into the g x g patch cells picked by ``idx``; all images at once."""
+    win = torch.as_tensor(windows, dtype=torch.float64).reshape(-1, 4)
+    side = grid if idx is not None else math.isqrt(num_regions)
+    cells = grid_cell_boxes_batch(win[:, 2:] - win[:, :2], side, side).double() + win[:, None, [0, 1, 0, 1]]
+    if idx is not None:
+        cells = torch.gather(cells, 1, idx.cpu()[..., None].expand(-1, -1, 4))
+    return cells.float()
