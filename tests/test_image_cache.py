@@ -115,6 +115,30 @@ def test_second_load_does_not_decode_and_a_changed_file_is_decoded_again(tmp_pat
     assert np.array_equal(np.asarray(cache.load(path)), np.asarray(new)) and cache.stats()["hits"] == 2
 
 
+def test_one_record_per_real_file_through_symlinks_and_relative_paths(tmp_path, monkeypatch):
+    """The key is the file's realpath (folders resolved once per process): a symlinked folder, a symlinked
+    file and a relative path reach the same record; a folder link re-pointed is seen by a new cache object."""
+    real = tmp_path / "real"
+    real.mkdir()
+    path = png_rgb(real / "a.png", seed=1)
+    (tmp_path / "linkdir").symlink_to(real, target_is_directory=True)
+    (tmp_path / "linkfile.png").symlink_to(path)
+    cache = DecodedImageCache(tmp_path / "cache")
+    cache.load(path)
+    monkeypatch.chdir(real)
+    for other in (tmp_path / "linkdir" / "a.png", tmp_path / "linkfile.png", "a.png"):
+        assert np.array_equal(np.asarray(cache.load(other)), np.asarray(load_image(path)))
+    assert cache.stats() == {"hits": 3, "misses": 1, "corrupt": 0} and len(cache) == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    png_rgb(other / "a.png", seed=2)
+    (tmp_path / "linkdir").unlink()
+    (tmp_path / "linkdir").symlink_to(other, target_is_directory=True)
+    fresh = DecodedImageCache(tmp_path / "cache")
+    assert np.array_equal(np.asarray(fresh.load(tmp_path / "linkdir" / "a.png")), np.asarray(load_image(other / "a.png")))
+    assert fresh.stats()["misses"] == 1 and len(fresh) == 2
+
+
 def test_decode_failure_is_cached_with_the_same_reason_and_message(tmp_path):
     path = png_truncated(tmp_path / "bad.png")
     with pytest.raises(ImageDecodeError) as direct:

@@ -127,7 +127,7 @@ class DecodedImageCache:
         max_pixels, path, st = _checked(max_pixels, path)
         if st is None:
             return _images().load_image(path, max_pixels=max_pixels)  # missing / a directory: nothing to cache
-        key = _key(path)
+        key = _key(self._realpath(path))
         found = self._lookup(key, path, st, max_pixels)
         if found is not None:
             return found
@@ -140,7 +140,7 @@ class DecodedImageCache:
         max_pixels, path, st = _checked(max_pixels, path)
         if st is None:
             return recipe.apply(self.load(path, max_pixels))  # load raises load_image's error
-        key = _key(path, recipe.key())
+        key = _key(self._realpath(path), recipe.key())
         found = self._lookup_resized(key, path, st, max_pixels)
         if found is not None:
             return found
@@ -149,6 +149,17 @@ class DecodedImageCache:
         if _unchanged(path, st):
             self._put(key, _resized_value(resized, st, _declared_size(path)))
         return resized
+
+    def _realpath(self, path: str) -> str:
+        """``os.path.realpath(path)``, resolving each folder once per process: a file that is not itself a
+        symlink is its folder's realpath joined with its name (``realpath`` costs five ``lstat`` calls per file)."""
+        head, name = os.path.split(path)
+        if not os.path.isabs(path) or name in ("", ".", "..") or stat.S_ISLNK(os.lstat(path).st_mode):
+            return os.path.realpath(path)
+        dirs = self.__dict__.setdefault("_dirs", {})
+        if head not in dirs:
+            dirs[head] = os.path.realpath(head)
+        return os.path.join(dirs[head], name)
 
     # -- hit path -------------------------------------------------------------------------------------
     def _lookup(self, key: bytes, path: str, st: os.stat_result, max_pixels: int) -> Optional[Image.Image]:
@@ -244,9 +255,9 @@ def _checked(max_pixels: Optional[int], path) -> Tuple[int, str, Optional[os.sta
     return max_pixels, path, (st if stat.S_ISREG(st.st_mode) else None)
 
 
-def _key(path: str, recipe_key: str = "") -> bytes:
+def _key(realpath: str, recipe_key: str = "") -> bytes:
     """The LMDB key: SHA-256 of the realpath (decoded pixels), or of the realpath and a resize recipe's key."""
-    raw = os.fsencode(os.path.realpath(path))
+    raw = os.fsencode(realpath)
     return hashlib.sha256(raw + b"\0" + recipe_key.encode() if recipe_key else raw).digest()
 
 
