@@ -2,7 +2,7 @@
 
     python benchmarks/heads_speed.py [--device auto|cpu|cuda] [--quick] [--heads concat,vilbert,...]
         [--n-train N] [--epochs E] [--baseline-epochs B]
-    python benchmarks/heads_speed.py --padding [--quick] [--n-train N] [--epochs E]
+    python benchmarks/heads_speed.py --padding [--quick] [--n-train N] [--epochs E] [--head-size tiny|default]
 
 ``--padding``: vilbert and visualbert on cached tensors shaped like the users' sets: tokens stored at 128 x 768
 with captions of 8-30 tokens (5% a tail up to 64), and each region set of ``--regions``: ``36`` (36 x 2048, all
@@ -14,6 +14,8 @@ the first; "steps": the variants' forward + backward interleaved batch by batch,
 (every batch at the mean real lengths); then where a trimmed vilbert epoch goes, part by part. Predictions
 with trimming/packing on vs untrimmed dense must agree to 1e-4, else exit 1. Goal: vilbert >= 3x on the 2-core
 CPU. Sizes: 1,024 + 64 samples on CPU (256 + 16 with --quick; tiny head configs), 8,500 + 500 on CUDA.
+``--head-size default`` trains the heads' default configs on a CPU too (the sizes users train; with
+``--n-train 128`` about ten minutes on 2 cores).
 
 Data (generated once, seeded): raw inputs shaped like the users' - ``N`` RGB images (uint8, ``S x S``) and
 ``N`` token-id sequences (``[CLS] ... [SEP]``, lengths uniform in 8..T, padded to T) with a random binary
@@ -544,10 +546,9 @@ def _lengths_line(data: TrainData) -> str:
     return "; ".join(parts)
 
 
-def padding_rows(head: str, regions: str, data: TrainData, epochs: int, device: torch.device) -> tuple:
+def padding_rows(head: str, regions: str, data: TrainData, epochs: int, device: torch.device, tiny: bool) -> tuple:
     """One head on one region set: (table rows, one per variant, the best speed-up of train()'s epochs, prob diff
-    within 1e-4)."""
-    tiny = device.type != "cuda"
+    within 1e-4). ``tiny``: ``TINY_HEAD_CFG``, else the head's default config (MMF's sizes for vilbert)."""
     cfg = TINY_HEAD_CFG[head] if tiny else {}
     r = bench_padding_head(head, cfg, data, epochs, device)
     steps = interleaved_epoch_s(head, cfg, data, device)
@@ -567,6 +568,7 @@ def padding_main(args, device: torch.device) -> int:
     trimmed vilbert step goes."""
     cuda = device.type == "cuda"
     preset = "quick" if args.quick else ("full" if cuda else "cpu")
+    tiny = (args.head_size or ("default" if cuda else "tiny")) == "tiny"
     n_train, n_val = PADDING_SIZES[preset]
     if args.n_train:
         n_train, n_val = args.n_train, max(8, round(args.n_train / 17))
@@ -584,7 +586,7 @@ def padding_main(args, device: torch.device) -> int:
     print()
     for regions, data in sets.items():
         for h in heads:
-            head_rows, best, diffs[(h, regions)] = padding_rows(h, regions, data, epochs, device)
+            head_rows, best, diffs[(h, regions)] = padding_rows(h, regions, data, epochs, device, tiny)
             rows += head_rows
             if h == "vilbert":
                 goals.append(f"  regions {regions!r}: best {best:.2f}x: "
@@ -604,7 +606,7 @@ def padding_main(args, device: torch.device) -> int:
           + ", ".join(f"{h} {r!r} {d:.1e}" for (h, r), d in diffs.items()))
     if "vilbert" in heads:
         for regions, data in sets.items():
-            parts = vilbert_breakdown({} if cuda else TINY_HEAD_CFG["vilbert"], data, device)
+            parts = vilbert_breakdown(TINY_HEAD_CFG["vilbert"] if tiny else {}, data, device)
             whole = parts[0][1]
             print()
             print(f"where a trimmed + packed vilbert training epoch goes (regions {regions!r}; parts re-run alone, "
@@ -634,6 +636,10 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--padding", action="store_true",
                    help="instead: vilbert/visualbert on tokens stored at 128 with 8-30-token captions, trimmed "
                    "batches vs untrimmed (--n-train, --epochs, --quick apply)")
+    p.add_argument("--head-size", choices=("tiny", "default"), default=None,
+                   help="--padding: 'default' trains the heads' default configs (vilbert: MMF's 6 text + 6 visual + "
+                   "6 co-attention layers; minutes per epoch on a CPU, use a small --n-train), 'tiny' the 2-layer "
+                   "width-128 ones; default: tiny on CPU, default on CUDA")
     return p.parse_args(argv)
 
 
