@@ -37,7 +37,7 @@ def test_encoded_objects_equal_zarr_pythons(tmp_path, n, inner, shard, dtype, sh
     per = layout.object_rows
     for i in range(-(-n // per)):
         path = tmp_path / "x" / "c" / str(i) / os.path.join(*["0"] * len(shape)) if shape else tmp_path / "x/c" / str(i)
-        assert encode_object(layout, data[i * per:(i + 1) * per], min(per, n - i * per)) == path.read_bytes()
+        assert encode_object(layout, data[i * per:(i + 1) * per]) == path.read_bytes()
 
 
 def test_write_object_replaces_whole_and_leaves_no_temporary(tmp_path):
@@ -45,8 +45,8 @@ def test_write_object_replaces_whole_and_leaves_no_temporary(tmp_path):
                             chunks=(64, 2), compressors=[Crc32cCodec()], fill_value=0)
     layout = DirectLayout.of(arr.metadata)
     target = tmp_path / "x" / "c" / "0" / "0"
-    write_object(layout, str(target), np.ones((64, 2), "float32"), 64)
-    write_object(layout, str(target), np.full((64, 2), 2.0, "float32"), 64)
+    write_object(layout, str(target), np.ones((64, 2), "float32"))
+    write_object(layout, str(target), np.full((64, 2), 2.0, "float32"))
     np.testing.assert_array_equal(zarr.open_array(zarr.storage.LocalStore(tmp_path), path="x")[:], 2.0)
     assert sorted(p.name for p in target.parent.iterdir()) == ["0"]
 
@@ -56,7 +56,7 @@ def test_write_object_failure_keeps_the_old_object(tmp_path, monkeypatch):
                             chunks=(64,), compressors=[Crc32cCodec()], fill_value=0)
     layout = DirectLayout.of(arr.metadata)
     target = tmp_path / "x" / "c" / "0"
-    write_object(layout, str(target), np.arange(64, dtype="int32"), 64)
+    write_object(layout, str(target), np.arange(64, dtype="int32"))
     before = target.read_bytes()
 
     def full_disk(*a, **k):
@@ -64,7 +64,7 @@ def test_write_object_failure_keeps_the_old_object(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        write_object(layout, str(target), np.zeros(64, dtype="int32"), 64)
+        write_object(layout, str(target), np.zeros(64, dtype="int32"))
     assert target.read_bytes() == before
     assert [p.name for p in target.parent.iterdir()] == ["0"]
 
@@ -79,9 +79,9 @@ def test_store_writes_raw_arrays_directly_and_reads_them_back(tmp_path, monkeypa
 
     calls = []
 
-    def spy(layout, path, rows, last_row):
-        calls.append((path, last_row))
-        return write_object(layout, path, rows, last_row)
+    def spy(layout, path, rows):
+        calls.append((path, len(rows)))
+        return write_object(layout, path, rows)
 
     monkeypatch.setattr(zarr_direct, "write_object", spy)
     n = 21

@@ -173,14 +173,13 @@ class ZarrBackend(ArrayBackend):
         for name, arr in arrays.items():
             layout = self._direct_layout(name)
             if layout is not None and layout.object_rows == self.chunk_rows:
-                write_object(layout, self._object_path(name)(chunk), arr, min(self.chunk_rows, self.n - start))
+                write_object(layout, self._object_path(name)(chunk), arr)
                 continue
             if name not in writable:
-                if "" not in writable:
-                    writable[""] = zarr.open_group(self.loc.zarr_store(self.DIR), mode="r+")
+                grp = zarr.open_group(self.loc.zarr_store(self.DIR), mode="r+")
                 # write_empty_chunks is a runtime setting (not stored in the metadata): without it an all-zero
                 # chunk (e.g. every row failed) is not written and the version cannot be committed.
-                writable[name] = writable[""][name].with_config({"write_empty_chunks": True})
+                writable[name] = grp[name].with_config({"write_empty_chunks": True})
             writable[name][start:start + len(arr)] = arr
 
     keys_object = f"{DIR}/{KEYS}/c/0"

@@ -243,9 +243,9 @@ def _read_exact(f, n: int, path: str, reader: _ObjectReader) -> bytes:
 
 
 # -- writes ---------------------------------------------------------------------------------------------------
-def encode_object(layout: DirectLayout, rows: np.ndarray, last_row: int) -> bytes:
-    """The bytes zarr-python stores for one object (a chunk, or a shard of inner chunks) whose first rows are
-    ``rows``; ``last_row`` is how many rows of the object lie inside the array (an edge object holds fewer).
+def encode_object(layout: DirectLayout, rows: np.ndarray) -> bytes:
+    """The bytes zarr-python stores for one object (a chunk, or a shard of inner chunks) holding ``rows``: all
+    of its rows, or fewer for the edge object at the end of the array.
 
     A chunk is its ``object_rows`` rows in C order, little endian (zarr pads an edge chunk to the full chunk
     shape with the fill value 0), then the CRC32C of those bytes. A shard is its inner chunks so encoded, one
@@ -258,7 +258,7 @@ def encode_object(layout: DirectLayout, rows: np.ndarray, last_row: int) -> byte
         return raw + _crc(raw).to_bytes(4, "little")
     parts, index, offset = [], [], 0
     for i in range(layout.object_rows // layout.inner_rows):
-        if i * layout.inner_rows >= last_row:
+        if i * layout.inner_rows >= len(rows):
             index.append((int(_EMPTY), int(_EMPTY)))
             continue
         raw = data[i * layout.inner_rows:(i + 1) * layout.inner_rows].tobytes()
@@ -269,14 +269,14 @@ def encode_object(layout: DirectLayout, rows: np.ndarray, last_row: int) -> byte
     return b"".join(parts) + idx + _crc(idx).to_bytes(4, "little")
 
 
-def write_object(layout: DirectLayout, path: str, rows: np.ndarray, last_row: int) -> None:
+def write_object(layout: DirectLayout, path: str, rows: np.ndarray) -> None:
     """``encode_object`` written to ``path`` through a temporary file renamed over it, so a reader (or a run
     resumed after a kill) sees the old object or the new one, never a part."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     try:
         with open(tmp, "wb") as f:
-            f.write(encode_object(layout, rows, last_row))
+            f.write(encode_object(layout, rows))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
