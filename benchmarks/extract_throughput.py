@@ -4,7 +4,7 @@ naive loop.
 
     python benchmarks/extract_throughput.py [--device auto|cpu|cuda] [--quick] [--n 4096]
         [--extractors grid,roi,dinov2-multilayer] [--batch-size B] [--workers W] [--baseline-n M]
-        [--no-image-cache] [--repeats R]
+        [--no-image-cache] [--repeats R] [--size tiny|small|full]
 
 Forward-only ceiling (same run, the SAME extractor object): the first ``CEILING_BATCHES`` batches loaded as
 the pipeline loads them (decoded and, for grid / roi / dinov2, resized to uint8 pixels that ``forward``
@@ -51,11 +51,15 @@ second time with the pipeline reading pixels from that warm cache instead of dec
 second and later extractors over the same images see. Column ``pipeline img/s (warm image cache)`` and its
 speed-up over the naive loop; the cached run's arrays must equal the uncached run's exactly (else exit 1).
 
-Models: full-size architectures with random weights (``weights=None``; no download). Random-init ResNet-152
-activations exceed float16's range, so every extractor stores ``dtype=float32`` here (twice the bytes
-of the float16 default: a conservative figure). ``--quick``: tiny configurations (ResNet-18 backbones at
-64 px; a 4-layer, 64-wide DINOv2 saved with ``save_pretrained`` to a temporary folder and passed as
-``weights``, since the extractor's random init is always ViT-L/14).
+Models (``--size``), random weights everywhere (no download): ``full`` (the default), the users'
+architectures and inputs (ResNet-152 grid 224 px and roi 600 px, DINOv2 ViT-L/14 518 px); ``small``, real
+architectures a 2-core CPU runs in minutes (torchvision's ResNet-50, grid at 224 px and roi at a 400 px short
+side; DINOv2 ViT-S/14 built from facebook/dinov2-small's config at 224 px, multi-layer 3/6/9/12: the same
+quarter-depth spacing as ViT-L's 6/12/18/24), 256 images and a naive loop on 64; ``tiny`` (``--quick``):
+ResNet-18 backbones at 64 px and a 4-layer, 64-wide DINOv2. The DINOv2s are written by ``save_pretrained``
+to a temporary folder and passed as ``weights``, since the extractor's random init is always ViT-L/14.
+Random-init ResNet activations exceed float16's range, so every extractor stores ``dtype=float32`` here
+(twice the bytes of the float16 default: a conservative figure).
 """
 from __future__ import annotations
 
@@ -104,47 +108,70 @@ class Setup:
     describe: str
 
 
-def tiny_dinov2_folder(root: Path, image_size: int) -> Path:
-    """A randomly initialised 4-layer, 64-wide DINOv2 (patch 14) written by ``save_pretrained``."""
+SIZES = ("tiny", "small", "full")
+# --size small: real architectures a CPU can run in minutes (ResNet-50 as torchvision builds it, DINOv2 ViT-S/14
+# as facebook/dinov2-small's config.json describes it), at the input sizes their users run them at.
+SMALL_DINOV2 = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14,
+                    image_size=518)
+
+
+def dinov2_folder(root: Path, name: str, **config) -> Path:
+    """A randomly initialised DINOv2 of ``config`` (``Dinov2Config`` fields) written by ``save_pretrained``."""
     from transformers import Dinov2Config, Dinov2Model
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # save_pretrained's shard bar would break the printed report
     torch.manual_seed(0)
-    model = Dinov2Model(Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2,
-                                     patch_size=14, image_size=image_size))
-    out = root / "tiny-dinov2"
+    model = Dinov2Model(Dinov2Config(**config))
+    out = root / name
     model.save_pretrained(out)
     return out
 
 
-def setups(names: Sequence[str], quick: bool, workdir: Path) -> List[Setup]:
-    """Extractor configs: full sizes with random weights, or tiny ones for ``--quick``."""
-    out = []
-    for name in names:
-        if name == "grid":
-            cfg = dict(backbone="resnet18", image_size=64) if quick else dict(backbone="resnet152", image_size=224)
-            out.append(Setup(name, dict(cfg, weights=None, dtype="float32"),
-                             f"{cfg['backbone']} {cfg['image_size']}px 6x6"))
-        elif name == "roi":
-            cfg = (dict(backbone="resnet18", shorter_side=64, max_side=112, roi_output=7) if quick
-                   else dict(backbone="resnet152", shorter_side=600, max_side=1000))
-            out.append(Setup(name, dict(cfg, weights=None, dtype="float32"),
-                             f"{cfg['backbone']} short side {cfg['shorter_side']}px, 36 rois"
-                             + (" (roi_output 7)" if quick else "")))
-        else:  # dinov2, dinov2-multilayer
-            multi = name == "dinov2-multilayer"
-            if quick:
-                folder = tiny_dinov2_folder(workdir, 84)
-                cfg: Dict[str, object] = dict(weights=str(folder), image_size=84)  # 6x6 patches: 36 regions
-                if multi:
-                    cfg["layers"] = (1, 2, 3, 4)
-                desc = "tiny ViT (4x64, patch 14) 84px"
-            else:
-                cfg = dict(weights=None)  # random ViT-L/14 at 518 px, the extractor's defaults
-                desc = "ViT-L/14 518px"
-            out.append(Setup(name, dict(cfg, dtype="float32"), desc + (", 4 layers" if multi else "")))
-    return out
+def tiny_dinov2_folder(root: Path, image_size: int) -> Path:
+    """A randomly initialised 4-layer, 64-wide DINOv2 (patch 14) written by ``save_pretrained``."""
+    return dinov2_folder(root, "tiny-dinov2", hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
+                         mlp_ratio=2, patch_size=14, image_size=image_size)
+
+
+def setups(names: Sequence[str], size: str, workdir: Path) -> List[Setup]:
+    """Extractor configs at ``size``: ``full`` (the users' architectures and input sizes, random weights),
+    ``small`` (real smaller architectures a CPU runs in minutes) or ``tiny`` (``--quick``)."""
+    if size not in SIZES:
+        raise FeatstoreError(f"size {size!r} is unknown; use one of {', '.join(SIZES)}")
+    builders = {"grid": _grid_setup, "roi": _roi_setup, "dinov2": _dinov2_setup, "dinov2-multilayer": _dinov2_setup}
+    return [builders[name](name, size, workdir) for name in names]
+
+
+def _grid_setup(name: str, size: str, workdir: Path) -> Setup:
+    cfg = {"tiny": dict(backbone="resnet18", image_size=64), "small": dict(backbone="resnet50", image_size=224),
+           "full": dict(backbone="resnet152", image_size=224)}[size]
+    return Setup(name, dict(cfg, weights=None, dtype="float32"), f"{cfg['backbone']} {cfg['image_size']}px 6x6")
+
+
+def _roi_setup(name: str, size: str, workdir: Path) -> Setup:
+    cfg = {"tiny": dict(backbone="resnet18", shorter_side=64, max_side=112, roi_output=7),
+           "small": dict(backbone="resnet50", shorter_side=400, max_side=667),
+           "full": dict(backbone="resnet152", shorter_side=600, max_side=1000)}[size]
+    return Setup(name, dict(cfg, weights=None, dtype="float32"),
+                 f"{cfg['backbone']} short side {cfg['shorter_side']}px, 36 rois"
+                 + (" (roi_output 7)" if size == "tiny" else ""))
+
+
+def _dinov2_setup(name: str, size: str, workdir: Path) -> Setup:
+    multi = name == "dinov2-multilayer"
+    if size == "tiny":
+        cfg: Dict[str, object] = dict(weights=str(tiny_dinov2_folder(workdir, 84)), image_size=84)  # 6x6 patches
+        layers, desc = (1, 2, 3, 4), "tiny ViT (4x64, patch 14) 84px"
+    elif size == "small":
+        folder = dinov2_folder(workdir, "dinov2-small", **SMALL_DINOV2)
+        cfg, layers, desc = dict(weights=str(folder), image_size=224), (3, 6, 9, 12), "ViT-S/14 (dinov2-small) 224px"
+    else:
+        cfg, layers, desc = dict(weights=None), None, "ViT-L/14 518px"  # random ViT-L/14, the extractor's defaults
+    if multi and layers is not None:
+        cfg["layers"] = layers
+    layer_desc = f", layers {'/'.join(map(str, layers or (6, 12, 18, 24)))}" if multi else ""
+    return Setup(name, dict(cfg, dtype="float32"), desc + layer_desc)
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -426,7 +453,12 @@ def _subset(dataset, n: int):
 def parse_args(argv: Optional[Sequence[str]]):
     p = Parser(description=__doc__.split("\n")[0])
     p.add_device()
-    p.add_argument("--quick", action="store_true", help="tiny models, 1024 images, naive loop on the first 256 (a few minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="tiny models, 1024 images, naive loop on the first 256 (a few minutes on "
+                   "2 CPU cores); the same as --size tiny")
+    p.add_argument("--size", choices=SIZES, default=None,
+                   help="model sizes: full (the users' architectures and inputs; the default), small (ResNet-50 at "
+                   "224 / 400 px, DINOv2 ViT-S/14 at 224 px: real architectures a CPU runs in minutes, 256 images) "
+                   "or tiny (--quick)")
     p.add_argument("--n", type=positive_int("--n"), default=None,
                    help="images (default: 4096 on CUDA, 1024 on CPU)")
     p.add_argument("--unique", type=positive_int("--unique"), default=512, help="distinct images among --n")
@@ -437,7 +469,7 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers (default: min(16, CPU count))")
     p.add_argument("--baseline-n", type=positive_int("--baseline-n"), default=None,
-                   help="images for the naive loop, the first of the same set (default: 256)")
+                   help="images for the naive loop, the first of the same set (default: 256; 64 at --size small)")
     p.add_argument("--workdir", default=None, help="where the images and stores go (default: a temp folder)")
     p.add_argument("--repeats", type=positive_int("--repeats"), default=1,
                    help="rounds per extractor (pipeline, cached pipeline, naive loop interleaved); best of each")
@@ -456,10 +488,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.workdir is not None and not Path(args.workdir).is_dir():
         raise FeatstoreError(f"--workdir {args.workdir!r} is not an existing folder; create it or leave it out")
     cuda = device.type == "cuda"
-    n = args.n or (1024 if args.quick or not cuda else 4096)
+    size = "tiny" if args.quick else (args.size or "full")
+    if args.quick and args.size not in (None, "tiny"):
+        raise FeatstoreError(f"--quick is --size tiny; it cannot be combined with --size {args.size}: pass one of them")
+    n = args.n or (256 if size == "small" else 1024 if size == "tiny" or not cuda else 4096)
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
-    naive_n = min(n, args.baseline_n or 256)  # the naive loop has no fixed costs: 256 images give its rate
-    full = not args.quick
+    naive_n = min(n, args.baseline_n or (64 if size == "small" else 256))  # no fixed costs: a few give its rate
+    full = size == "full"
 
     for line in header_lines("extraction throughput (run_extraction against its forward-only ceiling)", device):
         print(line)
@@ -470,7 +505,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             manifest = make_images(work / "data", n, min(args.unique, n))
         dataset = load_dataset(manifest)
         print(f"data   : {n} synthetic PNGs ({min(args.unique, n)} distinct), ~500x400, written in "
-              f"{sw_gen.seconds:.1f} s; sizes {'TINY (--quick)' if args.quick else 'full'}; weights random; "
+              f"{sw_gen.seconds:.1f} s; sizes {size.upper() if size != 'full' else 'full'}; weights random; "
               f"storage float32; amp {'bf16' if cuda else 'none'}")
         print(f"pipeline: run_extraction, {workers} DataLoader workers; ceiling: the extractor's forward on the "
               f"first {CEILING_BATCHES} batches decoded into memory; clip-retrieval loop over all {n} images; naive "
@@ -485,7 +520,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"the pipeline over this warm cache")
         print()
         results = []
-        for s in setups(names, args.quick, work):
+        for s in setups(names, size, work):
             bs = args.batch_size or (FULL_CUDA_BATCH[s.name] if cuda and full else 32)
             results.append(bench_one(s, dataset, work, device, min(n, 2 * bs), bs, workers, naive_n, cache_dir,
                                      args.repeats))

@@ -135,7 +135,7 @@ def step_extraction(sizes: Sizes, work: Path) -> List[Row]:
     cache = work / "image-cache"
     prefill_image_cache(dataset, str(cache), num_workers=workers, progress=False)
     rows = []
-    for setup in et.setups([name for name, _, _ in EXTRACT], sizes.quick, work):
+    for setup in et.setups([name for name, _, _ in EXTRACT], "tiny" if sizes.quick else "full", work):
         what, goal = next((w, g) for n, w, g in EXTRACT if n == setup.name)
         bs = 4 if sizes.quick else et.FULL_CUDA_BATCH[setup.name]
         t0 = time.perf_counter()

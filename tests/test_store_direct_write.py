@@ -79,9 +79,9 @@ def test_store_writes_raw_arrays_directly_and_reads_them_back(tmp_path, monkeypa
 
     calls = []
 
-    def spy(layout, path, rows):
+    def spy(layout, path, rows, **kw):
         calls.append((path, len(rows)))
-        return write_object(layout, path, rows)
+        return write_object(layout, path, rows, **kw)
 
     monkeypatch.setattr(zarr_direct, "write_object", spy)
     n = 21
@@ -107,3 +107,78 @@ def test_store_writes_raw_arrays_directly_and_reads_them_back(tmp_path, monkeypa
     for c in range(3):
         rel = os.path.join("regions", "c", str(c), "0", "0")
         assert (zdir / rel).read_bytes() == (ref_dir / rel).read_bytes()
+
+
+KILLED_WRITER = r"""
+import os, signal, sys
+import numpy as np
+from featstore.store import ArraySpec, Recipe, open_store
+
+real_replace = os.replace
+
+def replace(src, dst):
+    if "data.zarr~regions~c~1" in str(src):  # the second chunk's object: killed between write and rename
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst)
+
+os.replace = replace
+st = open_store(sys.argv[1], create=True)
+w = st.writer("img", Recipe("img"), [f"k{i}" for i in range(16)], {"regions": ArraySpec((3, 4), "float32", True)},
+              key_kind="image_key", modality="image", chunk_rows=8)
+print(w.version, flush=True)
+rows = np.arange(16 * 12, dtype=np.float32).reshape(16, 3, 4)
+for c in (0, 1):
+    w.write_chunk(c, {"regions": rows[c * 8:(c + 1) * 8], "count": np.full(8, 3, np.int32)})
+"""
+
+
+def test_a_killed_writers_object_temporary_is_removed_on_resume(tmp_path):
+    """A raw object's temporary file goes in the version folder, not among zarr's chunk files, so the
+    writer killed between writing it and renaming it leaves it where a resumed run removes it (once stale);
+    the resumed version then commits and verifies."""
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "s"
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(root)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    vdir = root / "sets" / "img" / proc.stdout.split()[0]
+    left = [p for p in vdir.iterdir() if ".tmp-" in p.name]
+    assert [p.name.split(".tmp-")[0] for p in left] == ["data.zarr~regions~c~1~0~0"]
+    assert not [p for p in (vdir / "data.zarr").rglob("*") if ".tmp-" in p.name]
+    os.utime(left[0], (time.time() - 3600, time.time() - 3600))
+    st = open_store(root)
+    rows = np.arange(16 * 12, dtype=np.float32).reshape(16, 3, 4)
+    w = st.writer("img", Recipe("img"), [f"k{i}" for i in range(16)], {"regions": ArraySpec((3, 4), "float32", True)},
+                  key_kind="image_key", modality="image", chunk_rows=8)
+    assert not left[0].exists()
+    assert w.pending_chunks() == [1]
+    w.write_chunk(1, {"regions": rows[8:], "count": np.full(8, 3, np.int32)})
+    fsv = w.commit()
+    np.testing.assert_array_equal(fsv.read("regions"), rows)
+    assert st.verify("img").ok
+
+
+def test_encode_object_refuses_rows_of_another_shape(tmp_path):
+    arr = zarr.create_array(zarr.storage.LocalStore(tmp_path), name="x", shape=(64, 2), dtype="float32",
+                            chunks=(64, 2), compressors=[Crc32cCodec()], fill_value=0)
+    layout = DirectLayout.of(arr.metadata)
+    with pytest.raises(ValueError, match=r"rows of shape \(64, 3\) do not fit an object of 64 rows of shape \(2,\)"):
+        encode_object(layout, np.zeros((64, 3), "float32"))
+    with pytest.raises(ValueError, match="rows of shape"):
+        encode_object(layout, np.zeros((65, 2), "float32"))
+
+
+def test_a_full_object_of_non_contiguous_or_big_endian_rows_encodes_as_its_values(tmp_path):
+    """The no-copy path must not write a strided view's memory or big-endian bytes: the object equals
+    zarr-python's for the same values."""
+    arr = zarr.create_array(zarr.storage.LocalStore(tmp_path), name="x", shape=(64, 3), dtype="float32",
+                            chunks=(64, 3), compressors=[Crc32cCodec()], fill_value=0)
+    layout = DirectLayout.of(arr.metadata)
+    values = np.random.default_rng(3).standard_normal((64, 6)).astype(np.float32)
+    arr[:] = values[:, ::2]
+    stored = (tmp_path / "x" / "c" / "0" / "0").read_bytes()
+    assert encode_object(layout, values[:, ::2]) == stored
+    assert encode_object(layout, values[:, ::2].astype(">f4")) == stored

@@ -173,7 +173,7 @@ class ZarrBackend(ArrayBackend):
         for name, arr in arrays.items():
             layout = self._direct_layout(name)
             if layout is not None and layout.object_rows == self.chunk_rows:
-                write_object(layout, self._object_path(name)(chunk), arr)
+                write_object(layout, self._object_path(name)(chunk), arr, tmp_dir=self.loc.path())
                 continue
             if name not in writable:
                 grp = zarr.open_group(self.loc.zarr_store(self.DIR), mode="r+")

@@ -251,32 +251,59 @@ def encode_object(layout: DirectLayout, rows: np.ndarray) -> bytes:
     shape with the fill value 0), then the CRC32C of those bytes. A shard is its inner chunks so encoded, one
     after another, then the index: per inner chunk (offset, length) as ``<u8``, the index's own CRC32C; an inner
     chunk wholly outside the array is not stored (its index entry is 2**64 - 1 twice)."""
-    data = np.zeros((layout.object_rows,) + layout.row_shape, dtype=layout.dtype.newbyteorder("<"))
-    data[:len(rows)] = rows
+    return b"".join(encode_parts(layout, rows))
+
+
+def encode_parts(layout: DirectLayout, rows: np.ndarray) -> List[object]:
+    """``encode_object``'s bytes as the buffers that make it up, in order, without joining them: a full
+    object of C-contiguous little-endian rows is not copied at all (its parts are views of ``rows``); an edge
+    object is copied once, into a zero-padded buffer."""
+    data = _padded(layout, rows)
     if not layout.sharded:
-        raw = data.tobytes()
-        return raw + _crc(raw).to_bytes(4, "little")
-    parts, index, offset = [], [], 0
+        raw = memoryview(data).cast("B")
+        return [raw, _crc(raw).to_bytes(4, "little")]
+    parts: List[object] = []
+    index, offset = [], 0
     for i in range(layout.object_rows // layout.inner_rows):
         if i * layout.inner_rows >= len(rows):
             index.append((int(_EMPTY), int(_EMPTY)))
             continue
-        raw = data[i * layout.inner_rows:(i + 1) * layout.inner_rows].tobytes()
+        raw = memoryview(data[i * layout.inner_rows:(i + 1) * layout.inner_rows]).cast("B")
         parts += [raw, _crc(raw).to_bytes(4, "little")]
-        index.append((offset, len(raw) + 4))
-        offset += len(raw) + 4
+        index.append((offset, raw.nbytes + 4))
+        offset += raw.nbytes + 4
     idx = np.asarray(index, dtype="<u8").tobytes()
-    return b"".join(parts) + idx + _crc(idx).to_bytes(4, "little")
+    return parts + [idx, _crc(idx).to_bytes(4, "little")]
 
 
-def write_object(layout: DirectLayout, path: str, rows: np.ndarray) -> None:
+def _padded(layout: DirectLayout, rows: np.ndarray) -> np.ndarray:
+    """``rows`` as the object's full ``object_rows`` rows, C order, little endian: ``rows`` itself when it
+    already is that, else a copy zero-padded at the end (zarr's fill value)."""
+    rows = np.asarray(rows)
+    if rows.shape[1:] != layout.row_shape or len(rows) > layout.object_rows:
+        raise ValueError(f"rows of shape {rows.shape} do not fit an object of {layout.object_rows} rows of "
+                         f"shape {layout.row_shape}")
+    dtype = layout.dtype.newbyteorder("<")
+    if len(rows) == layout.object_rows:
+        return np.ascontiguousarray(rows, dtype=dtype)
+    data = np.zeros((layout.object_rows,) + layout.row_shape, dtype=dtype)
+    data[:len(rows)] = rows
+    return data
+
+
+def write_object(layout: DirectLayout, path: str, rows: np.ndarray, tmp_dir: Optional[str] = None) -> None:
     """``encode_object`` written to ``path`` through a temporary file renamed over it, so a reader (or a run
-    resumed after a kill) sees the old object or the new one, never a part."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    resumed after a kill) sees the old object or the new one, never a part. The temporary file goes in
+    ``tmp_dir`` (on the same filesystem; the store passes the version folder, whose stale ``*.tmp-*`` files
+    a resumed run removes), named after ``path`` relative to it; beside ``path`` without one."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    stem = (os.path.relpath(path, tmp_dir).replace(os.sep, "~") if tmp_dir is not None else path)
+    tmp = os.path.join(tmp_dir or folder, os.path.basename(stem)) + f".tmp-{os.getpid()}-{threading.get_ident()}"
     try:
         with open(tmp, "wb") as f:
-            f.write(encode_object(layout, rows))
+            for part in encode_parts(layout, rows):
+                f.write(part)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
