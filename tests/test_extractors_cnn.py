@@ -78,9 +78,12 @@ def test_timm_backbone_split_equals_timm_features_only():
     assert ex.backbone.c16 == 112 and ex.backbone.channels == 320
 
 
-def test_roi_matches_roi_align_layer4_mean_by_hand():
+@pytest.mark.parametrize("micro_pixels", [None, 1])  # one forward per orientation; one per canvas
+def test_roi_matches_roi_align_layer4_mean_by_hand(micro_pixels):
     ex = create_extractor("roi", backbone="resnet18", shorter_side=64, max_side=100, num_regions=14,
                           dtype="float32", seed=1)
+    if micro_pixels is not None:
+        ex.CPU_MICRO_BATCH_PIXELS = micro_pixels
     imgs = [_img(120, 60, 3), _img(50, 90, 4)]
     items = [ex.preprocess(i) for i in imgs]
     assert items[0]["image"].shape == (3, 50, 100)  # shorter 60->64 would make 128 wide: capped by max_side
@@ -118,6 +121,26 @@ def test_roi_batching_does_not_change_results():
     for i, a in enumerate(alone):
         for name in ("regions", "pooled", "boxes"):
             np.testing.assert_allclose(together[name][i], a[name][0], rtol=1e-4, atol=1e-5, err_msg=f"{i} {name}")
+
+
+def test_roi_cpu_micro_batches_split_each_orientation_and_keep_every_row():
+    """On a CPU, canvases go through the backbone in micro-batches of at most CPU_MICRO_BATCH_PIXELS pixels
+    (at least one canvas); every row still lands in its place and equals the one-batch forward."""
+    ex = create_extractor("roi", backbone="resnet18", shorter_side=64, max_side=100, dtype="float32")
+    assert ex._micro_batches([0, 2, 3], False) == [(0, [0, 2, 3])]  # 300000 // 6400 = 46 canvases at a time
+    ex.CPU_MICRO_BATCH_PIXELS = 2 * 64 * 100
+    assert ex._micro_batches([0, 2, 3, 5, 6], True) == [(0, [0, 2]), (2, [3, 5]), (4, [6])]
+    ex.CPU_MICRO_BATCH_PIXELS = 1
+    assert ex._micro_batches([1, 4], False) == [(0, [1]), (1, [4])] and ex._micro_batches([], True) == []
+    imgs = [_img(64, 64, 7), _img(40, 80, 9), _img(90, 50, 8), _img(30, 70, 11), _img(70, 66, 10), _img(45, 90, 12)]
+    batch = ex.collate([ex.preprocess(i) for i in imgs])
+    ex.CPU_MICRO_BATCH_PIXELS = 10 ** 9
+    whole = ex.forward(batch)
+    ex.CPU_MICRO_BATCH_PIXELS = 2 * 64 * 100  # landscape rows 0, 2, 4 as [0, 2] + [4]; portrait 1, 3, 5 likewise
+    split = ex.forward(batch)
+    for name in ("regions", "pooled", "boxes", "count", "image_size"):
+        np.testing.assert_allclose(split[name], whole[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.abs(whole["regions"]).sum(axis=(1, 2)).min() > 0  # no row left at the zeros it starts from
 
 
 def test_geometry_hand_computed():

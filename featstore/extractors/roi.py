@@ -138,6 +138,31 @@ class RoiExtractor(CNNExtractor):
         resized = torch.tensor([[w, h] for h, w in hw], dtype=torch.int64)
         return dict(out, portrait_mask=portrait, resized=resized, size=torch.stack([it["size"] for it in items]))
 
+    # On a CPU the convolutions over a batch of large canvases are memory-bound: ResNet-50 at a 400 x 667
+    # canvas measured 1.23-1.37 img/s a batch of 1, 1.19-1.22 at 4, 1.03-1.12 at 8 and 0.95-0.99 at 32
+    # (benchmarks/RESULTS.md, session 6). So a CPU forward runs the canvases in micro-batches of at most
+    # this many pixels (at least one canvas); small canvases still go many at a time. On CUDA: one batch.
+    CPU_MICRO_BATCH_PIXELS = 300_000
+
+    def _micro_batches(self, group: List[int], portrait: bool) -> List[Tuple[int, List[int]]]:
+        """(offset in the orientation's canvas tensor, batch rows) of each forward over ``group``."""
+        if not group:
+            return []
+        ch, cw = self.canvas(portrait)
+        size = len(group) if self.device.type != "cpu" else max(1, self.CPU_MICRO_BATCH_PIXELS // (ch * cw))
+        return [(i, group[i:i + size]) for i in range(0, len(group), size)]
+
+    def _region_vectors(self, canvases: torch.Tensor, valid: torch.Tensor, boxes: List[torch.Tensor]) -> torch.Tensor:
+        """[n, R, D] region vectors of n canvases of one orientation (``valid``: their (w, h) before padding;
+        ``boxes``: each one's proposals in resized pixels)."""
+        c = self.config
+        with self.autocast():
+            fmap = self.backbone.stem16(self.image_input(canvases, self.backbone.mean, self.backbone.std, valid))
+            rois = roi_align(fmap.float(), [b.to(self.device) for b in boxes], output_size=c.roi_output,
+                             spatial_scale=1 / 16, sampling_ratio=c.sampling_ratio, aligned=True)
+            feats = self.backbone.tail(self.to_device(rois.to(fmap.dtype)))
+        return feats.float().mean(dim=(2, 3)).reshape(len(boxes), c.num_regions, -1)
+
     @torch.inference_mode()
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
         c = self.config
@@ -150,20 +175,13 @@ class RoiExtractor(CNNExtractor):
         portrait = batch["portrait_mask"].tolist()
         regions = None
         for name, is_p in (("landscape", False), ("portrait", True)):
-            rows = [i for i, p in enumerate(portrait) if p == is_p]
-            if not rows:
-                continue
-            with self.autocast():
-                valid = batch["resized"][torch.tensor(rows)]  # zero padding of uint8 canvases
-                fmap = self.backbone.stem16(self.image_input(batch[name], self.backbone.mean, self.backbone.std, valid))
-                rois = roi_align(fmap.float(), [boxes_resized[i].to(self.device) for i in rows],
-                                 output_size=c.roi_output, spatial_scale=1 / 16, sampling_ratio=c.sampling_ratio,
-                                 aligned=True)
-                feats = self.backbone.tail(self.to_device(rois.to(fmap.dtype)))
-            vec = feats.float().mean(dim=(2, 3)).reshape(len(rows), r, -1)  # [n_group, R, D]
-            if regions is None:
-                regions = vec.new_zeros(n, r, vec.shape[-1])
-            regions[torch.tensor(rows, device=vec.device)] = vec
+            group = [i for i, p in enumerate(portrait) if p == is_p]
+            for start, rows in self._micro_batches(group, is_p):
+                vec = self._region_vectors(batch[name][start:start + len(rows)], batch["resized"][torch.tensor(rows)],
+                                           [boxes_resized[i] for i in rows])
+                if regions is None:
+                    regions = vec.new_zeros(n, r, vec.shape[-1])
+                regions[torch.tensor(rows, device=vec.device)] = vec
         return {"regions": self.out(regions), "count": np.full(n, r, dtype=np.int32),
                 "boxes": torch.stack(boxes_orig).numpy(), "image_size": self.out_int(batch["size"]),
                 "pooled": self.out(regions.mean(dim=1))}
