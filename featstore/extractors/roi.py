@@ -4,9 +4,11 @@ Preprocessing: resize keeping the aspect ratio so the shorter side is ``shorter_
 longer side would exceed ``max_side`` (1000), bilinear antialiased, backbone mean/std; each image is
 zero-padded at the bottom/right to a fixed canvas for its orientation (``shorter_side x max_side`` for
 landscape and square images, ``max_side x shorter_side`` for portrait ones), and the two orientations
-run as two sub-batches. Padding to the batch's largest image instead would let the padding (which the
-convolutions see at the borders) depend on the other images in the batch, so the same image would get
-different features at another batch size; with fixed canvases a row depends only on its own image.
+run as two sub-batches (on a CPU, each in micro-batches of at most ``CPU_MICRO_BATCH_PIXELS`` pixels:
+large canvases one at a time, where a big batch is memory-bound; the rows are the same). Padding to the
+batch's largest image instead would let the padding (which the convolutions see at the borders) depend on
+the other images in the batch, so the same image would get different features at another batch size;
+with fixed canvases a row depends only on its own image.
 
 Proposals (``geometry.multiscale_tiles`` on the ORIGINAL image, in the order of ``scales``, row-major
 within a scale; box side ``s*W x s*H``, stride half a box, an extra edge-flush box where the steps do not
