@@ -364,9 +364,10 @@ def same_arrays(store_dir: Path, a: str, b: str) -> bool:
 def bench_one(setup: Setup, dataset, work: Path, device: torch.device, n_warm: int, batch_size: int,
               workers: int, naive_n: int, image_cache: Optional[Path] = None, repeats: int = 1) -> Result:
     """Time, ``repeats`` rounds interleaved, each path's best round reported: the pipeline cold (decoding
-    PNGs), the forward-only ceiling right after it (at the intra-op threads that run used), with
+    PNGs) back to back with clip-retrieval's loop (``_cold_pair``: order alternating by round, their ratio
+    kept per round), then the forward-only ceiling (at the intra-op threads that run used), with
     ``image_cache`` the pipeline over that cache made warm for this extractor (its resized entries filled
-    beforehand, untimed), clip-retrieval's loop and the naive loop."""
+    beforehand, untimed) and the ceiling again, then the naive loop."""
     ext = create_extractor(setup.name, **setup.config)
     opts = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device.type, progress=False)
     store_dir = work / f"store-{setup.name}"
@@ -495,7 +496,8 @@ def parse_args(argv: Optional[Sequence[str]]):
                    help="images for the naive loop, the first of the same set (default: 256; 64 at --size small)")
     p.add_argument("--workdir", default=None, help="where the images and stores go (default: a temp folder)")
     p.add_argument("--repeats", type=positive_int("--repeats"), default=1,
-                   help="rounds per extractor (pipeline, cached pipeline, naive loop interleaved); best of each")
+                   help="rounds per extractor (pipeline cold paired with clip-retrieval's loop, cached pipeline, naive "
+                   "loop interleaved); best of each, the median of the pairs' ratios")
     p.add_argument("--image-cache", action=argparse.BooleanOptionalAction, default=True,
                    help="also time each extractor reading pixels from a decoded-image cache filled beforehand "
                    "(warm: the second and later extractors over the same images); on by default")
@@ -586,7 +588,7 @@ def result_table(results: Sequence[Result], cuda: bool, tol: float):
     for r in results:
         ceil = r.ceiling["host"]
         warm = r.cached_ips / ceil if r.cached_ips else float("nan")
-        paired = float(np.median(r.clip_pairs)) if r.clip_pairs else r.pipeline_ips / r.clip_ips
+        paired = float(np.median(r.clip_pairs))  # one pair per round: never empty
         rows.append([r.setup.name, r.setup.describe, r.n, r.batch_size, r.workers, r.threads, fmt(ceil),
                      f"{fmt(r.pipeline_ips)} ({r.pipeline_ips / ceil:.0%})",
                      f"{fmt(r.cached_ips)} ({warm:.0%})" + ("" if r.cached_identical else " MISMATCH"),

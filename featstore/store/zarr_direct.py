@@ -296,10 +296,12 @@ def write_object(layout: DirectLayout, path: str, rows: np.ndarray, tmp_dir: Opt
     resumed after a kill) sees the old object or the new one, never a part. The temporary file goes in
     ``tmp_dir`` (on the same filesystem; the store passes the version folder, whose stale ``*.tmp-*`` files
     a resumed run removes), named after ``path`` relative to it; beside ``path`` without one."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    stem = (os.path.relpath(path, tmp_dir).replace(os.sep, "~") if tmp_dir is not None else path)
-    tmp = os.path.join(tmp_dir or folder, os.path.basename(stem)) + f".tmp-{os.getpid()}-{threading.get_ident()}"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if tmp_dir is None:
+        tmp_dir, name = os.path.dirname(path), os.path.basename(path)
+    else:
+        name = os.path.relpath(path, tmp_dir).replace(os.sep, "~")
+    tmp = os.path.join(tmp_dir, name) + f".tmp-{os.getpid()}-{threading.get_ident()}"
     try:
         with open(tmp, "wb") as f:
             for part in encode_parts(layout, rows):
