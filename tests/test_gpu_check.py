@@ -23,7 +23,7 @@ def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     assert "GPU check (DRY RUN: CPU, tiny sizes)" in text and "FAIL" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| step")]
     steps = [r.split(" | ")[0][2:] for r in rows]
-    assert sum(s.startswith("test test_") for s in steps) == 6  # every cuda-marked test of every file
+    assert sum(s.startswith("test test_") for s in steps) == 7  # every cuda-marked test of every file (tests/test_cuda_paths.py 5, test_gpu_check_cuda.py 2)
     assert "test test_pinned_uint8_pixels_normalised_on_the_device_equal_the_cpus" in steps
     for name in ("extract dinov2-multilayer (tiny)", "extract grid (tiny)", "extract roi (tiny)"):
         assert name in steps

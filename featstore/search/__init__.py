@@ -1,6 +1,6 @@
 """Confounder inspection: FAISS indexes, neighbours, confounder pairs, an HTML report, embedding maps.
 
-* ``index``: ``build_index`` / ``VectorIndex`` / ``cached_index`` (FAISS, cosine or L2, flat/IVF/HNSW, GPU).
+* ``index``: ``build_index`` / ``VectorIndex`` / ``cached_index`` (FAISS, cosine or L2, flat/IVF/HNSW, GPU: faiss-gpu or torch's exact search).
 * ``neighbors``: ``neighbors(query_ids, ids, vectors, k)`` -> ``NeighborRow`` list.
 * ``confounders``: ``find_confounders`` -> ``ConfounderPair`` list, ``to_csv``, predictions overlay.
 * ``report``: ``write_html_report`` (one self-contained HTML file).
@@ -9,12 +9,12 @@
 from .confounders import (ConfounderPair, Prediction, find_confounders, load_predictions,
                           overlay_predictions, to_csv)
 from .embedmap import embed_2d, plot_embedding_map
-from .index import VectorIndex, build_index, cached_index, choose_kind, gpu_available
+from .index import VectorIndex, build_index, cached_index, choose_kind, gpu_available, gpu_backend
 from .neighbors import NeighborRow, neighbors
 from .report import thumbnail_data_uri, write_html_report
 
 __all__ = [
     "ConfounderPair", "NeighborRow", "Prediction", "VectorIndex", "build_index", "cached_index",
-    "choose_kind", "embed_2d", "find_confounders", "gpu_available", "load_predictions", "neighbors",
+    "choose_kind", "embed_2d", "find_confounders", "gpu_available", "gpu_backend", "load_predictions", "neighbors",
     "overlay_predictions", "plot_embedding_map", "thumbnail_data_uri", "to_csv", "write_html_report",
 ]

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import FeatstoreError
-from .index import build_index, check_vectors
+from .index import build_index, check_vectors, gpu_backend
 from .neighbors import id_positions
 
 EXACT_PAIRS_MAX = 5_000  # above this many samples the all-pairs search uses an IVF index
@@ -104,8 +104,9 @@ def _knn_pairs(x: np.ndarray, threshold: float, k: int, kind: str, use_gpu, chun
     n = x.shape[0]
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    if kind == "auto":
-        kind = "flat" if n <= EXACT_PAIRS_MAX else "ivf"
+    if kind == "auto":  # exact when small, or when the GPU search is torch's exact one (faiss-gpu absent)
+        exact_on_gpu = gpu_backend(use_gpu, "flat") == "torch"
+        kind = "flat" if n <= EXACT_PAIRS_MAX or exact_on_gpu else "ivf"
     ivf = CONFOUNDER_IVF if kind == "ivf" else {}
     index = build_index(x, metric="cosine", kind=kind, use_gpu=use_gpu, **ivf)
     found: List[np.ndarray] = []
@@ -244,7 +245,8 @@ def search_confounders(sample_ids: Sequence[str], image_keys: Sequence[str], ima
     ``i`` = sample ``sample_ids[i]`` with image ``image_keys[i]``; ``labels`` (optional, ``[N]``) marks
     ``label_flip``. Each modality gets one cosine FAISS index searched for the ``k`` nearest of every
     sample (k grows for rows whose neighbours are all above the threshold). ``index_kind="auto"``: exact
-    for ``N <= 5000``, IVF (``CONFOUNDER_IVF``: nprobe 6, rough k-means) above. ``text_vector`` only names
+    for ``N <= 5000`` or when the GPU search is torch's exact one (``index.gpu_backend``: a CUDA device and
+    no faiss-gpu), IVF (``CONFOUNDER_IVF``: nprobe 6, rough k-means) above. ``text_vector`` only names
     the text array in the summary.
     """
     sample_ids = [str(s) for s in sample_ids]

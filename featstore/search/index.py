@@ -18,15 +18,22 @@ Cosine similarity is inner product on L2-normalised vectors: vectors and queries
 the index stores inner products, so ``search`` returns cosine similarities in [-1, 1]. For
 ``metric="l2"`` ``search`` returns squared Euclidean distances (smaller is closer).
 
-GPU: with ``use_gpu="auto"`` a flat or IVF index is moved to the GPU (``faiss.StandardGpuResources`` +
-``faiss.index_cpu_to_gpu``) when the installed faiss has GPU support (the ``faiss-gpu`` package) and
-sees a CUDA device; HNSW has no GPU implementation and stays on the CPU. ``save``/``to_bytes`` always
-write the CPU form, so a saved index loads anywhere.
+GPU (``gpu_backend``): with ``use_gpu="auto"`` or ``True`` a flat or IVF index is moved to the GPU
+(``faiss.StandardGpuResources`` + ``faiss.index_cpu_to_gpu``) when the installed faiss has GPU support (the
+``faiss-gpu`` package) and sees a CUDA device; HNSW has no GPU implementation and stays on the CPU. Without
+faiss-gpu (its wheels are built for CUDA 12 only), a flat index goes to torch's exact search on the GPU
+(``torch_flat.TorchFlatIndex``: the same inner products / squared distances, the same results) when torch
+sees a CUDA device; IVF then stays on the CPU with ``"auto"`` and is refused with ``True``. torch is only
+imported for that check when it already is, when ``use_gpu=True``, or when the NVIDIA driver's device files
+(``/dev/nvidia0``...) exist, so a CPU machine's search does not pay torch's import. ``save``/``to_bytes``
+always write the CPU form, so a saved index loads anywhere.
 """
 from __future__ import annotations
 
+import glob
 import math
 import os
+import sys
 from typing import Callable, Optional, Tuple
 
 import faiss
@@ -96,6 +103,30 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def torch_gpu_available(force_import: bool = False) -> bool:
+    """True when torch sees a CUDA device. Without ``force_import``, torch is imported for the check only
+    when it already is or the NVIDIA driver's device files exist (CUDA cannot run without them)."""
+    if not force_import and "torch" not in sys.modules and not glob.glob("/dev/nvidia[0-9]*"):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def gpu_backend(use_gpu="auto", kind: str = "flat") -> Optional[str]:
+    """Where ``build_index(kind=kind, use_gpu=use_gpu)`` searches on a GPU: ``"faiss"`` (faiss-gpu),
+    ``"torch"`` (torch's exact search, flat indexes only) or None (the CPU)."""
+    if use_gpu not in ("auto", True, False):
+        raise FeatstoreError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}")
+    if use_gpu is False or kind == "hnsw":
+        return None
+    if gpu_available():
+        return "faiss"
+    if kind == "flat" and torch_gpu_available(force_import=use_gpu is True):
+        return "torch"
+    return None
+
+
 def _ivf_nlist(n: int) -> int:
     return int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
 
@@ -125,7 +156,7 @@ class VectorIndex:
         self.index = index
         self.metric = metric
         self.from_cache = from_cache  # True when cached_index reused stored bytes instead of building
-        self._gpu_resources = gpu_resources  # keeps StandardGpuResources alive with the GPU index
+        self._gpu_resources = gpu_resources  # StandardGpuResources kept alive with a faiss GPU index; "torch"
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -141,13 +172,15 @@ class VectorIndex:
         return self._gpu_resources is not None
 
     @property
+    def search_backend(self) -> str:
+        """``"faiss-gpu"``, ``"torch-cuda"`` (torch's exact search) or ``"faiss-cpu"``."""
+        if self._gpu_resources is None:
+            return "faiss-cpu"
+        return "torch-cuda" if self._gpu_resources == "torch" else "faiss-gpu"
+
+    @property
     def kind(self) -> str:
-        cpu = self._cpu_index()
-        if isinstance(cpu, faiss.IndexHNSW):
-            return "hnsw"
-        if isinstance(cpu, faiss.IndexIVF):
-            return "ivf"
-        return "flat"
+        return "flat" if self._gpu_resources == "torch" else _kind_of(self._cpu_index())
 
     @property
     def nprobe(self) -> Optional[int]:
@@ -188,6 +221,8 @@ class VectorIndex:
 
     # -- persistence ----------------------------------------------------------------------------
     def _cpu_index(self) -> "faiss.Index":
+        if self._gpu_resources == "torch":
+            return self.index.to_faiss()
         return faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
 
     def to_bytes(self) -> bytes:
@@ -235,21 +270,31 @@ class VectorIndex:
         return cls(index, metric, gpu_resources=res)
 
 
+def _kind_of(index) -> str:
+    if isinstance(index, faiss.IndexHNSW):
+        return "hnsw"
+    return "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
+
+
 def _maybe_to_gpu(index, use_gpu):
-    """Move ``index`` to GPU 0 when asked/possible; returns ``(index, resources or None)``."""
-    if use_gpu not in ("auto", True, False):
-        raise FeatstoreError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}")
-    if use_gpu is False or (use_gpu == "auto" and not gpu_available()):
-        return index, None
-    if not gpu_available():
+    """Move ``index`` to GPU 0 when asked/possible (``gpu_backend``); returns ``(index, resources or None)``."""
+    kind = _kind_of(index)
+    backend = gpu_backend(use_gpu, kind)
+    if backend == "faiss":
+        res = faiss.StandardGpuResources()  # pragma: no cover - needs faiss-gpu and CUDA
+        return faiss.index_cpu_to_gpu(res, 0, index), res  # pragma: no cover
+    if backend == "torch":
+        from .torch_flat import TorchFlatIndex
+
+        return TorchFlatIndex.from_faiss(index, "cuda"), "torch"
+    if use_gpu is True and not (kind == "hnsw" and gpu_available()):  # faiss-gpu has no HNSW: it stays on the CPU
         raise FeatstoreError(
-            "use_gpu=True but faiss has no GPU support or sees no CUDA device; install `faiss-gpu` "
-            "(pip install 'featstore-heads[gpu]') on a CUDA machine or pass use_gpu='auto'"
+            f"use_gpu=True but no GPU search is available for a {kind} index: faiss has no GPU support "
+            + ("(torch's exact search on the GPU covers flat indexes only; pass kind='flat')" if kind == "ivf"
+               and torch_gpu_available(True) else "and torch sees no CUDA device")
+            + "; install `faiss-gpu` (pip install 'featstore-heads[gpu]') on a CUDA machine or pass use_gpu='auto'"
         )
-    if isinstance(index, faiss.IndexHNSW):  # no GPU implementation of HNSW
-        return index, None
-    res = faiss.StandardGpuResources()  # pragma: no cover - needs faiss-gpu and CUDA
-    return faiss.index_cpu_to_gpu(res, 0, index), res  # pragma: no cover
+    return index, None
 
 
 def build_index(vectors, *, metric: str = "cosine", kind: str = "auto", use_gpu="auto",
