@@ -9,7 +9,8 @@ Steps, in order (each timed; the table says how long it took):
    ``tests/test_gpu_check_cuda.py``, ...) in a subprocess with ``FEATSTORE_CUDA_TESTS=cuda``: bf16
    autocast, pinned memory and non-blocking copies (float and uint8 pixel batches), channels_last under
    cuDNN, pixels normalised on the device, ``--compile`` on CUDA, a head trained on the GPU with trimmed
-   batches, the vector search on the GPU (faiss-gpu, or torch's exact search without it). A skipped test counts as a failure here.
+   batches, the vector search on the GPU (faiss-gpu, or torch's exact search without it). A skipped test
+   counts as a failure here.
 2. Extraction (``extract_throughput.bench_one``, random weights, full architectures): DINOv2 ViT-L/14
    multi-layer at 518 px, ResNet-152 grid at 224 px, ResNet-152 roi at 600 px; 2,048 synthetic PNGs each,
    pipeline cold (decoding) and over a warm decoded-image cache, its forward-only ceiling and the clip-

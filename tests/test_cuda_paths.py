@@ -1,7 +1,8 @@
 """The CUDA paths (marked ``cuda``; ``benchmarks/gpu_check.py`` runs them with FEATSTORE_CUDA_TESTS=cuda,
 and its ``--dry-run`` with FEATSTORE_CUDA_TESTS=cpu so they cannot rot): bf16 autocast with pinned memory,
 non-blocking copies and channels_last through ``run_extraction`` against float32 on the CPU; ``compile=True``
-against eager on the device; a head trained on the device with trimmed batches; the vector search on the GPU (faiss-gpu, or torch's exact search without it).
+against eager on the device; a head trained on the device with trimmed batches; the vector search on the GPU
+(faiss-gpu, or torch's exact search without it).
 Without a GPU and without that variable they are skipped (the CPU suite covers the CPU paths)."""
 from __future__ import annotations
 
@@ -102,14 +103,12 @@ def test_gpu_search_finds_the_exact_neighbours():
     assert not back.on_gpu and np.array_equal(np.asarray(back.search(q, 5)[1]), np.argsort(-cos, axis=1)[:, :5])
 
 
-def test_confounder_search_on_the_gpu_equals_the_cpus_exact_one():
+def test_confounder_search_on_the_gpu_equals_the_cpus_exact_one(monkeypatch):
     """Above 5,000 samples: on the GPU (torch's exact search, or faiss-gpu's IVF) the pairs the CPU's exact
     search finds, with the same kinds and cosines."""
     if DEVICE == "cpu":
         pytest.skip("on the CPU both searches would be the CPU one: tests/test_search_confounders.py")
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import confounders as cb
     from featstore.search import find_confounders, gpu_backend
 

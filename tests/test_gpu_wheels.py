@@ -1,7 +1,7 @@
 """The GPU device machine can run ``benchmarks/gpu_check.py``: every third-party module the project's code,
 the benchmarks and the CUDA tests import (anywhere in a file, lazy imports too) comes from a distribution
 that its image holds (``benchmarks/device_packages.txt``) or that ``benchmarks/gpu_wheels.sh`` carries there
-(``benchmarks/gpu_wheels.txt``), unless it is listed below as not needed there, with the reason.
+(``benchmarks/gpu_wheels.txt``).
 
 A new dependency that is on neither list fails here, naming the module, the file and the line, before a
 15-minute GPU loan would find it at its first import.
@@ -21,9 +21,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("featstore", "heads", "cli", "benchmarks")
 PROJECT = {"featstore", "heads", "cli", "tests"} | {p.stem for d in ("benchmarks", "tests") for p in (ROOT / d).glob("*.py")}
-# Distributions imported somewhere that gpu_check.py never reaches, so the device needs none of them.
-# (none now: faiss-gpu is never imported by name, and its CUDA 12 wheels are not carried; see gpu_wheels.txt)
-NOT_ON_DEVICE: Dict[str, str] = {}
 
 
 def _names(path: str) -> set:
@@ -104,7 +101,7 @@ def uncovered(imports, covered: set) -> Dict[str, Tuple[str, int]]:
 
 
 def test_every_third_party_import_reaches_the_device():
-    covered = _names("benchmarks/device_packages.txt") | _names("benchmarks/gpu_wheels.txt") | set(NOT_ON_DEVICE)
+    covered = _names("benchmarks/device_packages.txt") | _names("benchmarks/gpu_wheels.txt")
     missing = uncovered(third_party_imports(), covered)
     assert not missing, "not in benchmarks/device_packages.txt nor benchmarks/gpu_wheels.txt: " + "; ".join(
         f"{m} first at {w}:{ln}" for m, (w, ln) in sorted(missing.items()))

@@ -101,9 +101,11 @@ def test_backend_choice_without_a_gpu(monkeypatch):
     monkeypatch.setattr(index_mod, "torch_gpu_available", lambda force_import=False: True)  # a CUDA machine's
     assert gpu_backend("auto", "flat") == "torch" and gpu_backend("auto", "ivf") is None  # answer, no faiss-gpu
     assert gpu_backend(True, "hnsw") is None and gpu_backend(False, "flat") is None
-    with pytest.raises(FeatstoreError, match="covers flat indexes only; pass kind='flat'"):
-        build_index(np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32), kind="ivf", nlist=4,
-                    use_gpu=True)
+    many = np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32)
+    for kind in ("ivf", "hnsw"):
+        with pytest.raises(FeatstoreError, match=f"for a {kind} index: .*covers flat indexes only; pass kind='flat'"):
+            build_index(many, kind=kind, nlist=4, use_gpu=True) if kind == "ivf" else build_index(
+                many, kind=kind, use_gpu=True)
     with pytest.raises(FeatstoreError, match="use_gpu must be 'auto', True or False"):
         gpu_backend("yes")
 

@@ -1,6 +1,7 @@
 """Confounder inspection: FAISS indexes, neighbours, confounder pairs, an HTML report, embedding maps.
 
-* ``index``: ``build_index`` / ``VectorIndex`` / ``cached_index`` (FAISS, cosine or L2, flat/IVF/HNSW, GPU: faiss-gpu or torch's exact search).
+* ``index``: ``build_index`` / ``VectorIndex`` / ``cached_index`` (FAISS, cosine or L2, flat/IVF/HNSW; on a GPU
+  faiss-gpu, or torch's exact search without it).
 * ``neighbors``: ``neighbors(query_ids, ids, vectors, k)`` -> ``NeighborRow`` list.
 * ``confounders``: ``find_confounders`` -> ``ConfounderPair`` list, ``to_csv``, predictions overlay.
 * ``report``: ``write_html_report`` (one self-contained HTML file).
@@ -15,6 +16,6 @@ from .report import thumbnail_data_uri, write_html_report
 
 __all__ = [
     "ConfounderPair", "NeighborRow", "Prediction", "VectorIndex", "build_index", "cached_index",
-    "choose_kind", "embed_2d", "find_confounders", "gpu_available", "gpu_backend", "load_predictions", "neighbors",
-    "overlay_predictions", "plot_embedding_map", "thumbnail_data_uri", "to_csv", "write_html_report",
+    "choose_kind", "embed_2d", "find_confounders", "gpu_available", "gpu_backend", "load_predictions",
+    "neighbors", "overlay_predictions", "plot_embedding_map", "thumbnail_data_uri", "to_csv", "write_html_report",
 ]

@@ -290,8 +290,8 @@ def _maybe_to_gpu(index, use_gpu):
     if use_gpu is True and not (kind == "hnsw" and gpu_available()):  # faiss-gpu has no HNSW: it stays on the CPU
         raise FeatstoreError(
             f"use_gpu=True but no GPU search is available for a {kind} index: faiss has no GPU support "
-            + ("(torch's exact search on the GPU covers flat indexes only; pass kind='flat')" if kind == "ivf"
-               and torch_gpu_available(True) else "and torch sees no CUDA device")
+            + ("(torch's exact search on the GPU covers flat indexes only; pass kind='flat')"
+               if torch_gpu_available(True) else "and torch sees no CUDA device")
             + "; install `faiss-gpu` (pip install 'featstore-heads[gpu]') on a CUDA machine or pass use_gpu='auto'"
         )
     return index, None
