@@ -4,7 +4,7 @@ naive loop.
 
     python benchmarks/extract_throughput.py [--device auto|cpu|cuda] [--quick] [--n 4096]
         [--extractors grid,roi,dinov2-multilayer] [--batch-size B] [--workers W] [--baseline-n M]
-        [--no-image-cache] [--repeats R] [--size tiny|small|full]
+        [--no-image-cache] [--repeats R] [--size tiny|small|full] [--pairs fresh|inline]
 
 Forward-only ceiling (same run, the SAME extractor object): the first ``CEILING_BATCHES`` batches loaded as
 the pipeline loads them (decoded and, for grid / roi / dinov2, resized to uint8 pixels that ``forward``
@@ -23,11 +23,14 @@ Below the table, for each extractor, where the rest goes (``ExtractSummary.timin
 inputs, waiting for the writer, its forward calls slower than the ceiling's (cores shared with the decoding
 workers), and setup + commit outside the loop; on CUDA the host-to-device copies.
 
-clip-retrieval's loop (same run, all images): DataLoader workers decode and preprocess, a batched forward,
-a synchronous copy back and every batch's arrays written with ``np.save`` before the next batch; the
-pipeline must be at least as fast (column ``pipeline cold / it``: each round times the cold pipeline and
-this loop back to back, in alternating order, and the column is the median over rounds of their ratio, so
-the host's drift over the minutes between rounds cannot tilt it; the rate shown is the loop's best).
+clip-retrieval's loop (same run, all images; ``_clip_loop.py``): DataLoader workers decode and preprocess, a
+batched forward, a synchronous copy back and every batch's arrays written with ``np.save`` before the next
+batch; the pipeline must be at least as fast (column ``pipeline cold / it``: each round times the cold
+pipeline and this loop back to back, in alternating order, and the column is the median over rounds of
+their ratio, so the host's drift over the minutes between rounds cannot tilt it; the rate shown is the
+loop's best). ``--pairs fresh`` (the default): the pair's two runs each in a fresh process, as a user's
+script would run, both warmed up the same way (the pipeline's figure in the pair is that process's, not
+the cold column's); ``--pairs inline``: both in this process, with the same extractor object.
 
 Data: ``--n`` synthetic PNG images (random smooth content plus noise; sizes drawn around 500x400, width
 450-550, height 350-450), written once into a temporary Hateful-Memes-style folder (``train.jsonl`` +
@@ -77,6 +80,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from _clip_loop import clip_retrieval_loop, fresh_pair, pair_spec
 from _common import (Parser, Stopwatch, fmt, format_table, goal_status, header_lines, load_average, name_list,
                      positive_int, resolve_device, run_main, synchronize)
 
@@ -99,6 +103,7 @@ GPU_GOALS = {"dinov2-multilayer": ("DINOv2 ViT-L/14 multilayer 518 px", 400.0),
 FULL_CUDA_BATCH = {"grid": 256, "roi": 64, "dinov2": 64, "dinov2-multilayer": 64}
 CEILING_GOAL = 0.85  # pipeline over a warm decoded-image cache / forward-only ceiling
 CEILING_BATCHES = 8  # batches decoded into memory for the forward-only ceiling
+PAIRINGS = ("fresh", "inline")  # --pairs: the cold pipeline against clip-retrieval's loop in fresh processes or here
 
 
 @dataclass
@@ -290,35 +295,6 @@ def forward_ceiling(ext, batches: Sequence[object], device: torch.device, thread
     return out
 
 
-class _DecodeItems(torch.utils.data.Dataset):
-    """clip-retrieval's reader: each worker opens, decodes and preprocesses one image."""
-
-    def __init__(self, ext, paths: Sequence[str]):
-        self.ext, self.paths = ext, list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from featstore.extractors.images import load_image
-
-        return self.ext.preprocess(load_image(self.paths[i], max_pixels=ExtractOptions().max_pixels))
-
-
-def clip_retrieval_loop(ext, paths: Sequence[str], out_dir: Path, batch_size: int, workers: int,
-                        device: torch.device) -> None:
-    """The loop a user writes instead (clip-retrieval's ``inference``): DataLoader workers decode, a batched
-    forward, a synchronous copy back (``.cpu().numpy()``, inside ``forward``) and every batch's arrays
-    written with ``np.save`` before the next batch starts."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    loader = torch.utils.data.DataLoader(_DecodeItems(ext, paths), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=ext.collate, pin_memory=device.type == "cuda")
-    with torch.inference_mode():
-        for i, batch in enumerate(loader):
-            for name, arr in ext.forward(batch).items():
-                np.save(out_dir / f"{i:05d}_{name}.npy", arr)
-
-
 def time_split(summary, n_ceiling_s: float) -> Dict[str, float]:
     """Where a pipeline run's seconds went beyond the forward-only ceiling, as shares of its wall time:
     ``inputs`` / ``writer`` (the loop waiting), ``forward`` (its forward calls slower than alone: cores
@@ -352,6 +328,7 @@ class Result:
     ceiling_alone: float = float("nan")  # forward_ceiling's own best ("host"), before the pipeline's bound
     loop_forward: float = float("nan")  # images / seconds inside forward, the pipeline's best run
     clip_pairs: List[float] = dataclasses.field(default_factory=list)  # cold pipeline / loop, per back-to-back pair
+    pairing: str = "in-process"  # where the pairs ran: "in-process" (_cold_pair) or "fresh processes" (fresh_pair)
 
 
 def same_arrays(store_dir: Path, a: str, b: str) -> bool:
@@ -362,12 +339,14 @@ def same_arrays(store_dir: Path, a: str, b: str) -> bool:
 
 
 def bench_one(setup: Setup, dataset, work: Path, device: torch.device, n_warm: int, batch_size: int,
-              workers: int, naive_n: int, image_cache: Optional[Path] = None, repeats: int = 1) -> Result:
+              workers: int, naive_n: int, image_cache: Optional[Path] = None, repeats: int = 1,
+              fresh_pairs: bool = False) -> Result:
     """Time, ``repeats`` rounds interleaved, each path's best round reported: the pipeline cold (decoding
-    PNGs) back to back with clip-retrieval's loop (``_cold_pair``: order alternating by round, their ratio
-    kept per round), then the forward-only ceiling (at the intra-op threads that run used), with
-    ``image_cache`` the pipeline over that cache made warm for this extractor (its resized entries filled
-    beforehand, untimed) and the ceiling again, then the naive loop."""
+    PNGs) and clip-retrieval's loop, one pair per round, order alternating by round, their ratio kept per
+    round (``fresh_pairs``: both in fresh processes, ``_clip_loop.fresh_pair``, beside the cold pipeline
+    timed here; else back to back in this process, ``_cold_pair``), then the forward-only ceiling (at the
+    intra-op threads that run used), with ``image_cache`` the pipeline over that cache made warm for this
+    extractor (its resized entries filled beforehand, untimed) and the ceiling again, then the naive loop."""
     ext = create_extractor(setup.name, **setup.config)
     opts = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device.type, progress=False)
     store_dir = work / f"store-{setup.name}"
@@ -395,7 +374,11 @@ def bench_one(setup: Setup, dataset, work: Path, device: torch.device, n_warm: i
             runs.append(("cached", dataclasses.replace(opts, image_cache=str(image_cache)),
                          f"{setup.name}-cached{suffix}"))
         for kind, run_opts, set_name in runs:
-            if kind == "pipeline":  # the cold pipeline and clip-retrieval's loop back to back, order alternating
+            if kind == "pipeline" and fresh_pairs:
+                summary = _pipeline(store, dataset, setup, ext, run_opts, set_name, device)
+                _record_pair(best, *fresh_pair(i, pair_spec(setup.name, setup.config, dataset.source, batch_size,
+                                                            workers, device, n_warm, work)))
+            elif kind == "pipeline":  # the cold pipeline and clip-retrieval's loop back to back, order alternating
                 summary = _cold_pair(i, best, lambda: _pipeline(store, dataset, setup, ext, run_opts, set_name, device),
                                      lambda: len(paths) / _timed(device, lambda: clip_retrieval_loop(
                                          ext, paths, work / f"clip-{setup.name}", batch_size, workers, device)))
@@ -412,8 +395,9 @@ def bench_one(setup: Setup, dataset, work: Path, device: torch.device, n_warm: i
     diff = compare_with_store(store_dir, setup.name, naive_dir, [k for k, _ in items])
     del ext, batches
     synchronize(device)
-    return _result(setup, best, ceiling, identical, diff, batch_size, workers, len(items), default_threads,
-                   image_cache is not None)
+    result = _result(setup, best, ceiling, identical, diff, batch_size, workers, len(items), default_threads,
+                     image_cache is not None)
+    return dataclasses.replace(result, pairing="fresh processes" if fresh_pairs else "in-process")
 
 
 def _cold_pair(round_i: int, best: dict, pipeline, clip_loop):
@@ -427,9 +411,14 @@ def _cold_pair(round_i: int, best: dict, pipeline, clip_loop):
     else:
         summary = pipeline()
         clip_ips = clip_loop()
-    best["clip"] = max(best["clip"], clip_ips)
-    best["pairs"].append(summary.n_written / summary.seconds / clip_ips)
+    _record_pair(best, summary.n_written / summary.seconds, clip_ips)
     return summary
+
+
+def _record_pair(best: dict, pipeline_ips: float, clip_ips: float) -> None:
+    """One pair's pipeline / loop ratio appended to ``best["pairs"]``; the loop's best rate kept."""
+    best["clip"] = max(best["clip"], clip_ips)
+    best["pairs"].append(pipeline_ips / clip_ips)
 
 
 def _timed(device: torch.device, fn) -> float:
@@ -498,6 +487,10 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--repeats", type=positive_int("--repeats"), default=1,
                    help="rounds per extractor (pipeline cold paired with clip-retrieval's loop, cached pipeline, naive "
                    "loop interleaved); best of each, the median of the pairs' ratios")
+    p.add_argument("--pairs", choices=PAIRINGS, default="fresh",
+                   help="where each round's cold pipeline and clip-retrieval's loop are paired: fresh (each in a "
+                   "process of its own, as a user's script runs; the default) or inline (back to back in this "
+                   "process, no start-up cost)")
     p.add_argument("--image-cache", action=argparse.BooleanOptionalAction, default=True,
                    help="also time each extractor reading pixels from a decoded-image cache filled beforehand "
                    "(warm: the second and later extractors over the same images); on by default")
@@ -533,8 +526,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{sw_gen.seconds:.1f} s; sizes {size.upper() if size != 'full' else 'full'}; weights random; "
               f"storage float32; amp {'bf16' if cuda else 'none'}")
         print(f"pipeline: run_extraction, {workers} DataLoader workers; ceiling: the extractor's forward on the "
-              f"first {CEILING_BATCHES} batches decoded into memory; clip-retrieval loop over all {n} images; naive "
-              f"loop on the first {naive_n}")
+              f"first {CEILING_BATCHES} batches decoded into memory; clip-retrieval loop over all {n} images, "
+              f"paired with the cold pipeline {'each in a fresh process' if args.pairs == 'fresh' else 'in this process'};"
+              f" naive loop on the first {naive_n}")
         cache_dir = None
         if args.image_cache:
             cache_dir = work / "image-cache"
@@ -548,7 +542,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for s in setups(names, size, work):
             bs = args.batch_size or (FULL_CUDA_BATCH[s.name] if cuda and full else 32)
             results.append(bench_one(s, dataset, work, device, min(n, 2 * bs), bs, workers, naive_n, cache_dir,
-                                     args.repeats))
+                                     args.repeats, args.pairs == "fresh"))
             r = results[-1]
             print(f"  done {s.name}: ceiling {fmt(r.ceiling['host'])} img/s, pipeline {fmt(r.pipeline_ips)} img/s, "
                   f"clip-retrieval loop {fmt(r.clip_ips)} img/s, naive {fmt(r.naive_ips)} img/s"
@@ -593,7 +587,7 @@ def result_table(results: Sequence[Result], cuda: bool, tol: float):
                      f"{fmt(r.pipeline_ips)} ({r.pipeline_ips / ceil:.0%})",
                      f"{fmt(r.cached_ips)} ({warm:.0%})" + ("" if r.cached_identical else " MISMATCH"),
                      goal_status(warm, CEILING_GOAL, True, r.cached_ips is not None, "needs --image-cache"),
-                     f"{fmt(r.clip_ips)} ({paired:.2f}x: {'ok' if paired >= 1.0 else 'SLOWER'})",
+                     f"{fmt(r.clip_ips)} ({paired:.2f}x: {'ok' if paired >= 1.0 else 'SLOWER'}; {r.pairing})",
                      f"{fmt(r.naive_ips)} (n={r.naive_n})",
                      f"{r.max_rel_diff:.1e}" + ("" if r.max_rel_diff <= tol else " MISMATCH")])
     headers = ["extractor", "config", "images", "batch", "workers", "fwd threads", "forward-only ceiling img/s",
