@@ -90,9 +90,10 @@ UNKNOWN_OPTION = "{what} has no option {first}; its options are: {known}"
 
 
 def build_dataclass(config_cls: type, values: Optional[Mapping[str, Any]], what: str,
-                    unknown_message: str = UNKNOWN_OPTION, check_types: bool = True) -> Any:
+                    unknown_message: str = UNKNOWN_OPTION, check_types: bool = True, hint_flag: str = "--set") -> Any:
     """``config_cls(**values)``, strictly: a key that is not a field of dataclass ``config_cls`` is a one-line
-    FeatstoreError, and so (``check_types``) is a value of the wrong type (:func:`check_values`).
+    FeatstoreError, and so (``check_types``) is a value of the wrong type (:func:`check_values`; its example
+    names ``hint_flag``).
 
     ``unknown_message`` is formatted with ``what``, ``first`` (the first unknown key, repr), ``unknown`` (every
     unknown key, repr, comma-separated) and ``known`` (the sorted field names, comma-separated)."""
@@ -103,7 +104,7 @@ def build_dataclass(config_cls: type, values: Optional[Mapping[str, Any]], what:
         raise FeatstoreError(unknown_message.format(what=what, first=repr(unknown[0]),
                                                     unknown=", ".join(map(repr, unknown)), known=", ".join(known)))
     if check_types:
-        check_values(config_cls, values, what)
+        check_values(config_cls, values, what, hint_flag)
     return config_cls(**values)
 
 

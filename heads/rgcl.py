@@ -84,7 +84,7 @@ class RGCLConfig:
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "RGCLConfig":
-        cfg = build_dataclass(cls, d, "rgcl", check_types=False)
+        cfg = build_dataclass(cls, d, "rgcl", hint_flag="--rgcl-set")
         cfg.validate()
         return cfg
 

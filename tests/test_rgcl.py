@@ -239,6 +239,28 @@ def test_bad_rgcl_options_are_one_line_errors():
                             "and vote one of arithmetic, mean")
 
 
+@pytest.mark.parametrize("option, message", [
+    ({"k_pos": "2"}, "rgcl option k_pos='2' must be an int; e.g. --rgcl-set k_pos=1"),
+    ({"knn_k": 1.5}, "rgcl option knn_k=1.5 must be an int; e.g. --rgcl-set knn_k=20"),
+    ({"margin": "wide"}, "rgcl option margin='wide' must be a float; e.g. --rgcl-set margin=0.1"),
+    ({"in_batch": "maybe"}, "rgcl option in_batch='maybe' must be a bool (true or false); e.g. --rgcl-set in_batch=true"),
+    ({"backend": 3}, "rgcl option backend=3 must be a string; e.g. --rgcl-set backend=auto"),
+])
+def test_an_rgcl_option_of_the_wrong_type_is_a_one_line_error(option, message):
+    """Before the range checks compare it (a str k_pos was a TypeError traceback from ``<``)."""
+    with pytest.raises(FeatstoreError) as e:
+        RGCLConfig.from_dict(option)
+    assert str(e.value) == message
+    with pytest.raises(FeatstoreError) as e:
+        TrainConfig(rgcl=option).validate()
+    assert str(e.value) == message
+
+
+def test_rgcl_numbers_given_as_ints_stay_accepted():
+    cfg = RGCLConfig.from_dict({"margin": 1, "ce_weight": 0, "k_pos": 2})
+    assert (cfg.margin, cfg.ce_weight, cfg.k_pos) == (1, 0, 2)
+
+
 def test_knn_needs_a_binary_task():
     data = cluster_task()
     three = TaskSpec([Task("label", "multiclass", 3, ["a", "b", "c"])])
@@ -289,6 +311,9 @@ def test_cli_trains_with_rgcl_and_knn(tmp_path):
     assert cfg["train"]["rgcl"] == {"k_pos": 2} and cfg["train"]["predict"] == "knn"
     line = one_line_error(heads, args + ["--rgcl-set", "kk=1", "--out", tmp_path / "bad"])
     assert line.startswith("error: rgcl has no option 'kk'")
+    line = one_line_error(heads, args + ["--rgcl-set", "k_neg=two", "--out", tmp_path / "bad"])
+    assert line == "error: rgcl option k_neg='two' must be an int; e.g. --rgcl-set k_neg=1"
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_saved_knn_run_evaluates_and_predicts_with_the_vote(tmp_path):
