@@ -107,7 +107,7 @@ def _weights(text, task=None):
 
 
 def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
-               max_tokens, text_array, text_pool, val_fraction, device, seed=0, feeds=None):
+               max_tokens, text_array, text_pool, val_fraction, device, seed=0, feeds=None, image_pool=None):
     from featstore.datasets import load_dataset
     from featstore.store import open_store
     from heads.data import build_train_data
@@ -115,7 +115,8 @@ def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, tas
     st = open_store(store_url)
     ds = load_dataset(dataset_path, dataset_format, check_images=False)
     ctx = click.get_current_context(silent=True)
-    image_pool = ctx.meta.get("image_pool", "pooled") if ctx is not None else "pooled"  # --image-pool
+    if image_pool is None:  # --image-pool
+        image_pool = ctx.meta.get("image_pool", "pooled") if ctx is not None else "pooled"
     return build_train_data(st, ds, image_ref, text_ref, task, device=device, max_regions=max_regions,
                             max_tokens=max_tokens, val_fraction=val_fraction, seed=seed,
                             task_weights=_weights(task_weights, task), text_array=text_array, text_pool=text_pool,
@@ -192,6 +193,19 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
         click.echo(f"fused embeddings of {run} stored as {fsv.ref} ({len(fsv)} x {fsv.spec('pooled').shape[0]})")
 
 
+def _run_arrays(run_dir, values: dict) -> dict:
+    """eval / predict's arrays and counts (``heads.experiment.run_data_options``): the run's, except those
+    passed on the command line."""
+    from click.core import ParameterSource
+    from heads.experiment import run_data_options
+
+    ctx = click.get_current_context()
+    values = dict(values, image_pool=ctx.meta.get("image_pool", "pooled"))
+    names = ("text_array", "text_pool", "image_pool", "max_regions", "max_tokens")
+    given = {n: values[n] for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)}
+    return run_data_options(run_dir, given, {n: values[n] for n in names})
+
+
 @main.command("eval")
 @click.argument("run_dir")
 @data_options
@@ -199,14 +213,14 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
 @click.option("--seed", type=int, default=None, help="Which seed's run in RUN_DIR (default: the first).")
 def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
              max_tokens, text_array, text_pool, val_fraction, device, split, seed):
-    """Evaluate a saved run on a split (feature sets default to the exact versions the run was trained on)."""
+    """Evaluate a saved run on a split (feature sets, arrays and region / token counts default to the run's)."""
     from heads.experiment import evaluate_run, run_feature_refs
     from heads.runs import run_dir_of
 
     run_dir = run_dir_of(run_dir, seed)
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
-    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
-                      max_tokens, text_array, text_pool, val_fraction, _device(device))
+    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
+                      val_fraction=val_fraction, device=_device(device), **_run_arrays(run_dir, locals()))
     metrics = evaluate_run(run_dir, data, split)
     click.echo(json.dumps({"run": str(run_dir), "split": split, "metrics": metrics}, indent=1, sort_keys=True))
 
@@ -219,14 +233,14 @@ def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_r
 @click.option("--seed", type=int, default=None, help="Which seed's run in RUN_DIR (default: the first).")
 def predict(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
             max_tokens, text_array, text_pool, val_fraction, device, split, out_csv, seed):
-    """Write a saved run's predictions for a dataset."""
+    """Write a saved run's predictions for a dataset (features read as for eval: the run's by default)."""
     from heads.experiment import predict_run, run_feature_refs
     from heads.runs import run_dir_of
 
     run_dir = run_dir_of(run_dir, seed)
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
-    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
-                      max_tokens, text_array, text_pool, val_fraction, _device(device))
+    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
+                      val_fraction=val_fraction, device=_device(device), **_run_arrays(run_dir, locals()))
     path = predict_run(run_dir, data, out_csv, split)
     click.echo(f"wrote {path}")
 

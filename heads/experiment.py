@@ -195,6 +195,31 @@ def run_feature_refs(run_dir, image_ref: Optional[str], text_ref: Optional[str])
     return ref("image", image_ref), ref("text", text_ref)
 
 
+# data option -> (modality, key in the run's config.json "features", the flag that sets it)
+RUN_ARRAYS = {"text_array": ("text", "array", "--text-array"), "text_pool": ("text", "pool", "--text-pool"),
+              "image_pool": ("image", "pool", "--image-pool")}
+
+
+def run_data_options(run_dir, given: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
+    """The data options that evaluate a saved run on what it was trained on: the arrays (``RUN_ARRAYS``)
+    and the region / token counts (``max_regions`` / ``max_tokens``, from its InputSpec) of the run, for
+    each option not in ``given`` (the ones the user passed); ``defaults`` for a run that recorded none (a
+    run saved before the arrays were recorded). A given array that differs from the run's is a one-line
+    error: the head would read other features than it learned from."""
+    config = read_config(run_dir)
+    feats, spec = config.get("features", {}), config.get("input_spec", {})
+    out = dict(defaults)
+    for option, (side, key, flag) in RUN_ARRAYS.items():
+        recorded = feats.get(side, {}).get(key)
+        if option in given and recorded is not None and given[option] != recorded:
+            raise FeatstoreError(f"{flag} {given[option]!r} is not the {side} array run {run_dir} was trained on "
+                                 f"({recorded!r}); leave {flag} out to use the run's")
+        out[option] = given[option] if option in given else recorded if recorded is not None else out.get(option)
+    for option, count in (("max_regions", spec.get("img_regions")), ("max_tokens", spec.get("txt_tokens"))):
+        out[option] = given[option] if option in given else count or out.get(option)
+    return out
+
+
 def _check_compatible(config: dict, data: TrainData, run_dir) -> None:
     have = data.input_spec().to_dict()
     want = config["input_spec"]
@@ -203,6 +228,13 @@ def _check_compatible(config: dict, data: TrainData, run_dir) -> None:
         raise FeatstoreError(f"data does not match run {run_dir}: input {diff[0]} is {have.get(diff[0])!r}, the "
                              f"run was trained with {want[diff[0]]!r}; pass the feature sets of the run "
                              f"({config.get('features')})")
+    feats, used = config.get("features", {}), data.meta.get("features", {})
+    for option, (side, key, flag) in RUN_ARRAYS.items():
+        trained, now = feats.get(side, {}).get(key), used.get(side, {}).get(key)
+        if trained is not None and now is not None and trained != now:
+            raise FeatstoreError(f"data does not match run {run_dir}: its {side} array ({key}) is {now!r}, the run "
+                                 f"was trained on {trained!r}; build the data with {option}={trained!r} "
+                                 f"({flag} {trained})")
 
 
 def _run_probs(model, data: TrainData, idx: torch.Tensor, config: dict) -> Dict[str, np.ndarray]:

@@ -11,7 +11,8 @@ A run folder (``save_run``; ``heads.experiment.train_run``) holds::
 
     config.json            format_version (``FORMAT_VERSION``; ``load_run`` refuses a newer one), train config,
                            head name + resolved head config, InputSpec, TaskSpec,
-                           feature set refs {name, version}, dataset fingerprint, monitor, best epoch,
+                           feature set refs {name, version; the arrays read: image pool, text array
+                           + pool}, dataset fingerprint, monitor, best epoch,
                            checkpoint_load (the init checkpoint's LoadReport: used / ignored / missing)
     history.csv / .json    one row per epoch: train loss (+ per-task / extra losses), lr, val metrics
     model.safetensors      the best state dict

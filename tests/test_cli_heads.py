@@ -140,6 +140,67 @@ def test_predict_reproduces_the_runs_test_predictions(world, run, tmp_path):
     assert [r[0] for r in read_csv(tmp_path / "all.csv")[1:]] == [s.id for s in world["ds"].samples]
 
 
+def test_eval_and_predict_read_the_arrays_and_counts_the_run_was_trained_on(world, tmp_path):
+    """A run trained on ``--text-pool mean --image-pool pooled --max-tokens 5``: eval and predict without those
+    flags read the same features (its saved metrics and predictions come back exactly; reading cls, the
+    default, would give other numbers); a flag that names another array is a one-line error."""
+    rd = tmp_path / "mean"
+    invoke(heads, train_args(world, rd, "--text-pool", "mean", "--image-pool", "pooled", "--max-tokens", 5))
+    config = json.loads((rd / "seed_0" / "config.json").read_text())
+    assert (config["features"]["text"]["pool"], config["features"]["text"]["array"]) == ("mean", "tokens")
+    assert config["features"]["image"]["pool"] == "pooled" and config["input_spec"]["txt_tokens"] == 5
+    base = ["--store", world["store"], "--dataset", world["data"], "--device", "cpu"]
+    ev = json.loads(invoke(heads, ["eval", rd, *base]))
+    saved = json.loads((rd / "seed_0" / "metrics.json").read_text())["test"]
+    assert ev["metrics"] == pytest.approx(saved, abs=1e-6, nan_ok=True)
+    invoke(heads, ["predict", rd, *base, "--split", "test", "--out", tmp_path / "p.csv"])
+    assert (tmp_path / "p.csv").read_text() == (rd / "seed_0" / "predictions_test.csv").read_text()
+    cls = json.loads(invoke(heads, ["eval", tmp_path / "mean", *base, "--max-tokens", 5]))  # same: explicit, same count
+    assert cls == ev
+    line = one_line_error(heads, ["eval", rd, *base, "--text-pool", "cls"])
+    assert line == (f"error: --text-pool 'cls' is not the text array run {rd / 'seed_0'} was trained on ('mean'); "
+                    "leave --text-pool out to use the run's")
+    line = one_line_error(heads, ["predict", rd, *base, "--image-pool", "pooler", "--out", tmp_path / "q.csv"])
+    assert line.startswith("error: --image-pool 'pooler' is not the image array run") and not (tmp_path / "q.csv").exists()
+
+
+def test_evaluate_run_refuses_data_read_with_other_arrays_than_the_run(world, run):
+    from featstore.datasets import load_dataset
+    from heads.data import build_train_data
+    from heads.experiment import evaluate_run
+
+    group, _ = run
+    st, ds = open_store(world["store"]), load_dataset(world["data"])
+    data = build_train_data(st, ds, "grid", "bert", text_pool="mean")
+    with pytest.raises(Exception) as err:
+        evaluate_run(group / "seed_0", data, "test")
+    assert str(err.value) == (f"data does not match run {group / 'seed_0'}: its text array (pool) is 'mean', the run "
+                              "was trained on 'cls'; build the data with text_pool='cls' (--text-pool cls)")
+    assert evaluate_run(group / "seed_0", build_train_data(st, ds, "grid", "bert"), "test") == pytest.approx(
+        json.loads((group / "seed_0" / "metrics.json").read_text())["test"], abs=1e-6, nan_ok=True)
+
+
+def test_a_run_saved_without_its_arrays_evaluates_with_the_flags_given(world, run, tmp_path):
+    """Runs saved before the arrays were recorded (no ``pool`` in config.json's features) take the flags' values."""
+    import shutil
+
+    group, _ = run
+    old = tmp_path / "old"
+    shutil.copytree(group, old)
+    cfg_path = old / "seed_0" / "config.json"
+    config = json.loads(cfg_path.read_text())
+    for side in config["features"].values():
+        side.pop("pool", None)
+    cfg_path.write_text(json.dumps(config))
+    base = ["--store", world["store"], "--dataset", world["data"], "--device", "cpu"]
+    assert json.loads(invoke(heads, ["eval", old, *base]))["metrics"] == pytest.approx(
+        json.loads((group / "seed_0" / "metrics.json").read_text())["test"], abs=1e-6, nan_ok=True)
+    for name, flags in (("cls.csv", []), ("mean.csv", ["--text-pool", "mean"])):
+        invoke(heads, ["predict", old, *base, "--split", "test", "--out", tmp_path / name, *flags])
+    assert (tmp_path / "cls.csv").read_text() == (group / "seed_0" / "predictions_test.csv").read_text()
+    assert (tmp_path / "mean.csv").read_text() != (tmp_path / "cls.csv").read_text()  # the flag was used
+
+
 def test_save_fused_stores_the_heads_fused_embeddings(world, run):
     from heads.data import build_train_data
     from heads.runs import load_run
