@@ -1,5 +1,6 @@
-"""Train a head on a ``TrainData``: AdamW, warmup + linear/cosine decay per step, gradient clipping,
-early stopping on a validation metric, best state restored.
+"""Train a head on a ``TrainData``: AdamW over the head's ``optimizer_groups`` (``build_optimizer``; vilbert:
+MMF's BERT groups), warmup + linear/cosine decay per step, gradient clipping, early stopping on a validation
+metric, best state restored.
 
 Determinism: ``seed`` seeds python/numpy/torch and a dedicated ``torch.Generator`` draws the batch order,
 so the same seed on the same device gives identical numbers.
@@ -395,7 +396,7 @@ def _pretrain(fit: _Fit) -> None:
         raise FeatstoreError(f"pretrain_epochs needs a head with pretrain_loss (refnet); head {cfg.head!r} "
                              "has none - pass pretrain_epochs=0")
     all_train = data.split("train")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = build_optimizer(model, cfg)
     for _ in range(cfg.pretrain_epochs):
         model.train()
         order = all_train[torch.randperm(all_train.numel(), generator=fit.gen).to(data.device)]
@@ -408,10 +409,18 @@ def _pretrain(fit: _Fit) -> None:
             opt.step()
 
 
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW at ``cfg.lr`` over the head's ``optimizer_groups(cfg.weight_decay)`` (vilbert: MMF's BERT groups,
+    no decay on biases and LayerNorms; every other head: one group), torch's defaults otherwise (eps 1e-8)."""
+    groups = model.optimizer_groups(cfg.weight_decay) if hasattr(model, "optimizer_groups") else \
+        [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
 def _optimisation(fit: _Fit) -> _Optimisation:
     """AdamW, the per-step warmup + decay schedule over every epoch, and the RGCL term when ``cfg.rgcl``."""
     cfg = fit.cfg
-    optimizer = torch.optim.AdamW(fit.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(fit.model, cfg)
     steps_per_epoch = math.ceil(fit.train_idx.numel() / cfg.batch_size)
     scheduler = build_scheduler(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.schedule)
     objective = None

@@ -208,7 +208,7 @@ def register_head(name: str, config_cls: type, help: str):
 
 
 class Head(nn.Module):
-    """Common attributes of every head: ``config``, ``inputs``, ``task``, ``needs``."""
+    """Common attributes of every head: ``config``, ``inputs``, ``task``, ``needs``; ``optimizer_groups``."""
 
     needs: frozenset = frozenset()
     head_name: str = ""
@@ -218,3 +218,8 @@ class Head(nn.Module):
         self.config = config
         self.inputs = inputs
         self.task = task
+
+    def optimizer_groups(self, weight_decay: float) -> List[Dict[str, Any]]:
+        """AdamW parameter groups: one, every parameter decayed by ``weight_decay``; a head whose reference
+        trains with other groups (vilbert: MMF's BERT groups) overrides this."""
+        return [{"params": list(self.parameters()), "weight_decay": weight_decay}]

@@ -60,6 +60,7 @@ from .base import Head, image_boxes, image_mask, masked_mean, register_head, tex
 FUSIONS = ("mul", "sum", "concat")
 CLASSIFIERS = ("mmf", "layers")
 MISMATCH = ("error", "project", "reinit")
+MMF_NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # mmf/utils/modeling.py get_bert_configured_parameters
 
 
 @dataclass
@@ -416,6 +417,17 @@ class VilbertHead(Head):
     # per-position work on the real positions only (``Layout``): None = on CPU (on CUDA the padded dense ops
     # are cheap and the packing's dynamic shapes would sync and defeat --compile); True / False force it
     pack_positions: Optional[bool] = None
+
+    def optimizer_groups(self, weight_decay: float):
+        """MMF's ViLBERT groups (``get_optimizer_parameters_for_bert``, finetune_lr_multiplier 1 by default:
+        ``get_bert_configured_parameters``): no decay on a parameter whose name holds ``MMF_NO_DECAY``,
+        ``weight_decay`` on the rest (MMF writes 0.01, the vilbert-hm preset's value). By MMF's names, which
+        this head's mirror: the co-attention outputs' ``LayerNorm1`` / ``LayerNorm2`` weights are decayed there
+        (their names hold neither "bias" nor "LayerNorm.weight"), so they are here."""
+        params = list(self.named_parameters())
+        no_decay = [p for n, p in params if any(part in n for part in MMF_NO_DECAY)]
+        decay = [p for n, p in params if not any(part in n for part in MMF_NO_DECAY)]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def __init__(self, inputs, task, config: VilbertConfig):
         super().__init__(inputs, task, config)
