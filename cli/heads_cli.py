@@ -200,7 +200,7 @@ def _run_arrays(run_dir, values: dict) -> dict:
     from heads.experiment import run_data_options
 
     ctx = click.get_current_context()
-    values = dict(values, image_pool=ctx.meta.get("image_pool", "pooled"))
+    values = dict(values, image_pool=ctx.meta.get("image_pool", "pooled"))  # --image-pool: not a parameter value
     names = ("text_array", "text_pool", "image_pool", "max_regions", "max_tokens")
     given = {n: values[n] for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)}
     return run_data_options(run_dir, given, {n: values[n] for n in names})
@@ -220,7 +220,8 @@ def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_r
     run_dir = run_dir_of(run_dir, seed)
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
-                      val_fraction=val_fraction, device=_device(device), **_run_arrays(run_dir, locals()))
+                      val_fraction=val_fraction, device=_device(device), **_run_arrays(run_dir, dict(
+        text_array=text_array, text_pool=text_pool, max_regions=max_regions, max_tokens=max_tokens)))
     metrics = evaluate_run(run_dir, data, split)
     click.echo(json.dumps({"run": str(run_dir), "split": split, "metrics": metrics}, indent=1, sort_keys=True))
 
@@ -240,7 +241,8 @@ def predict(run_dir, store_url, dataset_path, dataset_format, image_ref, text_re
     run_dir = run_dir_of(run_dir, seed)
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
-                      val_fraction=val_fraction, device=_device(device), **_run_arrays(run_dir, locals()))
+                      val_fraction=val_fraction, device=_device(device), **_run_arrays(run_dir, dict(
+        text_array=text_array, text_pool=text_pool, max_regions=max_regions, max_tokens=max_tokens)))
     path = predict_run(run_dir, data, out_csv, split)
     click.echo(f"wrote {path}")
 
