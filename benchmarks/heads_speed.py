@@ -8,8 +8,8 @@
 with captions of 8-30 tokens (5% a tail up to 64), and each region set of ``--regions``: ``36`` (36 x 2048, all
 real, as grid / roi / dinov2 store them) and ``vg`` (100 stored, 10-100 real, uniform: the vg-regions
 extractor's and MMF detectron.lmdb's bounds; no published histogram). Variants in one run, same seed:
-untrimmed (``trim=False``, dense), trimmed (dense), trimmed + packed (vilbert's CPU default: per-position work
-on real positions only) and trimmed + length buckets (``bucket=8``); s/epoch = median of train()'s epochs after
+untrimmed (``trim=False``, dense), trimmed (dense), trimmed + packed (vilbert's and visualbert's CPU default: per-position
+work on real positions only) and trimmed + length buckets (``bucket=8``); s/epoch = median of train()'s epochs after
 the first; "steps": the variants' forward + backward interleaved batch by batch, plus a no-padding bound
 (every batch at the mean real lengths); then where a trimmed vilbert epoch goes, part by part. Predictions
 with trimming/packing on vs untrimmed dense must agree to 1e-4, else exit 1. Goal: vilbert >= 3x on the 2-core
@@ -47,8 +47,8 @@ Sizes: on CUDA without ``--quick``, the users' sizes: 8,500 + 500 samples, 36 x 
 layers of 768, 6 visual of 1024, 6 co-attention), E = 20 epochs, compared with the GPU goals. On CPU the
 default is a subset (272 + 16 samples, 36 x 2048 regions, 64 x 768 tokens) and ``--quick`` a smaller one
 (136 + 8 samples, 9 x 512 regions from ``resnet10t`` at 96 px, 32 x 256 tokens); both time E = 3 epochs
-(after a B = 1 epoch check on CPU, B = 2 with --quick; the baseline runs B epochs), use tiny vilbert and
-visualbert configs (2 layers per stream, width 128) and extrapolate the per-epoch time linearly in the
+(after a B = 1 epoch check on CPU, B = 2 with --quick; the baseline runs B epochs), use tiny vilbert,
+visualbert and singlestream configs (2 layers per stream, width 128) and extrapolate the per-epoch time linearly in the
 number of samples to 8,500 + 500, labelled as such (NOT a prediction for the full shapes). Every time is a
 wall-clock figure of this machine as loaded at the time (the header gives torch's thread count); compare
 rows of the same run, not runs.
@@ -77,7 +77,7 @@ from heads.data import TrainData, normalise_boxes  # noqa: E402
 from heads.spec import Task, TaskSpec  # noqa: E402
 from heads.train import TrainConfig, TrainResult, train  # noqa: E402
 
-HEADS = ("concat", "cross", "text-only", "image-only", "vilbert", "visualbert", "gnn", "refnet")
+HEADS = ("concat", "cross", "text-only", "image-only", "vilbert", "visualbert", "singlestream", "gnn", "refnet")
 FULL_TRAIN, FULL_VAL = 8500, 500  # Hateful Memes train / dev
 # GPU goals: seconds for a whole 20-epoch train() on the full sizes, one GPU.
 GPU_GOALS = {"vilbert": 30.0, "concat": 2.0, "gnn": 60.0}
@@ -88,11 +88,13 @@ TINY_HEAD_CFG: Dict[str, Dict[str, object]] = {
                     text_start_layer=2, v_hidden_size=128, v_num_attention_heads=2, v_intermediate_size=256,
                     v_num_hidden_layers=2, bi_hidden_size=128, bi_num_attention_heads=2,
                     v_biattention_id=[0, 1], t_biattention_id=[2, 3]),
-    "visualbert": dict(hidden=128, heads=2, layers=2, ffn=256),
+    "visualbert": dict(hidden_size=128, num_attention_heads=2, num_hidden_layers=2, intermediate_size=256),
+    "singlestream": dict(hidden=128, heads=2, layers=2, ffn=256),
 }
 TINY_DESCRIBE = {"vilbert": "tiny: 2 text + 2 visual + 2 co-attn, width 128",
-                 "visualbert": "tiny: 2 layers, width 128"}
-FULL_DESCRIBE = {"vilbert": "6 text (768) + 6 visual (1024) + 6 co-attn", "visualbert": "4 layers, 768"}
+                 "visualbert": "tiny: 2 layers, width 128", "singlestream": "tiny: 2 layers, width 128"}
+FULL_DESCRIBE = {"vilbert": "6 text (768) + 6 visual (1024) + 6 co-attn", "visualbert": "BERT-base: 12 layers, 768",
+                 "singlestream": "4 layers, 768"}
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,8 @@ class Backbones(nn.Module):
     """The shrunk users' extractors: ``forward(raw, idx)`` -> the heads' batch dict for rows ``idx``.
 
     Output: ``img_regions [B, g*g, C]``, ``img_mask [B, g*g]`` (all True), ``img_boxes [B, g*g, 5]``,
-    ``img_pooled [B, C]``, ``txt_tokens [B, T, H]``, ``txt_mask [B, T]``, ``txt_pooled [B, H]``; float32.
+    ``img_pooled [B, C]``, ``txt_tokens [B, T, H]``, ``txt_mask [B, T]``, ``txt_pooled [B, H]``; float32;
+    ``txt_ids [B, T]`` int64 (the token ids, which visualbert embeds itself).
     """
 
     def __init__(self, sizes: Sizes, seed: int = 0):
@@ -199,7 +202,8 @@ class Backbones(nn.Module):
         b, r = regions.shape[:2]
         return {"img_regions": regions, "img_mask": torch.ones(b, r, dtype=torch.bool, device=dev),
                 "img_boxes": self.boxes.expand(b, -1, -1), "img_pooled": regions.mean(dim=1),
-                "txt_tokens": tokens, "txt_mask": attention, "txt_pooled": tokens[:, 0]}
+                "txt_tokens": tokens, "txt_mask": attention, "txt_pooled": tokens[:, 0],
+                "txt_ids": raw.input_ids.index_select(0, idx)}
 
 
 class ReextractedData(TrainData):
@@ -349,34 +353,41 @@ def padded_data(n_train: int, n_val: int, tokens: int, txt_dim: int, regions: st
              "img_regions": torch.randn(n, stored, img_dim, generator=g).abs() * r_mask[..., None],
              "img_mask": r_mask, "img_boxes": torch.rand(n, stored, 5, generator=g) * r_mask[..., None]}
     feats["txt_pooled"], feats["img_pooled"] = feats["txt_tokens"][:, 0], feats["img_regions"].mean(1)
+    feats["txt_ids"] = torch.randint(1, 30522, (n, tokens), generator=g) * t_mask  # BERT's vocabulary, 0 = padding
     labels = torch.cat([(torch.arange(k) % 2)[torch.randperm(k, generator=g)] for k in (n_train, n_val)])
     return TrainData({k: v.to(device) for k, v in feats.items()}, [f"s{i:05d}" for i in range(n)],
                      {"label": labels.to(device)}, {"train": torch.arange(n_train, device=device),
                                                     "val": torch.arange(n_train, n, device=device)}, _task_spec())
 
 
-# (label, TrainConfig options, vilbert's pack_positions: False = dense, None = its default: packed on CPU)
+# (label, TrainConfig options, pack_positions of the heads that pack (PACKING_HEADS): False = dense, None = their
+# default: packed on CPU)
 PADDING_VARIANTS = (("untrimmed", dict(trim=False), False), ("trimmed", dict(trim=True), False),
                     ("trimmed + packed", dict(trim=True), None), ("trimmed + bucket 8", dict(trim=True, bucket=8), None))
+PACKING_HEADS = ("vilbert", "visualbert")  # heads with ``pack_positions`` (per-position work on real positions only)
 
 
 @contextlib.contextmanager
-def vilbert_packing(pack: Optional[bool]):
-    """``VilbertHead.pack_positions`` set to ``pack`` for the heads built inside (the untrimmed baseline and
-    the plain trimmed variant run dense, as before packing existed)."""
+def head_packing(pack: Optional[bool]):
+    """``pack_positions`` of the packing heads' classes set to ``pack`` for the heads built inside (the
+    untrimmed baseline and the plain trimmed variant run dense, as before packing existed)."""
     from heads.models.vilbert import VilbertHead
+    from heads.models.visualbert import VisualBertHead
 
-    before = VilbertHead.pack_positions
-    VilbertHead.pack_positions = pack
+    classes = (VilbertHead, VisualBertHead)
+    before = [c.pack_positions for c in classes]
+    for c in classes:
+        c.pack_positions = pack
     try:
         yield
     finally:
-        VilbertHead.pack_positions = before
+        for c, b in zip(classes, before):
+            c.pack_positions = b
 
 
 def variants(head: str) -> tuple:
-    """The padding variants that differ for ``head`` (only vilbert packs)."""
-    return tuple(v for v in PADDING_VARIANTS if head == "vilbert" or v[0] != "trimmed + packed")
+    """The padding variants that differ for ``head`` (only ``PACKING_HEADS`` pack)."""
+    return tuple(v for v in PADDING_VARIANTS if head in PACKING_HEADS or v[0] != "trimmed + packed")
 
 
 def bench_padding_head(head: str, head_cfg: Dict[str, object], data: TrainData, epochs: int,
@@ -391,11 +402,11 @@ def bench_padding_head(head: str, head_cfg: Dict[str, object], data: TrainData, 
     for label, opts, pack in variants(head):
         cfg = TrainConfig(head=head, head_cfg=copy.deepcopy(head_cfg), epochs=epochs, patience=0, seed=0,
                           device=device.type, amp=cuda, threads=torch.get_num_threads(), **opts)
-        with vilbert_packing(pack):
+        with head_packing(pack):
             res = train(cfg, data, progress=False)
         times = [row["time_s"] for row in res.history]
         out[label] = median(times[1:] if len(times) > 2 else times)
-        if label == variants(head)[-2][0]:  # trimmed (+ packed for vilbert)
+        if label == variants(head)[-2][0]:  # trimmed (+ packed for the packing heads)
             idx = torch.arange(len(data), device=data.device)
             a = predict_logits(res.model, data, idx, trim=True)["label"].softmax(-1)
             res.model.pack_positions = False  # the reference: untrimmed and dense

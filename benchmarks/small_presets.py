@@ -1,10 +1,11 @@
-"""Small presets: seconds per training epoch of ``--preset vilbert-small`` / ``visualbert-small`` against the
+"""Small presets: seconds per training epoch of ``--preset vilbert-small`` / ``visualbert-small`` /
+``singlestream-small`` against the
 heads' default (BERT-base-sized) configs, on CPU-sized runs of Hateful-Memes-shaped cached tensors.
 
     python benchmarks/small_presets.py [--device cpu|cuda|auto] [--n-train N] [--default-steps S]
 
 Data (seeded random, float32): ``N`` train + 100 dev rows (default 1,000) of 36 x 2048 regions and 64 x 768
-tokens, a random binary label. Each small preset trains 2 epochs with ``heads.train.train`` (its own
+tokens (and their token ids, which visualbert embeds itself), a random binary label. Each small preset trains 2 epochs with ``heads.train.train`` (its own
 settings: lr 1e-4, batch 32); ``s/epoch`` is the median of the epochs' times. The default configs would take
 hours an epoch here, so they are timed over ``S`` training steps (forward + backward + AdamW, batch 32,
 after one warm-up step) and that per-step time is scaled to an epoch of ``N`` rows, labelled as such.
@@ -34,7 +35,8 @@ def make_data(n_train: int, device: torch.device) -> TrainData:
     g = torch.Generator().manual_seed(0)
     n = n_train + 100
     feats = {"img_regions": torch.randn(n, R, DI, generator=g), "img_mask": torch.ones(n, R, dtype=torch.bool),
-             "txt_tokens": torch.randn(n, T, DT, generator=g), "txt_mask": torch.ones(n, T, dtype=torch.bool)}
+             "txt_tokens": torch.randn(n, T, DT, generator=g), "txt_mask": torch.ones(n, T, dtype=torch.bool),
+             "txt_ids": torch.randint(1, 30522, (n, T), generator=g)}
     y = torch.randint(0, 2, (n,), generator=g)
     return TrainData({k: v.to(device) for k, v in feats.items()}, [str(i) for i in range(n)], {"label": y.to(device)},
                      {"train": torch.arange(n_train, device=device), "dev": torch.arange(n_train, n, device=device)},
@@ -80,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data = make_data(args.n_train, device)
     steps_per_epoch = math.ceil(args.n_train / BATCH)
     rows = []
-    for head in ("vilbert", "visualbert"):
+    for head in ("vilbert", "visualbert", "singlestream"):
         small = f"{head}-small"
         for label, params, epoch_s in (
                 (f"{small} (measured)", parameter_count(head, load_preset(small).head_cfg), small_epoch_s(small, data)),

@@ -81,24 +81,25 @@ def options_from_dataclass(cls: type, skip: Iterable[str] = ()) -> List[click.Op
     """A click option for every field of dataclass ``cls`` whose metadata has a ``help``
     (``featstore.config_types.cli_field``), except ``skip``: named like the field, with the field's default,
     type, choices and help, so the option's default is the dataclass's. A bool field is a ``--x/--no-x``
-    switch, or a plain flag when its metadata names one flag."""
+    switch, or a plain flag when its metadata names one flag; a tuple ``flag`` names the flag and its aliases."""
     hints = typing.get_type_hints(cls)
     options = []
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata or f.name in skip:
             continue
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        flags = list(flag) if isinstance(flag, tuple) else [flag]  # a tuple: the flag, then its aliases
         extra: Dict[str, Any] = {}
         if hints[f.name] is bool:
             if "flag" in f.metadata:
                 extra["is_flag"] = True
             else:
-                flag = f"{flag}/--no-{flag[2:]}"
+                flags = [f"{flag}/--no-{flag[2:]}"]
         else:
             extra["type"] = _click_type(hints[f.name], f.metadata.get("choices"))
         if "metavar" in f.metadata:
             extra["metavar"] = f.metadata["metavar"]
-        options.append(click.Option([flag, f.name], default=field_default(f), show_default=True, help=f.metadata["help"],
+        options.append(click.Option(flags + [f.name], default=field_default(f), show_default=True, help=f.metadata["help"],
                                     **extra))
     return options
 

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import types
 import typing
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from .errors import FeatstoreError
 
@@ -145,11 +145,11 @@ def _example(f: dataclasses.Field) -> str:
     return f"'{text}'" if isinstance(default, (list, tuple, dict)) else text
 
 
-def cli_field(default: Any, help: str, flag: Optional[str] = None, choices: Optional[typing.Sequence[str]] = None,
+def cli_field(default: Any, help: str, flag: Union[str, Tuple[str, ...], None] = None, choices: Optional[typing.Sequence[str]] = None,
               metavar: Optional[str] = None) -> Any:
     """A dataclass field that is also a command-line option: ``default`` is the one default (the CLI's is read
     from it, ``cli.common.options_from_dataclass``); ``help``, ``flag`` (default ``--field-name``; a bool field
-    is a ``--x/--no-x`` switch unless ``flag`` names a single flag), ``choices`` and ``metavar`` go to the
+    is a ``--x/--no-x`` switch unless ``flag`` names a single flag; a tuple: the flag, then aliases), ``choices`` and ``metavar`` go to the
     option, kept in the field's ``metadata``."""
     meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None, "metavar": metavar}
     return dataclasses.field(default=default, metadata={k: v for k, v in meta.items() if v is not None})

@@ -8,7 +8,7 @@ visualbert, gnn, refnet over them) would spend most of its time on positions its
 * ``row_lengths(mask)``: per row, the index of its last real position + 1 (``[N]`` int64). Masks need not be
   prefixes: a cut at the batch's largest such index drops only positions masked in EVERY row of the batch.
 * ``gather_trimmed(features, idx, lengths)``: the batch of rows ``idx``, each sequence group
-  (``txt_tokens``/``txt_mask``; ``img_regions``/``img_mask``/``img_boxes``) sliced to the batch's longest
+  (``txt_tokens``/``txt_ids``/``txt_mask``; ``img_regions``/``img_mask``/``img_boxes``) sliced to the batch's longest
   row before the gather, so the cut positions are never even copied. ``trim_batch(batch)`` cuts a batch
   that is already gathered (views, no copy).
 * ``length_sorted(idx, key)`` (evaluation: rows sorted by length, every output put back in place with the
@@ -33,7 +33,7 @@ from torch import Tensor
 
 # mask key -> the per-item arrays that share its second dimension
 SEQUENCES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
-    ("txt_mask", ("txt_tokens",)),
+    ("txt_mask", ("txt_tokens", "txt_ids")),
     ("img_mask", ("img_regions", "img_boxes")),
 )
 

@@ -19,7 +19,8 @@ from featstore.errors import FeatstoreError
 from .batching import gather_trimmed, sequence_lengths
 from .spec import InputSpec, TaskSpec
 
-FEATURE_KEYS = ("img_regions", "img_mask", "img_boxes", "img_pooled", "txt_tokens", "txt_mask", "txt_pooled")
+FEATURE_KEYS = ("img_regions", "img_mask", "img_boxes", "img_pooled", "txt_tokens", "txt_mask", "txt_pooled",
+                "txt_ids")
 
 
 @dataclass
@@ -54,6 +55,8 @@ class TrainData:
         for a, b in (("img_regions", "img_mask"), ("txt_tokens", "txt_mask")):
             if (a in self.features) != (b in self.features):
                 raise FeatstoreError(f"feature {a!r} needs {b!r} (and vice versa); pass both")
+        if "txt_ids" in self.features and "txt_mask" not in self.features:
+            raise FeatstoreError("feature 'txt_ids' needs 'txt_mask' (the real tokens); pass both")
         for t in self.task_spec.tasks:
             y = self.targets.get(t.name)
             if y is None:
@@ -121,7 +124,8 @@ class TrainData:
             txt_dim=int(txt.shape[-1]) if txt is not None else 0,
             img_regions=int(f["img_regions"].shape[1]) if "img_regions" in f else 0,
             txt_tokens=int(f["txt_tokens"].shape[1]) if "txt_tokens" in f else 0,
-            img_pooled="img_pooled" in f, txt_pooled="txt_pooled" in f, img_boxes="img_boxes" in f)
+            img_pooled="img_pooled" in f, txt_pooled="txt_pooled" in f, img_boxes="img_boxes" in f,
+            txt_ids="txt_ids" in f)
 
     def targets_numpy(self, idx: Tensor) -> Dict[str, np.ndarray]:
         return {k: v.index_select(0, idx).cpu().numpy() for k, v in self.targets.items()}
@@ -255,7 +259,8 @@ def _image_features(fs, keys, image_pool: str, max_regions, device, dtype) -> Di
 
 
 def _text_features(fs, keys, text_array: str, text_pool: str, max_tokens, device, dtype) -> Dict[str, Tensor]:
-    """``txt_tokens`` / ``txt_mask`` (from ``text_array``) and ``txt_pooled`` (``text_pool``, else cls / mean)."""
+    """``txt_tokens`` / ``txt_mask`` (from ``text_array``), ``txt_pooled`` (``text_pool``, else cls / mean) and
+    ``txt_ids`` (int64, from ``input_ids`` when the set has it)."""
     name, names, features = fs.name, set(fs.array_names), {}
     if text_pool not in ("cls", "mean") and text_pool not in names:
         raise FeatstoreError(f"text feature set {name!r} has no array {text_pool!r} for --text-pool "
@@ -265,12 +270,16 @@ def _text_features(fs, keys, text_array: str, text_pool: str, max_tokens, device
                              f"(it has {', '.join(sorted(names))}); pass one of those")
     pool = text_pool if text_pool in names else next((p for p in ("cls", "mean") if p in names), None)
     want = [n for n in (text_array, pool) if n is not None and n in names]
+    if want and text_array in want and "input_ids" in names and text_array != "input_ids":
+        want.append("input_ids")
     if not want:
         raise FeatstoreError(f"text feature set {name!r} has neither {text_array!r} nor cls/mean "
                              f"(it has {', '.join(sorted(names))}); pass a text feature set")
     got = fs.select(keys, want, max_items=max_tokens, torch=True, device=device, dtype=dtype)
     if text_array in got:
         features["txt_tokens"], features["txt_mask"] = got[text_array], got["mask"].bool()
+        if "input_ids" in got:
+            features["txt_ids"] = got["input_ids"].long()
     if pool in got:
         features["txt_pooled"] = got[pool]
     return features
@@ -289,7 +298,8 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     are joined on ``Sample.image_key`` or ``Sample.id`` by their ``key_kind``, text sets likewise.
     ``tasks``: a ``TaskSpec`` or a ``--task`` choice (see ``heads.tasks.derive_task_spec``).
     Image region sets give ``img_regions``/``img_mask`` (+ ``img_boxes`` normalised from ``boxes`` and
-    ``image_size``) and ``img_pooled`` from ``pooled``; text sets give ``txt_tokens``/``txt_mask`` from
+    ``image_size``) and ``img_pooled`` from ``pooled``; text sets give ``txt_tokens``/``txt_mask`` (and
+    ``txt_ids`` from ``input_ids`` when they store it) from
     ``text_array`` and ``txt_pooled`` from ``text_pool`` ("cls" or "mean", whichever exists; or any pooled
     array such as CLIP's pre-projection "pooler"). ``image_pool`` names the image set's array that becomes
     ``img_pooled`` ("pooled", or e.g. "pooler"); a name the set lacks is a one-line error. ``feeds``: a
@@ -319,6 +329,8 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
         else:  # which layer the states are from (checked against vilbert's text_start_layer)
             refs[modality].update(array=text_array, pool=text_pool, extractor=fs.recipe.extractor,
                                   config=fs.recipe.config)
+            if "vocab_size" in fs.recipe.preprocessing:  # the tokenizer's (a visualbert head checks it)
+                refs[modality]["vocab_size"] = fs.recipe.preprocessing["vocab_size"]
             features.update(_text_features(fs, keys, text_array, text_pool, max_tokens, device, dtype))
     warnings = dataset_mismatch_warnings(dataset, opened)
     targets_np = encode_targets(samples, spec)

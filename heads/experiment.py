@@ -22,7 +22,7 @@ from .metrics import compute_metrics, format_mean_std
 from .outputs import probabilities
 from .runs import CONFIG, METRICS, SUMMARY, _read_json, holds_run, load_run, prepare_out, read_config, save_run, \
     write_predictions, write_summary
-from .spec import TaskSpec
+from .spec import InputSpec, TaskSpec
 from .train import TrainConfig, TrainResult, knn_predictions, labelled_train_rows, predict_logits, train
 
 HEADLINE = ("auroc", "accuracy", "f1", "macro_f1", "micro_auroc", "macro_auroc", "subset_accuracy")
@@ -220,9 +220,23 @@ def run_data_options(run_dir, given: Dict[str, Any], defaults: Dict[str, Any]) -
     return out
 
 
-def _check_compatible(config: dict, data: TrainData, run_dir) -> None:
-    have = data.input_spec().to_dict()
-    want = config["input_spec"]
+def _spec_to_compare(config: dict, spec: dict) -> dict:
+    """``spec`` (an InputSpec dict; older runs lack later fields, which take their defaults) without
+    ``txt_ids`` unless the run's head reads token ids (the other heads never see them)."""
+    from .models.base import HEADS, _register_all
+
+    _register_all()
+    full = InputSpec(**spec).to_dict()
+    head = config.get("head")
+    if head not in HEADS or "txt_ids" not in HEADS.info(head).meta["needs"]:
+        full.pop("txt_ids")
+    return full
+
+
+def _check_compatible(config: dict, data: TrainData, run_dir, model=None) -> None:
+    """Refuse (one line) data whose shapes or arrays differ from the run's; then the head's ``check_data``."""
+    have = _spec_to_compare(config, data.input_spec().to_dict())
+    want = _spec_to_compare(config, config["input_spec"])
     if have != want:
         diff = [k for k in want if want[k] != have.get(k)]
         raise FeatstoreError(f"data does not match run {run_dir}: input {diff[0]} is {have.get(diff[0])!r}, the "
@@ -235,6 +249,8 @@ def _check_compatible(config: dict, data: TrainData, run_dir) -> None:
             raise FeatstoreError(f"data does not match run {run_dir}: its {side} array ({key}) is {now!r}, the run "
                                  f"was trained on {trained!r}; build the data with {option}={trained!r} "
                                  f"({flag} {trained})")
+    if model is not None:
+        model.check_data(data.features, used.get("text"))
 
 
 def _run_probs(model, data: TrainData, idx: torch.Tensor, config: dict) -> Dict[str, np.ndarray]:
@@ -252,7 +268,7 @@ def _run_probs(model, data: TrainData, idx: torch.Tensor, config: dict) -> Dict[
 def evaluate_run(run_dir, data: TrainData, split: str) -> Dict[str, float]:
     """Flat metrics (``heads.metrics.compute_metrics``) of a saved run on ``data``'s ``split``."""
     model, config = load_run(run_dir)
-    _check_compatible(config, data, run_dir)
+    _check_compatible(config, data, run_dir, model)
     spec = TaskSpec.from_dict(config["task_spec"])
     missing = [t.name for t in spec.tasks if t.name not in data.targets]
     if missing:
@@ -268,7 +284,7 @@ def evaluate_run(run_dir, data: TrainData, split: str) -> Dict[str, float]:
 def predict_run(run_dir, data: TrainData, out_csv, split: Optional[str] = None) -> Path:
     """Write predictions of a saved run for ``split`` (default: every row of ``data``) to ``out_csv``."""
     model, config = load_run(run_dir)
-    _check_compatible(config, data, run_dir)
+    _check_compatible(config, data, run_dir, model)
     spec = TaskSpec.from_dict(config["task_spec"])
     idx = data.split(split) if split is not None else torch.arange(len(data), device=data.device)
     probs = _run_probs(model, data, idx, config)

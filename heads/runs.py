@@ -9,7 +9,8 @@ finds the run folder inside ``DIR`` for eval / predict.
 
 A run folder (``save_run``; ``heads.experiment.train_run``) holds::
 
-    config.json            format_version (``FORMAT_VERSION``; ``load_run`` refuses a newer one), train config,
+    config.json            format_version (``FORMAT_VERSION``; ``load_run`` refuses a newer one and reopens
+                           version 1's "visualbert" as "singlestream"), train config,
                            head name + resolved head config, InputSpec, TaskSpec,
                            feature set refs {name, version; the arrays read: image pool, text array
                            + pool}, dataset fingerprint, monitor, best epoch,
@@ -44,7 +45,9 @@ from .plots import plot_learning_curve, plot_roc
 from .spec import InputSpec, TaskSpec
 
 CONFIG, METRICS, WEIGHTS = "config.json", "metrics.json", "model.safetensors"
-FORMAT_VERSION = 1  # config.json's "format_version"; a config.json without one is version 1
+FORMAT_VERSION = 2  # config.json's "format_version"; a config.json without one is version 1
+# version 2: "visualbert" is MMF's VisualBERT; the head version 1 saved under that name is now "singlestream"
+RENAMED_IN_2 = {"visualbert": "singlestream"}
 
 
 def _read_json(path: Path) -> Any:
@@ -129,6 +132,19 @@ def read_config(run_dir) -> Any:
     if version > FORMAT_VERSION:
         raise FeatstoreError(f"run {run} was written in run format {version}, newer than this featstore-heads "
                              f"reads ({FORMAT_VERSION}); upgrade featstore-heads (pip install -U featstore-heads)")
+    return _renamed_heads(config) if version < 2 else config
+
+
+def _renamed_heads(config: dict) -> dict:
+    """A version-1 config with its heads under their version-2 names (``RENAMED_IN_2``), refnet's base too."""
+    rename = lambda name: RENAMED_IN_2.get(name, name)  # noqa: E731
+    config = dict(config, head=rename(config.get("head")))
+    train = config.get("train")
+    if isinstance(train, dict):
+        config["train"] = train = dict(train, head=rename(train.get("head")))
+    for cfg in (config.get("head_config"), (train or {}).get("head_cfg")):
+        if isinstance(cfg, dict) and "base" in cfg:
+            cfg["base"] = rename(cfg["base"])
     return config
 
 

@@ -17,7 +17,9 @@ class InputSpec:
       img_regions [B, R, img_dim] float, img_mask [B, R] bool (True = real region),
       img_boxes [B, R, 5] float (x1/W, y1/H, x2/W, y2/H, box area / image area),
       img_pooled [B, img_dim] float,
-      txt_tokens [B, T, txt_dim] float, txt_mask [B, T] bool, txt_pooled [B, txt_dim] float.
+      txt_tokens [B, T, txt_dim] float, txt_mask [B, T] bool, txt_pooled [B, txt_dim] float,
+      txt_ids [B, T] int64 (the text set's ``input_ids``: the tokenizer's ids, 0 at padding; aligned with
+      ``txt_mask``; what a head with its own word embeddings reads, e.g. visualbert).
     """
 
     img_dim: int
@@ -27,6 +29,7 @@ class InputSpec:
     img_pooled: bool = True
     txt_pooled: bool = True
     img_boxes: bool = False
+    txt_ids: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

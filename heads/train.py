@@ -67,8 +67,9 @@ class TrainConfig:
     pretrain_epochs: int = cli_field(0, "ReFNet refiner pretraining epochs.")  # the head's pretrain_loss, all train rows
     label_fraction: Optional[float] = cli_field(None, "Train on this fraction of the labels (0.05..1).")  # stratified
     eval_batch_size: int = 512
-    init_checkpoint: Optional[str] = cli_field(None, "Facebook/MMF ViLBERT checkpoint to initialise from.",
-                                               flag="--vilbert-checkpoint")  # loaded into the head before training
+    init_checkpoint: Optional[str] = cli_field(  # loaded into the head before training, with a report
+        None, "Checkpoint to initialise a vilbert (Facebook/MMF ViLBERT) or visualbert (MMF / HF VisualBERT, or "
+        "a BERT) head from.", flag=("--init-checkpoint", "--vilbert-checkpoint"))
     trust_checkpoint: bool = cli_field(False, "Allow a checkpoint that needs full unpickling (only files you trust).",
                                        flag="--trust-checkpoint")
     trim: bool = cli_field(True, "Cut each batch to its longest real token/region run (same outputs, less work).")
@@ -367,6 +368,24 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
     return _Fit(cfg, data, gen, val_split, monitor, mode, train_idx, val_idx, model, losses, load_report, key)
 
 
+CHECKPOINT_HEADS = ("vilbert", "visualbert")  # heads --init-checkpoint loads into (alone or as refnet's base)
+
+
+def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
+    """(head, LoadReport) from ``cfg.init_checkpoint`` by the reader of the head it initialises."""
+    target = cfg.head_cfg.get("base") if cfg.head == "refnet" else cfg.head
+    if target not in CHECKPOINT_HEADS:
+        raise FeatstoreError(f"--init-checkpoint initialises a vilbert or visualbert head, not {cfg.head!r}"
+                             f"{' with base ' + repr(target) if cfg.head == 'refnet' else ''}; pass --head vilbert or "
+                             "--head visualbert (or --head refnet --set base=vilbert)")
+    if target == "visualbert":
+        from .visualbert_checkpoint import head_from_checkpoint
+    else:
+        from .vilbert_checkpoint import head_from_checkpoint
+    return head_from_checkpoint(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg, cfg.init_checkpoint,
+                                trust_pickle=cfg.trust_checkpoint)
+
+
 def _build_head(cfg: TrainConfig, data: TrainData):
     """``cfg.head`` for ``data`` on its device -> (model, LoadReport or None): from ``cfg.init_checkpoint`` when
     set (sizes read from the checkpoint where head_cfg gives none; the report printed), checked against the
@@ -376,13 +395,12 @@ def _build_head(cfg: TrainConfig, data: TrainData):
 
     load_report = None
     if cfg.init_checkpoint:
-        from .vilbert_checkpoint import head_from_checkpoint
-
-        model, load_report = head_from_checkpoint(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg,
-                                                  cfg.init_checkpoint, trust_pickle=cfg.trust_checkpoint)
+        model, load_report = _head_from_checkpoint(cfg, data)
     else:
         model = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
-    check_text_layer(model, data.meta.get("features", {}).get("text"))
+    text_meta = data.meta.get("features", {}).get("text")
+    check_text_layer(model, text_meta)
+    model.check_data(data.features, text_meta)
     if load_report is not None:
         print("\n".join(load_report.lines()), file=sys.stderr)
     return model.to(data.device), load_report

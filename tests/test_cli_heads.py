@@ -55,7 +55,8 @@ HEAD_FACTS = {
     "refnet": ("refnet", "RefnetConfig", "img_pooled, txt_pooled"),
     "text-only": ("unimodal", "UnimodalConfig", "txt_pooled"),
     "vilbert": ("vilbert", "VilbertConfig", "img_regions, txt_tokens"),
-    "visualbert": ("visualbert", "VisualBertConfig", "img_regions, txt_tokens"),
+    "singlestream": ("singlestream", "SingleStreamConfig", "img_regions, txt_tokens"),
+    "visualbert": ("visualbert", "VisualBertConfig", "img_regions, txt_ids"),
 }
 
 
@@ -334,10 +335,43 @@ def test_list_says_which_sizes_are_gpu_sized():
     from heads.presets import load_preset, parameter_count
 
     out = "\n" + invoke(heads, ["list"])
-    for head in ("vilbert", "visualbert"):
+    for head in ("vilbert", "singlestream", "visualbert"):
         block = out.split(f"\n{head}: ")[1].split("\n")[1]
         n = parameter_count(head) / 1e6
         small = parameter_count(head, load_preset(f"{head}-small").head_cfg) / 1e6
         assert block == (f"    (default size: {n:.1f} M parameters at 36 x 2048 regions + 128 x 768 tokens: GPU-sized; "
                          f"--preset {head}-small ({small:.1f} M) trains in minutes on a CPU)")
     assert "GPU-sized" not in out.split("\nconcat: ")[1].split("\n")[1]
+
+
+def test_visualbert_trains_on_the_bert_sets_token_ids_from_an_mmf_checkpoint(world, tmp_path):
+    """`heads train --head visualbert`: the ids it reads are the bert set's stored ``input_ids`` (reopened
+    here), the MiniLM tokenizer's vocabulary (30522, bert-base-uncased's) passes the check, an MMF-named
+    checkpoint (classifier included) loads with its report, and eval reproduces the run's metrics."""
+    import torch
+    from test_visualbert import mmf_state
+
+    from heads.data import build_train_data
+
+    data = build_train_data(open_store(world["store"]), world["data"], "grid", "bert", "label")
+    stored = open_store(world["store"]).open("bert").select([s.id for s in world["ds"].samples], ["input_ids"],
+                                                             torch=True)
+    assert torch.equal(data.features["txt_ids"], stored["input_ids"].long())
+    assert data.features["txt_ids"].dtype == torch.int64 and data.meta["features"]["text"]["vocab_size"] == 30522
+    sd = {k: v for k, v in mmf_state().items()}  # sizes of test_visualbert's, widened to these features
+    g = torch.Generator().manual_seed(0)
+    sd["model.bert.embeddings.word_embeddings.weight"] = torch.randn(30522, 16, generator=g, dtype=torch.float64)
+    sd["model.bert.embeddings.projection.weight"] = torch.randn(16, 512, generator=g, dtype=torch.float64) * 0.05
+    torch.save({"model": {k: v.float() for k, v in sd.items()}}, tmp_path / "model.pth")
+    rd = tmp_path / "vb"
+    invoke(heads, train_args(world, rd, "--init-checkpoint", tmp_path / "model.pth", "--set",
+                                   "num_attention_heads=2", "--threads", "1", head="visualbert"))
+    config = json.loads((rd / "seed_0" / "config.json").read_text())
+    assert config["head_config"]["vocab_size"] == 30522 and config["head_config"]["num_hidden_layers"] == 2
+    report = config["checkpoint_load"]
+    assert report["summary"][0] == (f"checkpoint {tmp_path / 'model.pth'}: used {len(sd)} tensors "
+                                    f"(backbone {len(sd) - 6}, classifier 6); missing 0")
+    assert config["input_spec"]["txt_ids"] is True
+    saved = json.loads((rd / "seed_0" / "metrics.json").read_text())["test"]
+    ev = json.loads(invoke(heads, ["eval", rd, "--store", world["store"], "--dataset", world["data"], "--device", "cpu"]))
+    assert ev["metrics"] == pytest.approx(saved, abs=1e-6, nan_ok=True)

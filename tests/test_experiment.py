@@ -11,7 +11,7 @@ from heads.models import create_head
 from test_trim import CONFIGS, _data
 
 
-@pytest.mark.parametrize("key", ["vilbert", "visualbert", "gnn"])
+@pytest.mark.parametrize("key", ["vilbert", "singlestream", "gnn"])
 def test_fused_embeddings_equal_the_untrimmed_batches_in_row_order(key):
     data = _data()
     name, cfg = CONFIGS[key]

@@ -24,7 +24,7 @@ TINY = {
     "image-only": dict(hidden=[8]),
     "cross": dict(proj_dim=4, hidden=[8]),
     "vilbert": VIL,
-    "visualbert": dict(hidden=8, heads=2, layers=2, ffn=16, max_text_len=32),
+    "singlestream": dict(hidden=8, heads=2, layers=2, ffn=16, max_text_len=32),
     "gnn": dict(hidden=8, num_layers=2),
     "gnn-gat-knn": dict(hidden=8, layer="gat", gat_heads=2, region_edges="knn", knn_k=2, cross_all=True),
     "gnn-sage": dict(hidden=8, layer="sage"),
@@ -80,7 +80,7 @@ def targets_for(spec: TaskSpec) -> dict:
 
 
 def test_every_head_is_registered_and_listed():
-    assert set(HEADS.names()) == {"concat", "text-only", "image-only", "cross", "vilbert", "visualbert", "gnn", "refnet"}
+    assert set(HEADS.names()) == {"concat", "text-only", "image-only", "cross", "vilbert", "singlestream", "visualbert", "gnn", "refnet"}
     listed = {n: (h, c) for n, h, c in list_heads()}
     assert set(listed) == set(HEADS.names())
     assert all(h for h, _ in listed.values())
@@ -467,7 +467,7 @@ def test_missing_inputs_are_one_line_errors():
     with pytest.raises(FeatstoreError, match=r"head 'vilbert' needs image regions .*--extractor roi/grid/dinov2 or use --head concat"):
         create_head("vilbert", pooled_only, SPECS["binary"], **VIL)
     no_tokens = InputSpec(img_dim=DI, txt_dim=DT, img_regions=R)
-    for name in ("vilbert", "visualbert", "gnn"):
+    for name in ("vilbert", "singlestream", "gnn"):
         with pytest.raises(FeatstoreError, match=f"head '{name}' needs text tokens"):
             create_head(name, no_tokens, SPECS["binary"], **TINY[name])
     no_image = InputSpec(img_dim=DI, txt_dim=DT, img_pooled=False)
@@ -497,7 +497,7 @@ def test_missing_inputs_are_one_line_errors():
     ("vilbert", dict(VIL, bi_hidden_size=9), "not a multiple"),
     ("vilbert", dict(VIL, t_biattention_id=[1, 3]), "cannot run again"),
     ("vilbert", dict(VIL, v_biattention_id=[0]), "equal length"),
-    ("visualbert", dict(TINY["visualbert"], max_text_len=3), "max_text_len=6"),
+    ("singlestream", dict(TINY["singlestream"], max_text_len=3), "max_text_len=6"),
     ("gnn", dict(layer="cheb"), "layer='cheb'"),
     ("gnn", dict(layer="gat", hidden=6, gat_heads=4), "gat_heads"),
     ("gnn", dict(region_edges="delaunay"), "region_edges"),
@@ -507,7 +507,7 @@ def test_bad_config_errors(name, cfg, match):
         create_head(name, inputs(), SPECS["binary"], **cfg)
 
 
-@pytest.mark.parametrize("key", ["vilbert", "visualbert", "cross", "gnn-sage", "refnet"])
+@pytest.mark.parametrize("key", ["vilbert", "singlestream", "cross", "gnn-sage", "refnet"])
 def test_heads_run_under_bf16_autocast(key):
     spec = SPECS["binary"]
     head = build(key, spec)

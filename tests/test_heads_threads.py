@@ -19,13 +19,13 @@ from heads.train import TrainConfig, train
 from test_extract_compute import two_threads  # noqa: F401  (fixture)
 from test_trim import CONFIGS, _data
 
-VB = CONFIGS["visualbert"][1]
+VB = CONFIGS["singlestream"][1]
 
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_threads_option_takes_effect_during_training_and_is_restored(two_threads, n):
     seen = []
-    cfg = TrainConfig(head="visualbert", head_cfg=VB, epochs=2, batch_size=4, patience=0, threads=n)
+    cfg = TrainConfig(head="singlestream", head_cfg=VB, epochs=2, batch_size=4, patience=0, threads=n)
     res = train(cfg, _data(), progress=False, on_epoch=lambda row, monitor: seen.append(torch.get_num_threads()))
     assert seen == [n, n]
     assert torch.get_num_threads() == 2
@@ -37,7 +37,7 @@ def test_auto_times_one_thread_and_every_core(two_threads, monkeypatch):
     for var in heads_threads.ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(heads_threads, "available_cores", lambda: 2)
-    cfg = TrainConfig(head="visualbert", head_cfg=VB, batch_size=4)
+    cfg = TrainConfig(head="singlestream", head_cfg=VB, batch_size=4)
     choice = resolve_threads(cfg, _data())
     assert choice.how == "auto" and set(choice.step_s) == {1, 2}
     assert all(s > 0 for s in choice.step_s.values())
@@ -50,7 +50,7 @@ def test_auto_times_one_thread_and_every_core(two_threads, monkeypatch):
 
 
 def test_summary_names_the_threads_used(two_threads, tmp_path):
-    cfg = TrainConfig(head="visualbert", head_cfg=VB, epochs=1, batch_size=4, patience=0, threads=1)
+    cfg = TrainConfig(head="singlestream", head_cfg=VB, epochs=1, batch_size=4, patience=0, threads=1)
     lines = list(train_heads(cfg, _data(), tmp_path / "run", [0, 1], progress=False))
     assert "threads: 1 thread (--threads)" in lines
 
@@ -87,7 +87,7 @@ def test_heads_help_and_other_heads_do_not_import_pyg():
         from heads.spec import InputSpec, Task, TaskSpec
         spec = TaskSpec([Task("label", "binary", 2)])
         create_head("concat", InputSpec(img_dim=4, txt_dim=4), spec)
-        create_head("visualbert", InputSpec(img_dim=4, txt_dim=4, img_regions=2, txt_tokens=3), spec, hidden=8, heads=2)
+        create_head("singlestream", InputSpec(img_dim=4, txt_dim=4, img_regions=2, txt_tokens=3), spec, hidden=8, heads=2)
     """)
     assert "heads" in mods and "torch_geometric" not in mods
     # the gnn head itself does load it (so the check above can fail)

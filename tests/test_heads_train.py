@@ -70,7 +70,7 @@ FUSION = {
     "cross": dict(proj_dim=8, hidden=[32], dropout=0.0, proj_dropout=0.0),
     "gnn": dict(hidden=32, num_layers=2, dropout=0.0),
     "vilbert": TINY_BERT,
-    "visualbert": dict(hidden=32, heads=2, layers=2, ffn=64, dropout=0.0),
+    "singlestream": dict(hidden=32, heads=2, layers=2, ffn=64, dropout=0.0),
     "refnet": dict(base="concat", base_cfg=dict(hidden=[32], dropout=0.0), refiner_hidden=[16]),
 }
 

@@ -45,7 +45,7 @@ def test_vilbert_groups_are_mmfs_bert_groups():
     assert all(g["lr"] == 1e-5 and g["eps"] == 1e-8 for g in opt.param_groups)
 
 
-@pytest.mark.parametrize("head", ["concat", "visualbert", "cross"])
+@pytest.mark.parametrize("head", ["concat", "singlestream", "cross"])
 def test_other_heads_decay_every_parameter(head):
     model = create_head(head, INPUTS, BINARY)
     opt = build_optimizer(model, TrainConfig(head=head, weight_decay=0.05))

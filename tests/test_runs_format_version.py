@@ -1,5 +1,6 @@
-"""Run folders carry ``format_version`` in config.json: written as 1, a config.json without one still loads
-(version 1), a newer one is refused in one line naming the run and the fix, before anything is rebuilt."""
+"""Run folders carry ``format_version`` in config.json: written as 2, a config.json without one still loads
+(version 1), a newer one is refused in one line naming the run and the fix, before anything is rebuilt.
+Version 1's "visualbert" head (now ``singlestream``) reopens under its new name with the same outputs."""
 from __future__ import annotations
 
 import json
@@ -36,11 +37,11 @@ def _rewrite(run_dir, **changes):
     return path.read_text()
 
 
-def test_config_json_says_format_version_1(run):
+def test_config_json_says_format_version_2(run):
     run_dir, _ = run
-    assert json.loads((run_dir / "config.json").read_text())["format_version"] == 1
+    assert json.loads((run_dir / "config.json").read_text())["format_version"] == 2
     _, config = load_run(run_dir)
-    assert config["format_version"] == 1
+    assert config["format_version"] == 2
 
 
 def test_a_config_json_without_format_version_loads_as_version_1(run, tmp_path):
@@ -57,13 +58,13 @@ def test_a_config_json_without_format_version_loads_as_version_1(run, tmp_path):
         (run_dir / "config.json").write_text(saved)
 
 
-@pytest.mark.parametrize("version", [2, 7])
+@pytest.mark.parametrize("version", [3, 7])
 def test_a_newer_format_version_is_refused_in_one_line(run, version):
     run_dir, data = run
     saved = (run_dir / "config.json").read_text()
     try:
         written = _rewrite(run_dir, format_version=version)
-        want = (f"run {run_dir} was written in run format {version}, newer than this featstore-heads reads (1); "
+        want = (f"run {run_dir} was written in run format {version}, newer than this featstore-heads reads (2); "
                 "upgrade featstore-heads (pip install -U featstore-heads)")
         for call in (lambda: load_run(run_dir), lambda: evaluate_run(run_dir, data, "test"),
                      lambda: run_feature_refs(run_dir, None, None)):
@@ -87,3 +88,26 @@ def test_a_format_version_that_is_not_a_whole_number_is_refused(run, version):
                                   ">= 1; re-run `heads train` to rewrite it")
     finally:
         (run_dir / "config.json").write_text(saved)
+
+
+def test_a_version_1_visualbert_run_reopens_as_singlestream(tmp_path):
+    """Before version 2 "visualbert" named the head that is now ``singlestream``: such a run (written here by
+    training a singlestream run and putting back what version 1 wrote) reopens, evaluates and predicts the same."""
+    from test_trim import CONFIGS, _data
+
+    data = _data()
+    run_dir = tmp_path / "run"
+    cfg = TrainConfig(head="singlestream", head_cfg=CONFIGS["singlestream"][1], epochs=1, batch_size=4, patience=0,
+                      threads=1)
+    train_run(cfg, data, run_dir, progress=False, plots=False)
+    now = evaluate_run(run_dir, data, "dev")
+    config = json.loads((run_dir / "config.json").read_text())
+    config["format_version"], config["head"], config["train"]["head"] = 1, "visualbert", "visualbert"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    model, reread = load_run(run_dir)
+    assert type(model).__name__ == "SingleStreamHead" and reread["head"] == "singlestream"
+    assert evaluate_run(run_dir, data, "dev") == now
+    config["format_version"] = 2  # written by this version, "visualbert" is MMF's VisualBERT: the weights do not fit
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FeatstoreError, match=r"^head .visualbert. has no option .dropout.; its options are: "):
+        load_run(run_dir)

@@ -13,7 +13,7 @@ from heads.models import HEADS, create_head
 from heads.spec import InputSpec, Task, TaskSpec
 from heads.train import TrainConfig, predict_logits, train
 
-DI, DT, R, T, N = 12, 16, 10, 24, 12
+DI, DT, R, T, N, V = 12, 16, 10, 24, 12, 40
 SPEC = TaskSpec([Task("label", "binary", 2, ["0", "1"]), Task("genre", "multilabel", 3)])
 VIL = dict(hidden_size=DT, num_attention_heads=2, intermediate_size=20, num_hidden_layers=4, text_start_layer=2,
            v_hidden_size=12, v_num_attention_heads=2, v_intermediate_size=14, v_num_hidden_layers=2,
@@ -24,7 +24,14 @@ VIL = dict(hidden_size=DT, num_attention_heads=2, intermediate_size=20, num_hidd
 CONFIGS = {
     "vilbert": ("vilbert", VIL),
     "vilbert-concat-noglobal": ("vilbert", dict(VIL, fusion_method="concat", global_region=False)),
-    "visualbert": ("visualbert", dict(hidden=8, heads=2, layers=2, ffn=16, dropout=0.0, max_text_len=32)),
+    "singlestream": ("singlestream", dict(hidden=8, heads=2, layers=2, ffn=16, dropout=0.0, max_text_len=32)),
+    "visualbert": ("visualbert", dict(hidden_size=8, num_attention_heads=2, num_hidden_layers=2, intermediate_size=16,
+                                      vocab_size=V, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0)),
+    "visualbert-vqa-pool": ("visualbert", dict(hidden_size=8, num_attention_heads=2, num_hidden_layers=1,
+                                               intermediate_size=16, vocab_size=V, max_position_embeddings=32,
+                                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                               pooler_strategy="vqa")),
     "gnn": ("gnn", dict(hidden=8, num_layers=2, dropout=0.0)),
     "gnn-gat-knn": ("gnn", dict(hidden=8, layer="gat", gat_heads=2, region_edges="knn", knn_k=2, cross_all=True,
                                 dropout=0.0)),
@@ -46,7 +53,8 @@ def features(seed: int = 0, pooled: bool = False) -> dict:
     t_mask = torch.arange(T)[None] < t_len[:, None]
     r_mask = torch.arange(R)[None] < r_len[:, None]
     r_mask[2, 3] = False  # not a prefix: a hole inside the real run
-    f = dict(txt_tokens=torch.randn(N, T, DT, generator=g), txt_mask=t_mask,
+    ids = torch.where(t_mask, torch.randint(1, V, (N, T), generator=g), torch.randint(0, V, (N, T), generator=g))
+    f = dict(txt_tokens=torch.randn(N, T, DT, generator=g), txt_mask=t_mask, txt_ids=ids,
              img_regions=torch.randn(N, R, DI, generator=g), img_mask=r_mask, img_boxes=torch.rand(N, R, 5, generator=g))
     for k, m in (("txt_tokens", t_mask), ("img_regions", r_mask), ("img_boxes", r_mask)):
         f[k] = torch.where(m[..., None], f[k], 100 * torch.randn(f[k].shape, generator=g))
@@ -59,7 +67,7 @@ def build(key: str, seed: int = 0):
     name, cfg = CONFIGS[key]
     torch.manual_seed(seed)
     return create_head(name, InputSpec(img_dim=DI, txt_dim=DT, img_regions=R, txt_tokens=T, img_boxes=True,
-                                       img_pooled=False, txt_pooled=False), SPEC, **cfg)
+                                       img_pooled=False, txt_pooled=False, txt_ids=True), SPEC, **cfg)
 
 
 def test_every_registered_head_is_covered():
@@ -87,7 +95,7 @@ def test_trimmed_batch_gives_untrimmed_outputs_and_gradients(key):
     idx = torch.tensor([0, 3, 4, 6, 7, 11])  # longest text 4 of 24, regions 6 of 10
     full = {k: v.index_select(0, idx) for k, v in f.items()}
     cut = gather_trimmed(f, idx, lengths)
-    assert cut["txt_tokens"].shape[1] == 4 and cut["img_regions"].shape[1] == 6
+    assert cut["txt_tokens"].shape[1] == 4 and cut["img_regions"].shape[1] == 6 and cut["txt_ids"].shape[1] == 4
     outs, grads = [], []
     for batch in (full, cut):
         head = build(key)  # same seed: same weights
@@ -105,7 +113,8 @@ def test_trimmed_batch_gives_untrimmed_outputs_and_gradients(key):
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-4, rtol=1e-3, msg=f"gradient of {n}")
 
 
-@pytest.mark.parametrize("key", ["vilbert", "visualbert", "gnn-gat-knn", "refnet"])
+@pytest.mark.parametrize("key", ["vilbert", "singlestream", "visualbert", "visualbert-vqa-pool", "gnn-gat-knn",
+                                 "refnet"])
 def test_masked_positions_change_no_output(key):
     head = build(key).eval()
     f = features()
@@ -113,9 +122,12 @@ def test_masked_positions_change_no_output(key):
     for k, m in (("txt_tokens", "txt_mask"), ("img_regions", "img_mask"), ("img_boxes", "img_mask")):
         other[k] = torch.where(f[m][..., None], f[k], other[k] * 7)
         other[m] = f[m]
+    other["txt_ids"] = torch.where(f["txt_mask"], f["txt_ids"], (f["txt_ids"] + 7) % V)
+    assert not torch.equal(other["txt_ids"], f["txt_ids"])
     with torch.no_grad():
         a, b = head(f), head(other)
-        changed = dict(f, txt_tokens=f["txt_tokens"] + 3 * f["txt_mask"][..., None])  # real tokens moved
+        changed = dict(f, txt_tokens=f["txt_tokens"] + 3 * f["txt_mask"][..., None],  # real tokens moved
+                       txt_ids=torch.where(f["txt_mask"], f["txt_ids"] % (V - 1) + 1, f["txt_ids"]))
         c = head(changed)
     torch.testing.assert_close(b["fused"], a["fused"], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(c["fused"], a["fused"], atol=1e-4)  # the real positions do count
@@ -129,7 +141,7 @@ def _data(pooled: bool = False) -> TrainData:
                      {"train": torch.arange(8), "dev": torch.arange(8, N)}, SPEC)
 
 
-@pytest.mark.parametrize("key", ["vilbert", "visualbert", "gnn"])
+@pytest.mark.parametrize("key", ["vilbert", "singlestream", "visualbert", "gnn"])
 def test_predict_in_length_order_comes_back_in_row_order(key):
     data, head = _data(), build(key)
     idx = torch.tensor([11, 0, 5, 2, 9, 3, 7, 1, 10])
@@ -180,7 +192,7 @@ def test_length_sorted_inverse_and_key():
 
 def test_bucketed_training_runs_and_bad_bucket_is_one_line():
     data = _data()
-    res = train(TrainConfig(head="visualbert", head_cfg=CONFIGS["visualbert"][1], epochs=2, batch_size=4,
+    res = train(TrainConfig(head="singlestream", head_cfg=CONFIGS["singlestream"][1], epochs=2, batch_size=4,
                             patience=0, bucket=2, threads=1), data, progress=False)
     assert len(res.history) == 2
     with pytest.raises(FeatstoreError, match=r"^bucket=-1 must be >= 0 \(0 = no length bucketing\); pass e\.g\. 20$"):

@@ -27,7 +27,7 @@ from ..spec import InputSpec, TaskSpec
 
 HEADS = Registry("head")
 
-NEEDS = frozenset({"img_regions", "img_pooled", "txt_tokens", "txt_pooled"})
+NEEDS = frozenset({"img_regions", "img_pooled", "txt_tokens", "txt_pooled", "txt_ids"})
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
 
@@ -124,6 +124,7 @@ _NEED_WORDS = {
     "txt_tokens": "text tokens",
     "img_pooled": "an image feature",
     "txt_pooled": "a text feature",
+    "txt_ids": "text token ids",
 }
 
 
@@ -143,6 +144,8 @@ def _missing_needs(needs: frozenset, inputs: InputSpec) -> List[str]:
         have |= {"txt_tokens", "txt_pooled"}
     if inputs.txt_pooled:
         have.add("txt_pooled")
+    if inputs.txt_ids and inputs.txt_tokens > 0:
+        have.add("txt_ids")
     return [n for n in sorted(needs) if n not in have]
 
 
@@ -160,6 +163,10 @@ def check_needs(name: str, needs: frozenset, inputs: InputSpec) -> None:
         raise FeatstoreError(
             f"head {name!r} needs text tokens but the text feature set gives pooled vectors only; "
             "extract text with a token-level text extractor (per-token states) or use --head concat")
+    if n == "txt_ids" and inputs.txt_dim > 0:
+        raise FeatstoreError(
+            f"head {name!r} needs the text's token ids but the text feature set stores no 'input_ids' array; "
+            "extract text with --extractor bert (ids of the checkpoint's tokenizer, e.g. bert-base-uncased)")
     side = "image" if n.startswith("img") else "text"
     raise FeatstoreError(
         f"head {name!r} needs {_NEED_WORDS[n]} but no {side} feature set was given; "
@@ -223,3 +230,8 @@ class Head(nn.Module):
         """AdamW parameter groups: one, every parameter decayed by ``weight_decay``; a head whose reference
         trains with other groups (vilbert: MMF's BERT groups) overrides this."""
         return [{"params": list(self.parameters()), "weight_decay": weight_decay}]
+
+    def check_data(self, features: Dict[str, Tensor], text_meta: Optional[Dict[str, Any]] = None) -> None:
+        """Refuse (one-line FeatstoreError) data this head cannot read although the shapes fit; ``features``
+        are ``TrainData.features``, ``text_meta`` its ``meta["features"]["text"]``. Nothing by default;
+        visualbert checks its token ids against its vocabulary."""

@@ -125,6 +125,10 @@ class RefnetHead(Head):
         self.base.train(was)
         return dim
 
+    def check_data(self, features, text_meta=None) -> None:
+        """The base head's ``check_data``."""
+        self.base.check_data(features, text_meta)
+
     def forward(self, batch: Dict[str, Tensor]) -> dict:
         out = dict(self.base(batch))
         fused = out["fused"]

@@ -100,14 +100,7 @@ class VilbertConfig:
     allow_text_layer_mismatch: bool = False  # train on cached text states from another layer than text_start_layer
 
     def validate(self) -> None:
-        for name, value, allowed in (("fusion_method", self.fusion_method, FUSIONS),
-                                     ("classifier", self.classifier, CLASSIFIERS),
-                                     ("img_dim_mismatch", self.img_dim_mismatch, MISMATCH)):
-            if value not in allowed:
-                raise FeatstoreError(f"vilbert {name}={value!r} is not known; use one of: {', '.join(allowed)}")
-        if self.classifier == "mmf" and (self.out_hidden or self.out_dropout):
-            raise FeatstoreError("vilbert out_hidden/out_dropout apply to classifier='layers'; MMF's classifier "
-                                 "has its own transform - pass classifier=layers or drop them")
+        check_mmf_head_choices(self, "vilbert", fusion_method=FUSIONS)
         for size, heads, what in ((self.hidden_size, self.num_attention_heads, "hidden_size"),
                                   (self.v_hidden_size, self.v_num_attention_heads, "v_hidden_size"),
                                   (self.bi_hidden_size, self.bi_num_attention_heads, "bi_hidden_size")):
@@ -128,6 +121,28 @@ class VilbertConfig:
             raise FeatstoreError(
                 f"vilbert t_biattention_id {t} must lie within text_start_layer={self.text_start_layer}.."
                 f"num_hidden_layers={self.num_hidden_layers}: text layers before the cached layer cannot run again")
+
+
+def check_mmf_head_choices(c, head: str, **own: Tuple[str, ...]) -> None:
+    """One-line refusals shared by the MMF heads' configs (vilbert, visualbert): each ``own`` field, then
+    ``classifier`` and ``img_dim_mismatch``, must take one of its allowed values; ``out_hidden`` /
+    ``out_dropout`` apply only to ``classifier="layers"``."""
+    for name, allowed in dict(own, classifier=CLASSIFIERS, img_dim_mismatch=MISMATCH).items():
+        if getattr(c, name) not in allowed:
+            raise FeatstoreError(f"{head} {name}={getattr(c, name)!r} is not known; use one of: {', '.join(allowed)}")
+    if c.classifier == "mmf" and (c.out_hidden or c.out_dropout):
+        raise FeatstoreError(f"{head} out_hidden/out_dropout apply to classifier='layers'; MMF's classifier "
+                             "has its own transform - pass classifier=layers or drop them")
+
+
+def mmf_classifier(c, task, width: int) -> Tuple[nn.Module, PredictionLayers]:
+    """(``transform``, ``outputs``) on the ``width``-wide fused vector: for ``c.classifier="mmf"`` MMF's
+    ``classifier`` (``0``: BertPredictionHeadTransform, Linear-``hidden_act``-LayerNorm; ``1``: a Linear per
+    task), else Identity and the shared prediction layers (``out_hidden`` / ``out_dropout``)."""
+    if c.classifier == "mmf":
+        return (BertPredictionHeadTransform(BertConfig(hidden_size=width, hidden_act=c.hidden_act,
+                                                       layer_norm_eps=c.layer_norm_eps)), PredictionLayers(task, width))
+    return nn.Identity(), PredictionLayers(task, width, c.out_hidden, c.out_dropout)
 
 
 def _bert_config(hidden: int, intermediate: int, act: str, dropout: float) -> BertConfig:
@@ -388,17 +403,28 @@ def mmf_init(module: nn.Module, std: float) -> None:
         module.bias.data.zero_()
 
 
-def _image_embedding_input(img_dim: int, c: VilbertConfig) -> Tuple[nn.Module, int]:
-    """(``img_proj``, the embedding's input width) for ``img_dim``-wide features (see ``img_dim_mismatch``)."""
-    want = c.v_feature_size or img_dim
-    if want == img_dim or c.img_dim_mismatch == "reinit":
+def image_input_layer(img_dim: int, want: int, mismatch: str, field: str, layer: str, short: str):
+    """(``img_proj``, the input width of the checkpoint's image ``layer``) for ``img_dim``-wide features when
+    that layer takes ``want`` (0: the features' width): ``mismatch`` "project" learns a Linear in front,
+    "reinit" builds the layer at the features' width, "error" refuses naming ``field`` (shared with visualbert)."""
+    want = want or img_dim
+    if want == img_dim or mismatch == "reinit":
         return nn.Identity(), img_dim
-    if c.img_dim_mismatch == "project":
+    if mismatch == "project":
         return nn.Linear(img_dim, want), want
     raise FeatstoreError(
-        f"vilbert v_feature_size={want} (the checkpoint's image embedding input) differs from the image features' "
-        f"width {img_dim}; pass --set img_dim_mismatch=project (learn a Linear({img_dim}, {want}) in front of the "
-        f"checkpoint's embedding) or --set img_dim_mismatch=reinit (a new image embedding)")
+        f"{field}={want} (the checkpoint's {layer} input) differs from the image features' width {img_dim}; pass "
+        f"--set img_dim_mismatch=project (learn a Linear({img_dim}, {want}) in front of the checkpoint's {short}) "
+        f"or --set img_dim_mismatch=reinit (a new {layer})")
+
+
+def mmf_bert_groups(model: nn.Module, weight_decay: float) -> List[dict]:
+    """MMF's ``get_bert_configured_parameters``: no decay where a parameter's name holds ``MMF_NO_DECAY``,
+    ``weight_decay`` on the rest (MMF writes 0.01; the MMF presets set that value)."""
+    params = list(model.named_parameters())
+    no_decay = [p for n, p in params if any(part in n for part in MMF_NO_DECAY)]
+    decay = [p for n, p in params if not any(part in n for part in MMF_NO_DECAY)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def with_global_region(regions: Tensor, boxes: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -424,29 +450,21 @@ class VilbertHead(Head):
         ``weight_decay`` on the rest (MMF writes 0.01, the vilbert-hm preset's value). By MMF's names, which
         this head's mirror: the co-attention outputs' ``LayerNorm1`` / ``LayerNorm2`` weights are decayed there
         (their names hold neither "bias" nor "LayerNorm.weight"), so they are here."""
-        params = list(self.named_parameters())
-        no_decay = [p for n, p in params if any(part in n for part in MMF_NO_DECAY)]
-        decay = [p for n, p in params if not any(part in n for part in MMF_NO_DECAY)]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return mmf_bert_groups(self, weight_decay)
 
     def __init__(self, inputs, task, config: VilbertConfig):
         super().__init__(inputs, task, config)
         c = config
         self.t_proj = nn.Identity() if inputs.txt_dim == c.hidden_size else nn.Linear(inputs.txt_dim, c.hidden_size)
-        self.img_proj, emb_in = _image_embedding_input(inputs.img_dim, c)
+        self.img_proj, emb_in = image_input_layer(inputs.img_dim, c.v_feature_size, c.img_dim_mismatch,
+                                                  "vilbert v_feature_size", "image embedding", "embedding")
         self.v_embeddings = ImageEmbeddings(emb_in, c)
         self.encoder = Encoder(c)
         self.t_pooler = Pooler(c.hidden_size, c.bi_hidden_size)
         self.v_pooler = Pooler(c.v_hidden_size, c.bi_hidden_size)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
         self.fused_dim = c.bi_hidden_size * (2 if c.fusion_method == "concat" else 1)
-        if c.classifier == "mmf":
-            self.transform = BertPredictionHeadTransform(BertConfig(
-                hidden_size=self.fused_dim, hidden_act=c.hidden_act, layer_norm_eps=c.layer_norm_eps))
-            self.outputs = PredictionLayers(task, self.fused_dim)
-        else:
-            self.transform = nn.Identity()
-            self.outputs = PredictionLayers(task, self.fused_dim, c.out_hidden, c.out_dropout)
+        self.transform, self.outputs = mmf_classifier(c, task, self.fused_dim)
         self.apply(lambda m: mmf_init(m, c.initializer_range))
 
     def forward(self, batch: Dict[str, Tensor]) -> dict:

@@ -1,0 +1,190 @@
+"""Load VisualBERT weights into a ``visualbert`` head (``heads.models.visualbert.VisualBertHead``), whole.
+
+Accepted files (a file, or a folder holding ``model.safetensors`` / ``pytorch_model.bin`` / ``model.pth``):
+
+* MMF's VisualBERT (``visual_bert.pretrained.coco``, ``visual_bert.finetuned.hateful_memes_*``: the
+  ``model.pth`` inside the zoo's tar): ``model.bert.*`` (``bert.bert.*`` in the original uclanlp files, which
+  MMF's ``format_state_key`` renames the same way), ``model.classifier.0.*`` / ``model.classifier.1.*``,
+  pretraining heads ``model.cls.*``;
+* Hugging Face VisualBERT (``uclanlp/visualbert-*``): ``visual_bert.*`` with ``visual_projection``,
+  ``visual_token_type_embeddings``, ``visual_position_embeddings`` renamed to MMF's ``projection``,
+  ``token_type_embeddings_visual``, ``position_embeddings_visual``;
+* a plain BERT (``bert-base-uncased``; ``bert.*`` or bare ``embeddings.*`` / ``encoder.*`` / ``pooler.*``):
+  MMF's "direct" recipe, VisualBERT started from BERT; the visual tables then start as copies of the
+  text ones (``special_visual_initialize``) and the projection keeps its initialisation.
+
+Old TF-port names (``LayerNorm.gamma`` / ``beta``) read as ``weight`` / ``bias``. The classifier
+(``classifier.0`` -> ``transform``, ``classifier.1`` -> ``outputs.layers.<task>``) loads for a head with
+``classifier="mmf"`` and one task whose output count is the checkpoint's label count; otherwise the report
+says why it was left initialised. ``position_ids`` buffers and other heads' layers (``cls.*``) are reported
+as ignored. ``head_from_checkpoint`` reads sizes and layer counts from the shapes where the head config
+gives none (attention head counts cannot be read: 12 unless given).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from torch import Tensor, nn
+
+from featstore.errors import FeatstoreError
+from featstore.extractors.vilbert_text import read_checkpoint
+
+from .vilbert_checkpoint import LoadReport
+
+BASE_PREFIXES = ("model.bert.", "bert.bert.", "module.model.bert.", "module.bert.", "visual_bert.", "bert.")
+BARE = ("embeddings.", "encoder.", "pooler.")
+CLASSIFIER_PREFIXES = ("model.classifier.", "bert.classifier.", "module.model.classifier.", "classifier.")
+HF_RENAMES = {"embeddings.visual_projection.": "embeddings.projection.",
+              "embeddings.visual_token_type_embeddings.": "embeddings.token_type_embeddings_visual.",
+              "embeddings.visual_position_embeddings.": "embeddings.position_embeddings_visual."}
+VISUAL_TABLES = {"bert.embeddings.token_type_embeddings_visual.weight": "bert.embeddings.token_type_embeddings.weight",
+                 "bert.embeddings.position_embeddings_visual.weight": "bert.embeddings.position_embeddings.weight"}
+PROJECTION = ("bert.embeddings.projection.weight", "bert.embeddings.projection.bias")
+FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
+HOW_TO_GET = ("MMF's VisualBERT is https://dl.fbaipublicfiles.com/mmf/data/models/visual_bert/"
+              "visual_bert.pretrained.coco.tar.gz (its model.pth), or pass a bert-base-uncased folder")
+_LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
+
+
+def _old_names(key: str) -> str:
+    """TF-port LayerNorm names (``gamma`` / ``beta``) as torch's (``weight`` / ``bias``)."""
+    if ".LayerNorm." in key or key.startswith("LayerNorm."):
+        key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
+    return key
+
+
+def map_key(key: str, tasks) -> Tuple[Optional[str], str]:
+    """(the head's key for checkpoint ``key`` or None, the report group)."""
+    k = _old_names(key)
+    if k.endswith("position_ids"):
+        return None, "buffers"
+    for p in CLASSIFIER_PREFIXES:
+        if k.startswith(p):
+            rest = k[len(p):]
+            if rest.startswith("0."):
+                return "transform." + rest[2:], "classifier"
+            if rest.startswith("1.") and len(tasks) == 1:
+                return f"outputs.layers.{tasks[0]}." + rest[2:], "classifier"
+            return None, "classifier"
+    rest = next((k[len(p):] for p in BASE_PREFIXES if k.startswith(p)), k if k.startswith(BARE) else None)
+    if rest is None or not rest.startswith(BARE):
+        return None, "other heads (pretraining / task layers)"
+    for old, new in HF_RENAMES.items():
+        rest = rest.replace(old, new)
+    return "bert." + rest, "backbone"
+
+
+def read_weights(path, trust_pickle: bool = False) -> Dict[str, Tensor]:
+    """The tensors of a checkpoint file or model folder (see the module docstring) by name."""
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        found = next((p / f for f in FOLDER_FILES if (p / f).is_file()), None)
+        if found is None:
+            raise FeatstoreError(f"checkpoint folder {str(p)!r} holds none of {', '.join(FOLDER_FILES)}; pass the "
+                                 f"weight file itself. {HOW_TO_GET}")
+        p = found
+    if not p.exists():
+        raise FeatstoreError(f"checkpoint {str(p)!r} does not exist; {HOW_TO_GET}")
+    if p.suffix == ".safetensors":
+        from featstore.extractors.weights import load_state_dict
+
+        return load_state_dict(p)
+    return read_checkpoint(str(p), trust_pickle)
+
+
+def _place(report: LoadReport, key: str, target: str, have, want, c) -> bool:
+    """Whether checkpoint ``key`` (shape ``have``) can be copied to ``target`` (``want``); records why not."""
+    if have == want:
+        return True
+    if target.startswith(("transform.", "outputs.")):
+        report.add("ignored", "classifier", key)
+        note = (f"classifier: the checkpoint's final layer has shape {list(have)}, the head's {list(want)}; "
+                "it was left initialised")
+        if note not in report.notes:
+            report.notes.append(note)
+        return False
+    if target in PROJECTION and c.img_dim_mismatch == "reinit":
+        report.reinitialised_keys.append(f"{key} (checkpoint {list(have)}, head {list(want)})")
+        return False
+    raise FeatstoreError(
+        f"checkpoint key {key!r} has shape {tuple(have)} but the head's {target!r} has {tuple(want)}; build the "
+        "head with the checkpoint's sizes (hidden_size, intermediate_size, vocab_size), or for the image "
+        "features' width pass --set img_dim_mismatch=project or reinit")
+
+
+def _visual_tables(head: nn.Module, mapped: Dict[str, Tensor], report: LoadReport) -> None:
+    """MMF's ``special_visual_initialize`` after loading: visual tables the file lacks copy the loaded text ones."""
+    if not head.config.special_visual_initialize:
+        return
+    for visual, text in VISUAL_TABLES.items():
+        if visual not in mapped and text in mapped:
+            mapped[visual] = mapped[text]
+            report.notes.append(f"{visual}: not in the checkpoint; copied from {text} (special_visual_initialize)")
+
+
+def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
+    """Copy the matching tensors of ``sd`` into the visualbert ``head`` (in place) and report what happened."""
+    if getattr(head, "head_name", "") != "visualbert":
+        raise FeatstoreError("load_visualbert_checkpoint needs a 'visualbert' head; build the run with --head visualbert")
+    own = head.state_dict()
+    tasks = [t.name for t in head.outputs.tasks] if head.config.classifier == "mmf" else []
+    report, mapped = LoadReport(path=str(path)), {}
+    for key in sorted(sd):
+        target, group = map_key(key, tasks)
+        if target is None or (group == "classifier" and target not in own):
+            report.add("ignored", group, key)
+            continue
+        if target not in own:
+            raise FeatstoreError(f"checkpoint {path!r} key {key!r} has no counterpart {target!r} in the head; build "
+                                 "the head with the checkpoint's layer count (num_hidden_layers)")
+        if _place(report, key, target, tuple(sd[key].shape), tuple(own[target].shape), head.config):
+            mapped[target] = sd[key]
+            report.add("used", group, key)
+    if "used: backbone" not in report.groups:
+        raise FeatstoreError(f"checkpoint {path!r} has no VisualBERT or BERT weights (keys like "
+                             f"'model.bert.encoder.layer.0...'); {HOW_TO_GET}")
+    _visual_tables(head, mapped, report)
+    head.load_state_dict(mapped, strict=False)
+    report.missing_keys = sorted(k for k in own if k not in mapped)
+    return report
+
+
+def load_visualbert_checkpoint(head: nn.Module, path, *, trust_pickle: bool = False) -> LoadReport:
+    """Copy the weights of the VisualBERT / BERT checkpoint at ``path`` into ``head`` (in place) -> report."""
+    return load_state(head, read_weights(path, trust_pickle), str(path))
+
+
+def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any]) -> Dict[str, Any]:
+    """``given`` completed with the sizes and layer count the checkpoint's shapes imply."""
+    base = {t: s for k, s in shapes.items() for t, _ in [map_key(k, ())] if t is not None}
+    read = {"vocab_size": ("bert.embeddings.word_embeddings.weight", 0),
+            "hidden_size": ("bert.embeddings.word_embeddings.weight", 1),
+            "max_position_embeddings": ("bert.embeddings.position_embeddings.weight", 0),
+            "type_vocab_size": ("bert.embeddings.token_type_embeddings.weight", 0),
+            "intermediate_size": ("bert.encoder.layer.0.intermediate.dense.weight", 0),
+            "visual_embedding_dim": (PROJECTION[0], 1)}
+    found: Dict[str, Any] = {k: int(base[key][axis]) for k, (key, axis) in read.items() if key in base}
+    layers = {int(m.group(1)) for m in map(_LAYER.match, base) if m}
+    if layers:
+        found["num_hidden_layers"] = max(layers) + 1
+    return dict(found, **given)
+
+
+def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path, *,
+                         trust_pickle: bool = False) -> Tuple[nn.Module, LoadReport]:
+    """Build head ``name`` (``visualbert``, or ``refnet`` with ``base="visualbert"``) with the sizes the
+    checkpoint at ``path`` implies where ``head_cfg`` gives none, and load it -> (head, report)."""
+    from .models import create_head
+
+    sd = read_weights(path, trust_pickle)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    if name == "visualbert":
+        cfg = config_from_checkpoint(shapes, head_cfg)
+    else:
+        cfg = dict(head_cfg, base_cfg=config_from_checkpoint(shapes, dict(head_cfg.get("base_cfg") or {})))
+    head = create_head(name, inputs, spec, **cfg)
+    report = load_state(head.base if name == "refnet" else head, sd, str(path))
+    return head, report
