@@ -52,11 +52,7 @@ class TrainData:
         for k, v in self.features.items():
             if v.shape[0] != n:
                 raise FeatstoreError(f"feature {k!r} has {v.shape[0]} rows for {n} ids; rebuild the data so they match")
-        for a, b in (("img_regions", "img_mask"), ("txt_tokens", "txt_mask")):
-            if (a in self.features) != (b in self.features):
-                raise FeatstoreError(f"feature {a!r} needs {b!r} (and vice versa); pass both")
-        if "txt_ids" in self.features and "txt_mask" not in self.features:
-            raise FeatstoreError("feature 'txt_ids' needs 'txt_mask' (the real tokens); pass both")
+        self._check_masks()
         for t in self.task_spec.tasks:
             y = self.targets.get(t.name)
             if y is None:
@@ -67,6 +63,17 @@ class TrainData:
         for s, idx in self.splits.items():
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
                 raise FeatstoreError(f"split {s!r} has row indices outside 0..{n - 1}; rebuild the splits")
+
+    def _check_masks(self) -> None:
+        """Every item array has its mask and every mask an item array (text: token states and/or ids)."""
+        f = self.features
+        pairs = (("img_mask", ("img_regions",)), ("txt_mask", ("txt_tokens", "txt_ids")))
+        for mask, items in pairs:
+            for a in items:
+                if a in f and mask not in f:
+                    raise FeatstoreError(f"feature {a!r} needs {mask!r} (its real items); pass both")
+            if mask in f and not any(a in f for a in items):
+                raise FeatstoreError(f"feature {mask!r} masks nothing: pass {' or '.join(map(repr, items))} with it")
 
     # ------------------------------------------------------------------------------------------- access
     @property
@@ -260,7 +267,8 @@ def _image_features(fs, keys, image_pool: str, max_regions, device, dtype) -> Di
 
 def _text_features(fs, keys, text_array: str, text_pool: str, max_tokens, device, dtype) -> Dict[str, Tensor]:
     """``txt_tokens`` / ``txt_mask`` (from ``text_array``), ``txt_pooled`` (``text_pool``, else cls / mean) and
-    ``txt_ids`` (int64, from ``input_ids`` when the set has it)."""
+    ``txt_ids`` (int64, from ``input_ids`` when the set has it). ``text_array="input_ids"``: the ids and mask
+    alone, no token states (for a head that embeds the ids itself, visualbert: no memory on unused states)."""
     name, names, features = fs.name, set(fs.array_names), {}
     if text_pool not in ("cls", "mean") and text_pool not in names:
         raise FeatstoreError(f"text feature set {name!r} has no array {text_pool!r} for --text-pool "
@@ -276,10 +284,10 @@ def _text_features(fs, keys, text_array: str, text_pool: str, max_tokens, device
         raise FeatstoreError(f"text feature set {name!r} has neither {text_array!r} nor cls/mean "
                              f"(it has {', '.join(sorted(names))}); pass a text feature set")
     got = fs.select(keys, want, max_items=max_tokens, torch=True, device=device, dtype=dtype)
-    if text_array in got:
+    if text_array in got and text_array != "input_ids":
         features["txt_tokens"], features["txt_mask"] = got[text_array], got["mask"].bool()
-        if "input_ids" in got:
-            features["txt_ids"] = got["input_ids"].long()
+    if "input_ids" in got:
+        features["txt_ids"], features["txt_mask"] = got["input_ids"].long(), got["mask"].bool()
     if pool in got:
         features["txt_pooled"] = got[pool]
     return features

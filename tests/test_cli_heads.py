@@ -375,3 +375,30 @@ def test_visualbert_trains_on_the_bert_sets_token_ids_from_an_mmf_checkpoint(wor
     saved = json.loads((rd / "seed_0" / "metrics.json").read_text())["test"]
     ev = json.loads(invoke(heads, ["eval", rd, "--store", world["store"], "--dataset", world["data"], "--device", "cpu"]))
     assert ev["metrics"] == pytest.approx(saved, abs=1e-6, nan_ok=True)
+
+
+def test_visualbert_on_the_token_ids_alone_loads_no_token_states(world, tmp_path):
+    """``--text-array input_ids`` (the visualbert presets' choice): the ids and mask only, no float token
+    states in memory; the run records it, and eval / predict read the same without the flag."""
+    import torch
+
+    from heads.data import build_train_data
+
+    data = build_train_data(open_store(world["store"]), world["data"], "grid", "bert", "label", text_array="input_ids")
+    assert "txt_tokens" not in data.features and data.features["txt_ids"].dtype == torch.int64
+    full = build_train_data(open_store(world["store"]), world["data"], "grid", "bert", "label")
+    assert torch.equal(data.features["txt_ids"], full.features["txt_ids"])
+    assert torch.equal(data.features["txt_mask"], full.features["txt_mask"])
+    rd = tmp_path / "ids"
+    invoke(heads, train_args(world, rd, "--preset", "visualbert-small", "--threads", "1", head="visualbert"))
+    config = json.loads((rd / "seed_0" / "config.json").read_text())
+    assert config["features"]["text"]["array"] == "input_ids" and config["input_spec"]["txt_tokens"] == 0
+    base = ["--store", world["store"], "--dataset", world["data"], "--device", "cpu"]
+    ev = json.loads(invoke(heads, ["eval", rd, *base]))
+    assert ev["metrics"] == pytest.approx(json.loads((rd / "seed_0" / "metrics.json").read_text())["test"], abs=1e-6,
+                                          nan_ok=True)
+    invoke(heads, ["predict", rd, *base, "--split", "test", "--out", tmp_path / "p.csv"])
+    assert (tmp_path / "p.csv").read_text() == (rd / "seed_0" / "predictions_test.csv").read_text()
+    line = one_line_error(heads, train_args(world, tmp_path / "vil", "--text-array", "input_ids", head="vilbert"))
+    assert line == ("error: head 'vilbert' needs text tokens but the text feature set gives pooled vectors only; "
+                    "extract text with a token-level text extractor (per-token states) or use --head concat")

@@ -101,7 +101,9 @@ def test_head_needs_are_public_metadata_and_checked_by_create_head():
     assert HEADS.info("vilbert").meta["needs"] == {"img_regions", "txt_tokens"}
     assert HEADS.info("concat").meta["needs"] == {"img_pooled", "txt_pooled"}
     assert HEADS.info("text-only").meta["needs"] == {"txt_pooled"}
-    assert all(set(i.meta["needs"]) <= {"img_regions", "img_pooled", "txt_tokens", "txt_pooled"} for i in HEADS.infos())
+    assert HEADS.info("visualbert").meta["needs"] == {"img_regions", "txt_ids"}  # it embeds the token ids itself
+    assert all(set(i.meta["needs"]) <= {"img_regions", "img_pooled", "txt_tokens", "txt_pooled", "txt_ids"}
+               for i in HEADS.infos())
     spec = TaskSpec([Task("label", "binary", 2, ["0", "1"])])
     with pytest.raises(FeatstoreError) as e:
         create_head("vilbert", InputSpec(img_dim=8, txt_dim=8, img_regions=4, txt_tokens=0, txt_pooled=True), spec)

@@ -322,3 +322,18 @@ def test_optimiser_groups_are_mmfs_bert_groups():
     assert groups[0.01] == set(names.values()) - groups[0.0]
     assert "bert.embeddings.LayerNorm.weight" in groups[0.0] and "transform.LayerNorm.weight" in groups[0.0]
     assert "bert.embeddings.word_embeddings.weight" in groups[0.01]
+
+
+def test_train_data_pairs_token_ids_with_their_mask():
+    from heads.data import TrainData
+
+    y = {"label": torch.tensor([0, 1])}
+    splits = {"train": torch.tensor([0]), "dev": torch.tensor([1])}
+    ids, mask = torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool)
+    ok = TrainData({"txt_ids": ids, "txt_mask": mask, "img_pooled": torch.zeros(2, 4)}, ["a", "b"], y, splits, BINARY)
+    assert ok.input_spec().txt_ids and ok.input_spec().txt_tokens == 0
+    with pytest.raises(FeatstoreError, match=r"^feature 'txt_ids' needs 'txt_mask' \(its real items\); pass both$"):
+        TrainData({"txt_ids": ids}, ["a", "b"], y, splits, BINARY)
+    with pytest.raises(FeatstoreError, match=r"^feature 'txt_mask' masks nothing: pass 'txt_tokens' or 'txt_ids' "
+                                             r"with it$"):
+        TrainData({"txt_mask": mask, "img_pooled": torch.zeros(2, 4)}, ["a", "b"], y, splits, BINARY)

@@ -130,11 +130,11 @@ _NEED_WORDS = {
 
 def _missing_needs(needs: frozenset, inputs: InputSpec) -> List[str]:
     have = set()
-    if inputs.img_dim <= 0 and inputs.txt_dim <= 0:
+    if inputs.img_dim <= 0 and inputs.txt_dim <= 0 and not inputs.txt_ids:
         return sorted(needs)
     if inputs.img_dim <= 0:  # no image feature set at all
         inputs = dataclasses.replace(inputs, img_regions=0, img_pooled=False)
-    if inputs.txt_dim <= 0:  # no text feature set at all
+    if inputs.txt_dim <= 0:  # no text states (at most token ids)
         inputs = dataclasses.replace(inputs, txt_tokens=0, txt_pooled=False)
     if inputs.img_regions > 0:
         have |= {"img_regions", "img_pooled"}
@@ -144,7 +144,7 @@ def _missing_needs(needs: frozenset, inputs: InputSpec) -> List[str]:
         have |= {"txt_tokens", "txt_pooled"}
     if inputs.txt_pooled:
         have.add("txt_pooled")
-    if inputs.txt_ids and inputs.txt_tokens > 0:
+    if inputs.txt_ids:
         have.add("txt_ids")
     return [n for n in sorted(needs) if n not in have]
 
