@@ -606,8 +606,8 @@ def padding_main(args, device: torch.device) -> int:
     print()
     print("s/epoch: train()'s epoch (train + val pass, median after the first), variants one after another; "
           "steps: one epoch of forward + backward, the variants interleaved batch by batch (the same load for all); "
-          "'no-padding bound': every batch at the mean real lengths, nothing padded; 'packed': vilbert's per-position "
-          "work on real positions only (its CPU default); untrimmed and trimmed run dense")
+          "'no-padding bound': every batch at the mean real lengths, nothing padded; 'packed': vilbert's and "
+          "visualbert's per-position work on real positions only (their CPU default); untrimmed and trimmed run dense")
     print(format_table(["head", "regions", "config", "variant", "s/epoch", "speed-up", "steps s", "speed-up (steps)"],
                        rows))
     print()

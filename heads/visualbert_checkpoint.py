@@ -1,6 +1,7 @@
 """Load VisualBERT weights into a ``visualbert`` head (``heads.models.visualbert.VisualBertHead``), whole.
 
-Accepted files (a file, or a folder holding ``model.safetensors`` / ``pytorch_model.bin`` / ``model.pth``):
+Accepted files (a file, a folder holding ``model.safetensors`` / ``pytorch_model.bin`` / ``model.pth``, or a
+model id such as ``bert-base-uncased`` found in the local Hugging Face cache):
 
 * MMF's VisualBERT (``visual_bert.pretrained.coco``, ``visual_bert.finetuned.hateful_memes_*``: the
   ``model.pth`` inside the zoo's tar): ``model.bert.*`` (``bert.bert.*`` in the original uclanlp files, which
@@ -77,9 +78,22 @@ def map_key(key: str, tasks) -> Tuple[Optional[str], str]:
     return "bert." + rest, "backbone"
 
 
+def _local(path) -> Path:
+    """``path`` itself, or a model id (``bert-base-uncased``, ``org/name``) resolved in the local Hugging Face
+    cache (``featstore.extractors.weights.resolve_weights``: never the network; a miss says how to get it)."""
+    p = Path(os.path.expanduser(os.fspath(path)))
+    spec = os.fspath(path)
+    if p.exists() or spec.count("/") > 1 or spec.startswith((".", "/", "~")) or p.suffix in (".pth", ".pt", ".bin",
+                                                                                                 ".safetensors"):
+        return p
+    from featstore.extractors.weights import resolve_weights
+
+    return resolve_weights(spec, "dir")
+
+
 def read_weights(path, trust_pickle: bool = False) -> Dict[str, Tensor]:
-    """The tensors of a checkpoint file or model folder (see the module docstring) by name."""
-    p = Path(os.fspath(path))
+    """The tensors of a checkpoint file, model folder or cached model id (module docstring) by name."""
+    p = _local(path)
     if p.is_dir():
         found = next((p / f for f in FOLDER_FILES if (p / f).is_file()), None)
         if found is None:

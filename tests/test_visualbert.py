@@ -337,3 +337,27 @@ def test_train_data_pairs_token_ids_with_their_mask():
     with pytest.raises(FeatstoreError, match=r"^feature 'txt_mask' masks nothing: pass 'txt_tokens' or 'txt_ids' "
                                              r"with it$"):
         TrainData({"txt_mask": mask, "img_pooled": torch.zeros(2, 4)}, ["a", "b"], y, splits, BINARY)
+
+
+def test_a_model_id_is_read_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    """``--init-checkpoint bert-base-uncased``: the snapshot in the local cache (the documented layout, built
+    here), never the network; a model id that is not cached is a one-line error with the download command."""
+    from safetensors.torch import save_file
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    base = tmp_path / "hub" / "models--someorg--tiny-bert"
+    snap = base / "snapshots" / rev
+    snap.mkdir(parents=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(rev)
+    (snap / "config.json").write_text("{}")
+    sd = {k.replace("model.bert.", "bert."): v.float() for k, v in mmf_state(classifier=False).items()}
+    save_file(sd, str(snap / "model.safetensors"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    head = create_head("visualbert", INPUTS, BINARY, **SIZES)
+    report = load_visualbert_checkpoint(head, "someorg/tiny-bert")
+    assert report.groups["used: backbone"] and torch.equal(head.bert.pooler.dense.bias, sd["bert.pooler.dense.bias"])
+    with pytest.raises(FeatstoreError, match=r"^weights 'someorg/not-cached' are neither a local path nor in the "
+                                             r"Hugging Face cache .*huggingface-cli download someorg/not-cached"):
+        load_visualbert_checkpoint(head, "someorg/not-cached")
