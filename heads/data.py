@@ -278,7 +278,7 @@ def _text_features(fs, keys, text_array: str, text_pool: str, max_tokens, device
                              f"(it has {', '.join(sorted(names))}); pass one of those")
     pool = text_pool if text_pool in names else next((p for p in ("cls", "mean") if p in names), None)
     want = [n for n in (text_array, pool) if n is not None and n in names]
-    if want and text_array in want and "input_ids" in names and text_array != "input_ids":
+    if text_array in want and text_array != "input_ids" and "input_ids" in names:
         want.append("input_ids")
     if not want:
         raise FeatstoreError(f"text feature set {name!r} has neither {text_array!r} nor cls/mean "

@@ -81,14 +81,12 @@ def map_key(key: str, tasks) -> Tuple[Optional[str], str]:
 def _local(path) -> Path:
     """``path`` itself, or a model id (``bert-base-uncased``, ``org/name``) resolved in the local Hugging Face
     cache (``featstore.extractors.weights.resolve_weights``: never the network; a miss says how to get it)."""
-    p = Path(os.path.expanduser(os.fspath(path)))
-    spec = os.fspath(path)
-    if p.exists() or spec.count("/") > 1 or spec.startswith((".", "/", "~")) or p.suffix in (".pth", ".pt", ".bin",
-                                                                                                 ".safetensors"):
-        return p
-    from featstore.extractors.weights import resolve_weights
+    from featstore.extractors.weights import looks_like_model_id, resolve_weights
 
-    return resolve_weights(spec, "dir")
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if p.exists() or not looks_like_model_id(os.fspath(path)):
+        return p
+    return resolve_weights(os.fspath(path), "dir")
 
 
 def read_weights(path, trust_pickle: bool = False) -> Dict[str, Tensor]:

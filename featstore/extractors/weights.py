@@ -72,6 +72,13 @@ def _find_weight_file(directory: Path, spec: str) -> Path:
     return files[0]
 
 
+def looks_like_model_id(spec: str) -> bool:
+    """Whether ``spec`` (not an existing path) reads as a Hugging Face model id (``name`` or ``org/name``)
+    rather than a file path: no more than one "/", not relative / absolute / home, no weight-file suffix."""
+    return (spec.count("/") <= 1 and "\\" not in spec and not spec.startswith((".", "/", "~"))
+            and not spec.endswith(WEIGHT_FILE_SUFFIXES))
+
+
 def resolve_weights(spec: Union[str, os.PathLike], kind: str = "dir", *, cache_dir: Optional[str] = None) -> Path:
     """Turn a ``--weights`` value into a local path, without any network access.
 
@@ -89,9 +96,7 @@ def resolve_weights(spec: Union[str, os.PathLike], kind: str = "dir", *, cache_d
     path = Path(spec_s)
     if path.exists():
         return _check_local(path, kind, spec_s)
-    looks_like_id = (spec_s.count("/") <= 1 and "\\" not in spec_s and not spec_s.startswith((".", "/", "~"))
-                     and not spec_s.endswith(WEIGHT_FILE_SUFFIXES))
-    if not looks_like_id:
+    if not looks_like_model_id(spec_s):
         raise FeatstoreError(f"weights path {spec_s!r} does not exist; check the path or pass a model id "
                              "that is in the local Hugging Face cache")
     from huggingface_hub import snapshot_download

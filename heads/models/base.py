@@ -59,8 +59,8 @@ def image_mask(batch: Dict[str, Tensor]) -> Tensor:
 
 
 def text_mask(batch: Dict[str, Tensor]) -> Tensor:
-    """``txt_mask [B, T]`` as bool (all True when the batch has none)."""
-    return _mask(batch, "txt_mask", batch["txt_tokens"])
+    """``txt_mask [B, T]`` as bool (all True when the batch has none; T from ``txt_tokens``, else ``txt_ids``)."""
+    return _mask(batch, "txt_mask", batch["txt_tokens"] if "txt_tokens" in batch else batch["txt_ids"])
 
 
 def pooled_image(batch: Dict[str, Tensor]) -> Tensor:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from featstore.errors import FeatstoreError
 
-from .base import Head, image_mask, register_head
+from .base import Head, image_mask, register_head, text_mask
 from .vilbert import (Layout, TransformerLayer, additive_mask, check_mmf_head_choices, image_input_layer,
                       mmf_bert_groups, mmf_classifier, mmf_init)
 
@@ -182,8 +182,7 @@ class VisualBertHead(Head):
 
     def forward(self, batch: Dict[str, Tensor]) -> dict:
         ids, regions = batch["txt_ids"], batch["img_regions"]
-        t_mask = batch["txt_mask"].to(torch.bool) if "txt_mask" in batch else torch.ones_like(ids, dtype=torch.bool)
-        r_mask = image_mask(batch)
+        t_mask, r_mask = text_mask(batch), image_mask(batch)
         mask = torch.cat([t_mask, r_mask], dim=1)
         pack = ids.device.type == "cpu" if self.pack_positions is None else self.pack_positions
         layout = Layout.of(mask, pack)
