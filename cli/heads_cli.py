@@ -179,8 +179,8 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     for warning in data.meta.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
     cfg = TrainConfig(head=opts["head"], head_cfg=opts["head_cfg"], device=dev, **opts["train"])
-    for line in train_heads(cfg, data, out_dir, seed_list, progress=not quiet, vilbert_checkpoint=init_checkpoint,
-                            trust_checkpoint=trust_checkpoint, overwrite=overwrite, echo=click.echo if quiet else None):
+    for line in train_heads(cfg, data, out_dir, seed_list, progress=not quiet, overwrite=overwrite,
+                            echo=click.echo if quiet else None):
         click.echo(line)
     if save_fused:
         from featstore.store import open_store

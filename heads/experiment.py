@@ -146,14 +146,13 @@ def train_seeds(cfg, data: TrainData, seeds: Sequence[int], out_dir, progress: b
 
 
 def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int], *, progress: bool = True,
-                vilbert_checkpoint: Optional[str] = None, trust_checkpoint: bool = False, overwrite: bool = False,
-                echo=None) -> Iterator[str]:
+                overwrite: bool = False, echo=None) -> Iterator[str]:
     """Train one run per seed into ``out_dir/seed_<k>`` + ``summary.json`` (``heads.runs``); yield report
     lines as they happen: a start line, the CPU threads used (``heads.threads``, one choice for every seed),
-    one line per finished seed, then mean +- std per labelled split.
+    one line per finished seed, then mean +- std per labelled split. The init checkpoint is
+    ``cfg.init_checkpoint`` (a preset's or the command line's).
     ``echo``, when given (with ``progress`` off), also receives one line per epoch as it ends."""
     seeds = check_seeds(seeds)
-    cfg = dataclasses.replace(cfg, init_checkpoint=vilbert_checkpoint, trust_checkpoint=trust_checkpoint)
     if holds_run(out_dir) and not overwrite:
         prepare_out(out_dir, overwrite)  # the one-line refusal
     check_head(cfg, data)  # a bad head, option or input fails before --out is touched

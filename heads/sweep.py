@@ -458,4 +458,9 @@ def preset_base(preset: Optional[str], heads: Sequence[str], settings: Dict[str,
     p = load_preset(preset)
     if p.head in head_cfg:
         head_cfg[p.head] = {**p.head_cfg, **settings}
+    others = [h for h in heads if h != p.head]
+    if p.train.get("init_checkpoint") and others:
+        raise FeatstoreError(f"preset {p.name!r} starts its {p.head} head from {p.train['init_checkpoint']!r}, which "
+                             f"the other swept heads ({', '.join(others)}) cannot load; sweep --head {p.head} alone "
+                             "with it, or the others without --preset")
     return dict(p.train), head_cfg

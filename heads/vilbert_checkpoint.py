@@ -1,11 +1,18 @@
-"""Load Facebook/MMF ViLBERT checkpoints into a ``vilbert`` head (``heads.models.vilbert.VilbertHead``).
+"""Load Facebook/MMF ViLBERT checkpoints, or a plain BERT, into a ``vilbert`` head
+(``heads.models.vilbert.VilbertHead``), whole.
 
-Checkpoint keys look like ``model.bert.encoder.layer.7.attention.self.query.weight`` and
+ViLBERT checkpoint keys look like ``model.bert.encoder.layer.7.attention.self.query.weight`` and
 ``model.classifier.0.dense.weight`` (MMF, ``ViLBERTForClassification`` / ``ViLBERTForPretraining``), or
 with the older ``bert.bert.`` / ``bert.`` prefixes (vilbert-multi-task, ``ViLBERT.format_state_key``),
-stored as a bare state dict or under ``"model"`` (``"state_dict"`` is accepted too). The file is read by
-``featstore.extractors.vilbert_text.read_checkpoint`` (``weights_only=True`` unless ``trust_pickle``).
-After the prefix:
+stored as a bare state dict or under ``"model"`` (``"state_dict"`` is accepted too). A plain BERT
+(``bert-base-uncased``: ``bert.*``, or bare ``embeddings.*`` / ``encoder.*`` / ``pooler.*``, LayerNorm
+``gamma`` / ``beta`` read as ``weight`` / ``bias``) is MMF's direct recipe, which builds ViLBERT with
+``ViLBERTBase.from_pretrained("bert-base-uncased")``: BERT's names are ViLBERT's text-stream names, so its
+text layers load and everything else starts as MMF's ``_init_weights`` (the report says so); BERT's
+``pooler`` is not ViLBERT's ``t_pooler`` (that one maps to ``bi_hidden_size``) and is ignored, as
+``from_pretrained`` leaves it. A VisualBERT checkpoint is refused with the head to use. A file, a folder or
+a model id in the local Hugging Face cache is read by ``heads.checkpoints.read_weights``
+(``weights_only=True`` unless ``trust_pickle``). After the prefix:
 
 * ``encoder.layer.{i}.*`` with ``i >= text_start_layer`` -> the head's ``encoder.layer.{i - text_start_layer}``;
   the lower text layers and ``embeddings.*`` ran before the text states were cached (the ``vilbert-text``
@@ -24,52 +31,36 @@ a config. Attention head counts cannot be read from shapes: they keep the head's
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
-from featstore.extractors.vilbert_text import base_key, read_checkpoint
+from featstore.extractors.vilbert_text import base_key
 
-DIRECT = ("encoder.v_layer.", "encoder.c_layer.", "v_embeddings.", "t_pooler.", "v_pooler.")
+from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights, torch_names
+
+__all__ = ["LoadReport", "load_vilbert_checkpoint", "map_key", "config_from_checkpoint", "head_from_checkpoint"]
+
+AS_IS = ("encoder.v_layer.", "encoder.c_layer.", "v_embeddings.", "t_pooler.", "v_pooler.")
 CLASSIFIER = ("model.classifier.", "bert.classifier.", "module.classifier.", "classifier.")
 PRETRAINING = ("model.cls.", "bert.cls.", "module.cls.", "cls.")
 IMAGE_EMBEDDING = "v_embeddings.image_embeddings.weight"
+BARE = ("embeddings.", "encoder.", "pooler.")  # a BERT saved without its "bert." prefix (transformers' BertModel)
+VISUALBERT = ("embeddings.projection.", "embeddings.visual_projection.", "embeddings.token_type_embeddings_visual.",
+              "embeddings.visual_token_type_embeddings.")
+HOW_TO_GET = ("MMF's ViLBERT is https://dl.fbaipublicfiles.com/mmf/data/models/vilbert/vilbert.pretrained.cc_original"
+              ".tar.gz (its model.pth), or pass a bert-base-uncased folder (MMF's direct recipe)")
+DIRECT_NOTE = ("a plain BERT, as MMF's direct recipe (ViLBERTBase.from_pretrained(bert-base-uncased)): the text "
+               "layers come from it; the image embedding, visual layers, co-attention, both poolers and the "
+               "classifier start as MMF's _init_weights")
 _INDEXED = re.compile(r"^encoder\.(layer|v_layer|c_layer)\.(\d+)\.")
 
 
-@dataclass
-class LoadReport:
-    path: str = ""
-    used_keys: List[str] = field(default_factory=list)  # checkpoint keys copied into the head
-    ignored_keys: List[str] = field(default_factory=list)  # checkpoint keys left out (see ``groups``)
-    missing_keys: List[str] = field(default_factory=list)  # head keys the checkpoint did not provide
-    reinitialised_keys: List[str] = field(default_factory=list)  # checkpoint keys of another shape, not used
-    groups: Dict[str, List[str]] = field(default_factory=dict)  # "used: <group>" / "ignored: <group>" -> keys
-    notes: List[str] = field(default_factory=list)
-
-    def add(self, kind: str, group: str, key: str) -> None:
-        (self.used_keys if kind == "used" else self.ignored_keys).append(key)
-        self.groups.setdefault(f"{kind}: {group}", []).append(key)
-
-    def _counts(self, kind: str) -> str:
-        return ", ".join(f"{g.split(': ', 1)[1]} {len(k)}" for g, k in self.groups.items() if g.startswith(kind))
-
-    def lines(self) -> List[str]:
-        """Two lines: what was used and missing; what was ignored or re-initialised, and why."""
-        top = sorted({k.split(".", 1)[0] for k in self.missing_keys})
-        first = (f"checkpoint {self.path}: used {len(self.used_keys)} tensors ({self._counts('used')}); "
-                 f"missing {len(self.missing_keys)}" + (f" ({', '.join(top)}: left initialised)" if top else ""))
-        second = f"  ignored {len(self.ignored_keys)} ({self._counts('ignored') or 'none'})"
-        if self.reinitialised_keys:
-            second += f"; re-initialised {', '.join(self.reinitialised_keys)}"
-        return [first, second + "".join(f"; {n}" for n in self.notes)]
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["summary"] = self.lines()
-        return d
+def _rest(key: str) -> Optional[str]:
+    """The key after its ViLBERT/BERT base-model prefix, a bare BERT key as it is, or None."""
+    rest = base_key(key)
+    return rest if rest is not None else (key if key.startswith(BARE) else None)
 
 
 def _group(rest: Optional[str], key: str) -> str:
@@ -85,12 +76,15 @@ def _group(rest: Optional[str], key: str) -> str:
         return "text embeddings"
     if rest.startswith("encoder.layer."):
         return "text layers"
-    return "backbone" if rest.startswith(DIRECT) else "other"
+    if rest.startswith("pooler."):
+        return "BERT pooler"  # ViLBERT's text pooler is t_pooler, Linear(hidden -> bi_hidden): not this one
+    return "backbone" if rest.startswith(AS_IS) else "other"
 
 
 def map_key(key: str, text_start_layer: int, tasks: Sequence[str] = ()) -> Tuple[Optional[str], str]:
     """``(head key or None, group)`` for one checkpoint key; groups name what the key belongs to."""
-    rest = base_key(key)
+    key = torch_names(key)
+    rest = _rest(key)
     group = _group(rest, key)
     if group == "classifier":
         tail = key[len(next(p for p in CLASSIFIER if key.startswith(p))):]
@@ -109,6 +103,14 @@ def map_key(key: str, text_start_layer: int, tasks: Sequence[str] = ()) -> Tuple
     return None, group
 
 
+def _refuse_visualbert(sd: Dict[str, Tensor], path: str) -> None:
+    """A VisualBERT checkpoint (its visual projection / token-type tables) is not a ViLBERT one: refuse."""
+    key = next((k for k in sd if (_rest(k) or "").startswith(VISUALBERT)), None)
+    if key is not None:
+        raise FeatstoreError(f"checkpoint {path!r} is a VisualBERT checkpoint (key {key!r}), not ViLBERT or BERT; "
+                             "train it with --head visualbert")
+
+
 def _classifier_note(report: LoadReport, key: str, have, want) -> None:
     report.add("ignored", "classifier", key)
     note = (f"classifier: the checkpoint's final layer has {have[0]} labels, the head's task {want[0]} outputs; "
@@ -124,6 +126,7 @@ def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
     c = head.config
     own = head.state_dict()
     tasks = [t.name for t in head.outputs.tasks] if c.classifier == "mmf" else []
+    _refuse_visualbert(sd, path)
     report, mapped = LoadReport(path=str(path)), {}
     for key in sorted(sd):
         target, group = map_key(key, c.text_start_layer, tasks)
@@ -149,8 +152,11 @@ def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
         mapped[target] = sd[key]
         report.add("used", group, key)
     if not any(g in report.groups for g in ("used: backbone", "used: upper text layers")):
-        raise FeatstoreError(f"checkpoint {path!r} has no ViLBERT weights (keys like "
-                             "'model.bert.encoder.v_layer.0...'); pass a ViLBERT checkpoint")
+        raise FeatstoreError(f"checkpoint {path!r} has no ViLBERT or BERT weights for this head (keys like "
+                             f"'model.bert.encoder.v_layer.0...' or 'bert.encoder.layer.{c.text_start_layer}...'); "
+                             f"{HOW_TO_GET}")
+    if "used: backbone" not in report.groups:
+        report.note(DIRECT_NOTE)
     head.load_state_dict(mapped, strict=False)
     report.missing_keys = sorted(k for k in own if k not in mapped)
     return report
@@ -165,7 +171,7 @@ def load_vilbert_checkpoint(head: nn.Module, path: str, *, trust_pickle: bool = 
     """
     if not hasattr(head, "encoder") or not hasattr(head, "v_embeddings"):
         raise FeatstoreError("load_vilbert_checkpoint needs a 'vilbert' head; build the run with --head vilbert")
-    return load_state(head, read_checkpoint(path, trust_pickle), path)
+    return load_state(head, read_weights(path, trust_pickle, HOW_TO_GET), str(path))
 
 
 def _counts(shapes: Dict[str, tuple]) -> Dict[str, int]:
@@ -183,7 +189,7 @@ def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any]) -> D
     Ids follow MMF's layout when not given: co-attention block k after visual layers ``0..k-1`` and text
     layers ``0..N-K+k-1`` (v ids ``0..K-1``, t ids ``N-K..N-1``: MMF's 0..5 / 6..11), and
     ``text_start_layer`` = the first t id (where ViLBERT's co-attention starts)."""
-    base = {base_key(k): s for k, s in shapes.items() if base_key(k) is not None}
+    base = {_rest(torch_names(k)): s for k, s in shapes.items() if _rest(torch_names(k)) is not None}
     n = _counts(base)
     read = {"hidden_size": ("encoder.layer.0.attention.self.query.weight", 0),
             "intermediate_size": ("encoder.layer.0.intermediate.dense.weight", 0),
@@ -204,21 +210,10 @@ def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any]) -> D
     return out
 
 
-def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path: str, *,
+def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path, *,
                          trust_pickle: bool = False) -> Tuple[nn.Module, LoadReport]:
     """Build head ``name`` (``vilbert``, or ``refnet`` with ``base="vilbert"``) with the sizes the checkpoint
     at ``path`` implies where ``head_cfg`` gives none, load the checkpoint into it; -> (head, report)."""
-    from .models import create_head
-
-    sd = read_checkpoint(path, trust_pickle)
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    if name == "vilbert":
-        cfg = config_from_checkpoint(shapes, head_cfg)
-    elif name == "refnet" and head_cfg.get("base") == "vilbert":
-        cfg = dict(head_cfg, base_cfg=config_from_checkpoint(shapes, dict(head_cfg.get("base_cfg") or {})))
-    else:
-        raise FeatstoreError(f"--vilbert-checkpoint initialises a vilbert head, not {name!r}; pass --head vilbert "
-                             "(or --head refnet --set base=vilbert)")
-    head = create_head(name, inputs, spec, **cfg)
-    report = load_state(head.base if name == "refnet" else head, sd, path)
-    return head, report
+    return build_from_checkpoint("vilbert", name, inputs, spec, head_cfg, path, trust_pickle=trust_pickle,
+                                 config_from_checkpoint=config_from_checkpoint, load_state=load_state,
+                                 how_to_get=HOW_TO_GET)

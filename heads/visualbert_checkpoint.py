@@ -23,17 +23,15 @@ gives none (attention head counts cannot be read: 12 unless given).
 """
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
-from featstore.extractors.vilbert_text import read_checkpoint
 
-from .vilbert_checkpoint import LoadReport
+from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights as read_weights_of
+from .checkpoints import torch_names
 
 BASE_PREFIXES = ("model.bert.", "bert.bert.", "module.model.bert.", "module.bert.", "visual_bert.", "bert.")
 BARE = ("embeddings.", "encoder.", "pooler.")
@@ -44,22 +42,14 @@ HF_RENAMES = {"embeddings.visual_projection.": "embeddings.projection.",
 VISUAL_TABLES = {"bert.embeddings.token_type_embeddings_visual.weight": "bert.embeddings.token_type_embeddings.weight",
                  "bert.embeddings.position_embeddings_visual.weight": "bert.embeddings.position_embeddings.weight"}
 PROJECTION = ("bert.embeddings.projection.weight", "bert.embeddings.projection.bias")
-FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
 HOW_TO_GET = ("MMF's VisualBERT is https://dl.fbaipublicfiles.com/mmf/data/models/visual_bert/"
               "visual_bert.pretrained.coco.tar.gz (its model.pth), or pass a bert-base-uncased folder")
 _LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
 
 
-def _old_names(key: str) -> str:
-    """TF-port LayerNorm names (``gamma`` / ``beta``) as torch's (``weight`` / ``bias``)."""
-    if ".LayerNorm." in key or key.startswith("LayerNorm."):
-        key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
-    return key
-
-
 def map_key(key: str, tasks) -> Tuple[Optional[str], str]:
     """(the head's key for checkpoint ``key`` or None, the report group)."""
-    k = _old_names(key)
+    k = torch_names(key)
     if k.endswith("position_ids"):
         return None, "buffers"
     for p in CLASSIFIER_PREFIXES:
@@ -78,33 +68,9 @@ def map_key(key: str, tasks) -> Tuple[Optional[str], str]:
     return "bert." + rest, "backbone"
 
 
-def _local(path) -> Path:
-    """``path`` itself, or a model id (``bert-base-uncased``, ``org/name``) resolved in the local Hugging Face
-    cache (``featstore.extractors.weights.resolve_weights``: never the network; a miss says how to get it)."""
-    from featstore.extractors.weights import looks_like_model_id, resolve_weights
-
-    p = Path(os.path.expanduser(os.fspath(path)))
-    if p.exists() or not looks_like_model_id(os.fspath(path)):
-        return p
-    return resolve_weights(os.fspath(path), "dir")
-
-
 def read_weights(path, trust_pickle: bool = False) -> Dict[str, Tensor]:
-    """The tensors of a checkpoint file, model folder or cached model id (module docstring) by name."""
-    p = _local(path)
-    if p.is_dir():
-        found = next((p / f for f in FOLDER_FILES if (p / f).is_file()), None)
-        if found is None:
-            raise FeatstoreError(f"checkpoint folder {str(p)!r} holds none of {', '.join(FOLDER_FILES)}; pass the "
-                                 f"weight file itself. {HOW_TO_GET}")
-        p = found
-    if not p.exists():
-        raise FeatstoreError(f"checkpoint {str(p)!r} does not exist; {HOW_TO_GET}")
-    if p.suffix == ".safetensors":
-        from featstore.extractors.weights import load_state_dict
-
-        return load_state_dict(p)
-    return read_checkpoint(str(p), trust_pickle)
+    """The tensors of a checkpoint file, model folder or cached model id (``heads.checkpoints``) by name."""
+    return read_weights_of(path, trust_pickle, HOW_TO_GET)
 
 
 def _place(report: LoadReport, key: str, target: str, have, want, c) -> bool:
@@ -189,14 +155,6 @@ def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path
                          trust_pickle: bool = False) -> Tuple[nn.Module, LoadReport]:
     """Build head ``name`` (``visualbert``, or ``refnet`` with ``base="visualbert"``) with the sizes the
     checkpoint at ``path`` implies where ``head_cfg`` gives none, and load it -> (head, report)."""
-    from .models import create_head
-
-    sd = read_weights(path, trust_pickle)
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    if name == "visualbert":
-        cfg = config_from_checkpoint(shapes, head_cfg)
-    else:
-        cfg = dict(head_cfg, base_cfg=config_from_checkpoint(shapes, dict(head_cfg.get("base_cfg") or {})))
-    head = create_head(name, inputs, spec, **cfg)
-    report = load_state(head.base if name == "refnet" else head, sd, str(path))
-    return head, report
+    return build_from_checkpoint("visualbert", name, inputs, spec, head_cfg, path, trust_pickle=trust_pickle,
+                                 config_from_checkpoint=config_from_checkpoint, load_state=load_state,
+                                 how_to_get=HOW_TO_GET)

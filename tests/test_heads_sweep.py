@@ -274,6 +274,19 @@ def test_a_preset_gives_every_row_its_train_settings_and_its_head_its_options(wo
     assert rows["concat"]["head_cfg"] == {"dropout": 0.3}
 
 
+def test_a_preset_with_an_init_checkpoint_sweeps_its_own_head_only(world, tmp_path):
+    """vilbert-hm-direct starts vilbert from bert-base-uncased: a concat row could not load it, so the sweep
+    is refused before any row runs, naming the fix."""
+    res = invoke_result(heads, ["sweep", "--store", world["store"], "--dataset", world["data"], "--image", "img",
+                                "--text", "txt", "--head", "vilbert,concat", "--preset", "vilbert-hm-direct",
+                                "--seeds", "0", "--device", "cpu", "--out", tmp_path / "s"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.splitlines()[-1] == (
+        "error: preset 'vilbert-hm-direct' starts its vilbert head from 'bert-base-uncased', which the other swept "
+        "heads (concat) cannot load; sweep --head vilbert alone with it, or the others without --preset")
+    assert not (tmp_path / "s" / "runs").exists()
+
+
 def test_more_bad_input_messages(world, tmp_path, swept):
     from heads.compare import compare_runs
     from heads.sweep_layout import read_leaderboard_order

@@ -218,8 +218,9 @@ def test_cold_old_cache_and_warm_cache_store_the_per_image_paths_features(tmp_pa
     assert cold.failures == old.failures == warm.failures and list(cold.failures) == ["00090"]
     for arr in cold.array_names:
         assert np.array_equal(old.read(arr), cold.read(arr)) and np.array_equal(warm.read(arr), cold.read(arr))
-        for i, k in enumerate(keys):
-            np.testing.assert_allclose(cold.read(arr)[i], ref[i][arr][0], rtol=1e-5, atol=1e-5, err_msg=arr)
+        for i, k in enumerate(keys):  # a batch of images vs one: float32 convolutions summed in another order
+            # (oneDNN picks its kernel by batch size), 1.1e-5 apart once at a value of 0.11; a resize differs by 1e-2
+            np.testing.assert_allclose(cold.read(arr)[i], ref[i][arr][0], rtol=1e-4, atol=1e-4, err_msg=arr)
 
 
 def test_prefill_with_a_recipe_fills_the_resized_entries(tmp_path):

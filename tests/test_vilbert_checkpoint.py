@@ -130,7 +130,7 @@ def test_unusable_files(tmp_path):
         load_vilbert_checkpoint(h, str(junk))
     other = tmp_path / "other.pt"
     torch.save({"model": {"resnet.conv1.weight": torch.zeros(2)}}, other)
-    with pytest.raises(FeatstoreError, match="no ViLBERT weights"):
+    with pytest.raises(FeatstoreError, match="no ViLBERT or BERT weights for this head"):
         load_vilbert_checkpoint(h, str(other))
     empty = tmp_path / "empty.pt"
     torch.save({"epoch": 3}, empty)

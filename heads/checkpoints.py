@@ -1,0 +1,126 @@
+"""What every ``--init-checkpoint`` reader shares: finding and reading the tensors, the load report, and
+building a head with the sizes a checkpoint implies.
+
+A checkpoint is a file (``torch.save`` output, bare or under ``"model"`` / ``"state_dict"``, or a
+``.safetensors`` file), a folder holding one of ``FOLDER_FILES`` (a ``save_pretrained`` folder, MMF's zoo
+folder) or a model id (``bert-base-uncased``, ``org/name``) found in the local Hugging Face cache - never
+the network; a miss says how to get it. Old TF-port LayerNorm names (``gamma`` / ``beta``, as in
+bert-base-uncased's ``pytorch_model.bin``) read as torch's (``weight`` / ``bias``): ``torch_names``.
+
+The readers of one head family (``heads.vilbert_checkpoint``, ``heads.visualbert_checkpoint``) supply a
+``config_from_checkpoint(shapes, given)`` and a ``load_state(head, sd, path) -> LoadReport``;
+``head_from_checkpoint`` does the rest for the head itself or for refnet over it (``base=``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+from torch import Tensor, nn
+
+from featstore.errors import FeatstoreError
+
+FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
+
+
+@dataclass
+class LoadReport:
+    path: str = ""
+    used_keys: List[str] = field(default_factory=list)  # checkpoint keys copied into the head
+    ignored_keys: List[str] = field(default_factory=list)  # checkpoint keys left out (see ``groups``)
+    missing_keys: List[str] = field(default_factory=list)  # head keys the checkpoint did not provide
+    reinitialised_keys: List[str] = field(default_factory=list)  # checkpoint keys of another shape, not used
+    groups: Dict[str, List[str]] = field(default_factory=dict)  # "used: <group>" / "ignored: <group>" -> keys
+    notes: List[str] = field(default_factory=list)
+
+    def add(self, kind: str, group: str, key: str) -> None:
+        (self.used_keys if kind == "used" else self.ignored_keys).append(key)
+        self.groups.setdefault(f"{kind}: {group}", []).append(key)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def _counts(self, kind: str) -> str:
+        return ", ".join(f"{g.split(': ', 1)[1]} {len(k)}" for g, k in self.groups.items() if g.startswith(kind))
+
+    def lines(self) -> List[str]:
+        """Two lines: what was used and missing; what was ignored or re-initialised, and why."""
+        top = sorted({k.split(".", 1)[0] for k in self.missing_keys})
+        first = (f"checkpoint {self.path}: used {len(self.used_keys)} tensors ({self._counts('used')}); "
+                 f"missing {len(self.missing_keys)}" + (f" ({', '.join(top)}: left initialised)" if top else ""))
+        second = f"  ignored {len(self.ignored_keys)} ({self._counts('ignored') or 'none'})"
+        if self.reinitialised_keys:
+            second += f"; re-initialised {', '.join(self.reinitialised_keys)}"
+        return [first, second + "".join(f"; {n}" for n in self.notes)]
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["summary"] = self.lines()
+        return d
+
+
+def torch_names(key: str) -> str:
+    """TF-port LayerNorm names (``LayerNorm.gamma`` / ``beta``) as torch's (``weight`` / ``bias``)."""
+    if ".LayerNorm." in key or key.startswith("LayerNorm."):
+        key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
+    return key
+
+
+def local_path(path) -> Path:
+    """``path`` itself, or a model id resolved in the local Hugging Face cache
+    (``featstore.extractors.weights.resolve_weights``)."""
+    from featstore.extractors.weights import looks_like_model_id, resolve_weights
+
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if p.exists() or not looks_like_model_id(os.fspath(path)):
+        return p
+    return resolve_weights(os.fspath(path), "dir")
+
+
+def read_weights(path, trust_pickle: bool = False, how_to_get: str = "") -> Dict[str, Tensor]:
+    """The tensors of a checkpoint file, model folder or cached model id (module docstring) by name, the
+    LayerNorm names as torch's; ``how_to_get`` ends the message when nothing is found."""
+    from featstore.extractors.vilbert_text import read_checkpoint
+
+    p = local_path(path)
+    if p.is_dir():
+        found = next((p / f for f in FOLDER_FILES if (p / f).is_file()), None)
+        if found is None:
+            raise FeatstoreError(f"checkpoint folder {str(p)!r} holds none of {', '.join(FOLDER_FILES)}; pass the "
+                                 f"weight file itself. {how_to_get}".rstrip())
+        p = found
+    if not p.exists():
+        raise FeatstoreError(f"checkpoint {str(p)!r} does not exist; {how_to_get or 'pass the path of the file'}")
+    if p.suffix == ".safetensors":
+        from featstore.extractors.weights import load_state_dict
+
+        sd = load_state_dict(p)
+    else:
+        sd = read_checkpoint(str(p), trust_pickle)
+    return {torch_names(k): v for k, v in sd.items()}
+
+
+def head_from_checkpoint(family: str, name: str, inputs, spec, head_cfg: Dict[str, Any], path, *,
+                         config_from_checkpoint: Callable[[Dict[str, tuple], Dict[str, Any]], Dict[str, Any]],
+                         load_state: Callable[[nn.Module, Dict[str, Tensor], str], LoadReport],
+                         trust_pickle: bool = False, how_to_get: str = "") -> Tuple[nn.Module, LoadReport]:
+    """Build head ``name`` (``family`` itself, or ``refnet`` with ``base=family``) with the sizes the
+    checkpoint at ``path`` implies where ``head_cfg`` gives none, and load the checkpoint -> (head, report)."""
+    from .models import create_head
+
+    if name != family and not (name == "refnet" and head_cfg.get("base") == family):
+        raise FeatstoreError(f"this checkpoint reader initialises a {family} head, not {name!r}; pass --head {family} "
+                             f"(or --head refnet --set base={family})")
+    sd = read_weights(path, trust_pickle, how_to_get)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    if name == family:
+        cfg = config_from_checkpoint(shapes, dict(head_cfg))
+    else:
+        cfg = dict(head_cfg, base_cfg=config_from_checkpoint(shapes, dict(head_cfg.get("base_cfg") or {})))
+    head = create_head(name, inputs, spec, **cfg)
+    report = load_state(head.base if name == "refnet" else head, sd, str(path))
+    return head, report
