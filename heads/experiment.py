@@ -23,7 +23,8 @@ from .outputs import probabilities
 from .runs import CONFIG, METRICS, SUMMARY, _read_json, holds_run, load_run, prepare_out, read_config, save_run, \
     write_predictions, write_summary
 from .spec import InputSpec, TaskSpec
-from .train import TrainConfig, TrainResult, knn_predictions, labelled_train_rows, predict_logits, train
+from .train import (TrainConfig, TrainResult, knn_predictions, labelled_train_rows, predict_logits, random_start_note,
+                    train)
 
 HEADLINE = ("auroc", "accuracy", "f1", "macro_f1", "micro_auroc", "macro_auroc", "subset_accuracy")
 
@@ -158,6 +159,9 @@ def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int]
     check_head(cfg, data)  # a bad head, option or input fails before --out is touched
     out = prepare_out(out_dir, overwrite)
     yield f"training head {cfg.head} on {len(data)} samples, seeds {','.join(map(str, seeds))} -> {out}"
+    note = random_start_note(cfg)
+    if note:
+        yield note
     unlabelled = unlabelled_train_rows(data)
     if unlabelled:
         yield (f"note: train rows without a label for any task: {unlabelled} (not trained on; check the "

@@ -371,6 +371,20 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
 CHECKPOINT_HEADS = ("vilbert", "visualbert")  # heads --init-checkpoint loads into (alone or as refnet's base)
 
 
+PRETRAINED_FROM = {"vilbert": "MMF's model.pth (vilbert.pretrained.cc_original) or bert-base-uncased",
+                   "visualbert": "MMF's model.pth (visual_bert.pretrained.coco) or bert-base-uncased"}
+
+
+def random_start_note(cfg: TrainConfig) -> Optional[str]:
+    """A one-line note when a head that the published rows start from pretrained weights starts random."""
+    target = cfg.head_cfg.get("base") if cfg.head == "refnet" else cfg.head
+    if target not in CHECKPOINT_HEADS or cfg.init_checkpoint:
+        return None
+    return (f"note: {target} starts from random weights; the published {target} rows start from "
+            f"{PRETRAINED_FROM[target]}: pass --init-checkpoint PATH or a cached model id (--preset "
+            f"{target}-hm-direct starts from bert-base-uncased)")
+
+
 def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
     """(head, LoadReport) from ``cfg.init_checkpoint`` by the reader of the head it initialises."""
     target = cfg.head_cfg.get("base") if cfg.head == "refnet" else cfg.head
@@ -401,6 +415,12 @@ def _build_head(cfg: TrainConfig, data: TrainData):
     text_meta = data.meta.get("features", {}).get("text")
     check_text_layer(model, text_meta)
     model.check_data(data.features, text_meta)
+    if load_report is not None and (cfg.head_cfg.get("base") if cfg.head == "refnet" else cfg.head) == "vilbert":
+        from .vilbert_checkpoint import text_source_note
+
+        note = text_source_note(load_report, text_meta, cfg.init_checkpoint)
+        if note:
+            load_report.note(note)
     if load_report is not None:
         print("\n".join(load_report.lines()), file=sys.stderr)
     return model.to(data.device), load_report

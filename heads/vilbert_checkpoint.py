@@ -30,6 +30,7 @@ a config. Attention head counts cannot be read from shapes: they keep the head's
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -40,7 +41,8 @@ from featstore.extractors.vilbert_text import base_key
 
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights, torch_names
 
-__all__ = ["LoadReport", "load_vilbert_checkpoint", "map_key", "config_from_checkpoint", "head_from_checkpoint"]
+__all__ = ["LoadReport", "load_vilbert_checkpoint", "map_key", "config_from_checkpoint", "head_from_checkpoint",
+           "text_source_note"]
 
 AS_IS = ("encoder.v_layer.", "encoder.c_layer.", "v_embeddings.", "t_pooler.", "v_pooler.")
 CLASSIFIER = ("model.classifier.", "bert.classifier.", "module.classifier.", "classifier.")
@@ -217,3 +219,36 @@ def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path
     return build_from_checkpoint("vilbert", name, inputs, spec, head_cfg, path, trust_pickle=trust_pickle,
                                  config_from_checkpoint=config_from_checkpoint, load_state=load_state,
                                  how_to_get=HOW_TO_GET)
+
+
+def _same_source(a, b) -> bool:
+    """Whether two weight specs (paths or model ids) name the same files: real paths compared, a model id
+    resolved in the local cache when it is there."""
+    from .checkpoints import local_path
+
+    def where(spec):
+        try:
+            return os.path.realpath(local_path(spec))
+        except FeatstoreError:
+            return str(spec)
+    return where(a) == where(b) or where(a) == os.path.dirname(where(b)) or os.path.dirname(where(a)) == where(b)
+
+
+def text_source_note(report: LoadReport, text_meta: Optional[dict], path) -> Optional[str]:
+    """A note when the cached text states did not come from the text layers below the checkpoint's: a ViLBERT
+    checkpoint's lower layers were trained with it (``vilbert-text`` caches them), a plain BERT's states
+    come from that BERT (``bert``). None when they match or the text set does not record its source."""
+    extractor = (text_meta or {}).get("extractor")
+    weights = ((text_meta or {}).get("config") or {}).get("weights")
+    if extractor not in ("vilbert-text", "bert") or not weights:
+        return None
+    plain = DIRECT_NOTE in report.notes
+    if (extractor == "bert") == plain and _same_source(weights, path):
+        return None
+    name = text_meta.get("name")
+    if not plain:
+        how = f"featstore extract --extractor vilbert-text --weights {path}"
+    else:
+        how = f"featstore extract --extractor bert --weights {path}"
+    return (f"text set {name!r} was cached by {extractor} from {weights!r}, not from the text layers below "
+            f"checkpoint {str(path)!r}; for the checkpoint's own states cache them with `{how}`")

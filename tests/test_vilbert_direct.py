@@ -107,6 +107,7 @@ def test_direct_recipe_predictions_equal_mmf_from_bert(world):
     assert cfg["head_config"]["hidden_size"] == 16 and cfg["head_config"]["num_hidden_layers"] == 5  # from shapes
     summary = cfg["checkpoint_load"]["summary"]
     assert summary[0] in printed and "as MMF's direct recipe" in summary[1]
+    assert "starts from random weights" not in printed and "was cached by" not in summary[1]
     got = read_predictions(run / "predictions_test.csv")
     by_id = {s.id: s for s in world["ds"].samples}
     samples = [by_id[i] for i in got]
@@ -241,3 +242,55 @@ def test_the_direct_preset_reads_bert_base_uncased_from_the_local_cache(world, t
     assert cfg["features"]["text"]["array"] == "layer_0"
     load = cfg["checkpoint_load"]
     assert len(load["groups"]["used: upper text layers"]) == 5 * 16 and "ignored: lower text layers" not in load["groups"]
+
+
+def test_a_random_start_is_said(world, tmp_path):
+    """Without --init-checkpoint the run says that vilbert starts random and where the published rows start."""
+    from cli.heads_cli import main as heads
+
+    printed = invoke(heads, ["train", "--dataset", world["data"], "--store", world["store"], "--image", "mmfimg",
+                             "--text", "btext", "--text-array", f"layer_{START}", "--head", "vilbert", *SETS,
+                             "--epochs", 1, "--threads", 1, "--quiet", "--out", tmp_path / "r"])
+    assert ("note: vilbert starts from random weights; the published vilbert rows start from MMF's model.pth "
+            "(vilbert.pretrained.cc_original) or bert-base-uncased: pass --init-checkpoint PATH or a cached model "
+            "id (--preset vilbert-hm-direct starts from bert-base-uncased)") in printed.splitlines()
+
+
+def test_text_states_from_another_model_than_the_checkpoints_are_noted(world, tmp_path):
+    """The lower text layers ran when the text set was cached: from the checkpoint itself (vilbert-text) for
+    a ViLBERT checkpoint, from the same BERT (bert) for a plain one. Anything else is noted in the report."""
+    from heads.checkpoints import LoadReport
+    from heads.vilbert_checkpoint import DIRECT_NOTE, text_source_note
+
+    folder = str(world["folder"])
+    plain = LoadReport(path=folder, notes=[DIRECT_NOTE])
+    bert_meta = {"name": "btext", "extractor": "bert", "config": {"weights": folder}}
+    assert text_source_note(plain, bert_meta, folder) is None
+    assert text_source_note(plain, bert_meta, world["folder"] / "model.safetensors") is None  # the folder's file
+    assert text_source_note(plain, {"name": "imported"}, folder) is None  # no recorded source: nothing to say
+    vil = str(tmp_path / "vilbert.bin")
+    vil_meta = {"name": "vtext", "extractor": "vilbert-text", "config": {"weights": vil}}
+    assert text_source_note(LoadReport(path=vil), vil_meta, vil) is None
+    assert text_source_note(plain, vil_meta, folder) == (
+        f"text set 'vtext' was cached by vilbert-text from {vil!r}, not from the text layers below checkpoint "
+        f"{folder!r}; for the checkpoint's own states cache them with `featstore extract --extractor bert "
+        f"--weights {folder}`")
+    assert text_source_note(LoadReport(path=vil), bert_meta, vil) == (
+        f"text set 'btext' was cached by bert from {folder!r}, not from the text layers below checkpoint {vil!r}; "
+        f"for the checkpoint's own states cache them with `featstore extract --extractor vilbert-text --weights "
+        f"{vil}`")
+
+
+def test_the_note_reaches_the_run_config(world, tmp_path):
+    import shutil
+
+    from cli.heads_cli import main as heads
+
+    copy = tmp_path / "other-bert"
+    shutil.copytree(world["folder"], copy)
+    invoke(heads, ["train", "--dataset", world["data"], "--store", world["store"], "--image", "mmfimg", "--text",
+                   "btext", "--text-array", f"layer_{START}", "--head", "vilbert", *SETS, "--init-checkpoint", copy,
+                   "--epochs", 1, "--threads", 1, "--quiet", "--out", tmp_path / "r"])
+    notes = json.loads((tmp_path / "r" / "seed_0" / "config.json").read_text())["checkpoint_load"]["notes"]
+    assert f"text set 'btext' was cached by bert from {str(world['folder'])!r}, not from the text layers below " \
+           f"checkpoint {str(copy)!r}" in notes[-1]
