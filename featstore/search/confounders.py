@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import FeatstoreError
-from .index import build_index, check_vectors, gpu_backend
+from .index import TORCH_SEARCH, build_index, check_vectors, gpu_backend
 from .neighbors import id_positions
 
 EXACT_PAIRS_MAX = 5_000  # above this many samples the all-pairs search uses an IVF index
@@ -105,7 +105,7 @@ def _knn_pairs(x: np.ndarray, threshold: float, k: int, kind: str, use_gpu, chun
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64)
     if kind == "auto":  # exact when small, or when the GPU search is torch's exact one (faiss-gpu absent)
-        exact_on_gpu = gpu_backend(use_gpu, "flat") == "torch"
+        exact_on_gpu = gpu_backend(use_gpu, "flat") == TORCH_SEARCH
         kind = "flat" if n <= EXACT_PAIRS_MAX or exact_on_gpu else "ivf"
     ivf = CONFOUNDER_IVF if kind == "ivf" else {}
     index = build_index(x, metric="cosine", kind=kind, use_gpu=use_gpu, **ivf)

@@ -123,7 +123,7 @@ def gpu_backend(use_gpu="auto", kind: str = "flat") -> Optional[str]:
     if gpu_available():
         return "faiss"
     if kind == "flat" and torch_gpu_available(force_import=use_gpu is True):
-        return "torch"
+        return TORCH_SEARCH
     return None
 
 
@@ -144,6 +144,9 @@ def choose_kind(n: int, dim: int, memory_budget: Optional[int] = None, exact_max
     return "hnsw" if (hnsw_bytes <= budget and n <= HNSW_MAX) else "ivf"
 
 
+TORCH_SEARCH = "torch"  # gpu_backend's name for torch's exact search, and VectorIndex's marker of it
+
+
 class VectorIndex:
     """A FAISS index over ``ntotal`` vectors of dimension ``dim``, row ``i`` = position ``i`` of the input.
 
@@ -156,7 +159,7 @@ class VectorIndex:
         self.index = index
         self.metric = metric
         self.from_cache = from_cache  # True when cached_index reused stored bytes instead of building
-        self._gpu_resources = gpu_resources  # StandardGpuResources kept alive with a faiss GPU index; "torch"
+        self._gpu_resources = gpu_resources  # StandardGpuResources kept alive with a faiss GPU index; TORCH_SEARCH
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -168,6 +171,10 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     @property
+    def _torch_search(self) -> bool:  # a TorchFlatIndex (torch's exact search) rather than a faiss index
+        return self._gpu_resources == TORCH_SEARCH
+
+    @property
     def on_gpu(self) -> bool:
         return self._gpu_resources is not None
 
@@ -176,11 +183,11 @@ class VectorIndex:
         """``"faiss-gpu"``, ``"torch-cuda"`` (torch's exact search) or ``"faiss-cpu"``."""
         if self._gpu_resources is None:
             return "faiss-cpu"
-        return "torch-cuda" if self._gpu_resources == "torch" else "faiss-gpu"
+        return "torch-cuda" if self._torch_search else "faiss-gpu"
 
     @property
     def kind(self) -> str:
-        return "flat" if self._gpu_resources == "torch" else _kind_of(self._cpu_index())
+        return "flat" if self._torch_search else _kind_of(self._cpu_index())
 
     @property
     def nprobe(self) -> Optional[int]:
@@ -221,7 +228,7 @@ class VectorIndex:
 
     # -- persistence ----------------------------------------------------------------------------
     def _cpu_index(self) -> "faiss.Index":
-        if self._gpu_resources == "torch":
+        if self._torch_search:
             return self.index.to_faiss()
         return faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
 
@@ -283,10 +290,10 @@ def _maybe_to_gpu(index, use_gpu):
     if backend == "faiss":
         res = faiss.StandardGpuResources()  # pragma: no cover - needs faiss-gpu and CUDA
         return faiss.index_cpu_to_gpu(res, 0, index), res  # pragma: no cover
-    if backend == "torch":
+    if backend == TORCH_SEARCH:
         from .torch_flat import TorchFlatIndex
 
-        return TorchFlatIndex.from_faiss(index, "cuda"), "torch"
+        return TorchFlatIndex.from_faiss(index, "cuda"), TORCH_SEARCH
     if use_gpu is True and not (kind == "hnsw" and gpu_available()):  # faiss-gpu has no HNSW: it stays on the CPU
         raise FeatstoreError(
             f"use_gpu=True but no GPU search is available for a {kind} index: faiss has no GPU support "
