@@ -167,8 +167,10 @@ def merge(preset: Optional[Preset], given: Dict[str, Any], head_settings: Dict[s
         raise FeatstoreError(f"preset {preset.name!r} names no head; pass --head NAME")
     head_cfg = dict(preset.head_cfg) if chosen == preset.head else {}
     check_preset(Preset(preset.name, "", preset.source, chosen, head_cfg=head_cfg, path=preset.path))
+    # the preset's head options and init checkpoint belong to its own head
+    train = {k: v for k, v in preset.train.items() if chosen == preset.head or k != "init_checkpoint"}
     return {"head": chosen,
-            "train": {**preset.train, **{k: v for k, v in given.items() if k not in DATA_KEYS}},
+            "train": {**train, **{k: v for k, v in given.items() if k not in DATA_KEYS}},
             "head_cfg": {**head_cfg, **head_settings},
             "data": {**preset.data, **{k: v for k, v in given.items() if k in DATA_KEYS}}}
 

@@ -220,3 +220,18 @@ def test_task_weights_follow_the_task_order_and_bad_ones_are_one_line(world, tmp
         assert one_line_error(heads, args(world, tmp_path / "o", "--head", "concat", "--task", task,
                                           "--task-weights", given)) == line
     assert not (tmp_path / "o").exists()
+
+
+def test_a_presets_init_checkpoint_goes_with_its_head_only():
+    """vilbert-hm-direct starts vilbert from bert-base-uncased; --head concat keeps its train numbers but
+    neither its vilbert options nor the checkpoint (concat could not load it); an explicit one is kept."""
+    from heads.presets import merge
+
+    preset = load_preset("vilbert-hm-direct")
+    own = merge(preset, {}, {}, None)
+    assert own["train"]["init_checkpoint"] == "bert-base-uncased" and own["head_cfg"] == {"text_start_layer": 0}
+    other = merge(preset, {}, {}, "concat")
+    assert "init_checkpoint" not in other["train"] and other["head_cfg"] == {}
+    assert other["train"]["lr"] == 1e-5
+    given = merge(preset, {"init_checkpoint": "x.pth"}, {}, "visualbert")
+    assert given["train"]["init_checkpoint"] == "x.pth"
