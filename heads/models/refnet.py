@@ -25,7 +25,12 @@ loss as pytorch-metric-learning's ``MultiSimilarityLoss(alpha=2, beta=50, base=0
 Where this differs from MMF's transformer ``refiner`` head: there the refiner is one ``Linear(h, h)`` + ReLU +
 LayerNorm + dropout block and its targets are the mean of the fused transformer's own output tokens of each
 modality; here the refiner is ``refiner_hidden`` + a Linear and the targets are the pooled unimodal inputs
-(the paper's ``H_i(F_i)``), so it works over any base head that exposes ``fused``.
+(the paper's ``H_i(F_i)``), so it works over any base head that exposes ``fused``. MMF's code is not a
+reference to copy here: its ``Refiner`` keeps the decoders in a plain ``dict``, so they are never registered,
+never in the optimizer and never trained (random MLPs the gradient passes through); the Hateful Memes yaml
+(``projects/mmf_transformer/configs/hateful_memes/hateful_with_refiner.yaml``) sets ``loss_type: ms``
+(``RefinerMSLoss``: a multi-similarity term between each decoded vector and the batch's targets, with no
+per-modality weight) instead of the paper's cosine term.
 """
 from __future__ import annotations
 
