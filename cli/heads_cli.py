@@ -267,7 +267,14 @@ def compare(run_dirs, splits, metrics, against):
     click.echo("\n\n".join(c.to_text() for c in tables))
 
 
-@main.command()
+def _sweep_checkpoint_options():
+    from heads.train import TrainConfig
+
+    return options_from_dataclass(TrainConfig, skip=[f for f in TrainConfig.__dataclass_fields__
+                                                     if f not in ("init_checkpoint", "trust_checkpoint")])
+
+
+@main.command(cls=LazyOptionsCommand, lazy_options=_sweep_checkpoint_options)
 @data_options
 @click.option("--head", "head_names", required=True, help="Comma-separated heads, e.g. vilbert,concat,cross.")
 @click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
@@ -281,18 +288,19 @@ def compare(run_dirs, splits, metrics, against):
 @click.option("--top", type=int, default=5, show_default=True, help="Rows printed and drawn as ROC curves.")
 def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions, max_tokens,
           text_array, text_pool, val_fraction, device, head_names, grid, grid_file, settings, preset, seeds, out_dir,
-          top):
+          top, init_checkpoint, trust_checkpoint):
     """Train every feature set x head x setting x seed on cached features; write a leaderboard.
 
     --image A,B,C and --text T give the feature sets (every pair; "-" leaves a modality out). Finished runs
     are skipped, so a killed sweep continues when rerun; a failing combination fails its row only.
     One process per device: runs go one after another on a CPU or one GPU; several GPUs get a worker each."""
     from heads.sweep import (SweepSpec, feature_pairs, load_grid_file, parse_grid, preset_base, run_sweep,
-                             sweep_devices)
+                             sweep_devices, with_checkpoint)
 
     grid_values = {**(load_grid_file(grid_file) if grid_file else {}), **parse_grid(grid)}
     heads_list = [h.strip() for h in head_names.split(",") if h.strip()]
     train_base, head_fixed = preset_base(preset, heads_list, parse_settings(settings))
+    train_base = with_checkpoint(train_base, heads_list, head_fixed, init_checkpoint, trust_checkpoint)
     spec = SweepSpec(store=str(store_url), dataset=str(dataset_path), features=feature_pairs(image_ref, text_ref),
                      heads=heads_list, grid=grid_values, seeds=parse_seeds(seeds),
                      train=train_base, head_cfg=head_fixed,

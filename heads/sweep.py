@@ -464,3 +464,20 @@ def preset_base(preset: Optional[str], heads: Sequence[str], settings: Dict[str,
                              f"the other swept heads ({', '.join(others)}) cannot load; sweep --head {p.head} alone "
                              "with it, or the others without --preset")
     return dict(p.train), head_cfg
+
+
+def with_checkpoint(train: Dict[str, Any], heads: Sequence[str], head_cfg: Dict[str, Dict[str, Any]],
+                    init_checkpoint: Optional[str], trust_checkpoint: bool = False) -> Dict[str, Any]:
+    """``train`` with ``--init-checkpoint`` / ``--trust-checkpoint`` (they win over a preset's), refused
+    when a swept head cannot load a checkpoint (only vilbert, visualbert and refnet over them can)."""
+    from .train import CHECKPOINT_HEADS
+
+    out = dict(train, **({"init_checkpoint": init_checkpoint} if init_checkpoint else {}),
+               **({"trust_checkpoint": True} if trust_checkpoint else {}))
+    if not init_checkpoint:
+        return out
+    others = [h for h in heads if (head_cfg.get(h, {}).get("base") if h == "refnet" else h) not in CHECKPOINT_HEADS]
+    if others:
+        raise FeatstoreError(f"--init-checkpoint {init_checkpoint} initialises vilbert or visualbert heads; "
+                             f"{', '.join(others)} cannot load it: sweep those without it")
+    return out

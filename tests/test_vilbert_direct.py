@@ -294,3 +294,24 @@ def test_the_note_reaches_the_run_config(world, tmp_path):
     notes = json.loads((tmp_path / "r" / "seed_0" / "config.json").read_text())["checkpoint_load"]["notes"]
     assert f"text set 'btext' was cached by bert from {str(world['folder'])!r}, not from the text layers below " \
            f"checkpoint {str(copy)!r}" in notes[-1]
+
+
+def test_a_sweep_starts_its_rows_from_the_checkpoint(world, tmp_path):
+    """`heads sweep --init-checkpoint`: every row of a checkpoint head loads it (the report in each run's
+    config.json); a head that cannot load one is refused before any row runs."""
+    from cli.heads_cli import main as heads
+
+    base = ["sweep", "--dataset", world["data"], "--store", world["store"], "--image", "mmfimg", "--text", "btext",
+            "--text-array", f"layer_{START}", *SETS, "--grid", "epochs=1", "--grid", "lr=1e-30,1e-4", "--seeds", "0",
+            "--device", "cpu", "--init-checkpoint", world["folder"]]
+    invoke(heads, base + ["--head", "vilbert", "--out", tmp_path / "s"])
+    configs = [json.loads(p.read_text()) for p in sorted((tmp_path / "s" / "runs").glob("*/seed_0/config.json"))]
+    assert len(configs) == 2
+    for cfg in configs:
+        assert cfg["train"]["init_checkpoint"] == str(world["folder"])
+        assert len(cfg["checkpoint_load"]["groups"]["used: upper text layers"]) == 2 * 16
+    res = invoke_result(heads, base + ["--head", "vilbert,concat", "--out", tmp_path / "bad"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.splitlines()[-1] == (f"error: --init-checkpoint {world['folder']} initialises vilbert or "
+                                           "visualbert heads; concat cannot load it: sweep those without it")
+    assert not (tmp_path / "bad" / "runs").exists()
