@@ -82,6 +82,9 @@ def info(ref, store_url, as_json):
     click.echo(f"  backend        {rec['backend']} {rec.get('backend_options') or ''}")
     click.echo(f"  created        {rec['created']} by featstore {rec['tool_version']}")
     click.echo(f"  weights        {rec['recipe']['weights_fingerprint'] or '-'}")
+    load = (rec.get("meta") or {}).get("weights_load")
+    if load:
+        click.echo(f"  weights load   {json.dumps(load, sort_keys=True)}")
     click.echo(f"  manifest       {rec['recipe']['manifest_fingerprint'] or '-'}")
     click.echo(f"  config         {json.dumps(rec['recipe']['config'], sort_keys=True)}")
     click.echo(f"  preprocessing  {json.dumps(rec['recipe']['preprocessing'], sort_keys=True)}")

@@ -128,6 +128,7 @@ class Extractor:
         self.device = torch.device("cpu")
         self.amp_dtype: Optional[torch.dtype] = None
         self._fingerprint: Optional[str] = None
+        self.weights_load: Optional[Dict[str, Any]] = None  # what loading the weights ignored (``hf.load_model``)
 
     # -- the contract ---------------------------------------------------------------------------------
     def weights_fingerprint(self) -> str:

@@ -40,7 +40,7 @@ from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, pad_items, register_extractor
 from .images import require_pil
-from .hf import load_pretrained
+from .hf import load_model, load_pretrained
 from .patch_regions import attention_indices, check_fits_grid, check_region_options, reduce_patches, region_boxes
 from .text import pad_ids, text_input
 from .weights import DEMO, resolve_weights
@@ -115,7 +115,7 @@ class _ClipBase(Extractor):
                                  f"(e.g. `huggingface-cli download {DEFAULT_CLIP}`)")
         self.weights_path = resolve_weights(config.weights, "dir")
         extra = {"attn_implementation": attn} if attn else {}
-        self.model = load_pretrained(CLIPModel, self.weights_path, "CLIPModel", **extra)
+        self.model, self.weights_load = load_model(CLIPModel, self.weights_path, "CLIPModel", **extra)
         self.model.eval()
         self.dim = int(self.model.config.projection_dim)
         tower = getattr(self.model.config, self.tower)

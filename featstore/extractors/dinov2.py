@@ -34,6 +34,7 @@ import torchvision.transforms.functional as TF
 
 from ..errors import FeatstoreError
 from .base import BaseConfig, Extractor, register_extractor, seeded
+from .hf import check_loading
 from .images import require_pil
 from .cnn import IMAGENET_MEAN, IMAGENET_STD
 from .pixels import ResizeRecipe
@@ -92,10 +93,13 @@ class _Dinov2Base(Extractor):
         else:
             self.weights_path = resolve_weights(config.weights, "dir")
             try:
-                self.model = Dinov2Model.from_pretrained(str(self.weights_path), attn_implementation=attn)
+                self.model, info = Dinov2Model.from_pretrained(str(self.weights_path), attn_implementation=attn,
+                                                               output_loading_info=True)
             except (OSError, ValueError) as e:
                 raise FeatstoreError(f"weights {str(self.weights_path)!r} are not a Dinov2Model folder "
                                      f"({type(e).__name__}); pass a DINOv2 checkpoint folder") from e
+            # mask_token is only used for masked-image pretraining, never here
+            self.weights_load = check_loading(info, self.weights_path, "Dinov2Model", may_miss=("embeddings.mask_token",))
         self.model.eval()
         hf = self.model.config
         self.patch = int(hf.patch_size)

@@ -24,7 +24,7 @@ import torch
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, pad_items, register_extractor
-from .hf import load_pretrained
+from .hf import load_model, load_pretrained
 from .weights import DEMO, demo_text_dir, resolve_weights
 
 
@@ -90,7 +90,9 @@ class BertExtractor(Extractor):
         else:
             self.weights_path = resolve_weights(config.weights, "dir")
         self.tokenizer = load_pretrained(AutoTokenizer, self.weights_path, "tokenizer")
-        self.model = load_pretrained(AutoModel, self.weights_path, "transformers encoder model")
+        # the pooler is never read (cls is the first token's last-layer state), so a file without one loads
+        self.model, self.weights_load = load_model(AutoModel, self.weights_path, "transformers encoder model",
+                                                   may_miss=("pooler.",))
         self.model.eval()
         hf = self.model.config
         if self.model_types and hf.model_type not in self.model_types:

@@ -340,7 +340,7 @@ def _open_writer(store: Store, set_name: str, recipe: Recipe, keys: List[str], s
     """The version's writer: rank 0 creates (or reopens) it first, the other ranks reopen it after."""
     kw = dict(key_kind=ext.key_kind, modality=ext.modality, chunk_rows=opts.chunk_rows, backend=opts.backend,
               backend_options={"compression": opts.compression} if opts.backend == "zarr" else None,
-              meta={"extractor": extractor_name})
+              meta={"extractor": extractor_name, **({"weights_load": ext.weights_load} if ext.weights_load else {})})
     if rank == 0:
         writer = store.writer(set_name, recipe, keys, schema, **kw)
     dist.barrier()
