@@ -87,6 +87,8 @@ def test_clip_and_dinov2_refuse_a_folder_missing_a_tensor(tmp_path):
     assert str(e.value) == (f"weights {str(clip)!r} lack 1 tensors of the CLIPModel (visual_projection.weight), "
                             "which would start random; pass a folder holding the whole CLIPModel as written by "
                             "save_pretrained")
+    ex = create_extractor("clip-text", weights=str(clip))  # the text tower's extractor never reads it
+    assert ex.weights_load["missing_unused"] == ["visual_projection.weight"]
     dino = tmp_path / "dino"
     torch.manual_seed(0)
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

@@ -105,6 +105,7 @@ def crop_window(processor, width: int, height: int) -> Tuple[float, float, float
 class _ClipBase(Extractor):
     _compile_targets = ("model",)
     tower = ""  # "vision_config" / "text_config"
+    unused: Tuple[str, ...] = ()  # CLIPModel tensors this tower's extractor never computes with
 
     def __init__(self, config: _ClipConfig, name: str, attn: Optional[str] = None):
         super().__init__(config, name)
@@ -115,7 +116,8 @@ class _ClipBase(Extractor):
                                  f"(e.g. `huggingface-cli download {DEFAULT_CLIP}`)")
         self.weights_path = resolve_weights(config.weights, "dir")
         extra = {"attn_implementation": attn} if attn else {}
-        self.model, self.weights_load = load_model(CLIPModel, self.weights_path, "CLIPModel", **extra)
+        self.model, self.weights_load = load_model(CLIPModel, self.weights_path, "CLIPModel", may_miss=self.unused,
+                                                   **extra)
         self.model.eval()
         self.dim = int(self.model.config.projection_dim)
         tower = getattr(self.model.config, self.tower)
@@ -141,6 +143,7 @@ class ClipImageExtractor(_ClipBase):
     modality = "image"
     key_kind = "image_key"
     tower = "vision_config"
+    unused = ("text_model.", "text_projection.", "logit_scale")
 
     def __init__(self, config: ClipImageConfig, name: str):
         super().__init__(config, name, attn="eager" if config.num_regions and config.reduce == "attention" else None)
@@ -209,6 +212,7 @@ class ClipTextExtractor(_ClipBase):
     modality = "text"
     key_kind = "sample_id"
     tower = "text_config"
+    unused = ("vision_model.", "visual_projection.", "logit_scale")
 
     def __init__(self, config: ClipTextConfig, name: str):
         super().__init__(config, name)
