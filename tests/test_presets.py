@@ -235,3 +235,15 @@ def test_a_presets_init_checkpoint_goes_with_its_head_only():
     assert other["train"]["lr"] == 1e-5
     given = merge(preset, {"init_checkpoint": "x.pth"}, {}, "visualbert")
     assert given["train"]["init_checkpoint"] == "x.pth"
+
+
+@pytest.mark.parametrize("direct, base, differ", [
+    ("vilbert-hm-direct", "vilbert-hm", {"init_checkpoint": "bert-base-uncased"}),
+    ("visualbert-hm-direct", "visualbert-hm", {"init_checkpoint": "bert-base-uncased", "batch_size": 128,
+                                               "epochs": 329})])
+def test_direct_presets_train_as_their_mmf_defaults_but_for_what_direct_yaml_changes(direct, base, differ):
+    """The direct presets stand alone (their notes are theirs alone), so their numbers are checked against
+    the defaults.yaml preset here: only the init (and VisualBERT's batch 128 with its epoch count) differ."""
+    d, b = load_preset(direct), load_preset(base)
+    assert d.head == b.head and d.train == {**b.train, **differ}
+    assert d.data["task"] == b.data["task"]
