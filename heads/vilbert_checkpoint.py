@@ -240,15 +240,11 @@ def text_source_note(report: LoadReport, text_meta: Optional[dict], path) -> Opt
     come from that BERT (``bert``). None when they match or the text set does not record its source."""
     extractor = (text_meta or {}).get("extractor")
     weights = ((text_meta or {}).get("config") or {}).get("weights")
-    if extractor not in ("vilbert-text", "bert") or not weights:
+    if not extractor or not weights:  # imported states: their source is not recorded
         return None
-    plain = DIRECT_NOTE in report.notes
-    if (extractor == "bert") == plain and _same_source(weights, path):
+    if _same_source(weights, path):
         return None
     name = text_meta.get("name")
-    if not plain:
-        how = f"featstore extract --extractor vilbert-text --weights {path}"
-    else:
-        how = f"featstore extract --extractor bert --weights {path}"
+    how = f"featstore extract --extractor {'bert' if DIRECT_NOTE in report.notes else 'vilbert-text'} --weights {path}"
     return (f"text set {name!r} was cached by {extractor} from {weights!r}, not from the text layers below "
             f"checkpoint {str(path)!r}; for the checkpoint's own states cache them with `{how}`")

@@ -271,6 +271,8 @@ def test_text_states_from_another_model_than_the_checkpoints_are_noted(world, tm
     vil = str(tmp_path / "vilbert.bin")
     vil_meta = {"name": "vtext", "extractor": "vilbert-text", "config": {"weights": vil}}
     assert text_source_note(LoadReport(path=vil), vil_meta, vil) is None
+    same_bert = {"name": "vb", "extractor": "vilbert-text", "config": {"weights": folder}}  # BERT's own layers
+    assert text_source_note(plain, same_bert, folder) is None
     assert text_source_note(plain, vil_meta, folder) == (
         f"text set 'vtext' was cached by vilbert-text from {vil!r}, not from the text layers below checkpoint "
         f"{folder!r}; for the checkpoint's own states cache them with `featstore extract --extractor bert "
