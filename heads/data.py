@@ -336,7 +336,7 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
             features.update(_image_features(fs, keys, image_pool, max_regions, device, dtype))
         else:  # which layer the states are from (checked against vilbert's text_start_layer)
             refs[modality].update(array=text_array, pool=text_pool, extractor=fs.recipe.extractor,
-                                  config=fs.recipe.config)
+                                  config=fs.recipe.config, weights_fingerprint=fs.recipe.weights_fingerprint)
             if "vocab_size" in fs.recipe.preprocessing:  # the tokenizer's (a visualbert head checks it)
                 refs[modality]["vocab_size"] = fs.recipe.preprocessing["vocab_size"]
             features.update(_text_features(fs, keys, text_array, text_pool, max_tokens, device, dtype))

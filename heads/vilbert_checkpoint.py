@@ -234,15 +234,31 @@ def _same_source(a, b) -> bool:
     return where(a) == where(b) or where(a) == os.path.dirname(where(b)) or os.path.dirname(where(a)) == where(b)
 
 
+def _same_files(fingerprint: Optional[str], path) -> bool:
+    """Whether the checkpoint at ``path`` holds the very files the text set's recipe fingerprinted (a copy
+    elsewhere, another name for them): ``featstore.extractors.weights.fingerprint_files``, same kind only."""
+    from featstore.extractors.weights import fingerprint_files
+
+    from .checkpoints import local_path
+
+    if not fingerprint or not str(fingerprint).startswith("files:"):
+        return False
+    try:
+        return fingerprint_files(local_path(path)) == fingerprint
+    except (FeatstoreError, OSError):
+        return False
+
+
 def text_source_note(report: LoadReport, text_meta: Optional[dict], path) -> Optional[str]:
     """A note when the cached text states did not come from the text layers below the checkpoint's: a ViLBERT
     checkpoint's lower layers were trained with it (``vilbert-text`` caches them), a plain BERT's states
-    come from that BERT (``bert``). None when they match or the text set does not record its source."""
+    come from that BERT (``bert``). None when they match - the same path, or the same files by the text
+    recipe's weights fingerprint - or the text set does not record its source."""
     extractor = (text_meta or {}).get("extractor")
     weights = ((text_meta or {}).get("config") or {}).get("weights")
     if not extractor or not weights:  # imported states: their source is not recorded
         return None
-    if _same_source(weights, path):
+    if _same_source(weights, path) or _same_files(text_meta.get("weights_fingerprint"), path):
         return None
     name = text_meta.get("name")
     how = f"featstore extract --extractor {'bert' if DIRECT_NOTE in report.notes else 'vilbert-text'} --weights {path}"

@@ -283,19 +283,25 @@ def test_text_states_from_another_model_than_the_checkpoints_are_noted(world, tm
         f"{vil}`")
 
 
-def test_the_note_reaches_the_run_config(world, tmp_path):
+def test_the_note_reaches_the_run_config_and_a_copy_of_the_same_files_gets_none(world, tmp_path):
+    """Another BERT (other weights) is noted in config.json; a copy of the folder the text set was cached
+    from is the same files by the recipe's weights fingerprint, so it is not."""
     import shutil
 
     from cli.heads_cli import main as heads
 
-    copy = tmp_path / "other-bert"
+    copy, other = tmp_path / "copied-bert", tmp_path / "other-bert"
     shutil.copytree(world["folder"], copy)
-    invoke(heads, ["train", "--dataset", world["data"], "--store", world["store"], "--image", "mmfimg", "--text",
-                   "btext", "--text-array", f"layer_{START}", "--head", "vilbert", *SETS, "--init-checkpoint", copy,
-                   "--epochs", 1, "--threads", 1, "--quiet", "--out", tmp_path / "r"])
-    notes = json.loads((tmp_path / "r" / "seed_0" / "config.json").read_text())["checkpoint_load"]["notes"]
+    tiny_bert(seed=4).save_pretrained(str(other))
+    notes = {}
+    for name, folder in (("copy", copy), ("other", other)):
+        invoke(heads, ["train", "--dataset", world["data"], "--store", world["store"], "--image", "mmfimg", "--text",
+                       "btext", "--text-array", f"layer_{START}", "--head", "vilbert", *SETS, "--init-checkpoint",
+                       folder, "--epochs", 1, "--threads", 1, "--quiet", "--out", tmp_path / name])
+        notes[name] = json.loads((tmp_path / name / "seed_0" / "config.json").read_text())["checkpoint_load"]["notes"]
+    assert not any("was cached by" in n for n in notes["copy"])
     assert f"text set 'btext' was cached by bert from {str(world['folder'])!r}, not from the text layers below " \
-           f"checkpoint {str(copy)!r}" in notes[-1]
+           f"checkpoint {str(other)!r}" in notes["other"][-1]
 
 
 def test_a_sweep_starts_its_rows_from_the_checkpoint(world, tmp_path):
