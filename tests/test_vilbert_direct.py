@@ -323,3 +323,16 @@ def test_a_sweep_starts_its_rows_from_the_checkpoint(world, tmp_path):
     assert res.output.splitlines()[-1] == (f"error: --init-checkpoint {world['folder']} initialises vilbert or "
                                            "visualbert heads; concat cannot load it: sweep those without it")
     assert not (tmp_path / "bad" / "runs").exists()
+
+
+def test_vilbert_text_names_the_extractor_for_a_bert_folder(world):
+    """vilbert-text reads one ViLBERT checkpoint file; a folder gets a one-line error naming the fix."""
+    from cli.featstore_cli import main as featstore
+
+    res = invoke_result(featstore, ["extract", "--dataset", world["data"], "--extractor", "vilbert-text", "--store",
+                                    world["store"], "--name", "vt", "--workers", 0, "--quiet", "--weights",
+                                    world["folder"]])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.splitlines()[-1] == (f"error: checkpoint {str(world['folder'])!r} is a folder; pass the "
+                                           "ViLBERT .pt/.bin/.pth file itself (a plain BERT folder's states come "
+                                           "from --extractor bert)")

@@ -74,6 +74,9 @@ def read_checkpoint(path: str, trust_pickle: bool = False) -> Dict[str, Tensor]:
     Read with ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused unless
     ``trust_pickle``. One-line ``FeatstoreError`` for a missing, unreadable or tensor-less file."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise FeatstoreError(f"checkpoint {path!r} is a folder; pass the ViLBERT .pt/.bin/.pth file itself (a "
+                             "plain BERT folder's states come from --extractor bert)")
     if not os.path.isfile(path):
         raise FeatstoreError(f"checkpoint {path!r} does not exist; pass the path of a ViLBERT .pt/.bin file")
     obj = _load(path, trust_pickle)
