@@ -300,7 +300,7 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     grid_values = {**(load_grid_file(grid_file) if grid_file else {}), **parse_grid(grid)}
     heads_list = [h.strip() for h in head_names.split(",") if h.strip()]
     train_base, head_fixed = preset_base(preset, heads_list, parse_settings(settings))
-    train_base = with_checkpoint(train_base, heads_list, head_fixed, init_checkpoint, trust_checkpoint)
+    train_base = with_checkpoint(train_base, heads_list, head_fixed, init_checkpoint, trust_checkpoint, preset)
     spec = SweepSpec(store=str(store_url), dataset=str(dataset_path), features=feature_pairs(image_ref, text_ref),
                      heads=heads_list, grid=grid_values, seeds=parse_seeds(seeds),
                      train=train_base, head_cfg=head_fixed,

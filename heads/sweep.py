@@ -458,26 +458,24 @@ def preset_base(preset: Optional[str], heads: Sequence[str], settings: Dict[str,
     p = load_preset(preset)
     if p.head in head_cfg:
         head_cfg[p.head] = {**p.head_cfg, **settings}
-    others = [h for h in heads if h != p.head]
-    if p.train.get("init_checkpoint") and others:
-        raise FeatstoreError(f"preset {p.name!r} starts its {p.head} head from {p.train['init_checkpoint']!r}, which "
-                             f"the other swept heads ({', '.join(others)}) cannot load; sweep --head {p.head} alone "
-                             "with it, or the others without --preset")
     return dict(p.train), head_cfg
 
 
 def with_checkpoint(train: Dict[str, Any], heads: Sequence[str], head_cfg: Dict[str, Dict[str, Any]],
-                    init_checkpoint: Optional[str], trust_checkpoint: bool = False) -> Dict[str, Any]:
-    """``train`` with ``--init-checkpoint`` / ``--trust-checkpoint`` (they win over a preset's), refused
-    when a swept head cannot load a checkpoint (only vilbert, visualbert and refnet over them can)."""
-    from .train import CHECKPOINT_HEADS
+                    init_checkpoint: Optional[str], trust_checkpoint: bool = False,
+                    preset: Optional[str] = None) -> Dict[str, Any]:
+    """``train`` (``preset_base``'s) with ``--init-checkpoint`` / ``--trust-checkpoint`` on top (``none``: a
+    random start over the preset's checkpoint); refused when a swept head cannot load the checkpoint the
+    rows would start from (only vilbert, visualbert and refnet over them can)."""
+    from .train import CHECKPOINT_HEADS, TrainConfig
 
     out = dict(train, **({"init_checkpoint": init_checkpoint} if init_checkpoint else {}),
                **({"trust_checkpoint": True} if trust_checkpoint else {}))
-    if not init_checkpoint:
-        return out
+    start = TrainConfig(init_checkpoint=out.get("init_checkpoint")).checkpoint
     others = [h for h in heads if (head_cfg.get(h, {}).get("base") if h == "refnet" else h) not in CHECKPOINT_HEADS]
-    if others:
-        raise FeatstoreError(f"--init-checkpoint {init_checkpoint} initialises vilbert or visualbert heads; "
-                             f"{', '.join(others)} cannot load it: sweep those without it")
+    if start and others:
+        source = f"--init-checkpoint {start}" if init_checkpoint else f"preset {preset!r}'s checkpoint {start!r}"
+        fix = "without it" if init_checkpoint else "without --preset, or pass --init-checkpoint none"
+        raise FeatstoreError(f"{source} initialises vilbert or visualbert heads; {', '.join(others)} cannot load it: "
+                             f"sweep those {fix}")
     return out

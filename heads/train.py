@@ -69,7 +69,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     init_checkpoint: Optional[str] = cli_field(  # loaded into the head before training, with a report
         None, "Checkpoint to initialise a vilbert (Facebook/MMF ViLBERT) or visualbert (MMF / HF VisualBERT, or "
-        "a BERT) head from.", flag=("--init-checkpoint", "--vilbert-checkpoint"))
+        "a BERT) head from; none: start random (over a preset's).", flag=("--init-checkpoint", "--vilbert-checkpoint"))
     trust_checkpoint: bool = cli_field(False, "Allow a checkpoint that needs full unpickling (only files you trust).",
                                        flag="--trust-checkpoint")
     trim: bool = cli_field(True, "Cut each batch to its longest real token/region run (same outputs, less work).")
@@ -107,6 +107,12 @@ class TrainConfig:
             from .rgcl import RGCLConfig
 
             RGCLConfig.from_dict(self.rgcl)
+
+    @property
+    def checkpoint(self) -> Optional[str]:
+        """``init_checkpoint``, or None for none given or ``"none"`` (a random start over a preset's checkpoint)."""
+        c = self.init_checkpoint
+        return None if c is None or str(c).strip().lower() in ("", "none") else str(c)
 
     def loss_config(self) -> LossConfig:
         return LossConfig(self.loss, self.focal_alpha, self.focal_gamma, self.label_smoothing, self.class_weights)
@@ -378,7 +384,7 @@ PRETRAINED_FROM = {"vilbert": "MMF's model.pth (vilbert.pretrained.cc_original) 
 def random_start_note(cfg: TrainConfig) -> Optional[str]:
     """A one-line note when a head that the published rows start from pretrained weights starts random."""
     target = cfg.head_cfg.get("base") if cfg.head == "refnet" else cfg.head
-    if target not in CHECKPOINT_HEADS or cfg.init_checkpoint:
+    if target not in CHECKPOINT_HEADS or cfg.checkpoint:
         return None
     return (f"note: {target} starts from random weights; the published {target} rows start from "
             f"{PRETRAINED_FROM[target]}: pass --init-checkpoint PATH or a cached model id (--preset "
@@ -396,7 +402,7 @@ def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
         from .visualbert_checkpoint import head_from_checkpoint
     else:
         from .vilbert_checkpoint import head_from_checkpoint
-    return head_from_checkpoint(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg, cfg.init_checkpoint,
+    return head_from_checkpoint(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg, cfg.checkpoint,
                                 trust_pickle=cfg.trust_checkpoint)
 
 
@@ -408,7 +414,7 @@ def _build_head(cfg: TrainConfig, data: TrainData):
     from .models.vilbert import check_text_layer
 
     load_report = None
-    if cfg.init_checkpoint:
+    if cfg.checkpoint:
         model, load_report = _head_from_checkpoint(cfg, data)
     else:
         model = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
@@ -418,7 +424,7 @@ def _build_head(cfg: TrainConfig, data: TrainData):
     if load_report is not None and (cfg.head_cfg.get("base") if cfg.head == "refnet" else cfg.head) == "vilbert":
         from .vilbert_checkpoint import text_source_note
 
-        note = text_source_note(load_report, text_meta, cfg.init_checkpoint)
+        note = text_source_note(load_report, text_meta, cfg.checkpoint)
         if note:
             load_report.note(note)
     if load_report is not None:

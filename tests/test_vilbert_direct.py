@@ -242,6 +242,9 @@ def test_the_direct_preset_reads_bert_base_uncased_from_the_local_cache(world, t
     assert cfg["features"]["text"]["array"] == "layer_0"
     load = cfg["checkpoint_load"]
     assert len(load["groups"]["used: upper text layers"]) == 5 * 16 and "ignored: lower text layers" not in load["groups"]
+    printed = invoke(heads, args + ["--init-checkpoint", "none", "--out", tmp_path / "random"])  # the preset's, off
+    assert "note: vilbert starts from random weights" in printed
+    assert json.loads((tmp_path / "random" / "seed_0" / "config.json").read_text())["checkpoint_load"] is None
 
 
 def test_a_random_start_is_said(world, tmp_path):
