@@ -467,12 +467,12 @@ def with_checkpoint(train: Dict[str, Any], heads: Sequence[str], head_cfg: Dict[
     """``train`` (``preset_base``'s) with ``--init-checkpoint`` / ``--trust-checkpoint`` on top (``none``: a
     random start over the preset's checkpoint); refused when a swept head cannot load the checkpoint the
     rows would start from (only vilbert, visualbert and refnet over them can)."""
-    from .train import CHECKPOINT_HEADS, TrainConfig
+    from .train import CHECKPOINT_HEADS, checkpoint_target, start_checkpoint
 
     out = dict(train, **({"init_checkpoint": init_checkpoint} if init_checkpoint else {}),
                **({"trust_checkpoint": True} if trust_checkpoint else {}))
-    start = TrainConfig(init_checkpoint=out.get("init_checkpoint")).checkpoint
-    others = [h for h in heads if (head_cfg.get(h, {}).get("base") if h == "refnet" else h) not in CHECKPOINT_HEADS]
+    start = start_checkpoint(out.get("init_checkpoint"))
+    others = [h for h in heads if checkpoint_target(h, head_cfg.get(h, {})) not in CHECKPOINT_HEADS]
     if start and others:
         source = f"--init-checkpoint {start}" if init_checkpoint else f"preset {preset!r}'s checkpoint {start!r}"
         fix = "without it" if init_checkpoint else "without --preset, or pass --init-checkpoint none"

@@ -110,9 +110,8 @@ class TrainConfig:
 
     @property
     def checkpoint(self) -> Optional[str]:
-        """``init_checkpoint``, or None for none given or ``"none"`` (a random start over a preset's checkpoint)."""
-        c = self.init_checkpoint
-        return None if c is None or str(c).strip().lower() in ("", "none") else str(c)
+        """``init_checkpoint``, or None for none given or ``"none"`` (``start_checkpoint``)."""
+        return start_checkpoint(self.init_checkpoint)
 
     def loss_config(self) -> LossConfig:
         return LossConfig(self.loss, self.focal_alpha, self.focal_gamma, self.label_smoothing, self.class_weights)
@@ -377,13 +376,24 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
 CHECKPOINT_HEADS = ("vilbert", "visualbert")  # heads --init-checkpoint loads into (alone or as refnet's base)
 
 
+def start_checkpoint(init_checkpoint: Optional[str]) -> Optional[str]:
+    """The checkpoint a run starts from: None for none given or ``"none"`` (a random start over a preset's)."""
+    c = init_checkpoint
+    return None if c is None or str(c).strip().lower() in ("", "none") else str(c)
+
+
+def checkpoint_target(head: str, head_cfg: Dict[str, Any]) -> Optional[str]:
+    """The head an init checkpoint loads into: ``head`` itself, or refnet's ``base``."""
+    return head_cfg.get("base") if head == "refnet" else head
+
+
 PRETRAINED_FROM = {"vilbert": "MMF's model.pth (vilbert.pretrained.cc_original) or bert-base-uncased",
                    "visualbert": "MMF's model.pth (visual_bert.pretrained.coco) or bert-base-uncased"}
 
 
 def random_start_note(cfg: TrainConfig) -> Optional[str]:
     """A one-line note when a head that the published rows start from pretrained weights starts random."""
-    target = cfg.head_cfg.get("base") if cfg.head == "refnet" else cfg.head
+    target = checkpoint_target(cfg.head, cfg.head_cfg)
     if target not in CHECKPOINT_HEADS or cfg.checkpoint:
         return None
     return (f"note: {target} starts from random weights; the published {target} rows start from "
@@ -393,7 +403,7 @@ def random_start_note(cfg: TrainConfig) -> Optional[str]:
 
 def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
     """(head, LoadReport) from ``cfg.init_checkpoint`` by the reader of the head it initialises."""
-    target = cfg.head_cfg.get("base") if cfg.head == "refnet" else cfg.head
+    target = checkpoint_target(cfg.head, cfg.head_cfg)
     if target not in CHECKPOINT_HEADS:
         raise FeatstoreError(f"--init-checkpoint initialises a vilbert or visualbert head, not {cfg.head!r}"
                              f"{' with base ' + repr(target) if cfg.head == 'refnet' else ''}; pass --head vilbert or "
@@ -421,7 +431,7 @@ def _build_head(cfg: TrainConfig, data: TrainData):
     text_meta = data.meta.get("features", {}).get("text")
     check_text_layer(model, text_meta)
     model.check_data(data.features, text_meta)
-    if load_report is not None and (cfg.head_cfg.get("base") if cfg.head == "refnet" else cfg.head) == "vilbert":
+    if load_report is not None and checkpoint_target(cfg.head, cfg.head_cfg) == "vilbert":
         from .vilbert_checkpoint import text_source_note
 
         note = text_source_note(load_report, text_meta, cfg.checkpoint)

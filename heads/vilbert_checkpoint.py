@@ -191,7 +191,7 @@ def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any]) -> D
     Ids follow MMF's layout when not given: co-attention block k after visual layers ``0..k-1`` and text
     layers ``0..N-K+k-1`` (v ids ``0..K-1``, t ids ``N-K..N-1``: MMF's 0..5 / 6..11), and
     ``text_start_layer`` = the first t id (where ViLBERT's co-attention starts)."""
-    base = {_rest(torch_names(k)): s for k, s in shapes.items() if _rest(torch_names(k)) is not None}
+    base = {r: s for k, s in shapes.items() for r in [_rest(torch_names(k))] if r is not None}
     n = _counts(base)
     read = {"hidden_size": ("encoder.layer.0.attention.self.query.weight", 0),
             "intermediate_size": ("encoder.layer.0.intermediate.dense.weight", 0),
@@ -231,7 +231,8 @@ def _same_source(a, b) -> bool:
             return os.path.realpath(local_path(spec))
         except FeatstoreError:
             return str(spec)
-    return where(a) == where(b) or where(a) == os.path.dirname(where(b)) or os.path.dirname(where(a)) == where(b)
+    a, b = where(a), where(b)  # a model id is resolved in the cache once each
+    return a == b or a == os.path.dirname(b) or os.path.dirname(a) == b
 
 
 def _same_files(fingerprint: Optional[str], path) -> bool:
