@@ -93,6 +93,10 @@ TINY_HEAD_CFG: Dict[str, Dict[str, object]] = {
 }
 TINY_DESCRIBE = {"vilbert": "tiny: 2 text + 2 visual + 2 co-attn, width 128",
                  "visualbert": "tiny: 2 layers, width 128", "singlestream": "tiny: 2 layers, width 128"}
+# Heads whose default is GPU-sized without a transformer: cross defaults to the reference main.py's n = 768
+# (a 453 M-parameter pre-output layer); the rows here keep n = 64, the size measured before session 11.
+FIXED_HEAD_CFG: Dict[str, Dict[str, object]] = {"cross": dict(proj_dim=64)}
+FIXED_DESCRIBE = {"cross": "n = 64 (proj_dim)"}
 FULL_DESCRIBE = {"vilbert": "6 text (768) + 6 visual (1024) + 6 co-attn", "visualbert": "BERT-base: 12 layers, 768",
                  "singlestream": "4 layers, 768"}
 
@@ -696,8 +700,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results: List[HeadResult] = []
     for h in heads:
         tiny = sizes.tiny_transformers and h in TINY_HEAD_CFG
-        cfg = TINY_HEAD_CFG[h] if tiny else {}
-        describe = TINY_DESCRIBE[h] if tiny else FULL_DESCRIBE.get(h, "default")
+        cfg = TINY_HEAD_CFG[h] if tiny else FIXED_HEAD_CFG.get(h, {})
+        describe = TINY_DESCRIBE[h] if tiny else FULL_DESCRIBE.get(h, FIXED_DESCRIBE.get(h, "default"))
         results.append(bench_head(h, cfg, describe, data, baseline, sizes, device))
         r = results[-1]
         print(f"  done {h}: cached epochs {', '.join(f'{t:.3g}' for t in r.cached_times)} s; baseline epochs "

@@ -40,6 +40,7 @@ HM_SPLITS = {"train": 8500, "dev_seen": 500, "dev_unseen": 540, "test_seen": 100
 GRID = {"lr": [1e-3, 3e-4], "label_smoothing": [0, 0.1]}
 HEADS = ("concat", "cross")
 SEEDS = (0, 1, 2)
+CROSS_N = 64  # cross's proj_dim here (its default, the reference's 768, is GPU-sized); the size measured before session 11
 DIM = 768
 HEADS_CLI = [sys.executable, "-c", "from cli.heads_cli import main; main()"]  # what the `heads` script runs
 
@@ -82,7 +83,7 @@ def run_sweep(data: Path, store: Path, out: Path, heads: Sequence[str], epochs: 
            "--head", ",".join(heads), "--grid", "lr=" + ",".join(map(str, GRID["lr"])),
            "--grid", "label_smoothing=" + ",".join(map(str, GRID["label_smoothing"])),
            "--grid", f"epochs={epochs}", "--grid", "batch_size=64", "--grid", "patience=0",
-           "--seeds", ",".join(map(str, SEEDS)), "--out", str(out)]
+           "--grid", f"cross.proj_dim={CROSS_N}", "--seeds", ",".join(map(str, SEEDS)), "--out", str(out)]
     if device == "cpu":
         cmd += ["--grid", "threads=1"]
     t0 = time.perf_counter()
@@ -99,6 +100,8 @@ def run_separately(data: Path, store: Path, out: Path, heads: Sequence[str], epo
                        "--head", head, "--lr", str(s["lr"]), "--label-smoothing", str(s["label_smoothing"]),
                        "--epochs", str(epochs), "--batch-size", "64", "--patience", "0", "--seeds", str(seed),
                        "--quiet", "--out", str(out / f"{head}_{s['lr']}_{s['label_smoothing']}_{seed}")]
+                if head == "cross":
+                    cmd += ["--set", f"proj_dim={CROSS_N}"]
                 if device == "cpu":
                     cmd += ["--threads", "1"]
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])

@@ -179,7 +179,8 @@ def merge(preset: Optional[Preset], given: Dict[str, Any], head_settings: Dict[s
 
 REFERENCE_INPUTS = dict(img_dim=2048, txt_dim=768, img_regions=36, txt_tokens=128, img_boxes=True, txt_ids=True)
 GPU_SIZED = 20_000_000  # parameters above which a head is called GPU-sized (hours a seed on a 2-core CPU)
-SMALL_PRESETS = {"vilbert": "vilbert-small", "singlestream": "singlestream-small", "visualbert": "visualbert-small"}
+SMALL_PRESETS = {"vilbert": "vilbert-small", "singlestream": "singlestream-small", "visualbert": "visualbert-small",
+                 "cross": "hateclipper-cross"}
 # heads whose size `heads list` does not count: building one imports a heavy optional package (the gnn head's
 # PyTorch Geometric layers take seconds to import), and its default is far below GPU_SIZED
 # (tests/test_heads_startup.py checks both)

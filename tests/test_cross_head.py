@@ -115,6 +115,21 @@ def test_published_align_row_has_about_5m_parameters():
     assert 4.9e6 < n < 5.1e6
 
 
+def test_defaults_are_the_reference_main_py():
+    """gokulkarthik/hateclipper main.py (read by hand): --map_dim 768, --num_mapping_layers 1,
+    --num_pre_output_layers 1, --drop_probs 0.1 0.4 0.2; the pre-output width is map_dim."""
+    with torch.device("meta"):
+        head = create_head("cross", InputSpec(1024, 768), BINARY)
+    c = head.config
+    assert (c.proj_dim, c.mapping_layers, c.pre_output_layers, c.widths()) == (768, 1, 1, [768])
+    assert (c.proj_dropout, c.fusion_dropout, c.dropout, c.norm, c.fusion) == (0.1, 0.4, 0.2, "l2", "cross")
+    # the reference's sizes at these defaults: image_map 1024x768, text_map 768x768, the 768^2-wide
+    # pre-output Linear to 768, one output Linear (two logits here, one in the reference)
+    n = sum(p.numel() for p in head.parameters())
+    assert n == 1025 * 768 + 769 * 768 + (768 * 768 + 1) * 768 + 769 * 2
+    assert [type(m).__name__ for m in head.img_proj.map] == ["Linear", "Dropout"]
+
+
 @pytest.mark.parametrize("cfg,msg", [
     ({"fusion": "outer"}, "cross fusion='outer' is not known; use one of: cross, align, concat"),
     ({"pre_output_layers": -1}, "cross pre_output_layers=-1 must be >= 0"),

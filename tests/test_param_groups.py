@@ -47,7 +47,7 @@ def test_vilbert_groups_are_mmfs_bert_groups():
 
 @pytest.mark.parametrize("head", ["concat", "singlestream", "cross"])
 def test_other_heads_decay_every_parameter(head):
-    model = create_head(head, INPUTS, BINARY)
+    model = create_head(head, INPUTS, BINARY, **({"proj_dim": 8} if head == "cross" else {}))
     opt = build_optimizer(model, TrainConfig(head=head, weight_decay=0.05))
     assert _groups_by_name(model, opt) == {0.05: sorted(n for n, _ in model.named_parameters())}
 

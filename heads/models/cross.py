@@ -12,9 +12,13 @@ pre-projection ``pooler_output``: pass ``--image-pool pooler --text-pool pooler`
     logits = Linear(m, outputs)(h)     # h is the head's "fused" embedding
 
 ``normalize`` is the L2 norm over features (``norm="l2"``, as published; ``none``/``layernorm`` are offered
-for ablations). Defaults are the reference's ``main.py`` (``drop_probs`` 0.1 / 0.4 / 0.2, one mapping layer,
-one pre-output layer of width ``m = n``); ``n`` defaults to 64 here because the flattened cross matrix has
-``n*n`` entries. The published rows are ``HATECLIPPER_SETTINGS`` below.
+for ablations). Defaults are the reference's ``main.py``: ``map_dim`` n = 768, one mapping layer, one
+pre-output layer of width ``m = n``, ``drop_probs`` 0.1 / 0.4 / 0.2. ``main.py``'s own ``--fusion`` default
+(``clip``) is not among its choices, so the fusion default here is the head's name, ``cross``. At those
+defaults the flattened matrix has 768 x 768 = 589,824 entries and the pre-output Linear 453 M parameters,
+as the reference's would (GPU-sized; ``heads list`` says so). The published rows are
+``HATECLIPPER_SETTINGS`` below and the presets ``hateclipper-align`` (the paper's n = m = 1024 align row,
+about 5 M parameters) and ``hateclipper-cross`` (run.sh's n = 32 cross row, which trains in seconds on a CPU).
 
 One deliberate difference: a binary task has two logits with softmax cross-entropy (every head here does),
 where the reference has one logit with BCE. The probability ``softmax(z)[1] = sigmoid(z_1 - z_0)`` is the
@@ -68,7 +72,7 @@ HATECLIPPER_SETTINGS = {
 @dataclass
 class CrossConfig:
     fusion: str = "cross"  # cross (n*n interaction matrix) | align (element-wise product) | concat
-    proj_dim: int = 64  # n: the reference's map_dim
+    proj_dim: int = 768  # n: the reference's map_dim (main.py default 768)
     pre_output_layers: int = 1  # the reference's num_pre_output_layers
     pre_output_dim: Optional[int] = None  # m, width of every pre-output layer; None = proj_dim (the reference)
     hidden: Optional[List[int]] = None  # explicit pre-output widths instead of pre_output_layers x pre_output_dim
@@ -87,7 +91,7 @@ class CrossConfig:
         if self.norm not in NORMS:
             raise FeatstoreError(f"cross norm={self.norm!r} is not known; use one of: {', '.join(NORMS)}")
         if self.proj_dim <= 0:
-            raise FeatstoreError(f"cross proj_dim={self.proj_dim} must be positive; use e.g. proj_dim=64")
+            raise FeatstoreError(f"cross proj_dim={self.proj_dim} must be positive; use e.g. proj_dim=768")
         if self.pre_output_layers < 0 or self.mapping_layers < 1:
             raise FeatstoreError(f"cross pre_output_layers={self.pre_output_layers} must be >= 0 and "
                                  f"mapping_layers={self.mapping_layers} >= 1; use e.g. pre_output_layers=1")
