@@ -128,7 +128,8 @@ class Extractor:
         self.device = torch.device("cpu")
         self.amp_dtype: Optional[torch.dtype] = None
         self._fingerprint: Optional[str] = None
-        self.weights_load: Optional[Dict[str, Any]] = None  # what loading the weights ignored (``hf.load_model``)
+        # what loading the weights used / ignored (``hf.load_model``, ``weights.load_report``)
+        self.weights_load: Optional[Dict[str, Any]] = None
 
     # -- the contract ---------------------------------------------------------------------------------
     def weights_fingerprint(self) -> str:

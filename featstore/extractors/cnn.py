@@ -10,6 +10,11 @@
 Names: torchvision ``resnet18/34/50/101/152`` (weights: a torchvision state-dict file) or any timm model
 with ``feature_info`` (weights: a timm state-dict file; ``"demo"``: the packaged EfficientNet-Lite0 for
 ``tf_efficientnet_lite0``). ``weights=None`` is a seeded random init.
+
+The file loads into the whole classification model, of which only ``stem16`` and ``tail`` compute:
+``weights_load`` (the extractor's, so the version record's ``meta``) counts the loaded tensors used and
+names the ones never read by first name (``{"used": 120, "unused": {"fc": 2}}`` for ResNet-18); ``None``
+for a random init.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from torch import nn
 from ..errors import FeatstoreError
 from .base import Extractor, seeded
 from .weights import (DEMO, DEMO_IMAGE_BACKBONE, demo_image_file, fingerprint_files, fingerprint_state_dict,
-                      load_efficientnet_lite0_demo, load_into, resolve_weights)
+                      load_efficientnet_lite0_demo, load_into, load_report, resolve_weights)
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,7 +35,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class CNNExtractor(Extractor):
     """Shared by the CNN image extractors (``grid``, ``roi``): one ``CNNBackbone`` built from the config's
-    ``backbone``, ``weights`` and ``seed``; fingerprinted by its weights."""
+    ``backbone``, ``weights`` and ``seed``; fingerprinted by its weights; ``weights_load`` is the backbone's
+    load report (outside the version id)."""
 
     modality = "image"
     key_kind = "image_key"
@@ -40,6 +46,7 @@ class CNNExtractor(Extractor):
     def __init__(self, config, name: str):
         super().__init__(config, name)
         self.backbone = CNNBackbone(config.backbone, config.weights, config.seed)
+        self.weights_load = self.backbone.weights_load
 
     def modules(self):
         return [self.backbone]
@@ -49,9 +56,13 @@ class CNNExtractor(Extractor):
 
 
 class CNNBackbone(nn.Module):
+    """``stem16`` / ``tail`` of a classification ``model`` (module docstring); ``weights_load``: the
+    ``load_report`` of the weights file over them, ``None`` without one."""
+
     def __init__(self, name: str, weights: Optional[str], seed: int = 0):
         super().__init__()
         self.weights_path = None
+        loaded: Optional[List[str]] = None  # the model's state-dict keys the weights file filled
         if name in TORCHVISION_RESNETS:
             import torchvision
 
@@ -61,7 +72,7 @@ class CNNBackbone(nn.Module):
                                      f"{DEMO_IMAGE_BACKBONE!r} (or leave backbone at its default)")
             if weights is not None:
                 self.weights_path = resolve_weights(weights, "file")
-                load_into(self.model, self.weights_path, f"torchvision {name}")
+                loaded = load_into(self.model, self.weights_path, f"torchvision {name}")
             m = self.model
             self.stem16 = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3)
             self.tail = nn.Sequential(m.layer4)
@@ -78,14 +89,15 @@ class CNNBackbone(nn.Module):
                     raise FeatstoreError(f"weights='demo' exists only for backbone {DEMO_IMAGE_BACKBONE!r}, "
                                          f"not {name!r}; pass a weights file for {name!r}")
                 self.weights_path = demo_image_file()
-                load_efficientnet_lite0_demo(self.model, self.weights_path)
+                loaded = load_efficientnet_lite0_demo(self.model, self.weights_path)
             elif weights is not None:
                 self.weights_path = resolve_weights(weights, "file")
-                load_into(self.model, self.weights_path, f"timm {name}")
+                loaded = load_into(self.model, self.weights_path, f"timm {name}")
             self.stem16, self.tail = _split_timm(self.model, name)
             cfg = getattr(self.model, "pretrained_cfg", {}) or {}
             self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
             self.std = tuple(cfg.get("std", IMAGENET_STD))
+        self.weights_load = None if loaded is None else load_report(self.model, (self.stem16, self.tail), loaded)
         self.model.eval()
         with torch.inference_mode():
             m16 = self.stem16(torch.zeros(1, 3, 64, 64))

@@ -8,11 +8,11 @@ version (``Extractor.weights_load``, the version record's ``meta``).
 """
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterable, Tuple
+from typing import Any, Dict, Tuple
 
 from ..errors import FeatstoreError
+from .weights import by_prefix
 
 
 def load_pretrained(cls: Any, path: Path, what: str, **kwargs) -> Any:
@@ -35,12 +35,7 @@ def check_loading(info: Dict[str, Any], path: Path, what: str, may_miss: Tuple[s
             f"weights {str(path)!r} lack {len(random)} tensors of the {what} ({', '.join(random[:3])}"
             f"{', ...' if len(random) > 3 else ''}), which would start random; pass a folder holding the whole "
             f"{what} as written by save_pretrained")
-    return {"missing_unused": missing, "unexpected": _by_prefix(info.get("unexpected_keys") or [])}
-
-
-def _by_prefix(keys: Iterable[str]) -> Dict[str, int]:
-    """Ignored checkpoint keys counted by their first name (``{"cls": 5}``)."""
-    return dict(sorted(Counter(k.split(".", 1)[0] for k in keys).items()))
+    return {"missing_unused": missing, "unexpected": by_prefix(info.get("unexpected_keys") or [])}
 
 
 def load_model(cls: Any, path: Path, what: str, may_miss: Tuple[str, ...] = (), **kwargs) -> Tuple[Any, Dict]:

