@@ -1,18 +1,39 @@
 """``text-only`` and ``image-only``: an MLP on one modality's pooled vector (baselines).
 
 When the feature set has only regions/tokens, the pooled vector is their masked mean.
+
+``forward(batch) -> {"logits": {task: [B, task.num_outputs]}, "fused": [B, hidden[-1]]}``: the pooled vector
+``[B, D]`` through the hidden blocks, then ``heads.outputs.PredictionLayers`` (``out_hidden`` 0: one Linear per
+task). A hidden block is Linear, activation, Dropout; with ``batch_norm=true`` it is Linear, BatchNorm1d,
+activation, Dropout, the order of MMF's ``MLPClassifer`` (mmf/modules/layers.py). The default layout
+(``mlp.0`` Linear, ``mlp.3`` Linear, ...) is ``heads.models.base.MLP``'s, so runs saved before the option
+reopen unchanged.
+
+MMF's Hateful Memes baselines (Kiela et al. 2020, projects/others/unimodal/configs/hateful_memes/):
+
+* Image-Grid (``image.yaml``, MMF's ``unimodal_image``) is ``--preset image-grid-hm``: the ImageNet ResNet-152
+  res5c map average-pooled to one 2048-d vector, then ``MLPClassifer(num_layers=2, hidden_dim=768)``, i.e.
+  ``hidden=[768, 768], batch_norm=true, dropout=0.5`` and the 768 -> 2 prediction Linear. What differs: MMF
+  fine-tunes the ResNet with the classifier; here the pooled vector is cached (``featstore extract
+  --extractor grid``) and frozen, so only the MLP trains.
+* Image-Region (``with_features.yaml``) is not transcribed: it feeds detectron.lmdb's 100 x 2048 fc6 regions
+  through an fc7 Linear + ReLU initialised from Detectron's ``fc7_w.pkl`` / ``fc7_b.pkl`` (which this toolkit
+  does not have) and classifies the flattened 100 * 2048 vector, not a pooled one.
+* Text BERT (``bert.yaml``, MMF's ``unimodal_text``) is not transcribed: it fine-tunes all of BERT and
+  classifies its pooler output; ``text-only`` on cached, frozen BERT states is a different system (no preset
+  claims it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
 
 from ..outputs import PredictionLayers
-from .base import MLP, Head, pooled_image, pooled_text, register_head
+from .base import MLP, Head, activation, pooled_image, pooled_text, register_head
 
 
 @dataclass
@@ -20,12 +41,42 @@ class UnimodalConfig:
     hidden: List[int] = field(default_factory=lambda: [512])  # MLP widths; the last is the fused size
     activation: str = "relu"
     dropout: float = 0.1
+    batch_norm: bool = False  # BatchNorm1d after each hidden Linear (MMF's MLPClassifer); needs hidden
     out_hidden: int = 0
     out_dropout: float = 0.0
 
     def validate(self) -> None:
         if any(int(h) <= 0 for h in self.hidden):
             raise FeatstoreError(f"hidden={self.hidden} has a non-positive width; use e.g. hidden=[512]")
+        if not isinstance(self.batch_norm, bool):
+            raise FeatstoreError(f"batch_norm={self.batch_norm!r} must be true or false; "
+                                 "e.g. --set batch_norm=true")
+        if self.batch_norm and not self.hidden:
+            raise FeatstoreError("batch_norm=true normalises the hidden layers but hidden=[] has none; "
+                                 "pass e.g. --set hidden='[768, 768]' or --set batch_norm=false")
+
+
+class BatchNormMLP(nn.Sequential):
+    """``in_dim -> hidden[0] -> ... -> hidden[-1]``: each step Linear, BatchNorm1d, activation, Dropout.
+
+    Input ``[B, in_dim]``, output ``[B, out_dim]`` with ``out_dim = hidden[-1]``. In train mode BatchNorm1d
+    normalises with the batch's own mean and biased variance (so B >= 2) and updates its running statistics
+    (momentum 0.1); in eval mode it uses the running ones. eps 1e-5 (torch's and MMF's default).
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], act: str = "relu", dropout: float = 0.0):
+        layers: List[nn.Module] = []
+        for d, h in zip([in_dim, *hidden], hidden):
+            layers += [nn.Linear(int(d), int(h)), nn.BatchNorm1d(int(h)), activation(act), nn.Dropout(dropout)]
+        super().__init__(*layers)
+        self.out_dim = int(hidden[-1]) if hidden else in_dim
+
+
+def hidden_blocks(in_dim: int, config: UnimodalConfig) -> nn.Sequential:
+    """The hidden blocks of ``config`` on ``[B, in_dim]`` inputs: ``BatchNormMLP`` when ``batch_norm``, else
+    ``MLP`` (its ``out_dim`` attribute is the fused width)."""
+    cls = BatchNormMLP if config.batch_norm else MLP
+    return cls(in_dim, config.hidden, config.activation, config.dropout)
 
 
 class _Unimodal(Head):
@@ -34,11 +85,20 @@ class _Unimodal(Head):
     def __init__(self, inputs, task, config: UnimodalConfig):
         super().__init__(inputs, task, config)
         dim = inputs.img_dim if self.modality == "image" else inputs.txt_dim
-        self.mlp = MLP(dim, config.hidden, config.activation, config.dropout)
+        self.mlp = hidden_blocks(dim, config)
         self.outputs = PredictionLayers(task, self.mlp.out_dim, config.out_hidden, config.out_dropout)
+
+    def _check_batch(self, x: Tensor) -> None:
+        """BatchNorm1d cannot train on one row: a one-line error instead of torch's ValueError."""
+        if self.config.batch_norm and self.training and x.shape[0] < 2:
+            raise FeatstoreError(
+                f"head {self.head_name!r} with batch_norm=true got a training batch of {x.shape[0]} row; "
+                "BatchNorm1d needs at least 2 in train mode: pass a --batch-size that leaves no single row "
+                "over (train rows % batch size != 1)")
 
     def forward(self, batch: Dict[str, Tensor]) -> dict:
         x = pooled_image(batch) if self.modality == "image" else pooled_text(batch)
+        self._check_batch(x)
         fused = self.mlp(x)
         return {"logits": self.outputs(fused), "fused": fused}
 
