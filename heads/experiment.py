@@ -82,14 +82,27 @@ def summary_lines(summary: dict) -> List[str]:
     return lines
 
 
-def check_head(cfg: TrainConfig, data: TrainData) -> None:
+def check_head(cfg: TrainConfig, data: TrainData) -> int:
     """Build ``cfg.head`` for ``data`` on the meta device (no memory, no time): a one-line error for an
-    unknown head or option, missing inputs, or a bad train option, before anything is written."""
+    unknown head or option, missing inputs, or a bad train option, before anything is written; -> its
+    parameter count."""
     from .models import create_head
 
     cfg.validate()
     with torch.device("meta"):
-        create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
+        model = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def cpu_size_note(cfg: TrainConfig, data: TrainData, parameters: int) -> Optional[str]:
+    """A one-line note when a head of at least ``presets.GPU_SIZED`` parameters is about to train on a CPU."""
+    from .presets import GPU_SIZED, SMALL_PRESETS
+
+    if parameters < GPU_SIZED or data.device.type != "cpu":
+        return None
+    small = SMALL_PRESETS.get(cfg.head)
+    return (f"note: {cfg.head} has {parameters / 1e6:.1f} M parameters at these options: GPU-sized, hours a seed on "
+            f"a CPU{f'; --preset {small} trains in minutes here' if small else ''}")
 
 
 def unlabelled_train_rows(data: TrainData) -> int:
@@ -156,12 +169,12 @@ def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int]
     seeds = check_seeds(seeds)
     if holds_run(out_dir) and not overwrite:
         prepare_out(out_dir, overwrite)  # the one-line refusal
-    check_head(cfg, data)  # a bad head, option or input fails before --out is touched
+    parameters = check_head(cfg, data)  # a bad head, option or input fails before --out is touched
     out = prepare_out(out_dir, overwrite)
     yield f"training head {cfg.head} on {len(data)} samples, seeds {','.join(map(str, seeds))} -> {out}"
-    note = random_start_note(cfg)
-    if note:
-        yield note
+    for note in (random_start_note(cfg), cpu_size_note(cfg, data, parameters)):
+        if note:
+            yield note
     unlabelled = unlabelled_train_rows(data)
     if unlabelled:
         yield (f"note: train rows without a label for any task: {unlabelled} (not trained on; check the "

@@ -501,6 +501,11 @@ def test_missing_inputs_are_one_line_errors():
     ("gnn", dict(layer="cheb"), "layer='cheb'"),
     ("gnn", dict(layer="gat", hidden=6, gat_heads=4), "gat_heads"),
     ("gnn", dict(region_edges="delaunay"), "region_edges"),
+    ("concat", {"dropout": 1.5}, r"head 'concat' dropout=1.5 is a dropout probability outside \[0, 1\]; "
+                                 r"use e.g. --set dropout=0.1$"),
+    ("cross", {"fusion_dropout": -0.2}, r"fusion_dropout=-0.2 is a dropout probability outside"),
+    ("vilbert", dict(VIL, v_attention_probs_dropout_prob=2), r"v_attention_probs_dropout_prob=2 is a dropout"),
+    ("refnet", dict(base="concat", base_cfg={"out_dropout": 7.0}), r"head 'concat' out_dropout=7.0 is a dropout"),
 ])
 def test_bad_config_errors(name, cfg, match):
     with pytest.raises(FeatstoreError, match=match):

@@ -363,3 +363,22 @@ def test_build_train_data_joins_by_key(tmp_path):
         build_train_data(store, more, "img", "txt", "label")
     with pytest.raises(FeatstoreError, match="no feature set"):
         build_train_data(store, ds, None, None, "label")
+
+
+def test_a_gpu_sized_head_on_a_cpu_says_so_before_training(data, tmp_path):
+    """cross at the reference's defaults (n = 768: a 768^2 x 768 pre-output Linear) is GPU-sized; train_heads
+    says so right after its start line, before any weight is allocated (the generator is closed there)."""
+    from heads.experiment import train_heads
+
+    lines = train_heads(TrainConfig(head="cross"), data, tmp_path / "run", [0], progress=False)
+    start, note = next(lines), next(lines)
+    lines.close()
+    n = (16 * 768 + 768) * 2 + (768 * 768 + 1) * 768 + 769 * 2  # both maps, the pre-output Linear, the output
+    assert start.startswith("training head cross on 320 samples")
+    assert note == (f"note: cross has {n / 1e6:.1f} M parameters at these options: GPU-sized, hours a seed on a "
+                    "CPU; --preset hateclipper-cross trains in minutes here")
+    small = train_heads(TrainConfig(head="cross", head_cfg=FUSION["cross"]), data, tmp_path / "small", [0],
+                        progress=False)
+    next(small)
+    assert not next(small).startswith("note:")  # the next line is the threads line, after the first seed
+    small.close()

@@ -187,10 +187,21 @@ def create_head(name: str, inputs: InputSpec, task: TaskSpec, **cfg: Any) -> nn.
     _register_all()
     info = HEADS.info(name)  # raises for an unknown name
     config = build_dataclass(info.config_cls, cfg, f"head {name!r}")  # unknown keys / wrong types: one line
+    check_dropouts(config, name)
     if hasattr(config, "validate"):
         config.validate()
     check_needs(name, info.meta["needs"], inputs)
     return HEADS.create(name, inputs, task, config)
+
+
+def check_dropouts(config: Any, name: str) -> None:
+    """A one-line FeatstoreError for any ``*dropout*`` option of a head config outside [0, 1] (torch would
+    raise its own ValueError only when the layer is built)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if "dropout" in f.name and isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
+            raise FeatstoreError(f"head {name!r} {f.name}={value} is a dropout probability outside [0, 1]; "
+                                 f"use e.g. --set {f.name}=0.1")
 
 
 def list_heads() -> List[Tuple[str, str, Any]]:
