@@ -466,16 +466,16 @@ def with_checkpoint(train: Dict[str, Any], heads: Sequence[str], head_cfg: Dict[
                     preset: Optional[str] = None) -> Dict[str, Any]:
     """``train`` (``preset_base``'s) with ``--init-checkpoint`` / ``--trust-checkpoint`` on top (``none``: a
     random start over the preset's checkpoint); refused when a swept head cannot load the checkpoint the
-    rows would start from (only vilbert, visualbert and refnet over them can)."""
-    from .train import CHECKPOINT_HEADS, checkpoint_target, start_checkpoint
+    rows would start from (``heads.train.loads_checkpoint``)."""
+    from .train import CHECKPOINT_HEADS, loads_checkpoint, start_checkpoint
 
     out = dict(train, **({"init_checkpoint": init_checkpoint} if init_checkpoint else {}),
                **({"trust_checkpoint": True} if trust_checkpoint else {}))
     start = start_checkpoint(out.get("init_checkpoint"))
-    others = [h for h in heads if checkpoint_target(h, head_cfg.get(h, {})) not in CHECKPOINT_HEADS]
+    others = [h for h in heads if not loads_checkpoint(h, head_cfg.get(h, {}))]
     if start and others:
         source = f"--init-checkpoint {start}" if init_checkpoint else f"preset {preset!r}'s checkpoint {start!r}"
         fix = "without it" if init_checkpoint else "without --preset, or pass --init-checkpoint none"
-        raise FeatstoreError(f"{source} initialises vilbert or visualbert heads; {', '.join(others)} cannot load it: "
-                             f"sweep those {fix}")
+        raise FeatstoreError(f"{source} initialises {', '.join(CHECKPOINT_HEADS)} heads; {', '.join(others)} cannot "
+                             f"load it: sweep those {fix}")
     return out

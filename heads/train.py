@@ -373,7 +373,8 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
     return _Fit(cfg, data, gen, val_split, monitor, mode, train_idx, val_idx, model, losses, load_report, key)
 
 
-CHECKPOINT_HEADS = ("vilbert", "visualbert")  # heads --init-checkpoint loads into (alone or as refnet's base)
+CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert")  # heads --init-checkpoint loads into
+REFNET_CHECKPOINT_BASES = ("vilbert", "visualbert")  # ... and these as refnet's base
 
 
 def start_checkpoint(init_checkpoint: Optional[str]) -> Optional[str]:
@@ -387,31 +388,44 @@ def checkpoint_target(head: str, head_cfg: Dict[str, Any]) -> Optional[str]:
     return head_cfg.get("base") if head == "refnet" else head
 
 
+def loads_checkpoint(head: str, head_cfg: Dict[str, Any]) -> bool:
+    """Whether ``--init-checkpoint`` can initialise ``head`` (with ``head_cfg``)."""
+    target = checkpoint_target(head, head_cfg)
+    return target in CHECKPOINT_HEADS and (head != "refnet" or target in REFNET_CHECKPOINT_BASES)
+
+
 PRETRAINED_FROM = {"vilbert": "MMF's model.pth (vilbert.pretrained.cc_original) or bert-base-uncased",
-                   "visualbert": "MMF's model.pth (visual_bert.pretrained.coco) or bert-base-uncased"}
+                   "visualbert": "MMF's model.pth (visual_bert.pretrained.coco) or bert-base-uncased",
+                   "text-bert": "bert-base-uncased (MMF's unimodal_text loads it whole, pooler included)",
+                   "concat-bert": "bert-base-uncased (MMF's concat_bert loads it whole, pooler included)"}
+BERT_START_PRESETS = {"vilbert": "vilbert-hm-direct", "visualbert": "visualbert-hm-direct", "text-bert": "text-bert-hm",
+                      "concat-bert": "concat-bert-hm"}  # the preset of each that starts from bert-base-uncased
 
 
 def random_start_note(cfg: TrainConfig) -> Optional[str]:
     """A one-line note when a head that the published rows start from pretrained weights starts random."""
     target = checkpoint_target(cfg.head, cfg.head_cfg)
-    if target not in CHECKPOINT_HEADS or cfg.checkpoint:
+    if not loads_checkpoint(cfg.head, cfg.head_cfg) or cfg.checkpoint:
         return None
     return (f"note: {target} starts from random weights; the published {target} rows start from "
             f"{PRETRAINED_FROM[target]}: pass --init-checkpoint PATH or a cached model id (--preset "
-            f"{target}-hm-direct starts from bert-base-uncased)")
+            f"{BERT_START_PRESETS[target]} starts from bert-base-uncased)")
 
 
 def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
     """(head, LoadReport) from ``cfg.init_checkpoint`` by the reader of the head it initialises."""
     target = checkpoint_target(cfg.head, cfg.head_cfg)
-    if target not in CHECKPOINT_HEADS:
-        raise FeatstoreError(f"--init-checkpoint initialises a vilbert or visualbert head, not {cfg.head!r}"
-                             f"{' with base ' + repr(target) if cfg.head == 'refnet' else ''}; pass --head vilbert or "
-                             "--head visualbert (or --head refnet --set base=vilbert)")
+    if not loads_checkpoint(cfg.head, cfg.head_cfg):
+        raise FeatstoreError(f"--init-checkpoint initialises a vilbert, visualbert, text-bert or concat-bert head, "
+                             f"not {cfg.head!r}{' with base ' + repr(target) if cfg.head == 'refnet' else ''}; pass "
+                             "--head vilbert, visualbert, text-bert or concat-bert (or --head refnet --set "
+                             "base=vilbert)")
     if target == "visualbert":
         from .visualbert_checkpoint import head_from_checkpoint
-    else:
+    elif target == "vilbert":
         from .vilbert_checkpoint import head_from_checkpoint
+    else:
+        from .text_bert_checkpoint import head_from_checkpoint
     return head_from_checkpoint(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg, cfg.checkpoint,
                                 trust_pickle=cfg.trust_checkpoint)
 

@@ -18,13 +18,15 @@ Old TF-port names (``LayerNorm.gamma`` / ``beta``) read as ``weight`` / ``bias``
 (``classifier.0`` -> ``transform``, ``classifier.1`` -> ``outputs.layers.<task>``) loads for a head with
 ``classifier="mmf"`` and one task whose output count is the checkpoint's label count; otherwise the report
 says why it was left initialised. ``position_ids`` buffers and other heads' layers (``cls.*``) are reported
-as ignored. ``head_from_checkpoint`` reads sizes and layer counts from the shapes where the head config
-gives none (attention head counts cannot be read: 12 unless given).
+as ignored; a ViLBERT checkpoint is refused naming ``--head vilbert``. ``head_from_checkpoint`` reads sizes
+and layer counts from the shapes where the head config gives none (attention head counts cannot be read: 12
+unless given). The loop (``copy_bert``, ``finish_load``, ``refuse_other_family``) is shared with
+``heads.text_bert_checkpoint``.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -32,6 +34,7 @@ from featstore.errors import FeatstoreError
 
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights as read_weights_of
 from .checkpoints import torch_names
+from .vilbert_checkpoint import AS_IS as VILBERT_KEYS  # ViLBERT's own modules (after the base prefix)
 
 BASE_PREFIXES = ("model.bert.", "bert.bert.", "module.model.bert.", "module.bert.", "visual_bert.", "bert.")
 BARE = ("embeddings.", "encoder.", "pooler.")
@@ -42,6 +45,8 @@ HF_RENAMES = {"embeddings.visual_projection.": "embeddings.projection.",
 VISUAL_TABLES = {"bert.embeddings.token_type_embeddings_visual.weight": "bert.embeddings.token_type_embeddings.weight",
                  "bert.embeddings.position_embeddings_visual.weight": "bert.embeddings.position_embeddings.weight"}
 PROJECTION = ("bert.embeddings.projection.weight", "bert.embeddings.projection.bias")
+VISUAL_KEYS = ("bert.embeddings.projection.", *(k.rsplit(".", 1)[0] + "." for k in VISUAL_TABLES))
+WANTED = "VisualBERT or BERT weights (keys like 'model.bert.encoder.layer.0...')"
 HOW_TO_GET = ("MMF's VisualBERT is https://dl.fbaipublicfiles.com/mmf/data/models/visual_bert/"
               "visual_bert.pretrained.coco.tar.gz (its model.pth), or pass a bert-base-uncased folder")
 _LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
@@ -50,7 +55,7 @@ _LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
 def map_key(key: str, tasks) -> Tuple[Optional[str], str]:
     """(the head's key for checkpoint ``key`` or None, the report group)."""
     k = torch_names(key)
-    if k.endswith("position_ids"):
+    if k.endswith(("position_ids", "token_type_ids")):
         return None, "buffers"
     for p in CLASSIFIER_PREFIXES:
         if k.startswith(p):
@@ -103,12 +108,11 @@ def _visual_tables(head: nn.Module, mapped: Dict[str, Tensor], report: LoadRepor
             report.notes.append(f"{visual}: not in the checkpoint; copied from {text} (special_visual_initialize)")
 
 
-def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
-    """Copy the matching tensors of ``sd`` into the visualbert ``head`` (in place) and report what happened."""
-    if getattr(head, "head_name", "") != "visualbert":
-        raise FeatstoreError("load_visualbert_checkpoint needs a 'visualbert' head; build the run with --head visualbert")
+def copy_bert(head: nn.Module, sd: Dict[str, Tensor], path: str, tasks, wanted: str, how_to_get: str):
+    """(report, head key -> tensor) of the tensors of ``sd`` that ``head`` (visualbert's module names) takes;
+    ``tasks``: the task a checkpoint's ``classifier.1`` may fill. Refuses a file without BERT weights, saying
+    the ``wanted`` ones and ``how_to_get`` them."""
     own = head.state_dict()
-    tasks = [t.name for t in head.outputs.tasks] if head.config.classifier == "mmf" else []
     report, mapped = LoadReport(path=str(path)), {}
     for key in sorted(sd):
         target, group = map_key(key, tasks)
@@ -122,12 +126,41 @@ def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
             mapped[target] = sd[key]
             report.add("used", group, key)
     if "used: backbone" not in report.groups:
-        raise FeatstoreError(f"checkpoint {path!r} has no VisualBERT or BERT weights (keys like "
-                             f"'model.bert.encoder.layer.0...'); {HOW_TO_GET}")
-    _visual_tables(head, mapped, report)
+        raise FeatstoreError(f"checkpoint {path!r} has no {wanted}; {how_to_get}")
+    return report, mapped
+
+
+def finish_load(head: nn.Module, mapped: Dict[str, Tensor], report: LoadReport) -> LoadReport:
+    """Copy ``mapped`` into ``head`` (in place); the head keys it did not fill are the report's missing ones."""
     head.load_state_dict(mapped, strict=False)
-    report.missing_keys = sorted(k for k in own if k not in mapped)
+    report.missing_keys = sorted(k for k in head.state_dict() if k not in mapped)
     return report
+
+
+def refuse_other_family(sd: Dict[str, Tensor], path: str, families: Sequence[str], reader: str) -> None:
+    """A ViLBERT or VisualBERT checkpoint (``families``: those ``reader`` cannot read) refused in one line with
+    the head that reads it."""
+    for key in sd:
+        target = map_key(key, ())[0] or ""
+        if "visualbert" in families and target.startswith(VISUAL_KEYS):
+            found = ("VisualBERT", "visualbert")
+        elif "vilbert" in families and any(f".{part}" in f".{key}" for part in VILBERT_KEYS):
+            found = ("ViLBERT", "vilbert")
+        else:
+            continue
+        raise FeatstoreError(f"checkpoint {path!r} is a {found[0]} checkpoint (key {key!r}), not {reader}; train it "
+                             f"with --head {found[1]}")
+
+
+def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
+    """Copy the matching tensors of ``sd`` into the visualbert ``head`` (in place) and report what happened."""
+    if getattr(head, "head_name", "") != "visualbert":
+        raise FeatstoreError("load_visualbert_checkpoint needs a 'visualbert' head; build the run with --head visualbert")
+    refuse_other_family(sd, path, ("vilbert",), "VisualBERT or BERT")
+    tasks = [t.name for t in head.outputs.tasks] if head.config.classifier == "mmf" else []
+    report, mapped = copy_bert(head, sd, path, tasks, WANTED, HOW_TO_GET)
+    _visual_tables(head, mapped, report)
+    return finish_load(head, mapped, report)
 
 
 def load_visualbert_checkpoint(head: nn.Module, path, *, trust_pickle: bool = False) -> LoadReport:

@@ -57,6 +57,8 @@ HEAD_FACTS = {
     "vilbert": ("vilbert", "VilbertConfig", "img_regions, txt_tokens"),
     "singlestream": ("singlestream", "SingleStreamConfig", "img_regions, txt_tokens"),
     "visualbert": ("visualbert", "VisualBertConfig", "img_regions, txt_ids"),
+    "text-bert": ("text_bert", "TextBertConfig", "txt_ids"),
+    "concat-bert": ("text_bert", "ConcatBertConfig", "img_pooled, txt_ids"),
 }
 
 
@@ -71,7 +73,7 @@ def test_list_shows_every_head_with_its_options_and_needs():
             blocks[name] = []
         else:
             blocks[name].append(line)
-    assert list(blocks) == sorted(HEAD_FACTS)  # the eight heads, by name
+    assert list(blocks) == sorted(HEAD_FACTS)  # every head, by name
     for line in ("layer = 'gcn'", "num_layers = 2", "hidden = 256", "gat_heads = 4", "dropout = 0.1",
                  "residual = True"):  # the gnn head's documented defaults
         assert f"    {line}" in blocks["gnn"], line

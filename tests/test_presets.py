@@ -136,7 +136,7 @@ def test_a_preset_with_an_option_this_toolkit_lacks_is_one_line(world, tmp_path,
 
 def test_unknown_preset_and_missing_source_and_no_head(world, tmp_path):
     line = one_line_error(heads, args(world, tmp_path / "o", "--preset", "nope"))
-    assert line.startswith("error: preset 'nope' not found; choose one of hateclipper-align, ")
+    assert line.startswith("error: preset 'nope' not found; choose one of concat-bert-hm, hateclipper-align, ")
     (tmp_path / "nosrc.json").write_text(json.dumps({"name": "n", "head": "concat"}))
     assert "has no 'source'; say where its numbers come from" in one_line_error(
         heads, args(world, tmp_path / "o", "--preset", tmp_path / "nosrc.json"))

@@ -40,8 +40,13 @@ def tiny_bert(seed: int = 0):
                                   num_hidden_layers=TINY["num_hidden_layers"], max_position_embeddings=24,
                                   type_vocab_size=2, layer_norm_eps=1e-12)
     torch.manual_seed(seed)
-    model = transformers.BertForPreTraining(cfg).eval()
-    g = torch.Generator().manual_seed(seed + 1)
+    return randomise(transformers.BertForPreTraining(cfg).eval(), seed + 1)
+
+
+def randomise(model, seed: int):
+    """Every parameter of ``model`` random (in place): LayerNorm weights 1 + N(0, 0.3), matrices scaled
+    normal, vectors N(0, 0.1) - so no mapping mistake hides behind an initial value."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "LayerNorm" in name and name.endswith("weight"):
@@ -323,8 +328,9 @@ def test_a_sweep_starts_its_rows_from_the_checkpoint(world, tmp_path):
         assert len(cfg["checkpoint_load"]["groups"]["used: upper text layers"]) == 2 * 16
     res = invoke_result(heads, base + ["--head", "vilbert,concat", "--out", tmp_path / "bad"])
     assert res.exit_code == 2 and "Traceback" not in res.output
-    assert res.output.splitlines()[-1] == (f"error: --init-checkpoint {world['folder']} initialises vilbert or "
-                                           "visualbert heads; concat cannot load it: sweep those without it")
+    assert res.output.splitlines()[-1] == (f"error: --init-checkpoint {world['folder']} initialises vilbert, "
+                                           "visualbert, text-bert, concat-bert heads; concat cannot load it: sweep "
+                                           "those without it")
     assert not (tmp_path / "bad" / "runs").exists()
 
 

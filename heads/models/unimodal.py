@@ -19,9 +19,9 @@ MMF's Hateful Memes baselines (Kiela et al. 2020, projects/others/unimodal/confi
 * Image-Region (``with_features.yaml``) is not transcribed: it feeds detectron.lmdb's 100 x 2048 fc6 regions
   through an fc7 Linear + ReLU initialised from Detectron's ``fc7_w.pkl`` / ``fc7_b.pkl`` (which this toolkit
   does not have) and classifies the flattened 100 * 2048 vector, not a pooled one.
-* Text BERT (``bert.yaml``, MMF's ``unimodal_text``) is not transcribed: it fine-tunes all of BERT and
-  classifies its pooler output; ``text-only`` on cached, frozen BERT states is a different system (no preset
-  claims it).
+* Text BERT (``bert.yaml``, MMF's ``unimodal_text``) fine-tunes all of BERT and classifies its pooler output:
+  that is the ``text-bert`` head (``heads.models.text_bert``, ``--preset text-bert-hm``), not ``text-only``,
+  whose cached, frozen BERT states make a different system.
 """
 from __future__ import annotations
 
@@ -46,14 +46,18 @@ class UnimodalConfig:
     out_dropout: float = 0.0
 
     def validate(self) -> None:
-        if any(int(h) <= 0 for h in self.hidden):
-            raise FeatstoreError(f"hidden={self.hidden} has a non-positive width; use e.g. hidden=[512]")
-        if not isinstance(self.batch_norm, bool):
-            raise FeatstoreError(f"batch_norm={self.batch_norm!r} must be true or false; "
-                                 "e.g. --set batch_norm=true")
-        if self.batch_norm and not self.hidden:
-            raise FeatstoreError("batch_norm=true normalises the hidden layers but hidden=[] has none; "
-                                 "pass e.g. --set hidden='[768, 768]' or --set batch_norm=false")
+        check_mlp_options(self)
+
+
+def check_mlp_options(c) -> None:
+    """One-line refusals of ``c.hidden`` / ``c.batch_norm`` (any config ``hidden_blocks`` builds from)."""
+    if any(int(h) <= 0 for h in c.hidden):
+        raise FeatstoreError(f"hidden={c.hidden} has a non-positive width; use e.g. hidden=[512]")
+    if not isinstance(c.batch_norm, bool):
+        raise FeatstoreError(f"batch_norm={c.batch_norm!r} must be true or false; e.g. --set batch_norm=true")
+    if c.batch_norm and not c.hidden:
+        raise FeatstoreError("batch_norm=true normalises the hidden layers but hidden=[] has none; "
+                             "pass e.g. --set hidden='[768, 768]' or --set batch_norm=false")
 
 
 class BatchNormMLP(nn.Sequential):
@@ -79,6 +83,15 @@ def hidden_blocks(in_dim: int, config: UnimodalConfig) -> nn.Sequential:
     return cls(in_dim, config.hidden, config.activation, config.dropout)
 
 
+def refuse_single_row(head: Head, x: Tensor) -> None:
+    """BatchNorm1d cannot train on one row: a one-line error instead of torch's ValueError."""
+    if head.config.batch_norm and head.training and x.shape[0] < 2:
+        raise FeatstoreError(
+            f"head {head.head_name!r} with batch_norm=true got a training batch of {x.shape[0]} row; "
+            "BatchNorm1d needs at least 2 in train mode: pass a --batch-size that leaves no single row "
+            "over (train rows % batch size != 1)")
+
+
 class _Unimodal(Head):
     modality = ""
 
@@ -88,17 +101,9 @@ class _Unimodal(Head):
         self.mlp = hidden_blocks(dim, config)
         self.outputs = PredictionLayers(task, self.mlp.out_dim, config.out_hidden, config.out_dropout)
 
-    def _check_batch(self, x: Tensor) -> None:
-        """BatchNorm1d cannot train on one row: a one-line error instead of torch's ValueError."""
-        if self.config.batch_norm and self.training and x.shape[0] < 2:
-            raise FeatstoreError(
-                f"head {self.head_name!r} with batch_norm=true got a training batch of {x.shape[0]} row; "
-                "BatchNorm1d needs at least 2 in train mode: pass a --batch-size that leaves no single row "
-                "over (train rows % batch size != 1)")
-
     def forward(self, batch: Dict[str, Tensor]) -> dict:
         x = pooled_image(batch) if self.modality == "image" else pooled_text(batch)
-        self._check_batch(x)
+        refuse_single_row(self, x)
         fused = self.mlp(x)
         return {"logits": self.outputs(fused), "fused": fused}
 

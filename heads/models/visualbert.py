@@ -45,8 +45,8 @@ POOLER_STRATEGIES = ("default", "vqa")
 
 
 @dataclass
-class VisualBertConfig:
-    """BERT-base sizes and MMF's visual_bert defaults (``configs/models/visual_bert/defaults.yaml``)."""
+class BertSizes:
+    """BERT-base's sizes (bert-base-uncased's config), the first options of every BERT head here."""
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -60,6 +60,12 @@ class VisualBertConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
+
+
+@dataclass
+class VisualBertConfig(BertSizes):
+    """BERT-base sizes and MMF's visual_bert defaults (``configs/models/visual_bert/defaults.yaml``)."""
+
     visual_embedding_dim: int = 0  # projection input (MMF: 2048); 0 = the image features' width
     img_dim_mismatch: str = "error"  # visual_embedding_dim != the features' width: "project", "reinit", "error"
     special_visual_initialize: bool = True
@@ -70,12 +76,17 @@ class VisualBertConfig:
 
     def validate(self) -> None:
         check_mmf_head_choices(self, "visualbert", pooler_strategy=POOLER_STRATEGIES)
-        if self.num_attention_heads <= 0 or self.hidden_size % self.num_attention_heads:
-            raise FeatstoreError(f"visualbert hidden_size={self.hidden_size} is not a multiple of "
-                                 f"num_attention_heads={self.num_attention_heads}; change one of them")
-        for name in ("num_hidden_layers", "vocab_size", "max_position_embeddings", "type_vocab_size"):
-            if getattr(self, name) < 1:
-                raise FeatstoreError(f"visualbert {name}={getattr(self, name)}; use at least 1")
+        check_bert_sizes(self, "visualbert")
+
+
+def check_bert_sizes(c, head: str) -> None:
+    """One-line refusals of BERT sizes no BERT has (shared by visualbert, text-bert and concat-bert)."""
+    if c.num_attention_heads <= 0 or c.hidden_size % c.num_attention_heads:
+        raise FeatstoreError(f"{head} hidden_size={c.hidden_size} is not a multiple of "
+                             f"num_attention_heads={c.num_attention_heads}; change one of them")
+    for name in ("num_hidden_layers", "vocab_size", "max_position_embeddings", "type_vocab_size"):
+        if getattr(c, name) < 1:
+            raise FeatstoreError(f"{head} {name}={getattr(c, name)}; use at least 1")
 
 
 class Embeddings(nn.Module):
@@ -100,16 +111,20 @@ class Embeddings(nn.Module):
             self.position_embeddings_visual.weight.copy_(self.position_embeddings.weight)
 
     def forward(self, ids: Tensor, regions: Tensor) -> Tensor:
-        T = ids.shape[1]
-        if T > self.position_embeddings.num_embeddings:
-            raise FeatstoreError(f"batch has {T} text tokens but visualbert max_position_embeddings="
-                                 f"{self.position_embeddings.num_embeddings}; pass --max-tokens "
-                                 f"{self.position_embeddings.num_embeddings} or a larger table")
-        t = (self.word_embeddings(ids) + self.position_embeddings.weight[:T]
-             + self.token_type_embeddings.weight[0])
+        t = text_embeddings(self, ids, "visualbert")
         v = (self.projection(regions) + self.position_embeddings_visual.weight[0]
              + self.token_type_embeddings_visual.weight[0])
         return torch.cat([t, v], dim=1)
+
+
+def text_embeddings(emb: nn.Module, ids: Tensor, head: str) -> Tensor:
+    """BERT's text embeddings before the LayerNorm, ``ids [B, T] -> [B, T, H]``: ``word_embeddings(ids) +
+    position_embeddings(0..T-1) + token_type_embeddings(0)`` (one sentence: MMF's segment ids are zeros)."""
+    T, table = ids.shape[1], emb.position_embeddings.num_embeddings
+    if T > table:
+        raise FeatstoreError(f"batch has {T} text tokens but {head} max_position_embeddings={table}; pass "
+                             f"--max-tokens {table} or a larger table")
+    return emb.word_embeddings(ids) + emb.position_embeddings.weight[:T] + emb.token_type_embeddings.weight[0]
 
 
 class Encoder(nn.Module):
@@ -195,17 +210,22 @@ class VisualBertHead(Head):
         return {"logits": self.outputs(self.transform(fused)), "fused": fused, "pooled": pooled, "sequence": seq}
 
     def check_data(self, features: Dict[str, Tensor], text_meta: Optional[Dict[str, Any]] = None) -> None:
-        """Refuse (one line) token ids outside the vocabulary, or a text set whose tokenizer has another
-        vocabulary size than the head's ``vocab_size`` (ids of another tokenizer name other words)."""
-        vocab = self.config.vocab_size
-        recorded = (text_meta or {}).get("vocab_size")
-        name = (text_meta or {}).get("name", "the text feature set")
-        if recorded is not None and int(recorded) != vocab:
-            raise FeatstoreError(
-                f"text feature set {name!r} was tokenised with a {recorded}-word vocabulary but visualbert "
-                f"vocab_size={vocab}; extract the text with the checkpoint's tokenizer (bert-base-uncased for "
-                "MMF's VisualBERT) or set vocab_size to match")
-        ids = features.get("txt_ids")
-        if ids is not None and ids.numel() and int(ids.max()) >= vocab:
-            raise FeatstoreError(f"text feature set {name!r} holds token id {int(ids.max())}, outside visualbert's "
-                                 f"vocab_size={vocab}; extract the text with the checkpoint's tokenizer")
+        """``check_token_ids`` against the head's ``vocab_size``."""
+        check_token_ids(features, text_meta, self.config.vocab_size, "visualbert", "MMF's VisualBERT")
+
+
+def check_token_ids(features: Dict[str, Tensor], text_meta: Optional[Dict[str, Any]], vocab: int, head: str,
+                    model: str) -> None:
+    """Refuse (one line) token ids outside ``vocab``, or a text set whose tokenizer has another vocabulary
+    size (ids of another tokenizer name other words); ``model`` names whose tokenizer is bert-base-uncased."""
+    recorded = (text_meta or {}).get("vocab_size")
+    name = (text_meta or {}).get("name", "the text feature set")
+    if recorded is not None and int(recorded) != vocab:
+        raise FeatstoreError(
+            f"text feature set {name!r} was tokenised with a {recorded}-word vocabulary but {head} "
+            f"vocab_size={vocab}; extract the text with the checkpoint's tokenizer (bert-base-uncased for "
+            f"{model}) or set vocab_size to match")
+    ids = features.get("txt_ids")
+    if ids is not None and ids.numel() and int(ids.max()) >= vocab:
+        raise FeatstoreError(f"text feature set {name!r} holds token id {int(ids.max())}, outside {head}'s "
+                             f"vocab_size={vocab}; extract the text with the checkpoint's tokenizer")

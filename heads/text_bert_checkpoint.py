@@ -1,0 +1,73 @@
+"""Load a plain BERT into a ``text-bert`` or ``concat-bert`` head (``heads.models.text_bert``), whole.
+
+MMF's Text BERT and Concat BERT build their text encoder with ``BertModelJit.from_pretrained(bert_model_name)``
+(mmf/modules/encoders.py ``TransformerEncoder``, bert-base-uncased in the Hateful Memes configs): BERT's
+embeddings, every layer and its pooler load, and the classifier (``MLPClassifer``) keeps PyTorch's default
+initialisation. Here the same:
+
+* accepted: a transformers ``save_pretrained`` folder of a ``BertModel`` (bare ``embeddings.*`` / ``encoder.*`` /
+  ``pooler.*``) or a ``BertForPreTraining`` / ``BertForSequenceClassification`` (``bert.*``), a
+  ``pytorch_model.bin`` / ``model.safetensors`` file (TF-port ``LayerNorm.gamma`` / ``beta`` read as
+  ``weight`` / ``bias``), or a model id in the local Hugging Face cache (``heads.checkpoints.read_weights``);
+* the keys map as in ``heads.visualbert_checkpoint`` (the heads share visualbert's module names:
+  ``bert.embeddings.*``, ``bert.encoder.layer.N.*``, ``bert.pooler.dense.*``), with its loop (``copy_bert``);
+* the report: used = every BERT tensor, pooler included; ignored = pretraining / task heads (``cls.*``,
+  ``classifier.*``) and buffers; missing = ``mlp.*`` and ``outputs.*`` (MMF's MLPClassifer, left initialised);
+* a ViLBERT or VisualBERT checkpoint is refused in one line naming the head that reads it.
+
+``head_from_checkpoint`` reads the BERT sizes and layer count from the shapes where the head config gives none
+(attention head counts cannot be read: 12 unless given).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+from torch import Tensor, nn
+
+from featstore.errors import FeatstoreError
+
+from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
+from .visualbert_checkpoint import config_from_checkpoint as bert_sizes, copy_bert, finish_load, refuse_other_family
+
+HEADS_READ = ("text-bert", "concat-bert")
+WANTED = "BERT weights (keys like 'bert.encoder.layer.0...' or 'encoder.layer.0...')"
+HOW_TO_GET = ("pass a bert-base-uncased folder (save_pretrained), its pytorch_model.bin / model.safetensors, or "
+              "the model id bert-base-uncased from the local Hugging Face cache (on a connected machine: "
+              "huggingface-cli download bert-base-uncased)")
+PLAIN_NOTE = ("a plain BERT, as MMF's TransformerEncoder (BertModelJit.from_pretrained): embeddings, layers and "
+              "pooler come from it; the MLP classifier keeps PyTorch's default initialisation, as MMF's")
+
+
+def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
+    """Copy BERT's tensors of ``sd`` into the text-bert / concat-bert ``head`` (in place) and report."""
+    if getattr(head, "head_name", "") not in HEADS_READ:
+        raise FeatstoreError("load_text_bert_checkpoint needs a 'text-bert' or 'concat-bert' head; build the run "
+                             "with --head text-bert or --head concat-bert")
+    refuse_other_family(sd, path, ("vilbert", "visualbert"), "BERT")
+    report, mapped = copy_bert(head, sd, path, (), WANTED, HOW_TO_GET)
+    report.note(PLAIN_NOTE)
+    return finish_load(head, mapped, report)
+
+
+def load_text_bert_checkpoint(head: nn.Module, path, *, trust_pickle: bool = False) -> LoadReport:
+    """Copy the BERT at ``path`` (file, folder or cached model id) into ``head`` (in place) -> report."""
+    return load_state(head, read_weights(path, trust_pickle, HOW_TO_GET), str(path))
+
+
+def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any]) -> Dict[str, Any]:
+    """``given`` completed with the BERT sizes and layer count the shapes imply (visualbert's reading, without
+    its projection width: a VisualBERT file is refused when it loads)."""
+    found = bert_sizes(shapes, given)
+    if "visual_embedding_dim" not in given:
+        found.pop("visual_embedding_dim", None)
+    return found
+
+
+def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path, *,
+                         trust_pickle: bool = False) -> Tuple[nn.Module, LoadReport]:
+    """Build head ``name`` (text-bert or concat-bert) with the sizes the BERT at ``path`` implies where
+    ``head_cfg`` gives none, and load it -> (head, report)."""
+    family = name if name in HEADS_READ else HEADS_READ[0]
+    return build_from_checkpoint(family, name, inputs, spec, head_cfg, path, trust_pickle=trust_pickle,
+                                 config_from_checkpoint=config_from_checkpoint, load_state=load_state,
+                                 how_to_get=HOW_TO_GET)
