@@ -1,4 +1,4 @@
-"""Load a plain BERT into a ``text-bert`` or ``concat-bert`` head (``heads.models.text_bert``), whole.
+"""Load a plain BERT into a ``text-bert``, ``concat-bert`` or ``late-fusion`` head (``heads.models.text_bert``), whole.
 
 MMF's Text BERT and Concat BERT build their text encoder with ``BertModelJit.from_pretrained(bert_model_name)``
 (mmf/modules/encoders.py ``TransformerEncoder``, bert-base-uncased in the Hateful Memes configs): BERT's
@@ -12,7 +12,8 @@ initialisation. Here the same:
 * the keys map as in ``heads.visualbert_checkpoint`` (the heads share visualbert's module names:
   ``bert.embeddings.*``, ``bert.encoder.layer.N.*``, ``bert.pooler.dense.*``), with its loop (``copy_bert``);
 * the report: used = every BERT tensor, pooler included; ignored = pretraining / task heads (``cls.*``,
-  ``classifier.*``) and buffers; missing = ``mlp.*`` and ``outputs.*`` (MMF's MLPClassifer, left initialised);
+  ``classifier.*``) and buffers; missing = ``mlp.*`` and ``outputs.*`` (MMF's MLPClassifer, left initialised; late-fusion also
+  ``image_mlp.*`` / ``image_outputs.*``);
 * a ViLBERT or VisualBERT checkpoint is refused in one line naming the head that reads it.
 
 ``head_from_checkpoint`` reads the BERT sizes and layer count from the shapes where the head config gives none
@@ -29,7 +30,7 @@ from featstore.errors import FeatstoreError
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
 from .visualbert_checkpoint import config_from_checkpoint as bert_sizes, copy_bert, finish_load, refuse_other_family
 
-HEADS_READ = ("text-bert", "concat-bert")
+HEADS_READ = ("text-bert", "concat-bert", "late-fusion")
 WANTED = "BERT weights (keys like 'bert.encoder.layer.0...' or 'encoder.layer.0...')"
 HOW_TO_GET = ("pass a bert-base-uncased folder (save_pretrained), its pytorch_model.bin / model.safetensors, or "
               "the model id bert-base-uncased from the local Hugging Face cache (on a connected machine: "
@@ -41,8 +42,8 @@ PLAIN_NOTE = ("a plain BERT, as MMF's TransformerEncoder (BertModelJit.from_pret
 def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
     """Copy BERT's tensors of ``sd`` into the text-bert / concat-bert ``head`` (in place) and report."""
     if getattr(head, "head_name", "") not in HEADS_READ:
-        raise FeatstoreError("load_text_bert_checkpoint needs a 'text-bert' or 'concat-bert' head; build the run "
-                             "with --head text-bert or --head concat-bert")
+        raise FeatstoreError("load_text_bert_checkpoint needs a 'text-bert', 'concat-bert' or 'late-fusion' head; "
+                             "build the run with --head text-bert, concat-bert or late-fusion")
     refuse_other_family(sd, path, ("vilbert", "visualbert"), "BERT")
     report, mapped = copy_bert(head, sd, path, (), WANTED, HOW_TO_GET)
     report.note(PLAIN_NOTE)
@@ -65,7 +66,7 @@ def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any]) -> D
 
 def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path, *,
                          trust_pickle: bool = False) -> Tuple[nn.Module, LoadReport]:
-    """Build head ``name`` (text-bert or concat-bert) with the sizes the BERT at ``path`` implies where
+    """Build head ``name`` (one of ``HEADS_READ``) with the sizes the BERT at ``path`` implies where
     ``head_cfg`` gives none, and load it -> (head, report)."""
     family = name if name in HEADS_READ else HEADS_READ[0]
     return build_from_checkpoint(family, name, inputs, spec, head_cfg, path, trust_pickle=trust_pickle,

@@ -373,7 +373,7 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
     return _Fit(cfg, data, gen, val_split, monitor, mode, train_idx, val_idx, model, losses, load_report, key)
 
 
-CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert")  # heads --init-checkpoint loads into
+CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert", "late-fusion")  # heads --init-checkpoint loads into
 REFNET_CHECKPOINT_BASES = ("vilbert", "visualbert")  # ... and these as refnet's base
 
 
@@ -397,9 +397,10 @@ def loads_checkpoint(head: str, head_cfg: Dict[str, Any]) -> bool:
 PRETRAINED_FROM = {"vilbert": "MMF's model.pth (vilbert.pretrained.cc_original) or bert-base-uncased",
                    "visualbert": "MMF's model.pth (visual_bert.pretrained.coco) or bert-base-uncased",
                    "text-bert": "bert-base-uncased (MMF's unimodal_text loads it whole, pooler included)",
-                   "concat-bert": "bert-base-uncased (MMF's concat_bert loads it whole, pooler included)"}
+                   "concat-bert": "bert-base-uncased (MMF's concat_bert loads it whole, pooler included)",
+                   "late-fusion": "bert-base-uncased (MMF's late_fusion loads it whole, pooler included)"}
 BERT_START_PRESETS = {"vilbert": "vilbert-hm-direct", "visualbert": "visualbert-hm-direct", "text-bert": "text-bert-hm",
-                      "concat-bert": "concat-bert-hm"}  # the preset of each that starts from bert-base-uncased
+                      "concat-bert": "concat-bert-hm", "late-fusion": "late-fusion-hm"}  # the preset of each that starts from bert-base-uncased
 
 
 def random_start_note(cfg: TrainConfig) -> Optional[str]:
@@ -416,10 +417,9 @@ def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
     """(head, LoadReport) from ``cfg.init_checkpoint`` by the reader of the head it initialises."""
     target = checkpoint_target(cfg.head, cfg.head_cfg)
     if not loads_checkpoint(cfg.head, cfg.head_cfg):
-        raise FeatstoreError(f"--init-checkpoint initialises a vilbert, visualbert, text-bert or concat-bert head, "
-                             f"not {cfg.head!r}{' with base ' + repr(target) if cfg.head == 'refnet' else ''}; pass "
-                             "--head vilbert, visualbert, text-bert or concat-bert (or --head refnet --set "
-                             "base=vilbert)")
+        raise FeatstoreError(f"--init-checkpoint initialises a {', '.join(CHECKPOINT_HEADS)} head, not {cfg.head!r}"
+                             f"{' with base ' + repr(target) if cfg.head == 'refnet' else ''}; pass --head "
+                             f"{' / '.join(CHECKPOINT_HEADS)} (or --head refnet --set base=vilbert)")
     if target == "visualbert":
         from .visualbert_checkpoint import head_from_checkpoint
     elif target == "vilbert":

@@ -59,6 +59,7 @@ HEAD_FACTS = {
     "visualbert": ("visualbert", "VisualBertConfig", "img_regions, txt_ids"),
     "text-bert": ("text_bert", "TextBertConfig", "txt_ids"),
     "concat-bert": ("text_bert", "ConcatBertConfig", "img_pooled, txt_ids"),
+    "late-fusion": ("text_bert", "LateFusionConfig", "img_pooled, txt_ids"),
 }
 
 

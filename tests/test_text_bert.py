@@ -1,4 +1,5 @@
-"""``text-bert`` and ``concat-bert`` are MMF's Text BERT (``unimodal_text``) and Concat BERT (``concat_bert``),
+"""``text-bert``, ``concat-bert`` and ``late-fusion`` are MMF's Text BERT (``unimodal_text``), Concat BERT
+(``concat_bert``) and Late Fusion (``late_fusion``),
 checked against references written outside the heads:
 
 * transformers' own ``BertModel`` (tiny, every tensor random, LayerNorm weights and biases away from 1 / 0)
@@ -91,7 +92,7 @@ def token_batch(seed: int = 1, vocab: int = V):
 def perturb_running_stats(head, seed: int = 3) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for m in head.mlp:
+        for m in head.modules():  # every MLPClassifer's (late-fusion has two)
             if isinstance(m, torch.nn.BatchNorm1d):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
@@ -150,18 +151,45 @@ def test_text_bert_train_mode_uses_the_batch_statistics(folders):
     torch.testing.assert_close(head.mlp[1].running_var, 0.9 * sd["mlp.1.running_var"] + 0.1 * h.var(0))
 
 
-def test_concat_bert_concatenates_text_first_then_the_image(folders):
+def image_text_run(folders, name: str, seed: int, **cfg):
+    """(head in eval mode with perturbed BatchNorm statistics, batch with an image vector, eval outputs, BERT)."""
     folder, bert = folders["BertModel"]
-    head, _ = loaded("concat-bert", folder, inputs=BOTH)
+    head, _ = loaded(name, folder, inputs=BOTH, **cfg)
     perturb_running_stats(head)
     head.eval()
-    bt = token_batch(seed=5)
-    bt["img_pooled"] = torch.randn(B, DI, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    bt = token_batch(seed=seed)
+    bt["img_pooled"] = torch.randn(B, DI, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     with torch.no_grad():
         out = head(bt)
+    return head, bt, out, bert
+
+
+def test_concat_bert_concatenates_text_first_then_the_image(folders):
+    head, bt, out, bert = image_text_run(folders, "concat-bert", 5)
     assert head.mlp[0].in_features == H + DI
     x = torch.cat([bert_pooled(bert, bt["txt_ids"], bt["txt_mask"]), bt["img_pooled"]], -1)  # ConcatBERT.forward
     torch.testing.assert_close(out["logits"]["label"], mlp_reference(x, head.state_dict()), atol=1e-8, rtol=0)
+
+
+def late_fusion_reference(text_pooled, image, sd, train=False):
+    """MMF's LateFusion.forward: (text_classifier(text) + modal_classifier(image)) / 2, float64."""
+    text = mlp_reference(text_pooled, sd, train=train)
+    img = mlp_reference(image, sd, prefix="image_mlp.", out="image_outputs.layers.label.", train=train)
+    return (text + img) / 2
+
+
+def test_late_fusion_averages_the_two_classifiers_logits(folders):
+    head, bt, out, bert = image_text_run(folders, "late-fusion", 8, dropout=0.0)
+    assert head.mlp[0].in_features == H and head.image_mlp[0].in_features == DI
+    pooled = bert_pooled(bert, bt["txt_ids"], bt["txt_mask"])
+    want = late_fusion_reference(pooled, bt["img_pooled"], head.state_dict())
+    torch.testing.assert_close(out["logits"]["label"], want, atol=1e-8, rtol=0)
+    assert out["fused"].shape == (B, 2 * MLP[-1])
+    head.train()  # train mode: both MLPs normalise with their own batch statistics
+    sd = {k: v.clone() for k, v in head.state_dict().items()}
+    out = head(bt)
+    torch.testing.assert_close(out["logits"]["label"].detach(),
+                               late_fusion_reference(pooled, bt["img_pooled"], sd, train=True), atol=1e-8, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------- the loader
@@ -266,6 +294,8 @@ def decay_by_name(head, weight_decay: float) -> dict:
 def test_optimiser_groups_one_for_text_bert_mmfs_bert_groups_for_concat_bert():
     text = decay_by_name(create_head("text-bert", TEXT, BINARY, **SIZES), 0.0)
     assert set(text.values()) == {0.0}  # UnimodalText: model.parameters(), transformers' AdamW default decay
+    late = decay_by_name(create_head("late-fusion", BOTH, BINARY, **SIZES), 0.05)
+    assert set(late.values()) == {0.05} and "image_mlp.1.weight" in late  # LateFusion: one group too
     concat = decay_by_name(create_head("concat-bert", BOTH, BINARY, **SIZES), 0.01)
     no_decay = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # mmf/utils/modeling.py get_bert_configured_parameters
     assert concat == {n: 0.0 if any(r in n for r in no_decay) else 0.01 for n in concat}
@@ -278,10 +308,13 @@ def test_presets_are_mmfs_numbers():
     text, concat = load_preset("text-bert-hm"), load_preset("concat-bert-hm")
     assert (text.head, concat.head) == ("text-bert", "concat-bert")
     pick = lambda p: tuple(p.train[k] for k in ("lr", "batch_size", "epochs", "weight_decay", "warmup_ratio"))  # noqa
+    late = load_preset("late-fusion-hm")
     assert pick(text) == (5e-5, 128, 329, 0.0, 0.0909) and pick(concat) == (1e-5, 64, 166, 0.01, 0.0909)
-    assert text.train["init_checkpoint"] == concat.train["init_checkpoint"] == "bert-base-uncased"
-    assert text.head_cfg == concat.head_cfg == {"hidden": [768, 768], "activation": "relu", "dropout": 0.5,
-                                                "batch_norm": True}
+    assert pick(late) == (5e-5, 64, 166, 0.0, 0.0909)  # late_fusion/hateful_memes/defaults.yaml, one group
+    assert text.train["init_checkpoint"] == concat.train["init_checkpoint"] == late.train["init_checkpoint"] == \
+        "bert-base-uncased"
+    assert text.head_cfg == concat.head_cfg == late.head_cfg == {"hidden": [768, 768], "activation": "relu",
+                                                                 "dropout": 0.5, "batch_norm": True}
 
 
 # ----------------------------------------------------------------------------------------- the CLI
@@ -321,8 +354,8 @@ def train(world, out, head, *extra):
                           "--lr", 1e-30, "--warmup", 0, "--threads", 1, "--quiet", "--out", out, *extra])
 
 
-def reference(world, run, samples, image: bool):
-    """P(label 1) by transformers' BERT (the folder's) + the MLP the run saved (its initialisation and the
+def reference(world, run, samples, head: str):
+    """P(label 1) by transformers' BERT (the folder's) + the MLP(s) the run saved (their initialisation and the
     running statistics of its one epoch), float64."""
     from safetensors.torch import load_file
 
@@ -330,12 +363,15 @@ def reference(world, run, samples, image: bool):
     width = max(map(len, ids))
     ids = torch.tensor([i + [0] * (width - len(i)) for i in ids])
     x = bert_pooled(world["bert"], ids, ids != 0)
-    if image:
-        x = torch.cat([x, torch.tensor(np.stack([world["images"][s.image_key] for s in samples])).double()], -1)
-    return torch.softmax(mlp_reference(x, load_file(str(run / "model.safetensors"))), -1)[:, 1].numpy()
+    image = torch.tensor(np.stack([world["images"][s.image_key] for s in samples])).double()
+    sd = load_file(str(run / "model.safetensors"))
+    logits = {"text-bert": lambda: mlp_reference(x, sd),
+              "concat-bert": lambda: mlp_reference(torch.cat([x, image], -1), sd),
+              "late-fusion": lambda: late_fusion_reference(x, image, sd)}[head]()
+    return torch.softmax(logits, -1)[:, 1].numpy()
 
 
-@pytest.mark.parametrize("head, image", [("text-bert", False), ("concat-bert", True)])
+@pytest.mark.parametrize("head, image", [("text-bert", False), ("concat-bert", True), ("late-fusion", True)])
 def test_cli_predictions_equal_the_reference(world, head, image):
     out = world["root"] / head
     printed = train(world, out, head, *(["--image", "img"] if image else []))
@@ -345,12 +381,13 @@ def test_cli_predictions_equal_the_reference(world, head, image):
     n_bert = len([k for k in world["bert"].state_dict() if k.startswith("bert.")])
     assert len(load["used_keys"]) == n_bert and load["summary"][0] in printed
     assert any(k.startswith("cls.") for k in load["ignored_keys"])
-    assert sorted({k.split(".")[0] for k in load["missing_keys"]}) == ["mlp", "outputs"]
+    assert sorted({k.split(".")[0] for k in load["missing_keys"]}) == (
+        ["image_mlp", "image_outputs", "mlp", "outputs"] if head == "late-fusion" else ["mlp", "outputs"])
     assert "starts from random weights" not in printed
     got = read_predictions(run / "predictions_test.csv")
     by_id = {s.id: s for s in world["ds"].samples}
     samples = [by_id[i] for i in got]
-    want = reference(world, run, samples, image)
+    want = reference(world, run, samples, head)
     np.testing.assert_allclose([got[s.id] for s in samples], want, atol=1e-5, rtol=0)
     from cli.heads_cli import main as heads  # heads predict rebuilds the head from config.json alone
 
@@ -379,7 +416,8 @@ def test_cli_refuses_a_text_set_without_token_ids(world, tmp_path):
     assert "has no array 'input_ids' for --text-array" in line
 
 
-@pytest.mark.parametrize("head, preset", [("text-bert", "text-bert-hm"), ("concat-bert", "concat-bert-hm")])
+@pytest.mark.parametrize("head, preset", [("text-bert", "text-bert-hm"), ("concat-bert", "concat-bert-hm"),
+                                          ("late-fusion", "late-fusion-hm")])
 def test_a_random_start_names_the_preset_that_starts_from_bert(head, preset):
     from heads.presets import load_preset
     from heads.train import TrainConfig, random_start_note

@@ -1,6 +1,7 @@
-"""``text-bert`` and ``concat-bert``: the Text BERT and Concat BERT baselines of the Hateful Memes paper (Kiela et
-al. 2020) as MMF computes them: ``unimodal_text`` (mmf/models/unimodal.py, ``UnimodalText`` over
-``UnimodalBase``) and ``concat_bert`` (mmf/models/fusions.py, ``ConcatBERT`` over ``FusionBase``).
+"""``text-bert``, ``concat-bert`` and ``late-fusion``: the Text BERT, Concat BERT and Late Fusion baselines of the
+Hateful Memes paper (Kiela et al. 2020) as MMF computes them: ``unimodal_text`` (mmf/models/unimodal.py,
+``UnimodalText`` over ``UnimodalBase``), ``concat_bert`` and ``late_fusion`` (mmf/models/fusions.py,
+``ConcatBERT`` / ``LateFusion`` over ``FusionBase``).
 
 Forward (B rows, T token positions, H = ``hidden_size`` (768), Di = the image vector's width (2048 for
 ResNet-152)):
@@ -18,6 +19,11 @@ ResNet-152)):
   per width of ``hidden`` ([768, 768] = hidden_dim 768, num_layers 2) Linear, BatchNorm1d, ReLU, Dropout(0.5)
   -> ``fused [B, hidden[-1]]``; then ``outputs.layers.<task>``, MLPClassifer's last Linear -> ``logits [B, K]``.
   No dropout between the pooler and the MLP, as MMF.
+* late-fusion: two MLPClassifers of the same options, ``mlp`` + ``outputs`` on ``pooled`` and ``image_mlp`` +
+  ``image_outputs`` on ``img_pooled``; ``logits = (text logits + image logits) / 2`` per task
+  (``LateFusion.forward``: ``(text + modal) / 2`` of the scores); ``fused = cat([text fused, image fused])``;
+  outputs also ``text_logits`` / ``image_logits``. One optimiser group (LateFusion defines no
+  ``get_optimizer_parameters``), as text-bert.
 
 Initialisation: a random start gives ``bert`` MMF's BERT ``_init_weights`` (``vilbert.mmf_init``); the MLP and
 the output Linear keep PyTorch's default initialisation, as MMF's ``build_classifier_layer`` leaves them. With
@@ -69,6 +75,14 @@ class ConcatBertConfig(TextBertConfig):
     Hateful Memes config sets num_layers 2)."""
 
     head: ClassVar[str] = "concat-bert"
+
+
+@dataclass
+class LateFusionConfig(TextBertConfig):
+    """As text-bert, for both classifiers (mmf/configs/models/fusions/late_fusion.yaml: BERT-base,
+    modal_classifier and text_classifier hidden_dim 768; the Hateful Memes config sets num_layers 2 on each)."""
+
+    head: ClassVar[str] = "late-fusion"
 
 
 class TextEmbeddings(nn.Module):
@@ -159,3 +173,27 @@ class ConcatBertHead(_BertClassifier):
     def optimizer_groups(self, weight_decay: float):
         """MMF's ``get_bert_configured_parameters`` groups (``vilbert.mmf_bert_groups``)."""
         return mmf_bert_groups(self, weight_decay)
+
+
+@register_head("late-fusion", LateFusionConfig,
+               help="MMF's Late Fusion: mean of MLPClassifer(BERT pooled) and MLPClassifer(image pooled) logits")
+class LateFusionHead(_BertClassifier):
+    """logits = (text MLPClassifer(BERT pooled(txt_ids)) + image MLPClassifer(img_pooled)) / 2; fused
+    ``[B, 2 * hidden[-1]]`` (text then image); outputs also ``"text_logits"``, ``"image_logits"``, ``"pooled"``."""
+
+    needs = frozenset({"txt_ids", "img_pooled"})
+
+    def __init__(self, inputs, task, config: LateFusionConfig):
+        super().__init__(inputs, task, config)
+        self.image_mlp = hidden_blocks(inputs.img_dim, config)  # PyTorch's default init, as MMF's
+        self.image_outputs = PredictionLayers(task, self.image_mlp.out_dim)
+
+    def forward(self, batch: Dict[str, Tensor]) -> dict:
+        encoded = self.encode(batch)
+        out = self.classify(encoded["pooled"], encoded)
+        image = pooled_image(batch).to(out["pooled"].dtype)
+        image_fused = self.image_mlp(image)
+        image_logits = self.image_outputs(image_fused)
+        logits = {t: (v + image_logits[t]) / 2 for t, v in out["logits"].items()}
+        return dict(out, logits=logits, fused=torch.cat([out["fused"], image_fused], dim=-1),
+                    text_logits=out["logits"], image_logits=image_logits)
