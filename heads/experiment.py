@@ -91,7 +91,22 @@ def check_head(cfg: TrainConfig, data: TrainData) -> int:
     cfg.validate()
     with torch.device("meta"):
         model = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
+    refuse_single_row_batch(cfg, data, model)
     return sum(p.numel() for p in model.parameters())
+
+
+def refuse_single_row_batch(cfg: TrainConfig, data: TrainData, model: torch.nn.Module) -> None:
+    """A one-line error when a head with BatchNorm layers would meet a last training batch of one row (batch
+    statistics of one row are undefined: torch raises mid-run)."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    n = len(labelled_train_rows(cfg, data))
+    if n % cfg.batch_size != 1:
+        return
+    fix = next(b for b in (cfg.batch_size + 1, cfg.batch_size - 1, cfg.batch_size + 2) if b > 1 and n % b != 1)
+    raise FeatstoreError(f"head {cfg.head!r} has BatchNorm layers and its {n} train rows at --batch-size "
+                         f"{cfg.batch_size} leave a last batch of one row, which BatchNorm cannot train on; pass "
+                         f"--batch-size {fix}")
 
 
 def cpu_size_note(cfg: TrainConfig, data: TrainData, parameters: int) -> Optional[str]:

@@ -382,3 +382,20 @@ def test_a_gpu_sized_head_on_a_cpu_says_so_before_training(data, tmp_path):
     next(small)
     assert not next(small).startswith("note:")  # the next line is the threads line, after the first seed
     small.close()
+
+
+def test_batchnorm_head_with_a_last_batch_of_one_row_is_refused_before_training(data, tmp_path):
+    """image-only with batch_norm (MMF's MLPClassifer) cannot train on a batch of one row: refused before --out
+    is written, with a batch size that works."""
+    from heads.experiment import train_heads
+    from heads.train import labelled_train_rows
+
+    n = len(labelled_train_rows(TrainConfig(head="image-only"), data))
+    cfg = TrainConfig(head="image-only", head_cfg={"hidden": [8], "batch_norm": True}, batch_size=n - 1, epochs=1)
+    with pytest.raises(FeatstoreError) as e:
+        next(train_heads(cfg, data, tmp_path / "run", [0], progress=False))
+    assert str(e.value) == (f"head 'image-only' has BatchNorm layers and its {n} train rows at --batch-size {n - 1} "
+                            f"leave a last batch of one row, which BatchNorm cannot train on; pass --batch-size {n}")
+    assert not (tmp_path / "run").exists()
+    list(train_heads(dataclasses.replace(cfg, batch_size=n), data, tmp_path / "ok", [0], progress=False))
+    assert (tmp_path / "ok" / "seed_0" / "config.json").exists()  # the suggested size trains to the end
