@@ -1,9 +1,11 @@
-"""Load a plain BERT into a ``text-bert``, ``concat-bert`` or ``late-fusion`` head (``heads.models.text_bert``), whole.
+"""Load a plain BERT into a ``text-bert``, ``concat-bert`` or ``late-fusion`` head (``heads.models.text_bert``) or an
+``mmbt`` head (``heads.models.mmbt``), whole.
 
 MMF's Text BERT and Concat BERT build their text encoder with ``BertModelJit.from_pretrained(bert_model_name)``
 (mmf/modules/encoders.py ``TransformerEncoder``, bert-base-uncased in the Hateful Memes configs): BERT's
 embeddings, every layer and its pooler load, and the classifier (``MLPClassifer``) keeps PyTorch's default
-initialisation. Here the same:
+initialisation; MMF's MMBT builds its ``transformer`` the same way (``MMBTBase``'s text encoder) and leaves its
+modal projection and classifier initialised. Here the same:
 
 * accepted: a transformers ``save_pretrained`` folder of a ``BertModel`` (bare ``embeddings.*`` / ``encoder.*`` /
   ``pooler.*``) or a ``BertForPreTraining`` / ``BertForSequenceClassification`` (``bert.*``), a
@@ -13,7 +15,7 @@ initialisation. Here the same:
   ``bert.embeddings.*``, ``bert.encoder.layer.N.*``, ``bert.pooler.dense.*``), with its loop (``copy_bert``);
 * the report: used = every BERT tensor, pooler included; ignored = pretraining / task heads (``cls.*``,
   ``classifier.*``) and buffers; missing = ``mlp.*`` and ``outputs.*`` (MMF's MLPClassifer, left initialised; late-fusion also
-  ``image_mlp.*`` / ``image_outputs.*``);
+  ``image_mlp.*`` / ``image_outputs.*``; mmbt: ``modal_encoder.*``, ``transform.*`` and ``outputs.*``);
 * a ViLBERT or VisualBERT checkpoint is refused in one line naming the head that reads it.
 
 ``head_from_checkpoint`` reads the BERT sizes and layer count from the shapes where the head config gives none
@@ -30,23 +32,27 @@ from featstore.errors import FeatstoreError
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
 from .visualbert_checkpoint import config_from_checkpoint as bert_sizes, copy_bert, finish_load, refuse_other_family
 
-HEADS_READ = ("text-bert", "concat-bert", "late-fusion")
+HEADS_READ = ("text-bert", "concat-bert", "late-fusion", "mmbt")
 WANTED = "BERT weights (keys like 'bert.encoder.layer.0...' or 'encoder.layer.0...')"
 HOW_TO_GET = ("pass a bert-base-uncased folder (save_pretrained), its pytorch_model.bin / model.safetensors, or "
               "the model id bert-base-uncased from the local Hugging Face cache (on a connected machine: "
               "huggingface-cli download bert-base-uncased)")
 PLAIN_NOTE = ("a plain BERT, as MMF's TransformerEncoder (BertModelJit.from_pretrained): embeddings, layers and "
               "pooler come from it; the MLP classifier keeps PyTorch's default initialisation, as MMF's")
+MMBT_NOTE = ("a plain BERT, as MMF's MMBT text encoder (BertModelJit.from_pretrained): embeddings, layers and "
+             "pooler come from it; the modal projection (modal_encoder.proj_embeddings) and the classifier "
+             "(transform, outputs) keep PyTorch's default initialisation, as MMF's")
 
 
 def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
-    """Copy BERT's tensors of ``sd`` into the text-bert / concat-bert ``head`` (in place) and report."""
+    """Copy BERT's tensors of ``sd`` into the text-bert / concat-bert / late-fusion / mmbt ``head`` (in place)
+    and report."""
     if getattr(head, "head_name", "") not in HEADS_READ:
-        raise FeatstoreError("load_text_bert_checkpoint needs a 'text-bert', 'concat-bert' or 'late-fusion' head; "
-                             "build the run with --head text-bert, concat-bert or late-fusion")
+        raise FeatstoreError("load_text_bert_checkpoint needs a 'text-bert', 'concat-bert', 'late-fusion' or 'mmbt' "
+                             "head; build the run with --head text-bert, concat-bert, late-fusion or mmbt")
     refuse_other_family(sd, path, ("vilbert", "visualbert"), "BERT")
     report, mapped = copy_bert(head, sd, path, (), WANTED, HOW_TO_GET)
-    report.note(PLAIN_NOTE)
+    report.note(MMBT_NOTE if head.head_name == "mmbt" else PLAIN_NOTE)
     return finish_load(head, mapped, report)
 
 

@@ -373,7 +373,7 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
     return _Fit(cfg, data, gen, val_split, monitor, mode, train_idx, val_idx, model, losses, load_report, key)
 
 
-CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert", "late-fusion")  # heads --init-checkpoint loads into
+CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert", "late-fusion", "mmbt")  # heads --init-checkpoint loads into
 REFNET_CHECKPOINT_BASES = ("vilbert", "visualbert")  # ... and these as refnet's base
 
 
@@ -398,9 +398,10 @@ PRETRAINED_FROM = {"vilbert": "MMF's model.pth (vilbert.pretrained.cc_original) 
                    "visualbert": "MMF's model.pth (visual_bert.pretrained.coco) or bert-base-uncased",
                    "text-bert": "bert-base-uncased (MMF's unimodal_text loads it whole, pooler included)",
                    "concat-bert": "bert-base-uncased (MMF's concat_bert loads it whole, pooler included)",
-                   "late-fusion": "bert-base-uncased (MMF's late_fusion loads it whole, pooler included)"}
+                   "late-fusion": "bert-base-uncased (MMF's late_fusion loads it whole, pooler included)",
+                   "mmbt": "bert-base-uncased (MMF's mmbt loads it whole, pooler included)"}
 BERT_START_PRESETS = {"vilbert": "vilbert-hm-direct", "visualbert": "visualbert-hm-direct", "text-bert": "text-bert-hm",
-                      "concat-bert": "concat-bert-hm", "late-fusion": "late-fusion-hm"}  # the preset of each that starts from bert-base-uncased
+                      "concat-bert": "concat-bert-hm", "late-fusion": "late-fusion-hm", "mmbt": "mmbt-grid-hm"}  # the preset of each that starts from bert-base-uncased
 
 
 def random_start_note(cfg: TrainConfig) -> Optional[str]:

@@ -60,6 +60,7 @@ HEAD_FACTS = {
     "text-bert": ("text_bert", "TextBertConfig", "txt_ids"),
     "concat-bert": ("text_bert", "ConcatBertConfig", "img_pooled, txt_ids"),
     "late-fusion": ("text_bert", "LateFusionConfig", "img_pooled, txt_ids"),
+    "mmbt": ("mmbt", "MmbtConfig", "img_pooled, txt_ids"),
 }
 
 

@@ -81,7 +81,7 @@ def targets_for(spec: TaskSpec) -> dict:
 
 def test_every_head_is_registered_and_listed():
     assert set(HEADS.names()) == {"concat", "text-only", "image-only", "cross", "vilbert", "singlestream", "visualbert", "gnn", "refnet",
-                                  "text-bert", "concat-bert", "late-fusion"}
+                                  "text-bert", "concat-bert", "late-fusion", "mmbt"}
     listed = {n: (h, c) for n, h, c in list_heads()}
     assert set(listed) == set(HEADS.names())
     assert all(h for h, _ in listed.values())
