@@ -263,14 +263,15 @@ def test_bad_batch_norm_values_are_one_line(world, tmp_path):
                                             "--set", "hidden=[]")) == (
         "error: batch_norm=true normalises the hidden layers but hidden=[] has none; pass e.g. "
         "--set hidden='[768, 768]' or --set batch_norm=false")
-    # 24 train rows in batches of 23 leave one row, which BatchNorm1d cannot train on: after the run's
-    # "training head ..." line, one error line and no traceback
+    # 24 train rows in batches of 23 leave one row, which BatchNorm1d cannot train on: refused before the run
+    # starts (nothing written), one error line and no traceback
     res = invoke_result(heads, train_args(world, o, "--head", "image-only", "--set", "batch_norm=true",
                                           "--epochs", "1", "--batch-size", "23"))
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert res.output.strip().splitlines()[-1] == (
-        "error: head 'image-only' with batch_norm=true got a training batch of 1 row; BatchNorm1d needs at "
-        "least 2 in train mode: pass a --batch-size that leaves no single row over (train rows % batch size != 1)")
+        "error: head 'image-only' has BatchNorm layers and its 24 train rows at --batch-size 23 leave a last batch "
+        "of one row, which BatchNorm cannot train on; pass --batch-size 24")
+    assert not o.exists()
     with pytest.raises(FeatstoreError) as err:
         UnimodalConfig(batch_norm="yes").validate()  # built directly, without the CLI's type check
     assert str(err.value) == "batch_norm='yes' must be true or false; e.g. --set batch_norm=true"
