@@ -32,7 +32,7 @@ from featstore.errors import FeatstoreError
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
 from .visualbert_checkpoint import config_from_checkpoint as bert_sizes, copy_bert, finish_load, refuse_other_family
 
-HEADS_READ = ("text-bert", "concat-bert", "late-fusion", "mmbt")
+HEADS_READ = ("text-bert", "concat-bert", "late-fusion", "mmbt", "mmbt-region")
 WANTED = "BERT weights (keys like 'bert.encoder.layer.0...' or 'encoder.layer.0...')"
 HOW_TO_GET = ("pass a bert-base-uncased folder (save_pretrained), its pytorch_model.bin / model.safetensors, or "
               "the model id bert-base-uncased from the local Hugging Face cache (on a connected machine: "
@@ -45,14 +45,15 @@ MMBT_NOTE = ("a plain BERT, as MMF's MMBT text encoder (BertModelJit.from_pretra
 
 
 def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
-    """Copy BERT's tensors of ``sd`` into the text-bert / concat-bert / late-fusion / mmbt ``head`` (in place)
-    and report."""
+    """Copy BERT's tensors of ``sd`` into the text-bert / concat-bert / late-fusion / mmbt / mmbt-region ``head``
+    (in place) and report."""
     if getattr(head, "head_name", "") not in HEADS_READ:
-        raise FeatstoreError("load_text_bert_checkpoint needs a 'text-bert', 'concat-bert', 'late-fusion' or 'mmbt' "
-                             "head; build the run with --head text-bert, concat-bert, late-fusion or mmbt")
+        raise FeatstoreError("load_text_bert_checkpoint needs a 'text-bert', 'concat-bert', 'late-fusion', 'mmbt' or "
+                             "'mmbt-region' head; build the run with --head text-bert, concat-bert, late-fusion, mmbt "
+                             "or mmbt-region")
     refuse_other_family(sd, path, ("vilbert", "visualbert"), "BERT")
     report, mapped = copy_bert(head, sd, path, (), WANTED, HOW_TO_GET)
-    report.note(MMBT_NOTE if head.head_name == "mmbt" else PLAIN_NOTE)
+    report.note(MMBT_NOTE if head.head_name in ("mmbt", "mmbt-region") else PLAIN_NOTE)
     return finish_load(head, mapped, report)
 
 

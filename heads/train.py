@@ -373,7 +373,8 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
     return _Fit(cfg, data, gen, val_split, monitor, mode, train_idx, val_idx, model, losses, load_report, key)
 
 
-CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert", "late-fusion", "mmbt")  # heads --init-checkpoint loads into
+# heads --init-checkpoint loads into
+CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert", "late-fusion", "mmbt", "mmbt-region")
 REFNET_CHECKPOINT_BASES = ("vilbert", "visualbert")  # ... and these as refnet's base
 
 
@@ -399,9 +400,11 @@ PRETRAINED_FROM = {"vilbert": "MMF's model.pth (vilbert.pretrained.cc_original) 
                    "text-bert": "bert-base-uncased (MMF's unimodal_text loads it whole, pooler included)",
                    "concat-bert": "bert-base-uncased (MMF's concat_bert loads it whole, pooler included)",
                    "late-fusion": "bert-base-uncased (MMF's late_fusion loads it whole, pooler included)",
-                   "mmbt": "bert-base-uncased (MMF's mmbt loads it whole, pooler included)"}
+                   "mmbt": "bert-base-uncased (MMF's mmbt loads it whole, pooler included)",
+                   "mmbt-region": "bert-base-uncased (MMF's mmbt loads it whole, pooler included)"}
 BERT_START_PRESETS = {"vilbert": "vilbert-hm-direct", "visualbert": "visualbert-hm-direct", "text-bert": "text-bert-hm",
-                      "concat-bert": "concat-bert-hm", "late-fusion": "late-fusion-hm", "mmbt": "mmbt-grid-hm"}  # the preset of each that starts from bert-base-uncased
+                      "concat-bert": "concat-bert-hm", "late-fusion": "late-fusion-hm", "mmbt": "mmbt-grid-hm",
+                      "mmbt-region": "mmbt-region-hm"}  # the preset of each that starts from bert-base-uncased
 
 
 def random_start_note(cfg: TrainConfig) -> Optional[str]:
@@ -433,8 +436,11 @@ def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
 
 def _build_head(cfg: TrainConfig, data: TrainData):
     """``cfg.head`` for ``data`` on its device -> (model, LoadReport or None): from ``cfg.init_checkpoint`` when
-    set (sizes read from the checkpoint where head_cfg gives none; the report printed), checked against the
-    cached text layer (``heads.models.vilbert.check_text_layer``)."""
+    set (sizes read from the checkpoint where head_cfg gives none; the report printed), then the head's own
+    ``load_init_files(report) -> report`` when it has one (files it starts from, read at training start only:
+    ``heads predict`` never calls it; e.g. ``heads.fc7``; given the checkpoint's report or an empty one, kept
+    when it used something), checked against the cached text layer
+    (``heads.models.vilbert.check_text_layer``)."""
     from .models import create_head
     from .models.vilbert import check_text_layer
 
@@ -446,6 +452,11 @@ def _build_head(cfg: TrainConfig, data: TrainData):
     text_meta = data.meta.get("features", {}).get("text")
     check_text_layer(model, text_meta)
     model.check_data(data.features, text_meta)
+    if hasattr(model, "load_init_files"):  # files a head starts from besides --init-checkpoint (e.g. fc7)
+        from .checkpoints import LoadReport
+
+        report = model.load_init_files(load_report if load_report is not None else LoadReport())
+        load_report = report if report.used_keys else load_report  # a new report that read nothing: none
     if load_report is not None and checkpoint_target(cfg.head, cfg.head_cfg) == "vilbert":
         from .vilbert_checkpoint import text_source_note
 

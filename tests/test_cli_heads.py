@@ -52,6 +52,7 @@ HEAD_FACTS = {
     "cross": ("cross", "CrossConfig", "img_pooled, txt_pooled"),
     "gnn": ("gnn", "GnnConfig", "img_regions, txt_tokens"),
     "image-only": ("unimodal", "UnimodalConfig", "img_pooled"),
+    "image-region": ("image_region", "ImageRegionConfig", "img_regions"),
     "refnet": ("refnet", "RefnetConfig", "img_pooled, txt_pooled"),
     "text-only": ("unimodal", "UnimodalConfig", "txt_pooled"),
     "vilbert": ("vilbert", "VilbertConfig", "img_regions, txt_tokens"),
@@ -61,6 +62,7 @@ HEAD_FACTS = {
     "concat-bert": ("text_bert", "ConcatBertConfig", "img_pooled, txt_ids"),
     "late-fusion": ("text_bert", "LateFusionConfig", "img_pooled, txt_ids"),
     "mmbt": ("mmbt", "MmbtConfig", "img_pooled, txt_ids"),
+    "mmbt-region": ("mmbt", "MmbtRegionConfig", "img_regions, txt_ids"),
 }
 
 

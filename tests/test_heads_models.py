@@ -22,6 +22,7 @@ TINY = {
     "concat": dict(hidden=[8]),
     "text-only": dict(hidden=[8]),
     "image-only": dict(hidden=[8]),
+    "image-region": dict(hidden=[8], num_regions=8),  # the padding test's 5 + 3 regions
     "cross": dict(proj_dim=4, hidden=[8]),
     "vilbert": VIL,
     "singlestream": dict(hidden=8, heads=2, layers=2, ffn=16, max_text_len=32),
@@ -81,7 +82,8 @@ def targets_for(spec: TaskSpec) -> dict:
 
 def test_every_head_is_registered_and_listed():
     assert set(HEADS.names()) == {"concat", "text-only", "image-only", "cross", "vilbert", "singlestream", "visualbert", "gnn", "refnet",
-                                  "text-bert", "concat-bert", "late-fusion", "mmbt"}
+                                  "text-bert", "concat-bert", "late-fusion", "mmbt", "image-region",
+                                  "mmbt-region"}
     listed = {n: (h, c) for n, h, c in list_heads()}
     assert set(listed) == set(HEADS.names())
     assert all(h for h, _ in listed.values())

@@ -46,6 +46,10 @@ CONFIGS = {
     "mmbt": ("mmbt", dict(hidden_size=8, num_attention_heads=2, num_hidden_layers=2, intermediate_size=16,
                           vocab_size=V, max_position_embeddings=32, hidden_dropout_prob=0.0,
                           attention_probs_dropout_prob=0.0)),
+    "mmbt-region": ("mmbt-region", dict(hidden_size=8, num_attention_heads=2, num_hidden_layers=2,
+                                        intermediate_size=16, vocab_size=V, max_position_embeddings=32,
+                                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_regions=R,
+                                        fc7_dim=7)),
     "gnn": ("gnn", dict(hidden=8, num_layers=2, dropout=0.0)),
     "gnn-gat-knn": ("gnn", dict(hidden=8, layer="gat", gat_heads=2, region_edges="knn", knn_k=2, cross_all=True,
                                 dropout=0.0)),
@@ -55,6 +59,7 @@ CONFIGS = {
     "cross": ("cross", dict(proj_dim=4, hidden=[8], dropout=0.0, proj_dropout=0.0)),
     "text-only": ("text-only", dict(hidden=[8], dropout=0.0)),
     "image-only": ("image-only", dict(hidden=[8], dropout=0.0)),
+    "image-region": ("image-region", dict(hidden=[8], dropout=0.0, num_regions=R)),
 }
 
 

@@ -40,9 +40,25 @@ Optimiser groups: ``MMBT.get_optimizer_parameters`` -> ``get_optimizer_parameter
 "LayerNorm.bias" or "LayerNorm.weight" (``vilbert.mmf_bert_groups``).
 
 What differs from MMF: the image vector is cached and frozen where MMF fine-tunes its ResNet-152 with the
-rest. MMBT-Region (``with_features.yaml``: Detectron FPN fc7 features through ``finetune_faster_rcnn_fpn_fc7``,
-whose fc7 weight / bias pickles we do not have) is not built. On CPU the padded positions are skipped
-(``vilbert.Layout``): outputs equal the dense forward's up to float summation order.
+rest. On CPU the padded text positions are skipped (``vilbert.Layout``): outputs equal the dense forward's up to float summation order.
+
+``mmbt-region`` (``MmbtRegionHead``): the paper's MMBT-Region, projects/mmbt/configs/hateful_memes/
+with_features.yaml (mmf/configs/models/mmbt/with_features.yaml: ``direct_features_input: true``, modal encoder
+``finetune_faster_rcnn_fpn_fc7``, in_dim 2048). The same forward with N = ``num_regions`` (100) image tokens:
+
+* ``MMBTBase.forward``: ``input_modal`` = ``image_feature_0`` ``[B, N, Di]``, MMF's reader's zero-padded regions
+  (``heads.fc7.padded_regions``: masked positions zeroed, the batch padded back to N).
+* ``ModalEmbeddings``: ``proj_embeddings(encoder(input_modal))``: ``heads.fc7.Fc7`` (``fc7.lc`` Linear(Di, F)
+  + ReLU, Detectron's fc7) then Linear(F, H) -> ``[B, N, H]``; ``[word(start), N tokens, word(end)]``
+  ``[B, N + 2, H]`` + ``position_embeddings(0 .. N + 1)`` + ``token_type_embeddings(1)`` (one id per row,
+  broadcast over the modal part).
+* mask: MMF's ``MMBTModel`` sets ones over the whole modal part (``input_modal_shape``), so the zero-padded
+  regions are attended like real ones: ``cat(ones(N + 2), txt_mask[:, 1:])``.
+* the rest as above: ``sequence [B, N + 1 + T, H]``, pooler on position 0, the classifier.
+
+``fc7`` starts from ``fc7_weights`` (Detectron's pickles, read at training start by ``load_init_files``, not by
+``heads predict``); MMF fine-tunes it inside ``get_optimizer_parameters_for_bert``'s groups (its bias without
+decay, by name), as here.
 """
 from __future__ import annotations
 
@@ -54,13 +70,14 @@ from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
 
+from ..fc7 import Fc7, check_fc7_options, check_region_count, load_fc7_init, padded_regions
 from .base import Head, pooled_image, register_head, text_mask
 from .text_bert import TextBert
 from .vilbert import Layout, additive_mask, mmf_bert_groups, mmf_classifier, mmf_init
 from .visualbert import BertSizes, check_bert_sizes, check_token_ids, text_embeddings
 
 MODAL_TOKEN_TYPE = 1  # MMBTBase.forward: one text segment (ids 0) -> the modal tokens take segment 1
-MODAL_TOKENS = 3  # start token, the one image token, end token
+MODAL_TOKENS = 3  # start token, the one image token, end token (mmbt; mmbt-region: num_regions + 2)
 
 
 @dataclass
@@ -104,31 +121,40 @@ class MmbtHead(Head):
         c = config
         self.bert = TextBert(c)
         self.bert.apply(lambda m: mmf_init(m, c.initializer_range))
-        self.modal_encoder = ModalEncoder(inputs.img_dim, c.hidden_size)  # PyTorch's default init, as MMF's
+        self.modal_encoder = ModalEncoder(self.modal_width(inputs), c.hidden_size)  # PyTorch's default, as MMF's
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
         self.transform, self.outputs = mmf_classifier(c, task, c.hidden_size)
+
+    def modal_width(self, inputs) -> int:
+        """The width of the vectors ``proj_embeddings`` projects: the image vector's (MMF's modal_hidden_size)."""
+        return inputs.img_dim
+
+    def image_tokens(self, batch: Dict[str, Tensor]) -> Tensor:
+        """``[B, 1, Di]``: the one image token's vector (``img_pooled``)."""
+        return pooled_image(batch).unsqueeze(1)
 
     def optimizer_groups(self, weight_decay: float):
         """MMF's ``get_optimizer_parameters_for_bert`` (``vilbert.mmf_bert_groups``)."""
         return mmf_bert_groups(self, weight_decay)
 
     def embed(self, ids: Tensor, mask: Tensor, image: Tensor):
-        """(joint embeddings before the LayerNorm ``[B, 2 + T, H]``, joint mask ``[B, 2 + T]``) of ``ids``,
-        ``mask [B, T]`` and ``image [B, Di]``: modal part ``[start, image, end]``, then ``ids[:, 1:]``."""
+        """(joint embeddings before the LayerNorm ``[B, M + 1 + T, H]``, joint mask ``[B, M + 1 + T]``) of
+        ``ids``, ``mask [B, T]`` and ``image [B, M, Dm]`` (M image tokens): modal part ``[start, M projected
+        tokens, end]`` at positions 0 .. M + 1, then ``ids[:, 1:]``."""
         emb, b = self.bert.embeddings, ids.shape[0]
         end_at = (mask.long().sum(dim=1) - 1).clamp_min(0)
         end = ids[torch.arange(b, device=ids.device), end_at]
         projected = self.modal_encoder.proj_embeddings(image.to(self.modal_encoder.proj_embeddings.weight.dtype))
-        modal = torch.stack([emb.word_embeddings(ids[:, 0]), projected, emb.word_embeddings(end)], dim=1)
-        modal = (modal + emb.position_embeddings.weight[:MODAL_TOKENS]
-                 + emb.token_type_embeddings.weight[MODAL_TOKEN_TYPE])
+        modal = torch.cat([emb.word_embeddings(ids[:, :1]), projected, emb.word_embeddings(end[:, None])], dim=1)
+        n = modal.shape[1]
+        modal = modal + emb.position_embeddings.weight[:n] + emb.token_type_embeddings.weight[MODAL_TOKEN_TYPE]
         text = text_embeddings(emb, ids[:, 1:], self.head_name)
-        joint_mask = torch.cat([mask.new_ones(b, MODAL_TOKENS), mask[:, 1:]], dim=1)
+        joint_mask = torch.cat([mask.new_ones(b, n), mask[:, 1:]], dim=1)
         return torch.cat([modal, text], dim=1), joint_mask
 
     def forward(self, batch: Dict[str, Tensor]) -> dict:
         ids, mask = batch["txt_ids"].long(), text_mask(batch)
-        x, joint_mask = self.embed(ids, mask, pooled_image(batch))
+        x, joint_mask = self.embed(ids, mask, self.image_tokens(batch))
         pack = ids.device.type == "cpu" if self.pack_positions is None else self.pack_positions
         layout = Layout.of(joint_mask, pack)
         emb = self.bert.embeddings
@@ -141,3 +167,45 @@ class MmbtHead(Head):
     def check_data(self, features: Dict[str, Tensor], text_meta: Optional[Dict[str, Any]] = None) -> None:
         """Token ids within ``vocab_size``, from a tokenizer of that vocabulary size (``check_token_ids``)."""
         check_token_ids(features, text_meta, self.config.vocab_size, self.head_name, "MMF's MMBT")
+
+
+@dataclass
+class MmbtRegionConfig(MmbtConfig):
+    """MMBT's options plus the region part (mmf/configs/models/mmbt/with_features.yaml)."""
+
+    head: ClassVar[str] = "mmbt-region"
+    num_regions: int = 100  # MMF's max_features: image tokens per row, zero-padded regions included
+    fc7_dim: int = 2048  # fc7's output width = MMF's modal_hidden_size 2048 (proj_embeddings' input)
+    fc7_weights: str = ""  # folder of Detectron's fc7_w.pkl / fc7_b.pkl (unpacked vmb_weights.tar.gz); "" = random
+
+    def validate(self) -> None:
+        super().validate()
+        check_fc7_options(self)
+        if self.max_position_embeddings < self.num_regions + 2:
+            raise FeatstoreError(f"mmbt-region max_position_embeddings={self.max_position_embeddings}; the modal "
+                                 f"part takes positions 0..{self.num_regions + 1} (num_regions={self.num_regions} "
+                                 f"+ start and end), so use at least {self.num_regions + 2}")
+
+
+@register_head("mmbt-region", MmbtRegionConfig,
+               help="MMF's MMBT-Region: [CLS], 100 fc7 region tokens, [SEP], then the text through one BERT")
+class MmbtRegionHead(MmbtHead):
+    """``mmbt`` with ``num_regions`` image tokens ``proj_embeddings(fc7(regions))`` (module docstring)."""
+
+    needs = frozenset({"txt_ids", "img_regions"})
+
+    def __init__(self, inputs, task, config: MmbtRegionConfig):
+        check_region_count("mmbt-region", inputs, config.num_regions)
+        super().__init__(inputs, task, config)
+        self.fc7 = Fc7(inputs.img_dim, config.fc7_dim)  # Detectron's at training start (load_init_files)
+
+    def modal_width(self, inputs) -> int:
+        return self.config.fc7_dim
+
+    def image_tokens(self, batch: Dict[str, Tensor]) -> Tensor:
+        """``[B, N, F]``: fc7 of MMF's zero-padded regions (``heads.fc7.padded_regions``)."""
+        return self.fc7(padded_regions(batch, self.config.num_regions))
+
+    def load_init_files(self, report):
+        """Detectron's fc7 from ``fc7_weights`` (``heads.fc7.load_fc7_init``) -> the LoadReport."""
+        return load_fc7_init(self, self.config.fc7_weights, report)

@@ -16,9 +16,9 @@ MMF's Hateful Memes baselines (Kiela et al. 2020, projects/others/unimodal/confi
   ``hidden=[768, 768], batch_norm=true, dropout=0.5`` and the 768 -> 2 prediction Linear. What differs: MMF
   fine-tunes the ResNet with the classifier; here the pooled vector is cached (``featstore extract
   --extractor grid``) and frozen, so only the MLP trains.
-* Image-Region (``with_features.yaml``) is not transcribed: it feeds detectron.lmdb's 100 x 2048 fc6 regions
-  through an fc7 Linear + ReLU initialised from Detectron's ``fc7_w.pkl`` / ``fc7_b.pkl`` (which this toolkit
-  does not have) and classifies the flattened 100 * 2048 vector, not a pooled one.
+* Image-Region (``with_features.yaml``) is the ``image-region`` head (``heads.models.image_region``,
+  ``--preset image-region-hm``): detectron.lmdb's regions averaged over 100 zero-padded slots, Detectron's fc7
+  + ReLU, then the same MLPClassifer.
 * Text BERT (``bert.yaml``, MMF's ``unimodal_text``) fine-tunes all of BERT and classifies its pooler output:
   that is the ``text-bert`` head (``heads.models.text_bert``, ``--preset text-bert-hm``), not ``text-only``,
   whose cached, frozen BERT states make a different system.
