@@ -31,7 +31,8 @@ extractor, n + 2 real; H = ``hidden_size`` (768); Di = the image vector's width,
   LayerNorm -> ``fused [B, H]`` (MMF's ``fused_feature``) -> ``outputs.layers.<task>`` -> ``logits [B, K]``.
 
 Initialisation: a random start gives ``bert`` MMF's BERT ``_init_weights`` (``vilbert.mmf_init``); with
-``--init-checkpoint`` a plain BERT loads whole, pooler included (``heads.text_bert_checkpoint``). The modal
+``--init-checkpoint`` a plain BERT loads whole, pooler included, and so does MMF's own ``model.pth`` (mmbt-grid:
+BERT, projection and classifier; ``heads.text_bert_checkpoint``). The modal
 projection (``modal_encoder.proj_embeddings``) and the classifier (``transform``, ``outputs``) keep PyTorch's
 default initialisation, as MMF's (plain ``nn.Linear`` / transformers' transform outside the pretrained model).
 

@@ -27,7 +27,8 @@ ResNet-152)):
 
 Initialisation: a random start gives ``bert`` MMF's BERT ``_init_weights`` (``vilbert.mmf_init``); the MLP and
 the output Linear keep PyTorch's default initialisation, as MMF's ``build_classifier_layer`` leaves them. With
-``--init-checkpoint`` a plain BERT loads whole, pooler included (``heads.text_bert_checkpoint``).
+``--init-checkpoint`` a plain BERT loads whole, pooler included, or MMF's own ``model.pth`` of the same model
+(BERT and MLPClassifer; ``heads.text_bert_checkpoint``).
 
 Optimiser groups: text-bert has one (UnimodalText defines no ``get_optimizer_parameters``: every parameter at
 the run's weight decay; MMF's is transformers' AdamW default, 0.0); concat-bert has MMF's BERT groups
