@@ -79,9 +79,11 @@ def _read_array(path: Path) -> np.ndarray:
 def fc7_folder(folder) -> Path:
     """The folder holding both ``FILES``: ``folder`` itself or one of its sub-folders."""
     p = Path(folder).expanduser()
-    candidates = [p] + (sorted(q for q in p.iterdir() if q.is_dir()) if p.is_dir() else [])
-    for c in candidates:
-        if all((c / f).is_file() for f in FILES):
+    holds = lambda c: all((c / f).is_file() for f in FILES)  # noqa: E731
+    if holds(p):
+        return p  # the sub-folders are listed only when the folder itself lacks the files
+    for c in sorted(q for q in p.iterdir() if q.is_dir()) if p.is_dir() else []:
+        if holds(c):
             return c
     raise FeatstoreError(f"fc7_weights={str(folder)!r} holds no {' + '.join(FILES)} (nor one folder down); "
                          + HOW_TO_GET)
@@ -116,7 +118,8 @@ def load_fc7_init(head: nn.Module, folder: str, report):
         print(FC7_NOTE, file=sys.stderr)
         report.note(FC7_NOTE.removeprefix("note: "))
         return report
-    w, b = read_fc7(folder)
+    where = fc7_folder(folder)
+    w, b = read_fc7(where)
     lc = head.fc7.lc
     if tuple(w.shape) != tuple(lc.weight.shape):
         raise FeatstoreError(f"fc7 weight in {folder!r} is {tuple(w.shape)} but the head's fc7.lc is "
@@ -127,7 +130,7 @@ def load_fc7_init(head: nn.Module, folder: str, report):
         lc.bias.copy_(b)
     keys = ["fc7.lc.weight", "fc7.lc.bias"]
     if not report.path:
-        report.path = str(fc7_folder(folder))
+        report.path = str(where)
         report.missing_keys = list(head.state_dict())
     report.missing_keys = [k for k in report.missing_keys if k not in keys]
     for k in keys:

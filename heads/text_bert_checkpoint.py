@@ -54,7 +54,8 @@ from torch import Tensor, nn
 from featstore.errors import FeatstoreError
 
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
-from .visualbert_checkpoint import config_from_checkpoint as bert_sizes, copy_bert, finish_load, refuse_other_family
+from .visualbert_checkpoint import (config_from_checkpoint as bert_sizes, copy_bert, copy_tensors, finish_load,
+                                   refuse_other_family)
 
 HEADS_READ = ("text-bert", "concat-bert", "late-fusion", "mmbt", "mmbt-region")
 WANTED = "BERT weights (keys like 'bert.encoder.layer.0...' or 'encoder.layer.0...')"
@@ -159,7 +160,13 @@ def last_linear(keys, prefix: str) -> int:
 
 
 def map_mmf_key(key: str, layout: str, lasts: Dict[str, int], task: Optional[str]) -> Tuple[Optional[str], str]:
-    """(our key or None, report group) of MMF key ``key`` in ``layout``'s module tree."""
+    """(our key or None, report group) of MMF key ``key`` in ``layout``'s module tree; a classifier tensor with
+    no place (a final layer for several tasks) is in ``IGNORED_OTHER_COUNT``."""
+    target, group = _map_mmf_key(key, layout, lasts, task)
+    return target, (IGNORED_OTHER_COUNT if target is None and group == "classifier" else group)
+
+
+def _map_mmf_key(key: str, layout: str, lasts: Dict[str, int], task: Optional[str]) -> Tuple[Optional[str], str]:
     _, bert_prefix, classifiers = MMF_LAYOUTS[layout]
     if key.startswith(bert_prefix):
         return bert_part(key[len(bert_prefix):])
@@ -200,23 +207,12 @@ def load_mmf_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadRep
     """Copy MMF's own model file ``sd`` (``mmf_layout`` not None) into ``head`` (in place) and report."""
     layout = mmf_layout(sd)
     check_mmf_head(head, layout, path)
-    own, report, mapped = head.state_dict(), LoadReport(path=str(path)), {}
     tasks = [t.name for t in head.outputs.tasks]
     task = tasks[0] if len(tasks) == 1 else None
     lasts = {p: last_linear(sd, p) for p in MMF_LAYOUTS[layout][2]}
-    for key in sorted(sd):
-        target, group = map_mmf_key(key, layout, lasts, task)
-        if target is None:
-            report.add("ignored", IGNORED_OTHER_COUNT if group == "classifier" else group, key)
-            continue
-        if target not in own:
-            raise FeatstoreError(f"checkpoint {path!r} key {key!r} has no counterpart {target!r} in the head; build "
-                                 "the head with the checkpoint's layer counts (num_hidden_layers, hidden, batch_norm)")
-        if placed(report, key, target, tuple(sd[key].shape), tuple(own[target].shape)):
-            mapped[target] = sd[key]
-            report.add("used", group, key)
-    if "used: backbone" not in report.groups:
-        raise FeatstoreError(f"checkpoint {path!r} has no {WANTED}; {HOW_TO_GET}")
+    report, mapped = copy_tensors(head, sd, path, lambda key: map_mmf_key(key, layout, lasts, task), placed,
+                                  WANTED, HOW_TO_GET, "layer counts (num_hidden_layers, hidden, batch_norm)",
+                                  absent_ok=())
     report.note(MMF_NOTE.format(model=layout))
     return finish_load(head, mapped, report)
 

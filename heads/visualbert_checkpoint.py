@@ -26,7 +26,7 @@ unless given). The loop (``copy_bert``, ``finish_load``, ``refuse_other_family``
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -84,10 +84,8 @@ def _place(report: LoadReport, key: str, target: str, have, want, c) -> bool:
         return True
     if target.startswith(("transform.", "outputs.")):
         report.add("ignored", "classifier", key)
-        note = (f"classifier: the checkpoint's final layer has shape {list(have)}, the head's {list(want)}; "
-                "it was left initialised")
-        if note not in report.notes:
-            report.notes.append(note)
+        report.note(f"classifier: the checkpoint's final layer has shape {list(have)}, the head's {list(want)}; "
+                    "it was left initialised")
         return False
     if target in PROJECTION and c.img_dim_mismatch == "reinit":
         report.reinitialised_keys.append(f"{key} (checkpoint {list(have)}, head {list(want)})")
@@ -108,26 +106,36 @@ def _visual_tables(head: nn.Module, mapped: Dict[str, Tensor], report: LoadRepor
             report.notes.append(f"{visual}: not in the checkpoint; copied from {text} (special_visual_initialize)")
 
 
-def copy_bert(head: nn.Module, sd: Dict[str, Tensor], path: str, tasks, wanted: str, how_to_get: str):
-    """(report, head key -> tensor) of the tensors of ``sd`` that ``head`` (visualbert's module names) takes;
-    ``tasks``: the task a checkpoint's ``classifier.1`` may fill. Refuses a file without BERT weights, saying
-    the ``wanted`` ones and ``how_to_get`` them."""
+def copy_tensors(head: nn.Module, sd: Dict[str, Tensor], path: str, mapper: Callable, place: Callable,
+                 wanted: str, how_to_get: str, layer_hint: str, absent_ok: Tuple[str, ...] = ("classifier",)):
+    """(report, head key -> tensor): every key of ``sd`` through ``mapper(key) -> (head key or None, group)``;
+    a head key the head lacks is ignored in a group of ``absent_ok``, else refused naming ``layer_hint``;
+    ``place(report, key, target, have, want)`` says whether the shapes fit (or records why not). Refuses a
+    file without BERT weights (no "used: backbone"), saying the ``wanted`` ones and ``how_to_get`` them."""
     own = head.state_dict()
     report, mapped = LoadReport(path=str(path)), {}
     for key in sorted(sd):
-        target, group = map_key(key, tasks)
-        if target is None or (group == "classifier" and target not in own):
+        target, group = mapper(key)
+        if target is None or (group in absent_ok and target not in own):
             report.add("ignored", group, key)
             continue
         if target not in own:
             raise FeatstoreError(f"checkpoint {path!r} key {key!r} has no counterpart {target!r} in the head; build "
-                                 "the head with the checkpoint's layer count (num_hidden_layers)")
-        if _place(report, key, target, tuple(sd[key].shape), tuple(own[target].shape), head.config):
+                                 f"the head with the checkpoint's {layer_hint}")
+        if place(report, key, target, tuple(sd[key].shape), tuple(own[target].shape)):
             mapped[target] = sd[key]
             report.add("used", group, key)
     if "used: backbone" not in report.groups:
         raise FeatstoreError(f"checkpoint {path!r} has no {wanted}; {how_to_get}")
     return report, mapped
+
+
+def copy_bert(head: nn.Module, sd: Dict[str, Tensor], path: str, tasks, wanted: str, how_to_get: str):
+    """``copy_tensors`` with visualbert's key map (``map_key``) into a head of visualbert's module names;
+    ``tasks``: the task a checkpoint's ``classifier.1`` may fill."""
+    return copy_tensors(head, sd, path, lambda key: map_key(key, tasks),
+                        lambda report, key, target, have, want: _place(report, key, target, have, want, head.config),
+                        wanted, how_to_get, "layer count (num_hidden_layers)")
 
 
 def finish_load(head: nn.Module, mapped: Dict[str, Tensor], report: LoadReport) -> LoadReport:
