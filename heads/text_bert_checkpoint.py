@@ -31,7 +31,7 @@ of the same model (``mmf_layout`` tells which by the prefixes; another head is r
   reports the others as ignored "duplicate registrations".
 * MLPClassifer (``classifier.*``; late-fusion ``text_classifier.*`` -> ``mlp`` / ``outputs``,
   ``modal_classifier.*`` -> ``image_mlp`` / ``image_outputs``): ``layers.N`` for N below its final Linear ->
-  ``mlp.N`` (BatchNormMLP keeps its order: Linear, BatchNorm1d with its running statistics, activation,
+  ``mlp.N`` (MLP with batch_norm keeps its order: Linear, BatchNorm1d with its running statistics, activation,
   Dropout), the final Linear -> ``outputs.layers.<task>`` when its row count is the task's output count, else
   ignored "classifier of another label count" (ours left initialised).
 * mmbt: ``model.bert.mmbt.transformer.*`` -> ``bert.*``; ``model.bert.mmbt.modal_encoder.proj_embeddings.*``
@@ -128,7 +128,7 @@ def bert_part(rest: str) -> Tuple[Optional[str], str]:
 
 def classifier_part(rest: str, names: Tuple[str, str], last: int, task: Optional[str]) -> Tuple[Optional[str], str]:
     """(our key or None, group) of a key after an ``MLPClassifer`` prefix: ``layers.N`` (N < ``last``, the
-    index of its final Linear) -> ``<mlp>.N`` (BatchNormMLP keeps MLPClassifer's order), ``layers.<last>`` ->
+    index of its final Linear) -> ``<mlp>.N`` (MLP with batch_norm keeps MLPClassifer's order), ``layers.<last>`` ->
     ``<outputs>.layers.<task>`` (None when the head has several tasks)."""
     m = _CLF_LAYER.match(rest)
     if m is None:

@@ -64,7 +64,7 @@ def bert_pooled(model, ids, mask):
 
 
 def mlp_reference(x, sd, prefix="mlp.", out="outputs.layers.label.", train=False, eps=1e-5):
-    """MMF's MLPClassifer on ``x [B, D]`` with the tensors of ``sd`` (Linear ``3k``... as BatchNormMLP stores
+    """MMF's MLPClassifer on ``x [B, D]`` with the tensors of ``sd`` (Linear ``3k``... as MLP with batch_norm stores
     them: ``4i`` Linear, ``4i + 1`` BatchNorm1d), float64, dropout off."""
     p = lambda k: sd[k].double()  # noqa: E731
     i = 0

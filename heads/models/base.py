@@ -101,17 +101,22 @@ def activation(name: str) -> nn.Module:
 
 
 class MLP(nn.Sequential):
-    """``in_dim -> hidden[0] -> ... -> hidden[-1]``: each step Linear, activation, dropout.
+    """``in_dim -> hidden[0] -> ... -> hidden[-1]``: each step Linear, activation, dropout; with ``batch_norm``
+    Linear, BatchNorm1d, activation, dropout (MMF's ``MLPClassifer`` order; its input is then ``[B, in_dim]``:
+    in train mode BatchNorm1d uses the batch's mean and biased variance, so B >= 2, and updates its running
+    statistics, momentum 0.1; in eval mode it uses the running ones; eps 1e-5).
 
     Input ``[..., in_dim]``, output ``[..., out_dim]`` where ``out_dim = hidden[-1]`` (``in_dim`` when
     ``hidden`` is empty: then the MLP is the identity).
     """
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], act: str = "relu", dropout: float = 0.0):
+    def __init__(self, in_dim: int, hidden: Sequence[int], act: str = "relu", dropout: float = 0.0,
+                 batch_norm: bool = False):
         layers: List[nn.Module] = []
         d = in_dim
         for h in hidden:
-            layers += [nn.Linear(d, int(h)), activation(act), nn.Dropout(dropout)]
+            norm = [nn.BatchNorm1d(int(h))] if batch_norm else []
+            layers += [nn.Linear(d, int(h)), *norm, activation(act), nn.Dropout(dropout)]
             d = int(h)
         super().__init__(*layers)
         self.out_dim = d

@@ -26,14 +26,14 @@ MMF's Hateful Memes baselines (Kiela et al. 2020, projects/others/unimodal/confi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from featstore.errors import FeatstoreError
 
 from ..outputs import PredictionLayers
-from .base import MLP, Head, activation, pooled_image, pooled_text, register_head
+from .base import MLP, Head, pooled_image, pooled_text, register_head
 
 
 @dataclass
@@ -60,27 +60,10 @@ def check_mlp_options(c) -> None:
                              "pass e.g. --set hidden='[768, 768]' or --set batch_norm=false")
 
 
-class BatchNormMLP(nn.Sequential):
-    """``in_dim -> hidden[0] -> ... -> hidden[-1]``: each step Linear, BatchNorm1d, activation, Dropout.
-
-    Input ``[B, in_dim]``, output ``[B, out_dim]`` with ``out_dim = hidden[-1]``. In train mode BatchNorm1d
-    normalises with the batch's own mean and biased variance (so B >= 2) and updates its running statistics
-    (momentum 0.1); in eval mode it uses the running ones. eps 1e-5 (torch's and MMF's default).
-    """
-
-    def __init__(self, in_dim: int, hidden: Sequence[int], act: str = "relu", dropout: float = 0.0):
-        layers: List[nn.Module] = []
-        for d, h in zip([in_dim, *hidden], hidden):
-            layers += [nn.Linear(int(d), int(h)), nn.BatchNorm1d(int(h)), activation(act), nn.Dropout(dropout)]
-        super().__init__(*layers)
-        self.out_dim = int(hidden[-1]) if hidden else in_dim
-
-
-def hidden_blocks(in_dim: int, config: UnimodalConfig) -> nn.Sequential:
-    """The hidden blocks of ``config`` on ``[B, in_dim]`` inputs: ``BatchNormMLP`` when ``batch_norm``, else
-    ``MLP`` (its ``out_dim`` attribute is the fused width)."""
-    cls = BatchNormMLP if config.batch_norm else MLP
-    return cls(in_dim, config.hidden, config.activation, config.dropout)
+def hidden_blocks(in_dim: int, config: UnimodalConfig) -> MLP:
+    """The hidden blocks of ``config`` on ``[B, in_dim]`` inputs (``MLP``, with BatchNorm1d when
+    ``batch_norm``; its ``out_dim`` attribute is the fused width)."""
+    return MLP(in_dim, config.hidden, config.activation, config.dropout, batch_norm=config.batch_norm)
 
 
 def refuse_single_row(head: Head, x: Tensor) -> None:
