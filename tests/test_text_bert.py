@@ -427,3 +427,24 @@ def test_a_random_start_names_the_preset_that_starts_from_bert(head, preset):
     assert load_preset(preset).train["init_checkpoint"] == "bert-base-uncased"
     assert random_start_note(TrainConfig(head=head, init_checkpoint="some/bert")) is None
     assert random_start_note(TrainConfig(head="refnet", head_cfg={"base": head})) is None  # refnet cannot load it
+
+
+@pytest.mark.parametrize("name", ["text-bert", "concat-bert", "late-fusion", "mmbt", "mmbt-region", "image-region"])
+def test_defaults_are_mmfs(name):
+    """Written out from MMF by hand: bert-base-uncased sizes (mmf/configs/models/unimodal/bert.yaml,
+    fusions/*.yaml, mmbt/defaults.yaml: hidden 768, 12 layers, 12 heads) with BERT's own 3072 / 30522 / 512 / 2
+    / 0.1 / 1e-12; MLPClassifer as the Hateful Memes configs build it (hidden_dim 768, num_layers 2, dropout 0.5,
+    relu, batch_norm); the region heads' 100 regions (max_features) into a 2048-wide fc7."""
+    from heads.models.base import HEADS, _register_all
+
+    _register_all()
+    c = HEADS.config_cls(name)()
+    if name != "image-region":
+        bert = (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.vocab_size,
+                c.max_position_embeddings, c.type_vocab_size, c.hidden_dropout_prob, c.attention_probs_dropout_prob,
+                c.layer_norm_eps, c.hidden_act)
+        assert bert == (768, 12, 12, 3072, 30522, 512, 2, 0.1, 0.1, 1e-12, "gelu")
+    if name in ("text-bert", "concat-bert", "late-fusion", "image-region"):
+        assert (c.hidden, c.dropout, c.activation, c.batch_norm) == ([768, 768], 0.5, "relu", True)
+    if name in ("mmbt-region", "image-region"):
+        assert (c.num_regions, c.fc7_dim, c.fc7_weights) == (100, 2048, "")
