@@ -110,10 +110,23 @@ class Fc7(nn.Module):
         return torch.relu(self.lc(x.to(self.lc.weight.dtype)))
 
 
+def filled_by_checkpoint(report) -> bool:
+    """Whether the init checkpoint behind ``report`` filled ``fc7.lc`` (an MMF Image-Region / MMBT-Region
+    model.pth: ``heads.mmf_checkpoint``)."""
+    return bool(report.path) and "fc7.lc.weight" not in report.missing_keys
+
+
 def load_fc7_init(head: nn.Module, folder: str, report):
     """Copy Detectron's fc7 from ``folder`` into ``head.fc7.lc`` and record it in ``report`` (a LoadReport: the
     init checkpoint's, or an empty one, which then takes the folder as its path and the head's other keys as
-    missing) -> ``report``; with ``folder`` empty print ``FC7_NOTE`` (noted in ``report`` too)."""
+    missing) -> ``report``; with ``folder`` empty print ``FC7_NOTE`` (noted in ``report`` too). When the init
+    checkpoint filled fc7 already (``filled_by_checkpoint``) nothing is read, and a ``folder`` is refused in one
+    line (the pickles would overwrite the fine-tuned fc7)."""
+    if filled_by_checkpoint(report):
+        if folder:
+            raise FeatstoreError(f"fc7_weights={folder!r} would replace the fine-tuned fc7 that the init checkpoint "
+                                 f"{report.path!r} holds (MMF's, trained with its classifier); drop --set fc7_weights")
+        return report
     if not folder:
         print(FC7_NOTE, file=sys.stderr)
         report.note(FC7_NOTE.removeprefix("note: "))

@@ -374,7 +374,8 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
 
 
 # heads --init-checkpoint loads into
-CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert", "late-fusion", "mmbt", "mmbt-region")
+CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert", "late-fusion", "mmbt", "mmbt-region",
+                    "image-region")  # image-region: MMF's own Image-Region model.pth only
 REFNET_CHECKPOINT_BASES = ("vilbert", "visualbert")  # ... and these as refnet's base
 
 
@@ -410,8 +411,8 @@ BERT_START_PRESETS = {"vilbert": "vilbert-hm-direct", "visualbert": "visualbert-
 def random_start_note(cfg: TrainConfig) -> Optional[str]:
     """A one-line note when a head that the published rows start from pretrained weights starts random."""
     target = checkpoint_target(cfg.head, cfg.head_cfg)
-    if not loads_checkpoint(cfg.head, cfg.head_cfg) or cfg.checkpoint:
-        return None
+    if not loads_checkpoint(cfg.head, cfg.head_cfg) or cfg.checkpoint or target not in PRETRAINED_FROM:
+        return None  # image-region starts from Detectron's fc7 (heads.fc7's note), not from a checkpoint
     return (f"note: {target} starts from random weights; the published {target} rows start from "
             f"{PRETRAINED_FROM[target]}: pass --init-checkpoint PATH or a cached model id (--preset "
             f"{BERT_START_PRESETS[target]} starts from bert-base-uncased)")
@@ -428,6 +429,8 @@ def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
         from .visualbert_checkpoint import head_from_checkpoint
     elif target == "vilbert":
         from .vilbert_checkpoint import head_from_checkpoint
+    elif target == "image-region":
+        from .mmf_checkpoint import head_from_checkpoint
     else:
         from .text_bert_checkpoint import head_from_checkpoint
     return head_from_checkpoint(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg, cfg.checkpoint,

@@ -107,11 +107,13 @@ def _visual_tables(head: nn.Module, mapped: Dict[str, Tensor], report: LoadRepor
 
 
 def copy_tensors(head: nn.Module, sd: Dict[str, Tensor], path: str, mapper: Callable, place: Callable,
-                 wanted: str, how_to_get: str, layer_hint: str, absent_ok: Tuple[str, ...] = ("classifier",)):
+                 wanted: str, how_to_get: str, layer_hint: str, absent_ok: Tuple[str, ...] = ("classifier",),
+                 required: str = "backbone"):
     """(report, head key -> tensor): every key of ``sd`` through ``mapper(key) -> (head key or None, group)``;
     a head key the head lacks is ignored in a group of ``absent_ok``, else refused naming ``layer_hint``;
     ``place(report, key, target, have, want)`` says whether the shapes fit (or records why not). Refuses a
-    file without BERT weights (no "used: backbone"), saying the ``wanted`` ones and ``how_to_get`` them."""
+    file that fills no ``required`` group (BERT's: "used: backbone"), saying the ``wanted`` ones and
+    ``how_to_get`` them."""
     own = head.state_dict()
     report, mapped = LoadReport(path=str(path)), {}
     for key in sorted(sd):
@@ -125,7 +127,7 @@ def copy_tensors(head: nn.Module, sd: Dict[str, Tensor], path: str, mapper: Call
         if place(report, key, target, tuple(sd[key].shape), tuple(own[target].shape)):
             mapped[target] = sd[key]
             report.add("used", group, key)
-    if "used: backbone" not in report.groups:
+    if f"used: {required}" not in report.groups:
         raise FeatstoreError(f"checkpoint {path!r} has no {wanted}; {how_to_get}")
     return report, mapped
 

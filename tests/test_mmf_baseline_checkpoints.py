@@ -1,5 +1,6 @@
 """``--init-checkpoint`` with MMF's own model files (an MMF run's ``model.pth``, the zoo's fine-tuned Hateful
-Memes models) for ``text-bert``, ``concat-bert``, ``late-fusion`` and ``mmbt`` (``heads.text_bert_checkpoint``).
+Memes models) for ``text-bert``, ``concat-bert``, ``late-fusion`` and ``mmbt`` (``heads.text_bert_checkpoint``
+over ``heads.mmf_checkpoint``; the region heads: tests/test_mmf_region_checkpoints.py).
 
 Each file is written here in MMF's layout, its prefixes taken from MMF's module tree, not from the heads:
 
@@ -9,7 +10,8 @@ Each file is written here in MMF's layout, its prefixes taken from MMF's module 
 * ``ConcatBERT`` / ``LateFusion`` (``FusionBase``): ``base.text`` the BertModel, ``base.modal`` the ResNet-152
   (``ResNet152ImageEncoder.model``); ``classifier`` / ``text_classifier`` + ``modal_classifier``;
 * ``MMBT``: ``model.bert.mmbt.transformer`` the BertModel, ``model.bert.mmbt.modal_encoder`` its
-  ``proj_embeddings``, BERT's tables again (shared modules) and the ResNet under ``encoder``;
+  ``proj_embeddings``, BERT's tables and embedding LayerNorm again (shared modules) and the ResNet under
+  ``encoder``;
   ``model.classifier.0`` BertPredictionHeadTransform, ``model.classifier.1`` the Linear.
 
 ``wrapped``: the same with the encoder factory kept in the tree (``module.X`` next to ``_module.module.X`` and
@@ -100,14 +102,19 @@ def mmf_file(family: str, bert, wrapped: bool, labels: int = K):
     return sd, ref
 
 
-def mmbt_file(bert, wrapped: bool, labels: int = K):
+def mmbt_file(bert, wrapped: bool, labels: int = K, encoder=None, width: int = DI):
+    """MMF's MMBT file; ``encoder``: the modal encoder's tensors (a ResNet's unless given; MMBT-Region's fc7),
+    ``width`` the modal width ``proj_embeddings`` reads."""
     g = torch.Generator().manual_seed(12)
     r = lambda *s: torch.randn(*s, generator=g) * 0.3  # noqa: E731
-    tables = {f"{t}_embeddings.weight": bert.state_dict()[f"embeddings.{t}_embeddings.weight"].clone()
-              for t in ("word", "position", "token_type")}
+    own = bert.state_dict()  # ModalEmbeddings holds BERT's tables and LayerNorm again (shared: saved twice)
+    tables = {f"{t}.weight": own[f"embeddings.{t}.weight"].clone()
+              for t in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")}
+    tables["LayerNorm.bias"] = own["embeddings.LayerNorm.bias"].clone()
     return {**bert_tensors("model.bert.mmbt.transformer.", bert, wrapped),
-            **under("model.bert.mmbt.modal_encoder.", tables), **resnet("model.bert.mmbt.modal_encoder.encoder."),
-            "model.bert.mmbt.modal_encoder.proj_embeddings.weight": r(H, DI),
+            **under("model.bert.mmbt.modal_encoder.", tables),
+            **(resnet("model.bert.mmbt.modal_encoder.encoder.") if encoder is None else encoder),
+            "model.bert.mmbt.modal_encoder.proj_embeddings.weight": r(H, width),
             "model.bert.mmbt.modal_encoder.proj_embeddings.bias": r(H),
             "model.classifier.0.dense.weight": r(H, H), "model.classifier.0.dense.bias": r(H),
             "model.classifier.0.LayerNorm.weight": 1 + r(H), "model.classifier.0.LayerNorm.bias": r(H),
@@ -138,13 +145,20 @@ def test_mmf_model_file_loads_whole_and_computes_mmfs_forward(tmp_path, family, 
     # the report names the keys without DataParallel's module.
     if family != "text-bert":
         assert sorted(report.groups[IMAGE_GROUP]) == sorted(k for k in sd if ".model." in k)
+        assert report.notes[-1].endswith("the classifier load; MMF's ResNet-152 is not read (the head reads cached "
+                                         "image features)")
+    else:
+        assert report.notes[-1] == "MMF's own unimodal_text file (model.pth): BERT (pooler included) and the " \
+            "classifier load"
     if wrapped:
         assert sorted(report.groups[DUPLICATES]) == sorted(k for k in sd if "._module." in k)
     else:
         assert DUPLICATES not in report.groups
     if family == "mmbt":
         shared = report.groups["ignored: shared copies of BERT's tables"]
-        assert len(shared) == 3 and all(".modal_encoder." in k and "_embeddings.weight" in k for k in shared)
+        assert sorted(shared) == sorted(f"model.bert.mmbt.modal_encoder.{t}" for t in (
+            "word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight",
+            "LayerNorm.weight", "LayerNorm.bias"))
     head = head.double().eval()
     bt = image_batch(4) if family != "text-bert" else token_batch(seed=4)
     with torch.no_grad():

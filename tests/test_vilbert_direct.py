@@ -329,8 +329,8 @@ def test_a_sweep_starts_its_rows_from_the_checkpoint(world, tmp_path):
     res = invoke_result(heads, base + ["--head", "vilbert,concat", "--out", tmp_path / "bad"])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert res.output.splitlines()[-1] == (f"error: --init-checkpoint {world['folder']} initialises vilbert, "
-                                           "visualbert, text-bert, concat-bert, late-fusion, mmbt, mmbt-region "
-                                           "heads; concat cannot load it: sweep those without it")
+                                           "visualbert, text-bert, concat-bert, late-fusion, mmbt, mmbt-region, "
+                                           "image-region heads; concat cannot load it: sweep those without it")
     assert not (tmp_path / "bad" / "runs").exists()
 
 

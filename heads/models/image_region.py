@@ -20,7 +20,8 @@ and the current model average the regions first, which is what is built here.
 
 Initialisation: ``fc7.lc`` is Detectron's fc7 (``fc7_weights``: the unpacked vmb_weights folder), copied at
 training start by ``load_init_files`` (``heads.train._build_head``), not at construction, so ``heads predict``
-rebuilds the run without the pickles; the MLP keeps PyTorch's default init, as MMF's. MMF fine-tunes fc7 with
+rebuilds the run without the pickles; the MLP keeps PyTorch's default init, as MMF's. ``--init-checkpoint`` takes
+MMF's own fine-tuned Image-Region ``model.pth`` (``heads.mmf_checkpoint``: fc7 and the classifier whole). MMF fine-tunes fc7 with
 the classifier (one AdamW group, weight decay 0), as heads train does.
 
 What differs from MMF: nothing in the forward; the regions are whatever image set is fed (MMF's are

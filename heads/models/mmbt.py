@@ -32,7 +32,7 @@ extractor, n + 2 real; H = ``hidden_size`` (768); Di = the image vector's width,
 
 Initialisation: a random start gives ``bert`` MMF's BERT ``_init_weights`` (``vilbert.mmf_init``); with
 ``--init-checkpoint`` a plain BERT loads whole, pooler included, and so does MMF's own ``model.pth`` (mmbt-grid:
-BERT, projection and classifier; ``heads.text_bert_checkpoint``). The modal
+BERT, projection and classifier; ``heads.text_bert_checkpoint`` / ``heads.mmf_checkpoint``). The modal
 projection (``modal_encoder.proj_embeddings``) and the classifier (``transform``, ``outputs``) keep PyTorch's
 default initialisation, as MMF's (plain ``nn.Linear`` / transformers' transform outside the pretrained model).
 
@@ -58,7 +58,8 @@ with_features.yaml (mmf/configs/models/mmbt/with_features.yaml: ``direct_feature
 * the rest as above: ``sequence [B, N + 1 + T, H]``, pooler on position 0, the classifier.
 
 ``fc7`` starts from ``fc7_weights`` (Detectron's pickles, read at training start by ``load_init_files``, not by
-``heads predict``); MMF fine-tunes it inside ``get_optimizer_parameters_for_bert``'s groups (its bias without
+``heads predict``), or from MMF's own fine-tuned MMBT-Region ``model.pth`` (``--init-checkpoint``,
+``heads.mmf_checkpoint``: fc7, BERT, projection and classifier whole); MMF fine-tunes it inside ``get_optimizer_parameters_for_bert``'s groups (its bias without
 decay, by name), as here.
 """
 from __future__ import annotations
