@@ -68,8 +68,9 @@ class TrainConfig:
     label_fraction: Optional[float] = cli_field(None, "Train on this fraction of the labels (0.05..1).")  # stratified
     eval_batch_size: int = 512
     init_checkpoint: Optional[str] = cli_field(  # loaded into the head before training, with a report
-        None, "Checkpoint to initialise a vilbert (Facebook/MMF ViLBERT) or visualbert (MMF / HF VisualBERT, or "
-        "a BERT) head from; none: start random (over a preset's).", flag=("--init-checkpoint", "--vilbert-checkpoint"))
+        None, "Checkpoint to initialise the head from: vilbert / visualbert (Facebook / MMF / HF files, or a BERT), "
+        "the MMF baselines (a BERT, or MMF's own model.pth), cross (Hate-CLIPper's .ckpt); none: start random "
+        "(over a preset's).", flag=("--init-checkpoint", "--vilbert-checkpoint"))
     trust_checkpoint: bool = cli_field(False, "Allow a checkpoint that needs full unpickling (only files you trust).",
                                        flag="--trust-checkpoint")
     trim: bool = cli_field(True, "Cut each batch to its longest real token/region run (same outputs, less work).")
@@ -375,7 +376,7 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
 
 # heads --init-checkpoint loads into
 CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert", "late-fusion", "mmbt", "mmbt-region",
-                    "image-region")  # image-region: MMF's own Image-Region model.pth only
+                    "image-region", "cross")  # image-region: MMF's own Image-Region model.pth; cross: Hate-CLIPper's
 REFNET_CHECKPOINT_BASES = ("vilbert", "visualbert")  # ... and these as refnet's base
 
 
@@ -412,7 +413,7 @@ def random_start_note(cfg: TrainConfig) -> Optional[str]:
     """A one-line note when a head that the published rows start from pretrained weights starts random."""
     target = checkpoint_target(cfg.head, cfg.head_cfg)
     if not loads_checkpoint(cfg.head, cfg.head_cfg) or cfg.checkpoint or target not in PRETRAINED_FROM:
-        return None  # image-region starts from Detectron's fc7 (heads.fc7's note), not from a checkpoint
+        return None  # image-region starts from Detectron's fc7 (heads.fc7's note), cross from scratch (as Hate-CLIPper)
     return (f"note: {target} starts from random weights; the published {target} rows start from "
             f"{PRETRAINED_FROM[target]}: pass --init-checkpoint PATH or a cached model id (--preset "
             f"{BERT_START_PRESETS[target]} starts from bert-base-uncased)")
@@ -431,6 +432,8 @@ def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
         from .vilbert_checkpoint import head_from_checkpoint
     elif target == "image-region":
         from .mmf_checkpoint import head_from_checkpoint
+    elif target == "cross":
+        from .hateclipper_checkpoint import head_from_checkpoint
     else:
         from .text_bert_checkpoint import head_from_checkpoint
     return head_from_checkpoint(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg, cfg.checkpoint,

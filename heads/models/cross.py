@@ -24,6 +24,9 @@ One deliberate difference: a binary task has two logits with softmax cross-entro
 where the reference has one logit with BCE. The probability ``softmax(z)[1] = sigmoid(z_1 - z_0)`` is the
 reference's ``sigmoid(w.h + b)`` with ``w = w_1 - w_0``, ``b = b_1 - b_0``: the same model family and loss.
 
+``--init-checkpoint`` reads the reference's own checkpoint whole (``heads.hateclipper_checkpoint``: the output's
+one logit ``w.h + b`` becomes the rows ``[0, w]`` / ``[0, b]``, so the probability is the reference's).
+
 Outputs besides ``logits`` / ``fused``: ``img_proj`` / ``txt_proj`` (``p_i``, ``p_t``), ``interaction``
 (``[B, n, n]``, cross fusion only) and ``embed``: the last pre-output Linear's output before its ReLU (the
 embedding RGCL retrieves with, ``mlp[:-2]`` in JingbiaoMei/RGCL's ``classifier_hateClipper``; ``f`` itself

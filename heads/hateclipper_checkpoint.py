@@ -1,0 +1,181 @@
+"""Load a Hate-CLIPper checkpoint (a file saved by gokulkarthik/hateclipper's ``main.py``) into a ``cross`` head,
+whole, the output layer included.
+
+The reference's model is ``engine.py``'s ``CLIPClassifier``, a LightningModule. ``main.py``'s ``ModelCheckpoint``
+saves it with ``save_weights_only``, so the file is ``{"state_dict": ..., "epoch", "global_step", ...}`` (read by
+``heads.checkpoints.read_weights``, which takes the ``state_dict``). Its keys map as follows:
+
+* ``image_encoder.*`` / ``text_encoder.*`` (CLIP's vision / text models, frozen by default: ``--freeze_image_encoder``
+  and ``--freeze_text_encoder`` are True) -> ignored "CLIP encoders (cached features are used)". The head reads the
+  cached ``pooler_output`` of the same CLIP instead (``--image-pool pooler --text-pool pooler``).
+* ``image_map`` / ``text_map`` (``nn.Sequential(Linear(D, n), Dropout[, ReLU, Linear(n, n), Dropout]...)``) ->
+  ``img_proj.map`` / ``txt_proj.map``, at the same indices.
+* ``pre_output`` (``nn.Sequential(Dropout, Linear(f, n), ReLU, Dropout[, Linear(n, n), ReLU, Dropout]...)``):
+  the Linear at index 1 + 3k -> ``pre_output.linears.k``.
+* ``output`` (``Linear(n, 1)``, trained with BCE) -> ``outputs.layers.<task>``. For a binary task with two logits
+  it becomes rows ``[0, w]`` and bias ``[0, b]``, so ``softmax(z)[1] = sigmoid(w.h + b)``, exactly the reference's
+  probability. A Linear of the head's own shape (22 fine-grained outputs) is copied as is. Any other label count
+  is ignored "classifier of another label count" and left initialised.
+* the auxiliary heads (``output_pc*``, ``output_attack*``, ``output_super``: fine-grained;
+  ``pre_output_image`` / ``_text``, ``output_image`` / ``_text``: the unimodal losses) -> ignored "auxiliary heads
+  (training losses only)". They never reach the reference's main logits.
+
+Refused in one line: a ``use_pretrained_map`` file (``image_map`` = Linear(D, projection_dim), ReLU,
+Linear(projection_dim, n): not this head's projection); ``attention_m`` (``gen_query`` / ``gen_key``);
+``align_concat`` (fusion width 3n); ``caption_mode replace_image`` (no ``image_map``); and a file that holds no
+``image_map`` / ``text_map`` / ``pre_output`` / ``output``.
+
+``config_from_checkpoint`` reads the sizes from the shapes where the head config gives none: ``proj_dim`` (the
+rows of ``image_map.0``), ``mapping_layers``, ``pre_output_layers`` and ``fusion`` (the width of the fused vector:
+n^2 cross, n align, 2n concat; with n = 2 cross and concat have the same width, so cross is assumed unless
+``fusion`` is given). The shapes cannot tell ``cross_nd`` from ``cross`` (``cross_nd`` zeroes the diagonal and
+has the same shapes), nor the ``drop_probs``, which are inactive in evaluation; the defaults are ``main.py``'s.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from featstore.errors import FeatstoreError
+
+from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
+from .visualbert_checkpoint import copy_tensors, finish_load
+
+HOW_TO_GET = ("pass a checkpoint saved by gokulkarthik/hateclipper's main.py (checkpoints/<run>-epoch=NN.ckpt, "
+              "a PyTorch Lightning file whose state_dict holds image_map, text_map, pre_output and output)")
+WANTED = "Hate-CLIPper projections (keys image_map.0.weight, text_map.0.weight)"
+POOLER = {"img_proj": "--image-pool pooler (CLIP's vision pooler_output)",
+          "txt_proj": "--text-pool pooler (CLIP's text pooler_output)"}
+AUXILIARY = ("output_pc", "output_attack", "output_super", "pre_output_image.", "pre_output_text.", "output_image.",
+             "output_text.")
+_SEQ = re.compile(r"^(image_map|text_map|pre_output)\.(\d+)\.(weight|bias)$")
+NOTE = ("Hate-CLIPper's own checkpoint: projections, pre-output layers and output layer load; its CLIP encoders "
+        "are not read (the head reads cached CLIP pooler_output features)")
+BINARY_NOTE = ("output: the reference's one BCE logit w.h + b became the two-logit rows [0, w] / [0, b], so "
+               "softmax(z)[1] = sigmoid(w.h + b)")
+
+
+def map_key(key: str, task: str) -> Tuple[Any, str]:
+    """(our key or None, report group) of a reference key (module docstring)."""
+    if key.startswith(("image_encoder.", "text_encoder.")):
+        return None, "CLIP encoders (cached features are used)"
+    if key.startswith(AUXILIARY):
+        return None, "auxiliary heads (training losses only)"
+    if key in ("output.weight", "output.bias"):
+        return (f"outputs.layers.{task}.{key.split('.')[1]}" if task else None), "classifier"
+    m = _SEQ.match(key)
+    if m is None:
+        return None, "other (not in the reference's forward)"
+    part, index, leaf = m.group(1), int(m.group(2)), m.group(3)
+    if part == "pre_output":
+        return f"pre_output.linears.{(index - 1) // 3}.{leaf}", "pre-output layers"
+    return f"{'img_proj' if part == 'image_map' else 'txt_proj'}.map.{index}.{leaf}", "projections"
+
+
+def check_layout(keys, path: str) -> None:
+    """One-line refusals of the reference's variants this head does not compute (module docstring)."""
+    keys = set(keys)
+    if "image_map.0.weight" not in keys or "text_map.0.weight" not in keys or "output.weight" not in keys:
+        raise FeatstoreError(f"checkpoint {path!r} has no image_map / text_map / output (a caption_mode "
+                             f"replace_image run, or not Hate-CLIPper's); {HOW_TO_GET}")
+    if "image_map.2.weight" in keys:
+        raise FeatstoreError(f"checkpoint {path!r} was trained with --use_pretrained_map (image_map = Linear, ReLU, "
+                             "Linear from CLIP's projection), which the cross head does not build; retrain it with "
+                             "--use_pretrained_map False")
+    if any(k.startswith(("gen_query.", "gen_key.")) for k in keys):
+        raise FeatstoreError(f"checkpoint {path!r} was trained with --fusion attention_m, which the cross head does "
+                             "not build (it has cross, align and concat)")
+
+
+def linear_indices(shapes: Dict[str, tuple], part: str):
+    return sorted(int(m.group(2)) for k in shapes for m in [_SEQ.match(k)] if m and m.group(1) == part
+                  and m.group(3) == "weight")
+
+
+def fusion_of(width: int, n: int, given: Dict[str, Any], path: str) -> str:
+    """The reference's fusion from the fused vector's ``width`` at projection width ``n``."""
+    if "fusion" in given:
+        return given["fusion"]
+    by_width = {n * n: "cross", n: "align", 2 * n: "concat"}  # n = 2: n * n == 2n, cross wins (docstring)
+    if width not in by_width:
+        extra = " (align_concat, which the cross head does not build)" if width == 3 * n else ""
+        raise FeatstoreError(f"checkpoint {path!r} fuses into {width} features at map_dim {n}{extra}; the cross head "
+                             f"builds cross ({n * n}), align ({n}) and concat ({2 * n})")
+    return by_width[width]
+
+
+def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any], path: str = "") -> Dict[str, Any]:
+    """``given`` completed with ``proj_dim``, ``mapping_layers``, ``pre_output_layers`` and ``fusion`` as the
+    reference's shapes imply them."""
+    check_layout(shapes, path)
+    n = int(shapes["image_map.0.weight"][0])
+    pre = linear_indices(shapes, "pre_output")
+    width = int(shapes["pre_output.1.weight"][1] if pre else shapes["output.weight"][1])
+    found = {"proj_dim": n, "mapping_layers": len(linear_indices(shapes, "image_map")), "pre_output_layers": len(pre)}
+    found = dict(found, **given)
+    found["fusion"] = fusion_of(width, int(found["proj_dim"]), given, path)
+    return found
+
+
+def placed(report: LoadReport, key: str, target: str, have, want) -> bool:
+    """Whether ``key`` (shape ``have``) fits ``target`` (``want``): the one-logit output fits a two-logit binary
+    task (widened by ``widen_binary``); another label count is ignored; a projection's input width names the
+    pooled array the reference reads; any other mismatch is refused in one line."""
+    if have == want:
+        return True
+    if target.startswith("outputs.layers."):
+        if have[0] == 1 and want[0] == 2 and have[1:] == want[1:]:
+            report.note(BINARY_NOTE)
+            return True
+        report.add("ignored", "classifier of another label count", key)
+        report.note(f"output: the checkpoint's layer has shape {list(have)}, the head's {list(want)} (another label "
+                    "count); it was left initialised")
+        return False
+    side = target.split(".")[0]
+    if target.endswith(".map.0.weight") and have[0] == want[0]:
+        raise FeatstoreError(f"checkpoint key {key!r} reads {have[1]}-wide vectors but the cached "
+                             f"{'image' if side == 'img_proj' else 'text'} features are {want[1]}-wide; feed the "
+                             f"features it was trained on: {POOLER[side]} of the same CLIP")
+    raise FeatstoreError(f"checkpoint key {key!r} has shape {tuple(have)} but the head's {target!r} has "
+                         f"{tuple(want)}; build the head with the checkpoint's sizes (proj_dim, mapping_layers, "
+                         "pre_output_layers, fusion)")
+
+
+def widen_binary(mapped: Dict[str, Tensor], own: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """The one-logit output rows put behind a zero row, where the head has two (``placed``)."""
+    out = dict(mapped)
+    for k, v in mapped.items():
+        if k.startswith("outputs.layers.") and v.shape[0] == 1 and own[k].shape[0] == 2:
+            out[k] = torch.cat([torch.zeros_like(v), v], dim=0)
+    return out
+
+
+def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
+    """Copy the reference's tensors of ``sd`` into the ``cross`` ``head`` (in place) and report."""
+    if getattr(head, "head_name", "") != "cross":
+        raise FeatstoreError("load_hateclipper_checkpoint needs a 'cross' head; build the run with --head cross")
+    check_layout(sd, path)
+    tasks = [t.name for t in head.outputs.tasks]
+    task = tasks[0] if len(tasks) == 1 else ""
+    report, mapped = copy_tensors(head, sd, path, lambda key: map_key(key, task), placed, WANTED, HOW_TO_GET,
+                                  "layer counts (mapping_layers, pre_output_layers)", absent_ok=(),
+                                  required="projections")
+    report.note(NOTE)
+    return finish_load(head, widen_binary(mapped, head.state_dict()), report)
+
+
+def load_hateclipper_checkpoint(head: nn.Module, path, *, trust_pickle: bool = False) -> LoadReport:
+    """Copy the Hate-CLIPper checkpoint at ``path`` into ``head`` (in place) -> report."""
+    return load_state(head, read_weights(path, trust_pickle, HOW_TO_GET), str(path))
+
+
+def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path, *,
+                         trust_pickle: bool = False) -> Tuple[nn.Module, LoadReport]:
+    """Build the cross head with the sizes the checkpoint at ``path`` implies where ``head_cfg`` gives none,
+    and load it -> (head, report)."""
+    sizes = lambda shapes, given: config_from_checkpoint(shapes, given, str(path))  # noqa: E731
+    return build_from_checkpoint("cross", name, inputs, spec, head_cfg, path, trust_pickle=trust_pickle,
+                                 config_from_checkpoint=sizes, load_state=load_state, how_to_get=HOW_TO_GET)
