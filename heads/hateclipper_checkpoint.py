@@ -1,5 +1,5 @@
-"""Load a Hate-CLIPper checkpoint (a file saved by gokulkarthik/hateclipper's ``main.py``) into a ``cross`` head,
-whole, the output layer included.
+"""Load a Hate-CLIPper checkpoint (a file saved by gokulkarthik/hateclipper's ``main.py``) or an RGCL one
+(JingbiaoMei/RGCL's ``run_rac.py``) into a ``cross`` head, whole, the output layer included.
 
 The reference's model is ``engine.py``'s ``CLIPClassifier``, a LightningModule. ``main.py``'s ``ModelCheckpoint``
 saves it with ``save_weights_only``, so the file is ``{"state_dict": ..., "epoch", "global_step", ...}`` (read by
@@ -25,9 +25,16 @@ Linear(projection_dim, n): not this head's projection); ``attention_m`` (``gen_q
 ``align_concat`` (fusion width 3n); ``caption_mode replace_image`` (no ``image_map``); and a file that holds no
 ``image_map`` / ``text_map`` / ``pre_output`` / ``output``.
 
+RGCL's own checkpoints (JingbiaoMei/RGCL ``src/run_rac.py`` saves ``model.state_dict()`` of
+``src/model/classifier.py``'s ``classifier_hateClipper``: the same forward with one mapping layer and
+``proj_dim`` wide pre-output layers) load the same way (``LAYOUTS["rgcl"]``): ``img_proj`` / ``text_proj`` (Linear, Dropout) -> ``img_proj.map`` /
+``txt_proj.map``; ``mlp`` (Dropout, then Linear, ReLU, Dropout per layer) -> ``pre_output.linears``;
+``output_layer`` -> the output as above. A ``--batch_norm True`` RGCL file (BatchNorm1d in ``mlp``) is refused in
+one line: the cross head has no BatchNorm there (the published run has none).
+
 ``config_from_checkpoint`` reads the sizes from the shapes where the head config gives none: ``proj_dim`` (the
-rows of ``image_map.0``), ``mapping_layers``, ``pre_output_layers`` and ``fusion`` (the width of the fused vector:
-n^2 cross, n align, 2n concat; with n = 2 cross and concat have the same width, so cross is assumed unless
+rows of ``image_map.0``), ``mapping_layers``, ``pre_output_layers``, ``pre_output_dim`` (RGCL's ``proj_dim``) and
+``fusion`` (the width of the fused vector: n^2 cross, n align, 2n concat; with n = 2 cross and concat have the same width, so cross is assumed unless
 ``fusion`` is given). The shapes cannot tell ``cross_nd`` from ``cross`` (``cross_nd`` zeroes the diagonal and
 has the same shapes), nor the ``drop_probs``, which are inactive in evaluation; the defaults are ``main.py``'s.
 """
@@ -45,49 +52,69 @@ from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoi
 from .visualbert_checkpoint import copy_tensors, finish_load
 
 HOW_TO_GET = ("pass a checkpoint saved by gokulkarthik/hateclipper's main.py (checkpoints/<run>-epoch=NN.ckpt, "
-              "a PyTorch Lightning file whose state_dict holds image_map, text_map, pre_output and output)")
+              "a PyTorch Lightning file whose state_dict holds image_map, text_map, pre_output and output) or by "
+              "JingbiaoMei/RGCL's run_rac.py (ckpt/best_model_*.pt: img_proj, text_proj, mlp, output_layer)")
 WANTED = "Hate-CLIPper projections (keys image_map.0.weight, text_map.0.weight)"
 POOLER = {"img_proj": "--image-pool pooler (CLIP's vision pooler_output)",
           "txt_proj": "--text-pool pooler (CLIP's text pooler_output)"}
 AUXILIARY = ("output_pc", "output_attack", "output_super", "pre_output_image.", "pre_output_text.", "output_image.",
              "output_text.")
-_SEQ = re.compile(r"^(image_map|text_map|pre_output)\.(\d+)\.(weight|bias)$")
-NOTE = ("Hate-CLIPper's own checkpoint: projections, pre-output layers and output layer load; its CLIP encoders "
+LAYOUTS = {  # the reference -> where it keeps (image map, text map, pre-output Sequential, output Linear)
+    "hateclipper": ("image_map", "text_map", "pre_output", "output"),
+    "rgcl": ("img_proj", "text_proj", "mlp", "output_layer"),
+}
+NAMES = {"hateclipper": "Hate-CLIPper", "rgcl": "RGCL"}
+_SEQ = re.compile(r"^(image_map|text_map|pre_output|img_proj|text_proj|mlp)\.(\d+)\.(\w+)$")
+NOTE = ("{name}'s own checkpoint: projections, pre-output layers and output layer load; its CLIP encoders "
         "are not read (the head reads cached CLIP pooler_output features)")
 BINARY_NOTE = ("output: the reference's one BCE logit w.h + b became the two-logit rows [0, w] / [0, b], so "
                "softmax(z)[1] = sigmoid(w.h + b)")
 
 
-def map_key(key: str, task: str) -> Tuple[Any, str]:
+def layout_of(keys) -> str:
+    """``"rgcl"`` for RGCL's classifier_hateClipper names, else ``"hateclipper"`` (checked by ``check_layout``)."""
+    keys = set(keys)
+    return "rgcl" if "img_proj.0.weight" in keys and "output_layer.weight" in keys else "hateclipper"
+
+
+def map_key(key: str, task: str, layout: str = "hateclipper") -> Tuple[Any, str]:
     """(our key or None, report group) of a reference key (module docstring)."""
+    image, text, pre, out = LAYOUTS[layout]
     if key.startswith(("image_encoder.", "text_encoder.")):
         return None, "CLIP encoders (cached features are used)"
     if key.startswith(AUXILIARY):
         return None, "auxiliary heads (training losses only)"
-    if key in ("output.weight", "output.bias"):
-        return (f"outputs.layers.{task}.{key.split('.')[1]}" if task else None), "classifier"
+    if key in (f"{out}.weight", f"{out}.bias"):
+        return (f"outputs.layers.{task}.{key.rsplit('.', 1)[1]}" if task else None), "classifier"
     m = _SEQ.match(key)
-    if m is None:
+    if m is None or m.group(1) not in (image, text, pre):
         return None, "other (not in the reference's forward)"
     part, index, leaf = m.group(1), int(m.group(2)), m.group(3)
-    if part == "pre_output":
+    if part == pre:
         return f"pre_output.linears.{(index - 1) // 3}.{leaf}", "pre-output layers"
-    return f"{'img_proj' if part == 'image_map' else 'txt_proj'}.map.{index}.{leaf}", "projections"
+    return f"{'img_proj' if part == image else 'txt_proj'}.map.{index}.{leaf}", "projections"
 
 
-def check_layout(keys, path: str) -> None:
-    """One-line refusals of the reference's variants this head does not compute (module docstring)."""
+def check_layout(keys, path: str) -> str:
+    """The reference's layout of ``keys`` (``LAYOUTS``); one-line refusals of the variants this head does not
+    compute (module docstring)."""
     keys = set(keys)
-    if "image_map.0.weight" not in keys or "text_map.0.weight" not in keys or "output.weight" not in keys:
+    layout = layout_of(keys)
+    image, text, pre, out = LAYOUTS[layout]
+    if f"{image}.0.weight" not in keys or f"{text}.0.weight" not in keys or f"{out}.weight" not in keys:
         raise FeatstoreError(f"checkpoint {path!r} has no image_map / text_map / output (a caption_mode "
                              f"replace_image run, or not Hate-CLIPper's); {HOW_TO_GET}")
-    if "image_map.2.weight" in keys:
+    if f"{image}.2.weight" in keys:
         raise FeatstoreError(f"checkpoint {path!r} was trained with --use_pretrained_map (image_map = Linear, ReLU, "
                              "Linear from CLIP's projection), which the cross head does not build; retrain it with "
                              "--use_pretrained_map False")
     if any(k.startswith(("gen_query.", "gen_key.")) for k in keys):
         raise FeatstoreError(f"checkpoint {path!r} was trained with --fusion attention_m, which the cross head does "
                              "not build (it has cross, align and concat)")
+    if any(k.startswith(pre + ".") and k.endswith("running_mean") for k in keys):
+        raise FeatstoreError(f"checkpoint {path!r} was trained with --batch_norm True (BatchNorm1d in {pre}), which "
+                             "the cross head does not build; retrain it with --batch_norm False, as the published run")
+    return layout
 
 
 def linear_indices(shapes: Dict[str, tuple], part: str):
@@ -108,13 +135,15 @@ def fusion_of(width: int, n: int, given: Dict[str, Any], path: str) -> str:
 
 
 def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any], path: str = "") -> Dict[str, Any]:
-    """``given`` completed with ``proj_dim``, ``mapping_layers``, ``pre_output_layers`` and ``fusion`` as the
-    reference's shapes imply them."""
-    check_layout(shapes, path)
-    n = int(shapes["image_map.0.weight"][0])
-    pre = linear_indices(shapes, "pre_output")
-    width = int(shapes["pre_output.1.weight"][1] if pre else shapes["output.weight"][1])
-    found = {"proj_dim": n, "mapping_layers": len(linear_indices(shapes, "image_map")), "pre_output_layers": len(pre)}
+    """``given`` completed with ``proj_dim``, ``mapping_layers``, ``pre_output_layers``, ``pre_output_dim`` and
+    ``fusion`` as the reference's shapes imply them."""
+    image, _, pre, out = LAYOUTS[check_layout(shapes, path)]
+    n = int(shapes[f"{image}.0.weight"][0])
+    layers = linear_indices(shapes, pre)
+    width = int(shapes[f"{pre}.1.weight"][1] if layers else shapes[f"{out}.weight"][1])
+    found = {"proj_dim": n, "mapping_layers": len(linear_indices(shapes, image)), "pre_output_layers": len(layers)}
+    if layers and int(shapes[f"{pre}.1.weight"][0]) != n:
+        found["pre_output_dim"] = int(shapes[f"{pre}.1.weight"][0])  # RGCL's proj_dim; Hate-CLIPper's is map_dim
     found = dict(found, **given)
     found["fusion"] = fusion_of(width, int(found["proj_dim"]), given, path)
     return found
@@ -157,18 +186,18 @@ def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
     """Copy the reference's tensors of ``sd`` into the ``cross`` ``head`` (in place) and report."""
     if getattr(head, "head_name", "") != "cross":
         raise FeatstoreError("load_hateclipper_checkpoint needs a 'cross' head; build the run with --head cross")
-    check_layout(sd, path)
+    layout = check_layout(sd, path)
     tasks = [t.name for t in head.outputs.tasks]
     task = tasks[0] if len(tasks) == 1 else ""
-    report, mapped = copy_tensors(head, sd, path, lambda key: map_key(key, task), placed, WANTED, HOW_TO_GET,
-                                  "layer counts (mapping_layers, pre_output_layers)", absent_ok=(),
+    report, mapped = copy_tensors(head, sd, path, lambda key: map_key(key, task, layout), placed, WANTED,
+                                  HOW_TO_GET, "layer counts (mapping_layers, pre_output_layers)", absent_ok=(),
                                   required="projections")
-    report.note(NOTE)
+    report.note(NOTE.format(name=NAMES[layout]))
     return finish_load(head, widen_binary(mapped, head.state_dict()), report)
 
 
 def load_hateclipper_checkpoint(head: nn.Module, path, *, trust_pickle: bool = False) -> LoadReport:
-    """Copy the Hate-CLIPper checkpoint at ``path`` into ``head`` (in place) -> report."""
+    """Copy the Hate-CLIPper or RGCL checkpoint at ``path`` into ``head`` (in place) -> report."""
     return load_state(head, read_weights(path, trust_pickle, HOW_TO_GET), str(path))
 
 

@@ -221,7 +221,8 @@ def check_mmf_head(head_name: str, layout: str, path: str) -> None:
         raise FeatstoreError(f"checkpoint {path!r} is MMF's unimodal_image over a ResNet-152 (Image-Grid, "
                              "model.pth): MMF fine-tunes that ResNet, so its classifier does not read the cached grid "
                              "features and no head here loads it; train --preset image-grid-hm instead (MMF's "
-                             "Image-Region file, unimodal_image.hateful_memes.features, loads into --head image-region)")
+                             "Image-Region file, unimodal_image.hateful_memes.features, loads into --head "
+                             "image-region)")
     if head_name != want:
         other = ", or pass a plain BERT" if head_name != "image-region" else ""
         raise FeatstoreError(f"checkpoint {path!r} is MMF's {layout} (model.pth), which the {want!r} head reads, "

@@ -1,4 +1,5 @@
-"""``--init-checkpoint`` with Hate-CLIPper's own checkpoint for the ``cross`` head (``heads.hateclipper_checkpoint``).
+"""``--init-checkpoint`` with Hate-CLIPper's or RGCL's own checkpoint for the ``cross`` head
+(``heads.hateclipper_checkpoint``).
 
 The file is written here as gokulkarthik/hateclipper's ``main.py`` saves it: ``ModelCheckpoint(save_weights_only=
 True)`` of ``engine.py``'s ``CLIPClassifier``, i.e. ``{"state_dict", "epoch", "global_step",
@@ -7,7 +8,10 @@ True)`` of ``engine.py``'s ``CLIPClassifier``, i.e. ``{"state_dict", "epoch", "g
 pre_output = Dropout, then Linear, ReLU, Dropout per layer; output = Linear(., 1); CLIP's encoders and the
 auxiliary heads beside them), and ``Reference.logit`` its eval-mode forward in float64 (``F.normalize``, the
 fusion, ``pre_output``, ``output``, ``squeeze(1)``): the head must give ``sigmoid`` of that logit as its
-probability.
+probability. ``RgclReference`` is RGCL's ``classifier_hateClipper`` (JingbiaoMei/RGCL src/model/classifier.py), also
+written out by hand: img_proj / text_proj = Linear(D, map_dim), Dropout; mlp = Dropout, then Linear(., proj_dim),
+[BatchNorm1d,] ReLU, Dropout per layer; output_layer = Linear(proj_dim, 1); the retrieval embedding ``mlp[:-2](x)``;
+saved bare, as ``run_rac.py``'s ``torch.save(model.state_dict())``.
 """
 from __future__ import annotations
 
@@ -28,6 +32,15 @@ from test_cross_head import pooler_world  # noqa: F401
 
 BINARY = TaskSpec([Task("label", "binary", 2, ["0", "1"])])
 DI, DT, B = 7, 5, 6  # CLIP vision / text pooler widths (pooler_world's), rows
+
+
+def randomise(module: nn.Module, seed: int) -> None:
+    """Every parameter random (scale 0.4), then float64 and eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.4)
+    module.double().eval()
 
 
 class Reference(nn.Module):
@@ -51,11 +64,7 @@ class Reference(nn.Module):
             self.output_super = nn.Linear(15, 1)
             self.pre_output_image = nn.Sequential(nn.Dropout(0.4), nn.Linear(n, n))
             self.output_image = nn.Linear(n, 1)
-        g = torch.Generator().manual_seed(5)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.4)
-        self.double().eval()
+        randomise(self, 5)
 
     @staticmethod
     def _map(d: int, n: int, layers: int) -> nn.Sequential:
@@ -162,7 +171,8 @@ def test_projected_features_are_refused_naming_the_pooler_array(tmp_path):
                             "pooler_output) of the same CLIP")
 
 
-def test_heads_train_starts_from_the_checkpoint_and_predicts_the_references_probabilities(pooler_world, tmp_path):  # noqa: F811
+def test_heads_train_starts_from_the_checkpoint_and_predicts_the_references_probabilities(
+        pooler_world, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 
     w = pooler_world
@@ -195,3 +205,64 @@ def test_heads_train_starts_from_the_checkpoint_and_predicts_the_references_prob
     assert res.output.splitlines()[-1] == (
         "error: checkpoint key 'image_map.0.weight' reads 7-wide vectors but the cached image features are 4-wide; "
         "feed the features it was trained on: --image-pool pooler (CLIP's vision pooler_output) of the same CLIP")
+
+
+class RgclReference(nn.Module):
+    """RGCL's classifier_hateClipper (module docstring)."""
+
+    def __init__(self, map_dim: int, proj_dim: int, layers: int, fusion: str, batch_norm: bool = False):
+        super().__init__()
+        self.fusion = fusion
+        self.img_proj = nn.Sequential(nn.Linear(DI, map_dim), nn.Dropout(0.2))
+        self.text_proj = nn.Sequential(nn.Linear(DT, map_dim), nn.Dropout(0.2))
+        d = {"align": map_dim, "concat": 2 * map_dim, "cross": map_dim ** 2}[fusion]
+        blocks = [nn.Dropout(0.4)]
+        for _ in range(layers):
+            blocks += [nn.Linear(d, proj_dim)] + ([nn.BatchNorm1d(proj_dim)] if batch_norm else []) + [
+                nn.ReLU(), nn.Dropout(0.1)]
+            d = proj_dim
+        self.mlp = nn.Sequential(*blocks)
+        self.output_layer = nn.Linear(proj_dim, 1)
+        randomise(self, 8)
+
+    @torch.no_grad()
+    def forward(self, x_img, x_txt):
+        pi = F.normalize(self.img_proj(x_img), p=2, dim=1)
+        pt = F.normalize(self.text_proj(x_txt), p=2, dim=1)
+        if self.fusion == "concat":
+            x = torch.cat((pi, pt), dim=1)
+        elif self.fusion == "align":
+            x = torch.mul(pi, pt)
+        else:
+            x = torch.bmm(pi.unsqueeze(2), pt.unsqueeze(1)).flatten(1, 2)
+        return self.output_layer(self.mlp(x)).squeeze(1), self.mlp[:-2](x)
+
+
+@pytest.mark.parametrize("map_dim, proj_dim, layers, fusion", [(4, 6, 2, "cross"), (5, 5, 1, "align")])
+def test_an_rgcl_checkpoint_loads_whole_with_its_logit_and_retrieval_embedding(tmp_path, map_dim, proj_dim, layers,
+                                                                                 fusion):
+    ref = RgclReference(map_dim, proj_dim, layers, fusion)
+    path = tmp_path / "best_model_3_0.75.pt"
+    torch.save({k: v.float() for k, v in ref.state_dict().items()}, str(path))
+    head, report = head_from_checkpoint("cross", InputSpec(DI, DT), BINARY, {}, path)
+    c = head.config
+    assert (c.proj_dim, c.widths(), c.mapping_layers, c.fusion) == (map_dim, [proj_dim] * layers, 1, fusion)
+    assert report.missing_keys == [] and not report.ignored_keys
+    assert report.notes[-1].startswith("RGCL's own checkpoint")
+    head = head.double().eval()
+    bt = batch(9)
+    with torch.no_grad():
+        out = head(bt)
+    logit, embed = ref(bt["img_pooled"], bt["txt_pooled"])
+    z = out["logits"]["label"]
+    torch.testing.assert_close(z[:, 1] - z[:, 0], logit, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["embed"], embed, atol=1e-6, rtol=0)  # what RGCL retrieves with
+
+
+def test_an_rgcl_checkpoint_with_batch_norm_is_refused(tmp_path):
+    path = tmp_path / "bn.pt"
+    torch.save(RgclReference(4, 4, 1, "align", batch_norm=True).state_dict(), str(path))
+    with pytest.raises(FeatstoreError) as e:
+        head_from_checkpoint("cross", InputSpec(DI, DT), BINARY, {}, path)
+    assert str(e.value) == (f"checkpoint {str(path)!r} was trained with --batch_norm True (BatchNorm1d in mlp), which "
+                            "the cross head does not build; retrain it with --batch_norm False, as the published run")

@@ -31,7 +31,8 @@ from heads.mmf_checkpoint import HOW_TO_GET_IMAGE_REGION, mmf_layout
 from heads.mmf_checkpoint import head_from_checkpoint as image_region_from_checkpoint
 from heads.spec import InputSpec
 from heads.text_bert_checkpoint import head_from_checkpoint
-from test_fc7_heads import DR, F, RS, mmbt_region_reference, read_probs, region_batch, region_train, regions  # noqa: F401
+from test_fc7_heads import (DR, F, RS, mmbt_region_reference, read_probs, region_batch, region_train,  # noqa: F401
+                            regions)
 from test_mmf_baseline_checkpoints import IMAGE_GROUP, K, bert_tensors, mlp_classifer, mlp_forward, mmbt_file, resnet, \
     under
 from test_text_bert import B, BINARY, H, MLP, NH, folders, token_batch, tiny_bert, world  # noqa: F401
