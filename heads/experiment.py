@@ -91,7 +91,8 @@ def check_head(cfg: TrainConfig, data: TrainData) -> int:
     cfg.validate()
     with torch.device("meta"):
         model = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
-    refuse_single_row_batch(cfg, data, model)
+    if cfg.epochs:  # epochs 0 trains nothing (the init checkpoint evaluated as loaded)
+        refuse_single_row_batch(cfg, data, model)
     return sum(p.numel() for p in model.parameters())
 
 

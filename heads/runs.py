@@ -115,7 +115,7 @@ def save_run(run_dir, result, data: TrainData, plots: bool = True) -> Path:
         write_predictions(run / f"predictions_{split}.csv", result.task_spec, [data.ids[i] for i in idx.tolist()], probs)
         if plots and split in result.metrics:
             plot_roc(result.task_spec, data.targets_numpy(idx), probs, run / f"roc_{split}.png", split)
-    if plots:
+    if plots and result.history:  # none when the run trained nothing (epochs 0)
         plot_learning_curve(result.history, result.monitor, run / "learning_curve.png")
     return run
 

@@ -50,7 +50,8 @@ class TrainConfig:
     warmup_ratio: float = cli_field(0.1, "Warmup fraction of steps.", flag="--warmup")
     schedule: str = cli_field("linear", "Learning-rate decay after the warmup (heads.schedule).", choices=SCHEDULES)
     batch_size: int = cli_field(64, "Training batch size.")
-    epochs: int = cli_field(20, "Training epochs (at most: early stopping may end sooner).")
+    epochs: int = cli_field(20, "Training epochs (at most: early stopping may end sooner); 0 evaluates the "
+                            "--init-checkpoint as loaded.")
     grad_clip: float = cli_field(1.0, "Max global gradient norm (0: off).")
     patience: int = cli_field(5, "Early-stopping patience (0: off).")  # epochs without improvement before stopping
     monitor: str = cli_field("auto", "Validation metric for early stopping.")  # "auto" (AUROC for one binary task,
@@ -89,9 +90,10 @@ class TrainConfig:
         return build_dataclass(cls, d, "train", unknown_message="{what} option {first} is unknown; options are: {known}")
 
     def validate(self) -> None:
-        for name in ("lr", "batch_size", "epochs", "eval_batch_size"):
+        for name in ("lr", "batch_size", "eval_batch_size"):
             if not getattr(self, name) > 0:
                 raise FeatstoreError(f"{name}={getattr(self, name)} must be > 0; pass a positive value")
+        check_epochs(self.epochs, self.checkpoint, self.pretrain_epochs)
         for name in ("weight_decay", "grad_clip", "patience", "pretrain_epochs"):
             if getattr(self, name) < 0:
                 raise FeatstoreError(f"{name}={getattr(self, name)} must be >= 0")
@@ -321,6 +323,21 @@ class _Fit:
     key: Optional[torch.Tensor]  # heads.batching.length_key for cfg.bucket, or None
 
 
+def check_epochs(epochs: int, checkpoint: Optional[str], pretrain_epochs: int) -> None:
+    """``epochs`` >= 1, or 0 with an init checkpoint (its model evaluated as loaded: ``evaluate_only``)."""
+    if epochs < 0 or (epochs == 0 and not checkpoint):
+        raise FeatstoreError(f"epochs={epochs} must be > 0 (0 evaluates an --init-checkpoint as loaded, and none "
+                             "is given); pass a positive value")
+    if epochs == 0 and pretrain_epochs:
+        raise FeatstoreError(f"epochs=0 evaluates the --init-checkpoint as loaded, so pretrain_epochs="
+                             f"{pretrain_epochs} would change it; pass pretrain_epochs=0 or epochs >= 1")
+
+
+def evaluate_only(cfg: TrainConfig) -> bool:
+    """Whether the run evaluates its init checkpoint as loaded, training nothing (``epochs`` 0)."""
+    return cfg.epochs == 0
+
+
 @dataclass
 class _Optimisation:
     optimizer: torch.optim.Optimizer
@@ -336,9 +353,11 @@ def _train(cfg: TrainConfig, data: TrainData, progress: bool = True, on_epoch=No
     fit = _prepare(cfg, data)
     if cfg.pretrain_epochs:
         _pretrain(fit)
-    opt = _optimisation(fit)
     history: List[Dict[str, float]] = []
     stopping, best_state = EarlyStopping(fit.mode, cfg.patience), None
+    if evaluate_only(cfg):  # the checkpoint's model as loaded: epoch 0 is the best
+        stopping.best_epoch, best_state = 0, copy.deepcopy(fit.model.state_dict())
+    opt = None if evaluate_only(cfg) else _optimisation(fit)
     bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, desc=f"{cfg.head}", unit="epoch")
     for epoch in bar:
         row = _epoch(fit, opt, epoch)

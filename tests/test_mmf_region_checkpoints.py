@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_helpers import invoke, invoke_result
+from cli_helpers import invoke, invoke_result, one_line_error
 from featstore.errors import FeatstoreError
 from heads.mmf_checkpoint import HOW_TO_GET_IMAGE_REGION, mmf_layout
 from heads.mmf_checkpoint import head_from_checkpoint as image_region_from_checkpoint
@@ -197,6 +197,18 @@ def test_image_grid_and_plain_bert_files_are_refused_for_image_region(tmp_path, 
 # ------------------------------------------------------------------------------------------ the CLI
 
 
+def assert_mmfs_predictions(regions, run, sd):  # noqa: F811
+    """The run's test predictions are MMF's Image-Region forward (``image_region_reference``) of the MMF-named
+    tensors ``sd`` on the stored regions."""
+    got = read_probs(run / "predictions_test.csv")
+    by_id = {s.id: s for s in regions["ds"].samples}
+    rows = [regions["keys"].index(by_id[i].image_key) for i in got]
+    batch = {"img_regions": torch.from_numpy(regions["arr"][rows]),
+             "img_mask": torch.arange(RS)[None] < torch.from_numpy(regions["count"][rows])[:, None].long()}
+    want = torch.softmax(image_region_reference(batch, sd), -1)[:, 1].numpy()
+    np.testing.assert_allclose(list(got.values()), want, atol=1e-5, rtol=0)
+
+
 def test_heads_train_reads_mmfs_image_region_file_and_refuses_the_pickles_beside_it(regions, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 
@@ -226,13 +238,7 @@ def test_heads_train_reads_mmfs_image_region_file_and_refuses_the_pickles_beside
                 ran[k] = mine
             else:
                 torch.testing.assert_close(mine, v, atol=1e-6, rtol=0)
-    got = read_probs(run / "predictions_test.csv")
-    by_id = {s.id: s for s in regions["ds"].samples}
-    rows = [regions["keys"].index(by_id[i].image_key) for i in got]
-    batch = {"img_regions": torch.from_numpy(regions["arr"][rows]),
-             "img_mask": torch.arange(RS)[None] < torch.from_numpy(regions["count"][rows])[:, None].long()}
-    want = torch.softmax(image_region_reference(batch, ran), -1)[:, 1].numpy()
-    np.testing.assert_allclose(list(got.values()), want, atol=1e-5, rtol=0)
+    assert_mmfs_predictions(regions, run, ran)
 
     args, heads = region_train(regions, tmp_path / "again", "--head", "image-region", "--set", f"num_regions={N}",
                                "--init-checkpoint", path, "--set", f"fc7_weights={regions['fc7']}")
@@ -252,3 +258,45 @@ def test_image_region_loads_a_checkpoint_but_gets_no_random_start_note():
     assert loads_checkpoint("image-region", {})
     assert random_start_note(TrainConfig(head="image-region")) is None
     assert random_start_note(TrainConfig(head="mmbt-region")).startswith("note: mmbt-region starts from random weights")
+
+
+def test_epochs_0_evaluates_mmfs_fine_tuned_file_as_loaded(regions, tmp_path):  # noqa: F811
+    """``--epochs 0``: the zoo's fine-tuned model is evaluated as it is, BatchNorm statistics included, so the
+    run's predictions are MMF's forward of the file itself."""
+    from safetensors.torch import load_file
+
+    sd = image_region_file(False)
+    path = save(tmp_path / "model.pth", sd, data_parallel=False)
+    n = sum(1 for s in regions["ds"].samples if s.split == "train" and s.labels.get("label") is not None)
+    one_left = ["--init-checkpoint", path, "--batch-size", n - 1]  # a last train batch of one row
+    args, heads = region_train(regions, tmp_path / "no", "--head", "image-region", "--set", f"num_regions={N}",
+                               *one_left)
+    assert "leave a last batch of one row" in one_line_error(heads, args)  # refused when it would train
+    args, heads = region_train(regions, tmp_path / "run", "--head", "image-region", "--set", f"num_regions={N}",
+                               *one_left, "--epochs", 0)
+    printed = invoke(heads, args)  # nothing trains, so it is not refused
+    run = tmp_path / "run" / "seed_0"
+    saved = load_file(str(run / "model.safetensors"))
+    assert torch.equal(saved["mlp.1.running_var"], sd["classifier.layers.1.running_var"])
+    assert torch.equal(saved["outputs.layers.label.weight"], sd["classifier.layers.8.weight"])
+    assert json.loads((run / "metrics.json").read_text())["best_epoch"] == 0
+    assert json.loads((run / "history.json").read_text()) == [] and not (run / "learning_curve.png").exists()
+    assert "best epoch 0" in printed
+    assert_mmfs_predictions(regions, run, sd)
+
+
+def test_epochs_0_needs_a_checkpoint_and_no_pretraining(regions, tmp_path):  # noqa: F811
+    from heads.train import TrainConfig
+
+    args, heads = region_train(regions, tmp_path / "run", "--head", "image-region", "--set", f"num_regions={N}",
+                               "--epochs", 0)
+    assert one_line_error(heads, args) == ("error: epochs=0 must be > 0 (0 evaluates an --init-checkpoint as loaded, "
+                                           "and none is given); pass a positive value")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(FeatstoreError, match=r"^epochs=-1 must be > 0"):
+        TrainConfig(head="concat", epochs=-1, init_checkpoint="x.pth").validate()
+    with pytest.raises(FeatstoreError) as e:
+        TrainConfig(head="refnet", epochs=0, init_checkpoint="x.pth", pretrain_epochs=2).validate()
+    assert str(e.value) == ("epochs=0 evaluates the --init-checkpoint as loaded, so pretrain_epochs=2 would change "
+                            "it; pass pretrain_epochs=0 or epochs >= 1")
+    TrainConfig(head="cross", epochs=0, init_checkpoint="x.pth").validate()
