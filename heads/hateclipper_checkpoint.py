@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
 
-from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
+from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint
 from .visualbert_checkpoint import copy_tensors, finish_load
 
 HOW_TO_GET = ("pass a checkpoint saved by gokulkarthik/hateclipper's main.py (checkpoints/<run>-epoch=NN.ckpt, "
@@ -185,7 +185,7 @@ def widen_binary(mapped: Dict[str, Tensor], own: Dict[str, Tensor]) -> Dict[str,
 def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
     """Copy the reference's tensors of ``sd`` into the ``cross`` ``head`` (in place) and report."""
     if getattr(head, "head_name", "") != "cross":
-        raise FeatstoreError("load_hateclipper_checkpoint needs a 'cross' head; build the run with --head cross")
+        raise FeatstoreError("heads.hateclipper_checkpoint loads a 'cross' head; build the run with --head cross")
     layout = check_layout(sd, path)
     tasks = [t.name for t in head.outputs.tasks]
     task = tasks[0] if len(tasks) == 1 else ""
@@ -194,11 +194,6 @@ def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
                                   required="projections")
     report.note(NOTE.format(name=NAMES[layout]))
     return finish_load(head, widen_binary(mapped, head.state_dict()), report)
-
-
-def load_hateclipper_checkpoint(head: nn.Module, path, *, trust_pickle: bool = False) -> LoadReport:
-    """Copy the Hate-CLIPper or RGCL checkpoint at ``path`` into ``head`` (in place) -> report."""
-    return load_state(head, read_weights(path, trust_pickle, HOW_TO_GET), str(path))
 
 
 def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path, *,

@@ -78,10 +78,6 @@ MMF_LAYOUTS = {
     "mmbt": Layout("mmbt", MMBT + "transformer."),
     "mmbt_region": Layout("mmbt-region", MMBT + "transformer.", fc7=MMBT_MODAL + "encoder."),
 }
-HEADS_READ = tuple(layout.head for layout in MMF_LAYOUTS.values() if layout.head)
-ZOO = {"unimodal_text": "unimodal_text.hateful_memes.bert", "unimodal_image": "unimodal_image.hateful_memes.features",
-       "concat_bert": "concat_bert.hateful_memes", "late_fusion": "late_fusion.hateful_memes",
-       "mmbt": "mmbt.hateful_memes.images", "mmbt_region": "mmbt.hateful_memes.features"}  # mmf/configs/zoo/models.yaml
 IMAGE_ENCODER = ("base.modal.", "base.encoder.model.", MMBT_MODAL + "encoder.")  # ResNet-152: features are cached
 MMBT_SHARED = tuple(f"{MMBT_MODAL}{t}." for t in ("word_embeddings", "position_embeddings",
                                                    "token_type_embeddings", "LayerNorm"))

@@ -266,3 +266,12 @@ def test_an_rgcl_checkpoint_with_batch_norm_is_refused(tmp_path):
         head_from_checkpoint("cross", InputSpec(DI, DT), BINARY, {}, path)
     assert str(e.value) == (f"checkpoint {str(path)!r} was trained with --batch_norm True (BatchNorm1d in mlp), which "
                             "the cross head does not build; retrain it with --batch_norm False, as the published run")
+
+
+def test_another_head_is_refused(tmp_path):
+    from heads.hateclipper_checkpoint import load_state
+    from heads.models import create_head
+
+    with pytest.raises(FeatstoreError) as e:
+        load_state(create_head("concat", InputSpec(DI, DT), BINARY), {}, "x.ckpt")
+    assert str(e.value) == "heads.hateclipper_checkpoint loads a 'cross' head; build the run with --head cross"
