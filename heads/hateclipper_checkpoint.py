@@ -22,21 +22,22 @@ saves it with ``save_weights_only``, so the file is ``{"state_dict": ..., "epoch
 
 Refused in one line: a ``use_pretrained_map`` file (``image_map`` = Linear(D, projection_dim), ReLU,
 Linear(projection_dim, n): not this head's projection); ``attention_m`` (``gen_query`` / ``gen_key``);
-``align_concat`` (fusion width 3n); ``caption_mode replace_image`` (no ``image_map``); and a file that holds no
+``caption_mode replace_image`` (no ``image_map``); and a file that holds no
 ``image_map`` / ``text_map`` / ``pre_output`` / ``output``.
 
 RGCL's own checkpoints (JingbiaoMei/RGCL ``src/run_rac.py`` saves ``model.state_dict()`` of
 ``src/model/classifier.py``'s ``classifier_hateClipper``: the same forward with one mapping layer and
-``proj_dim`` wide pre-output layers) load the same way (``LAYOUTS["rgcl"]``): ``img_proj`` / ``text_proj`` (Linear, Dropout) -> ``img_proj.map`` /
-``txt_proj.map``; ``mlp`` (Dropout, then Linear, ReLU, Dropout per layer) -> ``pre_output.linears``;
-``output_layer`` -> the output as above. A ``--batch_norm True`` RGCL file (BatchNorm1d in ``mlp``) is refused in
+``proj_dim`` wide pre-output layers) load the same way (``LAYOUTS["rgcl"]``): ``img_proj`` / ``text_proj``
+(Linear, Dropout) -> ``img_proj.map`` / ``txt_proj.map``; ``mlp`` (Dropout, then Linear, ReLU, Dropout per
+layer) -> ``pre_output.linears``; ``output_layer`` -> the output as above. A ``--batch_norm True`` RGCL file (BatchNorm1d in ``mlp``) is refused in
 one line: the cross head has no BatchNorm there (the published run has none).
 
 ``config_from_checkpoint`` reads the sizes from the shapes where the head config gives none: ``proj_dim`` (the
 rows of ``image_map.0``), ``mapping_layers``, ``pre_output_layers``, ``pre_output_dim`` (RGCL's ``proj_dim``) and
-``fusion`` (the width of the fused vector: n^2 cross, n align, 2n concat; with n = 2 cross and concat have the same width, so cross is assumed unless
-``fusion`` is given). The shapes cannot tell ``cross_nd`` from ``cross`` (``cross_nd`` zeroes the diagonal and
-has the same shapes), nor the ``drop_probs``, which are inactive in evaluation; the defaults are ``main.py``'s.
+``fusion`` (the width of the fused vector: n^2 cross, n align, 2n concat, 3n align_concat; where two coincide,
+at n = 2 or 3, cross is assumed unless ``fusion`` is given). The shapes cannot tell ``cross_nd`` from ``cross``
+(``cross_nd`` zeroes the diagonal and has the same shapes: pass ``--set fusion=cross_nd`` for such a file), nor
+the ``drop_probs``, which are inactive in evaluation; the defaults are ``main.py``'s.
 """
 from __future__ import annotations
 
@@ -126,11 +127,11 @@ def fusion_of(width: int, n: int, given: Dict[str, Any], path: str) -> str:
     """The reference's fusion from the fused vector's ``width`` at projection width ``n``."""
     if "fusion" in given:
         return given["fusion"]
-    by_width = {n * n: "cross", n: "align", 2 * n: "concat"}  # n = 2: n * n == 2n, cross wins (docstring)
+    by_width = {3 * n: "align_concat", n: "align", 2 * n: "concat", n * n: "cross"}  # equal widths: cross wins
     if width not in by_width:
-        extra = " (align_concat, which the cross head does not build)" if width == 3 * n else ""
-        raise FeatstoreError(f"checkpoint {path!r} fuses into {width} features at map_dim {n}{extra}; the cross head "
-                             f"builds cross ({n * n}), align ({n}) and concat ({2 * n})")
+        raise FeatstoreError(f"checkpoint {path!r} fuses into {width} features at map_dim {n}; the cross head "
+                             f"builds cross / cross_nd ({n * n}), align ({n}), concat ({2 * n}) and align_concat "
+                             f"({3 * n})")
     return by_width[width]
 
 

@@ -47,8 +47,14 @@ def reference_forward(head, x_img: np.ndarray, x_txt: np.ndarray, fusion: str) -
         f = pi * pt
     elif fusion == "concat":
         f = np.concatenate([pi, pt], axis=1)
+    elif fusion == "align_concat":
+        f = np.concatenate([pi * pt, pi, pt], axis=1)
     else:
-        f = np.stack([np.outer(a, b).reshape(-1) for a, b in zip(pi, pt)])
+        outer = [np.outer(a, b) for a, b in zip(pi, pt)]
+        if fusion == "cross_nd":  # engine.py: features[eye mask] = 0
+            for m in outer:
+                np.fill_diagonal(m, 0.0)
+        f = np.stack([m.reshape(-1) for m in outer])
     h = f
     n_layers = len({k for k in sd if k.startswith("pre_output.linears.") and k.endswith(".weight")})
     for i in range(n_layers):
@@ -69,7 +75,8 @@ def _batch(seed=1):
             "txt_pooled": torch.randn(B, DT, generator=g, dtype=torch.float64)}
 
 
-@pytest.mark.parametrize("fusion,layers,mapping", [("align", 3, 1), ("cross", 1, 1), ("concat", 2, 2), ("align", 0, 1)])
+@pytest.mark.parametrize("fusion,layers,mapping", [("align", 3, 1), ("cross", 1, 1), ("concat", 2, 2), ("align", 0, 1),
+                                                   ("cross_nd", 1, 1), ("align_concat", 2, 1)])
 def test_forward_equals_float64_transcription(fusion, layers, mapping):
     head = _head(fusion=fusion, proj_dim=6, pre_output_layers=layers, mapping_layers=mapping).eval()
     batch = _batch()
@@ -80,7 +87,7 @@ def test_forward_equals_float64_transcription(fusion, layers, mapping):
     prob = torch.softmax(out["logits"]["label"], -1)[:, 1]
     np.testing.assert_allclose(_np(prob), ref["prob"], rtol=1e-10, atol=1e-12)
     assert out["fused"].shape[1] == (6 if layers else {"align": 6, "cross": 36, "concat": 12}[fusion])
-    if fusion == "cross":
+    if fusion in ("cross", "cross_nd"):
         np.testing.assert_allclose(_np(out["interaction"]).reshape(B, -1), ref["f"], rtol=1e-10, atol=1e-12)
 
 
@@ -131,7 +138,8 @@ def test_defaults_are_the_reference_main_py():
 
 
 @pytest.mark.parametrize("cfg,msg", [
-    ({"fusion": "outer"}, "cross fusion='outer' is not known; use one of: cross, align, concat"),
+    ({"fusion": "outer"},
+     "cross fusion='outer' is not known; use one of: cross, align, concat, cross_nd, align_concat"),
     ({"pre_output_layers": -1}, "cross pre_output_layers=-1 must be >= 0"),
     ({"hidden": [8, 0]}, "cross hidden=[8, 0] has a non-positive width"),
 ])

@@ -53,7 +53,7 @@ class Reference(nn.Module):
         self.text_encoder = nn.Sequential(nn.Embedding(9, 4), nn.LayerNorm(4))
         self.image_map = self._map(DI, n, mapping)
         self.text_map = self._map(DT, n, mapping)
-        width = {"align": n, "concat": 2 * n, "cross": n * n}[fusion]
+        width = {"align": n, "concat": 2 * n, "cross": n * n, "cross_nd": n * n, "align_concat": 3 * n}[fusion]
         layers = [nn.Dropout(0.4)]
         for i in range(pre):
             layers += [nn.Linear(width if i == 0 else n, n), nn.ReLU(), nn.Dropout(0.2)]
@@ -81,8 +81,13 @@ class Reference(nn.Module):
             f = torch.mul(pi, pt)
         elif self.fusion == "concat":
             f = torch.cat([pi, pt], dim=1)
+        elif self.fusion == "align_concat":
+            f = torch.cat([torch.mul(pi, pt), pi, pt], dim=1)
         else:
-            f = torch.bmm(pi.unsqueeze(2), pt.unsqueeze(1)).reshape(pi.shape[0], -1)
+            f = torch.bmm(pi.unsqueeze(2), pt.unsqueeze(1))
+            if self.fusion == "cross_nd":
+                f[torch.eye(f.shape[1]).repeat(f.shape[0], 1, 1).bool()] = 0.0
+            f = f.reshape(pi.shape[0], -1)
         return self.output(self.pre_output(f)).squeeze(dim=1)
 
 
@@ -100,11 +105,13 @@ def batch(seed: int):
 
 
 @pytest.mark.parametrize("n, mapping, pre, fusion", [(4, 1, 1, "cross"), (3, 2, 2, "cross"), (6, 1, 3, "align"),
-                                                    (5, 2, 0, "concat")])
+                                                    (5, 2, 0, "concat"), (4, 1, 2, "align_concat"),
+                                                    (4, 1, 1, "cross_nd")])
 def test_the_checkpoint_loads_whole_and_gives_the_references_probability(tmp_path, n, mapping, pre, fusion):
     ref = Reference(n, mapping, pre, fusion)
     path = save(tmp_path / "hc.ckpt", ref)
-    head, report = head_from_checkpoint("cross", InputSpec(DI, DT), BINARY, {}, path)
+    given = {"fusion": "cross_nd"} if fusion == "cross_nd" else {}  # the shapes are cross's (module docstring)
+    head, report = head_from_checkpoint("cross", InputSpec(DI, DT), BINARY, given, path)
     c = head.config
     assert (c.proj_dim, c.mapping_layers, c.pre_output_layers, c.fusion) == (n, mapping, pre, fusion)
     assert report.missing_keys == []
@@ -146,9 +153,8 @@ def test_variants_the_head_does_not_build_are_refused_in_one_line(tmp_path):
                            "False"),
         "attention_m": ({**sd, "gen_query.weight": torch.zeros(1, 4)}, "was trained with --fusion attention_m, which "
                         "the cross head does not build (it has cross, align and concat)"),
-        "align_concat": ({**sd, "pre_output.1.weight": torch.zeros(4, 12)}, "fuses into 12 features at map_dim 4 "
-                         "(align_concat, which the cross head does not build); the cross head builds cross (16), "
-                         "align (4) and concat (8)"),
+        "odd_width": ({**sd, "pre_output.1.weight": torch.zeros(4, 7)}, "fuses into 7 features at map_dim 4; the "
+                      "cross head builds cross / cross_nd (16), align (4), concat (8) and align_concat (12)"),
         "replace_image": ({k: v for k, v in sd.items() if not k.startswith("image_map.")},
                           "has no image_map / text_map / output (a caption_mode replace_image run, or not "
                           "Hate-CLIPper's); pass a checkpoint saved by gokulkarthik/hateclipper's main.py"),

@@ -8,6 +8,7 @@ pre-projection ``pooler_output``: pass ``--image-pool pooler --text-pool pooler`
     f   = cross:  flatten(p_i p_t^T)   [B, n*n]   (the feature interaction matrix, F[b, j, k] = p_i[b, j] p_t[b, k])
           align:  p_i * p_t            [B, n]
           concat: [p_i; p_t]           [B, 2n]
+          cross_nd: cross with the diagonal F[b, j, j] set to 0;  align_concat: [p_i * p_t; p_i; p_t]  [B, 3n]
     h   = Dropout(p1)(f), then pre_output_layers x (Linear(., m), ReLU, Dropout(p2))
     logits = Linear(m, outputs)(h)     # h is the head's "fused" embedding
 
@@ -28,7 +29,7 @@ reference's ``sigmoid(w.h + b)`` with ``w = w_1 - w_0``, ``b = b_1 - b_0``: the 
 one logit ``w.h + b`` becomes the rows ``[0, w]`` / ``[0, b]``, so the probability is the reference's).
 
 Outputs besides ``logits`` / ``fused``: ``img_proj`` / ``txt_proj`` (``p_i``, ``p_t``), ``interaction``
-(``[B, n, n]``, cross fusion only) and ``embed``: the last pre-output Linear's output before its ReLU (the
+(``[B, n, n]``, cross and cross_nd fusion only) and ``embed``: the last pre-output Linear's output before its ReLU (the
 embedding RGCL retrieves with, ``mlp[:-2]`` in JingbiaoMei/RGCL's ``classifier_hateClipper``; ``f`` itself
 when there are no pre-output layers).
 """
@@ -47,7 +48,7 @@ from ..outputs import PredictionLayers
 from .base import Head, activation, pooled_image, pooled_text, register_head
 
 NORMS = ("none", "l2", "layernorm")
-FUSIONS = ("cross", "align", "concat")
+FUSIONS = ("cross", "align", "concat", "cross_nd", "align_concat")  # main.py's choices but attention_m
 
 # AdamW (every run here), constant learning rate (no warmup), best epoch kept, no early stop
 _PAPER_TRAIN = {"lr": 1e-4, "weight_decay": 1e-4, "grad_clip": 0.1, "batch_size": 64, "epochs": 20,
@@ -74,7 +75,7 @@ HATECLIPPER_SETTINGS = {
 
 @dataclass
 class CrossConfig:
-    fusion: str = "cross"  # cross (n*n interaction matrix) | align (element-wise product) | concat
+    fusion: str = "cross"  # cross (n*n interaction matrix) | align (product) | concat | cross_nd | align_concat
     proj_dim: int = 768  # n: the reference's map_dim (main.py default 768)
     pre_output_layers: int = 1  # the reference's num_pre_output_layers
     pre_output_dim: Optional[int] = None  # m, width of every pre-output layer; None = proj_dim (the reference)
@@ -110,7 +111,7 @@ class CrossConfig:
     def fused_in(self) -> int:
         """Width of the fused vector ``f``."""
         n = self.proj_dim
-        return {"cross": n * n, "align": n, "concat": 2 * n}[self.fusion]
+        return {"cross": n * n, "cross_nd": n * n, "align": n, "concat": 2 * n, "align_concat": 3 * n}[self.fusion]
 
 
 class _Projection(nn.Module):
@@ -160,7 +161,12 @@ def fuse(kind: str, pi: Tensor, pt: Tensor) -> Tensor:
         return pi * pt
     if kind == "concat":
         return torch.cat([pi, pt], dim=-1)
-    return torch.bmm(pi.unsqueeze(2), pt.unsqueeze(1)).flatten(1)
+    if kind == "align_concat":
+        return torch.cat([pi * pt, pi, pt], dim=-1)
+    f = torch.bmm(pi.unsqueeze(2), pt.unsqueeze(1))
+    if kind == "cross_nd":  # the interaction matrix without its diagonal p_i[j] p_t[j]
+        f = f * (1 - torch.eye(f.shape[1], dtype=f.dtype, device=f.device))
+    return f.flatten(1)
 
 
 @register_head("cross", CrossConfig,
@@ -183,6 +189,6 @@ class CrossHead(Head):
         f = fuse(self.config.fusion, pi, pt)
         fused, embed = self.pre_output(f)
         out = {"logits": self.outputs(fused), "fused": fused, "embed": embed, "img_proj": pi, "txt_proj": pt}
-        if self.config.fusion == "cross":
+        if self.config.fusion in ("cross", "cross_nd"):
             out["interaction"] = f.view(f.shape[0], pi.shape[1], pt.shape[1])
         return out
