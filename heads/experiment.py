@@ -23,8 +23,8 @@ from .outputs import probabilities
 from .runs import CONFIG, METRICS, SUMMARY, _read_json, holds_run, load_run, prepare_out, read_config, save_run, \
     write_predictions, write_summary
 from .spec import InputSpec, TaskSpec
-from .train import (TrainConfig, TrainResult, knn_predictions, labelled_train_rows, predict_logits, random_start_note,
-                    train)
+from .train import (TrainConfig, TrainResult, evaluate_only, knn_predictions, labelled_train_rows, predict_logits,
+                    random_start_note, train)
 
 HEADLINE = ("auroc", "accuracy", "f1", "macro_f1", "micro_auroc", "macro_auroc", "subset_accuracy")
 
@@ -91,7 +91,7 @@ def check_head(cfg: TrainConfig, data: TrainData) -> int:
     cfg.validate()
     with torch.device("meta"):
         model = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
-    if cfg.epochs:  # epochs 0 trains nothing (the init checkpoint evaluated as loaded)
+    if not evaluate_only(cfg):  # epochs 0 trains nothing (the init checkpoint evaluated as loaded)
         refuse_single_row_batch(cfg, data, model)
     return sum(p.numel() for p in model.parameters())
 

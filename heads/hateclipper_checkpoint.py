@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from featstore.errors import FeatstoreError
 
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint
+from .models.cross import fused_width
 from .visualbert_checkpoint import copy_tensors, finish_load
 
 HOW_TO_GET = ("pass a checkpoint saved by gokulkarthik/hateclipper's main.py (checkpoints/<run>-epoch=NN.ckpt, "
@@ -127,11 +128,12 @@ def fusion_of(width: int, n: int, given: Dict[str, Any], path: str) -> str:
     """The reference's fusion from the fused vector's ``width`` at projection width ``n``."""
     if "fusion" in given:
         return given["fusion"]
-    by_width = {3 * n: "align_concat", n: "align", 2 * n: "concat", n * n: "cross"}  # equal widths: cross wins
+    told = ("align_concat", "align", "concat", "cross")  # cross_nd has cross's width; equal widths: cross wins
+    by_width = {fused_width(f, n): f for f in told}
     if width not in by_width:
         raise FeatstoreError(f"checkpoint {path!r} fuses into {width} features at map_dim {n}; the cross head "
-                             f"builds cross / cross_nd ({n * n}), align ({n}), concat ({2 * n}) and align_concat "
-                             f"({3 * n})")
+                             f"builds cross / cross_nd ({fused_width('cross', n)}), align ({n}), concat "
+                             f"({fused_width('concat', n)}) and align_concat ({fused_width('align_concat', n)})")
     return by_width[width]
 
 

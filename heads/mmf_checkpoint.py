@@ -303,16 +303,24 @@ def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
     return load_mmf_state(head, sd, path, HOW_TO_GET_IMAGE_REGION)
 
 
-def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any], head_name: str = "image-region",
-                           path: str = "") -> Dict[str, Any]:
-    """``given`` completed with the sizes an MMF file implies (``mmf_config``; another file: ``given``); an MMF
-    file of another model than ``head_name``'s is refused first."""
+def mmf_file_config(shapes: Dict[str, tuple], given: Dict[str, Any], head_name: str,
+                    path: str) -> Optional[Dict[str, Any]]:
+    """``given`` completed with the sizes an MMF file implies (``mmf_config``), a file of another model than
+    ``head_name``'s refused first; None when ``shapes`` are not an MMF file's. The one sizing of MMF files,
+    for this module's image-region and ``heads.text_bert_checkpoint``'s heads."""
     shapes = strip_data_parallel(shapes)
     layout = mmf_layout(shapes)
     if layout is None:
-        return given
+        return None
     check_mmf_head(head_name, layout, path)
     return mmf_config(layout, shapes, given)
+
+
+def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any], head_name: str,
+                           path: str) -> Dict[str, Any]:
+    """``mmf_file_config``, or ``given`` for another file (refused when it loads: ``load_state``)."""
+    found = mmf_file_config(shapes, given, head_name, path)
+    return given if found is None else found
 
 
 def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path, *,

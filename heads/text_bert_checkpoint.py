@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from featstore.errors import FeatstoreError
 
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
-from .mmf_checkpoint import check_mmf_head, load_mmf_state, mmf_config, mmf_layout, strip_data_parallel
+from .mmf_checkpoint import load_mmf_state, mmf_file_config, mmf_layout, strip_data_parallel
 from .visualbert_checkpoint import config_from_checkpoint as bert_sizes, copy_bert, finish_load, refuse_other_family
 
 HEADS_READ = ("text-bert", "concat-bert", "late-fusion", "mmbt", "mmbt-region")
@@ -72,18 +72,15 @@ def load_text_bert_checkpoint(head: nn.Module, path, *, trust_pickle: bool = Fal
     return load_state(head, read_weights(path, trust_pickle, HOW_TO_GET), str(path))
 
 
-def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any], head_name: str = "",
-                           path: str = "") -> Dict[str, Any]:
+def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any], head_name: str,
+                           path: str) -> Dict[str, Any]:
     """``given`` completed with the BERT sizes and layer count the shapes imply (visualbert's reading, without
-    its projection width: a VisualBERT file is refused when it loads); an MMF file (``heads.mmf_checkpoint``)
-    of another model than ``head_name``'s is refused before any size is read."""
-    shapes = strip_data_parallel(shapes)
-    layout = mmf_layout(shapes)
-    if layout is not None:
-        if head_name:
-            check_mmf_head(head_name, layout, path)
-        return mmf_config(layout, shapes, given)
-    found = bert_sizes(shapes, given)
+    its projection width: a VisualBERT file is refused when it loads); an MMF file's sizes are
+    ``heads.mmf_checkpoint.mmf_file_config``'s (another model's than ``head_name``'s refused first)."""
+    found = mmf_file_config(shapes, given, head_name, path)
+    if found is not None:
+        return found
+    found = bert_sizes(strip_data_parallel(shapes), given)
     if "visual_embedding_dim" not in given:
         found.pop("visual_embedding_dim", None)
     return found

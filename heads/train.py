@@ -355,9 +355,10 @@ def _train(cfg: TrainConfig, data: TrainData, progress: bool = True, on_epoch=No
         _pretrain(fit)
     history: List[Dict[str, float]] = []
     stopping, best_state = EarlyStopping(fit.mode, cfg.patience), None
-    if evaluate_only(cfg):  # the checkpoint's model as loaded: epoch 0 is the best
-        stopping.best_epoch, best_state = 0, copy.deepcopy(fit.model.state_dict())
-    opt = None if evaluate_only(cfg) else _optimisation(fit)
+    if evaluate_only(cfg):  # the checkpoint's model as loaded (no state to restore): epoch 0 is the best
+        stopping.best_epoch, opt = 0, None
+    else:
+        opt = _optimisation(fit)
     bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, desc=f"{cfg.head}", unit="epoch")
     for epoch in bar:
         row = _epoch(fit, opt, epoch)
@@ -586,10 +587,12 @@ def _step(fit: _Fit, opt: _Optimisation, b: torch.Tensor):
     return loss, logged
 
 
-def _final_evaluation(fit: _Fit, best_state: dict):
-    """Restore ``best_state`` (eval mode), then ({split: metrics}, {split: warnings}, {split: probs}) for every
-    non-empty split (metrics and warnings only for the splits with labels)."""
-    fit.model.load_state_dict(best_state)
+def _final_evaluation(fit: _Fit, best_state: Optional[dict]):
+    """Restore ``best_state`` (None: the model as it is, ``evaluate_only``), eval mode, then ({split: metrics},
+    {split: warnings}, {split: probs}) for every non-empty split (metrics and warnings only for the splits with
+    labels)."""
+    if best_state is not None:
+        fit.model.load_state_dict(best_state)
     fit.model.eval()
     metrics, warnings, probs = {}, {}, {}
     for split, idx in fit.data.splits.items():

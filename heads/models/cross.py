@@ -110,8 +110,12 @@ class CrossConfig:
 
     def fused_in(self) -> int:
         """Width of the fused vector ``f``."""
-        n = self.proj_dim
-        return {"cross": n * n, "cross_nd": n * n, "align": n, "concat": 2 * n, "align_concat": 3 * n}[self.fusion]
+        return fused_width(self.fusion, self.proj_dim)
+
+
+def fused_width(fusion: str, n: int) -> int:
+    """Width of ``fusion``'s fused vector at projection width ``n``."""
+    return {"cross": n * n, "cross_nd": n * n, "align": n, "concat": 2 * n, "align_concat": 3 * n}[fusion]
 
 
 class _Projection(nn.Module):
