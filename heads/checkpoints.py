@@ -26,6 +26,9 @@ from featstore.errors import FeatstoreError
 FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
 
 
+OTHER_LABEL_COUNT = "classifier of another label count"  # the report group of a final layer left initialised
+
+
 @dataclass
 class LoadReport:
     path: str = ""
@@ -43,6 +46,14 @@ class LoadReport:
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+    def other_label_count(self, key: str, have, want) -> bool:
+        """Record checkpoint ``key``, a final layer of shape ``have`` where the head's is ``want`` (another label
+        count), as ignored (the head's layer stays initialised) -> False: it is not copied."""
+        self.add("ignored", OTHER_LABEL_COUNT, key)
+        self.note(f"classifier: the checkpoint's final layer has shape {list(have)}, the head's {list(want)} "
+                  "(another label count); it was left initialised")
+        return False
 
     def _counts(self, kind: str) -> str:
         return ", ".join(f"{g.split(': ', 1)[1]} {len(k)}" for g, k in self.groups.items() if g.startswith(kind))

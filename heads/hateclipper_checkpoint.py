@@ -29,8 +29,9 @@ RGCL's own checkpoints (JingbiaoMei/RGCL ``src/run_rac.py`` saves ``model.state_
 ``src/model/classifier.py``'s ``classifier_hateClipper``: the same forward with one mapping layer and
 ``proj_dim`` wide pre-output layers) load the same way (``LAYOUTS["rgcl"]``): ``img_proj`` / ``text_proj``
 (Linear, Dropout) -> ``img_proj.map`` / ``txt_proj.map``; ``mlp`` (Dropout, then Linear, ReLU, Dropout per
-layer) -> ``pre_output.linears``; ``output_layer`` -> the output as above. A ``--batch_norm True`` RGCL file (BatchNorm1d in ``mlp``) is refused in
-one line: the cross head has no BatchNorm there (the published run has none).
+layer) -> ``pre_output.linears``; ``output_layer`` -> the output as above. A ``--batch_norm True`` RGCL file
+(BatchNorm1d in ``mlp``) is refused in one line: the cross head has no BatchNorm there (the published run has
+none).
 
 ``config_from_checkpoint`` reads the sizes from the shapes where the head config gives none: ``proj_dim`` (the
 rows of ``image_map.0``), ``mapping_layers``, ``pre_output_layers``, ``pre_output_dim`` (RGCL's ``proj_dim``) and
@@ -162,10 +163,7 @@ def placed(report: LoadReport, key: str, target: str, have, want) -> bool:
         if have[0] == 1 and want[0] == 2 and have[1:] == want[1:]:
             report.note(BINARY_NOTE)
             return True
-        report.add("ignored", "classifier of another label count", key)
-        report.note(f"output: the checkpoint's layer has shape {list(have)}, the head's {list(want)} (another label "
-                    "count); it was left initialised")
-        return False
+        return report.other_label_count(key, have, want)
     side = target.split(".")[0]
     if target.endswith(".map.0.weight") and have[0] == want[0]:
         raise FeatstoreError(f"checkpoint key {key!r} reads {have[1]}-wide vectors but the cached "

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
 
-from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
+from .checkpoints import OTHER_LABEL_COUNT, LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
 from .visualbert_checkpoint import config_from_checkpoint as bert_sizes, copy_tensors, finish_load
 
 MMBT = "model.bert.mmbt."
@@ -83,7 +83,6 @@ MMBT_SHARED = tuple(f"{MMBT_MODAL}{t}." for t in ("word_embeddings", "position_e
                                                    "token_type_embeddings", "LayerNorm"))
 FC7_GROUP = "fc7 (MMF's, fine-tuned)"
 IGNORED_IMAGE = "image encoder (cached features are used)"
-IGNORED_OTHER_COUNT = "classifier of another label count"
 OTHER = "other heads (pretraining / task layers)"
 _CLF_LAYER = re.compile(r"^(?:module\.)?layers\.(\d+)\.(.+)$")
 MMF_NOTE = "MMF's own {model} file (model.pth): {parts} load{images}"
@@ -189,9 +188,9 @@ def last_linear(keys, prefix: str) -> int:
 
 def map_mmf_key(key: str, layout: str, lasts: Dict[str, int], task: Optional[str]) -> Tuple[Optional[str], str]:
     """(our key or None, report group) of MMF key ``key`` in ``layout``'s module tree; a classifier tensor with
-    no place (a final layer for several tasks) is in ``IGNORED_OTHER_COUNT``."""
+    no place (a final layer for several tasks) is in ``OTHER_LABEL_COUNT``."""
     target, group = _map_mmf_key(key, MMF_LAYOUTS[layout], lasts, task)
-    return target, (IGNORED_OTHER_COUNT if target is None and group == "classifier" else group)
+    return target, (OTHER_LABEL_COUNT if target is None and group == "classifier" else group)
 
 
 def _map_mmf_key(key: str, layout: Layout, lasts: Dict[str, int], task: Optional[str]) -> Tuple[Optional[str], str]:
@@ -231,10 +230,7 @@ def placed(report: LoadReport, key: str, target: str, have, want) -> bool:
     if have == want:
         return True
     if ".layers." in target and target.startswith(("outputs.", "image_outputs.")):
-        report.add("ignored", IGNORED_OTHER_COUNT, key)
-        report.note(f"classifier: the checkpoint's final layer has shape {list(have)}, the head's {list(want)} "
-                    "(another label count); it was left initialised")
-        return False
+        return report.other_label_count(key, have, want)
     raise FeatstoreError(f"checkpoint key {key!r} has shape {tuple(have)} but the head's {target!r} has "
                          f"{tuple(want)}; build the head with the checkpoint's sizes (hidden_size, intermediate_size, "
                          "vocab_size, hidden, fc7_dim)")
