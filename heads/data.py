@@ -331,8 +331,9 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     for modality, fs in opened.items():
         keys = [s.image_key if fs.key_kind == "image_key" else s.id for s in samples]
         refs[modality] = {"name": fs.name, "version": fs.version}
-        if modality == "image":  # pool: the --image-pool it was read with (eval / predict reuse it)
-            refs[modality].update(pool=image_pool)
+        if modality == "image":  # pool: the --image-pool it was read with (eval / predict reuse it); what made it
+            refs[modality].update(pool=image_pool, extractor=fs.recipe.extractor, config=fs.recipe.config,
+                                  preprocessing=fs.recipe.preprocessing)
             features.update(_image_features(fs, keys, image_pool, max_regions, device, dtype))
         else:  # which layer the states are from (checked against vilbert's text_start_layer)
             refs[modality].update(array=text_array, pool=text_pool, extractor=fs.recipe.extractor,

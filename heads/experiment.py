@@ -83,14 +83,13 @@ def summary_lines(summary: dict) -> List[str]:
 
 
 def check_head(cfg: TrainConfig, data: TrainData) -> int:
-    """Build ``cfg.head`` for ``data`` on the meta device (no memory, no time): a one-line error for an
-    unknown head or option, missing inputs, or a bad train option, before anything is written; -> its
-    parameter count."""
-    from .models import create_head
+    """Build ``cfg.head`` for ``data`` on the meta device (``heads.train.head_on_meta``: from the init
+    checkpoint where there is one): a one-line error for an unknown head or option, missing inputs, a bad train
+    option or checkpoint, before anything is written; -> its parameter count."""
+    from .train import head_on_meta
 
     cfg.validate()
-    with torch.device("meta"):
-        model = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
+    model = head_on_meta(cfg, data)
     if not evaluate_only(cfg):  # epochs 0 trains nothing (the init checkpoint evaluated as loaded)
         refuse_single_row_batch(cfg, data, model)
     return sum(p.numel() for p in model.parameters())

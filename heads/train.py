@@ -446,18 +446,35 @@ def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
         raise FeatstoreError(f"--init-checkpoint initialises a {', '.join(CHECKPOINT_HEADS)} head, not {cfg.head!r}"
                              f"{' with base ' + repr(target) if cfg.head == 'refnet' else ''}; pass --head "
                              f"{' / '.join(CHECKPOINT_HEADS)} (or --head refnet --set base=vilbert)")
+    extra: Dict[str, Any] = {}
     if target == "visualbert":
         from .visualbert_checkpoint import head_from_checkpoint
     elif target == "vilbert":
         from .vilbert_checkpoint import head_from_checkpoint
     elif target == "image-region":
         from .mmf_checkpoint import head_from_checkpoint
-    elif target == "cross":
+    elif target == "cross":  # checked against the CLIP the cached features came from
         from .hateclipper_checkpoint import head_from_checkpoint
+        extra = {"features": data.meta.get("features")}
     else:
         from .text_bert_checkpoint import head_from_checkpoint
     return head_from_checkpoint(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg, cfg.checkpoint,
-                                trust_pickle=cfg.trust_checkpoint)
+                                trust_pickle=cfg.trust_checkpoint, **extra)
+
+
+def head_on_meta(cfg: TrainConfig, data: TrainData) -> torch.nn.Module:
+    """``cfg.head`` for ``data`` built on the meta device (no memory, no time) as ``_build_head`` builds it: with
+    the sizes ``cfg.init_checkpoint`` implies and its reader's one-line refusals (its tensors are read, not
+    copied), so a bad checkpoint fails before a run folder is made and the parameter count is the run's."""
+    import warnings
+
+    from .models import create_head
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")  # the no-op load
+        if cfg.checkpoint:
+            return _head_from_checkpoint(cfg, data)[0]
+        return create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
 
 
 def _build_head(cfg: TrainConfig, data: TrainData):

@@ -383,6 +383,23 @@ def test_visualbert_trains_on_the_bert_sets_token_ids_from_an_mmf_checkpoint(wor
     assert ev["metrics"] == pytest.approx(saved, abs=1e-6, nan_ok=True)
 
 
+def test_a_bad_init_checkpoint_is_refused_before_the_run_folder_is_made(world, tmp_path):
+    """The checkpoint is read (on the meta device) with the head and option checks, so its refusals come before
+    --out is created: a missing file, and a ViLBERT file given to the visualbert reader."""
+    import torch
+
+    missing = tmp_path / "nowhere.pth"
+    line = one_line_error(heads, train_args(world, tmp_path / "a", "--init-checkpoint", missing, head="visualbert"))
+    assert line.startswith(f"error: checkpoint {str(missing)!r} does not exist; ")
+    vil = tmp_path / "vilbert.pth"
+    torch.save({"model": {"model.bert.v_embeddings.image_embeddings.weight": torch.zeros(4, 8)}}, vil)
+    line = one_line_error(heads, train_args(world, tmp_path / "b", "--init-checkpoint", vil, head="visualbert"))
+    assert line == (f"error: checkpoint {str(vil)!r} is a ViLBERT checkpoint (key "
+                    "'model.bert.v_embeddings.image_embeddings.weight'), not VisualBERT or BERT; train it with --head "
+                    "vilbert")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_visualbert_on_the_token_ids_alone_loads_no_token_states(world, tmp_path):
     """``--text-array input_ids`` (the visualbert presets' choice): the ids and mask only, no float token
     states in memory; the run records it, and eval / predict read the same without the flag."""
