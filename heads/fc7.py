@@ -19,7 +19,7 @@ from __future__ import annotations
 import pickle
 import sys
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -116,34 +116,44 @@ def filled_by_checkpoint(report) -> bool:
     return bool(report.path) and "fc7.lc.weight" not in report.missing_keys
 
 
-def load_fc7_init(head: nn.Module, folder: str, report):
-    """Copy Detectron's fc7 from ``folder`` into ``head.fc7.lc`` and record it in ``report`` (a LoadReport: the
-    init checkpoint's, or an empty one, which then takes the folder as its path and the head's other keys as
-    missing) -> ``report``; with ``folder`` empty print ``FC7_NOTE`` (noted in ``report`` too). When the init
-    checkpoint filled fc7 already (``filled_by_checkpoint``) nothing is read, and a ``folder`` is refused in one
-    line (the pickles would overwrite the fine-tuned fc7)."""
+def fc7_to_copy(head: nn.Module, folder: str, report) -> Optional[Tuple[Tensor, Tensor]]:
+    """Detectron's fc7 ``(weight, bias)`` in ``folder`` for ``head.fc7.lc``, read and checked; None with no
+    ``folder`` or when the init checkpoint behind ``report`` filled fc7 (``filled_by_checkpoint``), where a
+    ``folder`` is refused in one line (the pickles would overwrite the fine-tuned fc7)."""
     if filled_by_checkpoint(report):
         if folder:
             raise FeatstoreError(f"fc7_weights={folder!r} would replace the fine-tuned fc7 that the init checkpoint "
                                  f"{report.path!r} holds (MMF's, trained with its classifier); drop --set fc7_weights")
-        return report
+        return None
     if not folder:
-        print(FC7_NOTE, file=sys.stderr)
-        report.note(FC7_NOTE.removeprefix("note: "))
-        return report
-    where = fc7_folder(folder)
-    w, b = read_fc7(where)
+        return None
+    w, b = read_fc7(fc7_folder(folder))
     lc = head.fc7.lc
     if tuple(w.shape) != tuple(lc.weight.shape):
         raise FeatstoreError(f"fc7 weight in {folder!r} is {tuple(w.shape)} but the head's fc7.lc is "
                              f"{tuple(lc.weight.shape)} [out, in]: set fc7_dim={w.shape[0]} or feed "
                              f"{w.shape[1]}-d regions")
+    return w, b
+
+
+def load_fc7_init(head: nn.Module, folder: str, report):
+    """Copy Detectron's fc7 from ``folder`` into ``head.fc7.lc`` (``fc7_to_copy``) and record it in ``report`` (a
+    LoadReport: the init checkpoint's, or an empty one, which then takes the folder as its path and the head's
+    other keys as missing) -> ``report``; with no ``folder`` and no fc7 from the checkpoint, print ``FC7_NOTE``
+    (noted in ``report`` too)."""
+    found = fc7_to_copy(head, folder, report)
+    if found is None:
+        if not filled_by_checkpoint(report):
+            print(FC7_NOTE, file=sys.stderr)
+            report.note(FC7_NOTE.removeprefix("note: "))
+        return report
+    lc = head.fc7.lc
     with torch.no_grad():
-        lc.weight.copy_(w)
-        lc.bias.copy_(b)
+        lc.weight.copy_(found[0])
+        lc.bias.copy_(found[1])
     keys = ["fc7.lc.weight", "fc7.lc.bias"]
     if not report.path:
-        report.path = str(where)
+        report.path = str(fc7_folder(folder))
         report.missing_keys = list(head.state_dict())
     report.missing_keys = [k for k in report.missing_keys if k not in keys]
     for k in keys:

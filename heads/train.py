@@ -465,16 +465,23 @@ def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
 def head_on_meta(cfg: TrainConfig, data: TrainData) -> torch.nn.Module:
     """``cfg.head`` for ``data`` built on the meta device (no memory, no time) as ``_build_head`` builds it: with
     the sizes ``cfg.init_checkpoint`` implies and its reader's one-line refusals (its tensors are read, not
-    copied), so a bad checkpoint fails before a run folder is made and the parameter count is the run's."""
+    copied), and the head's ``check_init_files(report)`` where it has one, so a bad checkpoint or init file fails
+    before a run folder is made and the parameter count is the run's."""
     import warnings
 
     from .models import create_head
 
+    from .checkpoints import LoadReport
+
     with torch.device("meta"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")  # the no-op load
         if cfg.checkpoint:
-            return _head_from_checkpoint(cfg, data)[0]
-        return create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
+            model, report = _head_from_checkpoint(cfg, data)
+        else:
+            model, report = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg), LoadReport()
+        if hasattr(model, "check_init_files"):  # load_init_files' refusals (e.g. heads.fc7's), nothing copied
+            model.check_init_files(report)
+    return model
 
 
 def _build_head(cfg: TrainConfig, data: TrainData):

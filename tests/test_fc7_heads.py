@@ -236,6 +236,23 @@ def test_no_fc7_weights_prints_the_note_and_too_many_regions_are_refused(regions
         f"--set num_regions={RS}")
 
 
+def test_bad_fc7_weights_are_refused_before_the_run_folder_is_made(regions, tmp_path):
+    """fc7_weights is read with the head checks (``check_init_files``), before --out is created."""
+    args, heads = region_train(regions, tmp_path / "a", "--head", "image-region", "--set", "num_regions=6",
+                               "--set", f"fc7_dim={F + 1}", "--set", f"fc7_weights={regions['fc7']}")
+    assert one_line_error(heads, args) == (
+        f"error: fc7 weight in {str(regions['fc7'])!r} is ({F}, {DR}) but the head's fc7.lc is ({F + 1}, {DR}) "
+        f"[out, in]: set fc7_dim={F} or feed {DR}-d regions")
+    args, heads = region_train(regions, tmp_path / "b", "--head", "image-region", "--set", "num_regions=6",
+                               "--set", f"fc7_dim={F}", "--set", f"fc7_weights={tmp_path / 'nowhere'}")
+    assert one_line_error(heads, args) == (f"error: fc7_weights={str(tmp_path / 'nowhere')!r} holds no fc7_w.pkl + "
+                                           f"fc7_b.pkl (nor one folder down); {HOW_TO_GET}")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    args, heads = region_train(regions, tmp_path / "c", "--head", "mmbt-region", "--set", "num_regions=6")
+    assert one_line_error(heads, args) == ("error: head 'mmbt-region' needs text token ids but no text feature set "
+                                           "was given; pass a text feature set (--text NAME) or use --head image-only")
+
+
 def read_probs(path):
     import csv
 

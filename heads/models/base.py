@@ -175,7 +175,8 @@ def check_needs(name: str, needs: frozenset, inputs: InputSpec) -> None:
     side = "image" if n.startswith("img") else "text"
     raise FeatstoreError(
         f"head {name!r} needs {_NEED_WORDS[n]} but no {side} feature set was given; "
-        f"pass an {side} feature set or use --head {'text-only' if side == 'image' else 'image-only'}")
+        f"pass {'an' if side == 'image' else 'a'} {side} feature set (--{side} NAME) or use --head "
+        f"{'text-only' if side == 'image' else 'image-only'}")
 
 
 def _register_all() -> None:

@@ -34,7 +34,7 @@ from typing import Dict, List
 
 from torch import Tensor
 
-from ..fc7 import Fc7, check_fc7_options, check_region_count, load_fc7_init, padded_regions
+from ..fc7 import Fc7, check_fc7_options, check_region_count, fc7_to_copy, load_fc7_init, padded_regions
 from ..outputs import PredictionLayers
 from .base import Head, register_head
 from .unimodal import UnimodalConfig, check_mlp_options, hidden_blocks, refuse_single_row
@@ -73,6 +73,10 @@ class ImageRegionHead(Head):
     def load_init_files(self, report):
         """Detectron's fc7 from ``fc7_weights`` (``heads.fc7.load_fc7_init``) -> the LoadReport."""
         return load_fc7_init(self, self.config.fc7_weights, report)
+
+    def check_init_files(self, report) -> None:
+        """``load_init_files``' one-line refusals, nothing copied (``heads.fc7.fc7_to_copy``)."""
+        fc7_to_copy(self, self.config.fc7_weights, report)
 
     def forward(self, batch: Dict[str, Tensor]) -> dict:
         regions = padded_regions(batch, self.config.num_regions)  # [B, N, Di]

@@ -72,7 +72,7 @@ from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
 
-from ..fc7 import Fc7, check_fc7_options, check_region_count, load_fc7_init, padded_regions
+from ..fc7 import Fc7, check_fc7_options, check_region_count, fc7_to_copy, load_fc7_init, padded_regions
 from .base import Head, pooled_image, register_head, text_mask
 from .text_bert import TextBert
 from .vilbert import Layout, additive_mask, mmf_bert_groups, mmf_classifier, mmf_init
@@ -211,3 +211,7 @@ class MmbtRegionHead(MmbtHead):
     def load_init_files(self, report):
         """Detectron's fc7 from ``fc7_weights`` (``heads.fc7.load_fc7_init``) -> the LoadReport."""
         return load_fc7_init(self, self.config.fc7_weights, report)
+
+    def check_init_files(self, report) -> None:
+        """``load_init_files``' one-line refusals, nothing copied (``heads.fc7.fc7_to_copy``)."""
+        fc7_to_copy(self, self.config.fc7_weights, report)
