@@ -481,7 +481,18 @@ def head_on_meta(cfg: TrainConfig, data: TrainData) -> torch.nn.Module:
             model, report = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg), LoadReport()
         if hasattr(model, "check_init_files"):  # load_init_files' refusals (e.g. heads.fc7's), nothing copied
             model.check_init_files(report)
+    check_head_data(model, data)
     return model
+
+
+def check_head_data(model: torch.nn.Module, data: TrainData) -> None:
+    """The head's one-line refusals of data its shapes fit but it cannot read: cached text states of another
+    layer (``heads.models.vilbert.check_text_layer``) and the head's own ``check_data`` (token ids)."""
+    from .models.vilbert import check_text_layer
+
+    text_meta = data.meta.get("features", {}).get("text")
+    check_text_layer(model, text_meta)
+    model.check_data(data.features, text_meta)
 
 
 def _build_head(cfg: TrainConfig, data: TrainData):
@@ -489,19 +500,16 @@ def _build_head(cfg: TrainConfig, data: TrainData):
     set (sizes read from the checkpoint where head_cfg gives none; the report printed), then the head's own
     ``load_init_files(report) -> report`` when it has one (files it starts from, read at training start only:
     ``heads predict`` never calls it; e.g. ``heads.fc7``; given the checkpoint's report or an empty one, kept
-    when it used something), checked against the cached text layer
-    (``heads.models.vilbert.check_text_layer``)."""
+    when it used something), checked against the data (``check_head_data``)."""
     from .models import create_head
-    from .models.vilbert import check_text_layer
 
     load_report = None
     if cfg.checkpoint:
         model, load_report = _head_from_checkpoint(cfg, data)
     else:
         model = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
+    check_head_data(model, data)
     text_meta = data.meta.get("features", {}).get("text")
-    check_text_layer(model, text_meta)
-    model.check_data(data.features, text_meta)
     if hasattr(model, "load_init_files"):  # files a head starts from besides --init-checkpoint (e.g. fc7)
         from .checkpoints import LoadReport
 
