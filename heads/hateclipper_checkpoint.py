@@ -40,21 +40,13 @@ at n = 2 or 3, cross is assumed unless ``fusion`` is given). The shapes cannot t
 (``cross_nd`` zeroes the diagonal and has the same shapes: pass ``--set fusion=cross_nd`` for such a file), nor
 the ``drop_probs``, which are inactive in evaluation; the defaults are ``main.py``'s.
 
-The cached features must be the ones the file was trained on (``check_features``, given ``TrainData.meta
-["features"]``). A Hate-CLIPper file keeps its frozen CLIP encoders, which name that CLIP: ``image_encoder.embeddings``
-has ``patch_embedding [width, 3, p, p]`` and ``position_embedding [1 + (px / p)^2, width]``, so ViT-L/14 at 224 px
-(``openai/clip-vit-large-patch14``, Hate-CLIPper's) and at 336 px (``-336``, RGCL's) differ though their pooler
-widths agree. An image feature set of another extractor, or a ``clip-image`` set of another resolution or patch size
-(its recorded ``crop_size`` and ``grid``), is refused in one line; so is a text feature set not made by
-``clip-text`` where the file's ``text_encoder`` is CLIP's (``embeddings.token_embedding``). A match is noted in the
-load report; a set that records no geometry (imported: ``import:<format>``) is noted as not checked. RGCL files hold no
-encoders: a ``clip-image`` set other than RGCL's published 336 px / patch 14 is noted, not refused.
+The cached features must be the ones the file was trained on: ``heads.clip_provenance`` checks them against
+the file's own CLIP encoders (geometry refused in one line, weights compared and noted).
 """
 from __future__ import annotations
 
-import math
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +54,7 @@ from torch import Tensor, nn
 from featstore.errors import FeatstoreError
 
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint
+from .clip_provenance import check_features, compare_encoders
 from .models.cross import fused_width
 from .visualbert_checkpoint import copy_tensors, finish_load
 
@@ -81,12 +74,6 @@ NAMES = {"hateclipper": "Hate-CLIPper", "rgcl": "RGCL"}
 _SEQ = re.compile(r"^(image_map|text_map|pre_output|img_proj|text_proj|mlp)\.(\d+)\.(\w+)$")
 NOTE = ("{name}'s own checkpoint: projections, pre-output layers and output layer load; its CLIP encoders "
         "are not read (the head reads cached CLIP pooler_output features)")
-CLIP_IDS = {(1024, 14, 224): "openai/clip-vit-large-patch14", (1024, 14, 336): "openai/clip-vit-large-patch14-336",
-            (768, 32, 224): "openai/clip-vit-base-patch32", (768, 16, 224): "openai/clip-vit-base-patch16"}
-RGCL_CLIP = (1024, 14, 336)  # RGCL's generate_CLIP_embedding_HF.py default: openai/clip-vit-large-patch14-336
-PATCH_KEY = "image_encoder.embeddings.patch_embedding.weight"  # CLIPVisionTransformer's, under engine.py's name
-POSITION_KEY = "image_encoder.embeddings.position_embedding.weight"
-CLIP_TEXT_KEY = "text_encoder.embeddings.token_embedding.weight"  # CLIPTextTransformer's (BERT's: word_embeddings)
 BINARY_NOTE = ("output: the reference's one BCE logit w.h + b became the two-logit rows [0, w] / [0, b], so "
                "softmax(z)[1] = sigmoid(w.h + b)")
 
@@ -170,74 +157,6 @@ def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any], path
     return found
 
 
-def vision_geometry(shapes: Dict[str, tuple]) -> Optional[Tuple[int, int, int]]:
-    """(width, patch, image px) of the checkpoint's own CLIP vision encoder, or None where it keeps none."""
-    patch, positions = shapes.get(PATCH_KEY), shapes.get(POSITION_KEY)
-    if patch is None or positions is None or len(patch) != 4 or len(positions) != 2:
-        return None
-    return int(patch[0]), int(patch[2]), math.isqrt(int(positions[0]) - 1) * int(patch[2])
-
-
-def extracted_here(meta: Dict[str, Any]) -> bool:
-    """Whether a feature set was made by one of featstore's extractors (not ``import:<format>`` / ``heads:<head>``)."""
-    return bool(meta.get("extractor")) and ":" not in str(meta["extractor"])
-
-
-def describe_clip(geometry: Tuple[int, int, int]) -> str:
-    width, patch, px = geometry
-    known = CLIP_IDS.get(geometry)
-    return f"{width}-wide CLIP ViT seeing {px} px in {patch} px patches" + (f" ({known})" if known else "")
-
-
-def set_geometry(image_meta: Dict[str, Any]) -> Optional[Tuple[int, int]]:
-    """(patch, image px) a ``clip-image`` feature set was extracted at (its recorded ``crop_size`` / ``grid``)."""
-    pre = image_meta.get("preprocessing") or {}
-    crop, grid = pre.get("crop_size") or {}, pre.get("grid")
-    if image_meta.get("extractor") != "clip-image" or not crop.get("height") or not grid:
-        return None
-    return int(crop["height"]) // int(grid), int(crop["height"])
-
-
-def check_image_set(geometry: Tuple[int, int, int], image_meta: Dict[str, Any], path: str) -> str:
-    """The note of a cached image set that fits the checkpoint's CLIP ``geometry``; a one-line refusal otherwise."""
-    name, extractor, clip = image_meta.get("name"), image_meta.get("extractor"), describe_clip(geometry)
-    fix = (f"extract clip-image with that CLIP (featstore extract --extractor clip-image --weights "
-           f"{CLIP_IDS.get(geometry, 'FOLDER')}) and train with --image-pool pooler")
-    if extracted_here(image_meta) and extractor != "clip-image":
-        raise FeatstoreError(f"checkpoint {path!r} was trained on the pooler features of a {clip}, but image "
-                             f"feature set {name!r} was made by {extractor!r}; {fix}")
-    found = set_geometry(image_meta)
-    if found is None:
-        return f"image feature set {name!r} records no CLIP geometry: not checked against the file's {clip}"
-    if found != geometry[1:]:
-        raise FeatstoreError(f"checkpoint {path!r} was trained on the pooler features of a {clip}, but image "
-                             f"feature set {name!r} was extracted at {found[1]} px in {found[0]} px patches; {fix}")
-    return f"its CLIP vision encoder, a {clip}, matches image feature set {name!r}"
-
-
-def rgcl_note(image_meta: Dict[str, Any]) -> List[str]:
-    """A note where a ``clip-image`` set is not at RGCL's published resolution (an RGCL file names no CLIP)."""
-    found = set_geometry(image_meta)
-    if found is None or found == RGCL_CLIP[1:]:
-        return []
-    return [f"RGCL's published run reads {CLIP_IDS[RGCL_CLIP]} features (336 px, 14 px patches); image feature set "
-            f"{image_meta.get('name')!r} was extracted at {found[1]} px in {found[0]} px patches"]
-
-
-def check_features(shapes: Dict[str, tuple], features: Optional[Dict[str, Any]], layout: str, path: str) -> List[str]:
-    """Notes on the cached features (``TrainData.meta["features"]``) against the CLIP the checkpoint was trained
-    with; a one-line refusal where they are another CLIP's or another extractor's (module docstring)."""
-    image, text = (features or {}).get("image") or {}, (features or {}).get("text") or {}
-    if CLIP_TEXT_KEY in shapes and extracted_here(text) and text["extractor"] != "clip-text":
-        raise FeatstoreError(f"checkpoint {path!r} was trained on CLIP text pooler features, but text feature set "
-                             f"{text.get('name')!r} was made by {text['extractor']!r}; extract clip-text with the "
-                             "same CLIP and train with --text-pool pooler")
-    geometry = vision_geometry(shapes)
-    if geometry is not None and image:
-        return [check_image_set(geometry, image, path)]
-    return rgcl_note(image) if layout == "rgcl" else []
-
-
 def placed(report: LoadReport, key: str, target: str, have, want) -> bool:
     """Whether ``key`` (shape ``have``) fits ``target`` (``want``): the one-logit output fits a two-logit binary
     task (widened by ``widen_binary``); another label count is ignored; a projection's input width names the
@@ -276,6 +195,7 @@ def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str,
         raise FeatstoreError("heads.hateclipper_checkpoint loads a 'cross' head; build the run with --head cross")
     layout = check_layout(sd, path)
     checked = check_features({k: tuple(v.shape) for k, v in sd.items()}, features, layout, path)
+    checked += compare_encoders(sd, features)
     tasks = [t.name for t in head.outputs.tasks]
     task = tasks[0] if len(tasks) == 1 else ""
     report, mapped = copy_tensors(head, sd, path, lambda key: map_key(key, task, layout), placed, WANTED,

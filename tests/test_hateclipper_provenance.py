@@ -23,7 +23,7 @@ from cli_helpers import CAPTIONS, extract_args, invoke, make_hm_folder, one_line
 from featstore.errors import FeatstoreError
 from featstore.store import open_store
 from featstore.store.spec import Recipe
-from heads.hateclipper_checkpoint import check_features, describe_clip, vision_geometry
+from heads.clip_provenance import check_features, compare_encoders, describe_clip, vision_geometry
 
 N = 3  # map_dim of the files
 WIDTH = 16  # the tiny CLIP's vision and text widths (their pooler_output)
@@ -56,11 +56,12 @@ def save_clip_folder(d, px: int):
     return d
 
 
-def hateclipper_file(path, px: int):
+def hateclipper_file(path, px: int, clip_folder=None):
     """engine.py's CLIPClassifier state_dict (map_dim N, one mapping and one pre-output layer, fusion cross) with
-    real CLIP vision (at ``px``) and text towers, saved as main.py does."""
+    real CLIP vision and text towers: those of ``clip_folder`` (frozen, as main.py's defaults leave them), else a
+    fresh random CLIP at ``px``; saved as main.py does."""
     torch.manual_seed(1)
-    clip = CLIPModel(tiny_clip_config(px))
+    clip = CLIPModel.from_pretrained(str(clip_folder)) if clip_folder else CLIPModel(tiny_clip_config(px))
     sd = {f"image_encoder.{k}": v for k, v in clip.vision_model.state_dict().items()}
     sd.update({f"text_encoder.{k}": v for k, v in clip.text_model.state_dict().items()})
     parts = {"image_map.0": nn.Linear(WIDTH, N), "text_map.0": nn.Linear(WIDTH, N), "pre_output.1": nn.Linear(N * N, N),
@@ -83,7 +84,7 @@ def clip_world(tmp_path_factory):
                                        *(["--set", "num_regions=0"] if extractor == "clip-image" else [])))
     invoke(featstore, extract_args(data, store, "grid"))
     invoke(featstore, extract_args(data, store, "bert"))
-    return {"root": root, "data": data, "store": store}
+    return {"root": root, "data": data, "store": store, "clip": folder}
 
 
 def train_args(w, ckpt, out, image="clip-image", text="clip-text", image_pool="pooler", text_pool="pooler"):
@@ -108,12 +109,15 @@ def test_the_geometry_of_each_openai_vision_tower_is_read_from_its_shapes(model_
 
 def test_a_file_of_the_features_clip_loads_and_says_it_matches(clip_world, tmp_path):
     w = clip_world
-    ckpt = hateclipper_file(tmp_path / "hc.ckpt", 28)
+    ckpt = hateclipper_file(tmp_path / "hc.ckpt", 28, clip_folder=w["clip"])
     printed = invoke(heads, train_args(w, ckpt, tmp_path / "run"))
     report = json.loads((tmp_path / "run" / "seed_0" / "config.json").read_text())["checkpoint_load"]
-    match = ("its CLIP vision encoder, a 16-wide CLIP ViT seeing 28 px in 14 px patches, matches image feature set "
-             "'clip-image'")
-    assert match in report["notes"] and match in printed
+    matches = ["its CLIP vision encoder, a 16-wide CLIP ViT seeing 28 px in 14 px patches, matches image feature set "
+               "'clip-image'",
+               f"image_encoder equals the CLIP that feature set 'clip-image' was extracted with ({w['clip']})",
+               f"text_encoder equals the CLIP that feature set 'clip-text' was extracted with ({w['clip']})"]
+    assert all(m in report["notes"] and m in printed for m in matches)
+    assert not any(n.startswith("warning") for n in report["notes"])
     assert "GPU-sized" not in printed  # the size note counts the file's head (n = 3), not cross's default n = 768
     assert report["missing_keys"] == [] and len(report["used_keys"]) == 8
     meta = json.loads((tmp_path / "run" / "seed_0" / "config.json").read_text())["features"]["image"]
@@ -196,3 +200,30 @@ def test_an_rgcl_file_notes_features_off_its_published_resolution(clip_world, tm
             "feature set 'clip-image' was extracted at 28 px in 14 px patches") in printed
     report = json.loads((tmp_path / "run" / "seed_0" / "config.json").read_text())["checkpoint_load"]
     assert report["missing_keys"] == [] and len(report["used_keys"]) == 8
+
+
+def test_encoders_of_another_clip_of_the_same_shapes_are_warned_about(clip_world, tmp_path):
+    """Same geometry, other weights (another CLIP, or a run that fine-tuned its encoders): loads, with a warning."""
+    w = clip_world
+    ckpt = hateclipper_file(tmp_path / "other.ckpt", 28)  # a fresh random CLIP, not the folder's
+    printed = invoke(heads, train_args(w, ckpt, tmp_path / "run"))
+    for tower, name in (("image_encoder", "clip-image"), ("text_encoder", "clip-text")):
+        assert (f"warning: {tower} differs from the CLIP that feature set {name!r} was extracted with ({w['clip']}): "
+                "another CLIP of the same shapes, or a run that fine-tuned it (--freeze_image_encoder / "
+                "--freeze_text_encoder False); the head reads features its projections were not trained on") in printed
+
+
+def test_the_comparison_reads_the_recorded_folder_and_says_when_it_cannot(clip_world, tmp_path):
+    w = clip_world
+    clip = CLIPModel.from_pretrained(str(w["clip"]))
+    sd = {f"image_encoder.{k}": v.clone() for k, v in clip.vision_model.state_dict().items()}
+    meta = {"image": {"name": "img", "extractor": "clip-image", "config": {"weights": str(w["clip"])}}}
+    assert compare_encoders(sd, meta) == [f"image_encoder equals the CLIP that feature set 'img' was extracted with "
+                                          f"({w['clip']})"]
+    sd["image_encoder.encoder.layers.0.mlp.fc2.weight"] += 0.01  # layer 0 is the tiny tower's last: compared
+    assert compare_encoders(sd, meta)[0].startswith("warning: image_encoder differs")
+    gone = {"image": dict(meta["image"], config={"weights": str(tmp_path / "deleted")})}
+    assert compare_encoders(sd, gone) == [f"image_encoder not compared with the CLIP weights of feature set 'img' "
+                                          f"({str(tmp_path / 'deleted')!r} is not here)"]
+    imported = {"image": {"name": "img", "extractor": "import:npy"}}
+    assert compare_encoders(sd, imported) == []
