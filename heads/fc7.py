@@ -127,7 +127,7 @@ def fc7_to_copy(head: nn.Module, folder: str, report) -> Optional[Tuple[Tensor, 
         return None
     if not folder:
         return None
-    w, b = read_fc7(fc7_folder(folder))
+    w, b = read_fc7(folder)
     lc = head.fc7.lc
     if tuple(w.shape) != tuple(lc.weight.shape):
         raise FeatstoreError(f"fc7 weight in {folder!r} is {tuple(w.shape)} but the head's fc7.lc is "
