@@ -178,6 +178,11 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
                       seed=seed_list[0] if seed_list else 0, feeds=d.get("feeds"))
     for warning in data.meta.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
+    if opts["preset"] is not None:
+        from heads.preset_inputs import image_feature_notes
+
+        for note in image_feature_notes(opts["preset"].name, opts["preset"].image_features, data.meta.get("features")):
+            click.echo(note)
     cfg = TrainConfig(head=opts["head"], head_cfg=opts["head_cfg"], device=dev, **opts["train"])
     for line in train_heads(cfg, data, out_dir, seed_list, progress=not quiet, overwrite=overwrite,
                             echo=click.echo if quiet else None):

@@ -11,6 +11,9 @@ A preset file holds::
     head_cfg      options of the head (``--set`` overrides one by one)
     data          data options: task, task_weights, text_array, text_pool, max_regions, max_tokens, feeds
     notes         what the preset cannot say by numbers (which features to pass, approximations)
+    image_features  optional: ``{extractor: {option: value}}``, the extractor options of the input its source
+                  used; ``heads train`` notes an image set of that extractor extracted otherwise
+                  (``heads.preset_inputs``)
 
 ``load_preset(name_or_path)`` reads and checks it: every train / head / data key must exist in this
 toolkit (a preset written for a newer version is a one-line error naming the key, never ignored).
@@ -42,6 +45,7 @@ class Preset:
     data: Dict[str, Any] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     path: Optional[Path] = None
+    image_features: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def summary_line(self) -> str:
         return f"preset {self.name} ({self.path}): {self.description}. Source: {self.source}"
@@ -105,16 +109,20 @@ def load_preset(name_or_path: str) -> Preset:
     """Read, merge (``extends``) and check a preset (see module docstring)."""
     raw = _raw_chain(name_or_path)
     unknown = sorted(set(raw) - {"name", "description", "source", "extends", "head", "train", "head_cfg", "data",
-                                 "notes", "path"})
+                                 "notes", "image_features", "path"})
     if unknown:
         raise FeatstoreError(f"preset {raw['path']} has unknown field {unknown[0]!r}; use name, description, source, "
-                             "extends, head, train, head_cfg, data, notes")
+                             "extends, head, train, head_cfg, data, notes, image_features")
     if not raw.get("source"):
         raise FeatstoreError(f"preset {raw['path']} has no 'source'; say where its numbers come from")
     preset = Preset(name=str(raw.get("name", Path(raw["path"]).stem)), description=str(raw.get("description", "")),
                     source=str(raw["source"]), head=raw.get("head"), train=dict(raw.get("train", {})),
                     head_cfg=dict(raw.get("head_cfg", {})), data=dict(raw.get("data", {})),
                     notes=[str(n) for n in raw.get("notes", [])], path=raw["path"])
+    if "image_features" in raw:
+        from .preset_inputs import check_image_features
+
+        preset.image_features = check_image_features(raw["image_features"], f"preset {raw['path']}")
     check_preset(preset)
     return preset
 

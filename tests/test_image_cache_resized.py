@@ -262,4 +262,4 @@ def test_cli_cache_images_for_an_extractor(tmp_path):
     assert cache.stats() == {"hits": 10, "misses": 0, "corrupt": 0}
     line = one_line_error(featstore, args + ["--extractor", "grid", "--set", "image_sise=64"])
     assert line == ("error: extractor 'grid' has no option 'image_sise'; valid options: backbone, compile, dtype, "
-                    "grid_size, image_size, seed, weights")
+                    "grid_size, image_size, preprocess, seed, weights")

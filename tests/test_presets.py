@@ -122,6 +122,14 @@ def test_a_copied_and_edited_preset_file_works(world, tmp_path):
     ({"head": "concat", "data": {"image": "roi"}}, "sets data option 'image'; data options are task, task_weights"),
     ({"head": "concat", "optimiser": "sgd"}, "has unknown field 'optimiser'; use name, description, source"),
     ({"head": "concat", "extends": "SELF"}, "extends 'SELF' in a loop; remove one of the extends"),
+    ({"head": "concat", "image_features": {"grid": "mmf"}},
+     ': image_features must map extractor names to their options, e.g. {"grid": {"preprocess": "mmf-hateful-memes"}}'),
+    ({"head": "concat", "image_features": {"resnet": {"preprocess": "whole"}}},
+     ": image_features names extractor 'resnet', which featstore does not have (extractors: bert, clip-image, "),
+    ({"head": "concat", "image_features": {"grid": {"crop": 224}}},
+     ": image_features: extractor 'grid' has no option 'crop'; valid options: backbone, compile, dtype, "),
+    ({"head": "concat", "image_features": {"grid": {"preprocess": "mmf"}}},
+     ": image_features: preprocess='mmf' is not known; use one of whole, mmf-hateful-memes"),
 ])
 def test_a_preset_with_an_option_this_toolkit_lacks_is_one_line(world, tmp_path, content, needle):
     path = tmp_path / "bad.json"

@@ -211,7 +211,7 @@ def test_image_grid_hm_preset_holds_mmfs_numbers():
     assert p.data == {"task": "label"}
     assert "projects/others/unimodal/configs/hateful_memes/image.yaml" in p.source
     assert "mmf/modules/layers.py MLPClassifer" in p.source and "mmf/configs/defaults.yaml" in p.source
-    assert any("frozen" in n for n in p.notes) and any("grid_size=7" in n for n in p.notes)
+    assert any("frozen" in n for n in p.notes) and any("--set preprocess=mmf-hateful-memes" in n for n in p.notes)
 
 
 def test_image_grid_hm_trains_through_the_cli_and_its_run_computes_mmfs_classifier(world, tmp_path):
@@ -223,6 +223,15 @@ def test_image_grid_hm_trains_through_the_cli_and_its_run_computes_mmfs_classifi
     out = tmp_path / "grid-hm"
     text = invoke(heads, train_args(world, out, "--preset", "image-grid-hm", "--epochs", "2"))
     assert text.splitlines()[0].startswith("preset image-grid-hm (")
+    version = open_store(world["store"]).open("grid").version
+    notes = [line for line in text.splitlines() if line.startswith("note: preset")]
+    assert notes == [  # the tiny set is a ResNet-18 of the whole image: both differences from MMF's input named
+        f"note: preset image-grid-hm reads grid sets extracted with backbone=resnet152 (its source's input); image "
+        f"set grid@{version} has backbone=resnet18: extract one with `featstore extract --extractor grid --set "
+        f"backbone=resnet152` to train on that input",
+        f"note: preset image-grid-hm reads grid sets extracted with preprocess=mmf-hateful-memes (its source's "
+        f"input); image set grid@{version} has preprocess=whole: extract one with `featstore extract --extractor "
+        f"grid --set preprocess=mmf-hateful-memes` to train on that input"]
     run = out / "seed_0"
     config = json.loads((run / "config.json").read_text())
     assert config["head"] == "image-only"
@@ -250,6 +259,15 @@ def test_image_grid_hm_trains_through_the_cli_and_its_run_computes_mmfs_classifi
     again = read_probs(tmp_path / "p.csv")
     assert again.keys() == got.keys()
     assert max(abs(again[k] - got[k]) for k in got) < 1e-6
+
+
+def test_an_mmf_preprocessed_grid_set_gets_no_preprocess_note(world, tmp_path):
+    invoke(featstore, extract_args(world["data"], world["store"], "grid", "--set", "image_size=224",
+                                   "--set", "preprocess=mmf-hateful-memes", "--name", "grid-mmf"))
+    out = invoke(heads, [*train_args(world, tmp_path / "o", "--preset", "image-grid-hm", "--epochs", "1"),
+                         "--image", "grid-mmf"])
+    notes = [line for line in out.splitlines() if line.startswith("note: preset")]
+    assert len(notes) == 1 and "has backbone=resnet18" in notes[0]  # the preprocessing is MMF's: no note on it
 
 
 # ---------------------------------------------------------------------------------- errors

@@ -5,7 +5,7 @@ All boxes are ``float32 [M, 4]`` as x1, y1, x2, y2 in pixels of the image they a
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -47,15 +47,25 @@ def adaptive_bin_boxes(width: float, height: float, map_hw: Tuple[int, int], row
     return adaptive_bin_boxes_batch(torch.tensor([[width, height]], dtype=torch.float64), map_hw, rows, cols)[0]
 
 
-def adaptive_bin_boxes_batch(sizes: torch.Tensor, map_hw: Tuple[int, int], rows: int, cols: int) -> torch.Tensor:
+def adaptive_bin_boxes_batch(sizes: torch.Tensor, map_hw: Tuple[int, int], rows: int, cols: int,
+                             window: Optional[Tuple[float, float, float, float]] = None) -> torch.Tensor:
     """``adaptive_bin_boxes`` of every image at once: ``sizes`` ``[N, 2]`` (width, height) -> ``float32
-    [N, rows * cols, 4]`` (float64 arithmetic ``bin * extent / map cells``, as for one image)."""
+    [N, rows * cols, 4]`` (float64 arithmetic ``bin * extent / map cells``, as for one image).
+
+    ``window``: the part of each image the map tiles, as fractions ``(x1, y1, x2, y2)`` of its sides (a
+    centre crop's window); None is the whole image (the same arithmetic as before the option, bit for bit).
+    """
     mh, mw = int(map_hw[0]), int(map_hw[1])
     wh = sizes.to(torch.float64).reshape(-1, 2)
     by = torch.tensor(adaptive_bins(mh, rows), dtype=torch.float64)  # [rows, 2] map-row ranges
     bx = torch.tensor(adaptive_bins(mw, cols), dtype=torch.float64)  # [cols, 2]
-    ys = by[None] * wh[:, 1, None, None] / mh  # [N, rows, 2]
-    xs = bx[None] * wh[:, 0, None, None] / mw  # [N, cols, 2]
+    if window is None:
+        ys = by[None] * wh[:, 1, None, None] / mh  # [N, rows, 2]
+        xs = bx[None] * wh[:, 0, None, None] / mw  # [N, cols, 2]
+    else:
+        x1, y1, x2, y2 = (float(v) for v in window)
+        ys = (y1 + by[None] / mh * (y2 - y1)) * wh[:, 1, None, None]
+        xs = (x1 + bx[None] / mw * (x2 - x1)) * wh[:, 0, None, None]
     n = wh.shape[0]
     x = xs[:, None].expand(n, rows, cols, 2)
     y = ys[:, :, None].expand(n, rows, cols, 2)

@@ -1,0 +1,64 @@
+"""What a preset's source system fed its head, checked against the feature sets a run reads.
+
+A preset may hold ``image_features``: ``{extractor name: {option: value}}``, the featstore extractor options
+an image set of that extractor needs to be the input the preset's source used (``image-grid-hm``:
+``{"grid": {"preprocess": "mmf-hateful-memes"}}``, MMF's Resize 256 / CenterCrop 224 / Hateful Memes
+mean-std input). ``check_image_features`` validates it when the preset loads (each option must be one the
+extractor has, with a value it accepts); ``image_feature_notes`` compares it with the image set a run
+loaded (``TrainData.meta["features"]["image"]``: its recipe's extractor and config) and returns one note per
+option that differs. A set of another extractor gets no note (a deliberate change of input), and an option
+the set's recipe does not record (a set extracted before the option existed) counts as its default.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Dict, List, Optional
+
+from featstore.errors import FeatstoreError
+
+
+def check_image_features(spec: Any, where: str) -> Dict[str, Dict[str, Any]]:
+    """``spec`` as ``{extractor: {option: value}}``, or a one-line error naming ``where`` and the fix."""
+    from featstore.extractors.base import EXTRACTORS, extractor_config
+
+    if not isinstance(spec, dict) or not all(isinstance(v, dict) for v in spec.values()):
+        raise FeatstoreError(f"{where}: image_features must map extractor names to their options, e.g. "
+                             '{"grid": {"preprocess": "mmf-hateful-memes"}}')
+    for name, options in spec.items():
+        if name not in EXTRACTORS.names():
+            raise FeatstoreError(f"{where}: image_features names extractor {name!r}, which featstore does not have "
+                                 f"(extractors: {', '.join(EXTRACTORS.names())})")
+        try:
+            extractor_config(name, dict(options))
+        except FeatstoreError as err:
+            raise FeatstoreError(f"{where}: image_features: {err}") from None
+    return {name: dict(options) for name, options in spec.items()}
+
+
+def _default(extractor: str, option: str) -> Any:
+    from featstore.extractors.base import EXTRACTORS
+    from featstore.config_types import field_default
+
+    for f in fields(EXTRACTORS.config_cls(extractor)):
+        if f.name == option:
+            return field_default(f)
+    return None
+
+
+def image_feature_notes(preset_name: str, spec: Dict[str, Dict[str, Any]],
+                        features_meta: Optional[Dict[str, Any]]) -> List[str]:
+    """One ``note: ...`` line per option of ``spec`` the run's image set was extracted without."""
+    image = (features_meta or {}).get("image") or {}
+    extractor = image.get("extractor")
+    if extractor not in spec:
+        return []
+    config = image.get("config") or {}
+    ref = f"{image.get('name')}@{image.get('version')}"
+    notes = []
+    for option, want in spec[extractor].items():
+        got = config.get(option, _default(extractor, option))
+        if got != want:
+            notes.append(f"note: preset {preset_name} reads {extractor} sets extracted with {option}={want} (its "
+                         f"source's input); image set {ref} has {option}={got}: extract one with `featstore extract "
+                         f"--extractor {extractor} --set {option}={want}` to train on that input")
+    return notes
