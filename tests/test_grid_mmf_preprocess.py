@@ -161,6 +161,8 @@ def test_cli_extracts_mmf_grid_through_the_image_cache_and_refuses_bad_settings(
 
     path, model = weights
     data = make_hm_folder(tmp_path / "data")
+    _rgba_png(data / "img" / "00000.png")  # MMF's loader drops the alpha; featstore's decode composites it
+    _exif_rotated_png(data / "img" / "00001.png")  # ... and ignores the EXIF orientation
     store, cache = tmp_path / "store", tmp_path / "cache"
     args = ["extract", "--dataset", data, "--extractor", "grid", "--store", store, "--workers", 0, "--quiet",
             "--weights", path, "--set", "backbone=resnet18", "--set", f"preprocess={MMF}",
@@ -177,6 +179,8 @@ def test_cli_extracts_mmf_grid_through_the_image_cache_and_refuses_bad_settings(
         got = fs.select(keys, ["pooled"])["pooled"]
         np.testing.assert_allclose(got, pooled.numpy(), atol=2e-5 * float(pooled.abs().max()), rtol=0)
         assert fs.recipe.preprocessing["crop"] == {"center": [224, 224], "offset": [16, 16]}
+        assert fs.recipe.preprocessing["decode"] == "convert-rgb"
+        assert fs.select(["00001"], ["image_size"])["image_size"].tolist() == [[40, 70]]  # as stored, not rotated
     # the cold run stored each image's 256 x 256 resize: the cache serves it (a hit, no decode)
     cached = DecodedImageCache(cache)
     resized = cached.load_resized(data / "img" / f"{keys[0]}.png", ex_recipe())
@@ -187,6 +191,76 @@ def test_cli_extracts_mmf_grid_through_the_image_cache_and_refuses_bad_settings(
     assert line == ("error: preprocess='mmf-hateful-memes' is MMF's Resize 256 + CenterCrop 224; it needs "
                     "image_size=224 (got 192): drop --set image_size")
     assert tree(store) == before
+
+
+def _rgba_png(path):
+    rng = np.random.RandomState(11)
+    rgba = rng.randint(0, 256, (50, 60, 4), dtype=np.uint8)
+    rgba[:, :30, 3] = 0  # fully transparent left half over coloured pixels
+    Image.fromarray(rgba, "RGBA").save(path)
+
+
+def _exif_rotated_png(path, orientation=6):
+    rng = np.random.RandomState(12)
+    img = Image.fromarray(rng.randint(0, 256, (70, 40, 3), dtype=np.uint8))  # 40 wide, 70 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img.save(path, exif=exif)
+
+
+def _palette_png(path):
+    img = Image.fromarray(np.random.RandomState(13).randint(0, 256, (30, 20, 3), dtype=np.uint8)).convert("P")
+    img.save(path, transparency=img.getpixel((0, 0)))  # pixel (0, 0)'s colour is transparent
+
+
+def test_convert_rgb_decode_is_pillows_convert_and_featstores_differs(tmp_path):
+    from featstore.extractors.images import load_image
+
+    makers = {"rgba.png": _rgba_png, "exif.png": _exif_rotated_png, "p.png": _palette_png}
+    for name, make in makers.items():
+        make(tmp_path / name)
+        want = np.asarray(Image.open(tmp_path / name).convert("RGB"))  # MMF's / torchvision's default loader
+        got = load_image(tmp_path / name, decode="convert-rgb")
+        assert got.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
+        ours = np.asarray(load_image(tmp_path / name))
+        assert ours.shape != want.shape or (ours != want).any(), name  # white composite / EXIF rotation
+    assert load_image(tmp_path / "exif.png").size == (70, 40)  # featstore's decode applies the orientation
+    with pytest.raises(FeatstoreError) as e:
+        load_image(tmp_path / "rgba.png", decode="mmf")
+    assert str(e.value) == "decode='mmf' is not known; use one of featstore, convert-rgb"
+
+
+def test_the_cache_keeps_each_decode_apart_and_the_default_keys_unchanged(tmp_path):
+    import PIL
+    import torchvision
+
+    from featstore.extractors.images import load_image
+    from featstore.extractors.pixels import ResizeRecipe
+    from featstore.runner.image_cache import DecodedImageCache, close_image_caches, load_input
+
+    _rgba_png(tmp_path / "a.png")
+    cache = DecodedImageCache(tmp_path / "cache")
+    ours = np.asarray(cache.load(tmp_path / "a.png"))
+    mmfs = np.asarray(cache.load(tmp_path / "a.png", decode="convert-rgb"))
+    assert cache.stats() == {"hits": 0, "misses": 2, "corrupt": 0}
+    np.testing.assert_array_equal(ours, np.asarray(load_image(tmp_path / "a.png")))
+    np.testing.assert_array_equal(mmfs, np.asarray(Image.open(tmp_path / "a.png").convert("RGB")))
+    np.testing.assert_array_equal(np.asarray(cache.load(tmp_path / "a.png", decode="convert-rgb")), mmfs)
+    np.testing.assert_array_equal(np.asarray(cache.load(tmp_path / "a.png")), ours)
+    assert cache.stats() == {"hits": 2, "misses": 2, "corrupt": 0}
+    recipe = ex_recipe()
+    assert recipe.key() == (f"resize/1 square 256 0 bilinear-antialias torchvision={torchvision.__version__} "
+                            f"Pillow={PIL.__version__} decode=convert-rgb")
+    assert ResizeRecipe("square", 256, "bilinear").key() == recipe.key()[:-len(" decode=convert-rgb")]
+    want = recipe.apply(Image.open(tmp_path / "a.png").convert("RGB")).pixels
+    for cached in (None, cache):  # the run loop's input, uncached and through the cache (a miss, then a hit)
+        np.testing.assert_array_equal(load_input(tmp_path / "a.png", recipe, 10 ** 8, cached).pixels, want)
+    np.testing.assert_array_equal(cache.load_resized(tmp_path / "a.png", recipe).pixels, want)
+    with pytest.raises(FeatstoreError) as e:
+        cache.load(tmp_path / "a.png", decode="whole")
+    assert str(e.value) == "decode='whole' is not known; use one of featstore, convert-rgb"
+    close_image_caches()
 
 
 def ex_recipe():

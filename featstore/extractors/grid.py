@@ -18,9 +18,10 @@ Output (R = grid_size**2, D = backbone channels, 2048 for ResNet-152, 320 for tf
 torchvision's ``int(round((256 - 224) / 2))``), ToTensor, Normalize with Hateful Memes' own mean / std
 (``MMF_HM_MEAN`` / ``MMF_HM_STD``, not ImageNet's). It needs image_size 224. Then ``pooled`` is the res5c
 map's global average (MMF's ``ResNet152ImageEncoder``: ``AdaptiveAvgPool2d((1, 1))``) at any grid_size, and
-``boxes`` are the pooled bins inside the crop window, in original-image pixels. Not MMF's: its loader is
-``Image.open(path).convert("RGB")`` (alpha dropped, EXIF orientation ignored) where featstore's composites
-alpha on white and applies EXIF orientation; the two agree on the plain RGB files most memes are.
+``boxes`` are the pooled bins inside the crop window, in original-image pixels. Files are decoded as MMF's
+loader decodes them, ``Image.open(path).convert("RGB")`` (``images.load_image(decode="convert-rgb")``:
+alpha dropped, EXIF orientation ignored; featstore's own decode composites alpha on white and applies it), in
+the run loop and the image cache through the resize recipe's ``decode``.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from PIL import Image
 
 from ..errors import FeatstoreError
 from .base import BaseConfig, register_extractor
-from .images import require_pil
+from .images import CONVERT_RGB, require_pil
 from .cnn import CNNExtractor
 from .geometry import adaptive_bin_boxes_batch
 from .pixels import ResizeRecipe
@@ -74,7 +75,9 @@ class GridConfig(BaseConfig):
                                  f"it needs image_size={MMF_HM_CROP} (got {self.image_size}): drop --set image_size")
 
     def resize_recipe(self) -> ResizeRecipe:
-        return ResizeRecipe("square", MMF_HM_RESIZE if self.preprocess == MMF_HM else self.image_size, "bilinear")
+        if self.preprocess == MMF_HM:
+            return ResizeRecipe("square", MMF_HM_RESIZE, "bilinear", decode=CONVERT_RGB)
+        return ResizeRecipe("square", self.image_size, "bilinear")
 
     def crop(self) -> Optional[Tuple[int, int]]:
         """(offset, size) of the square centre crop taken after the resize (torchvision's CenterCrop
@@ -115,7 +118,7 @@ class GridExtractor(CNNExtractor):
                "mean": list(self.mean), "std": list(self.std), "boxes": "adaptive_bin_boxes"}
         if crop is not None:
             out.update(crop={"center": [crop[1], crop[1]], "offset": [crop[0], crop[0]]},
-                       pooled="global_average", recipe=MMF_HM)
+                       pooled="global_average", recipe=MMF_HM, decode=CONVERT_RGB)
         return out
 
     def preprocess(self, item) -> Dict[str, torch.Tensor]:

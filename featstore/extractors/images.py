@@ -9,6 +9,12 @@ palette (``P``, with or without transparency), 16-bit grey (``I;16``/``I``), flo
 (``LA``/``RGBA``/``PA``: composited on white), animated GIF/PNG/WebP (the first frame), EXIF orientation
 (applied with ``ImageOps.exif_transpose``) and decompression bombs (the declared size is checked against
 ``max_pixels`` from the header, before any pixel is decoded).
+
+``decode="convert-rgb"`` is instead ``Image.open(path).convert("RGB")`` after the same checks: the loader of
+MMF (``mmf.datasets.databases.image_database.default_loader``) and torchvision (``pil_loader``), which drops
+alpha (the colour under transparent pixels stays) and ignores EXIF orientation. Extractors that reproduce such a
+pipeline name it in their ``pixels.ResizeRecipe`` (``decode``), so the run loop and the image cache decode
+with it.
 """
 from __future__ import annotations
 
@@ -24,6 +30,14 @@ from ..errors import FeatstoreError
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; a 4-byte RGBA buffer of that size is 400 MB
 
 _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
+FEATSTORE_DECODE, CONVERT_RGB = "featstore", "convert-rgb"
+DECODES = (FEATSTORE_DECODE, CONVERT_RGB)
+
+
+def check_decode(decode: str) -> str:
+    if decode not in DECODES:
+        raise FeatstoreError(f"decode={decode!r} is not known; use one of {', '.join(DECODES)}")
+    return decode
 
 
 class ImageDecodeError(FeatstoreError):
@@ -35,12 +49,15 @@ class ImageDecodeError(FeatstoreError):
         super().__init__(f"image {self.path!r}: {reason}; {fix}")
 
 
-def load_image(path: Union[str, os.PathLike], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(path: Union[str, os.PathLike], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               decode: str = FEATSTORE_DECODE) -> Image.Image:
     """Open, fully decode and normalise one image.
 
     Returns a loaded ``PIL.Image`` in mode ``"RGB"`` (width x height as displayed, i.e. after the EXIF
-    orientation is applied). Raises ``ImageDecodeError`` for every unreadable input.
+    orientation is applied; with ``decode="convert-rgb"`` as stored, Pillow's ``convert("RGB")``). Raises
+    ``ImageDecodeError`` for every unreadable input.
     """
+    check_decode(decode)
     if max_pixels is None or int(max_pixels) <= 0:
         raise FeatstoreError(f"max_pixels={max_pixels!r} is invalid; pass a positive pixel count")
     path = os.fspath(path)
@@ -64,6 +81,8 @@ def load_image(path: Union[str, os.PathLike], *, max_pixels: int = DEFAULT_MAX_P
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)  # animated: the first frame
                 img.load()
+                if decode == CONVERT_RGB:
+                    return img.convert("RGB")
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)
     except ImageDecodeError:

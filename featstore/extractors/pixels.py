@@ -33,17 +33,22 @@ _MODES = ("square", "keep_aspect")
 @dataclass(frozen=True)
 class ResizeRecipe:
     """``square``: to ``size x size``; ``keep_aspect``: shorter side to ``size`` unless the longer would pass
-    ``max_side`` (``geometry.resize_keep_aspect``). ``interpolation``: bilinear | bicubic (antialiased)."""
+    ``max_side`` (``geometry.resize_keep_aspect``). ``interpolation``: bilinear | bicubic (antialiased).
+    ``decode``: how the file is decoded before the resize (``images.load_image``'s ``decode``)."""
 
     mode: str
     size: int
     interpolation: str
     max_side: int = 0
+    decode: str = "featstore"
 
     def __post_init__(self):
-        if self.mode not in _MODES or self.interpolation not in _FILTERS or self.size < 1:
+        from .images import DECODES
+
+        if (self.mode not in _MODES or self.interpolation not in _FILTERS or self.size < 1
+                or self.decode not in DECODES):
             raise FeatstoreError(f"resize recipe {self!r} is invalid; mode in {_MODES}, interpolation in "
-                                 f"{_FILTERS}, size >= 1")
+                                 f"{_FILTERS}, size >= 1, decode in {DECODES}")
 
     def target(self, width: int, height: int) -> Tuple[int, int]:
         """(width, height) an image of that size is resized to."""
@@ -56,8 +61,9 @@ class ResizeRecipe:
         import PIL
         import torchvision
 
+        decoded = "" if self.decode == "featstore" else f" decode={self.decode}"  # default: the key as before
         return (f"resize/1 {self.mode} {self.size} {self.max_side} {self.interpolation}-antialias "
-                f"torchvision={torchvision.__version__} Pillow={PIL.__version__}")
+                f"torchvision={torchvision.__version__} Pillow={PIL.__version__}{decoded}")
 
     def apply(self, img) -> "ResizedImage":
         """A decoded RGB ``PIL.Image`` resized as the per-image path resizes it (``TF.resize``)."""

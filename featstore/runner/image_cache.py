@@ -18,7 +18,9 @@ Records (one per file, the LMDB key is the SHA-256 of the file's realpath)::
 Resized records (``load_resized(path, recipe)``: the extractor's input geometry as uint8, so a warm run does
 no per-image resize) are keyed by the SHA-256 of the realpath and ``recipe.key()`` (mode, sizes, filter,
 torchvision and Pillow versions), so another size or extractor never reads them; a miss resizes
-``load(path)``'s pixels (the decoded record, itself decoded on a miss) and stores both.
+``load(path)``'s pixels (the decoded record, itself decoded on a miss) and stores both. A recipe with
+``decode="convert-rgb"`` (``images.load_image``'s other decode) names it in its key, and its decoded records
+are keyed by the realpath and ``"decode/convert-rgb"``: the default decode's keys are unchanged.
 
 A record whose size/mtime_ns differ from the file's is stale (the file changed): a miss, overwritten by
 the fresh decode. A record that does not parse or whose CRC does not match is treated the same way, so the
@@ -117,34 +119,37 @@ class DecodedImageCache:
         with _LOCK:
             return int(_env(self.path, self.map_size).stat()["entries"])
 
-    def load(self, path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> Image.Image:
-        """``load_image(path, max_pixels=max_pixels)`` through the cache: same pixels, same errors.
+    def load(self, path: Union[str, os.PathLike], max_pixels: Optional[int] = None,
+             decode: str = "featstore") -> Image.Image:
+        """``load_image(path, max_pixels=max_pixels, decode=decode)`` through the cache: same pixels, same
+        errors (each ``decode`` has its own records; the default's key is the one it always had).
 
         ``max_pixels=None`` means load_image's default. Raises ``ImageDecodeError`` for a bad image (cached
         or not) and ``ImageCacheError`` when the cache directory cannot be read or written (full, corrupt
         environment, disk error).
         """
+        _images().check_decode(decode)
         max_pixels, path, st = _checked(max_pixels, path)
-        if st is None:
-            return _images().load_image(path, max_pixels=max_pixels)  # missing / a directory: nothing to cache
-        key = _key(self._realpath(path))
+        if st is None:  # missing / a directory: nothing to cache
+            return _images().load_image(path, max_pixels=max_pixels, decode=decode)
+        key = _key(self._realpath(path), "" if decode == "featstore" else f"decode/{decode}")
         found = self._lookup(key, path, st, max_pixels)
         if found is not None:
             return found
         self.misses += 1
-        return self._decode_and_store(key, path, st, max_pixels)
+        return self._decode_and_store(key, path, st, max_pixels, decode)
 
     def load_resized(self, path: Union[str, os.PathLike], recipe, max_pixels: Optional[int] = None):
         """``recipe.apply(load(path, max_pixels))`` (a ``pixels.ResizedImage``) through the cache: the same
         pixels byte for byte, the same errors. A hit reads only the resized bytes."""
         max_pixels, path, st = _checked(max_pixels, path)
         if st is None:
-            return recipe.apply(self.load(path, max_pixels))  # load raises load_image's error
+            return recipe.apply(self.load(path, max_pixels, recipe.decode))  # load raises load_image's error
         key = _key(self._realpath(path), recipe.key())
         found = self._lookup_resized(key, path, st, max_pixels)
         if found is not None:
             return found
-        img = self.load(path, max_pixels)  # counts its own hit or miss; raises a (cached) decode failure
+        img = self.load(path, max_pixels, recipe.decode)  # counts its own hit or miss; raises a (cached) failure
         resized = recipe.apply(img)
         if _unchanged(path, st):
             self._put(key, _resized_value(resized, st, _declared_size(path)))
@@ -212,10 +217,11 @@ class DecodedImageCache:
                 raise _cache_error(self.path, e) from e
 
     # -- miss path ------------------------------------------------------------------------------------
-    def _decode_and_store(self, key: bytes, path: str, st: os.stat_result, max_pixels: int) -> Image.Image:
+    def _decode_and_store(self, key: bytes, path: str, st: os.stat_result, max_pixels: int,
+                          decode: str) -> Image.Image:
         images = _images()
         try:
-            img = images.load_image(path, max_pixels=max_pixels)
+            img = images.load_image(path, max_pixels=max_pixels, decode=decode)
         except images.ImageDecodeError as e:
             value = _failure_value(e, st, _declared_size(path))
             if value is not None and _unchanged(path, st):
@@ -454,5 +460,5 @@ def load_input(path: Union[str, os.PathLike], recipe, max_pixels: int, cache: Op
     ``cache`` when given. Raises ``load_image``'s ``ImageDecodeError`` (and the cache's ``ImageCacheError``)."""
     if cache is not None:
         return cache.load(path, max_pixels) if recipe is None else cache.load_resized(path, recipe, max_pixels)
-    img = _images().load_image(path, max_pixels=max_pixels)
+    img = _images().load_image(path, max_pixels=max_pixels, decode="featstore" if recipe is None else recipe.decode)
     return img if recipe is None else recipe.apply(img)
