@@ -14,8 +14,8 @@ A Hate-CLIPper file (gokulkarthik/hateclipper ``engine.py``'s ``CLIPClassifier``
   patch 14 is noted.
 * weights (``compare_encoders``): a few of the towers' tensors (``COMPARED``: the embeddings, the last layer's
   MLP output, the final LayerNorm) against the CLIP folder the feature set records (``config.weights``, read
-  lazily from its ``model.safetensors`` / ``pytorch_model.bin``). Equal: noted. Different: a warning note (the
-  features come from another CLIP of the same shapes, or the run fine-tuned its encoder with
+  lazily from its ``model.safetensors`` / ``pytorch_model.bin``, sharded or not). Equal: noted. Different: a
+  warning note (the features come from another CLIP of the same shapes, or the run fine-tuned its encoder with
   ``--freeze_image_encoder False``; either way the projections will read features they were not trained on).
   A folder that is no longer there is noted as not compared.
 """
@@ -120,20 +120,54 @@ def last_layer(sd: Dict[str, Tensor], tower: str) -> int:
 
 def folder_tensors(folder: Path, names: List[str]) -> Optional[Dict[str, Tensor]]:
     """``names`` read from a CLIPModel folder's weights (only those, where the file allows), or None where the
-    folder holds no ``model.safetensors`` / ``pytorch_model.bin`` or one of the names."""
-    if (folder / "model.safetensors").is_file():
+    folder holds none of transformers' weight files or lacks one of the names. The files are looked for in
+    ``from_pretrained``'s order: ``model.safetensors``, its sharded index, ``pytorch_model.bin``, its index."""
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (folder / single).is_file():
+            return file_tensors(folder / single, names)
+        if (folder / index).is_file():
+            return sharded_tensors(folder, index, names)
+    return None
+
+
+def sharded_tensors(folder: Path, index: str, names: List[str]) -> Optional[Dict[str, Tensor]]:
+    """``names`` from the shards a transformers ``*.index.json`` maps them to (each shard read for its names
+    only); None when the index does not parse or lacks a name, or a shard lacks one."""
+    import json
+
+    try:
+        weight_map = json.loads((folder / index).read_text())["weight_map"]
+        shards = {weight_map[n] for n in names}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    out: Dict[str, Tensor] = {}
+    for shard in sorted(shards):
+        got = file_tensors(folder / shard, [n for n in names if weight_map[n] == shard])
+        if got is None:
+            return None
+        out.update(got)
+    return out
+
+
+def file_tensors(path: Path, names: List[str]) -> Optional[Dict[str, Tensor]]:
+    """``names`` from one ``.safetensors`` (read lazily) or torch file (memory-mapped); None when the file is
+    missing, unreadable or lacks one of them."""
+    if not path.is_file():
+        return None
+    if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-            have = set(f.keys())
-            return {n: f.get_tensor(n) for n in names} if set(names) <= have else None
-    if (folder / "pytorch_model.bin").is_file():
         try:
-            sd = torch.load(str(folder / "pytorch_model.bin"), map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - an old-format or unreadable file: not compared (noted)
+            with safe_open(str(path), framework="pt") as f:
+                return {n: f.get_tensor(n) for n in names} if set(names) <= set(f.keys()) else None
+        except Exception:  # noqa: BLE001 - a damaged file: not compared (noted)
             return None
-        return {n: sd[n] for n in names} if all(n in sd for n in names) else None
-    return None
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an old-format or unreadable file: not compared (noted)
+        return None
+    return {n: sd[n] for n in names} if all(n in sd for n in names) else None
 
 
 def same_tensor(a: Tensor, b: Tensor) -> bool:

@@ -227,3 +227,35 @@ def test_the_comparison_reads_the_recorded_folder_and_says_when_it_cannot(clip_w
                                           f"({str(tmp_path / 'deleted')!r} is not here)"]
     imported = {"image": {"name": "img", "extractor": "import:npy"}}
     assert compare_encoders(sd, imported) == []
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_a_sharded_clip_folder_is_compared_shard_by_shard(clip_world, tmp_path, safe):
+    """transformers writes a large CLIP as shards and an index (``save_pretrained(max_shard_size=...)``); the
+    compared tensors are read from the shards the index names."""
+    clip = CLIPModel.from_pretrained(str(clip_world["clip"]))
+    folder = tmp_path / "sharded"
+    if safe:
+        clip.save_pretrained(folder, max_shard_size="20KB")
+    else:  # transformers 4's torch shards (5 writes safetensors only): pytorch_model-0000k-of-00003.bin + index
+        clip.config.save_pretrained(folder)
+        items = sorted(clip.state_dict().items())
+        weight_map = {}
+        for k in range(3):
+            shard = f"pytorch_model-{k + 1:05d}-of-00003.bin"
+            part = dict(items[k::3])
+            torch.save({n: t.clone() for n, t in part.items()}, str(folder / shard))
+            weight_map.update({n: shard for n in part})
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    index = folder / ("model.safetensors.index.json" if safe else "pytorch_model.bin.index.json")
+    weight_map = json.loads(index.read_text())["weight_map"]
+    assert len(set(weight_map.values())) > 2 and not (folder / ("model.safetensors" if safe else "pytorch_model.bin")).exists()
+    sd = {f"image_encoder.{k}": v.clone() for k, v in clip.vision_model.state_dict().items()}
+    meta = {"image": {"name": "img", "extractor": "clip-image", "config": {"weights": str(folder)}}}
+    assert compare_encoders(sd, meta) == [f"image_encoder equals the CLIP that feature set 'img' was extracted with "
+                                          f"({folder})"]
+    sd["image_encoder.post_layernorm.weight"] += 0.01
+    assert compare_encoders(sd, meta)[0].startswith("warning: image_encoder differs")
+    (folder / weight_map["vision_model.post_layernorm.weight"]).unlink()  # a shard gone: said, not compared
+    assert compare_encoders(sd, meta) == [f"image_encoder not compared with the CLIP weights of feature set 'img' "
+                                          f"({str(folder)!r} lacks them)"]
