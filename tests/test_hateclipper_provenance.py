@@ -259,3 +259,23 @@ def test_a_sharded_clip_folder_is_compared_shard_by_shard(clip_world, tmp_path, 
     (folder / weight_map["vision_model.post_layernorm.weight"]).unlink()  # a shard gone: said, not compared
     assert compare_encoders(sd, meta) == [f"image_encoder not compared with the CLIP weights of feature set 'img' "
                                           f"({str(folder)!r} lacks them)"]
+
+
+def test_the_hateclipper_preset_notes_a_set_extracted_without_its_squash(clip_world, tmp_path):
+    """hateclipper-cross's image_features: Hate-CLIPper squashes the whole meme before CLIPProcessor; a set
+    extracted with the processor's centre crop gets the note, a squashed one does not."""
+    w = clip_world
+    base = ["train", "--store", w["store"], "--dataset", w["data"], "--text", "clip-text", "--image-pool", "pooler",
+            "--text-pool", "pooler", "--preset", "hateclipper-cross", "--epochs", 1, "--quiet", "--device", "cpu",
+            "--threads", 1]
+    version = open_store(w["store"]).open("clip-image").version
+    printed = invoke(heads, [*base, "--image", "clip-image", "--out", tmp_path / "a"])
+    assert [line for line in printed.splitlines() if line.startswith("note: preset")] == [
+        f"note: preset hateclipper-cross reads clip-image sets extracted with preprocess=squash (its source's input); "
+        f"image set clip-image@{version} has preprocess=processor: extract one with `featstore extract --extractor "
+        f"clip-image --set preprocess=squash` to train on that input"]
+    invoke(featstore, extract_args(w["data"], w["store"], "clip-image", "--weights", w["clip"], "--set",
+                                   "dtype=float32", "--set", "num_regions=0", "--set", "preprocess=squash",
+                                   "--name", "clip-squash"))
+    printed = invoke(heads, [*base, "--image", "clip-squash", "--out", tmp_path / "b"])
+    assert "note: preset" not in printed

@@ -6,7 +6,13 @@ weights: any ``CLIPModel`` folder (or a model id in the local Hugging Face cache
 processor giving 336 px and a 24 x 24 patch grid.
 
 Image: the folder's own ``CLIPImageProcessor`` (shorter side resized, centre crop, CLIP mean/std), then
-``vision_model``. Stored per version:
+``vision_model``. ``preprocess="squash"`` is instead Hate-CLIPper's and RGCL's input (gokulkarthik/hateclipper
+datasets.py, JingbiaoMei/RGCL src/data_loader/dataset.py: ``Image.open(path).convert('RGB').resize((s, s))``
+then the processor): the file decoded as Pillow's ``convert("RGB")`` (``images.load_image(decode=
+"convert-rgb")``), the WHOLE image resized to the tower's ``s x s`` with Pillow's bicubic (its ``resize``
+default; a ``pixels.ResizeRecipe``, so the run loop and the image cache hand over the resized pixels), then
+the processor, whose resize and crop leave an ``s x s`` image as it is; nothing is cropped away, so the
+boxes below are cells of the whole image. Stored per version:
   * ``pooler [N, Dv]``: ``vision_model(...).pooler_output`` (post-LayerNormed CLS; pre-projection, what
     Hate-CLIPper's trainable projections read);
   * ``pooled [N, P]``: ``visual_projection(pooler)`` = ``CLIPModel.get_image_features``; ``normalize=True``
@@ -39,13 +45,16 @@ from PIL import Image
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, pad_items, register_extractor
-from .images import require_pil
+from .images import CONVERT_RGB, require_pil
 from .hf import load_model, load_pretrained
+from .pixels import ResizedImage, ResizeRecipe
 from .patch_regions import attention_indices, check_fits_grid, check_region_options, reduce_patches, region_boxes
 from .text import pad_ids, text_input
 from .weights import DEMO, resolve_weights
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+PROCESSOR, SQUASH = "processor", "squash"
+IMAGE_PREPROCESS = (PROCESSOR, SQUASH)
 
 
 @dataclass
@@ -60,15 +69,53 @@ class _ClipConfig(BaseConfig):
 
 @dataclass
 class ClipImageConfig(_ClipConfig):
+    """preprocess: ``processor`` (the folder's CLIPImageProcessor on the image) or ``squash`` (Hate-CLIPper's
+    and RGCL's: the whole image resized to the tower's size first; module docstring)."""
+
     num_regions: int = 36
     reduce: str = "interp"
     antialias: bool = True
     post_layernorm: bool = False
+    preprocess: str = PROCESSOR
 
     def __post_init__(self):
         super().__post_init__()
         if self.num_regions != 0:
             check_region_options(self.num_regions, self.reduce)
+        if self.preprocess not in IMAGE_PREPROCESS:
+            raise FeatstoreError(f"preprocess={self.preprocess!r} is not known; use one of "
+                                 f"{', '.join(IMAGE_PREPROCESS)}")
+
+    def resize_recipe(self) -> Optional[ResizeRecipe]:
+        """``squash``: the recipe at the tower's input size (read from the weights folder's config.json);
+        ``processor``: None (PIL images go to the processor)."""
+        if self.preprocess != SQUASH:
+            return None
+        return squash_recipe(tower_image_size(self.weights))
+
+
+def squash_recipe(size: int) -> ResizeRecipe:
+    """Pillow's ``convert("RGB").resize((size, size))`` (bicubic, its default for RGB) as a resize recipe."""
+    return ResizeRecipe("square", int(size), "bicubic", decode=CONVERT_RGB)
+
+
+def tower_image_size(weights: Optional[str]) -> int:
+    """The vision tower's input size from a CLIPModel folder's config.json (CLIPVisionConfig's 224 if unset)."""
+    import json
+
+    path = resolve_weights(_needs_weights(weights, "clip-image"), "dir") / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+        return int((cfg.get("vision_config") or {}).get("image_size", 224))
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise FeatstoreError(f"{path} does not hold a CLIP config ({err}); pass a CLIPModel folder") from None
+
+
+def _needs_weights(weights: Optional[str], name: str) -> str:
+    if weights in (None, DEMO):
+        raise FeatstoreError(f"{name} needs CLIP weights; pass --weights with a CLIPModel folder or a cached id "
+                             f"(e.g. `huggingface-cli download {DEFAULT_CLIP}`)")
+    return str(weights)
 
 
 @dataclass
@@ -111,10 +158,7 @@ class _ClipBase(Extractor):
         super().__init__(config, name)
         from transformers import CLIPModel
 
-        if config.weights in (None, DEMO):
-            raise FeatstoreError(f"{name} needs CLIP weights; pass --weights with a CLIPModel folder or a cached id "
-                                 f"(e.g. `huggingface-cli download {DEFAULT_CLIP}`)")
-        self.weights_path = resolve_weights(config.weights, "dir")
+        self.weights_path = resolve_weights(_needs_weights(config.weights, name), "dir")
         extra = {"attn_implementation": attn} if attn else {}
         self.model, self.weights_load = load_model(CLIPModel, self.weights_path, "CLIPModel", may_miss=self.unused,
                                                    **extra)
@@ -158,6 +202,10 @@ class ClipImageExtractor(_ClipBase):
                                  f"{vc.image_size}x{vc.image_size}; pass a folder whose processor matches its model")
         if config.num_regions:
             check_fits_grid(config.num_regions, self.grid)
+        self.recipe = squash_recipe(int(vc.image_size)) if config.preprocess == SQUASH else None
+
+    def resize_recipe(self) -> Optional[ResizeRecipe]:
+        return self.recipe  # the config's, from the loaded tower (no config.json read per item)
 
     def schema(self):
         c, d = self.config, self.hidden
@@ -170,16 +218,33 @@ class ClipImageExtractor(_ClipBase):
 
     def preprocessing(self) -> Dict[str, Any]:
         p = self.processor
-        return {"processor": type(p).__name__, "size": dict(p.size) if p.size else None,
-                "crop_size": dict(p.crop_size) if getattr(p, "crop_size", None) else None,
-                "mean": list(p.image_mean), "std": list(p.image_std), "normalize": self.config.normalize,
-                "grid": self.grid, "boxes": "crop_window cells"}
+        out = {"processor": type(p).__name__, "size": dict(p.size) if p.size else None,
+               "crop_size": dict(p.crop_size) if getattr(p, "crop_size", None) else None,
+               "mean": list(p.image_mean), "std": list(p.image_std), "normalize": self.config.normalize,
+               "grid": self.grid, "boxes": "crop_window cells"}
+        if self.recipe is not None:
+            out.update(squash=[self.recipe.size, self.recipe.size], squash_interpolation="bicubic",
+                       decode=self.recipe.decode)
+        return out
 
-    def preprocess(self, item: Image.Image) -> Dict[str, torch.Tensor]:
-        require_pil(item)
-        px = self.processor(images=item.convert("RGB"), return_tensors="pt")["pixel_values"][0]
-        return {"pixel_values": px, "size": torch.tensor(item.size, dtype=torch.int64),
-                "window": torch.tensor(crop_window(self.processor, *item.size), dtype=torch.float64)}
+    def preprocess(self, item) -> Dict[str, torch.Tensor]:
+        """A PIL image (or, with ``squash``, the ``ResizedImage`` of ``resize_recipe()``) -> the processor's
+        ``pixel_values``, the original ``size`` and the ``window`` of it the pixels show."""
+        image, size, window = self._processor_input(item)
+        px = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return {"pixel_values": px, "size": torch.tensor(size, dtype=torch.int64),
+                "window": torch.tensor(window, dtype=torch.float64)}
+
+    def _processor_input(self, item):
+        """(the image the processor gets, the original (w, h), the window in original pixels)."""
+        if self.recipe is None:
+            require_pil(item)
+            return item.convert("RGB"), item.size, crop_window(self.processor, *item.size)
+        resized = item if isinstance(item, ResizedImage) else self.recipe.apply(require_pil(item))
+        pixels = resized.tensor_for(self.recipe).numpy()
+        (w, h), s = resized.size, self.recipe.size
+        x1, y1, x2, y2 = crop_window(self.processor, s, s)  # in squashed pixels: the whole s x s at the tower size
+        return Image.fromarray(pixels, "RGB"), resized.size, (x1 * w / s, y1 * h / s, x2 * w / s, y2 * h / s)
 
     @torch.inference_mode()
     def forward(self, batch) -> Dict[str, np.ndarray]:
