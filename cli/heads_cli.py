@@ -313,5 +313,12 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
                            "max_regions": max_regions, "max_tokens": max_tokens, "text_array": text_array,
                            "text_pool": text_pool, "val_fraction": val_fraction,
                            "image_pool": click.get_current_context().meta.get("image_pool", "pooled")})
+    if preset:
+        from heads.preset_inputs import store_image_notes
+        from heads.presets import load_preset
+
+        p = load_preset(preset)
+        for note in store_image_notes(p.name, p.image_features, str(store_url), [i for i, _ in spec.features]):
+            click.echo(note)
     for line in run_sweep(spec, out_dir, sweep_devices(device), echo=click.echo, top=top):
         click.echo(line)

@@ -62,3 +62,23 @@ def image_feature_notes(preset_name: str, spec: Dict[str, Dict[str, Any]],
                          f"source's input); image set {ref} has {option}={got}: extract one with `featstore extract "
                          f"--extractor {extractor} --set {option}={want}` to train on that input")
     return notes
+
+
+def store_image_notes(preset_name: str, spec: Dict[str, Dict[str, Any]], store_url: str, image_refs) -> List[str]:
+    """``image_feature_notes`` for each image set a sweep reads (``image_refs``, names or ``name@version``),
+    from the recipes in the store; a set that does not open gets no note here (the sweep's rows say why)."""
+    if not spec:
+        return []
+    from featstore.store import open_store
+    from featstore.store.store import parse_ref
+
+    store, notes = open_store(store_url), []
+    for ref in dict.fromkeys(r for r in image_refs if r):
+        try:
+            fs = store.open(*parse_ref(ref))
+        except FeatstoreError:
+            continue
+        meta = {"image": {"name": fs.name, "version": fs.version, "extractor": fs.recipe.extractor,
+                          "config": fs.recipe.config}}
+        notes += image_feature_notes(preset_name, spec, meta)
+    return notes

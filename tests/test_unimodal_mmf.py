@@ -190,6 +190,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("unimodal")
     data = make_hm_folder(root / "data")
     invoke(featstore, extract_args(data, root / "store", "grid"))
+    invoke(featstore, extract_args(data, root / "store", "grid", "--set", "image_size=224",  # MMF's input
+                                   "--set", "preprocess=mmf-hateful-memes", "--name", "grid-mmf"))
     return {"data": data, "store": root / "store"}
 
 
@@ -262,12 +264,24 @@ def test_image_grid_hm_trains_through_the_cli_and_its_run_computes_mmfs_classifi
 
 
 def test_an_mmf_preprocessed_grid_set_gets_no_preprocess_note(world, tmp_path):
-    invoke(featstore, extract_args(world["data"], world["store"], "grid", "--set", "image_size=224",
-                                   "--set", "preprocess=mmf-hateful-memes", "--name", "grid-mmf"))
     out = invoke(heads, [*train_args(world, tmp_path / "o", "--preset", "image-grid-hm", "--epochs", "1"),
                          "--image", "grid-mmf"])
     notes = [line for line in out.splitlines() if line.startswith("note: preset")]
     assert len(notes) == 1 and "has backbone=resnet18" in notes[0]  # the preprocessing is MMF's: no note on it
+
+
+def test_a_sweep_from_the_preset_notes_each_image_set_once(world, tmp_path):
+    from featstore.store import open_store
+
+    st = open_store(world["store"])
+    out = invoke(heads, ["sweep", "--store", world["store"], "--dataset", world["data"],
+                         "--image", "grid,grid-mmf,grid", "--head", "image-only", "--preset", "image-grid-hm",
+                         "--grid", "epochs=1", "--seeds", "0", "--device", "cpu", "--out", tmp_path / "sw"])
+    notes = [line for line in out.splitlines() if line.startswith("note: preset image-grid-hm reads grid sets")]
+    grid, mmf = f"grid@{st.open('grid').version}", f"grid-mmf@{st.open('grid-mmf').version}"
+    expected = [(grid, "backbone=resnet18"), (grid, "preprocess=whole"), (mmf, "backbone=resnet18")]
+    assert len(notes) == 3, out
+    assert all(f"image set {ref} has {option}: extract one with" in n for n, (ref, option) in zip(notes, expected))
 
 
 # ---------------------------------------------------------------------------------- errors
