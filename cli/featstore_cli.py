@@ -266,14 +266,15 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
 def cache_images(dataset_path, dataset_format, image_cache, workers, extractors, settings, quiet):
     """Decode a dataset's images into a decoded-image cache ahead of extraction (e.g. before GPU time)."""
     from featstore.datasets import load_dataset
-    from featstore.extractors.base import recipe_for
+    from featstore.extractors.base import decode_for, recipe_for
     from featstore.runner.prefill import prefill_image_cache
 
     cfg = parse_settings(settings)
     recipes = [r for r in (recipe_for(name, cfg) for name in extractors) if r is not None]
+    decodes = [decode_for(name, cfg) for name in extractors]
     ds = load_dataset(dataset_path, dataset_format, check_images=False)
     for line in prefill_image_cache(ds, image_cache, num_workers=workers, progress=not quiet,
-                                    recipes=recipes).lines():
+                                    recipes=recipes, decodes=decodes).lines():
         click.echo(line)
 
 

@@ -228,7 +228,7 @@ def test_convert_rgb_decode_is_pillows_convert_and_featstores_differs(tmp_path):
     assert load_image(tmp_path / "exif.png").size == (70, 40)  # featstore's decode applies the orientation
     with pytest.raises(FeatstoreError) as e:
         load_image(tmp_path / "rgba.png", decode="mmf")
-    assert str(e.value) == "decode='mmf' is not known; use one of featstore, convert-rgb"
+    assert str(e.value) == "decode='mmf' is not known; use one of featstore, convert-rgb, cv2"
 
 
 def test_the_cache_keeps_each_decode_apart_and_the_default_keys_unchanged(tmp_path):
@@ -259,7 +259,7 @@ def test_the_cache_keeps_each_decode_apart_and_the_default_keys_unchanged(tmp_pa
     np.testing.assert_array_equal(cache.load_resized(tmp_path / "a.png", recipe).pixels, want)
     with pytest.raises(FeatstoreError) as e:
         cache.load(tmp_path / "a.png", decode="whole")
-    assert str(e.value) == "decode='whole' is not known; use one of featstore, convert-rgb"
+    assert str(e.value) == "decode='whole' is not known; use one of featstore, convert-rgb, cv2"
     close_image_caches()
 
 

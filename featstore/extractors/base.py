@@ -98,6 +98,23 @@ def recipe_for(name: str, settings: Optional[dict] = None):
     return recipe() if recipe is not None else None
 
 
+def decode_for(name: str, settings: Optional[dict] = None) -> str:
+    """How extractor ``name`` with ``settings`` decodes image files (``images.load_image``'s ``decode``): its
+    resize recipe's, else its config's ``decode``, else featstore's; without building its model."""
+    config = extractor_config(name, dict(settings or {}))
+    return config_decode(config)
+
+
+def config_decode(config) -> str:
+    recipe = getattr(config, "resize_recipe", None)
+    return decode_of(recipe() if recipe is not None else None, config)
+
+
+def decode_of(recipe, config) -> str:
+    """A resize recipe's decode, else the config's ``decode`` option, else featstore's."""
+    return recipe.decode if recipe is not None else getattr(config, "decode", "featstore")
+
+
 def list_extractors() -> List[Tuple[str, str, List[Tuple[str, Any]]]]:
     """``[(name, help, [(option, default), ...])]`` for ``featstore extractors``."""
     out = []
@@ -204,6 +221,11 @@ class Extractor:
         is the config's ``resize_recipe()`` (a function of the config alone: ``recipe_for``)."""
         recipe = getattr(self.config, "resize_recipe", None)
         return recipe() if recipe is not None else None
+
+    def image_decode(self) -> str:
+        """How the run loop decodes this extractor's image files: its ``resize_recipe()``'s ``decode``, else
+        its config's ``decode`` option, else featstore's (``images.load_image``)."""
+        return decode_of(self.resize_recipe(), self.config)
 
     def resized_item(self, item) -> Optional[Dict[str, torch.Tensor]]:
         """``preprocess``'s item for a ``pixels.ResizedImage``: ``image`` its uint8 [h, w, 3] pixels (checked

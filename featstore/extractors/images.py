@@ -12,9 +12,11 @@ palette (``P``, with or without transparency), 16-bit grey (``I;16``/``I``), flo
 
 ``decode="convert-rgb"`` is instead ``Image.open(path).convert("RGB")`` after the same checks: the loader of
 MMF (``mmf.datasets.databases.image_database.default_loader``) and torchvision (``pil_loader``), which drops
-alpha (the colour under transparent pixels stays) and ignores EXIF orientation. Extractors that reproduce such a
-pipeline name it in their ``pixels.ResizeRecipe`` (``decode``), so the run loop and the image cache decode
-with it.
+alpha (the colour under transparent pixels stays) and ignores EXIF orientation. ``decode="cv2"`` is what
+``cv2.imread(path)`` (IMREAD_COLOR; bottom-up-attention's ``generate_tsv.py`` and its PyTorch ports) gives, in
+RGB order: featstore's decode (EXIF orientation applied, 16-bit scaled to 8) with alpha dropped instead of
+composited. Extractors that reproduce such a pipeline name the decode in their ``pixels.ResizeRecipe`` or
+their config's ``decode`` (``Extractor.image_decode``), so the run loop and the image cache decode with it.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ from ..errors import FeatstoreError
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; a 4-byte RGBA buffer of that size is 400 MB
 
 _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
-FEATSTORE_DECODE, CONVERT_RGB = "featstore", "convert-rgb"
-DECODES = (FEATSTORE_DECODE, CONVERT_RGB)
+FEATSTORE_DECODE, CONVERT_RGB, CV2 = "featstore", "convert-rgb", "cv2"
+DECODES = (FEATSTORE_DECODE, CONVERT_RGB, CV2)
 
 
 def check_decode(decode: str) -> str:
@@ -84,7 +86,7 @@ def load_image(path: Union[str, os.PathLike], *, max_pixels: int = DEFAULT_MAX_P
                 if decode == CONVERT_RGB:
                     return img.convert("RGB")
                 img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+                return _to_rgb(img, composite=decode == FEATSTORE_DECODE)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:
@@ -100,17 +102,20 @@ def load_image(path: Union[str, os.PathLike], *, max_pixels: int = DEFAULT_MAX_P
         raise ImageDecodeError(path, reason, fix) from e
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; alpha is composited on white, 16-bit / float grey scaled to 8 bits."""
+def _to_rgb(img: Image.Image, composite: bool = True) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; alpha is composited on white (``composite``) or dropped, 16-bit / float
+    grey scaled to 8 bits."""
     mode = img.mode
     if mode == "RGB":
         return img.copy() if img.readonly else img
     if mode == "P":
-        mode_out = "RGBA" if "transparency" in img.info else "RGB"
+        mode_out = "RGBA" if composite and "transparency" in img.info else "RGB"
         img = img.convert(mode_out)
         mode = img.mode
         if mode == "RGB":
             return img
+    if mode in _ALPHA_MODES and not composite:
+        return img.convert("RGB")  # the colour channels as stored, as cv2.imread reads them
     if mode in _ALPHA_MODES:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

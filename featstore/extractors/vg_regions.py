@@ -8,6 +8,8 @@ either public caffe-converted checkpoint (``vg_checkpoint``): py-bottom-up-atten
 ``rpn_min_size`` default (0, or 16 original pixels for bua-caffe). Per image, as bottom-up-attention's
 ``generate_tsv.py`` (and bottom-up-attention.pytorch's ``save_roi_features``) extract:
 
+0. the file decoded as ``cv2.imread`` decodes it (``decode="cv2"``, the default: EXIF orientation applied, alpha
+   dropped, not composited; ``--set decode=featstore`` composites alpha on white instead);
 1. caffe preprocessing: BGR, minus the pixel means (102.9801, 115.9465, 122.7717), scale so the shorter side
    is ``shorter_side`` (600) unless the longer would then exceed ``max_side`` (1000) (``caffe_scale``),
    bilinear exactly as ``cv2.resize(fx=fy=scale, interpolation=INTER_LINEAR)`` maps pixels; no std;
@@ -49,7 +51,7 @@ from PIL import Image
 from ..errors import FeatstoreError
 from ..store.spec import ArraySpec
 from .base import BaseConfig, Extractor, check_box_counts, register_extractor, seeded
-from .images import require_pil
+from .images import CV2, check_decode, require_pil
 from .vg_checkpoint import detect_layout, load_checkpoint, read_checkpoint
 from .vg_model import LAYOUTS, RPNSettings, VGArch, VGDetector, grouped_nms, legacy_boxes
 from .weights import DEMO
@@ -80,9 +82,11 @@ class VGRegionsConfig(BaseConfig):
     num_classes: int = 1600
     num_attrs: int = 400
     layout: str = "auto"  # auto (from the checkpoint's keys; detectron2 without weights), detectron2, bua-caffe
+    decode: str = CV2  # how files are decoded (images.load_image): generate_tsv.py's cv2.imread
 
     def __post_init__(self):
         super().__post_init__()
+        check_decode(self.decode)
         if self.weights == DEMO:
             raise FeatstoreError("vg-regions has no demo weights; pass --weights faster_rcnn_from_caffe_attr.pkl "
                                  "(py-bottom-up-attention's Visual Genome checkpoint)")
@@ -213,7 +217,7 @@ class VGRegionsExtractor(Extractor):
         c = self.config
         return {"color": "BGR", "pixel_mean": list(c.pixel_mean), "pixel_std": None, "scale": "caffe_scale",
                 "shorter_side": c.shorter_side, "max_side": c.max_side, "interpolation": "cv2-linear",
-                "layout": self.layout,
+                "layout": self.layout, "decode": c.decode,
                 "rpn": {"pre_nms_topk": c.pre_nms_topk, "post_nms_topk": c.post_nms_topk,
                         "nms_thresh": c.rpn_nms_thresh, "min_size": self.rpn.min_size},
                 "roi": {"pool": "RoIPool", "output": 14, "spatial_scale": 1 / 16, "head": "res5-dilated",

@@ -172,6 +172,8 @@ class _ItemDataset(torch.utils.data.Dataset):
         # resized uint8 pixels for extractors that normalise batched on the device (pixels.ResizeRecipe)
         recipe = getattr(extractor, "resize_recipe", None)
         self.recipe = recipe() if recipe is not None and modality == "image" else None
+        decode = getattr(extractor, "image_decode", None)  # how files are decoded (images.load_image)
+        self.decode = decode() if decode is not None and modality == "image" else "featstore"
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -183,7 +185,7 @@ class _ItemDataset(torch.utils.data.Dataset):
             if self.modality == "image":
                 if payload is None:
                     raise FeatstoreError("no image path in the manifest")
-                payload = load_input(payload, self.recipe, self.max_pixels, self.image_cache)
+                payload = load_input(payload, self.recipe, self.max_pixels, self.image_cache, self.decode)
             return row, self.extractor.preprocess(payload), None
         except ImageCacheError as e:
             return row, None, _CacheBroken(str(e))

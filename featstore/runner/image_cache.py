@@ -454,11 +454,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
-def load_input(path: Union[str, os.PathLike], recipe, max_pixels: int, cache: Optional[DecodedImageCache] = None):
-    """What an image extractor's ``preprocess`` takes for the file at ``path``: the decoded PIL image when
-    ``recipe`` is None, else its ``pixels.ResizedImage`` (the extractor's ``resize_recipe()``); through
-    ``cache`` when given. Raises ``load_image``'s ``ImageDecodeError`` (and the cache's ``ImageCacheError``)."""
+def load_input(path: Union[str, os.PathLike], recipe, max_pixels: int, cache: Optional[DecodedImageCache] = None,
+               decode: str = "featstore"):
+    """What an image extractor's ``preprocess`` takes for the file at ``path``: the decoded PIL image (by
+    ``decode``, the extractor's ``image_decode()``) when ``recipe`` is None, else its ``pixels.ResizedImage``
+    (the extractor's ``resize_recipe()``, which names its own decode); through ``cache`` when given. Raises
+    ``load_image``'s ``ImageDecodeError`` (and the cache's ``ImageCacheError``)."""
     if cache is not None:
-        return cache.load(path, max_pixels) if recipe is None else cache.load_resized(path, recipe, max_pixels)
-    img = _images().load_image(path, max_pixels=max_pixels, decode="featstore" if recipe is None else recipe.decode)
+        return cache.load(path, max_pixels, decode) if recipe is None else cache.load_resized(path, recipe, max_pixels)
+    img = _images().load_image(path, max_pixels=max_pixels, decode=decode if recipe is None else recipe.decode)
     return img if recipe is None else recipe.apply(img)

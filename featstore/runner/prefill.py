@@ -35,8 +35,10 @@ class PrefillSummary:
 class _Loads(torch.utils.data.Dataset):
     """Item i -> (key, hit, failure reason or None, cache error or None); runs in the workers."""
 
-    def __init__(self, cache: DecodedImageCache, items: List[tuple], max_pixels: int, recipes: Sequence = ()):
+    def __init__(self, cache: DecodedImageCache, items: List[tuple], max_pixels: int, recipes: Sequence = (),
+                 decodes: Sequence[str] = ()):
         self.cache, self.items, self.max_pixels, self.recipes = cache, items, max_pixels, tuple(recipes)
+        self.decodes = tuple(d for d in dict.fromkeys(decodes) if d != "featstore")  # featstore's: always
 
     def __len__(self) -> int:
         return len(self.items)
@@ -50,6 +52,8 @@ class _Loads(torch.utils.data.Dataset):
             if path is None:
                 return key, False, "no image path in the manifest", None
             self.cache.load(path, max_pixels=self.max_pixels)
+            for decode in self.decodes:
+                self.cache.load(path, self.max_pixels, decode)
             for recipe in self.recipes:
                 self.cache.load_resized(path, recipe, max_pixels=self.max_pixels)
             return key, self.cache.misses == misses, None, None
@@ -61,17 +65,18 @@ class _Loads(torch.utils.data.Dataset):
 
 def prefill_image_cache(dataset, cache_dir: str, *, num_workers: Optional[int] = None,
                         max_pixels: int = ExtractOptions.max_pixels, progress: bool = True,
-                        recipes: Sequence = ()) -> PrefillSummary:
+                        recipes: Sequence = (), decodes: Sequence[str] = ()) -> PrefillSummary:
     """Decode every distinct image of ``dataset`` into the cache at ``cache_dir`` (images already there and
-    unchanged are skipped), and store it resized by each of ``recipes`` (``pixels.ResizeRecipe``). A broken
+    unchanged are skipped), also by each of ``decodes`` (``images.load_image``'s, the extractors'
+    ``image_decode``), and store it resized by each of ``recipes`` (``pixels.ResizeRecipe``). A broken
     cache raises ``ImageCacheError``; unreadable images are counted and listed, as extraction would record
     them."""
     cache = DecodedImageCache(cache_dir)
     cache.check()
     items = extraction_items(dataset, "image")
     workers = _resolve_workers(num_workers)
-    loader = torch.utils.data.DataLoader(_Loads(cache, items, max_pixels, recipes), batch_size=None, shuffle=False,
-                                         num_workers=workers, prefetch_factor=16 if workers else None)
+    loader = torch.utils.data.DataLoader(_Loads(cache, items, max_pixels, recipes, decodes), batch_size=None,
+                                         shuffle=False, num_workers=workers, prefetch_factor=16 if workers else None)
     summary = PrefillSummary(len(items), 0, 0)
     bar = _progress(len(items), progress, "images")
     try:
