@@ -249,7 +249,8 @@ def test_a_sharded_clip_folder_is_compared_shard_by_shard(clip_world, tmp_path, 
         (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     index = folder / ("model.safetensors.index.json" if safe else "pytorch_model.bin.index.json")
     weight_map = json.loads(index.read_text())["weight_map"]
-    assert len(set(weight_map.values())) > 2 and not (folder / ("model.safetensors" if safe else "pytorch_model.bin")).exists()
+    single = folder / ("model.safetensors" if safe else "pytorch_model.bin")
+    assert len(set(weight_map.values())) > 2 and not single.exists()
     sd = {f"image_encoder.{k}": v.clone() for k, v in clip.vision_model.state_dict().items()}
     meta = {"image": {"name": "img", "extractor": "clip-image", "config": {"weights": str(folder)}}}
     assert compare_encoders(sd, meta) == [f"image_encoder equals the CLIP that feature set 'img' was extracted with "
