@@ -93,7 +93,11 @@ def extractor_config(name: str, cfg: Dict[str, Any]):
 def recipe_for(name: str, settings: Optional[dict] = None):
     """The ``pixels.ResizeRecipe`` of extractor ``name`` with ``settings`` (its options, checked as
     ``create_extractor`` checks them), without building its model; None when it takes PIL images only."""
-    config = extractor_config(name, dict(settings or {}))
+    return config_recipe(extractor_config(name, dict(settings or {})))
+
+
+def config_recipe(config):
+    """The config's ``resize_recipe()``, None for a config without one (PIL images only)."""
     recipe = getattr(config, "resize_recipe", None)
     return recipe() if recipe is not None else None
 
@@ -102,12 +106,7 @@ def decode_for(name: str, settings: Optional[dict] = None) -> str:
     """How extractor ``name`` with ``settings`` decodes image files (``images.load_image``'s ``decode``): its
     resize recipe's, else its config's ``decode``, else featstore's; without building its model."""
     config = extractor_config(name, dict(settings or {}))
-    return config_decode(config)
-
-
-def config_decode(config) -> str:
-    recipe = getattr(config, "resize_recipe", None)
-    return decode_of(recipe() if recipe is not None else None, config)
+    return decode_of(config_recipe(config), config)
 
 
 def decode_of(recipe, config) -> str:
@@ -219,8 +218,7 @@ class Extractor:
         """The ``pixels.ResizeRecipe`` this extractor resizes decoded images with, when ``preprocess`` also
         takes a ``pixels.ResizedImage`` (then normalised batched on the device); None: PIL images only. It
         is the config's ``resize_recipe()`` (a function of the config alone: ``recipe_for``)."""
-        recipe = getattr(self.config, "resize_recipe", None)
-        return recipe() if recipe is not None else None
+        return config_recipe(self.config)
 
     def image_decode(self) -> str:
         """How the run loop decodes this extractor's image files: its ``resize_recipe()``'s ``decode``, else

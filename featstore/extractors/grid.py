@@ -113,12 +113,13 @@ class GridExtractor(CNNExtractor):
         return {**self.region_schema(r, d), "pooled": self.fspec(d)}
 
     def preprocessing(self) -> Dict[str, Any]:
-        s, crop = self.config.resize_recipe().size, self.config.crop()
+        recipe, crop = self.config.resize_recipe(), self.config.crop()
+        s = recipe.size
         out = {"resize": [s, s], "crop": None, "interpolation": "bilinear-antialias",
                "mean": list(self.mean), "std": list(self.std), "boxes": "adaptive_bin_boxes"}
         if crop is not None:
             out.update(crop={"center": [crop[1], crop[1]], "offset": [crop[0], crop[0]]},
-                       pooled="global_average", recipe=MMF_HM, decode=CONVERT_RGB)
+                       pooled="global_average", recipe=MMF_HM, decode=recipe.decode)
         return out
 
     def preprocess(self, item) -> Dict[str, torch.Tensor]:
