@@ -10,9 +10,16 @@ bert-base-uncased's ``pytorch_model.bin``) read as torch's (``weight`` / ``bias`
 The readers of one head family (``heads.vilbert_checkpoint``, ``heads.visualbert_checkpoint``) supply a
 ``config_from_checkpoint(shapes, given)`` and a ``load_state(head, sd, path) -> LoadReport``;
 ``head_from_checkpoint`` does the rest for the head itself or for refnet over it (``base=``).
+
+One read per file: ``read_weights`` keeps the tensors of the last file it read (one entry, keyed by the
+file's realpath, size, mtime, inode, a hash of its first and last 64 KiB, and ``trust_pickle``), so the meta-device check before a run and
+every seed after it read a multi-gigabyte checkpoint once. Loaders copy from those tensors
+(``load_state_dict`` without ``assign``) and never change them; each call gets its own dict. A rewritten file
+is read again; ``forget_read_weights()`` drops the entry.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -92,11 +99,47 @@ def local_path(path) -> Path:
     return resolve_weights(os.fspath(path), "dir")
 
 
+_LAST_READ: Dict[str, Any] = {}  # {"stamp": (...), "tensors": {...}}: the last file read_weights read
+
+
+def forget_read_weights() -> None:
+    """Drop the tensors ``read_weights`` keeps of the last file it read."""
+    _LAST_READ.clear()
+
+
+STAMP_BYTES = 1 << 16  # the file's first and last bytes that its stamp hashes
+
+
+def _file_stamp(p: Path, trust_pickle: bool) -> tuple:
+    """What tells a file apart from its earlier contents: realpath, size, mtime, inode and a hash of its ends
+    (a torch zip file ends with the CRC32 of every record; mtimes tick only every few milliseconds)."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        st = p.stat()
+        with open(p, "rb") as f:
+            digest.update(f.read(STAMP_BYTES))
+            f.seek(max(0, st.st_size - STAMP_BYTES))
+            digest.update(f.read(STAMP_BYTES))
+    except OSError as e:
+        raise FeatstoreError(f"checkpoint {str(p)!r} cannot be read ({e.strerror or type(e).__name__}); check that the "
+                             "file can be read") from None
+    return (os.path.realpath(p), st.st_size, st.st_mtime_ns, st.st_ino, digest.hexdigest(), bool(trust_pickle))
+
+
 def read_weights(path, trust_pickle: bool = False, how_to_get: str = "") -> Dict[str, Tensor]:
     """The tensors of a checkpoint file, model folder or cached model id (module docstring) by name, the
-    LayerNorm names as torch's; ``how_to_get`` ends the message when nothing is found."""
-    from featstore.extractors.vilbert_text import read_checkpoint
+    LayerNorm names as torch's; ``how_to_get`` ends the message when nothing is found. The last file's
+    tensors are kept for the next call on the same unchanged file (module docstring)."""
+    p = checkpoint_file(path, how_to_get)
+    stamp = _file_stamp(p, trust_pickle)
+    if _LAST_READ.get("stamp") != stamp:
+        _LAST_READ.clear()
+        _LAST_READ.update(stamp=stamp, tensors=_read_file(p, trust_pickle))
+    return dict(_LAST_READ["tensors"])
 
+
+def checkpoint_file(path, how_to_get: str = "") -> Path:
+    """The weight file ``path`` names: itself, or the first of ``FOLDER_FILES`` in a folder or cached model."""
     p = local_path(path)
     if p.is_dir():
         found = next((p / f for f in FOLDER_FILES if (p / f).is_file()), None)
@@ -106,6 +149,12 @@ def read_weights(path, trust_pickle: bool = False, how_to_get: str = "") -> Dict
         p = found
     if not p.exists():
         raise FeatstoreError(f"checkpoint {str(p)!r} does not exist; {how_to_get or 'pass the path of the file'}")
+    return p
+
+
+def _read_file(p: Path, trust_pickle: bool) -> Dict[str, Tensor]:
+    from featstore.extractors.vilbert_text import read_checkpoint
+
     if p.suffix == ".safetensors":
         from featstore.extractors.weights import load_state_dict
 

@@ -383,6 +383,36 @@ def test_visualbert_trains_on_the_bert_sets_token_ids_from_an_mmf_checkpoint(wor
     assert ev["metrics"] == pytest.approx(saved, abs=1e-6, nan_ok=True)
 
 
+def test_seeds_read_the_checkpoint_once_and_training_leaves_the_kept_tensors_alone(world, tmp_path, monkeypatch):
+    """`heads train --seeds 0,1 --init-checkpoint F` reads F once (the meta-device check and both seeds share
+    the read, counted on the real reader); seed 1, started after seed 0 trained, gets the same weights as a
+    run of seed 1 alone from a fresh read, so no training step wrote into the kept tensors."""
+    import torch
+    from safetensors.torch import load_file
+    from test_visualbert import mmf_state
+
+    from heads import checkpoints
+
+    sd = dict(mmf_state())
+    g = torch.Generator().manual_seed(0)
+    sd["model.bert.embeddings.word_embeddings.weight"] = torch.randn(30522, 16, generator=g, dtype=torch.float64)
+    sd["model.bert.embeddings.projection.weight"] = torch.randn(16, 512, generator=g, dtype=torch.float64) * 0.05
+    torch.save({"model": {k: v.float() for k, v in sd.items()}}, tmp_path / "model.pth")
+    real, reads = checkpoints._read_file, []
+    monkeypatch.setattr(checkpoints, "_read_file", lambda p, trust: reads.append(p) or real(p, trust))
+    checkpoints.forget_read_weights()
+    opts = ("--init-checkpoint", tmp_path / "model.pth", "--set", "num_attention_heads=2", "--threads", "1")
+    invoke(heads, train_args(world, tmp_path / "both", *opts, "--seeds", "0,1", head="visualbert"))
+    assert reads == [tmp_path / "model.pth"]
+    checkpoints.forget_read_weights()
+    invoke(heads, train_args(world, tmp_path / "one", *opts, "--seeds", "1", head="visualbert"))
+    assert len(reads) == 2
+    both = load_file(str(tmp_path / "both" / "seed_1" / "model.safetensors"))
+    one = load_file(str(tmp_path / "one" / "seed_1" / "model.safetensors"))
+    assert both.keys() == one.keys() and all(torch.equal(both[k], one[k]) for k in both)
+    checkpoints.forget_read_weights()
+
+
 def test_a_bad_init_checkpoint_is_refused_before_the_run_folder_is_made(world, tmp_path):
     """The checkpoint is read (on the meta device) with the head and option checks, so its refusals come before
     --out is created: a missing file, and a ViLBERT file given to the visualbert reader."""
