@@ -1,5 +1,5 @@
-"""Train a head on a ``TrainData``: AdamW over the head's ``optimizer_groups`` (``build_optimizer``; vilbert:
-MMF's BERT groups), warmup + linear/cosine decay per step, gradient clipping, early stopping on a validation
+"""Train a head on a ``TrainData``: AdamW (torch's, or MMF's ``adam_w``: ``heads.optimizers``) over the head's
+``optimizer_groups`` (``build_optimizer``; vilbert: MMF's BERT groups), warmup + linear/cosine decay per step, gradient clipping, early stopping on a validation
 metric, best state restored.
 
 Determinism: ``seed`` seeds python/numpy/torch and a dedicated ``torch.Generator`` draws the batch order,
@@ -32,6 +32,7 @@ from .batching import bucketed_batches, length_key, length_sorted
 from .data import TrainData, validation_split
 from .losses import LossConfig, build_losses, multitask_loss
 from .metrics import compute_metrics, metric_keys
+from .optimizers import OPTIMIZERS, check_optimizer, make_optimizer
 from .outputs import probabilities
 from .schedule import SCHEDULES, build_scheduler
 from .spec import TaskSpec
@@ -47,6 +48,9 @@ class TrainConfig:
     head_cfg: Dict[str, Any] = field(default_factory=dict)
     lr: float = cli_field(1e-3, "Peak learning rate (AdamW).")
     weight_decay: float = cli_field(0.01, "AdamW weight decay.")
+    optimizer: str = cli_field("adamw", "adamw: torch.optim.AdamW; adamw-mmf: MMF's adam_w, transformers 3's AdamW "
+                               "(eps on the uncorrected sqrt(v), decay after the step; heads.optimizers).",
+                               choices=OPTIMIZERS)
     warmup_ratio: float = cli_field(0.1, "Warmup fraction of steps.", flag="--warmup")
     schedule: str = cli_field("linear", "Learning-rate decay after the warmup (heads.schedule).", choices=SCHEDULES)
     batch_size: int = cli_field(64, "Training batch size.")
@@ -104,6 +108,7 @@ class TrainConfig:
         if self.bucket < 0:
             raise FeatstoreError(f"bucket={self.bucket} must be >= 0 (0 = no length bucketing); pass e.g. 20")
         check_threads(self.threads)
+        check_optimizer(self.optimizer)
         if self.predict not in ("classifier", "knn"):
             raise FeatstoreError(f"predict {self.predict!r} is unknown; pass classifier or knn")
         if self.rgcl is not None or self.predict == "knn":
@@ -547,12 +552,13 @@ def _pretrain(fit: _Fit) -> None:
             opt.step()
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW at ``cfg.lr`` over the head's ``optimizer_groups(cfg.weight_decay)`` (vilbert: MMF's BERT groups,
-    no decay on biases and LayerNorms; every other head: one group), torch's defaults otherwise (eps 1e-8)."""
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` (``heads.optimizers.make_optimizer``: torch's AdamW, or MMF's adam_w for "adamw-mmf"; eps
+    1e-8 either way) at ``cfg.lr`` over the head's ``optimizer_groups(cfg.weight_decay)`` (vilbert: MMF's BERT
+    groups, no decay on biases and LayerNorms; every other head: one group)."""
     groups = model.optimizer_groups(cfg.weight_decay) if hasattr(model, "optimizer_groups") else \
         [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    return make_optimizer(cfg.optimizer, [g for g in groups if g["params"]], cfg.lr)
 
 
 def _optimisation(fit: _Fit) -> _Optimisation:

@@ -17,7 +17,8 @@ from heads.train import TrainConfig
 
 # written from the README / earlier CLI, not read from TrainConfig: the `heads train` flags of TrainConfig fields
 TRAIN_FLAGS = {
-    "lr": "--lr", "weight_decay": "--weight-decay", "warmup_ratio": "--warmup", "schedule": "--schedule",
+    "lr": "--lr", "weight_decay": "--weight-decay", "optimizer": "--optimizer", "warmup_ratio": "--warmup",
+    "schedule": "--schedule",
     "batch_size": "--batch-size", "epochs": "--epochs", "grad_clip": "--grad-clip", "patience": "--patience",
     "monitor": "--monitor", "loss": "--loss", "focal_alpha": "--focal-alpha", "focal_gamma": "--focal-gamma",
     "label_smoothing": "--label-smoothing", "class_weights": "--class-weights", "amp": "--amp",
@@ -69,6 +70,9 @@ def test_offered_choices_are_the_ones_the_library_accepts():
         build_scheduler(opt, 10, 0.1, kind)
     for predict in params["predict"].type.choices:
         TrainConfig(predict=predict).validate()
+    assert list(params["optimizer"].type.choices) == ["adamw", "adamw-mmf"]
+    for kind in params["optimizer"].type.choices:
+        TrainConfig(optimizer=kind).validate()
     spec = TaskSpec([Task("label", "binary", 2, ["0", "1"])])
     for loss in params["loss"].type.choices:
         build_losses(spec, LossConfig(loss=loss), {"label": np.array([0, 1, 1])})
