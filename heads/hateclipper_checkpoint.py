@@ -12,8 +12,9 @@ saves it with ``save_weights_only``, so the file is ``{"state_dict": ..., "epoch
   ``img_proj.map`` / ``txt_proj.map``, at the same indices.
 * ``pre_output`` (``nn.Sequential(Dropout, Linear(f, n), ReLU, Dropout[, Linear(n, n), ReLU, Dropout]...)``):
   the Linear at index 1 + 3k -> ``pre_output.linears.k``.
-* ``output`` (``Linear(n, 1)``, trained with BCE) -> ``outputs.layers.<task>``. For a binary task with two logits
-  it becomes rows ``[0, w]`` and bias ``[0, b]``, so ``softmax(z)[1] = sigmoid(w.h + b)``, exactly the reference's
+* ``output`` (``Linear(n, 1)``, trained with BCE) -> ``outputs.layers.<task>``, as it is: the cross head's binary
+  output is that one unit (``binary_logits=1``, its logits ``[0, z]``). Into a ``binary_logits=2`` head it becomes
+  rows ``[0, w]`` and bias ``[0, b]``, so ``softmax(z)[1] = sigmoid(w.h + b)``, exactly the reference's
   probability. A Linear of the head's own shape (22 fine-grained outputs) is copied as is. Any other label count
   is ignored "classifier of another label count" and left initialised.
 * the auxiliary heads (``output_pc*``, ``output_attack*``, ``output_super``: fine-grained;

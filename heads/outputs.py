@@ -101,11 +101,20 @@ class PredictionLayers(nn.Module):
     """Per-task output layers on a fused embedding.
 
     ``forward(x [B, in_dim]) -> {task.name: logits [B, task.num_outputs]}`` in ``task.tasks`` order.
+
+    ``binary_logits=1``: a binary task's last Linear has one output ``z`` (a reference's single BCE logit) and its
+    logits are ``[0, z]``: softmax cross-entropy on them is ``BCEWithLogits(z)`` and ``softmax[:, 1]`` is
+    ``sigmoid(z)``, value and gradient, so the parameters, their initialisation and every optimiser step are
+    the one-logit model's. ``2`` (the default): two free logits.
     """
 
-    def __init__(self, task: TaskSpec, in_dim: int, hidden: int = 0, dropout: float = 0.0):
+    def __init__(self, task: TaskSpec, in_dim: int, hidden: int = 0, dropout: float = 0.0, binary_logits: int = 2):
         super().__init__()
         validate_tasks(task)
+        if binary_logits not in (1, 2):
+            raise FeatstoreError(f"binary_logits={binary_logits!r} is invalid; use 1 (one BCE logit, shown as [0, z]) "
+                                 "or 2 (two softmax logits)")
+        self.one_logit = {t.name for t in task.tasks if t.kind == "binary"} if binary_logits == 1 else set()
         self.spec = task
         self.tasks: List[Task] = list(task.tasks)
         by_name = {t.name: t for t in self.tasks}
@@ -122,11 +131,12 @@ class PredictionLayers(nn.Module):
         self.layers = nn.ModuleDict()
         for t in self.tasks:
             d = width + sum(by_name[p].num_outputs for p in self.parents.get(t.name, []))
+            k = 1 if t.name in self.one_logit else t.num_outputs
             if hidden > 0 and not task.shared_outputs:
                 self.layers[t.name] = nn.Sequential(
-                    nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, t.num_outputs))
+                    nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, k))
             else:
-                self.layers[t.name] = nn.Linear(d, t.num_outputs)
+                self.layers[t.name] = nn.Linear(d, k)
         self.in_dim = in_dim
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
@@ -136,5 +146,6 @@ class PredictionLayers(nn.Module):
         for name in self.order:
             feeders = self.parents.get(name, [])
             inp = torch.cat([h, *(logits_to_probs(by_name[p], out[p]) for p in feeders)], dim=-1) if feeders else h
-            out[name] = self.layers[name](inp)
+            z = self.layers[name](inp)
+            out[name] = torch.cat([torch.zeros_like(z), z], dim=-1) if name in self.one_logit else z
         return {t.name: out[t.name] for t in self.tasks}

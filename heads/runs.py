@@ -9,8 +9,9 @@ finds the run folder inside ``DIR`` for eval / predict.
 
 A run folder (``save_run``; ``heads.experiment.train_run``) holds::
 
-    config.json            format_version (``FORMAT_VERSION``; ``load_run`` refuses a newer one and reopens
-                           version 1's "visualbert" as "singlestream"), train config,
+    config.json            format_version (``FORMAT_VERSION``; ``load_run`` refuses a newer one, reopens
+                           version 1's "visualbert" as "singlestream" and a cross head before
+                           version 3 with its two logits), train config,
                            head name + resolved head config, InputSpec, TaskSpec,
                            feature set refs {name, version; the arrays read: image pool, text array
                            + pool}, dataset fingerprint, monitor, best epoch,
@@ -45,9 +46,11 @@ from .plots import plot_learning_curve, plot_roc
 from .spec import InputSpec, TaskSpec
 
 CONFIG, METRICS, WEIGHTS = "config.json", "metrics.json", "model.safetensors"
-FORMAT_VERSION = 2  # config.json's "format_version"; a config.json without one is version 1
+FORMAT_VERSION = 3  # config.json's "format_version"; a config.json without one is version 1
 # version 2: "visualbert" is MMF's VisualBERT; the head version 1 saved under that name is now "singlestream"
 RENAMED_IN_2 = {"visualbert": "singlestream"}
+# version 3: cross's binary output is Hate-CLIPper's one logit; a cross head saved before it had two
+BEFORE_3 = {"cross": {"binary_logits": 2}}
 
 
 def _read_json(path: Path) -> Any:
@@ -132,7 +135,23 @@ def read_config(run_dir) -> Any:
     if version > FORMAT_VERSION:
         raise FeatstoreError(f"run {run} was written in run format {version}, newer than this featstore-heads "
                              f"reads ({FORMAT_VERSION}); upgrade featstore-heads (pip install -U featstore-heads)")
-    return _renamed_heads(config) if version < 2 else config
+    config = _renamed_heads(config) if version < 2 else config
+    return _old_defaults(config) if version < 3 else config
+
+
+def _old_defaults(config: dict) -> dict:
+    """A config before version 3 with the head options its runs had then (``BEFORE_3``), refnet's base too."""
+    config = dict(config)
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    for head, key in ((config.get("head"), "head_config"), (train.get("head"), "head_cfg")):
+        cfg = config.get(key) if key == "head_config" else train.get(key)
+        if not isinstance(cfg, dict):
+            continue
+        if head == "refnet" and isinstance(cfg.get("base_cfg"), dict):
+            cfg["base_cfg"] = {**BEFORE_3.get(cfg.get("base", "concat"), {}), **cfg["base_cfg"]}
+        elif head in BEFORE_3:
+            cfg.update({k: v for k, v in BEFORE_3[head].items() if k not in cfg})
+    return config
 
 
 def _renamed_heads(config: dict) -> dict:
@@ -166,8 +185,9 @@ def load_run(run_dir) -> Tuple[torch.nn.Module, dict]:
         state = load_file(str(run / WEIGHTS))
         model.load_state_dict(state)
     except Exception as err:  # safetensors header errors, missing/unexpected keys, shape mismatches
-        raise FeatstoreError(f"{run / WEIGHTS} does not fit head {config['head']!r} "
-                             f"({str(err).splitlines()[0][:200]}); re-run `heads train`") from None
+        why = " ".join(line.strip() for line in str(err).splitlines()[:2])  # torch: a title, then the first key
+        raise FeatstoreError(f"{run / WEIGHTS} does not fit head {config['head']!r} ({why[:240]}); re-run "
+                             "`heads train`") from None
     model.eval()
     return model, config
 

@@ -4,8 +4,10 @@ The reference (gokulkarthik/hateclipper ``engine.py`` ``CLIPClassifier``, read, 
 text_map = Linear(d, map_dim) + Dropout(drop_probs[0]) (extra mapping layers: ReLU, Linear, Dropout), then
 ``F.normalize(p=2, dim=1)``; fusion align = product, concat = cat, cross = flattened outer product; pre_output
 = Dropout(drop_probs[1]) then per layer Linear(., map_dim) + ReLU + Dropout(drop_probs[2]); output Linear.
-The transcription below is numpy float64 on the head's weights; the reference's single sigmoid logit is
-compared through ``sigmoid((w1 - w0) h + (b1 - b0))`` (see ``heads.models.cross``'s docstring).
+The transcription below is numpy float64 on the head's weights. The reference's single output unit
+``Linear(m, 1)`` with ``BCEWithLogitsLoss`` is the head's own (``binary_logits=1``, logits ``[0, z]``): the
+probability, the loss and every gradient are checked against it; a ``binary_logits=2`` head is compared
+through ``sigmoid((w1 - w0) h + (b1 - b0))``.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ def reference_forward(head, x_img: np.ndarray, x_txt: np.ndarray, fusion: str) -
     for i in range(n_layers):
         h = np.maximum(h @ sd[f"pre_output.linears.{i}.weight"].T + sd[f"pre_output.linears.{i}.bias"], 0.0)
     w, b = sd["outputs.layers.label.weight"], sd["outputs.layers.label.bias"]
-    logit = h @ (w[1] - w[0]) + (b[1] - b[0])  # the reference's one output unit
+    logit = h @ w[0] + b[0] if len(w) == 1 else h @ (w[1] - w[0]) + (b[1] - b[0])  # the reference's one unit
     return {"pi": pi, "pt": pt, "f": f, "fused": h, "prob": 1.0 / (1.0 + np.exp(-logit))}
 
 
@@ -75,10 +77,13 @@ def _batch(seed=1):
             "txt_pooled": torch.randn(B, DT, generator=g, dtype=torch.float64)}
 
 
-@pytest.mark.parametrize("fusion,layers,mapping", [("align", 3, 1), ("cross", 1, 1), ("concat", 2, 2), ("align", 0, 1),
-                                                   ("cross_nd", 1, 1), ("align_concat", 2, 1)])
-def test_forward_equals_float64_transcription(fusion, layers, mapping):
-    head = _head(fusion=fusion, proj_dim=6, pre_output_layers=layers, mapping_layers=mapping).eval()
+@pytest.mark.parametrize("fusion,layers,mapping,logits", [
+    ("align", 3, 1, 1), ("cross", 1, 1, 1), ("concat", 2, 2, 1), ("align", 0, 1, 1), ("cross_nd", 1, 1, 1),
+    ("align_concat", 2, 1, 1), ("align", 3, 1, 2), ("cross", 1, 1, 2)])
+def test_forward_equals_float64_transcription(fusion, layers, mapping, logits):
+    head = _head(fusion=fusion, proj_dim=6, pre_output_layers=layers, mapping_layers=mapping,
+                 binary_logits=logits).eval()
+    assert head.outputs.layers["label"].weight.shape == (logits, 6 if layers else head.config.fused_in())
     batch = _batch()
     out = head(batch)
     ref = reference_forward(head, batch["img_pooled"].numpy(), batch["txt_pooled"].numpy(), fusion)
@@ -89,6 +94,35 @@ def test_forward_equals_float64_transcription(fusion, layers, mapping):
     assert out["fused"].shape[1] == (6 if layers else {"align": 6, "cross": 36, "concat": 12}[fusion])
     if fusion in ("cross", "cross_nd"):
         np.testing.assert_allclose(_np(out["interaction"]).reshape(B, -1), ref["f"], rtol=1e-10, atol=1e-12)
+
+
+def test_one_logit_trains_as_the_references_bce():
+    """The reference trains ``output = Linear(m, 1)`` with ``BCEWithLogitsLoss``: the head's softmax cross-entropy
+    on ``[0, z]`` gives that loss and the same gradient for every parameter, the output unit's included
+    (transcribed in torch float64 from the head's weights, the loss by hand: log(1 + e^z) - y z)."""
+    head = _head(fusion="align", proj_dim=6, pre_output_layers=2).eval()
+    batch, y = _batch(), torch.tensor([0, 1, 1, 0, 1])
+    loss = torch.nn.functional.cross_entropy(head(batch)["logits"]["label"], y)
+    loss.backward()
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in head.named_parameters()}
+
+    def lin(name, x):
+        return x @ params[name + ".weight"].T + params[name + ".bias"]
+
+    def unit(x):
+        x = lin(x[0], x[1])
+        return x / x.norm(dim=1, keepdim=True)
+
+    h = unit(("img_proj.map.0", batch["img_pooled"])) * unit(("txt_proj.map.0", batch["txt_pooled"]))
+    for i in range(2):
+        h = torch.relu(lin(f"pre_output.linears.{i}", h))
+    z = lin("outputs.layers.label", h)[:, 0]
+    ref = (torch.log1p(torch.exp(z)) - y * z).mean()
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-14)
+    assert params["outputs.layers.label.weight"].shape == (1, 6)
+    for k, p in head.named_parameters():
+        torch.testing.assert_close(p.grad, params[k].grad, rtol=1e-10, atol=1e-13, msg=k)
 
 
 def test_embed_is_last_pre_output_linear_before_relu():
@@ -117,8 +151,8 @@ def test_published_align_row_has_about_5m_parameters():
     with torch.device("meta"):
         head = create_head("cross", InputSpec(1024, 768), BINARY, **cfg)  # CLIP ViT-L/14 pooler widths
     n = sum(p.numel() for p in head.parameters())
-    # maps 1024*1024+1024 + 768*1024+1024, 3 x (1024*1024+1024), output 2 x 1025
-    assert n == 1024 * 1025 + 769 * 1024 + 3 * 1025 * 1024 + 2 * 1025
+    # maps 1024*1024+1024 + 768*1024+1024, 3 x (1024*1024+1024), the one output unit 1025: the reference's count
+    assert n == 1024 * 1025 + 769 * 1024 + 3 * 1025 * 1024 + 1025
     assert 4.9e6 < n < 5.1e6
 
 
@@ -131,9 +165,10 @@ def test_defaults_are_the_reference_main_py():
     assert (c.proj_dim, c.mapping_layers, c.pre_output_layers, c.widths()) == (768, 1, 1, [768])
     assert (c.proj_dropout, c.fusion_dropout, c.dropout, c.norm, c.fusion) == (0.1, 0.4, 0.2, "l2", "cross")
     # the reference's sizes at these defaults: image_map 1024x768, text_map 768x768, the 768^2-wide
-    # pre-output Linear to 768, one output Linear (two logits here, one in the reference)
+    # pre-output Linear to 768, the output Linear(768, 1)
     n = sum(p.numel() for p in head.parameters())
-    assert n == 1025 * 768 + 769 * 768 + (768 * 768 + 1) * 768 + 769 * 2
+    assert n == 1025 * 768 + 769 * 768 + (768 * 768 + 1) * 768 + 769
+    assert c.binary_logits == 1
     assert [type(m).__name__ for m in head.img_proj.map] == ["Linear", "Dropout"]
 
 
@@ -142,6 +177,8 @@ def test_defaults_are_the_reference_main_py():
      "cross fusion='outer' is not known; use one of: cross, align, concat, cross_nd, align_concat"),
     ({"pre_output_layers": -1}, "cross pre_output_layers=-1 must be >= 0"),
     ({"hidden": [8, 0]}, "cross hidden=[8, 0] has a non-positive width"),
+    ({"binary_logits": 3}, "cross binary_logits=3 is invalid; use 1 (Hate-CLIPper's one BCE logit) or 2 (two softmax "
+                           "logits)"),
 ])
 def test_bad_options_are_one_line_errors(cfg, msg):
     with pytest.raises(FeatstoreError) as e:
@@ -204,3 +241,22 @@ def test_cli_trains_hateclipper_align_on_pooler_arrays(pooler_world, tmp_path):
     assert cfg["head_config"]["fusion"] == "align" and cfg["head_config"]["pre_output_layers"] == 3
     bad = [a if a != "pooler" else "pre_proj" for a in args[:-1]] + [tmp_path / "run2"]
     assert one_line_error(heads, bad).startswith("error: image feature set 'clip-img' has no array 'pre_proj'")
+
+
+def test_one_logit_applies_to_binary_tasks_only():
+    """A multi-task cross head: the binary task's layer is one unit shown as [0, z]; a multiclass task keeps a
+    logit per class; ``PredictionLayers`` refuses another logit count in one line."""
+    from heads.outputs import PredictionLayers
+
+    spec = TaskSpec([Task("hate", "binary", 2, ["0", "1"]), Task("sent", "multiclass", 3, ["a", "b", "c"])])
+    torch.manual_seed(0)
+    head = create_head("cross", InputSpec(DI, DT), spec, fusion="align", proj_dim=6).double().eval()
+    out = head(_batch())
+    z = head.outputs.layers["hate"](out["fused"])
+    assert head.outputs.layers["hate"].weight.shape == (1, 6) and head.outputs.layers["sent"].weight.shape == (3, 6)
+    assert torch.equal(out["logits"]["hate"], torch.cat([torch.zeros_like(z), z], 1))
+    torch.testing.assert_close(out["logits"]["sent"], head.outputs.layers["sent"](out["fused"]))
+    with pytest.raises(FeatstoreError) as e:
+        PredictionLayers(spec, 6, binary_logits=0)
+    assert str(e.value) == ("binary_logits=0 is invalid; use 1 (one BCE logit, shown as [0, z]) or 2 (two softmax "
+                            "logits)")

@@ -111,24 +111,29 @@ def test_the_checkpoint_loads_whole_and_gives_the_references_probability(tmp_pat
     ref = Reference(n, mapping, pre, fusion)
     path = save(tmp_path / "hc.ckpt", ref)
     given = {"fusion": "cross_nd"} if fusion == "cross_nd" else {}  # the shapes are cross's (module docstring)
-    head, report = head_from_checkpoint("cross", InputSpec(DI, DT), BINARY, given, path)
-    c = head.config
-    assert (c.proj_dim, c.mapping_layers, c.pre_output_layers, c.fusion) == (n, mapping, pre, fusion)
-    assert report.missing_keys == []
-    assert sorted(report.groups["ignored: CLIP encoders (cached features are used)"]) == sorted(
-        k for k in ref.state_dict() if k.startswith(("image_encoder.", "text_encoder.")))
-    assert sorted(report.groups["ignored: auxiliary heads (training losses only)"]) == sorted(
-        k for k in ref.state_dict() if k.startswith(("output_pc1.", "output_super.", "pre_output_image.",
-                                                      "output_image.")))
-    assert sorted(report.groups["used: classifier"]) == ["output.bias", "output.weight"]
-    assert BINARY_NOTE in report.notes
-    head = head.double().eval()
-    bt = batch(n)
-    with torch.no_grad():
-        logits = head(bt)["logits"]["label"]
-    want = ref.logit(bt["img_pooled"], bt["txt_pooled"])
-    torch.testing.assert_close(logits[:, 1] - logits[:, 0], want, atol=1e-6, rtol=0)  # float32 file
-    torch.testing.assert_close(torch.softmax(logits, -1)[:, 1], torch.sigmoid(want), atol=1e-6, rtol=0)
+    for logits_n in (1, 2):  # the reference's one unit as it is; widened to [0, w] for a two-logit head
+        head, report = head_from_checkpoint("cross", InputSpec(DI, DT), BINARY, {**given, "binary_logits": logits_n},
+                                            path)
+        c = head.config
+        assert (c.proj_dim, c.mapping_layers, c.pre_output_layers, c.fusion) == (n, mapping, pre, fusion)
+        assert report.missing_keys == []
+        assert sorted(report.groups["ignored: CLIP encoders (cached features are used)"]) == sorted(
+            k for k in ref.state_dict() if k.startswith(("image_encoder.", "text_encoder.")))
+        assert sorted(report.groups["ignored: auxiliary heads (training losses only)"]) == sorted(
+            k for k in ref.state_dict() if k.startswith(("output_pc1.", "output_super.", "pre_output_image.",
+                                                          "output_image.")))
+        assert sorted(report.groups["used: classifier"]) == ["output.bias", "output.weight"]
+        assert (BINARY_NOTE in report.notes) == (logits_n == 2)
+        assert head.outputs.layers["label"].weight.shape[0] == logits_n
+        head = head.double().eval()
+        bt = batch(n)
+        with torch.no_grad():
+            logits = head(bt)["logits"]["label"]
+        want = ref.logit(bt["img_pooled"], bt["txt_pooled"])
+        torch.testing.assert_close(logits[:, 1] - logits[:, 0], want, atol=1e-6, rtol=0)  # float32 file
+        torch.testing.assert_close(torch.softmax(logits, -1)[:, 1], torch.sigmoid(want), atol=1e-6, rtol=0)
+        if logits_n == 1:
+            assert torch.equal(logits[:, 0], torch.zeros(B, dtype=torch.float64))
 
 
 def test_an_output_of_the_heads_own_shape_copies_and_another_count_is_ignored(tmp_path):
@@ -194,7 +199,8 @@ def test_heads_train_starts_from_the_checkpoint_and_predicts_the_references_prob
     assert cfg["head_config"]["proj_dim"] == 3 and cfg["head_config"]["fusion"] == "cross"
     assert cfg["checkpoint_load"]["missing_keys"] == [] and cfg["checkpoint_load"]["summary"][0] in printed
     saved = load_file(str(run / "model.safetensors"))
-    assert saved["outputs.layers.label.weight"][0].abs().max() < 1e-20  # the zero row (one AdamW step of lr 1e-30)
+    torch.testing.assert_close(saved["outputs.layers.label.weight"].double(), ref.output.weight.detach(), atol=1e-6,
+                               rtol=0)  # the reference's one unit, as it is (one AdamW step of lr 1e-30)
 
     import csv
 

@@ -1,6 +1,7 @@
-"""Run folders carry ``format_version`` in config.json: written as 2, a config.json without one still loads
+"""Run folders carry ``format_version`` in config.json: written as 3, a config.json without one still loads
 (version 1), a newer one is refused in one line naming the run and the fix, before anything is rebuilt.
-Version 1's "visualbert" head (now ``singlestream``) reopens under its new name with the same outputs."""
+Version 1's "visualbert" head (now ``singlestream``) reopens under its new name with the same outputs, and a
+cross head before version 3 (two logits, where cross now has Hate-CLIPper's one) with its two logits."""
 from __future__ import annotations
 
 import json
@@ -37,11 +38,11 @@ def _rewrite(run_dir, **changes):
     return path.read_text()
 
 
-def test_config_json_says_format_version_2(run):
+def test_config_json_says_format_version_3(run):
     run_dir, _ = run
-    assert json.loads((run_dir / "config.json").read_text())["format_version"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["format_version"] == 3
     _, config = load_run(run_dir)
-    assert config["format_version"] == 2
+    assert config["format_version"] == 3
 
 
 def test_a_config_json_without_format_version_loads_as_version_1(run, tmp_path):
@@ -58,13 +59,13 @@ def test_a_config_json_without_format_version_loads_as_version_1(run, tmp_path):
         (run_dir / "config.json").write_text(saved)
 
 
-@pytest.mark.parametrize("version", [3, 7])
+@pytest.mark.parametrize("version", [4, 7])
 def test_a_newer_format_version_is_refused_in_one_line(run, version):
     run_dir, data = run
     saved = (run_dir / "config.json").read_text()
     try:
         written = _rewrite(run_dir, format_version=version)
-        want = (f"run {run_dir} was written in run format {version}, newer than this featstore-heads reads (2); "
+        want = (f"run {run_dir} was written in run format {version}, newer than this featstore-heads reads (3); "
                 "upgrade featstore-heads (pip install -U featstore-heads)")
         for call in (lambda: load_run(run_dir), lambda: evaluate_run(run_dir, data, "test"),
                      lambda: run_feature_refs(run_dir, None, None)):
@@ -111,3 +112,35 @@ def test_a_version_1_visualbert_run_reopens_as_singlestream(tmp_path):
     (run_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(FeatstoreError, match=r"^head .visualbert. has no option .dropout.; its options are: "):
         load_run(run_dir)
+
+
+@pytest.mark.parametrize("head", ["cross", "refnet"])
+def test_a_version_2_cross_run_reopens_with_its_two_logits(tmp_path, head):
+    """Before version 3 a cross head (alone or under refnet) had two free logits: such a run (trained here with
+    binary_logits=2, then written back as version 2 wrote it, without the option) reopens with two logits and
+    evaluates the same; a version-3 config without the option means one logit, which those weights do not fit."""
+    data = xor_data()
+    cross = dict(fusion="align", proj_dim=4, binary_logits=2)
+    head_cfg = cross if head == "cross" else dict(base="cross", base_cfg=cross)
+    run_dir = tmp_path / "run"
+    train_run(TrainConfig(head=head, head_cfg=head_cfg, **{**FAST, "epochs": 1}), data, run_dir, progress=False,
+              plots=False)
+    now = evaluate_run(run_dir, data, "test")
+    config = json.loads((run_dir / "config.json").read_text())
+    inner = config["head_config"] if head == "cross" else config["head_config"]["base_cfg"]
+    assert inner.pop("binary_logits") == 2
+    config["format_version"] = 2
+    (run_dir / "config.json").write_text(json.dumps(config))
+    model, reread = load_run(run_dir)
+    base = model if head == "cross" else model.base
+    assert base.outputs.layers["label"].weight.shape[0] == 2 and base.config.binary_logits == 2
+    assert evaluate_run(run_dir, data, "test") == now
+    config["format_version"] = 3
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FeatstoreError) as err:
+        load_run(run_dir)
+    layer = "outputs.layers.label.weight" if head == "cross" else "base.outputs.layers.label.weight"
+    assert str(err.value).startswith(
+        f"{run_dir / 'model.safetensors'} does not fit head {head!r} (Error(s) in loading state_dict for "
+        f"{'CrossHead' if head == 'cross' else 'RefnetHead'}: size mismatch for {layer}: copying a param with shape "
+        "torch.Size([2, 4]) from checkpoint, the shape in current model is torch.Size([1, 4]).")

@@ -10,7 +10,8 @@ pre-projection ``pooler_output``: pass ``--image-pool pooler --text-pool pooler`
           concat: [p_i; p_t]           [B, 2n]
           cross_nd: cross with the diagonal F[b, j, j] set to 0;  align_concat: [p_i * p_t; p_i; p_t]  [B, 3n]
     h   = Dropout(p1)(f), then pre_output_layers x (Linear(., m), ReLU, Dropout(p2))
-    logits = Linear(m, outputs)(h)     # h is the head's "fused" embedding
+    z   = Linear(m, 1)(h)              # the reference's one output unit, trained with BCEWithLogits
+    logits = [0, z]                    # binary_logits=1 (default); h is the head's "fused" embedding
 
 ``normalize`` is the L2 norm over features (``norm="l2"``, as published; ``none``/``layernorm`` are offered
 for ablations). Defaults are the reference's ``main.py``: ``map_dim`` n = 768, one mapping layer, one
@@ -21,12 +22,16 @@ as the reference's would (GPU-sized; ``heads list`` says so). The published rows
 ``HATECLIPPER_SETTINGS`` below and the presets ``hateclipper-align`` (the paper's n = m = 1024 align row,
 about 5 M parameters) and ``hateclipper-cross`` (run.sh's n = 32 cross row, which trains in seconds on a CPU).
 
-One deliberate difference: a binary task has two logits with softmax cross-entropy (every head here does),
-where the reference has one logit with BCE. The probability ``softmax(z)[1] = sigmoid(z_1 - z_0)`` is the
-reference's ``sigmoid(w.h + b)`` with ``w = w_1 - w_0``, ``b = b_1 - b_0``: the same model family and loss.
+A binary task's output is the reference's: one Linear unit ``z`` (``binary_logits=1``,
+``heads.outputs.PredictionLayers``), shown as the logits ``[0, z]``, on which the softmax cross-entropy every head
+here trains with is exactly ``BCEWithLogits(z)`` and ``softmax[:, 1] = sigmoid(z)``, so the parameters, their
+PyTorch initialisation, the AdamW steps and the gradient-norm clip are the reference's (two free logits,
+``--set binary_logits=2``, would be the same model family but not the same training: AdamW moves ``w_1 - w_0``
+about twice as fast). Runs saved before run format 3 had two logits and reopen so. Other tasks (multiclass,
+multilabel) keep one logit per class.
 
-``--init-checkpoint`` reads the reference's own checkpoint whole (``heads.hateclipper_checkpoint``: the output's
-one logit ``w.h + b`` becomes the rows ``[0, w]`` / ``[0, b]``, so the probability is the reference's).
+``--init-checkpoint`` reads the reference's own checkpoint whole (``heads.hateclipper_checkpoint``: the output
+unit copies as it is; into a ``binary_logits=2`` head it becomes the rows ``[0, w]`` / ``[0, b]``).
 
 Outputs besides ``logits`` / ``fused``: ``img_proj`` / ``txt_proj`` (``p_i``, ``p_t``), ``interaction``
 (``[B, n, n]``, cross and cross_nd fusion only) and ``embed``: the last pre-output Linear's output before its ReLU (the
@@ -88,8 +93,12 @@ class CrossConfig:
     activation: str = "relu"
     out_hidden: int = 0
     out_dropout: float = 0.0
+    binary_logits: int = 1  # 1: the reference's one BCE logit (as logits [0, z]); 2: two softmax logits
 
     def validate(self) -> None:
+        if self.binary_logits not in (1, 2):
+            raise FeatstoreError(f"cross binary_logits={self.binary_logits!r} is invalid; use 1 (Hate-CLIPper's one "
+                                 "BCE logit) or 2 (two softmax logits)")
         if self.fusion not in FUSIONS:
             raise FeatstoreError(f"cross fusion={self.fusion!r} is not known; use one of: {', '.join(FUSIONS)}")
         if self.norm not in NORMS:
@@ -185,7 +194,8 @@ class CrossHead(Head):
         self.txt_proj = _Projection(inputs.txt_dim, n, config.mapping_layers, config.norm, config.proj_dropout)
         self.pre_output = _PreOutput(config.fused_in(), config.widths(), config.activation,
                                      config.fusion_dropout, config.dropout)
-        self.outputs = PredictionLayers(task, self.pre_output.out_dim, config.out_hidden, config.out_dropout)
+        self.outputs = PredictionLayers(task, self.pre_output.out_dim, config.out_hidden, config.out_dropout,
+                                        config.binary_logits)
 
     def forward(self, batch: Dict[str, Tensor]) -> dict:
         pi = self.img_proj(pooled_image(batch))
