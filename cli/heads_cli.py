@@ -163,7 +163,7 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
 
     ctx = click.get_current_context()
     rgcl = parse_settings(rgcl_settings, "--rgcl-set") if rgcl_on or rgcl_settings else None
-    params = {**ctx.params, "threads": threads, "rgcl": rgcl}
+    params = {**ctx.params, "threads": threads, "rgcl": rgcl, "image_pool": ctx.meta.get("image_pool", "pooled")}
     explicit = {k for k in params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
     if rgcl is None:  # not a click parameter: explicit only when --rgcl / --rgcl-set was given
         explicit.discard("rgcl")
@@ -175,7 +175,7 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     d = opts["data"]
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, d["task"], d["task_weights"],
                       d["max_regions"], d["max_tokens"], d["text_array"], d["text_pool"], d["val_fraction"], dev,
-                      seed=seed_list[0] if seed_list else 0, feeds=d.get("feeds"))
+                      seed=seed_list[0] if seed_list else 0, feeds=d.get("feeds"), image_pool=d["image_pool"])
     for warning in data.meta.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
     if opts["preset"] is not None:
@@ -196,6 +196,14 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
         run = run_dir_of(out_dir, seed_list[0])
         fsv = store_fused(open_store(store_url), save_fused, run, data)
         click.echo(f"fused embeddings of {run} stored as {fsv.ref} ({len(fsv)} x {fsv.spec('pooled').shape[0]})")
+
+
+def _explicit(names) -> set:
+    """Which of these parameters (``--image-pool`` included) the command line gave."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)}
 
 
 def _run_arrays(run_dir, values: dict) -> dict:
@@ -299,8 +307,8 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     --image A,B,C and --text T give the feature sets (every pair; "-" leaves a modality out). Finished runs
     are skipped, so a killed sweep continues when rerun; a failing combination fails its row only.
     One process per device: runs go one after another on a CPU or one GPU; several GPUs get a worker each."""
-    from heads.sweep import (SweepSpec, feature_pairs, load_grid_file, parse_grid, preset_base, run_sweep,
-                             sweep_devices, with_checkpoint)
+    from heads.sweep import (SweepSpec, feature_pairs, load_grid_file, parse_grid, preset_base, preset_data,
+                             run_sweep, sweep_devices, with_checkpoint)
 
     grid_values = {**(load_grid_file(grid_file) if grid_file else {}), **parse_grid(grid)}
     heads_list = [h.strip() for h in head_names.split(",") if h.strip()]
@@ -313,6 +321,7 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
                            "max_regions": max_regions, "max_tokens": max_tokens, "text_array": text_array,
                            "text_pool": text_pool, "val_fraction": val_fraction,
                            "image_pool": click.get_current_context().meta.get("image_pool", "pooled")})
+    spec.data = preset_data(preset, spec.data, _explicit(spec.data))
     if preset:
         from heads.preset_inputs import store_image_notes
         from heads.presets import load_preset

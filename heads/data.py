@@ -132,7 +132,8 @@ class TrainData:
             img_regions=int(f["img_regions"].shape[1]) if "img_regions" in f else 0,
             txt_tokens=int(f["txt_tokens"].shape[1]) if "txt_tokens" in f else 0,
             img_pooled="img_pooled" in f, txt_pooled="txt_pooled" in f, img_boxes="img_boxes" in f,
-            txt_ids="txt_ids" in f)
+            txt_ids="txt_ids" in f, img_pooled_dim=int(f["img_pooled"].shape[-1]) if "img_pooled" in f else 0,
+            txt_pooled_dim=int(f["txt_pooled"].shape[-1]) if "txt_pooled" in f else 0)
 
     def targets_numpy(self, idx: Tensor) -> Dict[str, np.ndarray]:
         return {k: v.index_select(0, idx).cpu().numpy() for k, v in self.targets.items()}

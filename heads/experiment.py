@@ -252,12 +252,14 @@ def run_data_options(run_dir, given: Dict[str, Any], defaults: Dict[str, Any]) -
 
 
 def _spec_to_compare(config: dict, spec: dict) -> dict:
-    """``spec`` (an InputSpec dict; older runs lack later fields, which take their defaults) without
+    """``spec`` (an InputSpec dict; older runs lack later fields, which take their defaults; the pooled widths
+    as the head sees them, so a run saved before they were recorded compares by its one width) without
     ``txt_ids`` unless the run's head reads token ids (the other heads never see them)."""
     from .models.base import HEADS, _register_all
 
     _register_all()
-    full = InputSpec(**spec).to_dict()
+    inputs = InputSpec(**spec)
+    full = dict(inputs.to_dict(), img_pooled_dim=inputs.img_pooled_width, txt_pooled_dim=inputs.txt_pooled_width)
     head = config.get("head")
     if head not in HEADS or "txt_ids" not in HEADS.info(head).meta["needs"]:
         full.pop("txt_ids")

@@ -9,7 +9,7 @@ A preset file holds::
     head          the head to train (``--head`` overrides)
     train         ``heads.train.TrainConfig`` fields (lr, batch_size, epochs, warmup_ratio, schedule, ...)
     head_cfg      options of the head (``--set`` overrides one by one)
-    data          data options: task, task_weights, text_array, text_pool, max_regions, max_tokens, feeds
+    data          data options: task, task_weights, text_array, text_pool, image_pool, max_regions, max_tokens, feeds
     notes         what the preset cannot say by numbers (which features to pass, approximations)
     image_features  optional: ``{extractor: {option: value}}``, the extractor options of the input its source
                   used; ``heads train`` notes an image set of that extractor extracted otherwise
@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Optional
 from featstore.errors import FeatstoreError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-DATA_KEYS = ("task", "task_weights", "text_array", "text_pool", "max_regions", "max_tokens", "val_fraction", "feeds")
+DATA_KEYS = ("task", "task_weights", "text_array", "text_pool", "image_pool", "max_regions", "max_tokens", "val_fraction",
+             "feeds")
 SUFFIXES = (".json", ".yaml", ".yml")
 
 

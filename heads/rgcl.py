@@ -58,13 +58,16 @@ RGCL_SETTINGS = {
     "source": "Mei et al. 2024 (ACL), JingbiaoMei/RGCL scripts/experiments.sh: --batch_size 64 --lr 0.0001 "
               "--epochs 30 --topk 20 --proj_dim 1024 --map_dim 1024 --dropout 0.2 0.4 0.1 --fusion_mode align "
               "--no_hard_negatives 1 --no_pseudo_gold_positives 1 --metric cos --loss triplet --hybrid_loss True; "
-              "run_rac.py defaults num_layers 3, weight_decay 1e-4, grad_clip 0.1, triplet_margin 0.1, "
-              "ce_weight 0.5, hard_negatives_multiple 12, no lr scheduler",
+              "run_rac.py defaults num_layers 3, grad_clip 0.1, triplet_margin 0.1, ce_weight 0.5, "
+              "hard_negatives_multiple 12, no lr scheduler; torch.optim.AdamW(model.parameters(), lr=args.lr), so "
+              "torch's weight_decay 0.01 (--weight_decay is never passed); the best classifier dev accuracy's "
+              "epoch kept (--hybrid_loss)",
     "head": "cross",
     "head_cfg": {"fusion": "align", "proj_dim": 1024, "pre_output_layers": 3, "proj_dropout": 0.2,
                  "fusion_dropout": 0.4, "dropout": 0.1},
-    "train": {"lr": 1e-4, "weight_decay": 1e-4, "grad_clip": 0.1, "batch_size": 64, "epochs": 30,
-              "warmup_ratio": 0.0, "schedule": "constant", "patience": 0, "rgcl": {}, "predict": "classifier"},
+    "train": {"lr": 1e-4, "weight_decay": 0.01, "grad_clip": 0.1, "batch_size": 64, "epochs": 30,
+              "warmup_ratio": 0.0, "schedule": "constant", "patience": 0, "rgcl": {}, "predict": "classifier",
+              "monitor": "accuracy", "select_on": "classifier"},
 }
 
 

@@ -16,8 +16,8 @@ class InputSpec:
     Batch keys (all optional, by what the feature sets hold):
       img_regions [B, R, img_dim] float, img_mask [B, R] bool (True = real region),
       img_boxes [B, R, 5] float (x1/W, y1/H, x2/W, y2/H, box area / image area),
-      img_pooled [B, img_dim] float,
-      txt_tokens [B, T, txt_dim] float, txt_mask [B, T] bool, txt_pooled [B, txt_dim] float,
+      img_pooled [B, img_pooled_width] float (``img_pooled_dim``, or ``img_dim`` when that is 0),
+      txt_tokens [B, T, txt_dim] float, txt_mask [B, T] bool, txt_pooled [B, txt_pooled_width] float,
       txt_ids [B, T] int64 (the text set's ``input_ids``: the tokenizer's ids, 0 at padding; aligned with
       ``txt_mask``; what a head with its own word embeddings reads, e.g. visualbert).
     """
@@ -30,6 +30,20 @@ class InputSpec:
     txt_pooled: bool = True
     img_boxes: bool = False
     txt_ids: bool = False
+    # the pooled vectors' widths where they differ from the regions' / tokens' (a CLIP set's projected
+    # ``pooled`` [768] beside 1024-wide patch regions); 0: the same as img_dim / txt_dim (runs saved before)
+    img_pooled_dim: int = 0
+    txt_pooled_dim: int = 0
+
+    @property
+    def img_pooled_width(self) -> int:
+        """Width of what ``pooled_image`` gives: ``img_pooled``'s, or the regions' mean's."""
+        return self.img_pooled_dim if self.img_pooled and self.img_pooled_dim else self.img_dim
+
+    @property
+    def txt_pooled_width(self) -> int:
+        """Width of what ``pooled_text`` gives: ``txt_pooled``'s, or the tokens' mean's."""
+        return self.txt_pooled_dim if self.txt_pooled and self.txt_pooled_dim else self.txt_dim
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -55,7 +55,7 @@ class SweepSpec:
     """What to sweep. ``features``: ``[(image_ref or None, text_ref or None)]``; ``grid``: ``{key: [values]}``;
     ``train``: fixed ``TrainConfig`` fields (a preset's, say); ``head_cfg``: fixed options per head;
     ``data``: ``build_train_data`` options (task, task_weights, max_regions, max_tokens, text_array,
-    text_pool, val_fraction) and the dataset ``format``."""
+    text_pool, image_pool, val_fraction) and the dataset ``format``."""
 
     store: str
     dataset: str
@@ -459,6 +459,20 @@ def preset_base(preset: Optional[str], heads: Sequence[str], settings: Dict[str,
     if p.head in head_cfg:
         head_cfg[p.head] = {**p.head_cfg, **settings}
     return dict(p.train), head_cfg
+
+
+def preset_data(preset: Optional[str], data: Dict[str, Any], explicit: set) -> Dict[str, Any]:
+    """A sweep's data options: the command's ``data``, with the preset's data options (``text_pool``,
+    ``image_pool``, ...) over those the command line did not give (``explicit``), as ``heads train`` does."""
+    if not preset:
+        return data
+    from .experiment import task_weights
+    from .presets import load_preset
+
+    given = {k: v for k, v in load_preset(preset).data.items() if k in data and k not in explicit}
+    if "task_weights" in given:
+        given["task_weights"] = task_weights(given["task_weights"], given.get("task", data.get("task")))
+    return {**data, **given}
 
 
 def with_checkpoint(train: Dict[str, Any], heads: Sequence[str], head_cfg: Dict[str, Dict[str, Any]],

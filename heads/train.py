@@ -7,7 +7,9 @@ so the same seed on the same device gives identical numbers.
 Loss per step: sum_t weight_t * loss_t (``heads.losses``) plus every term of the head's
 ``extra_losses(outputs, batch, targets)`` when it has one (each logged in the history). With ``rgcl`` options
 the step's loss is ``(1 - ce_weight) * L_rgcl + ce_weight * that`` (``heads.rgcl``, logged as ``loss_rgcl``);
-``predict="knn"`` reports (and early-stops on) a vote of the nearest train rows instead of the classifier.
+``predict="knn"`` reports (and early-stops on) a vote of the nearest train rows instead of the classifier;
+``select_on="classifier"`` chooses the epoch on the classifier's validation metrics even then (RGCL's
+``run_rac.py`` with ``--hybrid_loss``: the best classifier dev accuracy), logged as ``val_classifier_<key>``.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ from .optimizers import OPTIMIZERS, check_optimizer, make_optimizer
 from .outputs import probabilities
 from .schedule import SCHEDULES, build_scheduler
 from .spec import TaskSpec
+
+SELECT_ON = ("predict", "classifier")  # TrainConfig.select_on
 from .threads import check_threads, cpu_threads
 
 
@@ -85,6 +89,9 @@ class TrainConfig:
     rgcl: Optional[Dict[str, Any]] = None  # RGCL objective options (heads.rgcl.RGCLConfig); None = off, {} = defaults
     predict: str = cli_field("classifier", "Report the classifier's predictions, or a vote of the nearest train "
                              "samples (knn).", choices=("classifier", "knn"))  # heads.rgcl.knn_probs
+    select_on: str = cli_field("predict", "Predictions that choose the best epoch: predict (the reported ones) or "
+                               "classifier (with --predict knn, as RGCL's run_rac.py --hybrid_loss).",
+                               choices=SELECT_ON)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +118,8 @@ class TrainConfig:
         check_optimizer(self.optimizer)
         if self.predict not in ("classifier", "knn"):
             raise FeatstoreError(f"predict {self.predict!r} is unknown; pass classifier or knn")
+        if self.select_on not in SELECT_ON:
+            raise FeatstoreError(f"select_on {self.select_on!r} is unknown; pass {' or '.join(SELECT_ON)}")
         if self.rgcl is not None or self.predict == "knn":
             from .rgcl import RGCLConfig
 
@@ -218,10 +227,14 @@ def knn_predictions(cfg: TrainConfig, model, data: TrainData, train_idx: torch.T
                                                     cfg.eval_batch_size, cfg.trim)}
 
 
-def evaluate_as(cfg: TrainConfig, model, data: TrainData, train_idx: torch.Tensor, idx: torch.Tensor, losses=None):
+def evaluate_as(cfg: TrainConfig, model, data: TrainData, train_idx: torch.Tensor, idx: torch.Tensor, losses=None,
+                classifier: Optional[Dict[str, float]] = None):
     """``evaluate`` with ``cfg.predict``'s predictor: the classifier, or ``knn`` (``heads.rgcl.knn_probs``: a
-    vote of the nearest rows of ``train_idx``; "loss" stays the classifier's)."""
+    vote of the nearest rows of ``train_idx``; "loss" stays the classifier's). ``classifier``, when given, is
+    filled with the classifier's own metrics."""
     metrics, warnings, probs = evaluate(model, data, idx, losses, cfg.eval_batch_size, cfg.amp, cfg.trim)
+    if classifier is not None:
+        classifier.update(metrics)
     if cfg.predict == "knn":
         probs = knn_predictions(cfg, model, data, train_idx, idx)
         knn, warnings = compute_metrics(data.task_spec, data.targets_numpy(idx), probs)
@@ -326,6 +339,7 @@ class _Fit:
     losses: Any
     load_report: Any  # heads.vilbert_checkpoint.LoadReport of cfg.init_checkpoint, or None
     key: Optional[torch.Tensor]  # heads.batching.length_key for cfg.bucket, or None
+    select: str = ""  # the history key (less "val_") that chooses the best epoch: monitor, or classifier_<monitor>
 
 
 def check_epochs(epochs: int, checkpoint: Optional[str], pretrain_epochs: int) -> None:
@@ -370,7 +384,7 @@ def _train(cfg: TrainConfig, data: TrainData, progress: bool = True, on_epoch=No
         history.append(row)
         if on_epoch is not None:
             on_epoch(row, fit.monitor)
-        value = row.get(f"val_{fit.monitor}", math.nan)
+        value = row.get(f"val_{fit.select}", math.nan)
         if stopping.update(value, epoch):
             best_state = copy.deepcopy(fit.model.state_dict())
         bar.set_postfix({"loss": f"{row['train_loss']:.4f}", f"val_{fit.monitor}": f"{value:.4f}"})
@@ -396,7 +410,9 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
     model, load_report = _build_head(cfg, data)
     losses = build_losses(data.task_spec, cfg.loss_config(), data.targets_numpy(train_idx), data.device)
     key = length_key(data.sequence_lengths()) if cfg.trim and cfg.bucket else None
-    return _Fit(cfg, data, gen, val_split, monitor, mode, train_idx, val_idx, model, losses, load_report, key)
+    select = f"classifier_{monitor}" if cfg.select_on == "classifier" and cfg.predict == "knn" else monitor
+    return _Fit(cfg, data, gen, val_split, monitor, mode, train_idx, val_idx, model, losses, load_report, key,
+                select)
 
 
 # heads --init-checkpoint loads into
@@ -595,8 +611,11 @@ def _epoch(fit: _Fit, opt: _Optimisation, epoch: int) -> Dict[str, float]:
             sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v.detach()) * n
     row: Dict[str, float] = {"epoch": epoch, "lr": lr}
     row.update({k: v / fit.train_idx.numel() for k, v in sums.items()})
-    val_metrics, _, _ = evaluate_as(cfg, fit.model, data, fit.train_idx, fit.val_idx, fit.losses)
+    classifier: Dict[str, float] = {}
+    val_metrics, _, _ = evaluate_as(cfg, fit.model, data, fit.train_idx, fit.val_idx, fit.losses, classifier)
     row.update({f"val_{k}": v for k, v in val_metrics.items()})
+    if fit.select != fit.monitor:  # the classifier's metrics choose the epoch (select_on="classifier")
+        row.update({f"val_classifier_{k}": v for k, v in classifier.items()})
     row["time_s"] = time.perf_counter() - t0
     return row
 

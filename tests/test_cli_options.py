@@ -7,10 +7,12 @@ from typing import Optional, Union
 
 import click
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
 from cli.common import LazyOptionsCommand, options_from_dataclass
+from featstore.errors import FeatstoreError
 from cli.heads_cli import main as heads
 from featstore.config_types import cli_field
 from heads.train import TrainConfig
@@ -24,7 +26,7 @@ TRAIN_FLAGS = {
     "label_smoothing": "--label-smoothing", "class_weights": "--class-weights", "amp": "--amp",
     "pretrain_epochs": "--pretrain-epochs", "label_fraction": "--label-fraction",
     "init_checkpoint": "--init-checkpoint", "trust_checkpoint": "--trust-checkpoint", "trim": "--trim",
-    "bucket": "--bucket", "threads": "--threads", "predict": "--predict",
+    "bucket": "--bucket", "threads": "--threads", "predict": "--predict", "select_on": "--select-on",
 }
 
 
@@ -73,6 +75,12 @@ def test_offered_choices_are_the_ones_the_library_accepts():
     assert list(params["optimizer"].type.choices) == ["adamw", "adamw-mmf"]
     for kind in params["optimizer"].type.choices:
         TrainConfig(optimizer=kind).validate()
+    assert list(params["select_on"].type.choices) == ["predict", "classifier"]
+    for select in params["select_on"].type.choices:
+        TrainConfig(select_on=select, predict="knn", rgcl={}).validate()
+    with pytest.raises(FeatstoreError) as e:
+        TrainConfig(select_on="best").validate()
+    assert str(e.value) == "select_on 'best' is unknown; pass predict or classifier"
     spec = TaskSpec([Task("label", "binary", 2, ["0", "1"])])
     for loss in params["loss"].type.choices:
         build_losses(spec, LossConfig(loss=loss), {"label": np.array([0, 1, 1])})

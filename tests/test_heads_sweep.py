@@ -262,7 +262,8 @@ def test_a_preset_gives_every_row_its_train_settings_and_its_head_its_options(wo
     out = tmp_path / "p"
     invoke(heads, ["sweep", "--store", world["store"], "--dataset", world["data"], "--image", "img", "--text", "txt",
                    "--head", "cross,concat", "--preset", "hateclipper-cross", "--grid", "epochs=1", "--set",
-                   "dropout=0.3", "--seeds", "0", "--device", "cpu", "--out", out])
+                   "dropout=0.3", "--seeds", "0", "--device", "cpu", "--out", out, "--image-pool", "pooled",
+                   "--text-pool", "cls"])  # explicit: over the preset's pooler arrays, which these sets lack
     preset = load_preset("hateclipper-cross")
     rows = {r["head"]: r for r in (json.loads((d / "row.json").read_text()) for d in (out / "runs").iterdir())}
     for head, row in rows.items():
@@ -270,8 +271,25 @@ def test_a_preset_gives_every_row_its_train_settings_and_its_head_its_options(wo
         cfg = json.loads((out / "runs" / row["id"] / "seed_0" / "config.json").read_text())
         assert cfg["train"]["schedule"] == "constant" and cfg["train"]["lr"] == 1e-4
         assert cfg["head_config"]["dropout"] == 0.3
+        assert (cfg["features"]["image"]["pool"], cfg["features"]["text"]["pool"]) == ("pooled", "cls")
     assert rows["cross"]["head_cfg"] == {**preset.head_cfg, "dropout": 0.3}
     assert rows["concat"]["head_cfg"] == {"dropout": 0.3}
+
+
+def test_a_presets_data_options_fill_what_the_command_line_left_out():
+    """heads sweep --preset applies the preset's data options (hateclipper-cross: CLIP's pooler arrays) as heads
+    train does: over the command's defaults, under what the command line gave."""
+    from heads.sweep import preset_data
+
+    data = {"format": "auto", "task": None, "task_weights": None, "max_regions": None, "max_tokens": None,
+            "text_array": "tokens", "text_pool": "cls", "val_fraction": None, "image_pool": "pooled"}
+    assert preset_data("hateclipper-cross", data, set()) == {**data, "task": "label", "image_pool": "pooler",
+                                                              "text_pool": "pooler"}
+    assert preset_data("hateclipper-cross", dict(data, text_pool="mean"), {"text_pool"}) == {
+        **data, "task": "label", "image_pool": "pooler", "text_pool": "mean"}
+    assert preset_data(None, data, set()) == data
+    weighted = preset_data("memotion2-multitask", dict(data), set())  # its "A=0.4,..." in --task A,B,C order
+    assert (weighted["task"], weighted["task_weights"]) == ("A,B,C", [0.4, 0.3, 0.3])
 
 
 def test_a_preset_with_an_init_checkpoint_sweeps_its_own_head_only(world, tmp_path):

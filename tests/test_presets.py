@@ -34,11 +34,13 @@ def world(tmp_path_factory):
     st = open_store(root / "store", create=True)
     st.write("reg", Recipe("reg"), keys, {"regions": g.normal(size=(n, 4, 8)).astype(np.float32),
                                           "count": np.full(n, 4, np.int32),
-                                          "pooled": g.normal(size=(n, 8)).astype(np.float32)},
+                                          "pooled": g.normal(size=(n, 8)).astype(np.float32),
+                                          "pooler": g.normal(size=(n, 6)).astype(np.float32)},
              key_kind="image_key", modality="image", per_item=("regions",))
     st.write("tok", Recipe("tok"), ids, {"tokens": g.normal(size=(n, 5, 8)).astype(np.float32),
                                          "count": np.full(n, 5, np.int32),
-                                         "cls": g.normal(size=(n, 8)).astype(np.float32)},
+                                         "cls": g.normal(size=(n, 8)).astype(np.float32),
+                                         "pooler": g.normal(size=(n, 7)).astype(np.float32)},
              key_kind="sample_id", modality="text", per_item=("tokens",))
     return {"data": data, "store": root / "store"}
 
@@ -197,15 +199,30 @@ def test_preset_file_and_option_errors(world, tmp_path):
 
 
 def test_rgcl_presets_train_with_the_rgcl_objective_and_knn_inference(world, tmp_path):
+    """rgcl / rgcl-knn: RGCL's objective, CLIP's pooler arrays (the preset's data options), torch's default
+    weight decay as run_rac.py's AdamW, and the epoch of the best classifier dev accuracy kept, for the kNN
+    predictions too (select_on=classifier: the classifier's metrics are logged beside the kNN ones)."""
     for name in ("rgcl", "rgcl-knn"):
         out = tmp_path / name
-        invoke(heads, args(world, out, "--preset", name, "--epochs", "1", "--set", "proj_dim=16"))
+        invoke(heads, args(world, out, "--preset", name, "--epochs", "4", "--set", "proj_dim=16"))
         cfg = train_config(out)
         assert cfg["head"] == "cross" and cfg["head_config"]["fusion"] == "align"
         assert cfg["train"]["rgcl"] == load_preset("rgcl").train["rgcl"] and cfg["train"]["schedule"] == "constant"
         assert cfg["train"]["predict"] == ("knn" if name == "rgcl-knn" else "classifier")
+        assert (cfg["train"]["weight_decay"], cfg["train"]["monitor"], cfg["train"]["select_on"]) == (
+            0.01, "accuracy", "classifier")
+        spec = cfg["input_spec"]  # the pooler arrays (6, 7 wide) beside 8-wide regions and tokens
+        assert (spec["img_dim"], spec["img_pooled_dim"], spec["txt_dim"], spec["txt_pooled_dim"]) == (8, 6, 8, 7)
+        assert cfg["head_config"]["proj_dim"] == 16
+        assert cfg["features"]["image"]["pool"] == "pooler" and cfg["features"]["text"]["pool"] == "pooler"
         history = json.loads((out / "seed_0" / "history.json").read_text())
         assert "train_loss_rgcl" in history[0]
+        chosen = "val_classifier_label/accuracy" if name == "rgcl-knn" else "val_label/accuracy"
+        assert all(chosen in row for row in history)
+        scores = [row[chosen] for row in history]
+        assert cfg["best_epoch"] == 1 + scores.index(max(scores))
+        if name == "rgcl-knn":  # the kNN accuracy is what is reported, and differs from the classifier's
+            assert any(row["val_label/accuracy"] != row[chosen] for row in history)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"name": "b", "source": "s", "extends": "rgcl", "train": {"rgcl": {"top_k": 20}}}))
     line = one_line_error(heads, args(world, tmp_path / "o", "--preset", bad))
@@ -255,3 +272,39 @@ def test_direct_presets_train_as_their_mmf_defaults_but_for_what_direct_yaml_cha
     d, b = load_preset(direct), load_preset(base)
     assert d.head == b.head and d.train == {**b.train, **differ}
     assert d.data["task"] == b.data["task"]
+
+
+def test_explicit_pool_options_win_over_the_presets_pooler_arrays(world, tmp_path):
+    """hateclipper-cross sets image_pool / text_pool to CLIP's pooler arrays; --image-pool / --text-pool on the
+    command line still win (the run records the arrays it read)."""
+    out = tmp_path / "hc"
+    invoke(heads, args(world, out, "--preset", "hateclipper-cross", "--epochs", "1", "--image-pool", "pooled"))
+    feats = train_config(out)["features"]
+    assert (feats["image"]["pool"], feats["text"]["pool"]) == ("pooled", "pooler")
+    assert train_config(out)["input_spec"]["img_pooled_dim"] == 8
+
+
+def test_pooled_vectors_narrower_than_the_regions_train_and_old_runs_still_evaluate(world, tmp_path):
+    """An image set whose pooled array is narrower than its regions (a CLIP set: 768 projected beside 1024-wide
+    patch regions; here pooler 6 beside regions 8) builds heads on the pooled width (this used to fail in the
+    first step: mat1 and mat2 shapes cannot be multiplied); a run saved before the pooled widths were recorded
+    still evaluates, its one width standing for both."""
+    for head in ("concat", "cross", "image-only"):
+        out = tmp_path / head
+        invoke(heads, args(world, out, "--head", head, "--epochs", "1", "--image-pool", "pooler",
+                           *(("--set", "proj_dim=4") if head == "cross" else ())))
+        assert train_config(out)["input_spec"]["img_pooled_dim"] == 6
+        ev = json.loads(invoke(heads, ["eval", out, "--store", world["store"], "--dataset", world["data"],
+                                       "--device", "cpu"]))
+        assert "label/auroc" in ev["metrics"]
+    out = tmp_path / "old"
+    invoke(heads, args(world, out, "--head", "concat", "--epochs", "1"))
+    path = out / "seed_0" / "config.json"
+    config = json.loads(path.read_text())
+    for key in ("img_pooled_dim", "txt_pooled_dim"):
+        assert config["input_spec"].pop(key) == 8
+    path.write_text(json.dumps(config))
+    ev = json.loads(invoke(heads, ["eval", out, "--store", world["store"], "--dataset", world["data"],
+                                   "--device", "cpu"]))
+    saved = json.loads((out / "seed_0" / "metrics.json").read_text())["test"]
+    assert ev["metrics"] == pytest.approx(saved, abs=1e-6, nan_ok=True)

@@ -32,7 +32,7 @@ BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # torch's BatchNorm1d defaults, which MMF's MLP
 # MMF's Hateful Memes image.yaml numbers, converted for 8,500 train memes (written here, not read from the preset)
 MMF_IMAGE_TRAIN = {"lr": 1e-5, "weight_decay": 0.0, "batch_size": 32, "epochs": 83, "warmup_ratio": 0.0909,
                    "schedule": "linear", "grad_clip": 0.0, "loss": "ce", "label_smoothing": 0.0,
-                   "monitor": "auroc", "patience": 0}
+                   "monitor": "auroc", "patience": 0, "optimizer": "adamw-mmf"}  # MMF's adam_w
 MMF_IMAGE_HEAD = {"hidden": [768, 768], "activation": "relu", "dropout": 0.5, "batch_norm": True,
                   "out_hidden": 0, "out_dropout": 0.0}
 

@@ -190,8 +190,8 @@ class CrossHead(Head):
     def __init__(self, inputs, task, config: CrossConfig):
         super().__init__(inputs, task, config)
         n = config.proj_dim
-        self.img_proj = _Projection(inputs.img_dim, n, config.mapping_layers, config.norm, config.proj_dropout)
-        self.txt_proj = _Projection(inputs.txt_dim, n, config.mapping_layers, config.norm, config.proj_dropout)
+        self.img_proj = _Projection(inputs.img_pooled_width, n, config.mapping_layers, config.norm, config.proj_dropout)
+        self.txt_proj = _Projection(inputs.txt_pooled_width, n, config.mapping_layers, config.norm, config.proj_dropout)
         self.pre_output = _PreOutput(config.fused_in(), config.widths(), config.activation,
                                      config.fusion_dropout, config.dropout)
         self.outputs = PredictionLayers(task, self.pre_output.out_dim, config.out_hidden, config.out_dropout,

@@ -171,8 +171,8 @@ class GnnHead(Head):
         c, h = config, config.hidden
         self.region_in = nn.Linear(inputs.img_dim, h)
         self.token_in = nn.Linear(inputs.txt_dim, h)
-        self.gimg_in = nn.Linear(inputs.img_dim, h)
-        self.gtxt_in = nn.Linear(inputs.txt_dim, h)
+        self.gimg_in = nn.Linear(inputs.img_pooled_width, h)
+        self.gtxt_in = nn.Linear(inputs.txt_pooled_width, h)
         pyg = pyg_nn()
         GATConv, GCNConv, SAGEConv = pyg.GATConv, pyg.GCNConv, pyg.SAGEConv
         convs = []

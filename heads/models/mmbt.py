@@ -129,7 +129,7 @@ class MmbtHead(Head):
 
     def modal_width(self, inputs) -> int:
         """The width of the vectors ``proj_embeddings`` projects: the image vector's (MMF's modal_hidden_size)."""
-        return inputs.img_dim
+        return inputs.img_pooled_width
 
     def image_tokens(self, batch: Dict[str, Tensor]) -> Tensor:
         """``[B, 1, Di]``: the one image token's vector (``img_pooled``)."""

@@ -102,7 +102,7 @@ class RefnetHead(Head):
         self.base = create_head(c.base, inputs, task, **c.base_cfg)
         with torch.no_grad():
             probe = self._probe_dim(inputs)
-        dims = {"img": inputs.img_dim, "txt": inputs.txt_dim}
+        dims = {"img": inputs.img_pooled_width, "txt": inputs.txt_pooled_width}
         self.target_proj = nn.ModuleDict({
             m: (nn.Linear(d, c.target_dim) if c.target_dim > 0 else nn.Identity()) for m, d in dims.items()})
         self.refiners = nn.ModuleDict({
@@ -116,14 +116,14 @@ class RefnetHead(Head):
             b["img_regions"] = torch.zeros(2, inputs.img_regions, inputs.img_dim)
             b["img_mask"] = torch.ones(2, inputs.img_regions, dtype=torch.bool)
         if inputs.img_pooled:
-            b["img_pooled"] = torch.zeros(2, inputs.img_dim)
+            b["img_pooled"] = torch.zeros(2, inputs.img_pooled_width)
         if inputs.img_boxes and inputs.img_regions:
             b["img_boxes"] = torch.zeros(2, inputs.img_regions, 5)
         if inputs.txt_tokens:
             b["txt_tokens"] = torch.zeros(2, inputs.txt_tokens, inputs.txt_dim)
             b["txt_mask"] = torch.ones(2, inputs.txt_tokens, dtype=torch.bool)
         if inputs.txt_pooled:
-            b["txt_pooled"] = torch.zeros(2, inputs.txt_dim)
+            b["txt_pooled"] = torch.zeros(2, inputs.txt_pooled_width)
         was = self.base.training
         self.base.eval()
         dim = self.base(b)["fused"].shape[-1]

@@ -164,7 +164,7 @@ class ConcatBertHead(_BertClassifier):
     needs = frozenset({"txt_ids", "img_pooled"})
 
     def __init__(self, inputs, task, config: ConcatBertConfig):
-        super().__init__(inputs, task, config, extra=inputs.img_dim)
+        super().__init__(inputs, task, config, extra=inputs.img_pooled_width)
 
     def forward(self, batch: Dict[str, Tensor]) -> dict:
         out = self.encode(batch)
@@ -186,7 +186,7 @@ class LateFusionHead(_BertClassifier):
 
     def __init__(self, inputs, task, config: LateFusionConfig):
         super().__init__(inputs, task, config)
-        self.image_mlp = hidden_blocks(inputs.img_dim, config)  # PyTorch's default init, as MMF's
+        self.image_mlp = hidden_blocks(inputs.img_pooled_width, config)  # PyTorch's default init, as MMF's
         self.image_outputs = PredictionLayers(task, self.image_mlp.out_dim)
 
     def forward(self, batch: Dict[str, Tensor]) -> dict:

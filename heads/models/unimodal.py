@@ -80,7 +80,7 @@ class _Unimodal(Head):
 
     def __init__(self, inputs, task, config: UnimodalConfig):
         super().__init__(inputs, task, config)
-        dim = inputs.img_dim if self.modality == "image" else inputs.txt_dim
+        dim = inputs.img_pooled_width if self.modality == "image" else inputs.txt_pooled_width
         self.mlp = hidden_blocks(dim, config)
         self.outputs = PredictionLayers(task, self.mlp.out_dim, config.out_hidden, config.out_dropout)
 
