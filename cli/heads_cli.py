@@ -85,6 +85,10 @@ def data_options(f):
                      callback=lambda ctx, _p, v: ctx.meta.__setitem__("image_pool", v),
                      help="Image array used as the pooled vector: pooled, or e.g. pooler (CLIP's pre-projection; "
                           "Hate-CLIPper)."),
+        click.option("--train-image", default=None, expose_value=False, is_eager=True, metavar="NAME[@VERSION]",
+                     callback=lambda ctx, _p, v: ctx.meta.__setitem__("train_image", v),
+                     help="Image feature set the train split's samples read instead of --image's rows (RGCL: "
+                          "train memes squashed to 224 px, dev / test at 336; eval / predict: the run's)."),
         click.option("--val-fraction", type=float, default=None,
                      help="Carve a stratified validation split from train (default: the dataset's dev split)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
@@ -107,7 +111,8 @@ def _weights(text, task=None):
 
 
 def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
-               max_tokens, text_array, text_pool, val_fraction, device, seed=0, feeds=None, image_pool=None):
+               max_tokens, text_array, text_pool, val_fraction, device, seed=0, feeds=None, image_pool=None,
+               train_image=None):
     from featstore.datasets import load_dataset
     from featstore.store import open_store
     from heads.data import build_train_data
@@ -117,10 +122,12 @@ def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, tas
     ctx = click.get_current_context(silent=True)
     if image_pool is None:  # --image-pool
         image_pool = ctx.meta.get("image_pool", "pooled") if ctx is not None else "pooled"
+    if train_image is None and ctx is not None:  # --train-image
+        train_image = ctx.meta.get("train_image")
     return build_train_data(st, ds, image_ref, text_ref, task, device=device, max_regions=max_regions,
                             max_tokens=max_tokens, val_fraction=val_fraction, seed=seed,
                             task_weights=_weights(task_weights, task), text_array=text_array, text_pool=text_pool,
-                            image_pool=image_pool, feeds=feeds)
+                            image_pool=image_pool, feeds=feeds, train_image_ref=train_image)
 
 
 def _train_options():
@@ -227,14 +234,15 @@ def _run_arrays(run_dir, values: dict) -> dict:
 def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
              max_tokens, text_array, text_pool, val_fraction, device, split, seed):
     """Evaluate a saved run on a split (feature sets, arrays and region / token counts default to the run's)."""
-    from heads.experiment import evaluate_run, run_feature_refs
+    from heads.experiment import evaluate_run, run_feature_refs, run_train_image
     from heads.runs import run_dir_of
 
     run_dir = run_dir_of(run_dir, seed)
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
                       val_fraction=val_fraction, device=_device(device), **_run_arrays(run_dir, dict(
-        text_array=text_array, text_pool=text_pool, max_regions=max_regions, max_tokens=max_tokens)))
+        text_array=text_array, text_pool=text_pool, max_regions=max_regions, max_tokens=max_tokens)),
+                      train_image=run_train_image(run_dir, click.get_current_context().meta.get("train_image")))
     metrics = evaluate_run(run_dir, data, split)
     click.echo(json.dumps({"run": str(run_dir), "split": split, "metrics": metrics}, indent=1, sort_keys=True))
 
@@ -248,14 +256,15 @@ def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_r
 def predict(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
             max_tokens, text_array, text_pool, val_fraction, device, split, out_csv, seed):
     """Write a saved run's predictions for a dataset (features read as for eval: the run's by default)."""
-    from heads.experiment import predict_run, run_feature_refs
+    from heads.experiment import predict_run, run_feature_refs, run_train_image
     from heads.runs import run_dir_of
 
     run_dir = run_dir_of(run_dir, seed)
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
     data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
                       val_fraction=val_fraction, device=_device(device), **_run_arrays(run_dir, dict(
-        text_array=text_array, text_pool=text_pool, max_regions=max_regions, max_tokens=max_tokens)))
+        text_array=text_array, text_pool=text_pool, max_regions=max_regions, max_tokens=max_tokens)),
+                      train_image=run_train_image(run_dir, click.get_current_context().meta.get("train_image")))
     path = predict_run(run_dir, data, out_csv, split)
     click.echo(f"wrote {path}")
 
@@ -321,6 +330,9 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
                            "max_regions": max_regions, "max_tokens": max_tokens, "text_array": text_array,
                            "text_pool": text_pool, "val_fraction": val_fraction,
                            "image_pool": click.get_current_context().meta.get("image_pool", "pooled")})
+    if click.get_current_context().meta.get("train_image"):
+        raise FeatstoreError("--train-image is for heads train / eval / predict (one image set); a sweep over "
+                             "several image sets takes none: train that row with heads train")
     spec.data = preset_data(preset, spec.data, _explicit(spec.data))
     if preset:
         from heads.preset_inputs import store_image_notes

@@ -294,12 +294,40 @@ def _text_features(fs, keys, text_array: str, text_pool: str, max_tokens, device
     return features
 
 
+def train_image_rows(store, ref: str, samples, features: Dict[str, Tensor], image_pool: str, max_regions,
+                     device, dtype) -> Dict[str, Any]:
+    """Replace the image rows of the ``train``-split samples in ``features`` by image set ``ref``'s (same
+    arrays and shapes: one-line errors otherwise) -> its ref record (name, version, pool, recipe)."""
+    from featstore.store import preflight
+
+    fs = _open_feature_sets(store, ref, None)["image"]
+    rows = [i for i, s in enumerate(samples) if s.split == "train"]
+    if not rows:
+        raise FeatstoreError(f"--train-image {ref}: the dataset has no 'train' split samples to read it for; "
+                             "leave --train-image out")
+    chosen = [samples[i] for i in rows]
+    preflight(chosen, image=fs).raise_if_missing()
+    keys = [s.image_key if fs.key_kind == "image_key" else s.id for s in chosen]
+    got = _image_features(fs, keys, image_pool, max_regions, device, dtype)
+    for name, value in features.items():
+        if not name.startswith("img_"):
+            continue
+        if name not in got or got[name].shape[1:] != value.shape[1:]:
+            have = tuple(got[name].shape[1:]) if name in got else "none"
+            raise FeatstoreError(f"--train-image {ref} gives {name} of shape {have} per row where --image gives "
+                                 f"{tuple(value.shape[1:])}; pass a set of the same extractor and options (and "
+                                 "--max-regions when their region counts differ)")
+        value[torch.as_tensor(rows, device=value.device)] = got[name].to(value.dtype)
+    return {"name": fs.name, "version": fs.version, "pool": image_pool, "extractor": fs.recipe.extractor,
+            "config": fs.recipe.config, "preprocessing": fs.recipe.preprocessing}
+
+
 def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec, str, None] = None, *,
                      device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
                      max_regions: Optional[int] = None, max_tokens: Optional[int] = None,
                      val_fraction: Optional[float] = None, seed: int = 0, task_weights=None,
                      text_array: str = "tokens", text_pool: str = "cls", image_pool: str = "pooled",
-                     feeds: Optional[str] = None) -> TrainData:
+                     feeds: Optional[str] = None, train_image_ref: Optional[str] = None) -> TrainData:
     """Load every sample's features from ``store`` once, joined by key (never by position).
 
     ``dataset``: a ``DatasetManifest`` (or a path for ``featstore.datasets.load_dataset``).
@@ -312,7 +340,9 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     ``text_array`` and ``txt_pooled`` from ``text_pool`` ("cls" or "mean", whichever exists; or any pooled
     array such as CLIP's pre-projection "pooler"). ``image_pool`` names the image set's array that becomes
     ``img_pooled`` ("pooled", or e.g. "pooler"); a name the set lacks is a one-line error. ``feeds``: a
-    fan-out cascade such as ``"B>C"`` (``heads.tasks.with_feeds``).
+    fan-out cascade such as ``"B>C"`` (``heads.tasks.with_feeds``). ``train_image_ref``: another image set
+    whose rows the dataset's train-split samples read instead (``train_image_rows``; RGCL's train memes were
+    squashed to 224 px where dev and test were 336).
     """
     from .tasks import derive_task_spec, encode_targets, with_feeds
 
@@ -322,6 +352,9 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     samples = list(dataset.samples)
     if image_ref is None and text_ref is None:
         raise FeatstoreError("no feature set given; pass --image NAME and/or --text NAME")
+    if train_image_ref is not None and image_ref is None:
+        raise FeatstoreError(f"--train-image {train_image_ref} replaces the train split's rows of --image, but no "
+                             "--image is given; pass --image NAME too")
     spec = with_feeds(tasks if isinstance(tasks, TaskSpec) else derive_task_spec(samples, tasks, task_weights), feeds)
     opened = _open_feature_sets(store, image_ref, text_ref)
     from featstore.store import preflight
@@ -336,6 +369,9 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
             refs[modality].update(pool=image_pool, extractor=fs.recipe.extractor, config=fs.recipe.config,
                                   preprocessing=fs.recipe.preprocessing)
             features.update(_image_features(fs, keys, image_pool, max_regions, device, dtype))
+            if train_image_ref is not None:
+                refs["train_image"] = train_image_rows(store, train_image_ref, samples, features, image_pool,
+                                                       max_regions, device, dtype)
         else:  # which layer the states are from (checked against vilbert's text_start_layer)
             refs[modality].update(array=text_array, pool=text_pool, extractor=fs.recipe.extractor,
                                   config=fs.recipe.config, weights_fingerprint=fs.recipe.weights_fingerprint)

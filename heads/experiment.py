@@ -226,6 +226,15 @@ def run_feature_refs(run_dir, image_ref: Optional[str], text_ref: Optional[str])
     return ref("image", image_ref), ref("text", text_ref)
 
 
+def run_train_image(run_dir, given: Optional[str]) -> Optional[str]:
+    """The ``--train-image`` set for a saved run: the one given, else the exact version it was trained with
+    (None for a run without one)."""
+    if given:
+        return given
+    f = read_config(run_dir).get("features", {}).get("train_image")
+    return f"{f['name']}@{f['version']}" if f else None
+
+
 # data option -> (modality, key in the run's config.json "features", the flag that sets it)
 RUN_ARRAYS = {"text_array": ("text", "array", "--text-array"), "text_pool": ("text", "pool", "--text-pool"),
               "image_pool": ("image", "pool", "--image-pool")}

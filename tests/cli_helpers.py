@@ -88,6 +88,19 @@ def make_hm_folder(root: Path) -> Path:
     return data
 
 
+def hm_store_world(root: Path) -> dict:
+    """``make_hm_folder(root / "data")`` with its manifest and an empty store: ``{"root", "data", "ds", "store",
+    "st", "keys" (unique image keys, sorted), "ids" (sample ids)}``, for tests that write feature sets by hand."""
+    from featstore.datasets import load_dataset
+    from featstore.store import open_store
+
+    data = make_hm_folder(Path(root) / "data")
+    ds = load_dataset(data)
+    return {"root": Path(root), "data": data, "ds": ds, "store": Path(root) / "store",
+            "st": open_store(Path(root) / "store", create=True), "keys": sorted({s.image_key for s in ds.samples}),
+            "ids": [s.id for s in ds.samples]}
+
+
 def extract_args(data: Path, store: Path, extractor: str, *extra) -> list:
     """``featstore extract`` arguments for the tiny grid / bert configs (no worker processes, no bar)."""
     cfg = GRID if extractor == "grid" else BERT if extractor == "bert" else []

@@ -27,9 +27,15 @@ def clip_dir(tmp_path_factory):
     return _save_clip(tmp_path_factory.mktemp("clip_squash"), PX)
 
 
-def _reference(folder, images):
-    """(pooler, pooled) float64: Hate-CLIPper's / RGCL's pixels through CLIP's vision tower and projection."""
-    x = np.stack([(np.asarray(im.convert("RGB").resize((PX, PX)), dtype=np.float64) / 255 - CLIP_MEAN) / CLIP_STD
+def _reference(folder, images, squash=PX):
+    """(pooler, pooled) float64: Hate-CLIPper's / RGCL's pixels through CLIP's vision tower and projection;
+    ``squash`` < the tower's size: RGCL's train memes, squashed to it, then resized to the tower's size by the
+    processor (transformers 4's CLIPImageProcessor: Pillow's resize with BICUBIC, the crop then a no-op)."""
+    def pixels(im):
+        im = im.convert("RGB").resize((squash, squash))
+        return im if squash == PX else im.resize((PX, PX), Image.BICUBIC)
+
+    x = np.stack([(np.asarray(pixels(im), dtype=np.float64) / 255 - CLIP_MEAN) / CLIP_STD
                   for im in images]).transpose(0, 3, 1, 2)
     m = CLIPModel.from_pretrained(str(folder)).double().eval()
     with torch.no_grad():
@@ -65,6 +71,33 @@ def test_squash_equals_a_float64_transcription_of_hateclipper_and_rgcl(clip_dir)
     assert np.abs(default["pooler"] - pooler).max() > 1e-2 * float(np.abs(pooler).max())
 
 
+def test_squash_size_is_rgcls_train_split_input(clip_dir):
+    """RGCL's get_Dataloader squashes train memes to 224 (its dataset's default) while its processor is the 336
+    tower's: ``squash_size`` below the tower's size gives that input (here 112 on a 224 tower), against the
+    float64 transcription; the cached pixels give the same numbers, and the record names both resizes."""
+    images = _images()
+    pooler, pooled = _reference(clip_dir, images, squash=112)
+    ex = create_extractor("clip-image", weights=str(clip_dir), preprocess="squash", squash_size=112, dtype="float32")
+    out = _extract(ex, images)
+    _close(out["pooler"], pooler)
+    _close(out["pooled"], pooled)
+    for k, im in enumerate(images):
+        np.testing.assert_allclose(out["boxes"][k], _cells((0.0, 0.0) + im.size, 6), rtol=1e-6)
+    full, _ = _reference(clip_dir, images)
+    assert np.abs(full - pooler).max() > 1e-3 * float(np.abs(pooler).max())  # another input than squash at 224
+    recipe = ex.resize_recipe()
+    assert (recipe.mode, recipe.size) == ("square", 112)
+    cached = _extract(ex, [recipe.apply(im) for im in images])
+    np.testing.assert_array_equal(cached["pooler"], out["pooler"])
+    pre = ex.preprocessing()
+    assert (pre["squash"], pre["then_resize"], pre["then_resize_interpolation"]) == ([112, 112], [PX, PX],
+                                                                                     "pil-bicubic")
+    with pytest.raises(FeatstoreError) as e:
+        create_extractor("clip-image", weights=str(clip_dir), squash_size=224)
+    assert str(e.value) == ("squash_size=224 needs preprocess=squash and a side >= 16 (0: the tower's size); e.g. "
+                            "--set preprocess=squash --set squash_size=224")
+
+
 def test_resized_pixels_from_the_cache_give_the_pil_paths_numbers(clip_dir):
     ex = create_extractor("clip-image", weights=str(clip_dir), preprocess="squash", dtype="float32")
     recipe = ex.resize_recipe()
@@ -79,6 +112,7 @@ def test_resized_pixels_from_the_cache_give_the_pil_paths_numbers(clip_dir):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     pre = ex.preprocessing()
     assert pre["squash"] == [PX, PX] and pre["decode"] == "convert-rgb" and pre["squash_interpolation"] == "bicubic"
+    assert "then_resize" not in pre  # squashed to the tower's own size: nothing more
     assert "squash" not in create_extractor("clip-image", weights=str(clip_dir)).preprocessing()
 
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from cli.heads_cli import main as heads
-from cli_helpers import invoke, make_hm_folder, one_line_error
+from cli_helpers import hm_store_world, invoke, one_line_error
 from featstore.errors import FeatstoreError
-from featstore.store import Recipe, open_store
+from featstore.store import Recipe
 from heads.models import create_head
 from heads.models.cross import HATECLIPPER_SETTINGS
 from heads.spec import InputSpec, Task, TaskSpec
@@ -191,15 +191,9 @@ def test_bad_options_are_one_line_errors(cfg, msg):
 
 @pytest.fixture(scope="module")
 def pooler_world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pooler")
-    data = make_hm_folder(root / "data")
-    from featstore.datasets import load_dataset
-
-    ds = load_dataset(data)
-    st = open_store(root / "store", create=True)
+    w = hm_store_world(tmp_path_factory.mktemp("pooler"))
+    root, data, ds, st, keys, ids = w["root"], w["data"], w["ds"], w["st"], w["keys"], w["ids"]
     g = np.random.default_rng(0)
-    keys = sorted({s.image_key for s in ds.samples})
-    ids = [s.id for s in ds.samples]
     st.write("clip-img", Recipe("clip-image"), keys, {"pooled": g.normal(size=(6, 4)).astype(np.float32),
                                                        "pooler": g.normal(size=(6, 7)).astype(np.float32)},
              key_kind="image_key", modality="image")

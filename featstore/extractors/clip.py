@@ -12,7 +12,10 @@ then the processor): the file decoded as Pillow's ``convert("RGB")`` (``images.l
 "convert-rgb")``), the WHOLE image resized to the tower's ``s x s`` with Pillow's bicubic (its ``resize``
 default; a ``pixels.ResizeRecipe``, so the run loop and the image cache hand over the resized pixels), then
 the processor, whose resize and crop leave an ``s x s`` image as it is; nothing is cropped away, so the
-boxes below are cells of the whole image. Stored per version:
+boxes below are cells of the whole image. ``squash_size`` squashes to another side first: RGCL's train split
+(its ``get_Dataloader`` builds the train dataset without ``image_size``, so train memes are squashed to 224
+and the 336 processor upsamples them, Pillow bicubic under transformers 4; dev and test at 336); that
+upsample is done here with Pillow's bicubic before the processor. Stored per version:
   * ``pooler [N, Dv]``: ``vision_model(...).pooler_output`` (post-LayerNormed CLS; pre-projection, what
     Hate-CLIPper's trainable projections read);
   * ``pooled [N, P]``: ``visual_projection(pooler)`` = ``CLIPModel.get_image_features``; ``normalize=True``
@@ -77,6 +80,7 @@ class ClipImageConfig(_ClipConfig):
     antialias: bool = True
     post_layernorm: bool = False
     preprocess: str = PROCESSOR
+    squash_size: int = 0  # squash: the side the whole image is squashed to; 0 = the tower's input size
 
     def __post_init__(self):
         super().__post_init__()
@@ -85,13 +89,16 @@ class ClipImageConfig(_ClipConfig):
         if self.preprocess not in IMAGE_PREPROCESS:
             raise FeatstoreError(f"preprocess={self.preprocess!r} is not known; use one of "
                                  f"{', '.join(IMAGE_PREPROCESS)}")
+        if self.squash_size and (self.preprocess != SQUASH or self.squash_size < 16):
+            raise FeatstoreError(f"squash_size={self.squash_size} needs preprocess=squash and a side >= 16 (0: the "
+                                 "tower's size); e.g. --set preprocess=squash --set squash_size=224")
 
     def resize_recipe(self) -> Optional[ResizeRecipe]:
         """``squash``: the recipe at the tower's input size (read from the weights folder's config.json);
         ``processor``: None (PIL images go to the processor)."""
         if self.preprocess != SQUASH:
             return None
-        return squash_recipe(tower_image_size(self.weights))
+        return squash_recipe(self.squash_size or tower_image_size(self.weights))
 
 
 def squash_recipe(size: int) -> ResizeRecipe:
@@ -202,7 +209,8 @@ class ClipImageExtractor(_ClipBase):
                                  f"{vc.image_size}x{vc.image_size}; pass a folder whose processor matches its model")
         if config.num_regions:
             check_fits_grid(config.num_regions, self.grid)
-        self.recipe = squash_recipe(int(vc.image_size)) if config.preprocess == SQUASH else None
+        self.tower = int(vc.image_size)
+        self.recipe = squash_recipe(config.squash_size or self.tower) if config.preprocess == SQUASH else None
 
     def resize_recipe(self) -> Optional[ResizeRecipe]:
         return self.recipe  # the config's, from the loaded tower (no config.json read per item)
@@ -225,6 +233,8 @@ class ClipImageExtractor(_ClipBase):
         if self.recipe is not None:
             out.update(squash=[self.recipe.size, self.recipe.size], squash_interpolation="bicubic",
                        decode=self.recipe.decode)
+            if self.recipe.size != self.tower:
+                out.update(then_resize=[self.tower, self.tower], then_resize_interpolation="pil-bicubic")
         return out
 
     def preprocess(self, item) -> Dict[str, torch.Tensor]:
@@ -241,10 +251,12 @@ class ClipImageExtractor(_ClipBase):
             require_pil(item)
             return item.convert("RGB"), item.size, crop_window(self.processor, *item.size)
         resized = item if isinstance(item, ResizedImage) else self.recipe.apply(require_pil(item))
-        pixels = resized.tensor_for(self.recipe).numpy()
-        (w, h), s = resized.size, self.recipe.size
-        x1, y1, x2, y2 = crop_window(self.processor, s, s)  # in squashed pixels: the whole s x s at the tower size
-        return Image.fromarray(pixels, "RGB"), resized.size, (x1 * w / s, y1 * h / s, x2 * w / s, y2 * h / s)
+        image = Image.fromarray(resized.tensor_for(self.recipe).numpy(), "RGB")
+        (w, h), s = resized.size, self.tower
+        if self.recipe.size != s:  # squash_size: the s x s squash goes to the tower's size as the processor's PIL
+            image = image.resize((s, s), Image.BICUBIC)  # resize does (transformers 4, RGCL's train split)
+        x1, y1, x2, y2 = crop_window(self.processor, s, s)  # in tower pixels: the whole image
+        return image, resized.size, (x1 * w / s, y1 * h / s, x2 * w / s, y2 * h / s)
 
     @torch.inference_mode()
     def forward(self, batch) -> Dict[str, np.ndarray]:
