@@ -271,7 +271,7 @@ def cache_images(dataset_path, dataset_format, image_cache, workers, extractors,
 
     cfg = parse_settings(settings)
     recipes = [r for r in (recipe_for(name, cfg) for name in extractors) if r is not None]
-    decodes = [decode_for(name, cfg) for name in extractors]
+    decodes = [decode_for(name, cfg) for name in extractors if recipe_for(name, cfg) is None]  # the rest: recipes
     ds = load_dataset(dataset_path, dataset_format, check_images=False)
     for line in prefill_image_cache(ds, image_cache, num_workers=workers, progress=not quiet,
                                     recipes=recipes, decodes=decodes).lines():

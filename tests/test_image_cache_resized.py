@@ -263,3 +263,28 @@ def test_cli_cache_images_for_an_extractor(tmp_path):
     line = one_line_error(featstore, args + ["--extractor", "grid", "--set", "image_sise=64"])
     assert line == ("error: extractor 'grid' has no option 'image_sise'; valid options: backbone, compile, dtype, "
                     "grid_size, image_size, preprocess, seed, weights")
+
+
+def test_cache_images_for_an_extractor_with_its_own_decode_stores_that_decode_only(tmp_path):
+    """grid's preprocess=mmf-hateful-memes decodes as MMF's loader (convert-rgb) and resizes to 256: cache-images
+    stores that decode and the resized pixels, not featstore's own decode as well (it used to, decoding every
+    image twice); the extraction then reads every image from the cache."""
+    from cli.featstore_cli import main as featstore
+    from cli_helpers import invoke
+
+    manifest = _dataset(tmp_path / "data")
+    cfg = {**GRID, "image_size": 224, "preprocess": "mmf-hateful-memes"}
+    invoke(featstore, ["cache-images", "--dataset", manifest, "--image-cache", tmp_path / "cache", "--workers", "0",
+                       "--quiet", "--extractor", "grid", "--set", "image_size=224", "--set",
+                       "preprocess=mmf-hateful-memes"])
+    cache = DecodedImageCache(tmp_path / "cache")
+    assert len(cache) == 19  # 9 convert-rgb decodes, 9 resized to 256 x 256, 1 failure; no featstore decodes
+    ds = load_dataset(manifest, check_images=False)
+    path = next(s.image_path for s in ds.samples if s.image_key != "00090")
+    cache.load(path, decode="convert-rgb")
+    assert cache.stats()["misses"] == 0
+    cache.load(path)  # featstore's decode was not stored
+    assert cache.stats()["misses"] == 1
+    cache = DecodedImageCache(tmp_path / "cache")
+    _run(tmp_path / "warm", ds, cache, "grid", cfg)
+    assert cache.stats() == {"hits": 10, "misses": 0, "corrupt": 0}

@@ -38,7 +38,8 @@ class _Loads(torch.utils.data.Dataset):
     def __init__(self, cache: DecodedImageCache, items: List[tuple], max_pixels: int, recipes: Sequence = (),
                  decodes: Sequence[str] = ()):
         self.cache, self.items, self.max_pixels, self.recipes = cache, items, max_pixels, tuple(recipes)
-        self.decodes = tuple(d for d in dict.fromkeys(decodes) if d != "featstore")  # featstore's: always
+        # the decodes to store besides the recipes' own (which load_resized stores); none at all: featstore's
+        self.decodes = tuple(dict.fromkeys(decodes)) if decodes or self.recipes else ("featstore",)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -51,7 +52,6 @@ class _Loads(torch.utils.data.Dataset):
         try:
             if path is None:
                 return key, False, "no image path in the manifest", None
-            self.cache.load(path, max_pixels=self.max_pixels)
             for decode in self.decodes:
                 self.cache.load(path, self.max_pixels, decode)
             for recipe in self.recipes:
@@ -67,8 +67,9 @@ def prefill_image_cache(dataset, cache_dir: str, *, num_workers: Optional[int] =
                         max_pixels: int = ExtractOptions.max_pixels, progress: bool = True,
                         recipes: Sequence = (), decodes: Sequence[str] = ()) -> PrefillSummary:
     """Decode every distinct image of ``dataset`` into the cache at ``cache_dir`` (images already there and
-    unchanged are skipped), also by each of ``decodes`` (``images.load_image``'s, the extractors'
-    ``image_decode``), and store it resized by each of ``recipes`` (``pixels.ResizeRecipe``). A broken
+    unchanged are skipped) by each of ``decodes`` (``images.load_image``'s, the extractors' ``image_decode``)
+    and store it resized by each of ``recipes`` (``pixels.ResizeRecipe``, with the decode it names); with
+    neither, featstore's own decode. A broken
     cache raises ``ImageCacheError``; unreadable images are counted and listed, as extraction would record
     them."""
     cache = DecodedImageCache(cache_dir)
