@@ -29,6 +29,7 @@ from ..errors import FeatstoreError
 from ..config_types import build_dataclass, field_default
 from ..registry import Registry
 from ..store.spec import ArraySpec
+from .images import FEATSTORE_DECODE
 
 EXTRACTORS = Registry("extractor")
 STORAGE_DTYPES = ("float16", "float32")
@@ -111,7 +112,7 @@ def decode_for(name: str, settings: Optional[dict] = None) -> str:
 
 def decode_of(recipe, config) -> str:
     """A resize recipe's decode, else the config's ``decode`` option, else featstore's."""
-    return recipe.decode if recipe is not None else getattr(config, "decode", "featstore")
+    return recipe.decode if recipe is not None else getattr(config, "decode", FEATSTORE_DECODE)
 
 
 def list_extractors() -> List[Tuple[str, str, List[Tuple[str, Any]]]]:

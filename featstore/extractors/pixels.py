@@ -25,6 +25,7 @@ import torch
 
 from ..errors import FeatstoreError
 from .geometry import resize_keep_aspect
+from .images import FEATSTORE_DECODE
 
 _FILTERS = ("bilinear", "bicubic")
 _MODES = ("square", "keep_aspect")
@@ -40,7 +41,7 @@ class ResizeRecipe:
     size: int
     interpolation: str
     max_side: int = 0
-    decode: str = "featstore"
+    decode: str = FEATSTORE_DECODE
 
     def __post_init__(self):
         from .images import DECODES
@@ -61,7 +62,7 @@ class ResizeRecipe:
         import PIL
         import torchvision
 
-        decoded = "" if self.decode == "featstore" else f" decode={self.decode}"  # default: the key as before
+        decoded = "" if self.decode == FEATSTORE_DECODE else f" decode={self.decode}"  # default: the key as before
         return (f"resize/1 {self.mode} {self.size} {self.max_side} {self.interpolation}-antialias "
                 f"torchvision={torchvision.__version__} Pillow={PIL.__version__}{decoded}")
 

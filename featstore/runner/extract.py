@@ -25,6 +25,7 @@ import torch
 from ..config_types import cli_field
 from ..devices import resolve_device
 from ..errors import FeatstoreError
+from ..extractors.images import FEATSTORE_DECODE
 from ..jsonio import to_jsonable
 from ..store import Recipe, Store
 from . import dist
@@ -173,7 +174,7 @@ class _ItemDataset(torch.utils.data.Dataset):
         recipe = getattr(extractor, "resize_recipe", None)
         self.recipe = recipe() if recipe is not None and modality == "image" else None
         decode = getattr(extractor, "image_decode", None)  # how files are decoded (images.load_image)
-        self.decode = decode() if decode is not None and modality == "image" else "featstore"
+        self.decode = decode() if decode is not None and modality == "image" else FEATSTORE_DECODE
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -51,6 +51,7 @@ from crc32c import crc32c
 from PIL import Image
 
 from ..errors import FeatstoreError
+from ..extractors.images import FEATSTORE_DECODE
 
 _MAGIC = b"FSIC"
 _FORMAT = 1
@@ -120,7 +121,7 @@ class DecodedImageCache:
             return int(_env(self.path, self.map_size).stat()["entries"])
 
     def load(self, path: Union[str, os.PathLike], max_pixels: Optional[int] = None,
-             decode: str = "featstore") -> Image.Image:
+             decode: str = FEATSTORE_DECODE) -> Image.Image:
         """``load_image(path, max_pixels=max_pixels, decode=decode)`` through the cache: same pixels, same
         errors (each ``decode`` has its own records; the default's key is the one it always had).
 
@@ -132,7 +133,7 @@ class DecodedImageCache:
         max_pixels, path, st = _checked(max_pixels, path)
         if st is None:  # missing / a directory: nothing to cache
             return _images().load_image(path, max_pixels=max_pixels, decode=decode)
-        key = _key(self._realpath(path), "" if decode == "featstore" else f"decode/{decode}")
+        key = _key(self._realpath(path), "" if decode == FEATSTORE_DECODE else f"decode/{decode}")
         found = self._lookup(key, path, st, max_pixels)
         if found is not None:
             return found
@@ -455,7 +456,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def load_input(path: Union[str, os.PathLike], recipe, max_pixels: int, cache: Optional[DecodedImageCache] = None,
-               decode: str = "featstore"):
+               decode: str = FEATSTORE_DECODE):
     """What an image extractor's ``preprocess`` takes for the file at ``path``: the decoded PIL image (by
     ``decode``, the extractor's ``image_decode()``) when ``recipe`` is None, else its ``pixels.ResizedImage``
     (the extractor's ``resize_recipe()``, which names its own decode); through ``cache`` when given. Raises

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..extractors.images import FEATSTORE_DECODE
 from .extract import ExtractOptions, _progress, _resolve_workers, extraction_items
 from .image_cache import DecodedImageCache, ImageCacheError
 
@@ -39,7 +40,7 @@ class _Loads(torch.utils.data.Dataset):
                  decodes: Sequence[str] = ()):
         self.cache, self.items, self.max_pixels, self.recipes = cache, items, max_pixels, tuple(recipes)
         # the decodes to store besides the recipes' own (which load_resized stores); none at all: featstore's
-        self.decodes = tuple(dict.fromkeys(decodes)) if decodes or self.recipes else ("featstore",)
+        self.decodes = tuple(dict.fromkeys(decodes)) if decodes or self.recipes else (FEATSTORE_DECODE,)
 
     def __len__(self) -> int:
         return len(self.items)
