@@ -7,7 +7,10 @@ ReLU, RGCL's ``mlp[:-2]``), else ``out["fused"]``. ``cos(a, b) = a.b / (|a| |b|)
 
 Bank and refresh. The labelled train rows are re-encoded with the current head in eval mode, without
 gradients, into a bank ``E [N, H]``: once per epoch before its first step (``refresh=0``, the reference's
-``train_feats = None`` per epoch), or every ``refresh`` steps. Bank rows are constants in the loss.
+``train_feats = None`` per epoch), or every ``refresh`` steps. Bank rows are constants in the loss. One known
+difference: the reference encodes its bank outside ``no_grad`` and detaches it only after the epoch's first
+step, so on that one step (of about 133 an epoch) gradients also flow through the retrieved positive and
+negative rows; here they never do.
 
 Retrieval. Each training sample's embedding (train mode, detached) searches the bank for its ``depth =
 (k_pos, or k_neg when k_pos = 0) * search_multiple`` most cosine-similar rows (the reference's
