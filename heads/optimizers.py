@@ -10,7 +10,7 @@ The two differ in where eps and the weight decay enter the step (see :class:`MMF
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -36,10 +36,14 @@ class MMFAdamW(torch.optim.Optimizer):
 
     Defaults: betas (0.9, 0.999), weight_decay 0.0 as transformers'; eps 1e-8 (``MMF_EPS``) as MMF's Hateful
     Memes configs pass it, where transformers' own AdamW default is eps 1e-6. Sparse gradients are refused.
+    ``foreach`` (default): the tensors of a group that share a device, dtype and step count are updated by one
+    ``torch._foreach_*`` call per operation (as torch's AdamW does on a GPU) instead of one per tensor; the
+    numbers are the per-tensor loop's (``foreach=False``; bit for bit on the CPU, tests/test_optimizers.py).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = MMF_EPS, weight_decay: float = 0.0, correct_bias: bool = True):
+                 eps: float = MMF_EPS, weight_decay: float = 0.0, correct_bias: bool = True,
+                 foreach: Optional[bool] = None):
         for name, value, ok in (("lr", lr, lr >= 0.0), ("eps", eps, eps >= 0.0),
                                 ("weight_decay", weight_decay, weight_decay >= 0.0),
                                 ("betas", betas, all(0.0 <= b < 1.0 for b in betas))):
@@ -47,7 +51,7 @@ class MMFAdamW(torch.optim.Optimizer):
                 raise FeatstoreError(f"MMFAdamW {name}={value!r} is out of range; pass lr, eps, weight_decay >= 0 "
                                      "and betas in [0, 1)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      correct_bias=correct_bias))
+                                      correct_bias=correct_bias, foreach=True if foreach is None else foreach))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -56,14 +60,25 @@ class MMFAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
+            live = [p for p in group["params"] if p.grad is not None]
+            if group["foreach"]:
+                for bucket in self._buckets(live).values():
+                    self._update_many(bucket, group)
+            else:
+                for p in live:
+                    self._update_many([p], group)
         return loss
 
-    def _update(self, p: torch.Tensor, group: Dict[str, Any]) -> None:
-        grad = p.grad
-        if grad.is_sparse:
+    def _buckets(self, params: List[torch.Tensor]) -> Dict[tuple, List[torch.Tensor]]:
+        """``params`` by (device, dtype, their step count after this step): one foreach call each."""
+        out: Dict[tuple, List[torch.Tensor]] = {}
+        for p in params:
+            self._check_and_init(p)
+            out.setdefault((p.device, p.dtype, self.state[p]["step"] + 1), []).append(p)
+        return out
+
+    def _check_and_init(self, p: torch.Tensor) -> None:
+        if p.grad.is_sparse:
             raise FeatstoreError("MMFAdamW does not take sparse gradients; use dense ones (e.g. nn.Embedding with "
                                  "sparse=False) or --optimizer adamw")
         state = self.state[p]
@@ -71,16 +86,27 @@ class MMFAdamW(torch.optim.Optimizer):
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _update_many(self, params: List[torch.Tensor], group: Dict[str, Any]) -> None:
+        """The update of the class docstring for ``params``, which share a step count (foreach ops)."""
+        for p in params:
+            self._check_and_init(p)
+            self.state[p]["step"] += 1
         beta1, beta2 = group["betas"]
-        state["step"] += 1
-        t, lr = state["step"], group["lr"]
-        state["exp_avg"].mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        denom = state["exp_avg_sq"].sqrt().add_(group["eps"])
+        t, lr = self.state[params[0]]["step"], group["lr"]
+        grads = [p.grad for p in params]
+        m = [self.state[p]["exp_avg"] for p in params]
+        v = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_mul_(m, beta1)
+        torch._foreach_add_(m, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, group["eps"])
         step_size = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t) if group["correct_bias"] else lr
-        p.addcdiv_(state["exp_avg"], denom, value=-step_size)
+        torch._foreach_addcdiv_(params, m, denom, value=-step_size)
         if group["weight_decay"] > 0.0:
-            p.add_(p, alpha=-lr * group["weight_decay"])
+            torch._foreach_add_(params, params, alpha=-lr * group["weight_decay"])
 
 
 def check_optimizer(kind: str) -> None:

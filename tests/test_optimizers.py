@@ -100,6 +100,27 @@ def test_mmf_adamw_matches_transformers_update_under_heads_warmup_schedule(probl
     assert opt.state[params["c"]]["step"] == TOTAL - 3
 
 
+def test_foreach_buckets_give_the_per_tensor_loops_numbers():
+    """The default foreach update (one call per op over the tensors of a step count) against foreach=False, bit
+    for bit, with a parameter skipped on some steps so its step count differs (two buckets)."""
+    g = torch.Generator().manual_seed(4)
+    start = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g), torch.randn(2, 2, generator=g)]
+    grads = [[torch.randn_like(t) * 10 ** -k for t in start] for k in range(6)]
+    runs = []
+    for foreach in (True, False):
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = MMFAdamW([{"params": ps[:2], "weight_decay": 0.1}, {"params": ps[2:], "weight_decay": 0.0}], lr=1e-2,
+                       foreach=foreach)
+        for step, gs in enumerate(grads):
+            for k, (p, gr) in enumerate(zip(ps, gs)):
+                p.grad = None if (k == 1 and step in (0, 3)) else gr.clone()
+            opt.step()
+        assert [opt.state[p]["step"] for p in ps] == [6, 4, 6]
+        runs.append(ps)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
 def test_adamw_kind_is_torchs_adamw(problem):
     start, grads, decay = problem
     params, groups = two_groups(start, decay)
