@@ -12,10 +12,10 @@ The readers of one head family (``heads.vilbert_checkpoint``, ``heads.visualbert
 ``head_from_checkpoint`` does the rest for the head itself or for refnet over it (``base=``).
 
 One read per file: ``read_weights`` keeps the tensors of the last file it read (one entry, keyed by the
-file's realpath, size, mtime, inode, a hash of its first and last 64 KiB, and ``trust_pickle``), so the meta-device check before a run and
-every seed after it read a multi-gigabyte checkpoint once. Loaders copy from those tensors
-(``load_state_dict`` without ``assign``) and never change them; each call gets its own dict. A rewritten file
-is read again; ``forget_read_weights()`` drops the entry.
+file's realpath, size, mtime, inode, a hash of its first and last 64 KiB, and ``trust_pickle``), so the
+meta-device check before a run and every seed after it read a multi-gigabyte checkpoint once. Loaders copy
+from those tensors (``load_state_dict`` without ``assign``) and never change them; each call gets its own
+dict. A rewritten file is read again; ``forget_read_weights()`` drops the entry.
 """
 from __future__ import annotations
 

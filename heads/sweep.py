@@ -326,7 +326,7 @@ def _load_data(spec: SweepSpec, dataset, row: Row, device: str):
                                 device=device, max_regions=d.get("max_regions"), max_tokens=d.get("max_tokens"),
                                 val_fraction=d.get("val_fraction"), task_weights=d.get("task_weights"),
                                 text_array=d.get("text_array", "tokens"), text_pool=d.get("text_pool", "cls"),
-                                image_pool=d.get("image_pool", "pooled"))
+                                image_pool=d.get("image_pool", "pooled"), feeds=d.get("feeds"))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:
@@ -463,13 +463,14 @@ def preset_base(preset: Optional[str], heads: Sequence[str], settings: Dict[str,
 
 def preset_data(preset: Optional[str], data: Dict[str, Any], explicit: set) -> Dict[str, Any]:
     """A sweep's data options: the command's ``data``, with the preset's data options (``text_pool``,
-    ``image_pool``, ...) over those the command line did not give (``explicit``), as ``heads train`` does."""
+    ``image_pool``, ``feeds``, ...) over those the command line did not give (``explicit``), as ``heads train``
+    does."""
     if not preset:
         return data
     from .experiment import task_weights
     from .presets import load_preset
 
-    given = {k: v for k, v in load_preset(preset).data.items() if k in data and k not in explicit}
+    given = {k: v for k, v in load_preset(preset).data.items() if (k in data or k == "feeds") and k not in explicit}
     if "task_weights" in given:
         given["task_weights"] = task_weights(given["task_weights"], given.get("task", data.get("task")))
     return {**data, **given}

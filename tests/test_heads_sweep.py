@@ -289,7 +289,7 @@ def test_a_presets_data_options_fill_what_the_command_line_left_out():
         **data, "task": "label", "image_pool": "pooler", "text_pool": "mean"}
     assert preset_data(None, data, set()) == data
     weighted = preset_data("memotion2-multitask", dict(data), set())  # its "A=0.4,..." in --task A,B,C order
-    assert (weighted["task"], weighted["task_weights"]) == ("A,B,C", [0.4, 0.3, 0.3])
+    assert (weighted["task"], weighted["task_weights"], weighted["feeds"]) == ("A,B,C", [0.4, 0.3, 0.3], "B>C")
 
 
 def test_a_preset_with_an_init_checkpoint_sweeps_its_own_head_only(world, tmp_path):
@@ -399,3 +399,36 @@ def test_row_ids_keep_their_hash_and_numpy_values_hash_like_python():
         _row_id(("img@abc", None), "concat", {}, {"lr": object()}, {}, {})
     assert str(e.value) == ("sweep row['train']['lr'] is a builtins.object, which JSON cannot hold; pass a str, number, "
                             "bool, None, list or dict")
+
+
+def test_a_sweep_row_of_the_memotion_preset_loads_its_cascade(tmp_path):
+    """memotion2-multitask's feeds (B>C: the emotions' probabilities into every intensity task) reach a sweep row's
+    TrainData through preset_data, as heads train applies them."""
+    from conftest_data import make_image, write_csv
+    from featstore.datasets import load_dataset
+    from featstore.store import Recipe, open_store
+    from heads.sweep import SweepSpec, _load_data, plan_rows, preset_data
+
+    header = ["Id", "Image_name", "OCR_text", "Humour", "Sarcastic", "Offensive", "Motivational", "Overall_Sentiment"]
+    levels = [("funny", "general", "slight", "motivational", "positive"),
+              ("not_funny", "not_sarcastic", "not_offensive", "not_motivational", "negative"),
+              ("hilarious", "twisted_meaning", "very_offensive", "not_motivational", "neutral")]
+    rows = []
+    for i in range(12):
+        make_image(tmp_path / "images" / f"image_{i}.png")
+        rows.append([str(i), f"image_{i}.png", f"caption {i}", *levels[i % 3]])
+    ds = load_dataset(write_csv(tmp_path / "train.csv", header, rows), image_root=tmp_path / "images")
+    st = open_store(tmp_path / "store", create=True)
+    g = np.random.default_rng(0)
+    st.write("img", Recipe("img"), [s.image_key for s in ds.samples],
+             {"pooled": g.normal(size=(12, 4)).astype(np.float32)}, key_kind="image_key", modality="image")
+    st.write("txt", Recipe("txt"), [s.id for s in ds.samples], {"cls": g.normal(size=(12, 4)).astype(np.float32)},
+             key_kind="sample_id", modality="text")
+    data = {"format": "auto", "task": None, "task_weights": None, "max_regions": None, "max_tokens": None,
+            "text_array": "tokens", "text_pool": "cls", "val_fraction": 0.25, "image_pool": "pooled"}
+    spec = SweepSpec(store=str(tmp_path / "store"), dataset=str(tmp_path / "train.csv"), features=[("img", "txt")],
+                     heads=["concat"], data=preset_data("memotion2-multitask", data, set()))
+    loaded = _load_data(spec, ds, plan_rows(spec, st)[0], "cpu")
+    assert not isinstance(loaded, Exception), loaded
+    intensities = [t.name for t in loaded.task_spec.tasks if t.name.startswith("C_")]
+    assert intensities and loaded.task_spec.feeds == {name: ["B"] for name in intensities}

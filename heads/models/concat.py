@@ -34,7 +34,8 @@ class ConcatHead(Head):
 
     def __init__(self, inputs, task, config: ConcatConfig):
         super().__init__(inputs, task, config)
-        self.mlp = MLP(inputs.img_pooled_width + inputs.txt_pooled_width, config.hidden, config.activation, config.dropout)
+        self.mlp = MLP(inputs.img_pooled_width + inputs.txt_pooled_width, config.hidden, config.activation,
+                       config.dropout)
         self.outputs = PredictionLayers(task, self.mlp.out_dim, config.out_hidden, config.out_dropout)
 
     def forward(self, batch: Dict[str, Tensor]) -> dict:
