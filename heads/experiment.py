@@ -319,7 +319,7 @@ def evaluate_run(run_dir, data: TrainData, split: str) -> Dict[str, float]:
     if idx.numel() == 0:
         raise FeatstoreError(f"split {split!r} has no labels; evaluate a labelled split or use predict")
     probs = _run_probs(model, data, idx, config)
-    metrics, _ = compute_metrics(spec, data.targets_numpy(idx), probs)
+    metrics, _ = compute_metrics(spec, data.targets_numpy(idx), probs, int(config["train"].get("auroc_batch", 0)))
     return metrics
 
 

@@ -10,6 +10,12 @@ Inputs are numpy arrays for the labelled rows of one split:
 Rows with a missing label (class index -1, or a NaN multi-hot row) are dropped first. A metric that is
 undefined on the given labels (AUROC with a single class present) is NaN and a sentence is added to the
 task's ``warnings`` list; it never raises.
+
+``batch_auroc`` (binary tasks, when ``compute_metrics`` is given ``auroc_batch`` = B > 0): the AUROC of each run
+of B consecutive labelled rows (the last one shorter), averaged weighted by the rows in each: what
+Hate-CLIPper's ``engine.py`` logs as ``val/auroc`` and ``test/auroc`` (torchmetrics' AUROC on every batch of its
+unshuffled loader, averaged by Lightning's ``self.log`` over the epoch, weighted by batch size). A batch with
+one class has no AUROC; it is left out of the mean, with a warning.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from .spec import Task, TaskSpec
 THRESHOLD = 0.5
 
 METRIC_NAMES = {
-    "binary": ("auroc", "accuracy", "f1", "macro_f1", "micro_f1", "weighted_f1"),
+    "binary": ("auroc", "accuracy", "f1", "macro_f1", "micro_f1", "weighted_f1", "batch_auroc"),
     "multiclass": ("auroc", "accuracy", "macro_f1", "micro_f1", "weighted_f1"),
     "multilabel": ("micro_auroc", "macro_auroc", "micro_f1", "macro_f1", "weighted_f1", "subset_accuracy"),
 }
@@ -102,12 +108,30 @@ def task_metrics(task: Task, y_true: np.ndarray, probs: np.ndarray) -> Tuple[Dic
     return m, warn
 
 
-def compute_metrics(spec: TaskSpec, targets: Dict[str, np.ndarray], probs: Dict[str, np.ndarray]
-                    ) -> Tuple[Dict[str, float], List[str]]:
+def batch_auroc(task: Task, y_true: np.ndarray, probs: np.ndarray, size: int) -> Tuple[float, List[str]]:
+    """The size-weighted mean AUROC of runs of ``size`` consecutive labelled rows (module docstring)."""
+    keep = labelled_rows(task, np.asarray(y_true))
+    y, score = np.asarray(y_true)[keep], np.asarray(probs, dtype=np.float64)[keep][:, 1]
+    values, weights, skipped = [], [], 0
+    for start in range(0, len(y), size):
+        yb = y[start:start + size]
+        if len(np.unique(yb)) < 2:
+            skipped += 1
+            continue
+        values.append(roc_auc_score(yb, score[start:start + size]))
+        weights.append(len(yb))
+    warn = [f"task {task.name!r} batch AUROC: {skipped} batch(es) of {size} rows with one class left out"] \
+        if skipped else []
+    return (float(np.average(values, weights=weights)) if values else math.nan), warn
+
+
+def compute_metrics(spec: TaskSpec, targets: Dict[str, np.ndarray], probs: Dict[str, np.ndarray],
+                    auroc_batch: int = 0) -> Tuple[Dict[str, float], List[str]]:
     """All tasks of one split -> (flat {"<task>/<metric>": value, "score": ...}, warnings).
 
     ``score`` is the mean over tasks of each task's default metric (AUROC for binary, macro F1
     otherwise); with one task it equals that task's default metric. NaN when any of them is NaN.
+    ``auroc_batch`` > 0 adds each binary task's ``batch_auroc``.
     """
     flat: Dict[str, float] = {}
     warnings: List[str] = []
@@ -116,6 +140,9 @@ def compute_metrics(spec: TaskSpec, targets: Dict[str, np.ndarray], probs: Dict[
         m, w = task_metrics(task, targets[task.name], probs[task.name])
         warnings += w
         flat.update({f"{task.name}/{k}": v for k, v in m.items()})
+        if m and auroc_batch > 0 and task.kind == "binary":
+            flat[f"{task.name}/batch_auroc"], w = batch_auroc(task, targets[task.name], probs[task.name], auroc_batch)
+            warnings += w
         if m:
             defaults.append(m[default_metric(task)])
     if defaults:

@@ -89,6 +89,8 @@ class TrainConfig:
     rgcl: Optional[Dict[str, Any]] = None  # RGCL objective options (heads.rgcl.RGCLConfig); None = off, {} = defaults
     predict: str = cli_field("classifier", "Report the classifier's predictions, or a vote of the nearest train "
                              "samples (knn).", choices=("classifier", "knn"))  # heads.rgcl.knn_probs
+    auroc_batch: int = cli_field(0, "Also report each binary task's batch_auroc: the AUROC of every run of this "
+                                 "many rows in split order, size-weighted (Hate-CLIPper's logged val/auroc); 0: off.")
     select_on: str = cli_field("predict", "Predictions that choose the best epoch: predict (the reported ones) or "
                                "classifier (with --predict knn, as RGCL's run_rac.py --hybrid_loss).",
                                choices=SELECT_ON)
@@ -118,6 +120,11 @@ class TrainConfig:
         check_optimizer(self.optimizer)
         if self.predict not in ("classifier", "knn"):
             raise FeatstoreError(f"predict {self.predict!r} is unknown; pass classifier or knn")
+        if self.auroc_batch < 0:
+            raise FeatstoreError(f"auroc_batch={self.auroc_batch} must be >= 0 (0 = off); pass e.g. --auroc-batch 64")
+        if self.auroc_batch == 0 and self.monitor.endswith("batch_auroc"):
+            raise FeatstoreError(f"monitor {self.monitor!r} needs --auroc-batch N > 0, the batch size batch_auroc "
+                                 "averages over; pass e.g. --auroc-batch 64")
         if self.select_on not in SELECT_ON:
             raise FeatstoreError(f"select_on {self.select_on!r} is unknown; pass {' or '.join(SELECT_ON)}")
         if self.rgcl is not None or self.predict == "knn":
@@ -206,12 +213,13 @@ def predict_logits(model: torch.nn.Module, data: TrainData, idx: torch.Tensor, b
 
 
 def evaluate(model, data: TrainData, idx: torch.Tensor, losses=None, batch_size: int = 512, amp: bool = False,
-             trim: bool = True):
-    """(flat metrics incl. "loss" when ``losses`` given, warnings, {task: probs numpy}) on rows ``idx``."""
+             trim: bool = True, auroc_batch: int = 0):
+    """(flat metrics incl. "loss" when ``losses`` given, warnings, {task: probs numpy}) on rows ``idx``
+    (``auroc_batch``: ``heads.metrics.compute_metrics``'s)."""
     spec = data.task_spec
     logits = predict_logits(model, data, idx, batch_size, amp, trim)
     probs = probabilities(spec, logits)
-    metrics, warnings = compute_metrics(spec, data.targets_numpy(idx), probs)
+    metrics, warnings = compute_metrics(spec, data.targets_numpy(idx), probs, auroc_batch)
     if losses is not None:
         total, _ = multitask_loss(spec, losses, {t.name: logits[t.name] for t in spec.tasks}, data.batch_targets(idx))
         metrics["loss"] = float(total)
@@ -232,12 +240,13 @@ def evaluate_as(cfg: TrainConfig, model, data: TrainData, train_idx: torch.Tenso
     """``evaluate`` with ``cfg.predict``'s predictor: the classifier, or ``knn`` (``heads.rgcl.knn_probs``: a
     vote of the nearest rows of ``train_idx``; "loss" stays the classifier's). ``classifier``, when given, is
     filled with the classifier's own metrics."""
-    metrics, warnings, probs = evaluate(model, data, idx, losses, cfg.eval_batch_size, cfg.amp, cfg.trim)
+    metrics, warnings, probs = evaluate(model, data, idx, losses, cfg.eval_batch_size, cfg.amp, cfg.trim,
+                                        cfg.auroc_batch)
     if classifier is not None:
         classifier.update(metrics)
     if cfg.predict == "knn":
         probs = knn_predictions(cfg, model, data, train_idx, idx)
-        knn, warnings = compute_metrics(data.task_spec, data.targets_numpy(idx), probs)
+        knn, warnings = compute_metrics(data.task_spec, data.targets_numpy(idx), probs, cfg.auroc_batch)
         metrics = {**knn, **({"loss": metrics["loss"]} if "loss" in metrics else {})}
     return metrics, warnings, probs
 

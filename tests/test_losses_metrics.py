@@ -284,3 +284,43 @@ def test_format_mean_std_is_four_decimals_or_the_missing_text():
     assert n == 3 and format_mean_std(mean, std) == "0.7500 +- 0.2500"  # sample std (ddof=1) of 0.5, 0.75, 1
     assert format_mean_std(*mean_std([0.123456])[:2]) == "0.1235 +- 0.0000"
     assert format_mean_std(None, None) == "" and format_mean_std(None, None, missing="n/a") == "n/a"
+
+
+def test_batch_auroc_is_the_size_weighted_mean_of_per_batch_aurocs():
+    """Hate-CLIPper's logged AUROC: sklearn's AUROC on each run of B labelled rows in order (the last shorter),
+    averaged weighted by size; unlabelled rows go first, a one-class batch is left out with a warning."""
+    from sklearn.metrics import roc_auc_score as sk_auroc
+
+    from heads.metrics import batch_auroc, compute_metrics
+    from heads.spec import Task, TaskSpec
+
+    task = Task("label", "binary", 2, ["0", "1"])
+    rng = np.random.default_rng(5)
+    y = np.array([0, 1, 1, 0, -1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1])
+    p1 = rng.random(len(y))
+    probs = np.stack([1 - p1, p1], 1)
+    kept_y, kept_p = y[y >= 0], p1[y >= 0]  # 14 labelled rows: batches of 4, 4, 4, 2
+    batches = [(kept_y[i:i + 4], kept_p[i:i + 4]) for i in range(0, 14, 4)]
+    assert len(np.unique(batches[2][0])) == 1  # rows 8..11 are all 0: no AUROC there
+    want = sum(sk_auroc(a, b) * len(a) for a, b in batches if len(np.unique(a)) == 2) / (4 + 4 + 2)
+    got, warn = batch_auroc(task, y, probs, 4)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert warn == ["task 'label' batch AUROC: 1 batch(es) of 4 rows with one class left out"]
+    assert got != pytest.approx(sk_auroc(kept_y, kept_p), abs=1e-3)  # not the whole split's
+    flat, warnings = compute_metrics(TaskSpec([task]), {"label": y}, {"label": probs}, auroc_batch=4)
+    assert flat["label/batch_auroc"] == got and warn[0] in warnings
+    assert "label/batch_auroc" not in compute_metrics(TaskSpec([task]), {"label": y}, {"label": probs})[0]
+
+
+def test_batch_auroc_needs_a_batch_size():
+    from featstore.errors import FeatstoreError
+    from heads.train import TrainConfig
+
+    with pytest.raises(FeatstoreError) as e:
+        TrainConfig(monitor="batch_auroc").validate()
+    assert str(e.value) == ("monitor 'batch_auroc' needs --auroc-batch N > 0, the batch size batch_auroc averages "
+                            "over; pass e.g. --auroc-batch 64")
+    with pytest.raises(FeatstoreError) as e:
+        TrainConfig(auroc_batch=-2).validate()
+    assert str(e.value) == "auroc_batch=-2 must be >= 0 (0 = off); pass e.g. --auroc-batch 64"
+    TrainConfig(monitor="batch_auroc", auroc_batch=16).validate()

@@ -308,3 +308,29 @@ def test_pooled_vectors_narrower_than_the_regions_train_and_old_runs_still_evalu
                                    "--device", "cpu"]))
     saved = json.loads((out / "seed_0" / "metrics.json").read_text())["test"]
     assert ev["metrics"] == pytest.approx(saved, abs=1e-6, nan_ok=True)
+
+
+def test_hateclipper_presets_choose_the_epoch_by_batch_averaged_auroc(world, tmp_path):
+    """hateclipper-cross monitors batch_auroc over runs of 16 dev rows (its batch size), as the reference's
+    Lightning val/auroc: every epoch logs it, the best epoch is its argmax, the test split reports it beside
+    the whole split's AUROC, and eval gives it again from the saved run."""
+    from sklearn.metrics import roc_auc_score
+
+    out = tmp_path / "hc"
+    invoke(heads, args(world, out, "--preset", "hateclipper-cross", "--epochs", "3", "--image-pool", "pooled",
+                       "--text-pool", "cls", "--set", "proj_dim=4"))
+    cfg = train_config(out)
+    assert (cfg["train"]["monitor"], cfg["train"]["auroc_batch"], cfg["monitor"]) == ("batch_auroc", 16,
+                                                                                       "label/batch_auroc")
+    history = json.loads((out / "seed_0" / "history.json").read_text())
+    scores = [row["val_label/batch_auroc"] for row in history]
+    assert cfg["best_epoch"] == 1 + scores.index(max(scores))
+    metrics = json.loads((out / "seed_0" / "metrics.json").read_text())["test"]
+    with open(out / "seed_0" / "predictions_test.csv") as f:  # 16 test rows: one batch, the whole split
+        rows = [line.strip().split(",") for line in f][1:]
+    labels = {str(i): i % 2 for i in range(1, 81)}
+    want = roc_auc_score([labels[r[0]] for r in rows], [float(r[1]) for r in rows])
+    assert metrics["label/batch_auroc"] == pytest.approx(want, abs=1e-6) == pytest.approx(metrics["label/auroc"])
+    ev = json.loads(invoke(heads, ["eval", out, "--store", world["store"], "--dataset", world["data"],
+                                   "--device", "cpu"]))
+    assert ev["metrics"]["label/batch_auroc"] == pytest.approx(metrics["label/batch_auroc"], abs=1e-6)

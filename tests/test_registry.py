@@ -58,7 +58,7 @@ def test_each_config_keeps_its_unknown_option_message():
     assert str(e.value).startswith("head 'concat' has no option 'colour'; its options are: ")
     with pytest.raises(FeatstoreError) as e:
         TrainConfig.from_dict({"zz": 1, "colour": 2})
-    assert str(e.value).startswith("train option 'colour' is unknown; options are: amp, batch_size, bucket, ")
+    assert str(e.value).startswith("train option 'colour' is unknown; options are: amp, auroc_batch, batch_size, bucket, ")
     with pytest.raises(FeatstoreError) as e:
         RGCLConfig.from_dict({"zz": 1})
     assert str(e.value).startswith("rgcl has no option 'zz'; its options are: backend, ce_weight")

@@ -66,14 +66,14 @@ HATECLIPPER_SETTINGS = {
                   "AdamW lr 1e-4, weight decay 1e-4, gradient clip 0.1, batch 64, up to 20 epochs",
         "head_cfg": {"fusion": "align", "proj_dim": 1024, "pre_output_layers": 3, "proj_dropout": 0.1,
                      "fusion_dropout": 0.4, "dropout": 0.2},
-        "train": _PAPER_TRAIN,
+        "train": {**_PAPER_TRAIN, "monitor": "batch_auroc", "auroc_batch": 64},  # engine.py's logged val/auroc
     },
     "cross-run.sh": {  # what the repository's run.sh trains (differs from the paper's best row)
         "source": "gokulkarthik/hateclipper run.sh: --map_dim 32 --fusion cross --num_pre_output_layers 1 "
                   "--drop_probs 0.2 0.4 0.1 --batch_size 16 --lr 0.0001 --max_epochs 20",
         "head_cfg": {"fusion": "cross", "proj_dim": 32, "pre_output_layers": 1, "proj_dropout": 0.2,
                      "fusion_dropout": 0.4, "dropout": 0.1},
-        "train": {**_PAPER_TRAIN, "batch_size": 16},
+        "train": {**_PAPER_TRAIN, "batch_size": 16, "monitor": "batch_auroc", "auroc_batch": 16},
     },
 }
 
