@@ -1,6 +1,6 @@
 """Train a head on a ``TrainData``: AdamW (torch's, or MMF's ``adam_w``: ``heads.optimizers``) over the head's
-``optimizer_groups`` (``build_optimizer``; vilbert: MMF's BERT groups), warmup + linear/cosine decay per step, gradient clipping, early stopping on a validation
-metric, best state restored.
+``optimizer_groups`` (``build_optimizer``; vilbert: MMF's BERT groups), warmup + linear/cosine decay per step,
+gradient clipping, early stopping on a validation metric, best state restored.
 
 Determinism: ``seed`` seeds python/numpy/torch and a dedicated ``torch.Generator`` draws the batch order,
 so the same seed on the same device gives identical numbers.
@@ -38,9 +38,9 @@ from .optimizers import OPTIMIZERS, check_optimizer, make_optimizer
 from .outputs import probabilities
 from .schedule import SCHEDULES, build_scheduler
 from .spec import TaskSpec
+from .threads import check_threads, cpu_threads
 
 SELECT_ON = ("predict", "classifier")  # TrainConfig.select_on
-from .threads import check_threads, cpu_threads
 
 
 @dataclass
@@ -396,7 +396,7 @@ def _train(cfg: TrainConfig, data: TrainData, progress: bool = True, on_epoch=No
         value = row.get(f"val_{fit.select}", math.nan)
         if stopping.update(value, epoch):
             best_state = copy.deepcopy(fit.model.state_dict())
-        bar.set_postfix({"loss": f"{row['train_loss']:.4f}", f"val_{fit.monitor}": f"{value:.4f}"})
+        bar.set_postfix({"loss": f"{row['train_loss']:.4f}", f"val_{fit.select}": f"{value:.4f}"})
         if stopping.should_stop:
             break
     metrics, warnings, probs = _final_evaluation(fit, best_state)
