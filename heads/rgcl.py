@@ -7,10 +7,10 @@ ReLU, RGCL's ``mlp[:-2]``), else ``out["fused"]``. ``cos(a, b) = a.b / (|a| |b|)
 
 Bank and refresh. The labelled train rows are re-encoded with the current head in eval mode, without
 gradients, into a bank ``E [N, H]``: once per epoch before its first step (``refresh=0``, the reference's
-``train_feats = None`` per epoch), or every ``refresh`` steps. Bank rows are constants in the loss. One known
-difference: the reference encodes its bank outside ``no_grad`` and detaches it only after the epoch's first
-step, so on that one step (of about 133 an epoch) gradients also flow through the retrieved positive and
-negative rows; here they never do.
+``train_feats = None`` per epoch), or every ``refresh`` steps. Bank rows are constants in the loss, except with
+``bank_grad=True`` (the ``rgcl`` preset): the reference's GPU path encodes its bank outside ``no_grad`` and
+detaches it only after the step that encoded it, so on that step (the first of each epoch) gradients also
+flow through the retrieved positive and negative rows into the head, as here.
 
 Retrieval. Each training sample's embedding (train mode, detached) searches the bank for its ``depth =
 (k_pos, or k_neg when k_pos = 0) * search_multiple`` most cosine-similar rows (the reference's
@@ -69,7 +69,8 @@ RGCL_SETTINGS = {
     "head_cfg": {"fusion": "align", "proj_dim": 1024, "pre_output_layers": 3, "proj_dropout": 0.2,
                  "fusion_dropout": 0.4, "dropout": 0.1},
     "train": {"lr": 1e-4, "weight_decay": 0.01, "grad_clip": 0.1, "batch_size": 64, "epochs": 30,
-              "warmup_ratio": 0.0, "schedule": "constant", "patience": 0, "rgcl": {}, "predict": "classifier",
+              "warmup_ratio": 0.0, "schedule": "constant", "patience": 0, "rgcl": {"bank_grad": True},
+              "predict": "classifier",
               "monitor": "accuracy", "select_on": "classifier"},
 }
 
@@ -87,6 +88,7 @@ class RGCLConfig:
     backend: str = "auto"  # auto | faiss (featstore.search flat index) | torch (matmul + topk)
     knn_k: int = 20  # neighbours voting in predict="knn" (topk)
     vote: str = "arithmetic"  # arithmetic (w_j = k - j + 1) | mean
+    bank_grad: bool = False  # the refresh step's loss also back-propagates through the bank rows (the reference)
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "RGCLConfig":
@@ -217,13 +219,14 @@ def rgcl_loss(e: Tensor, labels: Tensor, bank: Tensor, pos: Tensor, neg: Tensor,
 # -------------------------------------------------------------------------------------------- objective
 
 
-@torch.no_grad()
-def encode(model, data, idx: Tensor, batch_size: int = 512, trim: bool = True) -> Tensor:
-    """Eval-mode embeddings (``embedding``) of rows ``idx`` -> float32 ``[len(idx), H]``; the mode is restored."""
+def encode(model, data, idx: Tensor, batch_size: int = 512, trim: bool = True, grad: bool = False) -> Tensor:
+    """Eval-mode embeddings (``embedding``) of rows ``idx`` -> float32 ``[len(idx), H]``; the mode is restored.
+    ``grad``: keep the graph (``bank_grad``), else without gradients."""
     was = model.training
     model.eval()
-    out = [embedding(model(data.batch(idx[s:s + batch_size], trim=trim))).float()
-           for s in range(0, idx.shape[0], batch_size)]
+    with torch.set_grad_enabled(grad):
+        out = [embedding(model(data.batch(idx[s:s + batch_size], trim=trim))).float()
+               for s in range(0, idx.shape[0], batch_size)]
     model.train(was)
     return torch.cat(out)
 
@@ -255,14 +258,16 @@ class RGCLObjective:
 
     def loss(self, model, out: Dict[str, Tensor], rows: Tensor, task_loss: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         """(combined loss, {"rgcl": L_rgcl}) for the batch of data rows ``rows``."""
-        if self.bank is None or (self.cfg.refresh and self.steps % self.cfg.refresh == 0):
-            self.bank = encode(model, self.data, self.train_idx, self.batch_size, self.trim)
+        bank = self.bank
+        if bank is None or (self.cfg.refresh and self.steps % self.cfg.refresh == 0):
+            bank = encode(model, self.data, self.train_idx, self.batch_size, self.trim, grad=self.cfg.bank_grad)
+            self.bank = bank.detach()  # later steps: constants
             self.index = BankIndex(self.bank, self.cfg.backend)
         self.steps += 1
         e = embedding(out).float()
         labels = self.data.targets[self.task.name].index_select(0, rows)
         pos, neg = positives_negatives(self.index, self.bank_labels, e.detach(), labels, self.cfg, self.row_of[rows])
-        term = rgcl_loss(e, labels, self.bank, pos, neg, self.cfg)
+        term = rgcl_loss(e, labels, bank, pos, neg, self.cfg)
         w = self.cfg.ce_weight
         return (1.0 - w) * term + w * task_loss, {"rgcl": term}
 

@@ -187,6 +187,57 @@ def test_bank_refreshes_once_per_epoch_or_every_n_steps():
     assert banks[0] is banks[1] and banks[2] is not banks[1]
 
 
+def test_bank_grad_back_propagates_through_the_retrieved_rows_on_the_refresh_step_only():
+    """bank_grad (the reference's GPU path: its bank is encoded with gradients and detached after that step): the
+    refresh step's parameter gradients equal a transcription whose bank rows are the eval-mode forward with
+    gradients (loss by hand from cosines), differ from the constant-bank gradients, and the next step's bank is
+    a constant again."""
+    data = cluster_task()
+    tr = data.splits["train"]
+    b = tr[:16]
+    grads = {}
+    for bank_grad in (True, False):
+        torch.manual_seed(0)
+        model = create_head("cross", data.input_spec(), BINARY, fusion="align", proj_dim=8, pre_output_layers=2,
+                            proj_dropout=0.0, fusion_dropout=0.0, dropout=0.0)
+        obj = RGCLObjective(RGCLConfig(bank_grad=bank_grad), data, tr)
+        total, _ = obj.loss(model, model(data.batch(b)), b, torch.tensor(0.0))
+        total.backward()
+        grads[bank_grad] = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        assert not obj.bank.requires_grad  # what later steps use
+        model.zero_grad()
+        again, _ = obj.loss(model, model(data.batch(b)), b, torch.tensor(0.0))
+        again.backward()  # step 2: the batch's own embeddings only
+        if bank_grad:
+            second = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    torch.manual_seed(0)  # the transcription, on the same initial head
+    model = create_head("cross", data.input_spec(), BINARY, fusion="align", proj_dim=8, pre_output_layers=2,
+                        proj_dropout=0.0, fusion_dropout=0.0, dropout=0.0)
+    e = model(data.batch(b))["embed"]
+    model.eval()
+    bank = model(data.batch(tr))["embed"]  # with gradients
+    model.train()
+    labels = data.targets["label"]
+    pos, neg = positives_negatives(bank.detach(), labels[tr], e.detach(), labels[b], RGCLConfig(), None)
+
+    def cos(u, v):
+        return (u * v).sum() / (u.norm() * v.norm())
+
+    terms = []
+    for i in range(len(b)):
+        others = [j for j in range(len(b)) if labels[b[j]] != labels[b[i]]]
+        t = torch.stack([cos(e[i], e[j]) for j in others]).mean() if others else e.new_zeros(())
+        t = t + sum((cos(e[i], bank[n]) for n in neg[i] if n >= 0), e.new_zeros(()))
+        t = t - sum((cos(e[i], bank[p]) for p in pos[i] if p >= 0), e.new_zeros(()))
+        terms.append(torch.relu(t + 0.1))
+    (0.5 * torch.stack(terms).mean()).backward()
+    for k, p in model.named_parameters():
+        if p.grad is not None and k in grads[True]:
+            torch.testing.assert_close(grads[True][k], p.grad, rtol=1e-4, atol=1e-6, msg=k)
+    assert any(not torch.allclose(grads[True][k], grads[False][k]) for k in grads[False])
+    assert set(second) <= set(grads[True])
+
+
 def test_combined_loss_weights_task_and_rgcl_terms():
     data = cluster_task()
     torch.manual_seed(0)
@@ -220,7 +271,7 @@ def test_label_consistent_neighbours_beat_the_classifier_alone():
 def test_bad_rgcl_options_are_one_line_errors():
     with pytest.raises(FeatstoreError) as e:
         TrainConfig(rgcl={"topk": 3}).validate()
-    assert str(e.value).startswith("rgcl has no option 'topk'; its options are: backend, ce_weight")
+    assert str(e.value).startswith("rgcl has no option 'topk'; its options are: backend, bank_grad, ce_weight")
     with pytest.raises(FeatstoreError) as e:
         TrainConfig(rgcl={"ce_weight": 2}).validate()
     assert str(e.value) == "rgcl ce_weight=2 must be in [0, 1] and refresh=0 >= 0; use e.g. ce_weight=0.5, refresh=0"
@@ -285,7 +336,7 @@ def test_published_settings_build_and_validate():
     cfg.validate()
     with torch.device("meta"):
         head = create_head(cfg.head, InputSpec(1024, 768), BINARY, **cfg.head_cfg)
-    assert head.pre_output.out_dim == 1024 and RGCLConfig.from_dict(cfg.rgcl) == RGCLConfig()
+    assert head.pre_output.out_dim == 1024 and RGCLConfig.from_dict(cfg.rgcl) == RGCLConfig(bank_grad=True)
 
 
 def test_cli_trains_with_rgcl_and_knn(tmp_path):
