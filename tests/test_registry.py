@@ -61,7 +61,7 @@ def test_each_config_keeps_its_unknown_option_message():
     assert str(e.value).startswith("train option 'colour' is unknown; options are: amp, auroc_batch, batch_size, bucket, ")
     with pytest.raises(FeatstoreError) as e:
         RGCLConfig.from_dict({"zz": 1})
-    assert str(e.value).startswith("rgcl has no option 'zz'; its options are: backend, ce_weight")
+    assert str(e.value).startswith("rgcl has no option 'zz'; its options are: backend, bank_grad, ce_weight")
 
 
 def test_registry_info_carries_what_was_registered():
