@@ -216,14 +216,29 @@ def _explicit(names) -> set:
 def _run_arrays(run_dir, values: dict) -> dict:
     """eval / predict's arrays and counts (``heads.experiment.run_data_options``): the run's, except those
     passed on the command line."""
-    from click.core import ParameterSource
     from heads.experiment import run_data_options
 
     ctx = click.get_current_context()
     values = dict(values, image_pool=ctx.meta.get("image_pool", "pooled"))  # --image-pool: not a parameter value
     names = ("text_array", "text_pool", "image_pool", "max_regions", "max_tokens")
-    given = {n: values[n] for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)}
+    given = {n: values[n] for n in _explicit(names)}
     return run_data_options(run_dir, given, {n: values[n] for n in names})
+
+
+def _saved_run_data(run_dir, seed, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
+                    max_regions, max_tokens, text_array, text_pool, val_fraction, device):
+    """(the run folder of ``seed``, the ``TrainData`` eval / predict read for it): the run's feature sets,
+    arrays, counts and train-split image set unless the command line names others."""
+    from heads.experiment import run_feature_refs, run_train_image
+    from heads.runs import run_dir_of
+
+    run_dir = run_dir_of(run_dir, seed)
+    image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
+    arrays = _run_arrays(run_dir, dict(text_array=text_array, text_pool=text_pool, max_regions=max_regions,
+                                       max_tokens=max_tokens))
+    train_image = run_train_image(run_dir, click.get_current_context().meta.get("train_image"))
+    return run_dir, _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
+                               val_fraction=val_fraction, device=_device(device), train_image=train_image, **arrays)
 
 
 @main.command("eval")
@@ -234,15 +249,10 @@ def _run_arrays(run_dir, values: dict) -> dict:
 def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
              max_tokens, text_array, text_pool, val_fraction, device, split, seed):
     """Evaluate a saved run on a split (feature sets, arrays and region / token counts default to the run's)."""
-    from heads.experiment import evaluate_run, run_feature_refs, run_train_image
-    from heads.runs import run_dir_of
+    from heads.experiment import evaluate_run
 
-    run_dir = run_dir_of(run_dir, seed)
-    image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
-    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
-                      val_fraction=val_fraction, device=_device(device), **_run_arrays(run_dir, dict(
-        text_array=text_array, text_pool=text_pool, max_regions=max_regions, max_tokens=max_tokens)),
-                      train_image=run_train_image(run_dir, click.get_current_context().meta.get("train_image")))
+    run_dir, data = _saved_run_data(run_dir, seed, store_url, dataset_path, dataset_format, image_ref, text_ref, task,
+                                    task_weights, max_regions, max_tokens, text_array, text_pool, val_fraction, device)
     metrics = evaluate_run(run_dir, data, split)
     click.echo(json.dumps({"run": str(run_dir), "split": split, "metrics": metrics}, indent=1, sort_keys=True))
 
@@ -256,15 +266,10 @@ def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_r
 def predict(run_dir, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
             max_tokens, text_array, text_pool, val_fraction, device, split, out_csv, seed):
     """Write a saved run's predictions for a dataset (features read as for eval: the run's by default)."""
-    from heads.experiment import predict_run, run_feature_refs, run_train_image
-    from heads.runs import run_dir_of
+    from heads.experiment import predict_run
 
-    run_dir = run_dir_of(run_dir, seed)
-    image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
-    data = _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
-                      val_fraction=val_fraction, device=_device(device), **_run_arrays(run_dir, dict(
-        text_array=text_array, text_pool=text_pool, max_regions=max_regions, max_tokens=max_tokens)),
-                      train_image=run_train_image(run_dir, click.get_current_context().meta.get("train_image")))
+    run_dir, data = _saved_run_data(run_dir, seed, store_url, dataset_path, dataset_format, image_ref, text_ref, task,
+                                    task_weights, max_regions, max_tokens, text_array, text_pool, val_fraction, device)
     path = predict_run(run_dir, data, out_csv, split)
     click.echo(f"wrote {path}")
 
@@ -319,6 +324,7 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     from heads.sweep import (SweepSpec, feature_pairs, load_grid_file, parse_grid, preset_base, preset_data,
                              run_sweep, sweep_devices, with_checkpoint)
 
+    ctx = click.get_current_context()
     grid_values = {**(load_grid_file(grid_file) if grid_file else {}), **parse_grid(grid)}
     heads_list = [h.strip() for h in head_names.split(",") if h.strip()]
     train_base, head_fixed = preset_base(preset, heads_list, parse_settings(settings))
@@ -329,8 +335,8 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
                      data={"format": dataset_format, "task": task, "task_weights": _weights(task_weights, task),
                            "max_regions": max_regions, "max_tokens": max_tokens, "text_array": text_array,
                            "text_pool": text_pool, "val_fraction": val_fraction,
-                           "image_pool": click.get_current_context().meta.get("image_pool", "pooled")})
-    if click.get_current_context().meta.get("train_image"):
+                           "image_pool": ctx.meta.get("image_pool", "pooled")})
+    if ctx.meta.get("train_image"):
         raise FeatstoreError("--train-image is for heads train / eval / predict (one image set); a sweep over "
                              "several image sets takes none: train that row with heads train")
     spec.data = preset_data(preset, spec.data, _explicit(spec.data))

@@ -318,8 +318,34 @@ def train_image_rows(store, ref: str, samples, features: Dict[str, Tensor], imag
                                  f"{tuple(value.shape[1:])}; pass a set of the same extractor and options (and "
                                  "--max-regions when their region counts differ)")
         value[torch.as_tensor(rows, device=value.device)] = got[name].to(value.dtype)
+    return image_ref_record(fs, image_pool)
+
+
+def image_ref_record(fs, image_pool: str) -> Dict[str, Any]:
+    """What a run records of an image set it read: name, version, the ``--image-pool`` array (eval / predict
+    reuse it) and what made it (the recipe's extractor, config, preprocessing)."""
     return {"name": fs.name, "version": fs.version, "pool": image_pool, "extractor": fs.recipe.extractor,
             "config": fs.recipe.config, "preprocessing": fs.recipe.preprocessing}
+
+
+def _text_ref_record(fs, text_array: str, text_pool: str) -> Dict[str, Any]:
+    """What a run records of its text set: name, version, the arrays read, what made it (which layer the states
+    are from is checked against vilbert's text_start_layer) and the tokenizer's vocabulary size when known (a
+    visualbert head checks it)."""
+    ref = {"name": fs.name, "version": fs.version, "array": text_array, "pool": text_pool,
+           "extractor": fs.recipe.extractor, "config": fs.recipe.config,
+           "weights_fingerprint": fs.recipe.weights_fingerprint}
+    if "vocab_size" in fs.recipe.preprocessing:
+        ref["vocab_size"] = fs.recipe.preprocessing["vocab_size"]
+    return ref
+
+
+def _check_refs(image_ref, text_ref, train_image_ref) -> None:
+    if image_ref is None and text_ref is None:
+        raise FeatstoreError("no feature set given; pass --image NAME and/or --text NAME")
+    if train_image_ref is not None and image_ref is None:
+        raise FeatstoreError(f"--train-image {train_image_ref} replaces the train split's rows of --image, but no "
+                             "--image is given; pass --image NAME too")
 
 
 def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec, str, None] = None, *,
@@ -350,11 +376,7 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
         from featstore.datasets import load_dataset
         dataset = load_dataset(dataset)
     samples = list(dataset.samples)
-    if image_ref is None and text_ref is None:
-        raise FeatstoreError("no feature set given; pass --image NAME and/or --text NAME")
-    if train_image_ref is not None and image_ref is None:
-        raise FeatstoreError(f"--train-image {train_image_ref} replaces the train split's rows of --image, but no "
-                             "--image is given; pass --image NAME too")
+    _check_refs(image_ref, text_ref, train_image_ref)
     spec = with_feeds(tasks if isinstance(tasks, TaskSpec) else derive_task_spec(samples, tasks, task_weights), feeds)
     opened = _open_feature_sets(store, image_ref, text_ref)
     from featstore.store import preflight
@@ -364,20 +386,15 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     refs: Dict[str, Any] = {}
     for modality, fs in opened.items():
         keys = [s.image_key if fs.key_kind == "image_key" else s.id for s in samples]
-        refs[modality] = {"name": fs.name, "version": fs.version}
-        if modality == "image":  # pool: the --image-pool it was read with (eval / predict reuse it); what made it
-            refs[modality].update(pool=image_pool, extractor=fs.recipe.extractor, config=fs.recipe.config,
-                                  preprocessing=fs.recipe.preprocessing)
+        if modality == "image":
+            refs[modality] = image_ref_record(fs, image_pool)
             features.update(_image_features(fs, keys, image_pool, max_regions, device, dtype))
-            if train_image_ref is not None:
-                refs["train_image"] = train_image_rows(store, train_image_ref, samples, features, image_pool,
-                                                       max_regions, device, dtype)
-        else:  # which layer the states are from (checked against vilbert's text_start_layer)
-            refs[modality].update(array=text_array, pool=text_pool, extractor=fs.recipe.extractor,
-                                  config=fs.recipe.config, weights_fingerprint=fs.recipe.weights_fingerprint)
-            if "vocab_size" in fs.recipe.preprocessing:  # the tokenizer's (a visualbert head checks it)
-                refs[modality]["vocab_size"] = fs.recipe.preprocessing["vocab_size"]
+        else:
+            refs[modality] = _text_ref_record(fs, text_array, text_pool)
             features.update(_text_features(fs, keys, text_array, text_pool, max_tokens, device, dtype))
+    if train_image_ref is not None:  # after --image's rows, which it replaces for the train split
+        refs["train_image"] = train_image_rows(store, train_image_ref, samples, features, image_pool, max_regions,
+                                               device, dtype)
     warnings = dataset_mismatch_warnings(dataset, opened)
     targets_np = encode_targets(samples, spec)
     splits = dataset_splits(samples, targets_np, spec, val_fraction, seed)

@@ -216,22 +216,20 @@ def run_feature_refs(run_dir, image_ref: Optional[str], text_ref: Optional[str])
     if not (Path(run_dir) / CONFIG).exists():
         raise FeatstoreError(f"{run_dir} is not a run folder (no config.json); pass the --out folder of `heads train`")
     feats = read_config(run_dir).get("features", {})
-
-    def ref(side, given):
-        if given:
-            return given
-        f = feats.get(side)
-        return f"{f['name']}@{f['version']}" if f else None
-
-    return ref("image", image_ref), ref("text", text_ref)
+    return _given_or_recorded(feats, "image", image_ref), _given_or_recorded(feats, "text", text_ref)
 
 
 def run_train_image(run_dir, given: Optional[str]) -> Optional[str]:
     """The ``--train-image`` set for a saved run: the one given, else the exact version it was trained with
     (None for a run without one)."""
+    return _given_or_recorded(read_config(run_dir).get("features", {}), "train_image", given)
+
+
+def _given_or_recorded(feats: Dict[str, Any], side: str, given: Optional[str]) -> Optional[str]:
+    """``given``, else ``name@version`` of the set a run's config ``feats`` records under ``side``, else None."""
     if given:
         return given
-    f = read_config(run_dir).get("features", {}).get("train_image")
+    f = feats.get(side)
     return f"{f['name']}@{f['version']}" if f else None
 
 

@@ -61,21 +61,18 @@ class MMFAdamW(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             live = [p for p in group["params"] if p.grad is not None]
-            if group["foreach"]:
-                for bucket in self._buckets(live).values():
-                    self._update_many(bucket, group)
-            else:
-                for p in live:
-                    self._update_many([p], group)
+            for p in live:
+                self._check_and_init(p)
+            for bucket in (self._buckets(live) if group["foreach"] else [[p] for p in live]):
+                self._update_many(bucket, group)
         return loss
 
-    def _buckets(self, params: List[torch.Tensor]) -> Dict[tuple, List[torch.Tensor]]:
-        """``params`` by (device, dtype, their step count after this step): one foreach call each."""
+    def _buckets(self, params: List[torch.Tensor]) -> List[List[torch.Tensor]]:
+        """``params`` by (device, dtype, their step count): one foreach call each."""
         out: Dict[tuple, List[torch.Tensor]] = {}
         for p in params:
-            self._check_and_init(p)
-            out.setdefault((p.device, p.dtype, self.state[p]["step"] + 1), []).append(p)
-        return out
+            out.setdefault((p.device, p.dtype, self.state[p]["step"]), []).append(p)
+        return list(out.values())
 
     def _check_and_init(self, p: torch.Tensor) -> None:
         if p.grad.is_sparse:
@@ -90,7 +87,6 @@ class MMFAdamW(torch.optim.Optimizer):
     def _update_many(self, params: List[torch.Tensor], group: Dict[str, Any]) -> None:
         """The update of the class docstring for ``params``, which share a step count (foreach ops)."""
         for p in params:
-            self._check_and_init(p)
             self.state[p]["step"] += 1
         beta1, beta2 = group["betas"]
         t, lr = self.state[params[0]]["step"], group["lr"]

@@ -141,10 +141,8 @@ def read_config(run_dir) -> Any:
 
 def _old_defaults(config: dict) -> dict:
     """A config before version 3 with the head options its runs had then (``BEFORE_3``), refnet's base too."""
-    config = dict(config)
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    for head, key in ((config.get("head"), "head_config"), (train.get("head"), "head_cfg")):
-        cfg = config.get(key) if key == "head_config" else train.get(key)
+    for head, cfg in ((config.get("head"), config.get("head_config")), (train.get("head"), train.get("head_cfg"))):
         if not isinstance(cfg, dict):
             continue
         if head == "refnet" and isinstance(cfg.get("base_cfg"), dict):

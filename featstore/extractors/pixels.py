@@ -25,7 +25,7 @@ import torch
 
 from ..errors import FeatstoreError
 from .geometry import resize_keep_aspect
-from .images import FEATSTORE_DECODE
+from .images import DECODES, FEATSTORE_DECODE, require_pil
 
 _FILTERS = ("bilinear", "bicubic")
 _MODES = ("square", "keep_aspect")
@@ -44,8 +44,6 @@ class ResizeRecipe:
     decode: str = FEATSTORE_DECODE
 
     def __post_init__(self):
-        from .images import DECODES
-
         if (self.mode not in _MODES or self.interpolation not in _FILTERS or self.size < 1
                 or self.decode not in DECODES):
             raise FeatstoreError(f"resize recipe {self!r} is invalid; mode in {_MODES}, interpolation in "
@@ -69,8 +67,6 @@ class ResizeRecipe:
     def apply(self, img) -> "ResizedImage":
         """A decoded RGB ``PIL.Image`` resized as the per-image path resizes it (``TF.resize``)."""
         import torchvision.transforms.functional as TF
-
-        from .images import require_pil
 
         w, h = require_pil(img).size
         img = img.convert("RGB") if img.mode != "RGB" else img
