@@ -27,6 +27,9 @@ FEATURE_KEYS = ("img_regions", "img_mask", "img_boxes", "img_pooled", "txt_token
 class TrainData:
     """Features ``{batch key: Tensor[N, ...]}``, ``ids`` (N sample ids), ``targets``, ``splits``, ``task_spec``.
 
+    One row per dataset row: a sample listed in two splits (Hateful Memes' dev_seen and dev_unseen share 400)
+    has a row in each; within a split ids are unique.
+
     ``meta`` carries provenance for run folders: ``{"features": {"image": {"name", "version"}, "text": ...},
     "dataset_fingerprint": str}``.
     """
@@ -42,8 +45,6 @@ class TrainData:
         n = len(self.ids)
         if n == 0:
             raise FeatstoreError("training data has no samples; pass a dataset with at least one sample")
-        if len(set(self.ids)) != n:
-            raise FeatstoreError("training data has duplicate sample ids; give every sample a unique id")
         unknown = sorted(set(self.features) - set(FEATURE_KEYS))
         if unknown:
             raise FeatstoreError(f"feature key {unknown[0]!r} is not a batch key; use one of {', '.join(FEATURE_KEYS)}")
@@ -63,6 +64,17 @@ class TrainData:
         for s, idx in self.splits.items():
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
                 raise FeatstoreError(f"split {s!r} has row indices outside 0..{n - 1}; rebuild the splits")
+            self._check_split_ids(s, idx)
+
+    def _check_split_ids(self, split: str, idx: Tensor) -> None:
+        """An id may repeat across splits (Hateful Memes lists 400 memes in dev_seen and in dev_unseen: one
+        row in each), never within one, where predictions and metrics are per sample."""
+        ids = [self.ids[i] for i in idx.tolist()]
+        if len(set(ids)) != len(ids):
+            seen: set = set()
+            dup = next(i for i in ids if i in seen or seen.add(i))
+            raise FeatstoreError(f"split {split!r} lists sample id {dup!r} twice; give every sample of a split "
+                                 "a unique id")
 
     def _check_masks(self) -> None:
         """Every item array has its mask and every mask an item array (text: token states and/or ids)."""
@@ -196,10 +208,19 @@ def dataset_splits(samples: Sequence[Any], targets: Dict[str, np.ndarray], spec:
 VAL_SPLITS = ("val", "dev", "dev_unseen")  # val (carved by --val-fraction), dev (dev_seen), else dev_unseen
 
 
-def validation_split(splits: Dict[str, Any]) -> str:
-    """The split training monitors: ``val`` when carved, else the dataset's dev split (``dev`` = dev_seen,
-    else ``dev_unseen``: MMF's Hateful Memes files ship train + dev_unseen only). ``"dev"`` when none."""
-    return next((name for name in VAL_SPLITS if name in splits and len(splits[name])), "dev")
+def validation_split(splits: Dict[str, Any], name: str = "auto") -> str:
+    """The split training monitors (``TrainConfig.val_split``). ``"auto"``: ``val`` when carved, else the
+    dataset's dev split (``dev`` = dev_seen, as Hate-CLIPper, RGCL and the Hateful Memes paper's phase-1 tables
+    validate; else ``dev_unseen``), ``"dev"`` when none. A name (``dev_unseen``: MMF's phase-2 yaml validates on
+    it) is that split, Hateful Memes' names mapped as ``dataset_splits`` maps them (dev_seen -> dev)."""
+    if name == "auto":
+        return next((n for n in VAL_SPLITS if n in splits and len(splits[n])), "dev")
+    chosen = SPLIT_ALIASES.get(name.lower(), name.lower())
+    if chosen == "train" or chosen not in splits:
+        others = [s for s in splits if s != "train"]
+        why = "training rows cannot choose the epoch" if chosen == "train" else "the dataset has no such split"
+        raise FeatstoreError(f"val_split {name!r}: {why}; pass auto or one of: {', '.join(others) or '(none)'}")
+    return chosen
 
 
 # ------------------------------------------------------------------------------------------ from a store

@@ -86,9 +86,10 @@ def check_head(cfg: TrainConfig, data: TrainData) -> int:
     """Build ``cfg.head`` for ``data`` on the meta device (``heads.train.head_on_meta``: from the init
     checkpoint where there is one): a one-line error for an unknown head or option, missing inputs, a bad train
     option or checkpoint, before anything is written; -> its parameter count."""
-    from .train import head_on_meta
+    from .train import head_on_meta, validation_rows
 
     cfg.validate()
+    validation_rows(cfg, data)
     model = head_on_meta(cfg, data)
     if not evaluate_only(cfg):  # epochs 0 trains nothing (the init checkpoint evaluated as loaded)
         refuse_single_row_batch(cfg, data, model)
@@ -356,4 +357,9 @@ def save_fused(store, name: str, run_dir, data: TrainData):
     recipe = Recipe(extractor=f"heads:{config['head']}", config={"run": Path(run_dir).name, "head_config": config.get("head_config")},
                     weights_fingerprint="sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest(),
                     manifest_fingerprint=str(data.meta.get("dataset_fingerprint") or ""))
-    return store.write(name, recipe, list(data.ids), {"pooled": emb}, key_kind="sample_id", modality="fused")
+    rows: Dict[str, int] = {}
+    for r, i in enumerate(data.ids):  # one row per id: a sample in two splits has the same features in both
+        rows.setdefault(i, r)
+    first = list(rows.values())
+    return store.write(name, recipe, [data.ids[r] for r in first], {"pooled": emb[first]}, key_kind="sample_id",
+                       modality="fused")

@@ -91,6 +91,8 @@ class TrainConfig:
                              "samples (knn).", choices=("classifier", "knn"))  # heads.rgcl.knn_probs
     auroc_batch: int = cli_field(0, "Also report each binary task's batch_auroc: the AUROC of every run of this "
                                  "many rows in split order, size-weighted (Hate-CLIPper's logged val/auroc); 0: off.")
+    val_split: str = cli_field("auto", "Split that early stopping and the best epoch read: auto (val, else dev = "
+                               "dev_seen, else dev_unseen) or a split name, e.g. dev_unseen (MMF's phase-2 yaml).")
     select_on: str = cli_field("predict", "Predictions that choose the best epoch: predict (the reported ones) or "
                                "classifier (with --predict knn, as RGCL's run_rac.py --hybrid_loss).",
                                choices=SELECT_ON)
@@ -406,16 +408,25 @@ def _train(cfg: TrainConfig, data: TrainData, progress: bool = True, on_epoch=No
     return result
 
 
+def validation_rows(cfg: TrainConfig, data: TrainData) -> tuple[str, torch.Tensor]:
+    """(the split that chooses the epoch, its labelled rows): ``cfg.val_split`` (``heads.data.validation_split``;
+    auto: val, else dev = dev_seen, else dev_unseen); a one-line error when it has no labelled row."""
+    val_split = validation_split(data.splits, cfg.val_split)
+    val_idx = data.labelled(data.splits[val_split]) if val_split in data.splits else None
+    if val_idx is None or val_idx.numel() == 0:
+        if cfg.val_split != "auto":
+            raise FeatstoreError(f"val_split {cfg.val_split!r} has no labelled rows; pass a labelled split or auto")
+        raise FeatstoreError("no labelled validation split ('val', 'dev'/'dev_seen' or 'dev_unseen'); pass "
+                             "--val-fraction 0.1 to carve one from train")
+    return val_split, val_idx
+
+
 def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
     """Seed, pick the validation split and the monitor, the labelled train rows, the head and the losses."""
     gen = seed_everything(cfg.seed)
-    val_split = validation_split(data.splits)  # val, else dev (dev_seen), else dev_unseen; named in the results
-    if val_split not in data.splits or data.labelled(data.splits[val_split]).numel() == 0:
-        raise FeatstoreError("no labelled validation split ('val', 'dev'/'dev_seen' or 'dev_unseen'); pass "
-                             "--val-fraction 0.1 to carve one from train")
+    val_split, val_idx = validation_rows(cfg, data)
     monitor, mode = resolve_monitor(cfg, data.task_spec)
     train_idx = labelled_train_rows(cfg, data)
-    val_idx = data.labelled(data.splits[val_split])
     model, load_report = _build_head(cfg, data)
     losses = build_losses(data.task_spec, cfg.loss_config(), data.targets_numpy(train_idx), data.device)
     key = length_key(data.sequence_lengths()) if cfg.trim and cfg.bucket else None

@@ -282,7 +282,7 @@ def test_bad_train_data(data):
     f = data.features
     with pytest.raises(FeatstoreError, match="rows for"):
         TrainData({**f, "img_pooled": f["img_pooled"][:3]}, data.ids, data.targets, data.splits, BINARY)
-    with pytest.raises(FeatstoreError, match="duplicate"):
+    with pytest.raises(FeatstoreError, match="split 'train' lists sample id 'a' twice"):
         TrainData(f, ["a"] * len(data.ids), data.targets, data.splits, BINARY)
     with pytest.raises(FeatstoreError, match="not a batch key"):
         TrainData({**f, "pixels": f["img_pooled"]}, data.ids, data.targets, data.splits, BINARY)

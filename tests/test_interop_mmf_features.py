@@ -139,8 +139,9 @@ def test_other_formats_keep_rows_past_num_boxes_and_cls_prob(imported, fmt):
 
 
 def test_heads_train_monitors_dev_unseen_with_mmfs_split_files(tmp_path):
-    """MMF's Hateful Memes annotations ship train + dev_unseen (no dev_seen): training monitors dev_unseen and
-    says so; with dev_seen present it stays the monitored split."""
+    """A Hateful Memes folder with train + dev_unseen and no dev_seen (MMF's phase-2 yaml reads only train,
+    dev_unseen and test_unseen of its five files): training monitors dev_unseen and says so; with dev_seen
+    present it stays the monitored split (``--val-split``: tests/test_hm_shared_dev.py)."""
     import shutil
 
     from cli.heads_cli import main as heads

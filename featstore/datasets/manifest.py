@@ -159,6 +159,22 @@ class DatasetManifest:
         """
         return list(dict.fromkeys(s.id for s in self.samples))
 
+    def distinct_samples(self) -> List[Sample]:
+        """One sample per id, in first-seen order: what a text set or a search keyed by sample id holds.
+
+        Hateful Memes lists 400 of dev_unseen's memes in dev_seen too (the same id, image, text and label;
+        loading checks that repeats agree); such a sample is listed once here, with the labels of all its
+        rows (an unlabelled test row may repeat a labelled one). ``samples`` keeps every row, per split.
+        """
+        first: Dict[str, Sample] = {}
+        for s in self.samples:
+            prev = first.get(s.id)
+            if prev is None:
+                first[s.id] = s
+            elif set(s.labels) - set(prev.labels):
+                first[s.id] = replace(prev, labels={**s.labels, **prev.labels})
+        return list(first.values())
+
     def image_keys(self) -> List[str]:
         """Distinct image keys in first-seen order."""
         return list(dict.fromkeys(s.image_key for s in self.samples))

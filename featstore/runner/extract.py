@@ -144,14 +144,15 @@ HINT_MIN_ITEMS = 256  # below this, worker start-up dominates the wait and the h
 # -- the items an extractor sees ----------------------------------------------------------------------------
 def extraction_items(dataset, modality: str) -> List[tuple]:
     """(key, payload) per row: image sets are keyed by image key (one row per image, however many samples
-    use it), text sets by sample id."""
+    use it), text sets by sample id (one row per id, however many splits list it:
+    ``DatasetManifest.distinct_samples``)."""
     if modality == "image":
         seen: Dict[str, Any] = {}
         for s in dataset.samples:
             if s.image_key not in seen:
                 seen[s.image_key] = s.image_path
         return list(seen.items())
-    return [(s.id, s.text) for s in dataset.samples]
+    return [(s.id, s.text) for s in dataset.distinct_samples()]
 
 
 class _CacheBroken(str):

@@ -62,7 +62,7 @@ def nearest(fsv, query: str, k: int = 10, *, array: Optional[str] = None, datase
         raise FeatstoreError(f"{fsv.ref} is empty; nothing to search")
     by_key: Dict[str, List] = {}
     if dataset is not None:
-        for s in dataset.samples:
+        for s in dataset.distinct_samples():
             by_key.setdefault(s.image_key if fsv.key_kind == "image_key" else s.id, []).append(s)
         if query not in set(keys) and fsv.key_kind == "image_key":
             hits = [s.image_key for s in dataset.samples if s.id == query]
@@ -96,7 +96,7 @@ def confounder_report(store, dataset, image_ref: str, text_ref: str, out_dir, *,
     from ..store import preflight
 
     img, txt = store.open(image_ref), store.open(text_ref)
-    samples = list(dataset.samples)
+    samples = dataset.distinct_samples()  # a sample two splits list is one sample here
     preflight(samples, img, txt).raise_if_missing()
     image_vecs = per_sample_vectors(img, samples, image_array)
     text_name = pooled_array(txt, text_array, "--text-pool")
@@ -123,7 +123,7 @@ def embedding_map(fsv, out_png, *, dataset=None, method: str = "tsne", array: Op
     """A 2-D map of a version's pooled vectors coloured by label (per sample when ``dataset`` is given)."""
     name = pooled_array(fsv, array)
     if dataset is not None:
-        samples = list(dataset.samples)
+        samples = dataset.distinct_samples()
         vectors = per_sample_vectors(fsv, samples, name)
         labels = [_labels_of(s) for s in samples]
     else:
