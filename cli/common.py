@@ -77,6 +77,42 @@ def _click_type(hint: Any, choices) -> Any:
     return _CLICK_TYPES.get(members[0], click.STRING) if len(members) == 1 else click.STRING
 
 
+DATASET_READ = "dataset_read"  # ctx.meta key of the ReadOptions values given on the command line
+
+
+def _keep_in_meta(name: str):
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        ctx.meta.setdefault(DATASET_READ, {})[name] = value
+    return callback
+
+
+def dataset_read_options(f):
+    """Add ``featstore.datasets.options.ReadOptions``' options (``--dataset-split``, ``--image-root``, ``--id-col``,
+    ``--image-col``, ``--text-col``, ``--label-cols``, ``--allow-empty-text``) to a command taking ``--dataset``;
+    their values wait in ``ctx.meta`` for ``load_cli_dataset``, so the command's signature stays as it is."""
+    from featstore.datasets.options import ReadOptions
+
+    for option in reversed(options_from_dataclass(ReadOptions)):
+        option.expose_value, option.callback = False, _keep_in_meta(option.name)
+        f.__click_params__ = [*getattr(f, "__click_params__", []), option]
+    return f
+
+
+def read_options():
+    """The command's ``ReadOptions`` (defaults outside a command)."""
+    from featstore.datasets.options import ReadOptions
+
+    ctx = click.get_current_context(silent=True)
+    return ReadOptions(**(ctx.meta.get(DATASET_READ, {}) if ctx is not None else {}))
+
+
+def load_cli_dataset(path, fmt: str = "auto"):
+    """``load_dataset(path, fmt)`` with the command's ``--dataset-split`` / ``--image-root`` / column options."""
+    from featstore.datasets import load_dataset
+
+    return load_dataset(path, fmt, **read_options().load_kwargs())
+
+
 def options_from_dataclass(cls: type, skip: Iterable[str] = ()) -> List[click.Option]:
     """A click option for every field of dataclass ``cls`` whose metadata has a ``help``
     (``featstore.config_types.cli_field``), except ``skip``: named like the field, with the field's default,

@@ -9,8 +9,8 @@ import json
 import click
 
 
-from .common import (FriendlyGroup, LazyOptionsCommand, echo_table, options_from_dataclass, parse_settings,
-                     store_option)
+from .common import (FriendlyGroup, LazyOptionsCommand, dataset_read_options, echo_table, load_cli_dataset,
+                     options_from_dataclass, parse_settings, store_option)
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,11 +24,7 @@ def main():
 
 
 def _maybe_dataset(path):
-    if not path:
-        return None
-    from featstore.datasets import load_dataset
-
-    return load_dataset(path, check_images=False)
+    return load_cli_dataset(path) if path else None
 
 
 # -- store management -------------------------------------------------------------------------------------
@@ -134,17 +130,17 @@ def rm(ref, store_url, all_versions):
 
 @main.command()
 @store_option
+@dataset_read_options
 @click.option("--dataset", "dataset_path", required=True, help="Dataset manifest (jsonl / csv / folder).")
 @click.option("--format", "dataset_format", default="auto", show_default=True)
 @click.option("--image", "image_ref", default=None, help="Image feature set NAME[@VERSION] (keyed by image key).")
 @click.option("--text", "text_ref", default=None, help="Text feature set NAME[@VERSION] (keyed by sample id).")
 def preflight(store_url, dataset_path, dataset_format, image_ref, text_ref):
     """Join a dataset with feature sets by key and report missing / extra keys (exit 1 if any is missing)."""
-    from featstore.datasets import load_dataset
     from featstore.store import open_store, preflight as run_preflight
 
     st = open_store(store_url)
-    ds = load_dataset(dataset_path, dataset_format, check_images=False)
+    ds = load_cli_dataset(dataset_path, dataset_format)
     rep = run_preflight(ds.samples, st.open(image_ref) if image_ref else None, st.open(text_ref) if text_ref else None)
     for line in rep.lines():
         click.echo(line)
@@ -161,6 +157,7 @@ FORMATS = ["mmf-lmdb", "hdf5", "npy"]
 @store_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="Layout of PATH.")
 @click.option("--name", required=True, help="Feature set name to create.")
+@dataset_read_options
 @click.option("--dataset", "dataset_path", default=None,
               help="Dataset manifest: keys are matched to its image keys (leading zeros, path separators).")
 @click.option("--max-regions", type=int, default=None, help="Region axis width (default: the largest count).")
@@ -215,6 +212,7 @@ def _extract_options():
 
 
 @main.command(cls=LazyOptionsCommand, lazy_options=_extract_options)
+@dataset_read_options
 @click.option("--dataset", "dataset_path", required=True, help="Dataset manifest (Hateful Memes jsonl or folder, "
               "Memotion CSV, MM-IMDB folder, generic CSV/JSONL).")
 @click.option("--format", "dataset_format", default="auto", show_default=True)
@@ -234,7 +232,6 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
     Rerunning the same command resumes an interrupted run, or names the finished version. Under
     `torchrun --nproc_per_node N featstore extract ...` every rank writes its share of the same version.
     """
-    from featstore.datasets import load_dataset
     from featstore.runner import ExtractOptions, run_extraction
     from featstore.store import open_store
 
@@ -244,7 +241,7 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
     if compile_model:
         cfg["compile"] = True
     # missing or broken images are not a manifest error here: the --on-error policy records or stops on them
-    ds = load_dataset(dataset_path, dataset_format, check_images=False)
+    ds = load_cli_dataset(dataset_path, dataset_format)
     st = open_store(store_url, create=True)
     opts = ExtractOptions(**extract_options, progress=not quiet)
     summary = run_extraction(st, ds, extractor_name, name=name, extractor_config=cfg, options=opts)
@@ -253,6 +250,7 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
 
 
 @main.command("cache-images")
+@dataset_read_options
 @click.option("--dataset", "dataset_path", required=True, help="Dataset manifest whose images to decode.")
 @click.option("--format", "dataset_format", default="auto", show_default=True)
 @click.option("--image-cache", "image_cache", required=True, metavar="DIR",
@@ -265,14 +263,13 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def cache_images(dataset_path, dataset_format, image_cache, workers, extractors, settings, quiet):
     """Decode a dataset's images into a decoded-image cache ahead of extraction (e.g. before GPU time)."""
-    from featstore.datasets import load_dataset
     from featstore.extractors.base import decode_for, recipe_for
     from featstore.runner.prefill import prefill_image_cache
 
     cfg = parse_settings(settings)
     recipes = [r for r in (recipe_for(name, cfg) for name in extractors) if r is not None]
     decodes = [decode_for(name, cfg) for name in extractors if recipe_for(name, cfg) is None]  # the rest: recipes
-    ds = load_dataset(dataset_path, dataset_format, check_images=False)
+    ds = load_cli_dataset(dataset_path, dataset_format)
     for line in prefill_image_cache(ds, image_cache, num_workers=workers, progress=not quiet,
                                     recipes=recipes, decodes=decodes).lines():
         click.echo(line)
@@ -299,6 +296,7 @@ def demo(store_url, data_dir, with_heads, quiet):
 @store_option
 @click.option("-k", "k", type=int, default=10, show_default=True)
 @click.option("--array", default=None, help="Pooled array to search (default: pooled, cls or mean).")
+@dataset_read_options
 @click.option("--dataset", "dataset_path", default=None, help="Dataset manifest, to show texts and labels.")
 def neighbors(query, set_ref, store_url, k, array, dataset_path):
     """Nearest samples of QUERY (a key of the set, or a sample id) by cosine, with texts and labels."""
@@ -314,6 +312,7 @@ def neighbors(query, set_ref, store_url, k, array, dataset_path):
 @main.command()
 @click.option("--image", "image_ref", required=True, help="Image feature set NAME[@VERSION].")
 @click.option("--text", "text_ref", required=True, help="Text feature set NAME[@VERSION].")
+@dataset_read_options
 @click.option("--dataset", "dataset_path", required=True, help="Dataset manifest (ids, texts, images, labels).")
 @store_option
 @click.option("--out", "out_dir", required=True, help="Folder for confounders.csv and confounders.html.")
@@ -359,6 +358,7 @@ def confounders(image_ref, text_ref, dataset_path, store_url, out_dir, predictio
 @click.option("--set", "set_ref", required=True, help="Feature set NAME[@VERSION].")
 @store_option
 @click.option("--out", "out_png", required=True, help="PNG to write.")
+@dataset_read_options
 @click.option("--dataset", "dataset_path", default=None, help="Dataset manifest, to colour points by label.")
 @click.option("--method", type=click.Choice(["tsne", "pca"]), default="tsne", show_default=True)
 @click.option("--array", default=None, help="Pooled array to map (default: pooled, cls or mean).")

@@ -12,8 +12,8 @@ import click
 
 from featstore.errors import FeatstoreError
 
-from .common import (FriendlyGroup, LazyOptionsCommand, options_from_dataclass, parse_seeds, parse_settings,
-                     store_option)
+from .common import (FriendlyGroup, LazyOptionsCommand, dataset_read_options, load_cli_dataset,
+                     options_from_dataclass, parse_seeds, parse_settings, read_options, store_option)
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,7 +95,7 @@ def data_options(f):
     ]
     for o in reversed(opts):
         f = o(f)
-    return f
+    return dataset_read_options(f)
 
 
 def _device(device: str) -> str:
@@ -113,12 +113,11 @@ def _weights(text, task=None):
 def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
                max_tokens, text_array, text_pool, val_fraction, device, seed=0, feeds=None, image_pool=None,
                train_image=None):
-    from featstore.datasets import load_dataset
     from featstore.store import open_store
     from heads.data import build_train_data
 
     st = open_store(store_url)
-    ds = load_dataset(dataset_path, dataset_format, check_images=False)
+    ds = load_cli_dataset(dataset_path, dataset_format)
     ctx = click.get_current_context(silent=True)
     if image_pool is None:  # --image-pool
         image_pool = ctx.meta.get("image_pool", "pooled") if ctx is not None else "pooled"
@@ -340,6 +339,9 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
         raise FeatstoreError("--train-image is for heads train / eval / predict (one image set); a sweep over "
                              "several image sets takes none: train that row with heads train")
     spec.data = preset_data(preset, spec.data, _explicit(spec.data))
+    read = read_options()
+    if read != type(read)():  # only when given, so a sweep's row ids stay as they were without them
+        spec.data["read"] = dataclasses.asdict(read)
     if preset:
         from heads.preset_inputs import store_image_notes
         from heads.presets import load_preset

@@ -398,7 +398,9 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
         dataset = load_dataset(dataset)
     samples = list(dataset.samples)
     _check_refs(image_ref, text_ref, train_image_ref)
-    spec = with_feeds(tasks if isinstance(tasks, TaskSpec) else derive_task_spec(samples, tasks, task_weights), feeds)
+    if not isinstance(tasks, TaskSpec):
+        tasks = derive_task_spec(samples, tasks, task_weights, getattr(dataset, "tasks", None))
+    spec = with_feeds(tasks, feeds)
     opened = _open_feature_sets(store, image_ref, text_ref)
     from featstore.store import preflight
 

@@ -333,14 +333,22 @@ def _load_data(spec: SweepSpec, dataset, row: Row, device: str):
         return err
 
 
+def load_sweep_dataset(spec: SweepSpec):
+    """The sweep's dataset: its format, and the command's dataset read options (``spec.data["read"]``, a
+    ``featstore.datasets.options.ReadOptions`` dict, present only when one was given)."""
+    from featstore.datasets import load_dataset
+    from featstore.datasets.options import ReadOptions
+
+    read = ReadOptions(**spec.data.get("read", {}))
+    return load_dataset(spec.dataset, spec.data.get("format", "auto"), **read.load_kwargs())
+
+
 def run_jobs(spec: SweepSpec, jobs: Sequence[Job], root: Path, device: str, echo: Callable[[str], None],
              total: int, done_before: int = 0) -> None:
     """Run ``jobs`` one after another on ``device``, loading each ``loading_key`` once (jobs come grouped)."""
     import gc
 
-    from featstore.datasets import load_dataset
-
-    dataset = load_dataset(spec.dataset, spec.data.get("format", "auto"), check_images=False)
+    dataset = load_sweep_dataset(spec)
     current, data, threads = None, None, {}
     for n, job in enumerate(jobs, 1):
         if loading_key(job.row) != current:

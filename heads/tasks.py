@@ -3,13 +3,15 @@
 ``Sample.labels`` is a dict ``{label_key: value}``; a label key becomes tasks by the kind of its values:
 
 * a scalar (int / bool / str): one task; ``binary`` when it has two classes, else ``multiclass``.
-  Classes are the sorted distinct values (so 0/1 gives class 1 = positive).
-  Hateful Memes ``{"label": 0|1}``, Memotion ``"A"`` (negative/neutral/positive).
+  Classes are the distinct values seen: integers sorted (so 0/1 gives class 1 = positive), names in the
+  dataset format's order (``TaskInfo.class_names``, e.g. Memotion's levels lowest first, so ``C_motivation``'s
+  class 1 is ``motivational`` and ``C_humour``'s classes rise with the intensity) when it names them all,
+  else sorted. Hateful Memes ``{"label": 0|1}``, Memotion ``"A"`` (negative/neutral/positive).
 * a list of names (MM-IMDB ``"genres"``), or a dict of name -> 0/1/bool (Memotion ``"B"``): one
-  ``multilabel`` task over the sorted names seen.
+  ``multilabel`` task over the names seen, in the format's order likewise.
 * a dict of name -> level (Memotion ``"C"``, intensity per emotion): one task per name (multiclass; binary
-  when only two levels occur),
-  called ``"<key>_<name>"`` (``C_humour``, ``C_sarcasm`` ...).
+  when only two levels occur; none when one level occurs, and the key's weight is then shared by the
+  others), called ``"<key>_<name>"`` (``C_humour``, ``C_sarcasm`` ...). A level never seen has no class.
 
 ``--task`` picks label keys: one key, a comma-separated list, or ``all``. Task weights default to 1 each,
 except Memotion's A/B/C multi-task (0.4 / 0.3 / 0.3; the 0.3 of C is split evenly over its per-emotion
@@ -67,8 +69,10 @@ def label_keys(samples: Sequence[Any]) -> List[str]:
 
 
 def derive_task_spec(samples: Sequence[Any], task: Optional[str] = None,
-                     weights: Optional[Sequence[float]] = None) -> TaskSpec:
-    """Tasks for the label key(s) picked by ``task`` (see module docstring) from the labelled samples."""
+                     weights: Optional[Sequence[float]] = None, known: Optional[Dict[str, Any]] = None) -> TaskSpec:
+    """Tasks for the label key(s) picked by ``task`` (see module docstring) from the labelled samples.
+    ``known``: the dataset format's tasks (``DatasetManifest.tasks``, name -> ``TaskInfo``), whose
+    ``class_names`` order the classes seen."""
     keys = label_keys(samples)
     if not keys:
         raise FeatstoreError("the dataset has no labels; pass a labelled dataset (train/dev files with labels)")
@@ -95,27 +99,42 @@ def derive_task_spec(samples: Sequence[Any], task: Optional[str] = None,
             weights = [1.0] * len(picked)
     tasks: List[Task] = []
     for key, w in zip(picked, weights):
-        values = [s.labels[key] for s in samples if s.labels.get(key) is not None]
-        kind = _kind_of(key, values)
-        if kind == "scalar":
-            classes = sorted({str(v) if isinstance(v, str) else int(v) for v in values}, key=lambda x: (str(type(x)), x))
-            if len(classes) < 2:
-                raise FeatstoreError(f"label {key!r} has a single class ({classes[0]!r}) in the dataset; "
-                                     "a task needs at least 2 classes - pass another --task")
-            tasks.append(Task(key, "binary" if len(classes) == 2 else "multiclass", len(classes),
-                              [str(c) for c in classes], float(w)))
-        elif kind == "names":
-            names = sorted({n for v in values for n in _names(v)} | {str(k) for v in values if isinstance(v, dict)
-                                                                    for k in v})
-            tasks.append(Task(key, "multilabel", len(names), names, float(w)))
-        else:
-            subs = list(dict.fromkeys(n for v in values for n in v))
-            for sub in subs:
-                levels = sorted({str(v[sub]) for v in values if sub in v})
-                if len(levels) < 2:
-                    continue
-                tasks.append(Task(f"{key}_{sub}", "binary" if len(levels) == 2 else "multiclass", len(levels), levels, float(w) / len(subs)))
+        tasks += _key_tasks(key, [s.labels[key] for s in samples if s.labels.get(key) is not None], float(w),
+                            known or {})
     return TaskSpec(tasks=tasks)
+
+
+def _ordered(seen, key: str, known: Dict[str, Any]) -> List[str]:
+    """``seen`` class names in the dataset format's order (``known[key].class_names``: Memotion's levels lowest
+    first, MM-IMDB's genre list) when it names every one of them, else sorted."""
+    order = [str(c) for c in getattr(known.get(key), "class_names", ()) or ()]
+    if seen and set(seen) <= set(order):
+        return [c for c in order if c in seen]
+    return sorted(seen)
+
+
+def _key_tasks(key: str, values: List[Any], w: float, known: Dict[str, Any]) -> List[Task]:
+    """The task(s) of one label key (see the module docstring)."""
+    kind = _kind_of(key, values)
+    if kind == "scalar":
+        seen = {str(v) if isinstance(v, str) else int(v) for v in values}
+        if all(isinstance(v, str) for v in seen):
+            classes = _ordered(seen, key, known)
+        else:
+            classes = [str(c) for c in sorted(seen, key=lambda x: (str(type(x)), x))]
+        if len(classes) < 2:
+            raise FeatstoreError(f"label {key!r} has a single class ({classes[0]!r}) in the dataset; "
+                                 "a task needs at least 2 classes - pass another --task")
+        return [Task(key, "binary" if len(classes) == 2 else "multiclass", len(classes), classes, w)]
+    if kind == "names":
+        names = _ordered({n for v in values for n in _names(v)} | {str(k) for v in values if isinstance(v, dict)
+                                                                  for k in v}, key, known)
+        return [Task(key, "multilabel", len(names), names, w)]
+    levels = {sub: _ordered({str(v[sub]) for v in values if sub in v}, f"{key}_{sub}", known)
+              for sub in dict.fromkeys(n for v in values for n in v)}
+    kept = {sub: lv for sub, lv in levels.items() if len(lv) >= 2}  # a name with one level seen has no task
+    return [Task(f"{key}_{sub}", "binary" if len(lv) == 2 else "multiclass", len(lv), lv, w / len(kept))
+            for sub, lv in kept.items()]
 
 
 def _lookup(labels: Dict[str, Any], task: Task) -> Any:

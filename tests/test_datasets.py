@@ -62,7 +62,7 @@ def test_hateful_memes_single_file_and_split_choice(tmp_path):
     assert [s.split for s in load_dataset(root / "train.jsonl", split="mine")] == ["mine", "mine"]
     only = load_dataset(root, split="test_unseen")
     assert [(s.id, s.labels) for s in only] == [("10001", {})]
-    with pytest.raises(FeatstoreError, match=r"no split file dev\.jsonl; choose --split from: train, dev_seen"):
+    with pytest.raises(FeatstoreError, match=r"no split file dev\.jsonl; choose --dataset-split from: train, dev_seen"):
         load_dataset(root, split="dev")
     with pytest.raises(FeatstoreError, match=r"no split 'nope'; choose one of: train, dev_seen"):
         load_dataset(root).split("nope")
@@ -95,7 +95,7 @@ def test_hateful_memes_problems_reported_together_with_rows(tmp_path):
         "row 4: duplicate id '42' (first at row 1); "
         "row 7: image img/00007.png not found; "
         "row 9: empty text "
-        "(fix the rows or pass --no-check-images or pass --allow-empty-text)")
+        "(fix the rows or load with check_images=False or pass --allow-empty-text)")
 
 
 def test_empty_text_and_missing_images_can_be_allowed(tmp_path):
@@ -108,7 +108,7 @@ def test_empty_text_and_missing_images_can_be_allowed(tmp_path):
         load_dataset(tmp_path / "train.jsonl")
     assert str(e.value) == (f"dataset {tmp_path / 'train.jsonl'}: 2 problems: row 1: empty text; "
                             f"row 2: image img/00002.png not found "
-                            f"(fix the rows or pass --allow-empty-text or pass --no-check-images)")
+                            f"(fix the rows or pass --allow-empty-text or load with check_images=False)")
     m = load_dataset(tmp_path / "train.jsonl", allow_empty_text=True, check_images=False)
     assert [s.text for s in m] == ["", "b"]
     assert len(m.fingerprint) == 64  # a missing file hashes as null instead of failing

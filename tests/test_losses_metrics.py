@@ -229,6 +229,34 @@ def test_memotion_tasks_and_targets():
     assert np.isnan(y["B"][3]).all() and y["C_sarcasm"].tolist() == [0, 1, 0, -1]
 
 
+def test_tasks_take_the_formats_class_order():
+    """With the format's TaskInfo (levels typed here from the Memotion task definition, lowest first) classes
+    follow it: C_motivation's class 1 is motivational (the binary f1's positive class), C_humour rises with
+    intensity; a level never seen has no class; an emotion with one level seen has no task and C's 0.3 is
+    shared by the others. Without it (or when it misses a value) classes stay sorted."""
+    from featstore.datasets.manifest import TaskInfo
+
+    known = {"A": TaskInfo("A", "multiclass", ("negative", "neutral", "positive")),
+             "B": TaskInfo("B", "multilabel", ("humour", "sarcasm", "offense", "motivation")),
+             "C_humour": TaskInfo("C_humour", "multiclass", ("not_funny", "funny", "very_funny", "hilarious")),
+             "C_motivation": TaskInfo("C_motivation", "binary", ("not_motivational", "motivational")),
+             "C_offense": TaskInfo("C_offense", "multiclass", ("not_offensive", "slight", "very_offensive"))}
+    levels = [("very_funny", "motivational", "slight"), ("not_funny", "not_motivational", "slight"),
+              ("hilarious", "motivational", "slight"), ("funny", "not_motivational", "slight")]
+    rows = [S(i, {"B": ["humour", "motivation"][: 1 + i % 2] if i % 3 else ["sarcasm", "offense"],
+                  "C": {"humour": h, "motivation": m, "offense": o}}) for i, (h, m, o) in enumerate(levels)]
+    spec = derive_task_spec(rows, "B,C", [0.3, 0.3], known)
+    got = {t.name: (t.kind, t.class_names, t.weight) for t in spec.tasks}
+    assert got == {"B": ("multilabel", ["humour", "sarcasm", "offense", "motivation"], 0.3),
+                   "C_humour": ("multiclass", ["not_funny", "funny", "very_funny", "hilarious"], 0.15),
+                   "C_motivation": ("binary", ["not_motivational", "motivational"], 0.15)}
+    y = encode_targets(rows, spec)
+    assert y["C_humour"].tolist() == [2, 0, 3, 1] and y["C_motivation"].tolist() == [1, 0, 1, 0]
+    assert derive_task_spec(rows, "C").tasks[0].class_names == ["funny", "hilarious", "not_funny", "very_funny"]  # sorted
+    unknown = [S(0, {"C": {"humour": "meh"}}), S(1, {"C": {"humour": "funny"}})]
+    assert derive_task_spec(unknown, "C", None, known).tasks[0].class_names == ["funny", "meh"]
+
+
 def test_hateful_memes_and_mmimdb_tasks():
     hm = [S(0, {"label": 0}), S(1, {"label": 1}, "dev_seen"), S(2, {"label": 1}, "test_seen"), S(3, {}, "test_unseen")]
     spec = derive_task_spec(hm)

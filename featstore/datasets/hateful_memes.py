@@ -39,7 +39,7 @@ def split_files(path: Path, split) -> List[Path]:
         f = path / f"{split}.jsonl"
         if not f.is_file():
             present = [s for s in SPLITS if (path / f"{s}.jsonl").is_file()]
-            raise FeatstoreError(f"dataset {path}: no split file {split}.jsonl; choose --split from: "
+            raise FeatstoreError(f"dataset {path}: no split file {split}.jsonl; choose --dataset-split from: "
                                  f"{', '.join(present) or '(none)'}")
         return [f]
     return [path / f"{s}.jsonl" for s in SPLITS if (path / f"{s}.jsonl").is_file()]

@@ -44,7 +44,7 @@ def check_samples(samples: List[Sample], problems: Problems, *, check_images: bo
                 if s.image_path not in exists:
                     exists[s.image_path] = os.path.isfile(s.image_path)
                 if not exists[s.image_path]:
-                    problems.add(s.row, f"image {shown} not found", s.file, hint="pass --no-check-images")
+                    problems.add(s.row, f"image {shown} not found", s.file, hint="load with check_images=False")
             known = key_path.setdefault(s.image_key, s.image_path)
             if known != s.image_path:
                 problems.add(s.row, f"image key {s.image_key!r} of {shown} is also the key of {known} "
