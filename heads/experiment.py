@@ -67,7 +67,8 @@ def epoch_line(seed: int, row: dict, monitor: str, epochs: int) -> str:
     """One line for an epoch: ``seed 0 epoch 3/20: train_loss=0.6123 val label/auroc=0.7012 (0.4 s)``."""
     val = row.get(f"val_{monitor}")
     shown = "nan" if val is None else f"{val:.4f}"
-    return (f"  seed {seed} epoch {int(row['epoch'])}/{epochs}: train_loss={row['train_loss']:.4f} "
+    step = f" step {int(row['step'])}" if "step" in row else ""
+    return (f"  seed {seed} epoch {int(row['epoch'])}/{epochs}{step}: train_loss={row['train_loss']:.4f} "
             f"val {monitor}={shown} ({row['time_s']:.1f} s)")
 
 
@@ -206,7 +207,8 @@ def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int]
             yield threads_line
             threads_line = ""
         val = result.metrics.get(result.val_split, {}).get(result.monitor)
-        yield (f"seed {s}: best epoch {result.best_epoch}, {result.val_split} {result.monitor}="
+        step = f" (step {result.best_step})" if result.best_step is not None else ""
+        yield (f"seed {s}: best epoch {result.best_epoch}{step}, {result.val_split} {result.monitor}="
                f"{'nan' if val is None else f'{val:.4f}'} ({secs:.1f} s) -> {out / f'seed_{s}'}")
     yield f"runs {out}/seed_*: head {cfg.head}, seeds {','.join(map(str, seeds))} (mean +- std over {len(seeds)})"
     yield from summary_lines(_read_json(out / SUMMARY))

@@ -14,9 +14,11 @@ A run folder (``save_run``; ``heads.experiment.train_run``) holds::
                            version 3 with its two logits), train config,
                            head name + resolved head config, InputSpec, TaskSpec,
                            feature set refs {name, version; the arrays read: image pool, text array
-                           + pool}, dataset fingerprint, monitor, best epoch,
+                           + pool}, dataset fingerprint, monitor, best epoch (and best_step with
+                           eval_every),
                            checkpoint_load (the init checkpoint's LoadReport: used / ignored / missing)
-    history.csv / .json    one row per epoch: train loss (+ per-task / extra losses), lr, val metrics
+    history.csv / .json    one row per evaluation (per epoch, or every eval_every updates with their step):
+                           train loss since the last one (+ per-task / extra losses), lr, val metrics
     model.safetensors      the best state dict
     metrics.json           {"seed": s, "monitor": key, "best_epoch": e, "<split>": {flat metrics}, ...}
                            (NaN written as null)
@@ -101,6 +103,7 @@ def save_run(run_dir, result, data: TrainData, plots: bool = True) -> Path:
         "input_spec": data.input_spec().to_dict(), "task_spec": result.task_spec.to_dict(),
         "features": data.meta.get("features", {}), "dataset_fingerprint": data.meta.get("dataset_fingerprint"),
         "monitor": result.monitor, "val_split": result.val_split, "best_epoch": result.best_epoch,
+        **({"best_step": result.best_step} if getattr(result, "best_step", None) is not None else {}),
         "checkpoint_load": getattr(result, "load_report", None)})
     keys = list(dict.fromkeys(k for r in result.history for k in r))
     with open(run / "history.csv", "w", newline="") as f:
@@ -109,7 +112,8 @@ def save_run(run_dir, result, data: TrainData, plots: bool = True) -> Path:
         w.writerows(result.history)
     write_json(run / "history.json", result.history)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(run / WEIGHTS))
-    metrics = {"seed": result.config.seed, "monitor": result.monitor, "best_epoch": result.best_epoch}
+    metrics = {"seed": result.config.seed, "monitor": result.monitor, "best_epoch": result.best_epoch,
+               **({"best_step": result.best_step} if getattr(result, "best_step", None) is not None else {})}
     metrics.update(result.metrics)
     metrics["warnings"] = {s: w for s, w in result.warnings.items() if w}
     write_json(run / METRICS, metrics)

@@ -20,7 +20,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
@@ -91,6 +91,9 @@ class TrainConfig:
                              "samples (knn).", choices=("classifier", "knn"))  # heads.rgcl.knn_probs
     auroc_batch: int = cli_field(0, "Also report each binary task's batch_auroc: the AUROC of every run of this "
                                  "many rows in split order, size-weighted (Hate-CLIPper's logged val/auroc); 0: off.")
+    eval_every: int = cli_field(0, "Evaluate the validation split every this many updates and keep the best of "
+                                "those (MMF's evaluation_interval, 1,000 in its Hateful Memes runs); 0: after every "
+                                "epoch. Patience counts evaluations.")
     val_split: str = cli_field("auto", "Split that early stopping and the best epoch read: auto (val, else dev = "
                                "dev_seen, else dev_unseen) or a split name, e.g. dev_unseen (MMF's phase-2 yaml).")
     select_on: str = cli_field("predict", "Predictions that choose the best epoch: predict (the reported ones) or "
@@ -116,6 +119,8 @@ class TrainConfig:
             raise FeatstoreError(f"mode {self.mode!r} is unknown; pass max, min or auto")
         if self.label_fraction is not None and not 0.0 < self.label_fraction <= 1.0:
             raise FeatstoreError(f"label_fraction {self.label_fraction} is out of range; pass e.g. 0.05, 0.1 or 0.2")
+        if self.eval_every < 0:
+            raise FeatstoreError(f"eval_every={self.eval_every} must be >= 0 (0 = after every epoch); pass e.g. 1000")
         if self.bucket < 0:
             raise FeatstoreError(f"bucket={self.bucket} must be >= 0 (0 = no length bucketing); pass e.g. 20")
         check_threads(self.threads)
@@ -148,7 +153,7 @@ class TrainResult:
     model: torch.nn.Module  # best checkpoint restored, eval mode
     config: TrainConfig
     task_spec: TaskSpec
-    history: List[Dict[str, float]]  # one row per epoch
+    history: List[Dict[str, float]]  # one row per evaluation: per epoch, or every cfg.eval_every updates
     best_epoch: int
     monitor: str  # the flat metric key monitored on ``val_split``
     val_split: str
@@ -157,6 +162,7 @@ class TrainResult:
     probs: Dict[str, Dict[str, np.ndarray]]  # {split: {task: [n, K] probabilities}} of the best model
     threads: Any = None  # heads.threads.ThreadChoice: the CPU intra-op threads used and why
     load_report: Optional[Dict[str, Any]] = None  # heads.vilbert_checkpoint.LoadReport.to_dict() of init_checkpoint
+    best_step: Optional[int] = None  # the update count of the best evaluation, with cfg.eval_every
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -373,6 +379,8 @@ class _Optimisation:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     objective: Any  # heads.rgcl.RGCLObjective for cfg.rgcl, or None
+    total_steps: int = 0  # updates over every epoch
+    step: int = 0  # updates so far
 
 
 def _train(cfg: TrainConfig, data: TrainData, progress: bool = True, on_epoch=None) -> TrainResult:
@@ -391,19 +399,22 @@ def _train(cfg: TrainConfig, data: TrainData, progress: bool = True, on_epoch=No
         opt = _optimisation(fit)
     bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, desc=f"{cfg.head}", unit="epoch")
     for epoch in bar:
-        row = _epoch(fit, opt, epoch)
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row, fit.monitor)
-        value = row.get(f"val_{fit.select}", math.nan)
-        if stopping.update(value, epoch):
-            best_state = copy.deepcopy(fit.model.state_dict())
-        bar.set_postfix({"loss": f"{row['train_loss']:.4f}", f"val_{fit.select}": f"{value:.4f}"})
+        for row in _epoch(fit, opt, epoch):
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row, fit.monitor)
+            value = row.get(f"val_{fit.select}", math.nan)
+            if stopping.update(value, len(history)):
+                best_state = copy.deepcopy(fit.model.state_dict())
+            bar.set_postfix({"loss": f"{row['train_loss']:.4f}", f"val_{fit.select}": f"{value:.4f}"})
+            if stopping.should_stop:
+                break
         if stopping.should_stop:
             break
     metrics, warnings, probs = _final_evaluation(fit, best_state)
-    result = TrainResult(fit.model, cfg, data.task_spec, history, stopping.best_epoch, fit.monitor, fit.val_split,
-                         metrics, warnings, probs)
+    best = history[stopping.best_epoch - 1] if history else {"epoch": stopping.best_epoch}
+    result = TrainResult(fit.model, cfg, data.task_spec, history, int(best["epoch"]), fit.monitor, fit.val_split,
+                         metrics, warnings, probs, best_step=best.get("step"))
     result.load_report = fit.load_report.to_dict() if fit.load_report is not None else None
     return result
 
@@ -609,34 +620,60 @@ def _optimisation(fit: _Fit) -> _Optimisation:
 
         objective = RGCLObjective(RGCLConfig.from_dict(cfg.rgcl), fit.data, fit.train_idx, cfg.eval_batch_size,
                                   cfg.trim)
-    return _Optimisation(optimizer, scheduler, objective)
+    return _Optimisation(optimizer, scheduler, objective, steps_per_epoch * cfg.epochs)
 
 
-def _epoch(fit: _Fit, opt: _Optimisation, epoch: int) -> Dict[str, float]:
-    """One pass over the shuffled labelled train rows, then the validation metrics -> the epoch's history
-    row: epoch, lr, mean train losses (``train_loss``, ``train_loss_<term>``), ``val_<metric>``, time_s."""
-    cfg, data = fit.cfg, fit.data
+@dataclass
+class _Window:
+    """The train losses and time since the last evaluation (``_epoch``)."""
+    lr: float
+    t0: float = field(default_factory=time.perf_counter)
+    rows: int = 0
+    sums: Dict[str, float] = field(default_factory=dict)
+
+    def add(self, loss: torch.Tensor, logged: Dict[str, torch.Tensor], n: int) -> None:
+        self.rows += n
+        self.sums["train_loss"] = self.sums.get("train_loss", 0.0) + float(loss.detach()) * n
+        for k, v in logged.items():
+            self.sums[f"train_{k}"] = self.sums.get(f"train_{k}", 0.0) + float(v.detach()) * n
+
+
+def _epoch(fit: _Fit, opt: _Optimisation, epoch: int) -> Iterator[Dict[str, float]]:
+    """One pass over the shuffled labelled train rows, yielding a history row at each evaluation: at the end
+    (``eval_every`` 0), or after every ``eval_every``-th update counted over the whole run (as MMF validates
+    every ``evaluation_interval`` updates; the last update is evaluated too when the run has not been yet).
+    A row: epoch, step (with ``eval_every``), lr, mean train losses since the last evaluation (``train_loss``,
+    ``train_loss_<term>``), ``val_<metric>``, time_s."""
+    cfg, data, every = fit.cfg, fit.data, fit.cfg.eval_every
     fit.model.train()
-    t0 = time.perf_counter()
     order = fit.train_idx[torch.randperm(fit.train_idx.numel(), generator=fit.gen).to(data.device)]
-    sums: Dict[str, float] = {}
-    lr = opt.optimizer.param_groups[0]["lr"]
+    window = _Window(opt.optimizer.param_groups[0]["lr"])
     if opt.objective is not None:
         opt.objective.start_epoch()
     for b in bucketed_batches(order, fit.key, cfg.batch_size, cfg.bucket, fit.gen):
         loss, logged = _step(fit, opt, b)
-        n = b.numel()
-        sums["train_loss"] = sums.get("train_loss", 0.0) + float(loss.detach()) * n
-        for k, v in logged.items():
-            sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v.detach()) * n
-    row: Dict[str, float] = {"epoch": epoch, "lr": lr}
-    row.update({k: v / fit.train_idx.numel() for k, v in sums.items()})
+        window.add(loss, logged, b.numel())
+        opt.step += 1
+        last_unevaluated = opt.step == opt.total_steps and opt.step < every
+        if every and (opt.step % every == 0 or last_unevaluated):
+            yield _evaluation_row(fit, epoch, window, opt.step)
+            window = _Window(opt.optimizer.param_groups[0]["lr"])
+            fit.model.train()
+    if not every:
+        yield _evaluation_row(fit, epoch, window)
+
+
+def _evaluation_row(fit: _Fit, epoch: int, window: _Window, step: Optional[int] = None) -> Dict[str, float]:
+    """The validation metrics now, with the window's train losses -> a history row."""
+    row: Dict[str, float] = {"epoch": epoch, **({"step": step} if step is not None else {}), "lr": window.lr}
+    row.update({k: v / max(window.rows, 1) for k, v in window.sums.items()})
     classifier: Dict[str, float] = {}
-    val_metrics, _, _ = evaluate_as(cfg, fit.model, data, fit.train_idx, fit.val_idx, fit.losses, classifier)
+    val_metrics, _, _ = evaluate_as(fit.cfg, fit.model, fit.data, fit.train_idx, fit.val_idx, fit.losses,
+                                    classifier)
     row.update({f"val_{k}": v for k, v in val_metrics.items()})
     if fit.select != fit.monitor:  # the classifier's metrics choose the epoch (select_on="classifier")
         row.update({f"val_classifier_{k}": v for k, v in classifier.items()})
-    row["time_s"] = time.perf_counter() - t0
+    row["time_s"] = time.perf_counter() - window.t0
     return row
 
 

@@ -27,7 +27,7 @@ TRAIN_FLAGS = {
     "pretrain_epochs": "--pretrain-epochs", "label_fraction": "--label-fraction",
     "init_checkpoint": "--init-checkpoint", "trust_checkpoint": "--trust-checkpoint", "trim": "--trim",
     "bucket": "--bucket", "threads": "--threads", "predict": "--predict", "select_on": "--select-on",
-    "auroc_batch": "--auroc-batch", "val_split": "--val-split",
+    "auroc_batch": "--auroc-batch", "val_split": "--val-split", "eval_every": "--eval-every",
 }
 
 

@@ -268,7 +268,7 @@ def test_image_region_hm_preset_holds_mmfs_numbers():
     assert p.head == "image-region"
     assert p.train == {"lr": 5e-5, "weight_decay": 0.0, "batch_size": 32, "epochs": 83, "warmup_ratio": 0.0909,
                        "schedule": "linear", "grad_clip": 0.0, "loss": "ce", "label_smoothing": 0.0,
-                       "monitor": "auroc", "patience": 0, "optimizer": "adamw-mmf"}
+                       "monitor": "auroc", "patience": 0, "optimizer": "adamw-mmf", "eval_every": 1000}
     assert p.head_cfg == {"hidden": [768, 768], "activation": "relu", "dropout": 0.5, "batch_norm": True,
                           "out_hidden": 0, "out_dropout": 0.0, "num_regions": 100, "fc7_dim": 2048,
                           "fc7_weights": ""}
