@@ -278,8 +278,9 @@ def predict(run_dir, store_url, dataset_path, dataset_format, image_ref, text_re
 @click.option("--split", "splits", multiple=True,
               help="Split(s) to show, repeatable (default: every labelled split the runs share).")
 @click.option("--metric", "metrics", multiple=True, help="Metrics to show (default: the common ones).")
-@click.option("--against", type=click.Choice(["first", "best"]), default=None,
-              help="Test every run against the first one or the best one (default: best for a sweep, else first).")
+@click.option("--against", type=click.Choice(["first", "best", "ranked"]), default=None,
+              help="Test every run against the first one, the best one by the first metric, or a sweep's "
+                   "leaderboard rank 1 (default: ranked for a sweep, else first).")
 def compare(run_dirs, splits, metrics, against):
     """Tables of runs (heads x seeds, mean +- std) per split, with t-tests and which side is better in words.
 
@@ -287,7 +288,7 @@ def compare(run_dirs, splits, metrics, against):
     from heads.compare import compare_splits
 
     if against is None:
-        against = "best" if any((Path(r) / "sweep.json").is_file() or Path(r).name == "leaderboard.csv"
+        against = "ranked" if any((Path(r) / "sweep.json").is_file() or Path(r).name == "leaderboard.csv"
                                 for r in run_dirs) else "first"
     tables = compare_splits([Path(r) for r in run_dirs], list(splits) or None, list(metrics) or None, against)
     click.echo("\n\n".join(c.to_text() for c in tables))

@@ -3,7 +3,8 @@ folder, or a ``heads sweep`` folder (every finished leaderboard row becomes a gr
 
 ``compare_runs(run_dirs, split, metrics, against)`` -> ``Comparison`` for one split: ``rows`` (one per
 group: name, head, feature sets, seeds, ``{metric: (mean, std)}``), ``tests`` (each other group against the
-reference group - the first, or with ``against="best"`` the one with the highest mean of the first metric -
+reference group - the first (``"ranked"``: a sweep's rank 1, its groups coming in leaderboard order), or with
+``against="best"`` the one with the highest mean of the first metric -
 on every metric: the paired ``scipy.stats.ttest_rel`` when both groups have the same seeds, values aligned
 by seed, else Welch's ``ttest_ind(equal_var=False)``; ``t`` is "b minus a", so t > 0 means b's mean is
 higher), each with a ``verdict`` in words, and ``to_text()`` (fixed-width tables).
@@ -168,11 +169,14 @@ def _row_stats(g: RunGroup, metrics: Sequence[str]) -> dict:
     return out
 
 
+AGAINST = ("first", "best", "ranked")  # ranked: a sweep's groups come in leaderboard order, so its rank 1
+
+
 def _reference(groups: List[RunGroup], rows: List[dict], metric: str, against: str) -> int:
-    if against == "first":
+    if against in ("first", "ranked"):
         return 0
     if against != "best":
-        raise FeatstoreError(f"--against {against!r} is unknown; pass first or best")
+        raise FeatstoreError(f"--against {against!r} is unknown; pass {', '.join(AGAINST[:-1])} or {AGAINST[-1]}")
     sign = -1.0 if lower_is_better(metric) else 1.0
     means = [sign * r["metrics"][metric][0] if r["metrics"][metric][0] is not None else -math.inf for r in rows]
     return int(np.argmax(means))
@@ -207,7 +211,8 @@ def compare_groups(groups: List[RunGroup], split: str, metrics: Optional[Sequenc
             name, t, p = significance(a, b)
             tests.append({"a": base.name, "b": g.name, "metric": m, "test": name, "t": t, "p": p,
                           "verdict": verdict(base.name, g.name, m, t, p)})
-    reference = f"{base.name} ({'best ' + metrics[0] if against == 'best' and metrics else 'the first run'})"
+    why = {"best": f"best {metrics[0]}" if metrics else "the first run", "ranked": "rank 1 of the sweep's leaderboard"}
+    reference = f"{base.name} ({why.get(against, 'the first run')})"
     return Comparison(split, list(metrics), rows, tests, reference)
 
 

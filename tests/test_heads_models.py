@@ -469,6 +469,20 @@ def test_missing_inputs_are_one_line_errors():
     pooled_only = InputSpec(img_dim=DI, txt_dim=DT, txt_tokens=T)
     with pytest.raises(FeatstoreError, match=r"head 'vilbert' needs image regions .*--extractor roi/grid/dinov2 or use --head concat"):
         create_head("vilbert", pooled_only, SPECS["binary"], **VIL)
+    # no image set at all (heads train --text only): named as missing, not as pooled-only
+    with pytest.raises(FeatstoreError) as err:
+        create_head("vilbert", InputSpec(img_dim=0, txt_dim=DT, txt_tokens=T), SPECS["binary"], **VIL)
+    assert str(err.value) == ("head 'vilbert' needs image regions but no image feature set was given; pass an "
+                              "image feature set (--image NAME) or use --head text-only")
+    with pytest.raises(FeatstoreError) as err:
+        create_head("vilbert", InputSpec(img_dim=DI, txt_dim=0, img_regions=R), SPECS["binary"], **VIL)
+    assert str(err.value) == ("head 'vilbert' needs text tokens but no text feature set was given; pass a text "
+                              "feature set (--text NAME) or use --head image-only")
+    with pytest.raises(FeatstoreError) as err:
+        create_head("vilbert", InputSpec(img_dim=DI, txt_dim=0, img_regions=R, txt_tokens=T, txt_ids=True,
+                                         txt_pooled=False), SPECS["binary"], **VIL)
+    assert str(err.value) == ("head 'vilbert' needs text token states but the text array read gives token ids "
+                              "only; pass --text-array tokens (or layer_N)")
     no_tokens = InputSpec(img_dim=DI, txt_dim=DT, img_regions=R)
     for name in ("vilbert", "singlestream", "gnn"):
         with pytest.raises(FeatstoreError, match=f"head '{name}' needs text tokens"):

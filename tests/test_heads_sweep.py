@@ -215,7 +215,13 @@ def test_compare_reads_the_sweep_against_its_best_row(swept):
     out, _ = swept
     text = invoke(heads, ["compare", out, "--split", "test_unseen", "--metric", "label/auroc"])
     board = read_csv(out / "leaderboard.csv")
-    assert f"significance of each run against img+txt concat {board[0]['setting']} (best label/auroc)" in text
+    assert f"significance of each run against img+txt concat {board[0]['setting']} (rank 1 of the sweep's " \
+           "leaderboard)" in text
+    every = invoke(heads, ["compare", out])  # every split and metric: still the leaderboard's rank 1, on each
+    refs = [line for line in every.splitlines() if line.startswith("significance of each run against")]
+    assert len(refs) == 4 and set(refs) == {f"significance of each run against img+txt concat "
+                                            f"{board[0]['setting']} (rank 1 of the sweep's leaderboard) (t > 0: b "
+                                            "is higher)"}
     lines = [line for line in text.splitlines() if " paired " in line]
     assert len(lines) == 7
     best = f"img+txt concat {board[0]['setting']}"

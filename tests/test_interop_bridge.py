@@ -151,6 +151,20 @@ def test_max_regions_too_small_names_the_key_and_commits_nothing(world, tmp_path
     assert open_store(tmp_path / "s").versions("cut") == []
 
 
+@pytest.mark.parametrize("fmt", ["mmf-lmdb", "hdf5", "npy"])
+def test_export_makes_missing_folders_or_says_why_not(world, grid, tmp_path, fmt):
+    fsv, data = grid
+    out = tmp_path / "new" / "deeper" / f"grid.{fmt}"
+    invoke(featstore, ["export", "grid", "--store", world["store"], "--format", fmt, "--out", out])
+    recs = read_export(out, fmt)
+    assert sorted(recs) == sorted(str(k) for k in fsv.keys)
+    (tmp_path / "afile").write_text("x")
+    line = one_line_error(featstore, ["export", "grid", "--store", world["store"], "--format", fmt, "--out",
+                                      tmp_path / "afile" / "sub" / f"grid.{fmt}"])
+    assert line == (f"error: {tmp_path / 'afile' / 'sub' / f'grid.{fmt}'}: its folder {tmp_path / 'afile' / 'sub'} "
+                    "cannot be made (Not a directory); choose another --out")
+
+
 def test_export_of_a_text_set_errors_and_writes_nothing(world, tmp_path):
     for fmt in ("mmf-lmdb", "hdf5", "npy"):
         out = tmp_path / f"bert.{fmt}"

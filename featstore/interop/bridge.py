@@ -269,12 +269,23 @@ def _records(fsv, block: int = 256) -> Iterator[Tuple[str, dict]]:
             yield k, rec
 
 
+def _make_parent(out_path: str) -> None:
+    """The folder ``out_path`` goes in, made when missing (as ``mkdir -p``), or a one-line error."""
+    parent = os.path.dirname(os.path.abspath(out_path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise FeatstoreError(f"{out_path}: its folder {parent} cannot be made ({e.strerror}); choose another "
+                             "--out") from None
+
+
 def export_features(fsv, out_path: str, fmt: str) -> int:
     """Write a region set version to ``out_path`` in ``fmt``; returns the number of records."""
     _check_format(fmt)
     if os.path.exists(out_path) and (not os.path.isdir(out_path) or os.listdir(out_path)):
         raise FeatstoreError(f"{out_path} already exists; choose a new path (exports never overwrite)")
     _check_regions(fsv)  # before anything is written: no half-made output for a text set
+    _make_parent(out_path)
     if fmt == "mmf-lmdb":
         return len(write_mmf_lmdb(out_path, _records(fsv)))
     if fmt == "npy":

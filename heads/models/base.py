@@ -160,11 +160,15 @@ def check_needs(name: str, needs: frozenset, inputs: InputSpec) -> None:
     if not missing:
         return
     n = missing[0]
-    if n == "img_regions":
+    given = inputs.img_dim > 0 if n.startswith("img") else inputs.txt_dim > 0
+    if n == "txt_tokens" and not given and inputs.txt_ids:
+        raise FeatstoreError(f"head {name!r} needs text token states but the text array read gives token ids only; "
+                             "pass --text-array tokens (or layer_N)")
+    if n == "img_regions" and given:
         raise FeatstoreError(
             f"head {name!r} needs image regions but the image feature set gives pooled vectors only; "
             "extract with --extractor roi/grid/dinov2 or use --head concat")
-    if n == "txt_tokens":
+    if n == "txt_tokens" and given:
         raise FeatstoreError(
             f"head {name!r} needs text tokens but the text feature set gives pooled vectors only; "
             "extract text with a token-level text extractor (per-token states) or use --head concat")
