@@ -259,12 +259,14 @@ def test_mmimdb_folder(tmp_path):
     m = load_dataset(root)
     assert m.format == "mmimdb"
     assert [(s.id, s.image_key, s.text, s.labels, s.split, s.row) for s in m] == [
-        ("0000008", "0000008", "A plot.", {"genres": ["Comedy", "Drama"]}, "train", 1),
+        ("0000008", "0000008", "Second plot.", {"genres": ["Drama", "Comedy"]}, "train", 1),  # longest plot
         ("0000010", "0000010", "Plain string plot.", {"genres": ["Action"]}, "train", 2),
-        ("0000012", "0000012", "Third.", {"genres": ["Action", "Comedy"]}, "test", 1)]
-    assert m.tasks["genres"].class_names == ("Action", "Comedy", "Drama")
+        ("0000012", "0000012", "Third.", {"genres": ["Comedy", "Action"]}, "test", 1)]
+    names = m.tasks["genres"].class_names
+    assert len(names) == 23 and names[:2] == ("Drama", "Comedy") and names.index("Action") == 5
     y, has = m.targets("genres")
-    np.testing.assert_array_equal(y, np.array([[0, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=np.float32))
+    np.testing.assert_array_equal(y[:, [0, 1, 5]], np.array([[1, 1, 0], [0, 0, 1], [0, 1, 1]], dtype=np.float32))
+    assert y.sum() == 5
     assert has.all()
     assert [s.id for s in load_dataset(root, split="test")] == ["0000012"]
     (root / "dataset" / "0000010.json").unlink()

@@ -4,10 +4,14 @@ Formats live in ``DATASET_FORMATS`` (a ``featstore.registry.Registry``); each is
 ``read(path, opts, problems) -> FormatResult`` function. ``format="auto"`` decides by:
 
 * a folder with ``split.json`` and ``dataset/`` -> ``mmimdb``; a folder with a Hateful Memes split file
-  (``train.jsonl``, ``dev_seen.jsonl``, ...) -> ``hateful_memes``;
-* a ``.jsonl`` whose first object has ``img`` -> ``hateful_memes``, ``plot`` and ``genres`` -> ``mmimdb``,
-  else ``generic``;
-* a ``.csv`` whose header has Memotion's emotion columns -> ``memotion``, else ``generic``.
+  (``train.jsonl``, ``dev_seen.jsonl``, ...) -> ``hateful_memes``; a folder holding, directly or one
+  subfolder down, a Memotion split CSV (``memotion_train.csv``, ``memotion_val.csv``, ``memotion_test.csv``,
+  ``labels.csv``, ... with a Memotion header) -> ``memotion``;
+* a ``.jsonl`` whose first object is an MM-IMDB row (``plot`` and ``genres``, or MMBT's ``text``, poster and
+  a ``label`` list of MM-IMDB genres: ``mmimdb.detect_jsonl``) -> ``mmimdb``, else one with ``img`` ->
+  ``hateful_memes``, else ``generic``;
+* a ``.csv`` whose header is Memotion's (two emotion columns, or Memotion 2.0's unlabelled test header
+  ``Id, Image url, ocr_text``; see ``memotion.detect_header``) -> ``memotion``, else ``generic``.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ from .validate import check_samples
 
 DATASET_FORMATS = Registry("dataset format")
 DATASET_FORMATS.register("hateful_memes", help="Hateful Memes JSONL split files or their folder")(hateful_memes.read)
-DATASET_FORMATS.register("memotion", help="Memotion / Memotion 2.0 CSV (tasks A, B, C)")(memotion.read)
+DATASET_FORMATS.register("memotion", help="Memotion / Memotion 2.0 CSV or their folder (tasks A, B, C)")(
+    memotion.read)
 DATASET_FORMATS.register("mmimdb", help="MM-IMDB folder (split.json + dataset/) or JSONL")(mmimdb.read)
 DATASET_FORMATS.register("generic", help="CSV or JSONL with id/image/text/label columns")(generic.read)
 
@@ -53,16 +58,18 @@ def detect_format(path: Path) -> str:
             return "mmimdb"
         if hateful_memes.detect(path):
             return "hateful_memes"
+        if memotion.detect(path):
+            return "memotion"
         raise FeatstoreError(f"dataset {path}: cannot tell the format of this folder (expected Hateful Memes "
-                             f"split files like train.jsonl, or MM-IMDB's split.json and dataset/); pass "
-                             f"--format or point at a data file")
+                             f"split files like train.jsonl, MM-IMDB's split.json and dataset/, or Memotion CSVs "
+                             f"like memotion_train.csv or labels.csv); pass --format or point at a data file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         first = _first_object(path)
+        if mmimdb.detect_jsonl(first):
+            return "mmimdb"
         if "img" in first:
             return "hateful_memes"
-        if "plot" in first and "genres" in first:
-            return "mmimdb"
         return "generic"
     if suffix == ".csv":
         header, _ = read_csv(path, Problems(str(path)), str(path))
@@ -79,7 +86,7 @@ def load_dataset(path: Union[str, Path], format: str = "auto", *, image_root: Op
 
     path: a data file (.jsonl/.csv) or a dataset folder. format: ``"auto"`` or a name in
     ``DATASET_FORMATS``. image_root: folder images resolve against (default: the data file's folder;
-    MM-IMDB: ``dataset/``). id_col/image_col/text_col/label_cols: column names (generic and Memotion).
+    MM-IMDB: ``dataset/``; Memotion: each split's image folder, e.g. ``image folder/train_images/``). id_col/image_col/text_col/label_cols: column names (generic and Memotion).
     split: for a folder, the only split to read; for a file, the split name given to its rows.
     check_images: require every image file to exist. allow_empty_text: accept rows with empty text.
 
@@ -97,7 +104,7 @@ def load_dataset(path: Union[str, Path], format: str = "auto", *, image_root: Op
     if fmt not in DATASET_FORMATS:
         raise FeatstoreError(f"dataset {path}: unknown format {format!r}; choose one of: auto, "
                              f"{', '.join(DATASET_FORMATS.names())}")
-    if p.is_dir() and fmt in ("generic", "memotion"):
+    if p.is_dir() and fmt == "generic":
         raise FeatstoreError(f"dataset {path}: the {fmt} format reads a file, not a folder; point at the "
                              f".csv/.jsonl file")
     opts = LoadOptions(Path(image_root) if image_root is not None else None, id_col, image_col, text_col,
@@ -108,5 +115,5 @@ def load_dataset(path: Union[str, Path], format: str = "auto", *, image_root: Op
                   image_root=result.image_root)
     problems.raise_if_any()
     if not result.samples:
-        raise FeatstoreError(f"dataset {path}: no samples found; check the file (and --split)")
+        raise FeatstoreError(f"dataset {path}: no samples found; check the file (and --dataset-split)")
     return DatasetManifest(result.samples, result.tasks, str(path), fmt)

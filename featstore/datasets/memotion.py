@@ -1,17 +1,50 @@
-"""Memotion (SemEval-2020 Task 8) and Memotion 2.0 (DE-FACTIFY 2022) CSV files.
+"""Memotion (SemEval-2020 Task 8) and Memotion 2.0 (DE-FACTIFY @ AAAI 2022) CSV files or their folder.
+
+Layouts as shipped:
+
+* Memotion 1 (the 7k release): ``labels.csv`` (``image_name, text_ocr, text_corrected, humour, sarcasm,
+  offensive, motivational, overall_sentiment``, first column an unnamed index) next to ``images/``;
+* Memotion 2.0: ``Memotion2/memotion_train.csv`` and ``Memotion2/memotion_val.csv`` (``Id, Image url,
+  ocr_text, humour, sarcastic, offensive, motivational, overall_sentiment, classification_based_on``), the
+  unlabelled ``memotion_test.csv`` (``Id, Image url, ocr_text``; at the top or in ``Memotion2_test/``), and
+  the images ``<Id>.jpg`` in ``image folder/train_images/``, ``image folder/val_images/`` and a test folder
+  (``Test_Images/``, ``Test images/`` or ``test_images/``). ``Image url`` is a web address and is not read.
+
+``path`` is one CSV or the dataset folder. A folder is read split by split (train, val, test): every CSV in
+it or in a subfolder whose header is Memotion's and whose name names a split (``split=`` reads one split;
+two files of one split are an error). The split comes from the file name: a name with the word ``train``
+(or ``labels.csv``, Memotion 1's training release) is ``train``; ``val``/``valid``/``validation``/``dev``
+is ``val``; ``test`` is ``test``; any other name keeps its stem. For one file ``split=`` names its split.
 
 Columns are matched case-insensitively, spaces/hyphens read as underscores:
 
 * id: ``id_col`` or ``Id``/``id`` (optional; the image name is the id when absent);
-* image: ``image_col`` or ``image_name``/``Image_name``/``image``/``img``; without one the ``Id`` value
-  is the image name (a name without suffix is tried with .jpg/.png/...). Images resolve against the
-  CSV's folder (or ``image_root``). image_key: the file stem, leading zeros kept;
+* image: ``image_col`` or ``image_name``/``image``/``img``/``image_path``; without one the ``Id`` value
+  is the image name (a name without suffix is tried with .jpg/.png/...). image_key: the file stem, leading
+  zeros kept. Images resolve against ``image_root`` when given, else against the split's image folder (a
+  folder named like ``<split>_images``, directly or inside ``image folder/``, next to the CSV or in the
+  dataset folder / the CSV's parent folder; ``images/`` next to the CSV), falling back to the CSV's folder
+  for a row whose image is not there. When two splits number their memes alike (the same image name in two
+  split folders), every id and image key is prefixed with its split (``val-12``, ``split_qualified``);
 * text: ``text_col`` or ``ocr_text``/``text_corrected``/``text_ocr``/``text``;
 * labels: ``humour``, ``sarcastic`` (or ``sarcasm``), ``offensive`` (``offense``), ``motivational``
   (``motivation``), ``overall_sentiment`` (``sentiment``). A file with none of them is a test file
   (``labels = {}``); a file with only some of them is an error.
 
-Label values are lower-cased with spaces/hyphens as underscores before matching the levels.
+A CSV is auto-detected (``loader.detect_format``) by two emotion columns, or, for an unlabelled file, by an
+``Image url`` (or ``classification_based_on``) column together with an OCR text column and an id / image
+name column.
+
+Label values are lower-cased with spaces/hyphens as underscores before matching the levels. Humour,
+offense and motivation levels are the same in both editions; sarcasm differs:
+
+* Memotion 1: ``not_sarcastic, general, twisted_meaning, very_twisted``;
+* Memotion 2.0: ``not_sarcastic, little_sarcastic, very_sarcastic, extremely_sarcastic``.
+
+Each file uses one vocabulary, told by its sarcasm values (the majority of the rows that name an
+edition-specific level; a file naming none uses Memotion 2.0's when its header has ``Image url`` or
+``classification_based_on``, else Memotion 1's); a row with the other edition's level is a row error.
+The files of one folder must agree. ``FormatResult.tasks`` gives that vocabulary's levels.
 
 Task mapping (names as produced in ``Sample.labels``):
 
@@ -20,71 +53,238 @@ Task mapping (names as produced in ``Sample.labels``):
 * ``B`` (multilabel: humour, sarcasm, offense, motivation): an emotion is present when its level is not
   the lowest one (humour != not_funny, sarcasm != not_sarcastic, offense != not_offensive,
   motivation == motivational).
-* ``C``: the level of every emotion, ``labels["C"] = {"humour": "funny", "sarcasm": "general",
+* ``C``: the level of every emotion, ``labels["C"] = {"humour": "funny", "sarcasm": "little_sarcastic",
   "offense": "slight", "motivation": "not_motivational"}``, i.e. the tasks ``C_humour`` (multiclass:
-  not_funny, funny, very_funny, hilarious), ``C_sarcasm`` (not_sarcastic, general, twisted_meaning,
-  very_twisted), ``C_offense`` (not_offensive, slight, very_offensive, hateful_offensive) and
-  ``C_motivation`` (binary: not_motivational, motivational).
+  not_funny, funny, very_funny, hilarious), ``C_sarcasm`` (the file's four sarcasm levels above, lowest
+  first: class index = intensity), ``C_offense`` (not_offensive, slight, very_offensive, hateful_offensive)
+  and ``C_motivation`` (binary: not_motivational, motivational).
 """
 from __future__ import annotations
 
+import csv
+import re
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import FeatstoreError
 from .manifest import Sample, TaskInfo
 from .options import FormatResult, LoadOptions
 from .problems import Problems
 from .readers import COLUMNS_HINT, find_column, normalise_column, read_csv, resolve_image
 
-# emotion -> (column candidates, levels lowest first)
-EMOTIONS = {
-    "humour": (("humour", "humor"), ("not_funny", "funny", "very_funny", "hilarious")),
-    "sarcasm": (("sarcastic", "sarcasm"), ("not_sarcastic", "general", "twisted_meaning", "very_twisted")),
-    "offense": (("offensive", "offense"), ("not_offensive", "slight", "very_offensive", "hateful_offensive")),
-    "motivation": (("motivational", "motivation"), ("not_motivational", "motivational")),
+MEMOTION1, MEMOTION2 = "Memotion 1", "Memotion 2.0"
+SARCASM = {
+    MEMOTION1: ("not_sarcastic", "general", "twisted_meaning", "very_twisted"),
+    MEMOTION2: ("not_sarcastic", "little_sarcastic", "very_sarcastic", "extremely_sarcastic"),
+}
+# emotion -> column candidates (label order of task B and of labels["C"])
+EMOTION_COLUMNS = {
+    "humour": ("humour", "humor"),
+    "sarcasm": ("sarcastic", "sarcasm"),
+    "offense": ("offensive", "offense"),
+    "motivation": ("motivational", "motivation"),
+}
+SHARED_LEVELS = {
+    "humour": ("not_funny", "funny", "very_funny", "hilarious"),
+    "offense": ("not_offensive", "slight", "very_offensive", "hateful_offensive"),
+    "motivation": ("not_motivational", "motivational"),
 }
 SENTIMENT_COLUMNS = ("overall_sentiment", "sentiment")
 SENTIMENT = {"very_negative": "negative", "negative": "negative", "neutral": "neutral",
              "positive": "positive", "very_positive": "positive"}
+ID_COLUMNS = ("id",)
+IMAGE_COLUMNS = ("image_name", "image", "img", "image_path")
+TEXT_COLUMNS = ("ocr_text", "text_corrected", "text_ocr", "text")
+MEMOTION2_MARKERS = ("image_url", "classification_based_on")  # header columns only Memotion 2.0 ships
+SPLITS = ("train", "val", "test")
+SPLIT_WORDS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"),
+               "test": ("test", "testing")}
+IMAGE_FOLDERS = {"train": ("train_images", "training_images"),
+                 "val": ("val_images", "valid_images", "validation_images", "dev_images"),
+                 "test": ("test_images", "testing_images")}
+IMAGE_PARENTS = ("image_folder", "images")  # Memotion 2.0's "image folder/" holding the per-split folders
 
-TASKS: Dict[str, TaskInfo] = {
-    "A": TaskInfo("A", "multiclass", ("negative", "neutral", "positive")),
-    "B": TaskInfo("B", "multilabel", tuple(EMOTIONS)),
-    **{f"C_{e}": TaskInfo(f"C_{e}", "binary" if len(levels) == 2 else "multiclass", levels)
-       for e, (_, levels) in EMOTIONS.items()},
-}
+
+def levels_of(version: str) -> Dict[str, Tuple[str, ...]]:
+    """emotion -> its levels, lowest first, in ``version``'s vocabulary (task B's order)."""
+    return {e: SARCASM[version] if e == "sarcasm" else SHARED_LEVELS[e] for e in EMOTION_COLUMNS}
 
 
-def detect_header(header: List[str]) -> bool:
+def tasks_for(version: str) -> Dict[str, TaskInfo]:
+    """The tasks A, B and C_<emotion> with ``version``'s levels."""
+    return {
+        "A": TaskInfo("A", "multiclass", ("negative", "neutral", "positive")),
+        "B": TaskInfo("B", "multilabel", tuple(EMOTION_COLUMNS)),
+        **{f"C_{e}": TaskInfo(f"C_{e}", "binary" if len(lv) == 2 else "multiclass", lv)
+           for e, lv in levels_of(version).items()},
+    }
+
+
+TASKS = tasks_for(MEMOTION1)
+TASKS_MEMOTION2 = tasks_for(MEMOTION2)
+# a sarcasm level only one edition has -> that edition
+EDITION_OF_LEVEL = {lv: v for v, levels in SARCASM.items() for lv in levels if lv != "not_sarcastic"}
+
+
+def detect_header(header: Sequence[str]) -> bool:
+    """A Memotion CSV header: two emotion columns, or (an unlabelled file) ``Image url`` or
+    ``classification_based_on`` with an OCR text column and an id / image name column."""
     cols = {normalise_column(h) for h in header}
-    return sum(any(c in cols for c in cands) for cands, _ in EMOTIONS.values()) >= 2
+    if sum(any(c in cols for c in cands) for cands in EMOTION_COLUMNS.values()) >= 2:
+        return True
+    return (any(m in cols for m in MEMOTION2_MARKERS) and any(c in cols for c in TEXT_COLUMNS[:3])
+            and bool(cols & {"id", "image_name"}))
 
 
-def read(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:
-    name = str(path)
-    root = opts.image_root or path.parent
-    header, rows = read_csv(path, problems, name)
-    if not header:
-        return FormatResult([], TASKS, str(root))
-    id_col = find_column(header, opts.id_col, ("id",))
-    image_col = find_column(header, opts.image_col, ("image_name", "image", "img", "image_path"))
-    text_col = find_column(header, opts.text_col, ("ocr_text", "text_corrected", "text_ocr", "text"))
-    label_cols = {e: find_column(header, None, cands) for e, (cands, _) in EMOTIONS.items()}
-    label_cols["sentiment"] = find_column(header, None, SENTIMENT_COLUMNS)
+def header_version(header: Sequence[str]) -> str:
+    """The edition a header looks like (used when the values do not tell)."""
+    cols = {normalise_column(h) for h in header}
+    return MEMOTION2 if any(m in cols for m in MEMOTION2_MARKERS) else MEMOTION1
+
+
+def split_of(stem: str) -> str:
+    """The split a file name gives (see the module docstring): train, val, test, or the stem itself."""
+    words = [w for w in re.split(r"[^a-z0-9]+", stem.lower()) if w]
+    for split, names in SPLIT_WORDS.items():
+        if any(w in names for w in words):
+            return split
+    return "train" if words == ["labels"] else stem
+
+
+def _csv_header(path: Path) -> List[str]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def split_files(folder: Path) -> List[Tuple[str, Path]]:
+    """``(split, csv)`` of every Memotion split CSV in ``folder`` or one level below, in SPLITS order."""
+    found: Dict[str, List[Path]] = {}
+    for f in sorted(list(folder.glob("*.csv")) + list(folder.glob("*/*.csv"))):
+        split = split_of(f.stem)
+        if split in SPLITS and f.is_file() and detect_header(_csv_header(f)):
+            found.setdefault(split, []).append(f)
+    for split, files in found.items():
+        if len(files) > 1:
+            names = " and ".join(f.relative_to(folder).as_posix() for f in files)
+            raise FeatstoreError(f"dataset {folder}: two {split} files, {names}; remove one, or point at the "
+                                 f"file to read")
+    return [(s, found[s][0]) for s in SPLITS if s in found]
+
+
+def detect(path: Path) -> bool:
+    """A folder holding Memotion split CSVs (see ``split_files``)."""
+    return path.is_dir() and bool(split_files(path))
+
+
+def _subfolders(base: Path) -> Dict[str, Path]:
+    """normalised name -> subfolder of ``base`` (first by sorted name)."""
+    out: Dict[str, Path] = {}
+    try:
+        for d in sorted(base.iterdir()) if base.is_dir() else ():
+            if d.is_dir():
+                out.setdefault(normalise_column(d.name), d)
+    except OSError:  # an unreadable folder holds no image folder we can use
+        pass
+    return out
+
+
+def image_folder(csv_path: Path, split: str, dataset: Optional[Path]) -> Path:
+    """The folder the images of ``split`` ship in (see the module docstring); the CSV's folder if none."""
+    here = csv_path.parent
+    bases = [here] + [b for b in ((dataset or here.parent),) if b.resolve() != here.resolve()]
+    wanted = IMAGE_FOLDERS.get(split, ())
+    for base in bases:
+        subs = _subfolders(base)
+        levels = [subs] + [_subfolders(subs[p]) for p in IMAGE_PARENTS if p in subs]
+        for level in levels:
+            for name in wanted:
+                if name in level:
+                    return level[name]
+    return _subfolders(here).get("images", here)
+
+
+def _resolve(roots: Sequence[Path], value: str) -> Tuple[str, str]:
+    """``resolve_image`` against the first root holding the file (the first root if none does)."""
+    first = resolve_image(roots[0], value)
+    for root in roots[1:]:
+        if Path(first[0]).is_file():
+            break
+        other = resolve_image(root, value)
+        if Path(other[0]).is_file():
+            return other
+    return first
+
+
+def _columns(header: List[str], opts: LoadOptions, problems: Problems, name: str) -> Optional[dict]:
+    """The columns of one file (``None`` and a recorded problem when some are missing)."""
+    cols = {"id": find_column(header, opts.id_col, ID_COLUMNS),
+            "image": find_column(header, opts.image_col, IMAGE_COLUMNS),
+            "text": find_column(header, opts.text_col, TEXT_COLUMNS),
+            "labels": {e: find_column(header, None, cands) for e, cands in EMOTION_COLUMNS.items()}}
+    cols["labels"]["sentiment"] = find_column(header, None, SENTIMENT_COLUMNS)
     missing = []
-    if image_col is None and id_col is None:
+    if cols["image"] is None and cols["id"] is None:
         missing.append(repr(opts.image_col) if opts.image_col else "'image_name' (or 'Id')")
-    if text_col is None:
+    if cols["text"] is None:
         missing.append(repr(opts.text_col) if opts.text_col else "'ocr_text'")
-    labelled = any(label_cols.values())
-    if labelled:
+    cols["labelled"] = any(cols["labels"].values())
+    if cols["labelled"]:
         missing += [repr(c) for c, col in zip(("humour", "sarcastic", "offensive", "motivational",
-                                                "overall_sentiment"), label_cols.values()) if col is None]
+                                                "overall_sentiment"), cols["labels"].values()) if col is None]
     if missing:
         problems.add(None, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                            f"(found: {', '.join(header)})", name, hint=COLUMNS_HINT)
-        return FormatResult([], TASKS, str(root))
-    split = opts.split if opts.split is not None else path.stem
+        return None
+    return cols
+
+
+def file_version(rows: List[Tuple[int, Dict[str, str]]], column: str, fallback: str) -> str:
+    """The edition whose sarcasm levels most rows use (ties: the first seen; none: ``fallback``)."""
+    counts: Dict[str, int] = {}
+    for _, rec in rows:
+        v = EDITION_OF_LEVEL.get(normalise_column(rec[column]))
+        if v is not None:
+            counts[v] = counts.get(v, 0) + 1
+    return max(counts, key=lambda v: counts[v]) if counts else fallback  # dicts keep first-seen order
+
+
+def _row_labels(rec: Dict[str, str], cols: dict, version: str, errors: List[str]) -> dict:
+    """Task labels of one labelled row; problems go to ``errors`` (then the result is unused)."""
+    levels = {}
+    for e, allowed in levels_of(version).items():
+        col = cols["labels"][e]
+        v = normalise_column(rec[col])
+        if v in allowed:
+            levels[e] = v
+        elif e == "sarcasm" and v in EDITION_OF_LEVEL:
+            errors.append(f"{col} {rec[col]!r} is a {EDITION_OF_LEVEL[v]} level but this file uses {version}'s "
+                          f"({', '.join(allowed)})")
+        else:
+            errors.append(f"{col} {rec[col]!r} is not one of {', '.join(allowed)}")
+    col = cols["labels"]["sentiment"]
+    sent = normalise_column(rec[col])
+    if sent not in SENTIMENT:
+        errors.append(f"{col} {rec[col]!r} is not one of {', '.join(SENTIMENT)}")
+    if errors:
+        return {}
+    return {"A": SENTIMENT[sent], "B": [e for e, lv in levels_of(version).items() if levels[e] != lv[0]],
+            "C": levels}
+
+
+def read_file(path: Path, split: Optional[str], roots: Sequence[Path], opts: LoadOptions, problems: Problems,
+              name: str) -> Tuple[List[Sample], Optional[str], str]:
+    """Samples of one CSV, the edition its labels use (``None`` when unlabelled) and its header's edition."""
+    header, rows = read_csv(path, problems, name)
+    cols = _columns(header, opts, problems, name) if header else None
+    if cols is None:
+        return [], None, MEMOTION1
+    guess = header_version(header)
+    version = file_version(rows, cols["labels"]["sarcasm"], guess) if cols["labelled"] else None
+    image_col, id_col = cols["image"], cols["id"]
     samples: List[Sample] = []
     for row, rec in rows:
         image = rec[image_col] if image_col else rec[id_col]
@@ -94,26 +294,68 @@ def read(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:
             errors.append(f"empty {image_col or id_col!r}")
         if not sid:
             errors.append(f"empty {id_col!r}")
-        labels = {}
-        if labelled:
-            levels = {}
-            for e, (_, allowed) in EMOTIONS.items():
-                v = normalise_column(rec[label_cols[e]])
-                if v not in allowed:
-                    errors.append(f"{label_cols[e]} {rec[label_cols[e]]!r} is not one of {', '.join(allowed)}")
-                levels[e] = v
-            sent = normalise_column(rec[label_cols["sentiment"]])
-            if sent not in SENTIMENT:
-                errors.append(f"{label_cols['sentiment']} {rec[label_cols['sentiment']]!r} is not one of "
-                              f"{', '.join(SENTIMENT)}")
-            if not errors:
-                labels["A"] = SENTIMENT[sent]
-                labels["B"] = [e for e, (_, allowed) in EMOTIONS.items() if levels[e] != allowed[0]]
-                labels["C"] = dict(levels)
+        labels = _row_labels(rec, cols, version, errors) if version else {}
         if errors:
             for e in errors:
                 problems.add(row, e, name)
             continue
-        image_path, key = resolve_image(root, image)
-        samples.append(Sample(sid, key, image_path, rec[text_col], labels, split, row, name))
-    return FormatResult(samples, TASKS, str(root))
+        image_path, key = _resolve(roots, image)
+        samples.append(Sample(sid, key, image_path, rec[cols["text"]], labels, split, row, name))
+    return samples, version, guess
+
+
+def _folder_files(path: Path, split: Optional[str]) -> List[Tuple[str, Path]]:
+    files = split_files(path)
+    if not files:
+        raise FeatstoreError(f"dataset {path}: no Memotion CSV in this folder or its subfolders (expected e.g. "
+                             f"memotion_train.csv, memotion_val.csv, memotion_test.csv or labels.csv); point at "
+                             f"the .csv file")
+    if split is None:
+        return files
+    want = split_of(split)
+    chosen = [(s, f) for s, f in files if s == want]
+    if not chosen:
+        raise FeatstoreError(f"dataset {path}: no {split} split file; choose --dataset-split from: "
+                             f"{', '.join(s for s, _ in files)}")
+    return chosen
+
+
+def read(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:
+    folder = path.is_dir()
+    if folder:
+        files = _folder_files(path, opts.split)
+    else:
+        files = [(opts.split if opts.split is not None else split_of(path.stem), path)]
+    samples: List[Sample] = []
+    versions: Dict[str, str] = {}  # edition -> first labelled file using it
+    guesses: List[str] = []
+    root = None
+    for split, f in files:
+        name = f.relative_to(path).as_posix() if folder else str(path)
+        image_dir = image_folder(f, split_of(split), path if folder else None)
+        roots = [opts.image_root] if opts.image_root else list(dict.fromkeys([image_dir, f.parent]))
+        root = root or roots[0]
+        got, version, guess = read_file(f, split, roots, opts, problems, name)
+        samples += got
+        guesses.append(guess)
+        if version is not None:
+            versions.setdefault(version, name)
+    if len(versions) > 1:
+        (v1, f1), (v2, f2) = list(versions.items())[:2]
+        problems.add(None, f"{f1} uses {v1} sarcasm levels but {f2} uses {v2}'s; load the editions "
+                           f"separately")
+    version = next(iter(versions), guesses[0] if guesses else MEMOTION1)
+    shown = opts.image_root or (path if folder else root)
+    return FormatResult(split_qualified(samples), tasks_for(version), str(shown))
+
+
+def split_qualified(samples: List[Sample]) -> List[Sample]:
+    """``samples`` as they are, unless two splits number their memes alike (the same image name in two split
+    folders, another picture each): then every id and image key is prefixed with its split (``val-12``), so
+    each meme keeps its own features."""
+    paths: Dict[str, set] = {}
+    for s in samples:
+        paths.setdefault(s.image_key, set()).add(s.image_path)
+    if all(len(p) == 1 for p in paths.values()):
+        return samples
+    return [replace(s, id=f"{s.split}-{s.id}", image_key=f"{s.split}-{s.image_key}") for s in samples]

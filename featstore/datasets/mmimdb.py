@@ -2,23 +2,45 @@
 
 Two layouts:
 
-* the release folder: ``split.json`` (``{"train": [ids], "dev": [...], "test": [...]}``) and, per id,
-  ``dataset/<id>.json`` (keys ``plot``: list of str, the first one is the text, or a str; ``genres``:
-  list of str) and the poster ``dataset/<id>.jpeg`` (or ``image_root/<id>.jpeg``). Every split is read
-  (in the order of split.json) unless ``split=`` names one. Rows are numbered by position in the split
-  list and reported as ``split.json:<split> row N``.
-* a JSONL file with fields ``id``, ``plot`` (list or str), ``genres`` (list), ``poster`` (image path
-  relative to the JSONL's folder or ``image_root``) and optional ``split`` (else ``split=``, else the
-  file stem when it is train/dev/test).
+* the release folder (``mmimdb/``): ``split.json`` (``{"train": [ids], "dev": [...], "test": [...]}``) and,
+  per id, ``dataset/<id>.json`` (keys ``plot``: list of str or a str; ``genres``: list of str) and the poster
+  ``dataset/<id>.jpeg`` (or ``image_root/<id>.jpeg``). Every split is read (in the order of split.json)
+  unless ``split=`` names one. Rows are numbered by position in the split list and reported as
+  ``split.json:<split> row N``.
+* a JSONL file, one movie per line, in the field names of the references:
+
+  - text: ``plot`` (list or str; MMF's annotations, featstore's own) or ``text`` (str; MMBT's
+    ``format_mmimdb_dataset`` output and the HuggingFace MMBT example);
+  - genres: ``genres`` (MMF) or ``label`` (MMBT), a list of str;
+  - poster: the first of ``IMAGE_FIELDS`` present: ``image`` (MMBT's script), ``img`` (MMBT's and
+    HuggingFace's readers), ``image_path`` / ``image_name`` / ``image_id`` (MMF's ``ImageDatabase``
+    lookup order), ``poster`` (earlier featstore files). A value without a suffix (``"0000008"``) is
+    tried with the common image suffixes, as MMF does. It resolves against ``image_root``,
+    else, for MMF's layout (the file in ``annotations/`` beside ``images/mmimdb/dataset/``) that folder,
+    else the JSONL's folder (MMBT writes ``mmimdb/dataset/<id>.jpeg`` relative to its JSONL);
+  - ``id`` (optional: the poster's file stem, which is the IMDb id in the release, when absent);
+  - ``split`` (optional; else ``split=``, else the file stem when it is train/dev/test).
+
+Plot text: the longest entry of a ``plot`` list (the first of equally long ones), as the dataset's
+own script does (johnarevalo/gmu-mmimdb ``make_dataset.py``: ``argmax`` of the plot lengths) and
+MMBT's ``scripts/mmimdb.py``; MMF's ``MMIMDbImageDataset`` takes ``plot[0]`` instead. A str is used as is.
+
+Task ``genres``: multilabel over ``GENRES``, the 23 genres of the paper and of every published result,
+in the dataset script's class order (``make_dataset.py`` keeps the ``n_classes: 23`` most frequent
+genres, most frequent first; that order is the HDF5 ``genres`` columns' order). The class list is the
+same whatever split is read. A sample's genres are matched to it case-insensitively (MMF lowercases
+them) and kept in class order; any other genre (``News``, ``Adult``, ``Talk-Show``, ``Reality-TV`` in the
+release) is dropped from the labels, and a movie left with no genre is left out of the manifest, as
+``make_dataset.py`` leaves it out of every split. (MMBT's script instead drops every movie tagged
+``News`` and every dev/test movie with a genre unseen in train.)
 
 Sample id: the id as written; image_key: the poster's file stem (leading zeros kept).
-Task ``genres``: multilabel over the sorted set of genres seen among the loaded samples.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import FeatstoreError
 from .manifest import Sample, TaskInfo
@@ -27,33 +49,92 @@ from .problems import Problems
 from .readers import get_id, read_jsonl, resolve_image
 
 STEM_SPLITS = ("train", "dev", "test")
+GENRES: Tuple[str, ...] = (
+    "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary",
+    "Mystery", "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History", "Music", "Animation", "Musical",
+    "Western", "Sport", "Short", "Film-Noir")
+DROPPED_GENRES = ("News", "Adult", "Talk-Show", "Reality-TV")  # the release's other genres (left out of GENRES)
+TEXT_FIELDS = ("plot", "text")
+LABEL_FIELDS = ("genres", "label")
+IMAGE_FIELDS = ("image", "img", "image_path", "image_name", "image_id", "poster")
+_CANONICAL = {g.lower(): g for g in GENRES}
+_RANK = {g: i for i, g in enumerate(GENRES)}
 
 
 def detect(path: Path) -> bool:
     return path.is_dir() and (path / "split.json").is_file() and (path / "dataset").is_dir()
 
 
-def _plot_and_genres(obj: Dict[str, Any]) -> Tuple[Optional[str], Optional[List[str]], List[str]]:
-    errors = []
-    plot = obj.get("plot")
-    if isinstance(plot, list):
-        plot = plot[0] if plot else ""
-    if not isinstance(plot, str):
-        errors.append("missing field 'plot'" if plot is None else
-                      f"field 'plot' must be a list of strings or a string, got {type(plot).__name__}")
-    genres = obj.get("genres")
+def detect_jsonl(first: Dict[str, Any]) -> bool:
+    """Whether a JSONL's first object is an MM-IMDB row: ``plot`` and ``genres`` (MMF, featstore), or a
+    non-empty list ``label`` of MM-IMDB genre names with ``text`` and a poster field (MMBT). Another
+    multi-label JSONL stays generic, so no label of it is dropped as a genre outside the 23."""
+    if "plot" in first and "genres" in first:
+        return True
+    label = first.get("label")
+    known = set(_CANONICAL) | {g.lower() for g in DROPPED_GENRES}
+    return (isinstance(label, list) and bool(label) and all(isinstance(g, str) and g.strip().lower() in known
+                                                            for g in label)
+            and "text" in first and any(k in first for k in IMAGE_FIELDS))
+
+
+def task_info() -> Dict[str, TaskInfo]:
+    return {"genres": TaskInfo("genres", "multilabel", GENRES)}
+
+
+def keep_genres(genres: Sequence[str]) -> List[str]:
+    """The genres of ``GENRES`` among ``genres`` (matched case-insensitively), once each, in class order."""
+    kept = {_CANONICAL[g.strip().lower()] for g in genres if g.strip().lower() in _CANONICAL}
+    return sorted(kept, key=_RANK.__getitem__)
+
+
+def _pick(obj: Dict[str, Any], names: Sequence[str]) -> Tuple[str, Any]:
+    """The first of ``names`` present (not null) in ``obj`` and its value; ``(names[0], None)`` if none."""
+    for n in names:
+        if obj.get(n) is not None:
+            return n, obj[n]
+    return names[0], None
+
+
+def _missing(names: Sequence[str], role: str) -> str:
+    if len(names) == 1:
+        return f"missing field {names[0]!r}"
+    return f"missing the {role} field (accepted: {', '.join(names)})"
+
+
+def _text(obj: Dict[str, Any], names: Sequence[str]) -> Tuple[Optional[str], Optional[str]]:
+    """(text, error): a str, or the longest string of a list (the first of equally long ones; ``""`` if empty)."""
+    name, plot = _pick(obj, names)
+    if plot is None:
+        return None, _missing(names, "text")
+    if isinstance(plot, list) and all(isinstance(p, str) for p in plot):
+        return (max(plot, key=len) if plot else ""), None
+    if isinstance(plot, str):
+        return plot, None
+    return None, f"field {name!r} must be a list of strings or a string, got {type(plot).__name__}"
+
+
+def _genres(obj: Dict[str, Any], names: Sequence[str]) -> Tuple[Optional[List[str]], Optional[str]]:
+    name, genres = _pick(obj, names)
+    if genres is None:
+        return None, _missing(names, "genres")
     if not (isinstance(genres, list) and all(isinstance(g, str) for g in genres)):
-        errors.append("missing field 'genres'" if genres is None else "field 'genres' must be a list of strings")
-    return plot, genres, errors
+        return None, f"field {name!r} must be a list of strings"
+    return keep_genres(genres), None
 
 
-def _finish(samples: List[Sample]) -> Dict[str, TaskInfo]:
-    vocab = sorted({g for s in samples for g in s.labels.get("genres", ())})
-    return {"genres": TaskInfo("genres", "multilabel", tuple(vocab))}
+def _poster(obj: Dict[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+    name, value = _pick(obj, IMAGE_FIELDS)
+    if value is None:
+        return None, _missing(IMAGE_FIELDS, "image")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        return None, f"field {name!r} must be an image path string"
+    return value, None
 
 
-def _read_folder(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:
-    root = opts.image_root or path / "dataset"
+def _read_splits(path: Path, opts: LoadOptions) -> Dict[str, list]:
     try:
         splits = json.loads((path / "split.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -63,62 +144,80 @@ def _read_folder(path: Path, opts: LoadOptions, problems: Problems) -> FormatRes
                              f"(e.g. {{\"train\": [\"0000008\"]}})")
     if opts.split is not None:
         if opts.split not in splits:
-            raise FeatstoreError(f"dataset {path}: split.json has no split {opts.split!r}; choose --split "
+            raise FeatstoreError(f"dataset {path}: split.json has no split {opts.split!r}; choose --dataset-split "
                                  f"from: {', '.join(splits)}")
         splits = {opts.split: splits[opts.split]}
+    return splits
+
+
+def _read_movie(path: Path, sid: str) -> Tuple[Optional[str], Optional[List[str]], List[str]]:
+    """(plot, kept genres, errors) of ``dataset/<sid>.json``."""
+    meta = path / "dataset" / f"{sid}.json"
+    try:
+        obj = json.loads(meta.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None, [f"dataset/{sid}.json not found"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, None, [f"dataset/{sid}.json is not valid JSON ({e})"]
+    if not isinstance(obj, dict):
+        return None, None, [f"dataset/{sid}.json must hold a JSON object"]
+    plot, plot_err = _text(obj, TEXT_FIELDS[:1])
+    genres, genre_err = _genres(obj, LABEL_FIELDS[:1])
+    return plot, genres, [f"dataset/{sid}.json: {e}" for e in (plot_err, genre_err) if e]
+
+
+def _read_folder(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:
+    root = opts.image_root or path / "dataset"
     samples: List[Sample] = []
-    for split, ids in splits.items():
+    for split, ids in _read_splits(path, opts).items():
         file = f"split.json:{split}"
         for row, raw in enumerate(ids, start=1):
             sid, err = get_id({"id": raw}, "id")
             if err:
                 problems.add(row, f"id {raw!r}: {err}", file)
                 continue
-            meta = path / "dataset" / f"{sid}.json"
-            try:
-                obj = json.loads(meta.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                problems.add(row, f"dataset/{sid}.json not found", file)
-                continue
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                problems.add(row, f"dataset/{sid}.json is not valid JSON ({e})", file)
-                continue
-            if not isinstance(obj, dict):
-                problems.add(row, f"dataset/{sid}.json must hold a JSON object", file)
-                continue
-            plot, genres, errors = _plot_and_genres(obj)
-            if errors:
-                for e in errors:
-                    problems.add(row, f"dataset/{sid}.json: {e}", file)
+            plot, genres, errors = _read_movie(path, sid)
+            for e in errors:
+                problems.add(row, e, file)
+            if errors or not genres:  # no genre of GENRES left: out of every split, as in make_dataset.py
                 continue
             image_path, key = resolve_image(root, f"{sid}.jpeg")
-            samples.append(Sample(sid, key, image_path, plot, {"genres": sorted(set(genres))}, split, row, file))
-    return FormatResult(samples, _finish(samples), str(root))
+            samples.append(Sample(sid, key, image_path, plot, {"genres": genres}, split, row, file))
+    return FormatResult(samples, task_info(), str(root))
+
+
+def _jsonl_root(path: Path, opts: LoadOptions) -> Path:
+    """Where posters resolve: ``image_root``, MMF's ``images/mmimdb/dataset`` beside ``annotations/``, or the
+    JSONL's folder."""
+    if opts.image_root is not None:
+        return opts.image_root
+    mmf_images = path.parent.parent / "images" / "mmimdb" / "dataset"
+    if path.parent.name == "annotations" and mmf_images.is_dir():
+        return mmf_images
+    return path.parent
 
 
 def _read_jsonl(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:
     name = str(path)
-    root = opts.image_root or path.parent
+    root = _jsonl_root(path, opts)
     default_split = opts.split if opts.split is not None else (path.stem if path.stem in STEM_SPLITS else None)
     samples: List[Sample] = []
     for row, obj in read_jsonl(path, problems, name):
-        sid, err = get_id(obj, "id")
-        plot, genres, errors = _plot_and_genres(obj)
-        poster = obj.get("poster")
-        if not isinstance(poster, str) or not poster.strip():
-            errors.append("missing field 'poster'" if poster is None else "field 'poster' must be a path string")
+        sid, id_err = get_id(obj, "id") if "id" in obj else (None, None)
+        plot, plot_err = _text(obj, TEXT_FIELDS)
+        genres, genre_err = _genres(obj, LABEL_FIELDS)
+        poster, poster_err = _poster(obj)
         split = obj.get("split", default_split)
-        if split is not None and not isinstance(split, str):
-            errors.append(f"field 'split' must be a string, got {type(split).__name__}")
-        for e in ([err] if err else []) + errors:
+        split_err = (f"field 'split' must be a string, got {type(split).__name__}"
+                     if split is not None and not isinstance(split, str) else None)
+        errors = [e for e in (id_err, plot_err, genre_err, poster_err, split_err) if e]
+        for e in errors:
             problems.add(row, e, name)
-        if err or errors:
-            continue
-        if opts.split is not None and split != opts.split:
+        if errors or not genres or (opts.split is not None and split != opts.split):
             continue
         image_path, key = resolve_image(root, poster)
-        samples.append(Sample(sid, key, image_path, plot, {"genres": sorted(set(genres))}, split, row, name))
-    return FormatResult(samples, _finish(samples), str(root))
+        samples.append(Sample(sid or key, key, image_path, plot, {"genres": genres}, split, row, name))
+    return FormatResult(samples, task_info(), str(root))
 
 
 def read(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:
