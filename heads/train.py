@@ -78,8 +78,8 @@ class TrainConfig:
     eval_batch_size: int = 512
     init_checkpoint: Optional[str] = cli_field(  # loaded into the head before training, with a report
         None, "Checkpoint to initialise the head from: vilbert / visualbert (Facebook / MMF / HF files, or a BERT), "
-        "the MMF baselines (a BERT, or MMF's own model.pth), cross (Hate-CLIPper's .ckpt, RGCL's .pt); none: "
-        "start random (over a preset's).", flag=("--init-checkpoint", "--vilbert-checkpoint"))
+        "the MMF baselines (a BERT, or MMF's own model.pth), cross (Hate-CLIPper's .ckpt, RGCL's .pt), any head "
+        "(a heads run of it); none: start random (over a preset's).", flag=("--init-checkpoint", "--vilbert-checkpoint"))
     trust_checkpoint: bool = cli_field(False, "Allow a checkpoint that needs full unpickling (only files you trust).",
                                        flag="--trust-checkpoint")
     trim: bool = cli_field(True, "Cut each batch to its longest real token/region run (same outputs, less work).")
@@ -492,7 +492,12 @@ def random_start_note(cfg: TrainConfig) -> Optional[str]:
 
 
 def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
-    """(head, LoadReport) from ``cfg.init_checkpoint`` by the reader of the head it initialises."""
+    """(head, LoadReport) from ``cfg.init_checkpoint`` by the reader of the head it initialises (a heads run,
+    for any head: ``heads.run_checkpoint``)."""
+    from .run_checkpoint import head_from_run, run_folder
+
+    if run_folder(cfg.checkpoint) is not None:
+        return head_from_run(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg, cfg.checkpoint)
     target = checkpoint_target(cfg.head, cfg.head_cfg)
     if not loads_checkpoint(cfg.head, cfg.head_cfg):
         raise FeatstoreError(f"--init-checkpoint initialises a {', '.join(CHECKPOINT_HEADS)} head, not {cfg.head!r}"
@@ -567,7 +572,10 @@ def _build_head(cfg: TrainConfig, data: TrainData):
 
         report = model.load_init_files(load_report if load_report is not None else LoadReport())
         load_report = report if report.used_keys else load_report  # a new report that read nothing: none
-    if load_report is not None and checkpoint_target(cfg.head, cfg.head_cfg) == "vilbert":
+    from .run_checkpoint import run_folder
+
+    if load_report is not None and checkpoint_target(cfg.head, cfg.head_cfg) == "vilbert" and \
+            run_folder(cfg.checkpoint) is None:  # a heads run's text came from its own text set
         from .vilbert_checkpoint import text_source_note
 
         note = text_source_note(load_report, text_meta, cfg.checkpoint)
