@@ -187,8 +187,10 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
     if opts["preset"] is not None:
         from heads.preset_inputs import image_feature_notes
 
-        for note in image_feature_notes(opts["preset"].name, opts["preset"].image_features, data.meta.get("features")):
-            click.echo(note)
+        for side in ("image", "text"):
+            for note in image_feature_notes(opts["preset"].name, opts["preset"].features(side),
+                                            data.meta.get("features"), side):
+                click.echo(note)
     cfg = TrainConfig(head=opts["head"], head_cfg=opts["head_cfg"], device=dev, **opts["train"])
     for line in train_heads(cfg, data, out_dir, seed_list, progress=not quiet, overwrite=overwrite,
                             echo=click.echo if quiet else None):
@@ -348,7 +350,8 @@ def sweep(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
         from heads.presets import load_preset
 
         p = load_preset(preset)
-        for note in store_image_notes(p.name, p.image_features, str(store_url), [i for i, _ in spec.features]):
-            click.echo(note)
+        for side, refs in (("image", [i for i, _ in spec.features]), ("text", [t for _, t in spec.features])):
+            for note in store_image_notes(p.name, p.features(side), str(store_url), refs, side):
+                click.echo(note)
     for line in run_sweep(spec, out_dir, sweep_devices(device), echo=click.echo, top=top):
         click.echo(line)

@@ -14,6 +14,7 @@ A preset file holds::
     image_features  optional: ``{extractor: {option: value}}``, the extractor options of the input its source
                   used; ``heads train`` notes an image set of that extractor extracted otherwise
                   (``heads.preset_inputs``)
+    text_features   the same for the text set
 
 ``load_preset(name_or_path)`` reads and checks it: every train / head / data key must exist in this
 toolkit (a preset written for a newer version is a one-line error naming the key, never ignored).
@@ -47,6 +48,11 @@ class Preset:
     notes: List[str] = field(default_factory=list)
     path: Optional[Path] = None
     image_features: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    text_features: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def features(self, side: str) -> Dict[str, Dict[str, Any]]:
+        """``image_features`` or ``text_features``."""
+        return self.image_features if side == "image" else self.text_features
 
     def summary_line(self) -> str:
         return f"preset {self.name} ({self.path}): {self.description}. Source: {self.source}"
@@ -110,20 +116,22 @@ def load_preset(name_or_path: str) -> Preset:
     """Read, merge (``extends``) and check a preset (see module docstring)."""
     raw = _raw_chain(name_or_path)
     unknown = sorted(set(raw) - {"name", "description", "source", "extends", "head", "train", "head_cfg", "data",
-                                 "notes", "image_features", "path"})
+                                 "notes", "image_features", "text_features", "path"})
     if unknown:
         raise FeatstoreError(f"preset {raw['path']} has unknown field {unknown[0]!r}; use name, description, source, "
-                             "extends, head, train, head_cfg, data, notes, image_features")
+                             "extends, head, train, head_cfg, data, notes, image_features, text_features")
     if not raw.get("source"):
         raise FeatstoreError(f"preset {raw['path']} has no 'source'; say where its numbers come from")
     preset = Preset(name=str(raw.get("name", Path(raw["path"]).stem)), description=str(raw.get("description", "")),
                     source=str(raw["source"]), head=raw.get("head"), train=dict(raw.get("train", {})),
                     head_cfg=dict(raw.get("head_cfg", {})), data=dict(raw.get("data", {})),
                     notes=[str(n) for n in raw.get("notes", [])], path=raw["path"])
-    if "image_features" in raw:
-        from .preset_inputs import check_image_features
+    from .preset_inputs import check_image_features
 
-        preset.image_features = check_image_features(raw["image_features"], f"preset {raw['path']}")
+    for side in ("image", "text"):
+        if f"{side}_features" in raw:
+            setattr(preset, f"{side}_features", check_image_features(raw[f"{side}_features"], f"preset "
+                                                                     f"{raw['path']}", f"{side}_features"))
     check_preset(preset)
     return preset
 
