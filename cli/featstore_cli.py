@@ -263,9 +263,11 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def cache_images(dataset_path, dataset_format, image_cache, workers, extractors, settings, quiet):
     """Decode a dataset's images into a decoded-image cache ahead of extraction (e.g. before GPU time)."""
-    from featstore.extractors.base import decode_for, recipe_for
+    from featstore.extractors.base import check_image_extractor, decode_for, recipe_for
     from featstore.runner.prefill import prefill_image_cache
 
+    for name in extractors:
+        check_image_extractor(name, "featstore cache-images")
     cfg = parse_settings(settings)
     recipes = [r for r in (recipe_for(name, cfg) for name in extractors) if r is not None]
     decodes = [decode_for(name, cfg) for name in extractors if recipe_for(name, cfg) is None]  # the rest: recipes

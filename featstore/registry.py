@@ -54,6 +54,11 @@ class Registry:
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def builder(self, name: str) -> Callable[..., Any]:
+        """The builder (or class) registered as ``name``; an unknown name is a one-line error."""
+        self._check(name)
+        return self._builders[name]
+
     def info(self, name: str) -> ComponentInfo:
         """What ``name`` was registered with; an unknown name is a one-line error listing the known ones."""
         self._check(name)

@@ -188,7 +188,8 @@ def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int]
         prepare_out(out_dir, overwrite)  # the one-line refusal
     parameters = check_head(cfg, data)  # a bad head, option or input fails before --out is touched
     out = prepare_out(out_dir, overwrite)
-    yield f"training head {cfg.head} on {len(data)} samples, seeds {','.join(map(str, seeds))} -> {out}"
+    rgcl = " with RGCL's retrieval-guided contrastive loss" if cfg.rgcl is not None else ""
+    yield f"training head {cfg.head}{rgcl} on {len(data)} samples, seeds {','.join(map(str, seeds))} -> {out}"
     for note in (random_start_note(cfg), cpu_size_note(cfg, data, parameters)):
         if note:
             yield note

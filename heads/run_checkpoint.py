@@ -8,6 +8,7 @@ it. Other checkpoint formats (MMF, Facebook, Hugging Face, Hate-CLIPper, RGCL) h
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -20,13 +21,21 @@ from .runs import CONFIG, WEIGHTS, read_config
 from .spec import InputSpec, TaskSpec
 
 
+RUN_KEYS = ("format_version", "head", "input_spec", "task_spec")  # what a heads run's config.json holds
+
+
 def run_folder(path) -> Optional[Path]:
-    """The run folder ``path`` names (the folder, or its ``model.safetensors``), or None for another file."""
+    """The run folder ``path`` names (the folder, or its ``model.safetensors``), or None for anything else (a
+    Hugging Face folder has a config.json and a model.safetensors too, without a run's keys)."""
     p = Path(str(path))
     run = p if p.is_dir() else p.parent if p.name == WEIGHTS else None
     if run is None or not (run / CONFIG).is_file() or not (run / WEIGHTS).is_file():
         return None
-    return run
+    try:
+        config = json.loads((run / CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return run if isinstance(config, dict) and all(k in config for k in RUN_KEYS) else None
 
 
 def head_from_run(head: str, inputs: InputSpec, task_spec: TaskSpec, head_cfg: Dict[str, Any],

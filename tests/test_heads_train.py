@@ -382,6 +382,11 @@ def test_a_gpu_sized_head_on_a_cpu_says_so_before_training(data, tmp_path):
     next(small)
     assert not next(small).startswith("note:")  # the next line is the threads line, after the first seed
     small.close()
+    rgcl = train_heads(TrainConfig(head="cross", head_cfg=FUSION["cross"], rgcl={}), data, tmp_path / "rgcl", [0],
+                       progress=False)
+    assert next(rgcl) == (f"training head cross with RGCL's retrieval-guided contrastive loss on 320 samples, seeds 0 "
+                          f"-> {tmp_path / 'rgcl'}")
+    rgcl.close()
 
 
 def test_batchnorm_head_with_a_last_batch_of_one_row_is_refused_before_training(data, tmp_path):

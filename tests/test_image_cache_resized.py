@@ -263,6 +263,11 @@ def test_cli_cache_images_for_an_extractor(tmp_path):
     line = one_line_error(featstore, args + ["--extractor", "grid", "--set", "image_sise=64"])
     assert line == ("error: extractor 'grid' has no option 'image_sise'; valid options: backbone, compile, dtype, "
                     "grid_size, image_size, preprocess, seed, weights")
+    before = len(DecodedImageCache(tmp_path / "cache"))
+    line = one_line_error(featstore, args + ["--extractor", "bert"])  # a text extractor caches nothing
+    assert line == ("error: featstore cache-images --extractor bert: bert reads text, not images; pass an image "
+                    "extractor (clip-image, detector, dinov2, dinov2-multilayer, grid, roi, vg-regions)")
+    assert len(DecodedImageCache(tmp_path / "cache")) == before
 
 
 def test_cache_images_for_an_extractor_with_its_own_decode_stores_that_decode_only(tmp_path):

@@ -130,7 +130,7 @@ def test_mmf_lmdb_keys_without_leading_zeros_or_with_windows_paths_are_matched(w
     write_mmf_lmdb(tmp_path / "mmf.lmdb", recs)
     out = invoke(featstore, ["import", tmp_path / "mmf.lmdb", "--store", tmp_path / "s2", "--format", "mmf-lmdb",
                              "--name", "mmf", "--dataset", world["data"]])
-    assert "6 image keys matched, 0 without features, 0 LMDB keys unused" in out
+    assert "6 image keys matched, 0 without features, 0 source keys unused" in out
     imp = open_store(tmp_path / "s2").open("mmf")
     assert sorted(imp.keys) == sorted(names)  # stored under the dataset's image keys, leading zeros kept
     got = imp.select(list(fsv.keys))

@@ -125,7 +125,7 @@ def test_match_keys_zeros_separators_and_counts():
     m = match_keys(lmdb_keys, ["02345", "00007", "42953", "00001", "99"])
     assert dict(m) == {"02345": b"2345", "00007": "img\\00007.png", "42953": "42953.npy", "99": "0099"}
     assert m.missing == ["00001"] and m.unused == ["img/extra.png"]
-    assert m.summary() == "4 image keys matched, 1 without features, 1 LMDB keys unused"
+    assert m.summary() == "4 image keys matched, 1 without features, 1 source keys unused"
     # an exact stem wins over an integer match
     assert dict(match_keys(["7", "007"], ["007"])) == {"007": "007"}
     with pytest.raises(FeatstoreError, match=r"feature keys are ambiguous: '0007' <- '7', '007'; several LMDB keys"):

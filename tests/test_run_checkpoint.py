@@ -56,3 +56,20 @@ def test_another_head_or_shape_is_one_line(data, tmp_path):
     assert str(err.value).startswith(f"checkpoint {run} (a heads run) does not fit this head: tensor ")
     assert str(err.value).endswith(f"; pass the run's feature sets, task and head options ({run / 'config.json'})")
     assert "is (32,) there and (48,) here" in str(err.value)  # the first tensor of the changed width
+
+
+def test_a_hugging_face_folder_is_not_taken_for_a_run(tmp_path):
+    """config.json + model.safetensors is also what save_pretrained writes: only a run's keys make a run."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from heads.run_checkpoint import run_folder
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    assert run_folder(tmp_path) is None and run_folder(tmp_path / "model.safetensors") is None
+    (tmp_path / "config.json").write_text(json.dumps({"format_version": 3, "head": "concat", "input_spec": {},
+                                                      "task_spec": {}}))
+    assert run_folder(tmp_path) == tmp_path == run_folder(tmp_path / "model.safetensors")

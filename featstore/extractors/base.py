@@ -91,6 +91,15 @@ def extractor_config(name: str, cfg: Dict[str, Any]):
                            unknown_message="{what} has no option {unknown}; valid options: {known}")
 
 
+def check_image_extractor(name: str, what: str) -> None:
+    """A one-line error when extractor ``name`` does not read images (``what`` names the command)."""
+    modality = getattr(EXTRACTORS.builder(name), "modality", "")
+    if modality != "image":
+        images = [n for n in EXTRACTORS.names() if getattr(EXTRACTORS.builder(n), "modality", "") == "image"]
+        raise FeatstoreError(f"{what} --extractor {name}: {name} reads {modality or 'no images'}, not images; pass "
+                             f"an image extractor ({', '.join(images)})")
+
+
 def recipe_for(name: str, settings: Optional[dict] = None):
     """The ``pixels.ResizeRecipe`` of extractor ``name`` with ``settings`` (its options, checked as
     ``create_extractor`` checks them), without building its model; None when it takes PIL images only."""

@@ -58,7 +58,7 @@ class KeyMatch(dict):
 
     def summary(self) -> str:
         return (f"{len(self)} image keys matched, {len(self.missing)} without features, "
-                f"{len(self.unused)} LMDB keys unused")
+                f"{len(self.unused)} source keys unused")
 
 
 def _is_number(stem: str) -> bool:
