@@ -157,6 +157,7 @@ def test_verify_names_each_damaged_version_and_goes_on(tmp_path):
     assert f"LMDB {n[0] / 'data.lmdb/data.mdb'} is missing; the version's data is lost" in out
     assert f"  object ids: LMDB {mdb} cannot be opened (InvalidError: " in out
     assert len([ln for ln in out.splitlines() if not ln.startswith("  ")]) == 6  # every version reported once
+    assert "run `featstore verify`" not in out  # this is featstore verify: its lines name the next step only
 
 
 # ---- 6, 7: the version record --------------------------------------------------------------------------------

@@ -259,12 +259,17 @@ def _unrecorded(vloc: Location, ref: str) -> Optional["VerifyReport"]:
                                                f"written; rerun the extraction that wrote it to recommit it")])
 
 
+def _as_verify_says(err: Exception) -> str:
+    """A reader's damage message as ``featstore verify`` lists it: without its advice to run verify."""
+    return str(err).replace("run `featstore verify`, then ", "")
+
+
 def _verify_version(fsv: FeatureSetVersion) -> "VerifyReport":
     report = VerifyReport(fsv.ref)
     try:
         fsv.keys
     except CorruptDataError as e:
-        report.problems.append((None, "ids", str(e)))
+        report.problems.append((None, "ids", _as_verify_says(e)))
     missing = fsv.backend.missing_chunks()
     for obj in missing:
         report.problems.append((None, obj, "missing"))
@@ -279,9 +284,12 @@ def _verify_version(fsv: FeatureSetVersion) -> "VerifyReport":
                 try:
                     data[k] = fsv.backend.read_chunk(c, [k])[k]
                 except CorruptDataError as e:
-                    whole_file = "data.mdb" in str(e) or "zarr.json" in str(e)  # a whole file: said once
-                    if not whole_file or all(str(e) not in why for _, _, why in report.problems):
-                        report.problems.append((c, k, f"unreadable: {e}"))
+                    why = _as_verify_says(e)
+                    whole_file = "data.mdb" in why or "zarr.json" in why  # a whole file: said once
+                    if any(f"/{obj} " in why for obj in missing):  # its missing object is already listed
+                        continue
+                    if not whole_file or all(why not in said for _, _, said in report.problems):
+                        report.problems.append((c, k, f"unreadable: {why}"))
         for k, arr in data.items():
             if array_checksum(arr) != ch["checksums"][k]:
                 report.problems.append((c, k, "checksum mismatch"))
