@@ -349,14 +349,35 @@ def run_jobs(spec: SweepSpec, jobs: Sequence[Job], root: Path, device: str, echo
     import gc
 
     dataset = load_sweep_dataset(spec)
-    current, data, threads = None, None, {}
+    current, data, threads, noted = None, None, {}, set()
     for n, job in enumerate(jobs, 1):
         if loading_key(job.row) != current:
             data, current, threads = None, loading_key(job.row), {}
             gc.collect()
             data = _load_data(spec, dataset, job.row, device)
+        if job.row.id not in noted:  # once a row, before its first seed trains
+            noted.add(job.row.id)
+            note = size_note(job, data)
+            if note:
+                echo(note)
         record = run_job(job, data, root, device, threads)
         echo(job_line(job, record, done_before + n, total, device))
+
+
+def size_note(job: Job, data) -> Optional[str]:
+    """``heads train``'s note for a GPU-sized head on a CPU (``experiment.cpu_size_note``), for a sweep row; None
+    for a row that will fail (its own line says why) or fits."""
+    from .experiment import cpu_size_note
+    from .train import TrainConfig, head_on_meta
+
+    if isinstance(data, BaseException) or job.row.error:
+        return None
+    try:
+        cfg = TrainConfig.from_dict({**job.row.train, "head": job.row.head, "head_cfg": dict(job.row.head_cfg)})
+        note = cpu_size_note(cfg, data, sum(p.numel() for p in head_on_meta(cfg, data).parameters()))
+    except Exception:  # the row's run reports it
+        return None
+    return f"{job.row.label}: {note}" if note else None
 
 
 def job_line(job: Job, record: dict, n: int, total: int, device: str) -> str:

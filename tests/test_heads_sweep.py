@@ -438,3 +438,21 @@ def test_a_sweep_row_of_the_memotion_preset_loads_its_cascade(tmp_path):
     assert not isinstance(loaded, Exception), loaded
     intensities = [t.name for t in loaded.task_spec.tasks if t.name.startswith("C_")]
     assert intensities and loaded.task_spec.feeds == {name: ["B"] for name in intensities}
+
+
+def test_a_gpu_sized_row_on_a_cpu_is_noted_before_it_trains():
+    """heads sweep says what heads train says before a GPU-sized head starts on a CPU, once per row (cross at
+    the reference's n = 768 is 453 M parameters); a small row and a row that will fail get no note."""
+    from heads.sweep import Job, Row, size_note
+    from tests.test_heads_train import FUSION, xor_data
+
+    data = xor_data()
+    big = Row("r1", ("img@v1", "txt@v2"), "cross", {}, {"epochs": 1}, {})
+    n = (16 * 768 + 768) * 2 + (768 * 768 + 1) * 768 + 769 * 2  # both maps, the pre-output Linear, the output
+    assert size_note(Job(big, 0), data) == (f"{big.label}: note: cross has {n / 1e6:.1f} M parameters at these "
+                                            "options: GPU-sized, hours a seed on a CPU; --preset hateclipper-cross "
+                                            "trains in minutes here")
+    small = Row("r2", ("img@v1", "txt@v2"), "cross", {}, {"epochs": 1}, FUSION["cross"])
+    assert size_note(Job(small, 0), data) is None
+    broken = Row("r3", ("img@v1", "txt@v2"), "cross", {}, {"epochs": 1}, {"nope": 1})
+    assert size_note(Job(broken, 0), data) is None
