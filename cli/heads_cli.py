@@ -65,6 +65,9 @@ def presets_cmd(name):
         click.echo(f"  note: {note}")
 
 
+RUNS_OWN = "; heads eval / predict: the run's own unless given"
+
+
 def data_options(f):
     opts = [
         store_option,
@@ -75,16 +78,18 @@ def data_options(f):
         click.option("--task", default=None, help="Label key(s) to predict: e.g. label, A, A,B,C, genres, all "
                      "(default: every label the dataset has)."),
         click.option("--task-weights", default=None, help="Loss weights per task, e.g. A=0.4,B=0.3,C=0.3."),
-        click.option("--max-regions", type=int, default=None, help="Pad/cut regions to this many."),
-        click.option("--max-tokens", type=int, default=None, help="Pad/cut tokens to this many."),
-        click.option("--text-array", default="tokens", show_default=True,
-                     help="Text token array to use, e.g. tokens or layer_6 (ViLBERT starts after BERT layer 6)."),
-        click.option("--text-pool", default="cls", show_default=True,
-                     help="Pooled text vector: cls, mean, or an array the set has (pooler: CLIP's pre-projection)."),
-        click.option("--image-pool", default="pooled", show_default=True, expose_value=False, is_eager=True,
+        click.option("--max-regions", type=int, default=None, help=f"Pad/cut regions to this many{RUNS_OWN}."),
+        click.option("--max-tokens", type=int, default=None, help=f"Pad/cut tokens to this many{RUNS_OWN}."),
+        click.option("--text-array", default="tokens",
+                     help="Text token array to use, e.g. tokens or layer_6 (ViLBERT starts after BERT layer 6). "
+                          f"Default: tokens{RUNS_OWN}."),
+        click.option("--text-pool", default="cls",
+                     help="Pooled text vector: cls, mean, or an array the set has (pooler: CLIP's pre-projection). "
+                          f"Default: cls{RUNS_OWN}."),
+        click.option("--image-pool", default="pooled", expose_value=False, is_eager=True,
                      callback=lambda ctx, _p, v: ctx.meta.__setitem__("image_pool", v),
                      help="Image array used as the pooled vector: pooled, or e.g. pooler (CLIP's pre-projection; "
-                          "Hate-CLIPper)."),
+                          f"Hate-CLIPper). Default: pooled{RUNS_OWN}."),
         click.option("--train-image", default=None, expose_value=False, is_eager=True, metavar="NAME[@VERSION]",
                      callback=lambda ctx, _p, v: ctx.meta.__setitem__("train_image", v),
                      help="Image feature set the train split's samples read instead of --image's rows (RGCL: "
