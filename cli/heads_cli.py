@@ -180,7 +180,12 @@ def train(store_url, dataset_path, dataset_format, image_ref, text_ref, task, ta
         explicit.discard("rgcl")
     opts = run_options(preset, head_name, params, explicit, parse_settings(settings))
     if opts["preset"] is not None:
+        from heads.presets import head_switch_note
+
         click.echo(opts["preset"].summary_line())
+        note = head_switch_note(opts["preset"], opts["head"])
+        if note:
+            click.echo(note)
     seed_list = parse_seeds(seeds)
     dev = _device(device)
     d = opts["data"]

@@ -192,6 +192,21 @@ def merge(preset: Optional[Preset], given: Dict[str, Any], head_settings: Dict[s
             "data": {**preset.data, **{k: v for k, v in given.items() if k in DATA_KEYS}}}
 
 
+def head_switch_note(preset: Optional[Preset], head: str) -> Optional[str]:
+    """A note when ``--head`` replaces the preset's head: its head options (and init checkpoint) stay with its
+    own head (``merge``), so they are not silently lost; None otherwise."""
+    if preset is None or preset.head is None or head == preset.head:
+        return None
+    dropped = [f"head options {json.dumps(preset.head_cfg, sort_keys=True)}"] if preset.head_cfg else []
+    dropped += ["init_checkpoint"] if "init_checkpoint" in preset.train else []
+    if not dropped:
+        return None
+    base = (f"; to give them to refnet's base pass --set base={preset.head} --set "
+            f"base_cfg='{json.dumps(preset.head_cfg, sort_keys=True)}'" if head == "refnet" and preset.head_cfg else "")
+    return (f"note: preset {preset.name}'s {' and '.join(dropped)} are for head {preset.head}; head {head} starts "
+            f"from its own defaults (the preset's train settings still apply){base}")
+
+
 # ------------------------------------------------------------------------------------- sizes for `heads list`
 
 REFERENCE_INPUTS = dict(img_dim=2048, txt_dim=768, img_regions=36, txt_tokens=128, img_boxes=True, txt_ids=True)

@@ -334,3 +334,25 @@ def test_hateclipper_presets_choose_the_epoch_by_batch_averaged_auroc(world, tmp
     ev = json.loads(invoke(heads, ["eval", out, "--store", world["store"], "--dataset", world["data"],
                                    "--device", "cpu"]))
     assert ev["metrics"]["label/batch_auroc"] == pytest.approx(metrics["label/batch_auroc"], abs=1e-6)
+
+
+def test_another_head_than_the_presets_is_noted_not_silent(tmp_path):
+    """--head other than the preset's drops its head options (they belong to its head); heads train says so,
+    and for refnet how to hand them to its base."""
+    import json as _json
+
+    from heads.presets import head_switch_note, load_preset
+
+    path = tmp_path / "mine.json"
+    path.write_text(_json.dumps({"name": "mine", "source": "here", "head": "concat", "train": {"lr": 0.01},
+                                 "head_cfg": {"hidden": [8]}}))
+    p = load_preset(str(path))
+    assert head_switch_note(p, "concat") is None
+    assert head_switch_note(p, "cross") == ('note: preset mine\'s head options {"hidden": [8]} are for head concat; '
+                                            "head cross starts from its own defaults (the preset's train settings "
+                                            "still apply)")
+    assert head_switch_note(p, "refnet").endswith("; to give them to refnet's base pass --set base=concat --set "
+                                                  "base_cfg='{\"hidden\": [8]}'")
+    bare = tmp_path / "bare.json"
+    bare.write_text(_json.dumps({"name": "bare", "source": "here", "head": "concat", "train": {"lr": 0.01}}))
+    assert head_switch_note(load_preset(str(bare)), "cross") is None  # nothing of the head's to lose
