@@ -102,7 +102,7 @@ class ExtractSummary:
         if self.stopped_early:
             return (f" (an identical extraction committed it while this one ran: stopped early after "
                     f"{self.chunks_written} chunks)")
-        return " (already complete: nothing to do)"
+        return " (already complete: nothing to do; `featstore verify` re-reads its chunks)"
 
     def lines(self) -> List[str]:
         rate = self.n_written / self.seconds if self.seconds > 0 else float("nan")
