@@ -7,6 +7,7 @@ A batch is one ``index_select`` per key on the device: no per-sample Python, no 
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -69,10 +70,9 @@ class TrainData:
     def _check_split_ids(self, split: str, idx: Tensor) -> None:
         """An id may repeat across splits (Hateful Memes lists 400 memes in dev_seen and in dev_unseen: one
         row in each), never within one, where predictions and metrics are per sample."""
-        ids = [self.ids[i] for i in idx.tolist()]
-        if len(set(ids)) != len(ids):
-            seen: set = set()
-            dup = next(i for i in ids if i in seen or seen.add(i))
+        counts = Counter(self.ids[i] for i in idx.tolist())
+        if len(counts) != idx.numel():
+            dup = next(i for i, n in counts.items() if n > 1)
             raise FeatstoreError(f"split {split!r} lists sample id {dup!r} twice; give every sample of a split "
                                  "a unique id")
 
@@ -369,6 +369,15 @@ def _check_refs(image_ref, text_ref, train_image_ref) -> None:
                              "--image is given; pass --image NAME too")
 
 
+def _task_spec(dataset, tasks: Union[TaskSpec, str, None], task_weights, feeds: Optional[str]) -> TaskSpec:
+    """``tasks`` as given, or derived from the dataset's labels in its format's class order; ``feeds`` added."""
+    from .tasks import derive_task_spec, with_feeds
+
+    if not isinstance(tasks, TaskSpec):
+        tasks = derive_task_spec(dataset.samples, tasks, task_weights, getattr(dataset, "tasks", None))
+    return with_feeds(tasks, feeds)
+
+
 def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec, str, None] = None, *,
                      device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
                      max_regions: Optional[int] = None, max_tokens: Optional[int] = None,
@@ -391,16 +400,14 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     whose rows the dataset's train-split samples read instead (``train_image_rows``; RGCL's train memes were
     squashed to 224 px where dev and test were 336).
     """
-    from .tasks import derive_task_spec, encode_targets, with_feeds
+    from .tasks import encode_targets
 
     if isinstance(dataset, (str, bytes)) or hasattr(dataset, "__fspath__"):
         from featstore.datasets import load_dataset
         dataset = load_dataset(dataset)
     samples = list(dataset.samples)
     _check_refs(image_ref, text_ref, train_image_ref)
-    if not isinstance(tasks, TaskSpec):
-        tasks = derive_task_spec(samples, tasks, task_weights, getattr(dataset, "tasks", None))
-    spec = with_feeds(tasks, feeds)
+    spec = _task_spec(dataset, tasks, task_weights, feeds)
     opened = _open_feature_sets(store, image_ref, text_ref)
     from featstore.store import preflight
 

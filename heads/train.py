@@ -79,7 +79,8 @@ class TrainConfig:
     init_checkpoint: Optional[str] = cli_field(  # loaded into the head before training, with a report
         None, "Checkpoint to initialise the head from: vilbert / visualbert (Facebook / MMF / HF files, or a BERT), "
         "the MMF baselines (a BERT, or MMF's own model.pth), cross (Hate-CLIPper's .ckpt, RGCL's .pt), any head "
-        "(a heads run of it); none: start random (over a preset's).", flag=("--init-checkpoint", "--vilbert-checkpoint"))
+        "(a heads run of it); none: start random (over a preset's).",
+        flag=("--init-checkpoint", "--vilbert-checkpoint"))
     trust_checkpoint: bool = cli_field(False, "Allow a checkpoint that needs full unpickling (only files you trust).",
                                        flag="--trust-checkpoint")
     trim: bool = cli_field(True, "Cut each batch to its longest real token/region run (same outputs, less work).")

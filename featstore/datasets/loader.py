@@ -86,7 +86,8 @@ def load_dataset(path: Union[str, Path], format: str = "auto", *, image_root: Op
 
     path: a data file (.jsonl/.csv) or a dataset folder. format: ``"auto"`` or a name in
     ``DATASET_FORMATS``. image_root: folder images resolve against (default: the data file's folder;
-    MM-IMDB: ``dataset/``; Memotion: each split's image folder, e.g. ``image folder/train_images/``). id_col/image_col/text_col/label_cols: column names (generic and Memotion).
+    MM-IMDB: ``dataset/``; Memotion: each split's image folder, e.g. ``image folder/train_images/``).
+    id_col/image_col/text_col/label_cols: column names (generic and Memotion).
     split: for a folder, the only split to read; for a file, the split name given to its rows.
     check_images: require every image file to exist. allow_empty_text: accept rows with empty text.
 

@@ -43,7 +43,8 @@ def lookup(query_ids: Sequence[str], pos: Dict[str, int], what: str = "query ids
     if unknown:
         raise FeatstoreError(
             f"{len(unknown)} of {len(query_ids)} {what} are not in the feature set "
-            f"(first: {', '.join(map(repr, unknown[:5]))}); check the ids (an image set is keyed by image file stem, e.g. 01235; a text set by sample id) "
+            f"(first: {', '.join(map(repr, unknown[:5]))}); check the ids (an image set is keyed by image file "
+            "stem, e.g. 01235; a text set by sample id) "
             "or extract features for them"
         )
     return np.array([pos[str(q)] for q in query_ids], dtype=np.int64)
