@@ -287,6 +287,16 @@ def _image_features(fs, keys, image_pool: str, max_regions, device, dtype) -> Di
     return features
 
 
+def _box_warnings(fs) -> List[str]:
+    """A note when an image set has ``boxes`` but no ``image_size``: its boxes cannot be normalised, so heads
+    get no ``img_boxes`` (ViLBERT's location embedding then reads zeros)."""
+    if fs is None or "boxes" not in fs.array_names or "image_size" in fs.array_names:
+        return []
+    return [f"image feature set {fs.ref} has boxes but no image_size, so heads get no box locations (ViLBERT's "
+            "location embedding reads zeros); re-import it with --dataset and its images, which reads the sizes "
+            "from the image files"]
+
+
 def _text_features(fs, keys, text_array: str, text_pool: str, max_tokens, device, dtype) -> Dict[str, Tensor]:
     """``txt_tokens`` / ``txt_mask`` (from ``text_array``), ``txt_pooled`` (``text_pool``, else cls / mean) and
     ``txt_ids`` (int64, from ``input_ids`` when the set has it). ``text_array="input_ids"``: the ids and mask
@@ -425,7 +435,7 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     if train_image_ref is not None:  # after --image's rows, which it replaces for the train split
         refs["train_image"] = train_image_rows(store, train_image_ref, samples, features, image_pool, max_regions,
                                                device, dtype)
-    warnings = dataset_mismatch_warnings(dataset, opened)
+    warnings = dataset_mismatch_warnings(dataset, opened) + _box_warnings(opened.get("image"))
     targets_np = encode_targets(samples, spec)
     splits = dataset_splits(samples, targets_np, spec, val_fraction, seed)
     for s, idx in splits.items():

@@ -142,6 +142,53 @@ def test_mmf_lmdb_keys_without_leading_zeros_or_with_windows_paths_are_matched(w
     assert sorted(bare.keys) == sorted(["0", "00001", "2", "00003", "4", "5"])
 
 
+def _records_without_sizes(fsv, data):
+    return [(str(k), {"features": data["regions"][i, :int(data["count"][i])],
+                      "bbox": data["boxes"][i, :int(data["count"][i])]}) for i, k in enumerate(fsv.keys)]
+
+
+def test_records_without_image_sizes_take_them_from_the_dataset_images_or_say_so(world, grid, tmp_path):
+    from PIL import Image
+
+    from featstore.interop.bridge import NO_SIZES
+    from heads.data import build_train_data
+
+    fsv, data = grid
+    data = fsv.select(list(fsv.keys))
+    write_mmf_lmdb(tmp_path / "nosize.lmdb", _records_without_sizes(fsv, data))
+    out = invoke(featstore, ["import", tmp_path / "nosize.lmdb", "--store", tmp_path / "s", "--format", "mmf-lmdb",
+                             "--name", "sized", "--dataset", world["data"]])
+    assert "image sizes read from the dataset's 6 image files (the source has no image_width / image_height)" in out
+    imp = open_store(tmp_path / "s").open("sized")
+    assert imp.recipe.config["image_size"] == "dataset image files"
+    got = imp.select(list(fsv.keys), ["image_size"])["image_size"]
+    paths = world["ds"].image_paths()
+    for i, k in enumerate(fsv.keys):  # the files' own sizes, as PIL reads them, = the grid extractor's record
+        with Image.open(paths[str(k)]) as img:
+            assert tuple(got[i]) == img.size == tuple(data["image_size"][i])
+    # without the dataset the set has boxes and no sizes: the import says so, and so does heads' loader
+    st = open_store(tmp_path / "s2", create=True)
+    bare, report = import_features(st, tmp_path / "nosize.lmdb", "mmf-lmdb", "bare")
+    assert NO_SIZES in report and "image_size" not in bare.array_names and "image_size" not in bare.recipe.config
+    td = build_train_data(st, world["ds"], "bare", None, "label")
+    assert "img_boxes" not in td.features
+    assert [w for w in td.meta["warnings"] if "has boxes but no image_size, so heads get no box locations" in w]
+    assert not build_train_data(open_store(tmp_path / "s"), world["ds"], "sized", None, "label").meta["warnings"]
+
+
+def test_displayed_size_applies_the_exif_orientation(tmp_path):
+    from PIL import Image, ImageOps
+
+    from featstore.interop.bridge import _displayed_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: displayed height x width
+    Image.new("RGB", (40, 24), (9, 9, 9)).save(tmp_path / "r.jpg", exif=exif)
+    with Image.open(tmp_path / "r.jpg") as img:
+        assert _displayed_size(str(tmp_path / "r.jpg")) == ImageOps.exif_transpose(img).size == (24, 40)
+    assert _displayed_size(str(tmp_path / "missing.jpg")) is None and _displayed_size(None) is None
+
+
 def test_max_regions_too_small_names_the_key_and_commits_nothing(world, tmp_path):
     out = tmp_path / "e.lmdb"
     invoke(featstore, ["export", "grid", "--store", world["store"], "--format", "mmf-lmdb", "--out", out])

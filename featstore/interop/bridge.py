@@ -9,6 +9,8 @@ largest record's row count unless ``max_regions``), ``count`` (the rows each rec
 row is kept, as MMF's reader uses them all), ``pooled`` (float64 mean of those rows) and, when every record
 has them, ``num_boxes`` [N] (MMF's count of boxes with non-zero confidence, its own array), ``image_size``
 [N, 2] (width, height) and one per-region array per record field whose first axis is the record's rows.
+Records with boxes but no sizes take ``image_size`` from the ``--dataset``'s image files (their headers, as
+displayed), recorded in the recipe; without them the report says heads get no box locations.
 
 Names (``IMPORT_NAMES``; the export maps them back): ``features`` <-> ``regions``, ``bbox`` <-> ``boxes``,
 ``objects`` <-> ``class_ids``; every other per-region field (``cls_prob``, ``scores``, ``attr_ids``,
@@ -147,8 +149,59 @@ def _match_source(src_keys: List[str], dataset, path: str, report: List[str]) ->
     return to_image
 
 
-def _rows_of(rec: dict, key: str, schema: Dict[str, ArraySpec], width: int, path: str) -> Dict[str, np.ndarray]:
-    """One record as store rows: every stored row kept (``count`` = rows, MMF's reader uses them all)."""
+NO_SIZES = ("boxes without image sizes (the source has no image_width / image_height): heads get no box locations "
+            "(ViLBERT's location embedding reads zeros); import with --dataset and its images to read the sizes "
+            "from the image files")
+
+
+def _displayed_size(path: Optional[str]) -> Optional[Tuple[int, int]]:
+    """(width, height) of an image file as displayed (EXIF orientation applied, as ``load_image`` decodes it for
+    the extractors), from its header; None when it cannot be opened."""
+    from PIL import Image, UnidentifiedImageError
+
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            return (h, w) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
+    except (OSError, UnidentifiedImageError, ValueError, TypeError, SyntaxError):
+        return None
+
+
+def _sizes_from_images(dataset, to_image: Dict[str, str], report: List[str]) -> Optional[Dict[str, Tuple[int, int]]]:
+    """source key -> (width, height) of its dataset image, for records with boxes but no image sizes; None (and
+    a report line) when an image cannot be opened."""
+    paths = dataset.image_paths()
+    sizes = {}
+    for src, key in to_image.items():
+        size = _displayed_size(paths.get(key))
+        if size is None:
+            report.append(f"image sizes not read: image {key!r} ({paths.get(key)}) cannot be opened")
+            return None
+        sizes[src] = size
+    report.append(f"image sizes read from the dataset's {len(sizes)} image files (the source has no "
+                  "image_width / image_height)")
+    return sizes
+
+
+def _image_sizes(schema: Dict[str, ArraySpec], dataset, to_image: Dict[str, str], report: List[str]):
+    """Sizes from the dataset's images when the records have boxes but none (``schema`` gains
+    ``image_size``); None when the records have them, or when they cannot be read (then ``NO_SIZES``)."""
+    if "boxes" not in schema or "image_size" in schema:
+        return None
+    sizes = _sizes_from_images(dataset, to_image, report) if dataset is not None else None
+    if sizes is None:
+        report.append(NO_SIZES)
+    else:
+        schema["image_size"] = ArraySpec((2,), "int32")
+    return sizes
+
+
+def _rows_of(rec: dict, key: str, schema: Dict[str, ArraySpec], width: int, path: str,
+             sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> Dict[str, np.ndarray]:
+    """One record as store rows: every stored row kept (``count`` = rows, MMF's reader uses them all);
+    ``sizes`` (source key -> width, height) stands in for records without image sizes."""
     f = np.asarray(rec["features"])
     n = int(f.shape[0])
     if n > width:
@@ -161,7 +214,8 @@ def _rows_of(rec: dict, key: str, schema: Dict[str, ArraySpec], width: int, path
     if "num_boxes" in schema:
         out["num_boxes"] = np.int32(rec["num_boxes"])
     if "image_size" in schema:
-        out["image_size"] = np.array([rec["image_width"], rec["image_height"]], dtype=np.int32)
+        size = sizes[key] if sizes is not None else (rec["image_width"], rec["image_height"])
+        out["image_size"] = np.array(size, dtype=np.int32)
     return out
 
 
@@ -201,26 +255,29 @@ def import_features(store: Store, path: str, fmt: str, name: str, *, dataset=Non
     shape = _scan(iterate(), to_image, path)
     width = int(max_regions or shape.rows)
     schema = _import_schema(shape, width, dtype)
-    recipe = Recipe(extractor=f"import:{fmt}",
-                    config={"source": os.path.basename(os.path.normpath(path)), "max_regions": width, "dtype": dtype,
-                            "source_sha256": source_fingerprint(path, fmt)},
+    sizes = _image_sizes(schema, dataset, to_image, report)
+    config = {"source": os.path.basename(os.path.normpath(path)), "max_regions": width, "dtype": dtype,
+              "source_sha256": source_fingerprint(path, fmt)}
+    if sizes is not None:  # only then, so the versions of sources with their own sizes keep their ids
+        config["image_size"] = "dataset image files"
+    recipe = Recipe(extractor=f"import:{fmt}", config=config,
                     manifest_fingerprint=dataset.fingerprint if dataset is not None else "")
     writer = store.writer(name, recipe, keys, schema, key_kind="image_key", modality="image", chunk_rows=chunk_rows,
                           backend=backend, meta={"imported_from": os.path.abspath(path)})
     if writer.complete:
         report.append("already imported: the same source and options name an existing version")
         return writer.commit(), report
-    _write_chunks(writer, ((k, r) for k, r in iterate() if k in to_image), schema, width, path)
+    _write_chunks(writer, ((k, r) for k, r in iterate() if k in to_image), schema, width, path, sizes)
     fsv = writer.commit()
     report.append(_summary(fsv, schema, shape, width, dtype))
     return fsv, report
 
 
-def _write_chunks(writer, stream, schema, width: int, path: str) -> None:
+def _write_chunks(writer, stream, schema, width: int, path: str, sizes=None) -> None:
     pending = set(writer.pending_chunks())
     chunk, buf = 0, []
     for k, rec in stream:
-        buf.append(_rows_of(rec, k, schema, width, path) if chunk in pending else None)
+        buf.append(_rows_of(rec, k, schema, width, path, sizes) if chunk in pending else None)
         if len(buf) == len(writer.chunk_keys(chunk)):
             if chunk in pending:
                 writer.write_chunk(chunk, _stack(buf, writer.schema))
