@@ -31,10 +31,13 @@ HEADLINE = ("auroc", "accuracy", "f1", "macro_f1", "micro_auroc", "macro_auroc",
 
 def headline_keys(keys) -> List[str]:
     """The headline metrics among flat metric ``keys``, sorted: AUROC, accuracy, F1 (a binary task's ``f1``;
-    ``macro_f1`` only for a task without one, i.e. multi-class / multi-label)."""
+    ``macro_f1`` only for a task without one, i.e. multi-class / multi-label, and a group's; a multi-label task's
+    ``micro_f1`` too, which MMBT and MMF report on MM-IMDB)."""
     keys = set(keys)
-    return sorted(k for k in keys if k.rsplit("/", 1)[-1] in HEADLINE
-                  and not (k.endswith("/macro_f1") and k[:-len("macro_f1")] + "f1" in keys))
+    multilabel = {k.rsplit("/", 1)[0] for k in keys if k.endswith("/subset_accuracy")}
+    return sorted(k for k in keys if (k.rsplit("/", 1)[-1] in HEADLINE
+                                      and not (k.endswith("/macro_f1") and k[:-len("macro_f1")] + "f1" in keys))
+                  or (k.endswith("/micro_f1") and k.rsplit("/", 1)[0] in multilabel))
 
 
 def headline_metrics(flat: dict) -> dict:

@@ -16,6 +16,19 @@ of B consecutive labelled rows (the last one shorter), averaged weighted by the 
 Hate-CLIPper's ``engine.py`` logs as ``val/auroc`` and ``test/auroc`` (torchmetrics' AUROC on every batch of its
 unshuffled loader, averaged by Lightning's ``self.log`` over the epoch, weighted by batch size). A batch with
 one class has no AUROC; it is left out of the mean, with a warning.
+
+What the datasets' own papers report, by key:
+
+* multilabel ``micro_f1`` / ``macro_f1`` / ``weighted_f1`` / ``samples_f1``: scikit-learn's averages of the 0.5
+  decisions over the whole split, MM-IMDB's four (gmu-mmimdb's ``report_performance``; MMBT and MMF report micro
+  and macro). ``macro_f1`` averages each label's positive-class F1.
+* multilabel ``labelwise_macro_f1`` / ``labelwise_weighted_f1``: each label scored as its own two-class task
+  (both "not x" and "x" are classes), macro / weighted over those two, then the plain mean over labels:
+  Memotion's Task B score (Memotion 1, SemEval-2020 Task 8: macro F1 per emotion, averaged; Memotion 2.0: weighted
+  F1 per emotion, averaged), which ``macro_f1`` is not.
+* ``<group>/macro_f1`` / ``<group>/weighted_f1`` (``TaskSpec.groups``: a label key of name -> level dicts, one task
+  per name): the plain mean of its tasks' values, Memotion's Task C score (macro for Memotion 1, weighted for
+  2.0); ``A/macro_f1`` / ``A/weighted_f1`` are its Task A scores.
 """
 from __future__ import annotations
 
@@ -32,8 +45,10 @@ THRESHOLD = 0.5
 METRIC_NAMES = {
     "binary": ("auroc", "accuracy", "f1", "macro_f1", "micro_f1", "weighted_f1", "batch_auroc"),
     "multiclass": ("auroc", "accuracy", "macro_f1", "micro_f1", "weighted_f1"),
-    "multilabel": ("micro_auroc", "macro_auroc", "micro_f1", "macro_f1", "weighted_f1", "subset_accuracy"),
+    "multilabel": ("micro_auroc", "macro_auroc", "micro_f1", "macro_f1", "weighted_f1", "samples_f1",
+                   "labelwise_macro_f1", "labelwise_weighted_f1", "subset_accuracy"),
 }
+GROUP_METRICS = ("macro_f1", "weighted_f1")  # a group's, each the mean of its tasks' (module docstring)
 
 
 def default_metric(task: Task) -> str:
@@ -86,8 +101,11 @@ def task_metrics(task: Task, y_true: np.ndarray, probs: np.ndarray) -> Tuple[Dic
                         "macro AUROC averages the others")
         m["macro_auroc"] = (float(np.mean([roc_auc_score(y[:, c], p[:, c]) for c in present]))
                             if present else math.nan)
-        for avg in ("micro", "macro", "weighted"):
+        for avg in ("micro", "macro", "weighted", "samples"):
             m[f"{avg}_f1"] = float(f1_score(y, pred, average=avg, zero_division=0))
+        for avg in ("macro", "weighted"):
+            m[f"labelwise_{avg}_f1"] = float(np.mean([f1_score(y[:, c], pred[:, c], average=avg, labels=[0, 1],
+                                                               zero_division=0) for c in range(y.shape[1])]))
         m["subset_accuracy"] = float(accuracy_score(y, pred))
         return m, warn
     labels = list(range(task.num_outputs))
@@ -129,13 +147,14 @@ def compute_metrics(spec: TaskSpec, targets: Dict[str, np.ndarray], probs: Dict[
                     auroc_batch: int = 0) -> Tuple[Dict[str, float], List[str]]:
     """All tasks of one split -> (flat {"<task>/<metric>": value, "score": ...}, warnings).
 
-    ``score`` is the mean over tasks of each task's default metric (AUROC for binary, macro F1
-    otherwise); with one task it equals that task's default metric. NaN when any of them is NaN.
-    ``auroc_batch`` > 0 adds each binary task's ``batch_auroc``.
+    ``score`` is the mean over label keys: a task's default metric (AUROC for binary, macro F1 otherwise), a
+    group's ``<group>/macro_f1`` (Memotion's A, B and C count once each, not C four times); with one task it
+    equals that task's default metric. NaN when any of them is NaN. ``auroc_batch`` > 0 adds each binary task's
+    ``batch_auroc``; groups add ``<group>/<GROUP_METRICS>`` (``_group_metrics``).
     """
     flat: Dict[str, float] = {}
     warnings: List[str] = []
-    defaults = []
+    defaults: Dict[str, float] = {}
     for task in spec.tasks:
         m, w = task_metrics(task, targets[task.name], probs[task.name])
         warnings += w
@@ -144,15 +163,32 @@ def compute_metrics(spec: TaskSpec, targets: Dict[str, np.ndarray], probs: Dict[
             flat[f"{task.name}/batch_auroc"], w = batch_auroc(task, targets[task.name], probs[task.name], auroc_batch)
             warnings += w
         if m:
-            defaults.append(m[default_metric(task)])
-    if defaults:
-        flat["score"] = float(np.mean(defaults))
+            defaults[task.name] = m[default_metric(task)]
+    flat.update(_group_metrics(spec, flat))
+    grouped = {name: group for group, names in (spec.groups or {}).items() for name in names}
+    units = {grouped.get(name, name): (flat.get(f"{grouped[name]}/macro_f1", math.nan) if name in grouped else v)
+             for name, v in defaults.items()}
+    if units:
+        flat["score"] = float(np.mean(list(units.values())))
     return flat, warnings
+
+
+def _group_metrics(spec: TaskSpec, flat: Dict[str, float]) -> Dict[str, float]:
+    """``<group>/<metric>`` = the mean of ``<metric>`` over the group's tasks with labelled rows on the split (a
+    task without any is left out, as ``score`` leaves out such a task)."""
+    out: Dict[str, float] = {}
+    for group, names in (spec.groups or {}).items():
+        for metric in GROUP_METRICS:
+            values = [flat[f"{name}/{metric}"] for name in names if f"{name}/{metric}" in flat]
+            if values:
+                out[f"{group}/{metric}"] = float(np.mean(values))
+    return out
 
 
 def metric_keys(spec: TaskSpec) -> List[str]:
     """Every flat metric key ``compute_metrics`` can produce for ``spec`` (plus "score" and "loss")."""
     keys = [f"{t.name}/{m}" for t in spec.tasks for m in METRIC_NAMES[t.kind]]
+    keys += [f"{group}/{m}" for group in (spec.groups or {}) for m in GROUP_METRICS]
     return keys + ["score", "loss"]
 
 

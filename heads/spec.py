@@ -76,6 +76,10 @@ class TaskSpec:
     # fan-out cascade: task -> the tasks whose probabilities are concatenated to its layer's input, e.g.
     # {"C_humour": ["B"], "C_sarcasm": ["B"], ...} (Memotion 2.0's emotions feeding every intensity task)
     feeds: Optional[Dict[str, List[str]]] = None
+    # label key -> its per-item tasks, for a key of name -> level dicts (Memotion's "C": C_humour, C_sarcasm,
+    # ...): scored together as well (``heads.metrics``: ``C/macro_f1`` = the mean of the tasks', Memotion's
+    # Task C score); None in runs saved before groups
+    groups: Optional[Dict[str, List[str]]] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,4 +87,4 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "TaskSpec":
         return cls(tasks=[Task(**t) for t in d["tasks"]], shared_outputs=d.get("shared_outputs", False),
-                   cascade=d.get("cascade"), feeds=d.get("feeds"))
+                   cascade=d.get("cascade"), feeds=d.get("feeds"), groups=d.get("groups"))

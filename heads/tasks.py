@@ -12,6 +12,7 @@
 * a dict of name -> level (Memotion ``"C"``, intensity per emotion): one task per name (multiclass; binary
   when only two levels occur; none when one level occurs, and the key's weight is then shared by the
   others), called ``"<key>_<name>"`` (``C_humour``, ``C_sarcasm`` ...). A level never seen has no class.
+  The key names them as a group (``TaskSpec.groups``), scored together too (``C/macro_f1``, ``heads.metrics``).
 
 ``--task`` picks label keys: one key, a comma-separated list, or ``all``. Task weights default to 1 each,
 except Memotion's A/B/C multi-task (0.4 / 0.3 / 0.3; the 0.3 of C is split evenly over its per-emotion
@@ -98,10 +99,14 @@ def derive_task_spec(samples: Sequence[Any], task: Optional[str] = None,
         else:
             weights = [1.0] * len(picked)
     tasks: List[Task] = []
+    groups: Dict[str, List[str]] = {}
     for key, w in zip(picked, weights):
-        tasks += _key_tasks(key, [s.labels[key] for s in samples if s.labels.get(key) is not None], float(w),
-                            known or {})
-    return TaskSpec(tasks=tasks)
+        values = [s.labels[key] for s in samples if s.labels.get(key) is not None]
+        got = _key_tasks(key, values, float(w), known or {})
+        if _kind_of(key, values) == "levels":
+            groups[key] = [t.name for t in got]
+        tasks += got
+    return TaskSpec(tasks=tasks, groups=groups or None)
 
 
 def _ordered(seen, key: str, known: Dict[str, Any]) -> List[str]:

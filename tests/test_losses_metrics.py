@@ -22,6 +22,7 @@ from heads.tasks import derive_task_spec, encode_targets
 BIN = Task("label", "binary", 2, ["0", "1"])
 MC = Task("A", "multiclass", 3, ["negative", "neutral", "positive"])
 ML = Task("genres", "multilabel", 3, ["a", "b", "c"])
+ML2 = Task("B", "multilabel", 2, ["humour", "sarcasm"])
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -53,7 +54,7 @@ def test_metrics_equal_sklearn_on_random_predictions(task):
         d = (p >= 0.5).astype(int)
         assert m["micro_auroc"] == pytest.approx(roc_auc_score(y.ravel(), p.ravel()))
         assert m["macro_auroc"] == pytest.approx(roc_auc_score(y, p, average="macro"))
-        for avg in ("micro", "macro", "weighted"):
+        for avg in ("micro", "macro", "weighted", "samples"):
             assert m[f"{avg}_f1"] == pytest.approx(f1_score(y, d, average=avg))
         return
     y = g.integers(0, task.num_outputs, size=n)
@@ -65,6 +66,62 @@ def test_metrics_equal_sklearn_on_random_predictions(task):
         assert m[f"{avg}_f1"] == pytest.approx(f1_score(y, d, average=avg))
     ref = roc_auc_score(y, p[:, 1]) if task.kind == "binary" else roc_auc_score(y, p, multi_class="ovr")
     assert m["auroc"] == pytest.approx(ref)
+
+
+def _f1(tp, fp, fn):
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def test_memotion_task_b_and_mmimdb_samples_f1_hand_computed():
+    """Memotion's Task B scores each emotion as a two-class task (F1 of "not x" and of "x"), macro (Memotion 1)
+    or weighted by support (Memotion 2.0) over the two, then averages the emotions; MM-IMDB's samples F1
+    averages each row's F1 of its predicted genres against its true ones. Counted by hand here."""
+    y = np.array([[1, 0], [1, 1], [0, 1], [1, 0], [0, 0]], dtype=float)
+    p = np.array([[0.9, 0.6], [0.2, 0.7], [0.4, 0.8], [0.8, 0.1], [0.6, 0.3]])  # decisions [1,1] [0,1] [0,1] [1,0] [1,0]
+    m, _ = task_metrics(ML2, y, p)
+    # label 0: y 1 1 0 1 0, d 1 0 0 1 1 -> class 1: tp 2 fp 1 fn 1; class 0: tp 1 fp 1 fn 1
+    # label 1: y 0 1 1 0 0, d 1 1 1 0 0 -> class 1: tp 2 fp 1 fn 0; class 0: tp 2 fp 0 fn 1
+    f = {(0, 1): _f1(2, 1, 1), (0, 0): _f1(1, 1, 1), (1, 1): _f1(2, 1, 0), (1, 0): _f1(2, 0, 1)}
+    support = {(0, 1): 3, (0, 0): 2, (1, 1): 2, (1, 0): 3}
+    macro = np.mean([(f[(c, 0)] + f[(c, 1)]) / 2 for c in (0, 1)])
+    weighted = np.mean([(support[(c, 0)] * f[(c, 0)] + support[(c, 1)] * f[(c, 1)]) / 5 for c in (0, 1)])
+    assert m["labelwise_macro_f1"] == pytest.approx(macro) and m["labelwise_weighted_f1"] == pytest.approx(weighted)
+    assert m["macro_f1"] == pytest.approx((f[(0, 1)] + f[(1, 1)]) / 2) != pytest.approx(macro)  # positive classes only
+    # rows: {0}vs{0,1}: 2/3, {0,1}vs{1}: 2/3, {1}vs{1}: 1, {0}vs{0}: 1, {}vs{0}: 0
+    assert m["samples_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1 + 1 + 0) / 5)
+
+
+def test_memotion_task_c_is_scored_as_a_group_and_score_counts_each_label_key_once():
+    """derive_task_spec names C's per-emotion tasks a group; C/macro_f1 and C/weighted_f1 are the plain means of
+    the emotions' sklearn macro / weighted F1 (Memotion's Task C score), and ``score`` averages A, B and C once
+    each. A run saved before groups (no "groups" key) still reads."""
+    g = np.random.default_rng(5)
+    h = ["not_funny", "funny", "very_funny", "hilarious"]
+    rows = [S(i, {"A": ["negative", "neutral", "positive"][i % 3], "B": {"humour": int(i % 4 > 0), "sarcasm": i % 2},
+                  "C": {"humour": h[i % 4], "sarcasm": ["general", "twisted"][i % 2]}}) for i in range(40)]
+    spec = derive_task_spec(rows, "all")
+    assert spec.groups == {"C": ["C_humour", "C_sarcasm"]}
+    assert TaskSpec.from_dict(spec.to_dict()) == spec
+    assert TaskSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "groups"}).groups is None
+    y = encode_targets(rows, spec)
+    probs = {t.name: (g.uniform(size=(40, t.num_classes)) if t.kind == "multilabel"
+                      else g.dirichlet(np.ones(t.num_outputs), 40)) for t in spec.tasks}
+    flat, _ = compute_metrics(spec, y, probs)
+    emotions = [f1_score(y[n], probs[n].argmax(1), average=avg) for avg in ("macro", "weighted")
+                for n in ("C_humour", "C_sarcasm")]
+    assert flat["C/macro_f1"] == pytest.approx(np.mean(emotions[:2]))
+    assert flat["C/weighted_f1"] == pytest.approx(np.mean(emotions[2:]))
+    assert flat["score"] == pytest.approx(np.mean([flat["A/macro_f1"], flat["B/macro_f1"], flat["C/macro_f1"]]))
+    from heads.metrics import metric_keys
+    assert {"C/macro_f1", "C/weighted_f1", "B/labelwise_macro_f1"} <= set(metric_keys(spec))
+    from heads.experiment import headline_keys
+    shown = headline_keys(flat)
+    assert {"C/macro_f1", "B/micro_f1", "B/macro_f1", "A/macro_f1"} <= set(shown) and "A/micro_f1" not in shown
+    # a split where one emotion has no labelled row: the group averages the other
+    y2 = {k: v.copy() for k, v in y.items()}
+    y2["C_sarcasm"][:] = -1
+    flat2, _ = compute_metrics(spec, y2, probs)
+    assert flat2["C/macro_f1"] == pytest.approx(emotions[0]) and "C_sarcasm/macro_f1" not in flat2
 
 
 def test_single_class_auroc_is_nan_with_warning():
