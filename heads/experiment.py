@@ -7,6 +7,8 @@ Data flows one way: ``heads.data`` (a ``TrainData``) -> ``heads.train`` (a ``Tra
 -> here -> ``heads.runs`` (run-folder files only)."""
 from __future__ import annotations
 
+from collections import Counter
+
 import dataclasses
 import time
 from pathlib import Path
@@ -84,6 +86,16 @@ def summary_lines(summary: dict) -> List[str]:
             lines.append(f"  {split:<11} " + "  ".join(f"{k}={format_mean_std(v['mean'], v['std'], sep='+-')}"
                                                          for k, v in sorted(shown.items())))
     return lines
+
+
+def _rows_text(data: TrainData) -> str:
+    """``"48 samples"``, or ``"12540 rows (12140 samples, 400 of them in more than one split)"`` when splits share
+    samples (Hateful Memes' dev_seen and dev_unseen share 400 memes)."""
+    shared = sum(1 for n in Counter(data.ids).values() if n > 1)
+    distinct = len(set(data.ids))
+    if not shared:
+        return f"{len(data)} samples"
+    return f"{len(data)} rows ({distinct} samples, {shared} of them in more than one split)"
 
 
 def check_head(cfg: TrainConfig, data: TrainData) -> int:
@@ -192,7 +204,7 @@ def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int]
     parameters = check_head(cfg, data)  # a bad head, option or input fails before --out is touched
     out = prepare_out(out_dir, overwrite)
     rgcl = " with RGCL's retrieval-guided contrastive loss" if cfg.rgcl is not None else ""
-    yield f"training head {cfg.head}{rgcl} on {len(data)} samples, seeds {','.join(map(str, seeds))} -> {out}"
+    yield f"training head {cfg.head}{rgcl} on {_rows_text(data)}, seeds {','.join(map(str, seeds))} -> {out}"
     for note in (random_start_note(cfg), cpu_size_note(cfg, data, parameters)):
         if note:
             yield note

@@ -92,8 +92,10 @@ def test_train_scores_both_dev_splits_on_all_their_rows(world, tmp_path):
     from cli.heads_cli import main as heads
 
     out = tmp_path / "run"
-    invoke(heads, ["train", "--dataset", world["data"], "--store", world["store"], "--image", "grid", "--text",
-                   "bert", "--head", "concat", "--epochs", 2, "--quiet", "--out", out])
+    said = invoke(heads, ["train", "--dataset", world["data"], "--store", world["store"], "--image", "grid", "--text",
+                          "bert", "--head", "concat", "--epochs", 2, "--quiet", "--out", out])
+    # dev[:2] are in dev_seen, dev_unseen and test_unseen: 51 samples in 51 + 8 + 2 rows, 8 of them shared
+    assert f"on {51 + SHARED + 2} rows (51 samples, {SHARED} of them in more than one split)" in said.splitlines()[0]
     run = out / "seed_0"
     dev, unseen = _read_predictions(run / "predictions_dev.csv"), _read_predictions(run / "predictions_dev_unseen.csv")
     want_unseen = [str(r["id"]) for r in world["dev"][:SHARED] + world["own"]]
