@@ -68,13 +68,14 @@ def task_weights(text: Optional[str], task: Optional[str]) -> Optional[List[floa
     return [out[n] for n in names]
 
 
-def epoch_line(seed: int, row: dict, monitor: str, epochs: int) -> str:
-    """One line for an epoch: ``seed 0 epoch 3/20: train_loss=0.6123 val label/auroc=0.7012 (0.4 s)``."""
+def epoch_line(seed: int, row: dict, monitor: str, epochs: int, split: str = "val") -> str:
+    """One line for an epoch: ``seed 0 epoch 3/20: train_loss=0.6123 dev label/auroc=0.7012 (0.4 s)``, naming the
+    validation ``split`` as the seed line does."""
     val = row.get(f"val_{monitor}")
     shown = "nan" if val is None else f"{val:.4f}"
     step = f" step {int(row['step'])}" if "step" in row else ""
     return (f"  seed {seed} epoch {int(row['epoch'])}/{epochs}{step}: train_loss={row['train_loss']:.4f} "
-            f"val {monitor}={shown} ({row['time_s']:.1f} s)")
+            f"{split} {monitor}={shown} ({row['time_s']:.1f} s)")
 
 
 def summary_lines(summary: dict) -> List[str]:
@@ -217,7 +218,10 @@ def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int]
     choice = resolve_threads(cfg, data)  # once, so every seed runs with the same count
     cfg = cfg if choice.how == "cuda" else dataclasses.replace(cfg, threads=choice.threads)
     threads_line = f"threads: {choice.describe()}"  # reported once the first seed has trained
-    hook = None if echo is None else (lambda s, row, monitor: echo(epoch_line(s, row, monitor, cfg.epochs)))
+    from .train import validation_rows
+
+    split = validation_rows(cfg, data)[0]
+    hook = None if echo is None else (lambda s, row, monitor: echo(epoch_line(s, row, monitor, cfg.epochs, split)))
     for s, result, secs in iter_seeds(cfg, data, seeds, out, progress=progress, on_epoch=hook):
         if threads_line:
             yield threads_line

@@ -328,11 +328,13 @@ def test_an_out_that_holds_a_run_is_refused_then_replaced_with_overwrite(world, 
 def test_quiet_prints_one_line_per_epoch_and_per_seed(world, tmp_path):
     out = invoke(heads, train_args(world, tmp_path / "q", "--seeds", "0,1", "--patience", "0"))
     lines = out.splitlines()
-    epochs = [line for line in lines if re.match(r"  seed \d epoch \d/3: train_loss=\d\.\d{4} val label/auroc=", line)]
-    assert len(epochs) == 6
+    # the epoch lines name the split that chooses, as the seed lines do (the dev split of these files)
+    epochs = [line for line in lines if re.match(r"  seed \d epoch \d/3: train_loss=\d\.\d{4} dev label/auroc=", line)]
+    assert len(epochs) == 6 and all(re.match(r"seed \d: best epoch \d, dev label/auroc=", line)
+                                    for line in lines if line.startswith("seed "))
     history = list(csv.DictReader(open(tmp_path / "q" / "seed_1" / "history.csv")))
     for row, line in zip(history, epochs[3:]):
-        assert f"train_loss={float(row['train_loss']):.4f} val label/auroc={float(row['val_label/auroc']):.4f}" in line
+        assert f"train_loss={float(row['train_loss']):.4f} dev label/auroc={float(row['val_label/auroc']):.4f}" in line
     seeds = [i for i, line in enumerate(lines) if re.match(r"seed \d: best epoch", line)]
     assert len(seeds) == 2 and seeds[0] > lines.index(epochs[2]) and seeds[0] < lines.index(epochs[3])
 
