@@ -117,7 +117,7 @@ def _weights(text, task=None):
 
 def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights, max_regions,
                max_tokens, text_array, text_pool, val_fraction, device, seed=0, feeds=None, image_pool=None,
-               train_image=None):
+               train_image=None, need_train=True):
     from featstore.store import open_store
     from heads.data import build_train_data
 
@@ -131,7 +131,7 @@ def _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, tas
     return build_train_data(st, ds, image_ref, text_ref, task, device=device, max_regions=max_regions,
                             max_tokens=max_tokens, val_fraction=val_fraction, seed=seed,
                             task_weights=_weights(task_weights, task), text_array=text_array, text_pool=text_pool,
-                            image_pool=image_pool, feeds=feeds, train_image_ref=train_image)
+                            image_pool=image_pool, feeds=feeds, train_image_ref=train_image, need_train=need_train)
 
 
 def _train_options():
@@ -239,17 +239,21 @@ def _run_arrays(run_dir, values: dict) -> dict:
 def _saved_run_data(run_dir, seed, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
                     max_regions, max_tokens, text_array, text_pool, val_fraction, device):
     """(the run folder of ``seed``, the ``TrainData`` eval / predict read for it): the run's feature sets,
-    arrays, counts and train-split image set unless the command line names others."""
-    from heads.experiment import run_feature_refs, run_train_image
+    arrays, counts and train-split image set unless the command line names others; always the run's own tasks
+    (its ``task_spec``: labels and a train split are not needed, so a test file alone is predicted)."""
+    from heads.experiment import run_feature_refs, run_task_spec, run_train_image
     from heads.runs import run_dir_of
 
     run_dir = run_dir_of(run_dir, seed)
+    task = run_task_spec(run_dir, task if "task" in _explicit(("task",)) else None)
+    task_weights = None
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
     arrays = _run_arrays(run_dir, dict(text_array=text_array, text_pool=text_pool, max_regions=max_regions,
                                        max_tokens=max_tokens))
     train_image = run_train_image(run_dir, click.get_current_context().meta.get("train_image"))
     return run_dir, _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
-                               val_fraction=val_fraction, device=_device(device), train_image=train_image, **arrays)
+                               val_fraction=val_fraction, device=_device(device), train_image=train_image,
+                               need_train=False, **arrays)
 
 
 @main.command("eval")

@@ -78,7 +78,7 @@ def lower_is_better(metric: str) -> bool:
 def verdict(a: str, b: str, metric: str, t: float, p: float, alpha: float = ALPHA) -> str:
     """The test in words: which side is better on ``metric`` and whether the difference is significant."""
     if math.isnan(t) or math.isnan(p):
-        return "no test (identical values or too few)"
+        return "no test (identical values, differences that do not vary, or too few)"
     if t == 0:
         return f"{a} and {b} are level"
     higher, lower = (b, a) if t > 0 else (a, b)
@@ -142,10 +142,17 @@ def expand_inputs(run_dirs: Sequence) -> List[Tuple[Path, Optional[str]]]:
 
 def significance(a: Dict[int, float], b: Dict[int, float]) -> Tuple[str, float, float]:
     """(test name, t, p) between per-seed values of two groups: paired t-test when the seed sets match,
-    else Welch's t-test. NaN values are dropped (pairwise for the paired test). t is b against a."""
+    else Welch's t-test. NaN values are dropped (pairwise for the paired test). t is b against a. Differences
+    that do not vary (every seed's the same up to rounding, non-zero: t is infinite, or 1e15 from float noise)
+    have no test: t and p are NaN."""
     with warnings.catch_warnings():  # nearly identical values: scipy warns, the numbers still stand
         warnings.simplefilter("ignore", RuntimeWarning)
         return _ttest(a, b)
+
+
+def _flat(values: np.ndarray) -> bool:
+    """Values equal up to float rounding (the spread a t-test would divide by is noise)."""
+    return len(values) > 0 and float(np.ptp(values)) <= 1e-9 * max(1.0, float(np.abs(values).max()))
 
 
 def _ttest(a: Dict[int, float], b: Dict[int, float]) -> Tuple[str, float, float]:
@@ -154,10 +161,14 @@ def _ttest(a: Dict[int, float], b: Dict[int, float]) -> Tuple[str, float, float]
         x = np.array([a[s] for s in seeds])
         y = np.array([b[s] for s in seeds])
         ok = np.isfinite(x) & np.isfinite(y)
+        if _flat(y[ok] - x[ok]):
+            return "paired", math.nan, math.nan
         r = stats.ttest_rel(y[ok], x[ok])
         return "paired", float(r.statistic), float(r.pvalue)
     x = np.array([v for v in a.values() if math.isfinite(v)])
     y = np.array([v for v in b.values() if math.isfinite(v)])
+    if _flat(x) and _flat(y):
+        return "welch", math.nan, math.nan
     r = stats.ttest_ind(y, x, equal_var=False)
     return "welch", float(r.statistic), float(r.pvalue)
 

@@ -117,7 +117,10 @@ class TrainData:
         return {k: v.index_select(0, idx) for k, v in self.targets.items()}
 
     def split(self, name: str) -> Tensor:
-        """Row indices of split ``name``; a one-line error naming the splits there are."""
+        """Row indices of split ``name`` (a dataset's own name for it too: ``val`` / ``dev_seen`` -> ``dev``, as
+        ``dataset_splits`` renames them); a one-line error naming the splits there are."""
+        if name not in self.splits and SPLIT_ALIASES.get(name.lower()) in self.splits:
+            name = SPLIT_ALIASES[name.lower()]
         if name not in self.splits:
             raise FeatstoreError(f"split {name!r} does not exist; choose one of {', '.join(self.splits) or '(none)'}")
         idx = self.splits[name]
@@ -167,8 +170,10 @@ SPLIT_ALIASES = {"dev_seen": "dev", "val": "dev", "valid": "dev", "validation": 
 
 
 def dataset_splits(samples: Sequence[Any], targets: Dict[str, np.ndarray], spec: TaskSpec,
-                   val_fraction: Optional[float] = None, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Row indices per split from ``Sample.split`` (``None`` -> train).
+                   val_fraction: Optional[float] = None, seed: int = 0,
+                   need_train: bool = True) -> Dict[str, np.ndarray]:
+    """Row indices per split from ``Sample.split`` (``None`` -> train); a dataset without a train split is a
+    one-line error unless ``need_train`` is False (a saved run's eval / predict on a test file alone).
 
     Hateful Memes names map to dev/test (dev_seen -> dev; test_seen -> test when it has labels, else it
     keeps its name); dev_unseen/test_unseen keep theirs. With ``val_fraction`` a stratified (first task's
@@ -186,7 +191,7 @@ def dataset_splits(samples: Sequence[Any], targets: Dict[str, np.ndarray], spec:
         names.append(name)
     names_arr = np.array(names)
     splits = {n: np.where(names_arr == n)[0] for n in dict.fromkeys(names)}
-    if "train" not in splits:
+    if "train" not in splits and (need_train or val_fraction is not None):
         raise FeatstoreError(f"the dataset has no train split (it has {', '.join(splits)}); "
                              "pass a dataset whose samples include split 'train'")
     if val_fraction is not None:
@@ -393,7 +398,8 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
                      max_regions: Optional[int] = None, max_tokens: Optional[int] = None,
                      val_fraction: Optional[float] = None, seed: int = 0, task_weights=None,
                      text_array: str = "tokens", text_pool: str = "cls", image_pool: str = "pooled",
-                     feeds: Optional[str] = None, train_image_ref: Optional[str] = None) -> TrainData:
+                     feeds: Optional[str] = None, train_image_ref: Optional[str] = None,
+                     need_train: bool = True) -> TrainData:
     """Load every sample's features from ``store`` once, joined by key (never by position).
 
     ``dataset``: a ``DatasetManifest`` (or a path for ``featstore.datasets.load_dataset``).
@@ -401,14 +407,14 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     are joined on ``Sample.image_key`` or ``Sample.id`` by their ``key_kind``, text sets likewise.
     ``tasks``: a ``TaskSpec`` or a ``--task`` choice (see ``heads.tasks.derive_task_spec``).
     Image region sets give ``img_regions``/``img_mask`` (+ ``img_boxes`` normalised from ``boxes`` and
-    ``image_size``) and ``img_pooled`` from ``pooled``; text sets give ``txt_tokens``/``txt_mask`` (and
-    ``txt_ids`` from ``input_ids`` when they store it) from
-    ``text_array`` and ``txt_pooled`` from ``text_pool`` ("cls" or "mean", whichever exists; or any pooled
-    array such as CLIP's pre-projection "pooler"). ``image_pool`` names the image set's array that becomes
-    ``img_pooled`` ("pooled", or e.g. "pooler"); a name the set lacks is a one-line error. ``feeds``: a
-    fan-out cascade such as ``"B>C"`` (``heads.tasks.with_feeds``). ``train_image_ref``: another image set
-    whose rows the dataset's train-split samples read instead (``train_image_rows``; RGCL's train memes were
-    squashed to 224 px where dev and test were 336).
+    ``image_size``) and ``img_pooled`` from ``pooled``; text sets give ``txt_tokens``/``txt_mask`` (and ``txt_ids``
+    from ``input_ids`` when they store it) from ``text_array`` and ``txt_pooled`` from ``text_pool`` ("cls" or
+    "mean", whichever exists; or any pooled array such as CLIP's pre-projection "pooler"). ``image_pool`` names
+    the image set's array that becomes ``img_pooled`` ("pooled", or e.g. "pooler"); a name the set lacks is a
+    one-line error. ``feeds``: a fan-out cascade such as ``"B>C"`` (``heads.tasks.with_feeds``).
+    ``train_image_ref``: another image set whose rows the dataset's train-split samples read instead
+    (``train_image_rows``; RGCL's train memes were 224 px, dev / test 336). ``need_train=False``: a saved run's
+    eval / predict.
     """
     from .tasks import encode_targets
 
@@ -437,7 +443,7 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
                                                device, dtype)
     warnings = dataset_mismatch_warnings(dataset, opened) + _box_warnings(opened.get("image"))
     targets_np = encode_targets(samples, spec)
-    splits = dataset_splits(samples, targets_np, spec, val_fraction, seed)
+    splits = dataset_splits(samples, targets_np, spec, val_fraction, seed, need_train)
     for s, idx in splits.items():
         if len(idx) == 0:
             raise FeatstoreError(f"split {s!r} is empty; check the dataset or pass --val-fraction")

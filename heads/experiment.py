@@ -7,10 +7,10 @@ Data flows one way: ``heads.data`` (a ``TrainData``) -> ``heads.train`` (a ``Tra
 -> here -> ``heads.runs`` (run-folder files only)."""
 from __future__ import annotations
 
-from collections import Counter
-
 import dataclasses
+import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,17 +29,21 @@ from .train import (TrainConfig, TrainResult, evaluate_only, knn_predictions, la
                     random_start_note, train)
 
 HEADLINE = ("auroc", "accuracy", "f1", "macro_f1", "micro_auroc", "macro_auroc", "subset_accuracy")
+# a multi-label task's also: MMBT / MMF's micro F1 on MM-IMDB, Memotion's Task B (each emotion two-class, averaged)
+MULTILABEL_HEADLINE = ("micro_f1", "labelwise_macro_f1")
 
 
 def headline_keys(keys) -> List[str]:
     """The headline metrics among flat metric ``keys``, sorted: AUROC, accuracy, F1 (a binary task's ``f1``;
     ``macro_f1`` only for a task without one, i.e. multi-class / multi-label, and a group's; a multi-label task's
-    ``micro_f1`` too, which MMBT and MMF report on MM-IMDB)."""
+    ``MULTILABEL_HEADLINE`` too), and ``score`` when there are several tasks (what a multi-task run monitors)."""
     keys = set(keys)
     multilabel = {k.rsplit("/", 1)[0] for k in keys if k.endswith("/subset_accuracy")}
-    return sorted(k for k in keys if (k.rsplit("/", 1)[-1] in HEADLINE
+    several = len({k.rsplit("/", 1)[0] for k in keys if "/" in k}) > 1
+    return sorted(k for k in keys if (k.rsplit("/", 1)[-1] in HEADLINE and "/" in k
                                       and not (k.endswith("/macro_f1") and k[:-len("macro_f1")] + "f1" in keys))
-                  or (k.endswith("/micro_f1") and k.rsplit("/", 1)[0] in multilabel))
+                  or (k.rsplit("/", 1)[0] in multilabel and k.rsplit("/", 1)[-1] in MULTILABEL_HEADLINE)
+                  or (k == "score" and several))
 
 
 def headline_metrics(flat: dict) -> dict:
@@ -47,9 +51,10 @@ def headline_metrics(flat: dict) -> dict:
     return {k: flat[k] for k in headline_keys(k for k, v in flat.items() if isinstance(v, (int, float)))}
 
 
-def task_weights(text: Optional[str], task: Optional[str]) -> Optional[List[float]]:
+def task_weights(text: Optional[str], task: Optional[str]):
     """``--task-weights A=0.4,B=0.3,C=0.3`` -> the weights in ``--task A,B,C`` order (what
-    ``heads.tasks.derive_task_spec`` takes); one-line errors for a bad pair or tasks that do not match."""
+    ``heads.tasks.derive_task_spec`` takes), or with ``--task all`` the mapping (the dataset's label keys are
+    checked against it there); one-line errors for a bad pair, a negative weight or tasks that do not match."""
     if not text:
         return None
     out: dict = {}
@@ -61,6 +66,11 @@ def task_weights(text: Optional[str], task: Optional[str]) -> Optional[List[floa
             out[k.strip()] = None
         if out[k.strip()] is None:
             raise FeatstoreError(f"--task-weights {text!r}: write TASK=WEIGHT pairs, e.g. A=0.4,B=0.3,C=0.3")
+        if not math.isfinite(out[k.strip()]) or out[k.strip()] < 0:
+            raise FeatstoreError(f"--task-weights {text!r}: weight {part.strip()!r} must be a number >= 0 (0 leaves "
+                                 "the task's loss out), e.g. A=0.4,B=0.3,C=0.3")
+    if (task or "").strip() == "all":
+        return out
     names = [t.strip() for t in (task or "").split(",") if t.strip()]
     if sorted(names) != sorted(out):
         raise FeatstoreError(f"--task-weights {text!r} weighs {', '.join(out)}; pass --task with the same tasks, "
@@ -103,10 +113,11 @@ def check_head(cfg: TrainConfig, data: TrainData) -> int:
     """Build ``cfg.head`` for ``data`` on the meta device (``heads.train.head_on_meta``: from the init
     checkpoint where there is one): a one-line error for an unknown head or option, missing inputs, a bad train
     option or checkpoint, before anything is written; -> its parameter count."""
-    from .train import head_on_meta, validation_rows
+    from .train import head_on_meta, resolve_monitor, validation_rows
 
     cfg.validate()
     validation_rows(cfg, data)
+    resolve_monitor(cfg, data.task_spec)
     model = head_on_meta(cfg, data)
     if not evaluate_only(cfg):  # epochs 0 trains nothing (the init checkpoint evaluated as loaded)
         refuse_single_row_batch(cfg, data, model)
@@ -322,10 +333,27 @@ def _run_probs(model, data: TrainData, idx: torch.Tensor, config: dict) -> Dict[
     spec = TaskSpec.from_dict(config["task_spec"])
     model.to(data.device)
     if config["train"].get("predict") == "knn":
+        if "train" not in data.splits:
+            raise FeatstoreError("this run predicts by a vote of its nearest labelled train rows (predict='knn'); "
+                                 "pass a dataset that includes its train split")
         cfg = TrainConfig.from_dict(config["train"])
         return knn_predictions(cfg, model, data, labelled_train_rows(cfg, data), idx)
     logits = predict_logits(model, data, idx, config["train"].get("eval_batch_size", 512))
     return probabilities(spec, logits)
+
+
+def run_task_spec(run_dir, task: Optional[str] = None) -> TaskSpec:
+    """The tasks a saved run predicts (its ``config.json``'s ``task_spec``), which eval and predict score and
+    write whatever ``--task`` says; a ``task`` given that names other label keys is a one-line error."""
+    spec = TaskSpec.from_dict(read_config(run_dir)["task_spec"])
+    if task is not None and task != "all":
+        names = [t.name for t in spec.tasks]
+        other = [k for k in (k.strip() for k in task.split(",")) if k and k not in names
+                 and not any(n.startswith(f"{k}_") for n in names)]
+        if other:
+            raise FeatstoreError(f"--task {task!r}: run {run_dir} predicts {', '.join(t.name for t in spec.tasks)}, "
+                                 f"not {other[0]!r}; eval / predict score the run's own tasks, leave --task out")
+    return spec
 
 
 def evaluate_run(run_dir, data: TrainData, split: str) -> Dict[str, float]:

@@ -150,7 +150,10 @@ def multi_similarity_loss(emb: torch.Tensor, labels: torch.Tensor, alpha: float 
                           base: float = 0.5, epsilon: Optional[float] = 0.1) -> torch.Tensor:
     """Multi-similarity loss (Wang et al., CVPR 2019) in ReFNet's naming: ``alpha`` weights negatives, ``beta``
     positives (the reverse of Wang et al.'s and pytorch-metric-learning's names; ReFNet's alpha=50, beta=2 is
-    their alpha=2, beta=50). ``emb`` [B, D] (cosine similarity S of the L2-normalised rows), ``labels`` int [B].
+    their alpha=2, beta=50). ``emb`` [B, D] (cosine similarity S of the L2-normalised rows), ``labels`` int [B],
+    or multi-hot [B, C] (MM-IMDB's genres): then rows sharing at least one label are positives and rows sharing
+    none negatives, the rule of MMF's ``MSLoss(is_multilabel=True)``, which ReFNet's authors wrote (it compares
+    every anchor with the batch's first row's labels, ``targets[0]``; here each anchor with its own).
 
     With P_i = same-label rows j != i and N_i = other-label rows, mined when ``epsilon`` is not None as in
     Wang et al. (n in N_i kept if S_in + epsilon > min_P S_ip; p in P_i kept if S_ip - epsilon < max_N S_in):
@@ -161,7 +164,11 @@ def multi_similarity_loss(emb: torch.Tensor, labels: torch.Tensor, alpha: float 
         return emb.sum() * 0.0
     e = F.normalize(emb.float(), dim=-1)
     s = e @ e.T
-    same = labels[:, None] == labels[None, :]
+    if labels.dim() == 2:
+        y = labels.float()
+        same = (y @ y.T) > 0
+    else:
+        same = labels[:, None] == labels[None, :]
     pos = same & ~torch.eye(len(labels), dtype=torch.bool, device=emb.device)
     neg = ~same
     usable = (pos.any(1) & neg.any(1))[:, None]

@@ -5,7 +5,7 @@ Inputs are numpy arrays for the labelled rows of one split:
 * binary: ``y_true`` int [N] in {0, 1}, ``probs`` float [N, 2] (softmax; column 1 = positive class)
 * multiclass: ``y_true`` int [N] in [0, C), ``probs`` float [N, C] (softmax)
 * multilabel: ``y_true`` {0, 1} [N, C] multi-hot, ``probs`` float [N, C] (independent sigmoids),
-  decisions at threshold 0.5
+  decisions above 0.5 (``predictions``)
 
 Rows with a missing label (class index -1, or a NaN multi-hot row) are dropped first. A metric that is
 undefined on the given labels (AUROC with a single class present) is NaN and a sentence is added to the
@@ -64,9 +64,10 @@ def labelled_rows(task: Task, y_true: np.ndarray) -> np.ndarray:
 
 
 def predictions(task: Task, probs: np.ndarray) -> np.ndarray:
-    """Hard decisions: class index [N] (argmax) or multi-hot int [N, C] (probability >= 0.5)."""
+    """Hard decisions: class index [N] (argmax) or multi-hot int [N, C] (probability above 0.5, as gmu-mmimdb's
+    ``y_prob > threshold``, MMBT's ``> 0.5`` and MMF's ``torch.round(sigmoid)`` decide: exactly 0.5 is 0)."""
     if task.kind == "multilabel":
-        return (probs >= THRESHOLD).astype(np.int64)
+        return (probs > THRESHOLD).astype(np.int64)
     return probs.argmax(axis=1)
 
 

@@ -25,7 +25,7 @@ A run folder (``save_run``; ``heads.experiment.train_run``) holds::
     predictions_<split>.csv  by sample id; one binary task called "label": ``id,proba,label`` (Hateful
                            Memes challenge layout, proba = P(class 1), label = argmax); otherwise
                            ``id`` + ``<task>:<class>`` probabilities + ``<task>`` predicted class name
-                           (multilabel: the names with p >= 0.5 joined by "|")
+                           (multilabel: the names with p > 0.5 joined by "|")
     roc_<split>.png, learning_curve.png
 """
 from __future__ import annotations

@@ -90,6 +90,11 @@ def derive_task_spec(samples: Sequence[Any], task: Optional[str] = None,
         if unknown or not picked:
             raise FeatstoreError(f"--task {task!r}: no label {unknown[0] if unknown else task!r} in the dataset; "
                                  f"choose from {', '.join(keys)} or all")
+    if isinstance(weights, dict):  # --task all with --task-weights KEY=W,...: one per label key
+        if sorted(weights) != sorted(picked):
+            raise FeatstoreError(f"--task-weights weighs {', '.join(weights)} but --task all picks "
+                                 f"{', '.join(picked)}; give one weight per label key")
+        weights = [weights[k] for k in picked]
     if weights is not None and len(weights) != len(picked):
         raise FeatstoreError(f"{len(weights)} task weights given for {len(picked)} tasks ({', '.join(picked)}); "
                              "pass one weight per task")

@@ -147,6 +147,29 @@ def test_predict_reproduces_the_runs_test_predictions(world, run, tmp_path):
     assert [r[0] for r in read_csv(tmp_path / "all.csv")[1:]] == [s.id for s in world["ds"].samples]
 
 
+def test_predict_and_eval_use_the_runs_tasks_not_the_datasets(world, run, tmp_path):
+    """A test file alone (no labels, no train split: what a challenge's unseen test set is) is predicted with the
+    run's own tasks; the probabilities are the run's own test predictions. eval takes a dataset's split names
+    (dev_seen = dev) and refuses a --task naming labels the run does not predict."""
+    rd, _ = run
+    base = ["--store", world["store"], "--device", "cpu"]
+    rows = [json.loads(line) for line in (world["data"] / "test_seen.jsonl").read_text().splitlines()]
+    alone = tmp_path / "unseen" / "test_unseen.jsonl"
+    alone.parent.mkdir()
+    alone.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n" for r in rows))
+    invoke(heads, ["predict", rd, "--dataset", alone, "--image-root", world["data"], "--out", tmp_path / "u.csv",
+                   *base])
+    got, want = read_csv(tmp_path / "u.csv"), read_csv(rd / "seed_0" / "predictions_test.csv")
+    assert got[0] == want[0] and [r[0] for r in got[1:]] == [str(r["id"]) for r in rows]
+    assert {r[0]: r[1:] for r in got[1:]} == {r[0]: r[1:] for r in want[1:]}
+    dev = json.loads(invoke(heads, ["eval", rd, "--dataset", world["data"], "--split", "dev", *base]))["metrics"]
+    seen = json.loads(invoke(heads, ["eval", rd, "--dataset", world["data"], "--split", "dev_seen", *base]))
+    assert seen["metrics"] == dev and dev["label/n"] == 12
+    line = one_line_error(heads, ["eval", rd, "--dataset", world["data"], "--task", "genres", *base])
+    assert line == (f"error: --task 'genres': run {rd / 'seed_0'} predicts label, not 'genres'; eval / predict score "
+                    "the run's own tasks, leave --task out")
+
+
 def test_eval_and_predict_read_the_arrays_and_counts_the_run_was_trained_on(world, tmp_path):
     """A run trained on ``--text-pool mean --image-pool pooled --max-tokens 5``: eval and predict without those
     flags read the same features (its saved metrics and predictions come back exactly; reading cls, the

@@ -1,6 +1,8 @@
 """compare_runs over real seed folders: mean +- std and t-tests equal numpy/scipy on the same numbers."""
 from __future__ import annotations
 
+import math
+
 import json
 
 import numpy as np
@@ -124,7 +126,27 @@ def test_verdict_says_which_side_is_better_in_words(groups):
     assert verdict("a", "b", "label/auroc", -83.0, 1e-5) == "a is better than b (significant, p < 0.05)"
     assert verdict("a", "b", "label/auroc", 1.2, 0.3) == "b is ahead of a, not significant (p >= 0.05)"
     assert verdict("a", "b", "loss", 5.0, 0.001) == "a is better than b (significant, p < 0.05)"  # lower loss wins
-    assert verdict("a", "b", "label/auroc", float("nan"), float("nan")) == "no test (identical values or too few)"
+    assert verdict("a", "b", "label/auroc", float("nan"), float("nan")) == \
+        "no test (identical values, differences that do not vary, or too few)"
+
+
+def test_differences_that_do_not_vary_have_no_test():
+    """Every seed 0.1 apart: scipy's paired t is infinite and p 0, which would read as significant; there is no
+    test. Varying differences are tested as scipy tests them."""
+    from scipy import stats
+
+    from heads.compare import significance, verdict
+
+    a, b = {0: 0.50, 1: 0.60, 2: 0.70}, {0: 0.75, 1: 0.85, 2: 0.95}
+    name, t, p = significance(a, b)
+    assert name == "paired" and math.isnan(t) and math.isnan(p)
+    assert verdict("a", "b", "label/auroc", t, p).startswith("no test")
+    # 0.1 apart up to float rounding (scipy: t = 5e15, p = 4e-32), and Welch on two constant groups
+    assert all(math.isnan(v) for v in significance({0: 0.1, 1: 0.2, 2: 0.3}, {0: 0.2, 1: 0.3, 2: 0.4})[1:])
+    assert all(math.isnan(v) for v in significance({0: 0.5, 1: 0.5}, {2: 0.6, 3: 0.6})[1:])
+    c = {0: 0.61, 1: 0.64, 2: 0.90}
+    want = stats.ttest_rel([c[s] for s in (0, 1, 2)], [a[s] for s in (0, 1, 2)])
+    assert significance(a, c)[1:] == pytest.approx((want.statistic, want.pvalue))
 
 
 def test_against_best_and_every_split(groups):

@@ -51,7 +51,7 @@ def test_metrics_equal_sklearn_on_random_predictions(task):
         y = g.integers(0, 2, size=(n, 3)).astype(float)
         p = g.uniform(size=(n, 3))
         m, _ = task_metrics(task, y, p)
-        d = (p >= 0.5).astype(int)
+        d = (p > 0.5).astype(int)
         assert m["micro_auroc"] == pytest.approx(roc_auc_score(y.ravel(), p.ravel()))
         assert m["macro_auroc"] == pytest.approx(roc_auc_score(y, p, average="macro"))
         for avg in ("micro", "macro", "weighted", "samples"):
@@ -70,6 +70,15 @@ def test_metrics_equal_sklearn_on_random_predictions(task):
 
 def _f1(tp, fp, fn):
     return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def test_multilabel_decisions_are_above_one_half_as_mmf_rounds_them():
+    from heads.metrics import predictions
+
+    p = np.array([[0.5, 0.5000001, 0.4999999, 0.0, 1.0]])
+    mmf = torch.round(torch.tensor(p)).long().numpy()  # MMF's multilabel decision: round half to even, 0.5 -> 0
+    np.testing.assert_array_equal(predictions(ML, p), mmf)
+    np.testing.assert_array_equal(mmf, [[0, 1, 0, 0, 1]])
 
 
 def test_memotion_task_b_and_mmimdb_samples_f1_hand_computed():
@@ -116,7 +125,8 @@ def test_memotion_task_c_is_scored_as_a_group_and_score_counts_each_label_key_on
     assert {"C/macro_f1", "C/weighted_f1", "B/labelwise_macro_f1"} <= set(metric_keys(spec))
     from heads.experiment import headline_keys
     shown = headline_keys(flat)
-    assert {"C/macro_f1", "B/micro_f1", "B/macro_f1", "A/macro_f1"} <= set(shown) and "A/micro_f1" not in shown
+    assert {"C/macro_f1", "B/micro_f1", "B/macro_f1", "B/labelwise_macro_f1", "A/macro_f1", "score"} <= set(shown)
+    assert "A/micro_f1" not in shown and "score" not in headline_keys(["label/auroc", "score"])
     # a split where one emotion has no labelled row: the group averages the other
     y2 = {k: v.copy() for k, v in y.items()}
     y2["C_sarcasm"][:] = -1

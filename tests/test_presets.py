@@ -238,10 +238,18 @@ def test_task_weights_follow_the_task_order_and_bad_ones_are_one_line(world, tmp
     out = tmp_path / "w"
     invoke(heads, args(world, out, "--head", "concat", "--epochs", "1", "--task", "label", "--task-weights", "label=2"))
     assert train_config(out)["task_spec"]["tasks"][0]["weight"] == 2.0
+    invoke(heads, args(world, tmp_path / "all", "--head", "concat", "--epochs", "1", "--task", "all",
+                       "--task-weights", "label=3"))  # --task all: the weights name the dataset's label keys
+    assert train_config(tmp_path / "all")["task_spec"]["tasks"][0]["weight"] == 3.0
     for given, task, line in (
             ("label=x", "label", "error: --task-weights 'label=x': write TASK=WEIGHT pairs, e.g. A=0.4,B=0.3,C=0.3"),
             ("A=1,B=2", "label", "error: --task-weights 'A=1,B=2' weighs A, B; pass --task with the same tasks, "
-                                 "e.g. --task A,B")):
+                                 "e.g. --task A,B"),
+            ("label=-1", "label", "error: --task-weights 'label=-1': weight 'label=-1' must be a number >= 0 (0 "
+                                  "leaves the task's loss out), e.g. A=0.4,B=0.3,C=0.3"),
+            ("label=nan", "label", "error: --task-weights 'label=nan': weight 'label=nan' must be a number >= 0 (0 "
+                                   "leaves the task's loss out), e.g. A=0.4,B=0.3,C=0.3"),
+            ("A=1", "all", "error: --task-weights weighs A but --task all picks label; give one weight per label key")):
         assert one_line_error(heads, args(world, tmp_path / "o", "--head", "concat", "--task", task,
                                           "--task-weights", given)) == line
     assert not (tmp_path / "o").exists()

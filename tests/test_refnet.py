@@ -19,15 +19,20 @@ BIN = TaskSpec([Task("hate", "binary", 2)])
 
 
 def ms_by_hand(emb, y, alpha, beta, base, eps):
-    """The MS loss written out pair by pair in float64 (python lists, no masks)."""
+    """The MS loss written out pair by pair in float64 (python lists, no masks). ``y`` class indices, or genre
+    sets as lists of 0/1 (MMF's ``MSLoss(is_multilabel=True)`` rule: a shared genre makes a positive pair)."""
     e = emb.double()
     e = e / e.norm(dim=1, keepdim=True)
     s = (e @ e.T).tolist()
     y = y.tolist()
+
+    def alike(a, b):
+        return any(u and v for u, v in zip(a, b)) if isinstance(a, list) else a == b
+
     total = 0.0
     for i in range(len(y)):
-        pos = [s[i][j] for j in range(len(y)) if j != i and y[j] == y[i]]
-        neg = [s[i][j] for j in range(len(y)) if y[j] != y[i]]
+        pos = [s[i][j] for j in range(len(y)) if j != i and alike(y[j], y[i])]
+        neg = [s[i][j] for j in range(len(y)) if not alike(y[j], y[i])]
         if not pos or not neg:
             continue
         if eps is not None:
@@ -104,6 +109,25 @@ def test_head_losses_use_paper_weights():
     expected = 0.1 * cos_gap(out["refined"]["img"], batch["img_pooled"]) + 0.1 * cos_gap(
         out["refined"]["txt"], batch["txt_pooled"])
     assert losses["refiner"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_multilabel_first_task_pairs_rows_by_shared_genres():
+    """refnet-mmimdb's setting: MM-IMDB's genres are the first task; the MS term pairs movies sharing a genre as
+    positives (each anchor by its own genres) and leaves unlabelled (NaN) rows out."""
+    torch.manual_seed(0)
+    genres = TaskSpec([Task("genres", "multilabel", 3, ["Drama", "Comedy", "Horror"])])
+    head = create_head("refnet", InputSpec(img_dim=6, txt_dim=5), genres, base="concat", zeta=0.1,
+                       base_cfg=dict(hidden=[8], dropout=0.0), refiner_hidden=[6]).eval()
+    g = torch.Generator().manual_seed(2)
+    batch = dict(img_pooled=torch.randn(7, 6, generator=g), txt_pooled=torch.randn(7, 5, generator=g))
+    y = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0], [0, 0, 1], [1, 0, 1], [0, 0, 0]], dtype=torch.float)
+    y[6] = float("nan")
+    out = head(batch)
+    got = head.extra_losses(out, batch, {"genres": y})["ms"].item()
+    want = 0.1 * ms_by_hand(out["fused"][:6], y[:6].long(), 50, 2, 0.5, 0.1)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-7) and got > 0
+    # not the loss of the argmax classes (Drama / Comedy / Horror as one label each)
+    assert got != pytest.approx(0.1 * ms_by_hand(out["fused"][:6], y[:6].argmax(1), 50, 2, 0.5, 0.1), rel=1e-3)
 
 
 @pytest.mark.parametrize("opt, msg", [

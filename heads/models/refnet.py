@@ -9,7 +9,9 @@ the loss by itself, so the default is the identity).
 
 ``extra_losses`` = ``{"refiner": sum_i gamma_i * (1 - cos(R_i, H_i(F_i))).mean(),
 "ms": zeta * heads.losses.multi_similarity_loss(fused, labels, alpha, beta, base, epsilon)}``, the labels being
-the first task's class indices (binary/multiclass; rows with a negative label are left out).
+the first task's class indices (binary/multiclass; rows with a negative label are left out), or for a multi-label
+first task (MM-IMDB's genres) its multi-hot rows: a pair sharing a genre is positive, one sharing none negative,
+as MMF's ``MSLoss(is_multilabel=True)`` (which ReFNet's authors wrote) pairs them.
 ``pretrain_loss(outputs, batch)`` is the refiner term alone, for refiner pretraining on unlabeled samples.
 
 Defaults are the paper's Hateful Memes settings: gamma = 0.1 for each modality, zeta = 0.25 (MM-IMDB: zeta = 0.1,
@@ -85,6 +87,14 @@ def _refiner(in_dim: int, hidden: List[int], out_dim: int, act: str) -> nn.Seque
     return nn.Sequential(*layers)
 
 
+def _ms_labels(task, y: Tensor):
+    """(labels for ``multi_similarity_loss``, labelled rows): class indices, or a multi-label task's multi-hot."""
+    if task.kind == "multilabel":
+        return y.float(), ~torch.isnan(y.float()).any(dim=-1)
+    y = (y.argmax(dim=-1) if y.dim() == 2 else y).long()
+    return y, y >= 0
+
+
 @register_head("refnet", RefnetConfig, help="ReFNet: modality refiners + multi-similarity loss over a base head")
 class RefnetHead(Head):
     """Wraps ``self.base``; ``forward`` returns the base outputs plus ``"refined"`` and ``"refine_target"``
@@ -95,10 +105,6 @@ class RefnetHead(Head):
     def __init__(self, inputs, task, config: RefnetConfig):
         super().__init__(inputs, task, config)
         c = config
-        first = task.tasks[0] if task.tasks else None
-        if c.zeta > 0 and first is not None and first.kind == "multilabel":
-            raise FeatstoreError(f"refnet's multi-similarity term needs class labels but the first task "
-                                 f"{first.name!r} is multilabel; put a binary/multiclass task first or pass zeta=0")
         self.base = create_head(c.base, inputs, task, **c.base_cfg)
         with torch.no_grad():
             probe = self._probe_dim(inputs)
@@ -158,7 +164,8 @@ class RefnetHead(Head):
         """``{"refiner": ..., "ms": ...}`` (scalars) for the trainer to add to the task loss.
 
         ``targets[first_task]`` holds class indices ``[B]`` (a one-hot/probability ``[B, C]`` is reduced by
-        argmax); negative labels mark unlabeled rows and are left out of the MS term.
+        argmax), or for a multi-label first task its multi-hot ``[B, C]`` (pairs sharing a label are positives);
+        negative labels (NaN rows) mark unlabeled rows and are left out of the MS term.
         """
         res = {"refiner": self.refiner_loss(outputs)}
         fused = outputs["fused"]
@@ -167,11 +174,7 @@ class RefnetHead(Head):
             if name not in targets:
                 raise FeatstoreError(f"refnet needs labels of task {name!r} for its multi-similarity term; "
                                      "pass them in targets or set zeta=0")
-            y = targets[name]
-            if y.dim() == 2:
-                y = y.argmax(dim=-1)
-            y = y.long().to(fused.device)
-            keep = y >= 0
+            y, keep = _ms_labels(self.task.tasks[0], targets[name].to(fused.device))
             c = self.config
             res["ms"] = c.zeta * multi_similarity_loss(fused[keep], y[keep], c.ms_alpha, c.ms_beta, c.ms_base,
                                                        c.ms_epsilon)
