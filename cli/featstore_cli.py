@@ -229,8 +229,10 @@ def extract(dataset_path, dataset_format, extractor_name, weights, store_url, na
             **extract_options):
     """Materialise one feature set version: run an extractor over a dataset into the store.
 
-    Rerunning the same command resumes an interrupted run, or names the finished version. Under
-    `torchrun --nproc_per_node N featstore extract ...` every rank writes its share of the same version.
+    Rerunning the same command resumes an interrupted run, or names the finished version. Inputs that fail
+    are recorded in the version (see --on-error); when every input fails nothing is committed and the command
+    exits 2 naming the first failure. Under `torchrun --nproc_per_node N featstore extract ...` every rank
+    writes its share of the same version.
     """
     from featstore.runner import ExtractOptions, run_extraction
     from featstore.store import open_store

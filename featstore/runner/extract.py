@@ -28,6 +28,7 @@ from ..errors import FeatstoreError
 from ..extractors.images import FEATSTORE_DECODE
 from ..jsonio import to_jsonable
 from ..store import Recipe, Store
+from ..store.layout import CHUNK_DIR
 from . import dist
 from .image_cache import DecodedImageCache, ImageCacheError, load_input
 from .threads import ForwardThreads, available_cores
@@ -116,6 +117,7 @@ class ExtractSummary:
         if self.failures:
             out.append(f"  failures (first 5 of {len(self.failures)}; all in `featstore info {self.name}`):")
             out += [f"    {k}: {why}" for k, why in list(self.failures.items())[:5]]
+            out.append(retry_hint(f"{self.name}@{self.version}"))
         return out
 
     def timing_lines(self) -> List[str]:
@@ -135,6 +137,33 @@ class ExtractSummary:
             else:
                 out.append("  the device waited on tokenisation: raise --workers")
         return out
+
+
+def retry_hint(ref: str) -> str:
+    """How to retry a version's failed rows: a version is immutable, so the same command does nothing, but the
+    dataset fingerprint (in the version id) covers the texts and the image bytes, so fixed inputs make a new one."""
+    return (f"  to retry the failed rows: fix those inputs and run the same command again (the version id covers the "
+            f"texts and image bytes, so it extracts a new version); if they were fine (a passing read error), "
+            f"`featstore rm {ref}` first")
+
+
+def all_failed_error(name: str, keys: List[str], failures: Dict[str, str], modality: str,
+                     committed: Optional[str] = None) -> FeatstoreError:
+    """Every row failed: one line with the count, the first failure (key, path, reason) and the likely fix.
+    ``committed``: the ref of such a version an earlier featstore committed (this one commits none)."""
+    first = next(k for k in keys if k in failures)
+    reason, _, own_fix = failures[first].partition("; ")
+    if "file not found" in reason:
+        fix = "check the dataset's image paths, or pass --image-root DIR (the folder they are relative to)"
+    else:
+        fix = own_fix or "fix the inputs"
+    unit = "images" if modality == "image" else "texts"
+    if committed is None:
+        return FeatstoreError(f"all {len(keys)} {unit} failed, so no version of {name} was committed (first: "
+                              f"{first}: {reason}); {fix}, then run the same command again")
+    return FeatstoreError(f"{committed} holds no rows: all {len(keys)} {unit} failed at extraction (first: {first}: "
+                          f"{reason}); {fix}, then run the same command again; remove the empty version with "
+                          f"`featstore rm {committed}`")
 
 
 INPUT_BOUND_SHARE = 0.25  # above this share of the loop waiting for inputs, the summary says what to change
@@ -293,6 +322,8 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     plan = _plan(store, dataset, extractor_name, name, extractor_config, extractor, opts, workers)
     if plan.writer.complete:
         fsv = store.open(plan.set_name, plan.writer.version)
+        if len(fsv) == 0 and fsv.failures:  # committed by a featstore that committed all-failed versions
+            raise all_failed_error(plan.set_name, plan.keys, fsv.failures, plan.modality, committed=fsv.ref)
         return ExtractSummary(plan.set_name, plan.writer.version, len(plan.keys), 0, fsv.failures,
                               time.perf_counter() - t0, _shapes(fsv), already_complete=True)
     chunks = plan.my_chunks()
@@ -468,6 +499,8 @@ def _commit(store: Store, plan: _Plan, loop: _ExtractLoop, n_rows: int, t0: floa
         return ExtractSummary(plan.set_name, writer.version, n, 0, fsv.failures, time.perf_counter() - t0,
                               _shapes(fsv), already_complete=True, chunks_written=loop.written, timing=loop.timing,
                               modality=plan.modality, stopped_early=True)
+    if len(loop.failures) == n_rows:  # no row of this run has features: has any chunk (other runs', ranks') one?
+        _refuse_all_failed(store, plan)
     failures, shapes = loop.failures, {}
     if plan.rank == 0:
         fsv = writer.commit()
@@ -477,6 +510,22 @@ def _commit(store: Store, plan: _Plan, loop: _ExtractLoop, n_rows: int, t0: floa
                              forward_threads=loop.threads.lowered_to)
     dist.barrier()
     return summary
+
+
+def _refuse_all_failed(store: Store, plan: _Plan) -> None:
+    """When no row of the version has features (every chunk marker, other runs' and ranks' included, lists all
+    its keys as failed), remove the unfinished version and raise: a committed one would hold nothing and make
+    the same command say "already complete". Its chunks hold only failure records, so nothing usable is lost."""
+    failures: Dict[str, str] = {}
+    for c in range(plan.writer.n_chunks):
+        failures.update(plan.writer.loc.read_json(CHUNK_DIR, f"{c}.json")["failures"])
+    if len(failures) < len(plan.keys):
+        return
+    dist.barrier()  # every rank reads the markers before rank 0 removes them
+    if plan.rank == 0:
+        store.rm(plan.set_name, plan.writer.version)
+    dist.barrier()  # and no rank exits before: torchrun stops the others when one exits non-zero
+    raise all_failed_error(plan.set_name, plan.keys, failures, plan.modality)
 
 
 MAX_AUTO_WORKERS = 16

@@ -52,8 +52,25 @@ class JoinReport:
         bad = [s for s in self.sides if s.missing]
         if bad:
             raise FeatstoreError("feature sets do not cover the dataset: " + "; ".join(s.line() for s in bad) +
-                                 "; extract the missing samples (rerun featstore extract on this manifest) or "
-                                 "filter the dataset")
+                                 "; " + _how_to_cover(bad))
+
+
+def _how_to_cover(bad: List[SideReport]) -> str:
+    """What helps: keys a set never had come from extracting this manifest (its fingerprint differs from the
+    set's, so that writes a new version); failed rows stay failed in their immutable version, and rerunning the
+    same extraction does nothing, but fixed inputs change the fingerprint (texts and image bytes), so it then
+    extracts a new version."""
+    hints = []
+    if any(len(s.missing) > len(s.failed) for s in bad):
+        hints.append("extract the missing samples (run featstore extract on this manifest and use the version it "
+                     "writes)")
+    failed = [s.ref for s in bad if s.failed]
+    if failed:
+        hints.append(f"rows that failed at extraction stay failed in {', '.join(failed)} (rerunning the same "
+                     f"extraction does nothing; `featstore info {failed[0]}` says why each failed): fix those inputs "
+                     f"(or pass --image-root when files were not found) and run featstore extract again, which "
+                     f"extracts a new version because the dataset fingerprint covers the texts and image bytes")
+    return "; ".join(hints) + ", or filter them out of the dataset"
 
 
 def _side(fsv, needed: Sequence[str], expect_kind: str, role: str) -> SideReport:
