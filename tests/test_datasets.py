@@ -227,9 +227,12 @@ def test_memotion_test_file_id_as_image_and_errors(tmp_path):
                     [["77.jpg", "t", "funny", "general", "slight"]])
     with pytest.raises(FeatstoreError) as e:
         load_dataset(bad)
-    assert str(e.value) == (f"dataset {bad}: 1 problem: missing columns 'motivational', 'overall_sentiment' "
-                            f"(found: image_name, text, humour, sarcastic, offensive) (fix the file or name the "
-                            f"columns with --id-col/--image-col/--text-col/--label-cols)")
+    assert str(e.value) == (f"dataset {bad}: 1 problem: missing columns 'motivational' (or 'motivation'), "
+                            f"'overall_sentiment' (or 'sentiment') (found: image_name, text, humour, sarcastic, "
+                            f"offensive) (fix the file or rename the column back in the CSV (Memotion reads each "
+                            f"label only under the names listed; --label-cols does not apply), or read it as a "
+                            f"generic CSV (--format generic --label-cols COLS --text-col COL --image-col COL: one "
+                            f"task per column, not Memotion's A, B and C))")
     levels = write_csv(tmp_path / "dev.csv", MEMOTION_HEADER, [
         ["1", "77.jpg", "t", "funny", "general", "slight", "motivational", "positive"],
         ["2", "77.jpg", "t", "lol", "general", "slight", "motivational", "great"],
@@ -250,7 +253,7 @@ def mmimdb_folder(root):
     for mid, (plot, genres) in movies.items():
         (root / "dataset" / f"{mid}.json").write_text(json.dumps({"plot": plot, "genres": genres, "title": mid}))
         make_image(root / "dataset" / f"{mid}.jpeg")
-    (root / "split.json").write_text(json.dumps({"train": ["0000008", "0000010"], "dev": [], "test": ["0000012"]}))
+    (root / "split.json").write_text(json.dumps({"train": ["0000008", "0000010"], "test": ["0000012"]}))
     return root
 
 

@@ -273,3 +273,134 @@ def test_splits_numbering_their_memes_alike_get_split_prefixed_ids_and_keys(tmp_
     assert paths["val-11"] == str((root / "image folder" / "val_images" / "11.jpg").resolve())
     assert paths["train-11"] == str((root / "image folder" / "train_images" / "11.jpg").resolve())
     assert m.image_keys() == [s.image_key for s in m]  # six memes, six images
+
+
+def memotion2_flat(root):
+    """memotion_{train,val,test}.csv side by side with train_images/, val_images/, test_images/."""
+    for split, ids in (("train", (11, 12)), ("val", (21,)), ("test", (31,))):
+        for i in ids:
+            make_image(root / f"{split}_images" / f"{i}.jpg", (i, i, 0))
+    write_csv(root / "memotion_train.csv", M2_HEADER, [
+        ["11", url(11), "a", "funny", "little_sarcastic", "slight", "motivational", "positive", "text"],
+        ["12", url(12), "b", "not_funny", "not_sarcastic", "not_offensive", "not_motivational", "negative", "text"]])
+    write_csv(root / "memotion_val.csv", M2_HEADER, [
+        ["21", url(21), "c", "very_funny", "very_sarcastic", "slight", "not_motivational", "neutral", "image"]])
+    write_csv(root / "memotion_test.csv", M2_TEST_HEADER, [["31", url(31), "test meme"]])
+    return root
+
+
+def _layout(tmp_path, layout, collide):
+    """A Memotion 2.0 folder as shipped (test CSV at the top or in Memotion2_test/) or flat; with ``collide`` the
+    test split also numbers a meme 11, another picture than train's 11.jpg. Returns (folder, its split CSVs)."""
+    if layout == "flat":
+        root = memotion2_flat(tmp_path / "memotion2")
+        csvs = {s: root / f"memotion_{s}.csv" for s in ("train", "val", "test")}
+        test_images = root / "test_images"
+    else:
+        root = memotion2_folder(tmp_path / "memotion2", test_in_subfolder=layout == "subfolder")
+        test_dir = root / "Memotion2_test" if layout == "subfolder" else root
+        csvs = {"train": root / "Memotion2" / "memotion_train.csv", "val": root / "Memotion2" / "memotion_val.csv",
+                "test": test_dir / "memotion_test.csv"}
+        test_images = root / ("Test images" if layout == "subfolder" else "Test_Images")
+    if collide:
+        make_image(test_images / "11.jpg", (0, 0, 99))
+        write_csv(csvs["test"], M2_TEST_HEADER, [["31", url(31), "test meme"], ["11", url(11), "another"]])
+    return root, csvs
+
+
+@pytest.mark.parametrize("collide", [False, True])
+@pytest.mark.parametrize("layout", ["top", "subfolder", "flat"])
+def test_ids_and_keys_are_the_folder_loads_whichever_part_is_read(tmp_path, monkeypatch, layout, collide):
+    """Features extracted from the folder join with a run on one split file: the folder load, each split CSV
+    alone and each --dataset-split give the same (id, image_key) for the same rows."""
+    root, csvs = _layout(tmp_path, layout, collide)
+    whole = {((root / s.file).resolve(), s.row): (s.id, s.image_key) for s in load_dataset(root)}
+    assert len(whole) == len(set(whole.values()))
+    test_ids = [(s.id, s.image_key) for s in load_dataset(csvs["test"])]
+    assert test_ids == ([("test-31", "test-31"), ("test-11", "test-11")] if collide else [("31", "31")])
+    for split, csv_path in csvs.items():
+        alone = load_dataset(csv_path)
+        assert [(s.id, s.image_key) for s in alone] == [whole[(csv_path.resolve(), s.row)] for s in alone]
+        part = load_dataset(root, split=split)
+        assert [(s.id, s.image_key) for s in part] == [whole[((root / s.file).resolve(), s.row)] for s in part]
+        assert len(alone) == len(part) > 0
+    named = load_dataset(csvs["val"], split="dev")  # one file, its split renamed: the ids stay the folder's
+    assert named.splits == ["dev"]
+    assert [(s.id, s.image_key) for s in named] == [whole[(csvs["val"].resolve(), s.row)] for s in named]
+    monkeypatch.chdir(csvs["train"].parent)  # a relative path still sees the folder around it
+    relative = load_dataset(csvs["train"].name)
+    assert [(s.id, s.image_key) for s in relative] == [whole[(csvs["train"].resolve(), s.row)] for s in relative]
+
+
+def test_a_lone_split_file_keeps_its_ids(tmp_path):
+    """Without sibling split files there is nothing to collide with: ids as written."""
+    make_image(tmp_path / "test_images" / "11.jpg")
+    path = write_csv(tmp_path / "memotion_test.csv", M2_TEST_HEADER, [["11", url(11), "x"]])
+    assert [(s.id, s.image_key, s.split) for s in load_dataset(path)] == [("11", "11", "test")]
+
+
+def test_a_renamed_label_column_names_the_accepted_names_not_label_cols(tmp_path):
+    make_image(tmp_path / "train_images" / "1.jpg")
+    header = ["Id", "Image url", "ocr_text", "humour", "sarcasm_level", "offensive", "motivation_level",
+              "overall_sentiment", "classification_based_on"]
+    path = write_csv(tmp_path / "memotion_train.csv", header, [
+        ["1", url(1), "a", "funny", "little_sarcastic", "slight", "motivational", "positive", "text"]])
+    with pytest.raises(FeatstoreError) as e:
+        load_dataset(path, label_cols=["sarcasm_level", "motivation_level"])
+    assert str(e.value) == (
+        f"dataset {path}: 1 problem: missing columns 'sarcastic' (or 'sarcasm'), 'motivational' (or "
+        f"'motivation') (found: {', '.join(header)}) (fix the file or rename the column back in the CSV (Memotion "
+        f"reads each label only under the names listed; --label-cols does not apply), or read it as a generic CSV "
+        f"(--format generic --label-cols COLS --text-col COL --image-col COL: one task per column, not Memotion's "
+        f"A, B and C))")
+    # what the hint says works: the generic reader takes the renamed columns
+    m = load_dataset(path, format="generic", image_col="Id", text_col="ocr_text",
+                     label_cols=["sarcasm_level", "motivation_level"], image_root=tmp_path / "train_images")
+    assert [(s.id, s.labels) for s in m] == [("1", {"sarcasm_level": "little_sarcastic",
+                                                    "motivation_level": "motivational"})]
+
+
+def test_a_missing_text_column_names_the_column_options(tmp_path):
+    header = ["Id", "Image url", "caption", "humour", "sarcastic", "offensive", "motivational", "overall_sentiment"]
+    path = write_csv(tmp_path / "memotion_train.csv", header, [
+        ["1", url(1), "a", "funny", "little_sarcastic", "slight", "motivational", "positive"]])
+    with pytest.raises(FeatstoreError) as e:
+        load_dataset(path)
+    assert str(e.value) == (f"dataset {path}: 1 problem: missing column 'ocr_text' (found: {', '.join(header)}) "
+                            f"(fix the file or name the columns with --id-col/--image-col/--text-col)")
+    assert load_dataset(path, text_col="caption", check_images=False).samples[0].text == "a"
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_a_header_only_split_file_of_a_folder_is_named(tmp_path, split):
+    root = memotion2_folder(tmp_path / "memotion2")
+    name = {"train": "Memotion2/memotion_train.csv", "val": "Memotion2/memotion_val.csv",
+            "test": "memotion_test.csv"}[split]
+    write_csv(root / name, M2_TEST_HEADER if split == "test" else M2_HEADER, [])
+    with pytest.raises(FeatstoreError) as e:
+        load_dataset(root)
+    assert str(e.value) == (f"dataset {root}: {name} has no rows (only a header); re-download it, or leave the "
+                            f"file out (move it out of the folder, or read another split with --dataset-split)")
+    with pytest.raises(FeatstoreError) as e:
+        load_dataset(root, split=split)
+    assert str(e.value).startswith(f"dataset {root}: {name} has no rows (only a header); ")
+    other = "test" if split != "test" else "train"
+    assert load_dataset(root, split=other).splits == [other]  # the empty file left out
+    with pytest.raises(FeatstoreError) as e:
+        load_dataset(root / name)
+    assert str(e.value) == (f"dataset {root / name}: the file has no rows (only a header); re-download it, or "
+                            f"leave the file out")
+
+
+def test_a_header_only_memotion1_labels_file_is_named(tmp_path):
+    root = tmp_path / "memotion_dataset_7k"
+    (root / "images").mkdir(parents=True)
+    path = write_csv(root / "labels.csv", M1_HEADER, [])
+    with pytest.raises(FeatstoreError) as e:
+        load_dataset(root)
+    assert str(e.value) == (f"dataset {root}: labels.csv has no rows (only a header); re-download it, or leave the "
+                            f"file out (move it out of the folder, or read another split with --dataset-split)")
+    with pytest.raises(FeatstoreError) as e:
+        load_dataset(path)
+    assert str(e.value) == (f"dataset {path}: the file has no rows (only a header); re-download it, or leave the "
+                            f"file out")

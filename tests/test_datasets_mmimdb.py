@@ -199,3 +199,51 @@ def test_jsonl_detection_mmbt_genres_but_not_any_multilabel_file(tmp_path):
     hm = tmp_path / "hm.jsonl"
     write_jsonl(hm, [{"id": 1, "img": "img/00001.png", "label": 1, "text": "x"}])
     assert detect_format(hm) == "hateful_memes"
+
+
+GENRE_HINT = ("write each genre as one of the 23 MM-IMDB genres (" + ", ".join(PAPER_GENRES) + "; any case) or one "
+              "of the 4 the release also has and make_dataset.py drops (News, Adult, Talk-Show, Reality-TV)")
+
+
+def test_release_folder_unknown_genres_are_errors_naming_movie_and_genre(tmp_path):
+    root = release_folder(tmp_path / "mmimdb")
+    for mid, genres in (("0000014", ["Sci Fi", "Comedy"]), ("0000016", ["Romantic comedy", "Drama", "film noir"])):
+        (root / "dataset" / f"{mid}.json").write_text(json.dumps({"plot": ["P."], "genres": genres}))
+    with pytest.raises(FeatstoreError) as e:
+        load_dataset(root)
+    assert str(e.value) == (
+        f"dataset {root}: 2 problems: split.json:dev row 1: dataset/0000014.json: unknown genre 'Sci Fi' (did you "
+        f"mean 'Sci-Fi'?); split.json:test row 1: dataset/0000016.json: unknown genres 'Romantic comedy', "
+        f"'film noir' (did you mean 'Film-Noir'?) (fix the rows or {GENRE_HINT})")
+    assert [s.id for s in load_dataset(root, split="train")] == ["0000008", "0000010"]  # known drops still dropped
+
+
+def test_jsonl_unknown_genre_names_the_movie_by_id_or_poster(tmp_path):
+    make_image(tmp_path / "0000021.jpeg")
+    make_image(tmp_path / "b.jpeg")
+    path = write_jsonl(tmp_path / "train.jsonl", [
+        {"id": "a", "plot": ["A."], "genres": ["Drama", "Reality TV"], "image": "b.jpeg"},
+        {"plot": "B.", "genres": ["Thriller", "Cartoon"], "image_name": "0000021"},
+        {"id": "c", "plot": ["C."], "genres": ["News", "western"], "image": "b.jpeg"},
+    ])
+    with pytest.raises(FeatstoreError) as e:
+        load_dataset(path)
+    assert str(e.value) == (
+        f"dataset {path}: 2 problems: row 1: movie a: unknown genre 'Reality TV' (did you mean 'Reality-TV'?); "
+        f"row 2: movie 0000021: unknown genre 'Cartoon' (fix the rows or {GENRE_HINT})")
+    write_jsonl(path, [{"id": "c", "plot": ["C."], "genres": ["News", "western"], "image": "b.jpeg"}])
+    assert [(s.id, s.labels) for s in load_dataset(path)] == [("c", {"genres": ["Western"]})]
+
+
+@pytest.mark.parametrize("empty", ["train", "dev"])
+def test_release_folder_split_list_without_ids_is_named(tmp_path, empty):
+    root = release_folder(tmp_path / "mmimdb")
+    (root / "split.json").write_text(json.dumps({**SPLITS, empty: []}), encoding="utf-8")
+    message = (f"dataset {root}: split.json's {empty!r} list has no rows (no movie ids); re-download split.json "
+               f"from the release, or leave the split out (read another with --dataset-split, or remove {empty!r} "
+               f"from split.json)")
+    for split in (None, empty):
+        with pytest.raises(FeatstoreError) as e:
+            load_dataset(root, split=split)
+        assert str(e.value) == message
+    assert [s.id for s in load_dataset(root, split="test")] == ["0000016"]

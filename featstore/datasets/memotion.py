@@ -25,11 +25,17 @@ Columns are matched case-insensitively, spaces/hyphens read as underscores:
   folder named like ``<split>_images``, directly or inside ``image folder/``, next to the CSV or in the
   dataset folder / the CSV's parent folder; ``images/`` next to the CSV), falling back to the CSV's folder
   for a row whose image is not there. When two splits number their memes alike (the same image name in two
-  split folders), every id and image key is prefixed with its split (``val-12``, ``split_qualified``);
+  split folders), every id and image key is prefixed with its split (``val-12``, ``split_qualified``). The
+  decision is the folder's whichever part of it is read: one split (``split=``) or one split CSV whose folder,
+  or the folder above (``Memotion2/memotion_train.csv``), holds the other split files counts their image names
+  too (the image column only, no image opened), so its ids and keys are the folder load's;
 * text: ``text_col`` or ``ocr_text``/``text_corrected``/``text_ocr``/``text``;
 * labels: ``humour``, ``sarcastic`` (or ``sarcasm``), ``offensive`` (``offense``), ``motivational``
   (``motivation``), ``overall_sentiment`` (``sentiment``). A file with none of them is a test file
-  (``labels = {}``); a file with only some of them is an error.
+  (``labels = {}``); a file with only some of them is an error, which lists the names accepted for each missing
+  label (``--label-cols`` is not read: rename the column back, or read the file with ``--format generic``).
+
+A split file with a header and no rows is an error naming it (a later "no train split" would not).
 
 A CSV is auto-detected (``loader.detect_format``) by two emotion columns, or, for an unlabelled file, by an
 ``Image url`` (or ``classification_based_on``) column together with an OCR text column and an id / image
@@ -71,7 +77,7 @@ from ..errors import FeatstoreError
 from .manifest import Sample, TaskInfo
 from .options import FormatResult, LoadOptions
 from .problems import Problems
-from .readers import COLUMNS_HINT, find_column, normalise_column, read_csv, resolve_image
+from .readers import find_column, normalise_column, read_csv, resolve_image
 
 MEMOTION1, MEMOTION2 = "Memotion 1", "Memotion 2.0"
 SARCASM = {
@@ -104,6 +110,11 @@ IMAGE_FOLDERS = {"train": ("train_images", "training_images"),
                  "val": ("val_images", "valid_images", "validation_images", "dev_images"),
                  "test": ("test_images", "testing_images")}
 IMAGE_PARENTS = ("image_folder", "images")  # Memotion 2.0's "image folder/" holding the per-split folders
+LABEL_NAMES = ("humour", "sarcastic", "offensive", "motivational", "overall_sentiment")  # as messages name them
+NAME_HINT = "name the columns with --id-col/--image-col/--text-col"
+LABEL_HINT = ("rename the column back in the CSV (Memotion reads each label only under the names listed; "
+              "--label-cols does not apply), or read it as a generic CSV (--format generic --label-cols COLS "
+              "--text-col COL --image-col COL: one task per column, not Memotion's A, B and C)")
 
 
 def levels_of(version: str) -> Dict[str, Tuple[str, ...]]:
@@ -194,7 +205,7 @@ def _subfolders(base: Path) -> Dict[str, Path]:
 
 def image_folder(csv_path: Path, split: str, dataset: Optional[Path]) -> Path:
     """The folder the images of ``split`` ship in (see the module docstring); the CSV's folder if none."""
-    here = csv_path.parent
+    here = csv_path.absolute().parent  # "memotion_train.csv" read inside Memotion2/ still finds "../image folder"
     bases = [here] + [b for b in ((dataset or here.parent),) if b.resolve() != here.resolve()]
     wanted = IMAGE_FOLDERS.get(split, ())
     for base in bases:
@@ -219,6 +230,12 @@ def _resolve(roots: Sequence[Path], value: str) -> Tuple[str, str]:
     return first
 
 
+def _label_candidates(name: str, cands: Sequence[str]) -> str:
+    """``'sarcastic' (or 'sarcasm')``: a missing label column and the other names Memotion accepts for it."""
+    others = [c for c in cands if c != name]
+    return f"{name!r} (or {' or '.join(repr(c) for c in others)})" if others else repr(name)
+
+
 def _columns(header: List[str], opts: LoadOptions, problems: Problems, name: str) -> Optional[dict]:
     """The columns of one file (``None`` and a recorded problem when some are missing)."""
     cols = {"id": find_column(header, opts.id_col, ID_COLUMNS),
@@ -226,18 +243,22 @@ def _columns(header: List[str], opts: LoadOptions, problems: Problems, name: str
             "text": find_column(header, opts.text_col, TEXT_COLUMNS),
             "labels": {e: find_column(header, None, cands) for e, cands in EMOTION_COLUMNS.items()}}
     cols["labels"]["sentiment"] = find_column(header, None, SENTIMENT_COLUMNS)
-    missing = []
+    missing, hints = [], []
     if cols["image"] is None and cols["id"] is None:
         missing.append(repr(opts.image_col) if opts.image_col else "'image_name' (or 'Id')")
     if cols["text"] is None:
         missing.append(repr(opts.text_col) if opts.text_col else "'ocr_text'")
+    hints += [NAME_HINT] if missing else []
     cols["labelled"] = any(cols["labels"].values())
     if cols["labelled"]:
-        missing += [repr(c) for c, col in zip(("humour", "sarcastic", "offensive", "motivational",
-                                                "overall_sentiment"), cols["labels"].values()) if col is None]
+        cands = list(EMOTION_COLUMNS.values()) + [SENTIMENT_COLUMNS]
+        absent = [_label_candidates(n, c) for n, c, col in zip(LABEL_NAMES, cands, cols["labels"].values())
+                  if col is None]
+        missing += absent
+        hints += [LABEL_HINT] if absent else []
     if missing:
         problems.add(None, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                           f"(found: {', '.join(header)})", name, hint=COLUMNS_HINT)
+                           f"(found: {', '.join(header)})", name, hint=" or ".join(hints))
         return None
     return cols
 
@@ -275,10 +296,23 @@ def _row_labels(rec: Dict[str, str], cols: dict, version: str, errors: List[str]
             "C": levels}
 
 
+def _no_rows(problems: Problems, name: str) -> None:
+    """A split file with a header and no rows: the one-line error naming it."""
+    if not problems.multi_file:
+        raise FeatstoreError(f"dataset {problems.source}: the file has no rows (only a header); re-download it, "
+                             f"or leave the file out")
+    raise FeatstoreError(f"dataset {problems.source}: {name} has no rows (only a header); re-download it, or "
+                         f"leave the file out (move it out of the folder, or read another split with "
+                         f"--dataset-split)")
+
+
 def read_file(path: Path, split: Optional[str], roots: Sequence[Path], opts: LoadOptions, problems: Problems,
               name: str) -> Tuple[List[Sample], Optional[str], str]:
     """Samples of one CSV, the edition its labels use (``None`` when unlabelled) and its header's edition."""
+    before = len(problems)
     header, rows = read_csv(path, problems, name)
+    if header and not rows and len(problems) == before:
+        _no_rows(problems, name)
     cols = _columns(header, opts, problems, name) if header else None
     if cols is None:
         return [], None, MEMOTION1
@@ -304,36 +338,90 @@ def read_file(path: Path, split: Optional[str], roots: Sequence[Path], opts: Loa
     return samples, version, guess
 
 
-def _folder_files(path: Path, split: Optional[str]) -> List[Tuple[str, Path]]:
+def _folder_files(path: Path, split: Optional[str]) -> Tuple[List[Tuple[str, Path]], List[Tuple[str, Path]]]:
+    """(the split files to read, every split file of the folder)."""
     files = split_files(path)
     if not files:
         raise FeatstoreError(f"dataset {path}: no Memotion CSV in this folder or its subfolders (expected e.g. "
                              f"memotion_train.csv, memotion_val.csv, memotion_test.csv or labels.csv); point at "
                              f"the .csv file")
     if split is None:
-        return files
+        return files, files
     want = split_of(split)
     chosen = [(s, f) for s, f in files if s == want]
     if not chosen:
         raise FeatstoreError(f"dataset {path}: no {split} split file; choose --dataset-split from: "
                              f"{', '.join(s for s, _ in files)}")
-    return chosen
+    return chosen, files
+
+
+def dataset_folder(csv_path: Path) -> Tuple[Optional[Path], List[Tuple[str, Path]]]:
+    """The dataset folder one split CSV ships in and that folder's split files (``split_files``): of its folder
+    and the folder above (Memotion 2.0 keeps ``Memotion2/memotion_train.csv`` below the folder with
+    ``memotion_test.csv``), the one whose split files include this CSV and are the most (ties: its own folder);
+    ``(None, [])`` when neither lists it."""
+    best: Tuple[Optional[Path], List[Tuple[str, Path]]] = (None, [])
+    csv_path = csv_path.absolute()  # "memotion_train.csv" read inside Memotion2/ still sees the folder above
+    me = csv_path.resolve()
+    for folder in dict.fromkeys((csv_path.parent, csv_path.parent.parent)):
+        try:
+            files = split_files(folder)
+        except FeatstoreError:  # two files of one split: not one dataset's folder
+            continue
+        if any(f.resolve() == me for _, f in files) and len(files) > len(best[1]):
+            best = (folder, files)
+    return best
+
+
+def _image_roots(f: Path, split: str, dataset: Optional[Path], opts: LoadOptions) -> List[Path]:
+    """Where the images of split file ``f`` resolve (``image_root``, else its image folder, then its folder)."""
+    if opts.image_root:
+        return [opts.image_root]
+    return list(dict.fromkeys([image_folder(f, split_of(split), dataset), f.parent]))
+
+
+def sibling_images(dataset: Optional[Path], files: Sequence[Tuple[str, Path]],
+                   opts: LoadOptions) -> List[Tuple[str, str]]:
+    """``(image_key, image_path)`` of every row of the split files not read (the image column only, as the folder
+    load would resolve it; no image is opened), so a part of the folder decides ``split_qualified`` as the whole
+    folder does."""
+    out: List[Tuple[str, str]] = []
+    for split, f in files:
+        header, rows = read_csv(f, Problems(str(f)), str(f))
+        col = find_column(header, opts.image_col, IMAGE_COLUMNS) or find_column(header, opts.id_col, ID_COLUMNS)
+        if col is None:
+            continue
+        roots = _image_roots(f, split, dataset, opts)
+        for _, rec in rows:
+            if rec[col].strip():
+                image_path, key = _resolve(roots, rec[col])
+                out.append((key, image_path))
+    return out
+
+
+def _parts(path: Path, opts: LoadOptions) -> Tuple[List[Tuple[str, Path]], Optional[Path], List[Tuple[str, Path]],
+                                                  Optional[str]]:
+    """(files to read, the dataset folder, its split files not read, the id prefix of a single split file)."""
+    if path.is_dir():
+        files, every = _folder_files(path, opts.split)
+        return files, path, [x for x in every if x not in files], None
+    files = [(opts.split if opts.split is not None else split_of(path.stem), path)]
+    dataset, every = dataset_folder(path)
+    me = path.resolve()
+    others = [(s, f) for s, f in every if f.resolve() != me]
+    return files, dataset, others, split_of(path.stem) if others else None
 
 
 def read(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:
     folder = path.is_dir()
-    if folder:
-        files = _folder_files(path, opts.split)
-    else:
-        files = [(opts.split if opts.split is not None else split_of(path.stem), path)]
+    files, dataset, others, prefix = _parts(path, opts)
     samples: List[Sample] = []
     versions: Dict[str, str] = {}  # edition -> first labelled file using it
     guesses: List[str] = []
     root = None
     for split, f in files:
         name = f.relative_to(path).as_posix() if folder else str(path)
-        image_dir = image_folder(f, split_of(split), path if folder else None)
-        roots = [opts.image_root] if opts.image_root else list(dict.fromkeys([image_dir, f.parent]))
+        roots = _image_roots(f, split, path if folder else None, opts)
         root = root or roots[0]
         got, version, guess = read_file(f, split, roots, opts, problems, name)
         samples += got
@@ -346,16 +434,21 @@ def read(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:
                            f"separately")
     version = next(iter(versions), guesses[0] if guesses else MEMOTION1)
     shown = opts.image_root or (path if folder else root)
-    return FormatResult(split_qualified(samples), tasks_for(version), str(shown))
+    qualified = split_qualified(samples, sibling_images(dataset, others, opts), prefix)
+    return FormatResult(qualified, tasks_for(version), str(shown))
 
 
-def split_qualified(samples: List[Sample]) -> List[Sample]:
+def split_qualified(samples: List[Sample], others: Sequence[Tuple[str, str]] = (),
+                    prefix: Optional[str] = None) -> List[Sample]:
     """``samples`` as they are, unless two splits number their memes alike (the same image name in two split
     folders, another picture each): then every id and image key is prefixed with its split (``val-12``), so
-    each meme keeps its own features."""
+    each meme keeps its own features. ``others``: ``(image_key, image_path)`` of the dataset folder's split files
+    not read (``sibling_images``), which count as the folder load counts them; ``prefix``: the split a single
+    file has in its folder (``val`` for ``memotion_val.csv`` read with ``split="dev"``), else each sample's."""
     paths: Dict[str, set] = {}
-    for s in samples:
-        paths.setdefault(s.image_key, set()).add(s.image_path)
+    for key, image_path in [(s.image_key, s.image_path) for s in samples] + list(others):
+        paths.setdefault(key, set()).add(image_path)
     if all(len(p) == 1 for p in paths.values()):
         return samples
-    return [replace(s, id=f"{s.split}-{s.id}", image_key=f"{s.split}-{s.image_key}") for s in samples]
+    return [replace(s, id=f"{prefix or s.split}-{s.id}", image_key=f"{prefix or s.split}-{s.image_key}")
+            for s in samples]

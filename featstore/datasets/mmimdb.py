@@ -29,15 +29,18 @@ Task ``genres``: multilabel over ``GENRES``, the 23 genres of the paper and of e
 in the dataset script's class order (``make_dataset.py`` keeps the ``n_classes: 23`` most frequent
 genres, most frequent first; that order is the HDF5 ``genres`` columns' order). The class list is the
 same whatever split is read. A sample's genres are matched to it case-insensitively (MMF lowercases
-them) and kept in class order; any other genre (``News``, ``Adult``, ``Talk-Show``, ``Reality-TV`` in the
-release) is dropped from the labels, and a movie left with no genre is left out of the manifest, as
-``make_dataset.py`` leaves it out of every split. (MMBT's script instead drops every movie tagged
-``News`` and every dev/test movie with a genre unseen in train.)
+them) and kept in class order; the release's other genres (``DROPPED_GENRES``: ``News``, ``Adult``,
+``Talk-Show``, ``Reality-TV``) are dropped from the labels, and a movie left with no genre is left out of the
+manifest, as ``make_dataset.py`` leaves it out of every split (the manifest has no place for a note, so these
+drops are not counted anywhere). Any other genre name (a misspelling such as ``Sci Fi``) is a row error naming
+the movie and the genre. (MMBT's script instead drops every movie tagged ``News`` and every dev/test movie
+with a genre unseen in train.) A split of ``split.json`` with no ids is an error naming it.
 
 Sample id: the id as written; image_key: the poster's file stem (leading zeros kept).
 """
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -59,6 +62,10 @@ LABEL_FIELDS = ("genres", "label")
 IMAGE_FIELDS = ("image", "img", "image_path", "image_name", "image_id", "poster")
 _CANONICAL = {g.lower(): g for g in GENRES}
 _RANK = {g: i for i, g in enumerate(GENRES)}
+_KNOWN = {g.lower(): g for g in GENRES + DROPPED_GENRES}
+GENRE_HINT = (f"write each genre as one of the {len(GENRES)} MM-IMDB genres ({', '.join(GENRES)}; any case) or "
+              f"one of the {len(DROPPED_GENRES)} the release also has and make_dataset.py drops "
+              f"({', '.join(DROPPED_GENRES)})")
 
 
 def detect(path: Path) -> bool:
@@ -88,6 +95,19 @@ def keep_genres(genres: Sequence[str]) -> List[str]:
     return sorted(kept, key=_RANK.__getitem__)
 
 
+def unknown_genres(genres: Sequence[str]) -> Optional[str]:
+    """The error for the genres neither in ``GENRES`` nor in ``DROPPED_GENRES`` (a misspelling such as ``Sci Fi``,
+    or a genre MM-IMDB has not), with the nearest known name when one is close; ``None`` when all are known."""
+    unknown = list(dict.fromkeys(g for g in genres if g.strip().lower() not in _KNOWN))
+    if not unknown:
+        return None
+    named = []
+    for g in unknown:
+        close = difflib.get_close_matches(g.strip().lower(), list(_KNOWN), n=1, cutoff=0.75)
+        named.append(f"{g!r} (did you mean {_KNOWN[close[0]]!r}?)" if close else repr(g))
+    return f"unknown genre{'s' if len(named) > 1 else ''} {', '.join(named)}"
+
+
 def _pick(obj: Dict[str, Any], names: Sequence[str]) -> Tuple[str, Any]:
     """The first of ``names`` present (not null) in ``obj`` and its value; ``(names[0], None)`` if none."""
     for n in names:
@@ -115,12 +135,22 @@ def _text(obj: Dict[str, Any], names: Sequence[str]) -> Tuple[Optional[str], Opt
 
 
 def _genres(obj: Dict[str, Any], names: Sequence[str]) -> Tuple[Optional[List[str]], Optional[str]]:
+    """(the genres as written, error): a list of strings."""
     name, genres = _pick(obj, names)
     if genres is None:
         return None, _missing(names, "genres")
     if not (isinstance(genres, list) and all(isinstance(g, str) for g in genres)):
         return None, f"field {name!r} must be a list of strings"
-    return keep_genres(genres), None
+    return list(genres), None
+
+
+def _known_genres(raw: List[str], where: str, row: int, file: str, problems: Problems) -> Optional[List[str]]:
+    """``keep_genres(raw)``, or ``None`` after recording ``raw``'s unknown genres (at ``where``: the movie)."""
+    err = unknown_genres(raw)
+    if err:
+        problems.add(row, f"{where}: {err}", file, hint=GENRE_HINT)
+        return None
+    return keep_genres(raw)
 
 
 def _poster(obj: Dict[str, Any]) -> Tuple[Optional[str], Optional[str]]:
@@ -147,11 +177,16 @@ def _read_splits(path: Path, opts: LoadOptions) -> Dict[str, list]:
             raise FeatstoreError(f"dataset {path}: split.json has no split {opts.split!r}; choose --dataset-split "
                                  f"from: {', '.join(splits)}")
         splits = {opts.split: splits[opts.split]}
+    empty = [name for name, ids in splits.items() if not ids]
+    if empty:
+        raise FeatstoreError(f"dataset {path}: split.json's {empty[0]!r} list has no rows (no movie ids); "
+                             f"re-download split.json from the release, or leave the split out (read another "
+                             f"with --dataset-split, or remove {empty[0]!r} from split.json)")
     return splits
 
 
 def _read_movie(path: Path, sid: str) -> Tuple[Optional[str], Optional[List[str]], List[str]]:
-    """(plot, kept genres, errors) of ``dataset/<sid>.json``."""
+    """(plot, genres as written, errors) of ``dataset/<sid>.json``."""
     meta = path / "dataset" / f"{sid}.json"
     try:
         obj = json.loads(meta.read_text(encoding="utf-8"))
@@ -176,10 +211,11 @@ def _read_folder(path: Path, opts: LoadOptions, problems: Problems) -> FormatRes
             if err:
                 problems.add(row, f"id {raw!r}: {err}", file)
                 continue
-            plot, genres, errors = _read_movie(path, sid)
+            plot, written, errors = _read_movie(path, sid)
             for e in errors:
                 problems.add(row, e, file)
-            if errors or not genres:  # no genre of GENRES left: out of every split, as in make_dataset.py
+            genres = None if errors else _known_genres(written, f"dataset/{sid}.json", row, file, problems)
+            if not genres:  # no genre of GENRES left: out of every split, as in make_dataset.py
                 continue
             image_path, key = resolve_image(root, f"{sid}.jpeg")
             samples.append(Sample(sid, key, image_path, plot, {"genres": genres}, split, row, file))
@@ -205,7 +241,7 @@ def _read_jsonl(path: Path, opts: LoadOptions, problems: Problems) -> FormatResu
     for row, obj in read_jsonl(path, problems, name):
         sid, id_err = get_id(obj, "id") if "id" in obj else (None, None)
         plot, plot_err = _text(obj, TEXT_FIELDS)
-        genres, genre_err = _genres(obj, LABEL_FIELDS)
+        written, genre_err = _genres(obj, LABEL_FIELDS)
         poster, poster_err = _poster(obj)
         split = obj.get("split", default_split)
         split_err = (f"field 'split' must be a string, got {type(split).__name__}"
@@ -213,9 +249,12 @@ def _read_jsonl(path: Path, opts: LoadOptions, problems: Problems) -> FormatResu
         errors = [e for e in (id_err, plot_err, genre_err, poster_err, split_err) if e]
         for e in errors:
             problems.add(row, e, name)
-        if errors or not genres or (opts.split is not None and split != opts.split):
+        if errors:
             continue
         image_path, key = resolve_image(root, poster)
+        genres = _known_genres(written, f"movie {sid or key}", row, name, problems)
+        if not genres or (opts.split is not None and split != opts.split):
+            continue
         samples.append(Sample(sid or key, key, image_path, plot, {"genres": genres}, split, row, name))
     return FormatResult(samples, task_info(), str(root))
 
