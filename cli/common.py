@@ -107,10 +107,14 @@ def read_options():
 
 
 def load_cli_dataset(path, fmt: str = "auto"):
-    """``load_dataset(path, fmt)`` with the command's ``--dataset-split`` / ``--image-root`` / column options."""
+    """``load_dataset(path, fmt)`` with the command's ``--dataset-split`` / ``--image-root`` / column options; the
+    manifest's notes (what the reader left out on purpose) go to stderr, one ``note:`` line each."""
     from featstore.datasets import load_dataset
 
-    return load_dataset(path, fmt, **read_options().load_kwargs())
+    ds = load_dataset(path, fmt, **read_options().load_kwargs())
+    for note in ds.notes:
+        click.echo(f"note: dataset {path}: {note}", err=True)
+    return ds
 
 
 def options_from_dataclass(cls: type, skip: Iterable[str] = ()) -> List[click.Option]:

@@ -164,6 +164,33 @@ def test_jsonl_rows_without_the_23_genres_are_left_out(tmp_path):
     assert str(e.value) == f"dataset {path}: no samples found; check the file (and --dataset-split)"
 
 
+def test_what_make_dataset_drops_is_counted_in_the_notes_and_printed(tmp_path):
+    """MOVIES by hand: News once (0000010), Talk-Show and Reality-TV once (0000012, left with no genre), Adult
+    once (0000014): four dropped genres and one movie left out. A split read alone counts only its own."""
+    from click.testing import CliRunner
+
+    from cli.featstore_cli import main as featstore
+
+    root = release_folder(tmp_path / "mmimdb")
+    notes = load_dataset(root).notes
+    assert notes == ["genres dropped from the labels, as gmu-mmimdb's make_dataset.py drops them: News (1), "
+                     "Talk-Show (1), Reality-TV (1), Adult (1)",
+                     "1 movie left out: no genre among the 23 (make_dataset.py leaves such a movie out of every split)"]
+    assert load_dataset(root, split="test").notes == []
+    assert load_dataset(root, split="dev").notes == ["genres dropped from the labels, as gmu-mmimdb's "
+                                                     "make_dataset.py drops them: Adult (1)"]
+    path = write_jsonl(tmp_path / "test.jsonl", [
+        {"id": "a", "plot": ["A."], "genres": ["Talk-Show"], "image": "a.jpeg"},
+        {"id": "b", "plot": ["B."], "genres": ["Drama"], "image": "a.jpeg"}])
+    make_image(tmp_path / "a.jpeg")
+    assert load_dataset(path).notes[1].startswith("1 movie left out")
+    from featstore.store import open_store
+
+    open_store(tmp_path / "st", create=True)
+    res = CliRunner().invoke(featstore, ["preflight", "--dataset", str(root), "--store", str(tmp_path / "st")])
+    assert f"note: dataset {root}: 1 movie left out: no genre among the 23" in res.output, res.output
+
+
 def test_jsonl_missing_and_bad_fields_name_the_accepted_names(tmp_path):
     make_image(tmp_path / "p.jpeg")
     path = write_jsonl(tmp_path / "train.jsonl", [

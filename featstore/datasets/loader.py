@@ -117,4 +117,4 @@ def load_dataset(path: Union[str, Path], format: str = "auto", *, image_root: Op
     problems.raise_if_any()
     if not result.samples:
         raise FeatstoreError(f"dataset {path}: no samples found; check the file (and --dataset-split)")
-    return DatasetManifest(result.samples, result.tasks, str(path), fmt)
+    return DatasetManifest(result.samples, result.tasks, str(path), fmt, list(result.notes))

@@ -136,13 +136,15 @@ def compute_fingerprint(samples: List[Sample]) -> str:
 class DatasetManifest:
     """A validated, ordered list of samples plus the tasks their labels define.
 
-    source: the path given to ``load_dataset``; format: the format name that read it.
+    source: the path given to ``load_dataset``; format: the format name that read it; notes: what the reader
+    left out on purpose, one line each (MM-IMDB's dropped genres and genreless movies), for the CLI to print.
     """
 
     samples: List[Sample]
     tasks: Dict[str, TaskInfo] = field(default_factory=dict)
     source: str = ""
     format: str = ""
+    notes: List[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -31,8 +31,8 @@ genres, most frequent first; that order is the HDF5 ``genres`` columns' order). 
 same whatever split is read. A sample's genres are matched to it case-insensitively (MMF lowercases
 them) and kept in class order; the release's other genres (``DROPPED_GENRES``: ``News``, ``Adult``,
 ``Talk-Show``, ``Reality-TV``) are dropped from the labels, and a movie left with no genre is left out of the
-manifest, as ``make_dataset.py`` leaves it out of every split (the manifest has no place for a note, so these
-drops are not counted anywhere). Any other genre name (a misspelling such as ``Sci Fi``) is a row error naming
+manifest, as ``make_dataset.py`` leaves it out of every split (both counted in the manifest's ``notes``, which
+the CLI prints). Any other genre name (a misspelling such as ``Sci Fi``) is a row error naming
 the movie and the genre. (MMBT's script instead drops every movie tagged ``News`` and every dev/test movie
 with a genre unseen in train.) A split of ``split.json`` with no ids is an error naming it.
 
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -63,6 +64,7 @@ IMAGE_FIELDS = ("image", "img", "image_path", "image_name", "image_id", "poster"
 _CANONICAL = {g.lower(): g for g in GENRES}
 _RANK = {g: i for i, g in enumerate(GENRES)}
 _KNOWN = {g.lower(): g for g in GENRES + DROPPED_GENRES}
+_DROPPED = {g.lower() for g in DROPPED_GENRES}
 GENRE_HINT = (f"write each genre as one of the {len(GENRES)} MM-IMDB genres ({', '.join(GENRES)}; any case) or "
               f"one of the {len(DROPPED_GENRES)} the release also has and make_dataset.py drops "
               f"({', '.join(DROPPED_GENRES)})")
@@ -144,6 +146,29 @@ def _genres(obj: Dict[str, Any], names: Sequence[str]) -> Tuple[Optional[List[st
     return list(genres), None
 
 
+class Drops:
+    """What a read leaves out as ``make_dataset.py`` does (``DROPPED_GENRES`` occurrences, movies left with no
+    genre), as the manifest's notes."""
+
+    def __init__(self):
+        self.genres: Counter = Counter()
+        self.movies = 0
+
+    def add(self, raw: Sequence[str], kept: Sequence[str]) -> None:
+        self.genres.update(_KNOWN[g.strip().lower()] for g in raw if g.strip().lower() in _DROPPED)
+        self.movies += not kept
+
+    def notes(self) -> List[str]:
+        out = []
+        if self.genres:
+            out.append("genres dropped from the labels, as gmu-mmimdb's make_dataset.py drops them: "
+                       + ", ".join(f"{g} ({n})" for g, n in self.genres.most_common()))
+        if self.movies:
+            out.append(f"{self.movies} movie{'s' if self.movies > 1 else ''} left out: no genre among the "
+                       f"{len(GENRES)} (make_dataset.py leaves such a movie out of every split)")
+        return out
+
+
 def _known_genres(raw: List[str], where: str, row: int, file: str, problems: Problems) -> Optional[List[str]]:
     """``keep_genres(raw)``, or ``None`` after recording ``raw``'s unknown genres (at ``where``: the movie)."""
     err = unknown_genres(raw)
@@ -204,6 +229,7 @@ def _read_movie(path: Path, sid: str) -> Tuple[Optional[str], Optional[List[str]
 def _read_folder(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:
     root = opts.image_root or path / "dataset"
     samples: List[Sample] = []
+    drops = Drops()
     for split, ids in _read_splits(path, opts).items():
         file = f"split.json:{split}"
         for row, raw in enumerate(ids, start=1):
@@ -215,11 +241,13 @@ def _read_folder(path: Path, opts: LoadOptions, problems: Problems) -> FormatRes
             for e in errors:
                 problems.add(row, e, file)
             genres = None if errors else _known_genres(written, f"dataset/{sid}.json", row, file, problems)
+            if genres is not None:
+                drops.add(written, genres)
             if not genres:  # no genre of GENRES left: out of every split, as in make_dataset.py
                 continue
             image_path, key = resolve_image(root, f"{sid}.jpeg")
             samples.append(Sample(sid, key, image_path, plot, {"genres": genres}, split, row, file))
-    return FormatResult(samples, task_info(), str(root))
+    return FormatResult(samples, task_info(), str(root), drops.notes())
 
 
 def _jsonl_root(path: Path, opts: LoadOptions) -> Path:
@@ -238,6 +266,7 @@ def _read_jsonl(path: Path, opts: LoadOptions, problems: Problems) -> FormatResu
     root = _jsonl_root(path, opts)
     default_split = opts.split if opts.split is not None else (path.stem if path.stem in STEM_SPLITS else None)
     samples: List[Sample] = []
+    drops = Drops()
     for row, obj in read_jsonl(path, problems, name):
         sid, id_err = get_id(obj, "id") if "id" in obj else (None, None)
         plot, plot_err = _text(obj, TEXT_FIELDS)
@@ -253,10 +282,12 @@ def _read_jsonl(path: Path, opts: LoadOptions, problems: Problems) -> FormatResu
             continue
         image_path, key = resolve_image(root, poster)
         genres = _known_genres(written, f"movie {sid or key}", row, name, problems)
-        if not genres or (opts.split is not None and split != opts.split):
+        if genres is None or (opts.split is not None and split != opts.split):
             continue
-        samples.append(Sample(sid or key, key, image_path, plot, {"genres": genres}, split, row, name))
-    return FormatResult(samples, task_info(), str(root))
+        drops.add(written, genres)
+        if genres:
+            samples.append(Sample(sid or key, key, image_path, plot, {"genres": genres}, split, row, name))
+    return FormatResult(samples, task_info(), str(root), drops.notes())
 
 
 def read(path: Path, opts: LoadOptions, problems: Problems) -> FormatResult:

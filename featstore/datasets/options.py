@@ -28,6 +28,7 @@ class FormatResult:
     samples: List[Sample]
     tasks: Dict[str, TaskInfo] = field(default_factory=dict)
     image_root: str = ""  # the folder image paths were resolved against (for messages)
+    notes: List[str] = field(default_factory=list)  # what the reader left out as the dataset's own script does
 
 
 @dataclass(frozen=True)
