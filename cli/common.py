@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import click
 
-from featstore.config_types import field_default
+from featstore.config_types import deep_merge, field_default
 from featstore.errors import FeatstoreError
 
 
@@ -27,17 +27,29 @@ class FriendlyGroup(click.Group):
 
 
 def parse_settings(pairs: Tuple[str, ...], what: str = "--set") -> Dict[str, Any]:
-    """``key=value`` pairs -> dict; values parsed as JSON when they are JSON (numbers, lists, true/false)."""
+    """``key=value`` pairs -> dict; values parsed as JSON when they are JSON (numbers, lists, true/false). A dotted
+    key sets one option of a nested options dict (``base_cfg.hidden=[512]``: refnet's base head's ``hidden``),
+    merged with the same dict given whole or by other dotted keys."""
     out: Dict[str, Any] = {}
     for p in pairs:
         if "=" not in p:
             raise FeatstoreError(f"{what} {p!r} is not KEY=VALUE; write e.g. {what} max_length=64")
         k, v = p.split("=", 1)
         try:
-            out[k.strip().replace("-", "_")] = json.loads(v)
+            value = json.loads(v)
         except json.JSONDecodeError:
-            out[k.strip().replace("-", "_")] = v
+            value = v
+        *outer, name = [part.strip().replace("-", "_") for part in k.split(".")]
+        into = out
+        for i, part in enumerate(outer):
+            into = into.setdefault(part, {})
+            if not isinstance(into, dict):
+                raise FeatstoreError(f"{what} {p!r}: {'.'.join(outer[:i + 1])} is set to a value, not a dict of "
+                                     f"options; give it whole ({what} {outer[0]}='{{...}}') or by dotted keys only")
+        into[name] = deep_merge(into[name], value) if isinstance(into.get(name), dict) and isinstance(value, dict) \
+            else value
     return out
+
 
 
 def parse_seeds(text: str) -> List[int]:

@@ -153,3 +153,12 @@ def cli_field(default: Any, help: str, flag: Union[str, Tuple[str, ...], None] =
     option, kept in the field's ``metadata``."""
     meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None, "metavar": metavar}
     return dataclasses.field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict:
+    """``base`` with ``over`` on top, nested option dicts merged key by key rather than replaced (a preset's
+    ``base_cfg`` keeps its other keys under ``--set base_cfg.hidden=[512]``)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out

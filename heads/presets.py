@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from featstore.config_types import deep_merge
 from featstore.errors import FeatstoreError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -188,7 +189,7 @@ def merge(preset: Optional[Preset], given: Dict[str, Any], head_settings: Dict[s
     train = {k: v for k, v in preset.train.items() if chosen == preset.head or k != "init_checkpoint"}
     return {"head": chosen,
             "train": {**train, **{k: v for k, v in given.items() if k not in DATA_KEYS}},
-            "head_cfg": {**head_cfg, **head_settings},
+            "head_cfg": deep_merge(head_cfg, head_settings),
             "data": {**preset.data, **{k: v for k, v in given.items() if k in DATA_KEYS}}}
 
 

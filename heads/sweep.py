@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from featstore.config_types import deep_merge
 from featstore.devices import NO_GPU, check_device
 from featstore.errors import FeatstoreError
 from featstore.jsonio import canonical_json, write_json
@@ -486,7 +487,7 @@ def preset_base(preset: Optional[str], heads: Sequence[str], settings: Dict[str,
         return {}, head_cfg
     p = load_preset(preset)
     if p.head in head_cfg:
-        head_cfg[p.head] = {**p.head_cfg, **settings}
+        head_cfg[p.head] = deep_merge(p.head_cfg, settings)
     return dict(p.train), head_cfg
 
 

@@ -364,3 +364,24 @@ def test_another_head_than_the_presets_is_noted_not_silent(tmp_path):
     bare = tmp_path / "bare.json"
     bare.write_text(_json.dumps({"name": "bare", "source": "here", "head": "concat", "train": {"lr": 0.01}}))
     assert head_switch_note(load_preset(str(bare)), "cross") is None  # nothing of the head's to lose
+
+
+def test_dotted_set_keys_reach_into_nested_options_and_merge_with_the_preset():
+    """``--set base_cfg.hidden=[256]`` sets one option of refnet's base head: refnet-mmimdb keeps its other base
+    options (base concat), whole dicts and dotted keys merge, and a dotted key under a plain value is one line."""
+    from cli.common import parse_settings
+    from heads.presets import merge
+
+    got = parse_settings(("base_cfg.hidden=[256]", "base_cfg.dropout=0.2", "zeta=0"))
+    assert got == {"base_cfg": {"hidden": [256], "dropout": 0.2}, "zeta": 0}
+    assert parse_settings(("base_cfg={\"hidden\": [8], \"activation\": \"gelu\"}", "base_cfg.hidden=[4]")) == \
+        {"base_cfg": {"hidden": [4], "activation": "gelu"}}
+    run = merge(load_preset("refnet-mmimdb"), {}, got, None)
+    assert run["head_cfg"]["base"] == "concat" and run["head_cfg"]["zeta"] == 0
+    assert run["head_cfg"]["base_cfg"] == {"hidden": [256], "dropout": 0.2}  # the preset's hidden [512] replaced
+    assert merge(load_preset("refnet-mmimdb"), {}, parse_settings(("base_cfg.dropout=0.2",)), None)[
+        "head_cfg"]["base_cfg"] == {"hidden": [512], "dropout": 0.2}  # the preset's hidden kept
+    with pytest.raises(FeatstoreError) as e:
+        parse_settings(("zeta=1", "zeta.x=2"))
+    assert str(e.value) == ("--set 'zeta.x=2': zeta is set to a value, not a dict of options; give it whole "
+                            "(--set zeta='{...}') or by dotted keys only")
