@@ -185,6 +185,22 @@ def test_preset_is_mmfs_hateful_memes_mmbt_numbers():
     assert round(2000 / 22000, 4) == p.train["warmup_ratio"]
 
 
+def test_mmimdb_preset_is_mmfs_mmimdb_mmbt_numbers():
+    """projects/mmbt/configs/mmimdb/defaults.yaml, typed here: the Hateful Memes preset's optimisation with
+    max_seq_length 256, logit_bce over the genres and early stopping on dev micro F1; 22,000 updates of 32 on
+    MM-IMDB's 15,552 train movies."""
+    from heads.presets import load_preset
+
+    hm, p = load_preset("mmbt-grid-hm"), load_preset("mmbt-grid-mmimdb")
+    assert p.head == "mmbt" and p.data == {"task": "genres", "text_array": "input_ids"}
+    assert p.text_features == {"bert": {"max_length": 256}} and p.image_features == hm.image_features
+    same = ("lr", "weight_decay", "optimizer", "batch_size", "warmup_ratio", "schedule", "grad_clip", "loss",
+            "patience", "eval_every", "init_checkpoint")
+    assert {k: p.train[k] for k in same} == {k: hm.train[k] for k in same}
+    assert p.train["monitor"] == "micro_f1"
+    assert math.ceil(15552 / 32) * p.train["epochs"] >= 22000 > math.ceil(15552 / 32) * (p.train["epochs"] - 1)
+
+
 def test_a_random_start_names_the_preset_that_starts_from_bert():
     from heads.train import TrainConfig, random_start_note
 
