@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import click
 
-from featstore.config_types import deep_merge, field_default
+from featstore.config_types import DottedOptions, field_default
 from featstore.errors import FeatstoreError
 
 
@@ -28,8 +28,8 @@ class FriendlyGroup(click.Group):
 
 def parse_settings(pairs: Tuple[str, ...], what: str = "--set") -> Dict[str, Any]:
     """``key=value`` pairs -> dict; values parsed as JSON when they are JSON (numbers, lists, true/false). A dotted
-    key sets one option of a nested options dict (``base_cfg.hidden=[512]``: refnet's base head's ``hidden``),
-    merged with the same dict given whole or by other dotted keys."""
+    key sets one option of a nested options dict (``base_cfg.hidden=[512]``: refnet's base head's ``hidden``), a
+    ``DottedOptions`` that ``deep_merge`` merges into a preset's; a dict given whole replaces the preset's."""
     out: Dict[str, Any] = {}
     for p in pairs:
         if "=" not in p:
@@ -39,15 +39,17 @@ def parse_settings(pairs: Tuple[str, ...], what: str = "--set") -> Dict[str, Any
             value = json.loads(v)
         except json.JSONDecodeError:
             value = v
-        *outer, name = [part.strip().replace("-", "_") for part in k.split(".")]
+        *outer, name = parts = [part.strip().replace("-", "_") for part in k.split(".")]
+        if not all(parts):
+            raise FeatstoreError(f"{what} {p!r}: an empty option name; write KEY=VALUE or OPTION.KEY=VALUE, e.g. "
+                                 f"{what} base_cfg.hidden=[512]")
         into = out
         for i, part in enumerate(outer):
-            into = into.setdefault(part, {})
+            into = into.setdefault(part, DottedOptions())
             if not isinstance(into, dict):
                 raise FeatstoreError(f"{what} {p!r}: {'.'.join(outer[:i + 1])} is set to a value, not a dict of "
                                      f"options; give it whole ({what} {outer[0]}='{{...}}') or by dotted keys only")
-        into[name] = deep_merge(into[name], value) if isinstance(into.get(name), dict) and isinstance(value, dict) \
-            else value
+        into[name] = value
     return out
 
 

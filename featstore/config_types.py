@@ -155,10 +155,17 @@ def cli_field(default: Any, help: str, flag: Union[str, Tuple[str, ...], None] =
     return dataclasses.field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
 
 
+class DottedOptions(dict):
+    """Options set by dotted ``--set`` keys (``base_cfg.hidden=[512]``): ``deep_merge`` merges them into the
+    nested dict they name; a dict given whole (``--set base_cfg='{...}'``) replaces it."""
+
+
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict:
-    """``base`` with ``over`` on top, nested option dicts merged key by key rather than replaced (a preset's
-    ``base_cfg`` keeps its other keys under ``--set base_cfg.hidden=[512]``)."""
+    """``base`` with ``over`` on top: a ``DottedOptions`` value merged key by key into the dict it names (a
+    preset's ``base_cfg`` keeps its other keys under ``--set base_cfg.hidden=[512]``), any other value replacing."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+        if isinstance(v, DottedOptions):
+            v = deep_merge(out[k], v) if isinstance(out.get(k), dict) else dict(v)
+        out[k] = v
     return out

@@ -117,12 +117,13 @@ class TrainData:
         return {k: v.index_select(0, idx) for k, v in self.targets.items()}
 
     def split(self, name: str) -> Tensor:
-        """Row indices of split ``name`` (a dataset's own name for it too: ``val`` / ``dev_seen`` -> ``dev``, as
-        ``dataset_splits`` renames them); a one-line error naming the splits there are."""
-        if name not in self.splits and SPLIT_ALIASES.get(name.lower()) in self.splits:
-            name = SPLIT_ALIASES[name.lower()]
+        """Row indices of split ``name``; a one-line error naming the splits there are (and, for a dataset's own
+        name that ``dataset_splits`` renamed, ``val`` / ``dev_seen`` -> ``dev``, the name to pass)."""
         if name not in self.splits:
-            raise FeatstoreError(f"split {name!r} does not exist; choose one of {', '.join(self.splits) or '(none)'}")
+            renamed = SPLIT_ALIASES.get(name.lower())
+            hint = f" (a dataset's {name!r} rows are the split {renamed!r} here)" if renamed in self.splits else ""
+            raise FeatstoreError(f"split {name!r} does not exist; choose one of "
+                                 f"{', '.join(self.splits) or '(none)'}{hint}")
         idx = self.splits[name]
         if idx.numel() == 0:
             raise FeatstoreError(f"split {name!r} is empty; check the dataset's split column or pass --val-fraction")
@@ -220,7 +221,7 @@ def validation_split(splits: Dict[str, Any], name: str = "auto") -> str:
     it) is that split, Hateful Memes' names mapped as ``dataset_splits`` maps them (dev_seen -> dev)."""
     if name == "auto":
         return next((n for n in VAL_SPLITS if n in splits and len(splits[n])), "dev")
-    chosen = SPLIT_ALIASES.get(name.lower(), name.lower())
+    chosen = name.lower() if name.lower() in splits else SPLIT_ALIASES.get(name.lower(), name.lower())
     if chosen == "train" or chosen not in splits:
         others = [s for s in splits if s != "train"]
         why = "training rows cannot choose the epoch" if chosen == "train" else "the dataset has no such split"
@@ -438,7 +439,7 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
         else:
             refs[modality] = _text_ref_record(fs, text_array, text_pool)
             features.update(_text_features(fs, keys, text_array, text_pool, max_tokens, device, dtype))
-    if train_image_ref is not None:  # after --image's rows, which it replaces for the train split
+    if train_image_ref is not None and (need_train or any(s.split == "train" for s in samples)):  # after --image
         refs["train_image"] = train_image_rows(store, train_image_ref, samples, features, image_pool, max_regions,
                                                device, dtype)
     warnings = dataset_mismatch_warnings(dataset, opened) + _box_warnings(opened.get("image"))

@@ -23,7 +23,9 @@ What the datasets' own papers report, by key:
   decisions over the whole split, MM-IMDB's four (gmu-mmimdb's ``report_performance``; MMBT and MMF report micro
   and macro). ``macro_f1`` averages each label's positive-class F1.
 * multilabel ``labelwise_macro_f1`` / ``labelwise_weighted_f1``: each label scored as its own two-class task
-  (both "not x" and "x" are classes), macro / weighted over those two, then the plain mean over labels:
+  (both "not x" and "x" are classes; over the classes its truth or decisions hold, as scikit-learn's
+  ``f1_score(average=...)`` of that label's column, the call the Memotion organisers' code makes), macro /
+  weighted over those, then the plain mean over labels:
   Memotion's Task B score (Memotion 1, SemEval-2020 Task 8: macro F1 per emotion, averaged; Memotion 2.0: weighted
   F1 per emotion, averaged), which ``macro_f1`` is not.
 * ``<group>/macro_f1`` / ``<group>/weighted_f1`` (``TaskSpec.groups``: a label key of name -> level dicts, one task
@@ -105,8 +107,8 @@ def task_metrics(task: Task, y_true: np.ndarray, probs: np.ndarray) -> Tuple[Dic
         for avg in ("micro", "macro", "weighted", "samples"):
             m[f"{avg}_f1"] = float(f1_score(y, pred, average=avg, zero_division=0))
         for avg in ("macro", "weighted"):
-            m[f"labelwise_{avg}_f1"] = float(np.mean([f1_score(y[:, c], pred[:, c], average=avg, labels=[0, 1],
-                                                               zero_division=0) for c in range(y.shape[1])]))
+            m[f"labelwise_{avg}_f1"] = float(np.mean([f1_score(y[:, c], pred[:, c], average=avg, zero_division=0)
+                                                      for c in range(y.shape[1])]))
         m["subset_accuracy"] = float(accuracy_score(y, pred))
         return m, warn
     labels = list(range(task.num_outputs))

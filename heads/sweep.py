@@ -350,6 +350,8 @@ def run_jobs(spec: SweepSpec, jobs: Sequence[Job], root: Path, device: str, echo
     import gc
 
     dataset = load_sweep_dataset(spec)
+    for note in dataset.notes:  # what the reader left out on purpose, as every --dataset command says
+        echo(f"note: dataset {spec.dataset}: {note}")
     current, data, threads, noted = None, None, {}, set()
     for n, job in enumerate(jobs, 1):
         if loading_key(job.row) != current:

@@ -108,7 +108,7 @@ def derive_task_spec(samples: Sequence[Any], task: Optional[str] = None,
     for key, w in zip(picked, weights):
         values = [s.labels[key] for s in samples if s.labels.get(key) is not None]
         got = _key_tasks(key, values, float(w), known or {})
-        if _kind_of(key, values) == "levels":
+        if got and _kind_of(key, values) == "levels":
             groups[key] = [t.name for t in got]
         tasks += got
     return TaskSpec(tasks=tasks, groups=groups or None)

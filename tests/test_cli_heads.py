@@ -149,8 +149,8 @@ def test_predict_reproduces_the_runs_test_predictions(world, run, tmp_path):
 
 def test_predict_and_eval_use_the_runs_tasks_not_the_datasets(world, run, tmp_path):
     """A test file alone (no labels, no train split: what a challenge's unseen test set is) is predicted with the
-    run's own tasks; the probabilities are the run's own test predictions. eval takes a dataset's split names
-    (dev_seen = dev) and refuses a --task naming labels the run does not predict."""
+    run's own tasks; the probabilities are the run's own test predictions. eval names the split a dataset's own
+    split name became (dev_seen -> dev) and refuses a --task naming labels the run does not predict."""
     rd, _ = run
     base = ["--store", world["store"], "--device", "cpu"]
     rows = [json.loads(line) for line in (world["data"] / "test_seen.jsonl").read_text().splitlines()]
@@ -163,8 +163,10 @@ def test_predict_and_eval_use_the_runs_tasks_not_the_datasets(world, run, tmp_pa
     assert got[0] == want[0] and [r[0] for r in got[1:]] == [str(r["id"]) for r in rows]
     assert {r[0]: r[1:] for r in got[1:]} == {r[0]: r[1:] for r in want[1:]}
     dev = json.loads(invoke(heads, ["eval", rd, "--dataset", world["data"], "--split", "dev", *base]))["metrics"]
-    seen = json.loads(invoke(heads, ["eval", rd, "--dataset", world["data"], "--split", "dev_seen", *base]))
-    assert seen["metrics"] == dev and dev["label/n"] == 12
+    assert dev["label/n"] == 12
+    assert one_line_error(heads, ["eval", rd, "--dataset", world["data"], "--split", "dev_seen", *base]) == (
+        "error: split 'dev_seen' does not exist; choose one of train, dev, test (a dataset's 'dev_seen' rows are the "
+        "split 'dev' here)")
     line = one_line_error(heads, ["eval", rd, "--dataset", world["data"], "--task", "genres", *base])
     assert line == (f"error: --task 'genres': run {rd / 'seed_0'} predicts label, not 'genres'; eval / predict score "
                     "the run's own tasks, leave --task out")

@@ -164,6 +164,16 @@ def test_jsonl_rows_without_the_23_genres_are_left_out(tmp_path):
     assert str(e.value) == f"dataset {path}: no samples found; check the file (and --dataset-split)"
 
 
+def test_a_split_read_from_a_combined_jsonl_judges_only_its_own_rows(tmp_path):
+    make_image(tmp_path / "a.jpeg")
+    path = write_jsonl(tmp_path / "all.jsonl", [
+        {"id": "a", "plot": ["A."], "genres": ["Drama"], "image": "a.jpeg", "split": "train"},
+        {"id": "b", "plot": ["B."], "genres": ["Sci Fi"], "image": "a.jpeg", "split": "test"}])
+    assert [s.id for s in load_dataset(path, format="mmimdb", split="train")] == ["a"]
+    with pytest.raises(FeatstoreError, match="unknown genre 'Sci Fi'"):
+        load_dataset(path, format="mmimdb", split="test")
+
+
 def test_what_make_dataset_drops_is_counted_in_the_notes_and_printed(tmp_path):
     """MOVIES by hand: News once (0000010), Talk-Show and Reality-TV once (0000012, left with no genre), Adult
     once (0000014): four dropped genres and one movie left out. A split read alone counts only its own."""

@@ -98,6 +98,10 @@ def test_memotion_task_b_and_mmimdb_samples_f1_hand_computed():
     assert m["macro_f1"] == pytest.approx((f[(0, 1)] + f[(1, 1)]) / 2) != pytest.approx(macro)  # positive classes only
     # rows: {0}vs{0,1}: 2/3, {0,1}vs{1}: 2/3, {1}vs{1}: 1, {0}vs{0}: 1, {}vs{0}: 0
     assert m["samples_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1 + 1 + 0) / 5)
+    # a label never true nor predicted has one class, "not x", scored perfectly (F1 1), not 0.5 for a missing "x"
+    y1 = np.array([[1, 0], [0, 0], [1, 0], [0, 0]], dtype=float)
+    m1, _ = task_metrics(ML2, y1, np.where(y1 > 0, 0.9, 0.1))
+    assert m1["labelwise_macro_f1"] == 1.0 and m1["labelwise_weighted_f1"] == 1.0
 
 
 def test_memotion_task_c_is_scored_as_a_group_and_score_counts_each_label_key_once():
@@ -346,6 +350,23 @@ def test_stratified_val_fraction_is_seeded():
     assert a["val"].tolist() == b["val"].tolist() != c["val"].tolist()
     assert len(a["val"]) == 20 and y["label"][a["val"]].sum() == 5  # stratified: 10 of 40 positive -> 5 of 20
     assert sorted(a["train"].tolist() + a["val"].tolist()) == list(range(40))
+
+
+def test_a_levels_key_without_a_task_names_no_group():
+    from heads.metrics import metric_keys
+
+    rows = [S(i, {"A": ["negative", "positive"][i % 2], "C": {"humour": "funny"}}) for i in range(4)]
+    spec = derive_task_spec(rows, "all")
+    assert [t.name for t in spec.tasks] == ["A"] and spec.groups is None
+    assert "C/macro_f1" not in metric_keys(spec)
+
+
+def test_val_split_picks_a_carved_val_over_the_datasets_dev():
+    from heads.data import validation_split
+
+    splits = {"train": [0], "val": [1], "dev": [2], "dev_unseen": [3]}
+    assert validation_split(splits, "val") == "val" and validation_split(splits, "auto") == "val"
+    assert validation_split(splits, "dev_seen") == "dev" and validation_split({"train": [0], "dev": [2]}, "val") == "dev"
 
 
 def test_bad_task_inputs():

@@ -368,7 +368,8 @@ def test_another_head_than_the_presets_is_noted_not_silent(tmp_path):
 
 def test_dotted_set_keys_reach_into_nested_options_and_merge_with_the_preset():
     """``--set base_cfg.hidden=[256]`` sets one option of refnet's base head: refnet-mmimdb keeps its other base
-    options (base concat), whole dicts and dotted keys merge, and a dotted key under a plain value is one line."""
+    options (base concat); a dict given whole replaces the preset's; a dotted key under a plain value, or an empty
+    name, is one line."""
     from cli.common import parse_settings
     from heads.presets import merge
 
@@ -381,7 +382,15 @@ def test_dotted_set_keys_reach_into_nested_options_and_merge_with_the_preset():
     assert run["head_cfg"]["base_cfg"] == {"hidden": [256], "dropout": 0.2}  # the preset's hidden [512] replaced
     assert merge(load_preset("refnet-mmimdb"), {}, parse_settings(("base_cfg.dropout=0.2",)), None)[
         "head_cfg"]["base_cfg"] == {"hidden": [512], "dropout": 0.2}  # the preset's hidden kept
+    # a dict given whole replaces the preset's (so a preset's base options can be cleared for another base)
+    cleared = merge(load_preset("refnet-mmimdb"), {}, parse_settings(("base=vilbert", "base_cfg={}")), None)
+    assert cleared["head_cfg"]["base"] == "vilbert" and cleared["head_cfg"]["base_cfg"] == {}
     with pytest.raises(FeatstoreError) as e:
         parse_settings(("zeta=1", "zeta.x=2"))
     assert str(e.value) == ("--set 'zeta.x=2': zeta is set to a value, not a dict of options; give it whole "
                             "(--set zeta='{...}') or by dotted keys only")
+    for bad in (".x=1", "x.=1", "a..b=2"):
+        with pytest.raises(FeatstoreError) as e:
+            parse_settings((bad,))
+        assert str(e.value) == (f"--set {bad!r}: an empty option name; write KEY=VALUE or OPTION.KEY=VALUE, e.g. "
+                                "--set base_cfg.hidden=[512]")

@@ -101,6 +101,10 @@ def test_a_run_records_the_train_set_and_eval_predict_read_it_again(world, tmp_p
                    tmp_path / "other.csv"])  # another train set given: other features, other probabilities
     with open(tmp_path / "other.csv", newline="") as f, open(tmp_path / "train.csv", newline="") as g:
         assert [r[1] for r in csv.reader(f)] != [r[1] for r in csv.reader(g)]
+    # a file without train rows (what a test set alone is): the run's train image set has nothing to replace
+    invoke(heads, ["predict", out, "--store", world["store"], "--dataset", world["data"] / "dev_seen.jsonl",
+                   "--image-root", world["data"], "--device", "cpu", "--out", tmp_path / "dev.csv"])
+    assert (tmp_path / "dev.csv").read_text() == (out / "seed_0" / "predictions_dev.csv").read_text()
 
 
 def test_a_sweep_refuses_a_train_image(world, tmp_path):

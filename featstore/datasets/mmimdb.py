@@ -281,8 +281,10 @@ def _read_jsonl(path: Path, opts: LoadOptions, problems: Problems) -> FormatResu
         if errors:
             continue
         image_path, key = resolve_image(root, poster)
+        if opts.split is not None and split != opts.split:  # another split's rows are not read, nor judged
+            continue
         genres = _known_genres(written, f"movie {sid or key}", row, name, problems)
-        if genres is None or (opts.split is not None and split != opts.split):
+        if genres is None:
             continue
         drops.add(written, genres)
         if genres:
