@@ -57,6 +57,8 @@ class TrainConfig:
                                choices=OPTIMIZERS)
     warmup_ratio: float = cli_field(0.1, "Warmup fraction of steps.", flag="--warmup")
     schedule: str = cli_field("linear", "Learning-rate decay after the warmup (heads.schedule).", choices=SCHEDULES)
+    schedule_steps: int = cli_field(0, "Steps the warmup and decay are laid over (0: the run's own steps; more: the "
+                                       "decay stops short of 0, as MMF's num_training_steps above max_updates).")
     batch_size: int = cli_field(64, "Training batch size.")
     epochs: int = cli_field(20, "Training epochs (at most: early stopping may end sooner); 0 evaluates the "
                             "--init-checkpoint as loaded.")
@@ -113,7 +115,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise FeatstoreError(f"{name}={getattr(self, name)} must be > 0; pass a positive value")
         check_epochs(self.epochs, self.checkpoint, self.pretrain_epochs)
-        for name in ("weight_decay", "grad_clip", "patience", "pretrain_epochs"):
+        for name in ("weight_decay", "grad_clip", "patience", "pretrain_epochs", "schedule_steps"):
             if getattr(self, name) < 0:
                 raise FeatstoreError(f"{name}={getattr(self, name)} must be >= 0")
         if self.mode not in ("auto", "max", "min"):
@@ -622,7 +624,8 @@ def _optimisation(fit: _Fit) -> _Optimisation:
     cfg = fit.cfg
     optimizer = build_optimizer(fit.model, cfg)
     steps_per_epoch = math.ceil(fit.train_idx.numel() / cfg.batch_size)
-    scheduler = build_scheduler(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.schedule)
+    scheduler = build_scheduler(optimizer, cfg.schedule_steps or steps_per_epoch * cfg.epochs, cfg.warmup_ratio,
+                                cfg.schedule)
     objective = None
     if cfg.rgcl is not None:  # retrieval-guided contrastive term (heads.rgcl)
         from .rgcl import RGCLConfig, RGCLObjective

@@ -20,7 +20,7 @@ from heads.train import TrainConfig
 # written from the README / earlier CLI, not read from TrainConfig: the `heads train` flags of TrainConfig fields
 TRAIN_FLAGS = {
     "lr": "--lr", "weight_decay": "--weight-decay", "optimizer": "--optimizer", "warmup_ratio": "--warmup",
-    "schedule": "--schedule",
+    "schedule": "--schedule", "schedule_steps": "--schedule-steps",
     "batch_size": "--batch-size", "epochs": "--epochs", "grad_clip": "--grad-clip", "patience": "--patience",
     "monitor": "--monitor", "loss": "--loss", "focal_alpha": "--focal-alpha", "focal_gamma": "--focal-gamma",
     "label_smoothing": "--label-smoothing", "class_weights": "--class-weights", "amp": "--amp",

@@ -201,6 +201,24 @@ def test_mmimdb_preset_is_mmfs_mmimdb_mmbt_numbers():
     assert math.ceil(15552 / 32) * p.train["epochs"] >= 22000 > math.ceil(15552 / 32) * (p.train["epochs"] - 1)
 
 
+@pytest.mark.parametrize("name, hm", [("vilbert-mmimdb", "vilbert-hm"), ("visualbert-mmimdb", "visualbert-hm")])
+def test_vilbert_and_visualbert_mmimdb_presets_are_mmfs_yaml_numbers(name, hm):
+    """projects/{vilbert,visual_bert}/configs/mmimdb/defaults.yaml, typed here: adam_w lr 5e-5, batch 480,
+    max_updates 60000, warmup 2000 over num_training_steps 88000, early stopping on dev micro F1, 256 tokens."""
+    from heads.presets import load_preset
+    from heads.schedule import warmup_steps
+
+    p, base = load_preset(name), load_preset(hm)
+    assert p.head == base.head and p.data["task"] == "genres" and p.data["text_array"] == base.data["text_array"]
+    t = p.train
+    assert (t["lr"], t["batch_size"], t["schedule_steps"], t["monitor"], t["optimizer"]) == (
+        5e-5, 480, 88000, "micro_f1", "adamw-mmf")
+    assert warmup_steps(t["schedule_steps"], t["warmup_ratio"]) == 2000
+    steps = math.ceil(15552 / 480)
+    assert steps * t["epochs"] >= 60000 > steps * (t["epochs"] - 1)
+    assert next(iter(p.text_features.values()))["max_length"] == 256
+
+
 def test_a_random_start_names_the_preset_that_starts_from_bert():
     from heads.train import TrainConfig, random_start_note
 

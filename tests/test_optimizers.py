@@ -186,7 +186,8 @@ def test_unknown_kind_and_sparse_gradients_are_one_line_errors():
 def test_mmf_presets_set_adamw_mmf_and_the_others_do_not():
     mmf = ["vilbert-hm", "vilbert-hm-direct", "vilbert-hm-detectron16", "vilbert-hm-dinov2-ls", "visualbert-hm",
            "visualbert-hm-direct", "mmbt-grid-hm", "mmbt-region-hm", "text-bert-hm", "concat-bert-hm",
-           "late-fusion-hm", "image-grid-hm", "image-region-hm", "mmbt-grid-mmimdb"]
+           "late-fusion-hm", "image-grid-hm", "image-region-hm", "mmbt-grid-mmimdb",
+           "vilbert-mmimdb", "visualbert-mmimdb"]
     assert load_preset("mmbt-grid-hm").train["optimizer"] == "adamw-mmf"
     for name in mmf:
         preset = load_preset(name)

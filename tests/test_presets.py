@@ -182,6 +182,22 @@ def test_constant_schedule_keeps_the_learning_rate_after_warmup():
     assert load_preset("hateclipper-cross").train["schedule"] == "constant"
 
 
+def test_schedule_steps_lays_the_decay_over_more_steps_than_the_run(world, tmp_path):
+    """MMF's vilbert / visual_bert MM-IMDB yaml decays over num_training_steps 88,000 but stops at 60,000 updates.
+    48 train rows, batch 8: 6 updates an epoch, 24 in 4 epochs; over 30 steps with warmup 0.1 (3 steps) the
+    multiplier at the start of epoch e (s = 6 (e - 1) updates done) is 0, then (30 - s) / 27, never reaching 0."""
+    import csv
+
+    out = tmp_path / "s"
+    invoke(heads, args(world, out, "--head", "concat", "--epochs", "4", "--batch-size", "8", "--lr", "1e-3",
+                       "--patience", "0", "--warmup", "0.1", "--schedule-steps", "30"))
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(out / "seed_0" / "history.csv"))]
+    assert lrs == pytest.approx([0.0, 1e-3 * 24 / 27, 1e-3 * 18 / 27, 1e-3 * 12 / 27])
+    assert train_config(out)["train"]["schedule_steps"] == 30
+    assert one_line_error(heads, args(world, tmp_path / "bad", "--head", "concat", "--schedule-steps", "-1")) == \
+        "error: schedule_steps=-1 must be >= 0"
+
+
 def test_preset_file_and_option_errors(world, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1\n")
