@@ -38,6 +38,9 @@ class RunGroup:
     head: str
     features: str
     metrics: Dict[int, Dict[str, float]]  # {seed: flat metrics of the chosen split}
+    # its task spec's groups (Memotion's C: its tasks); None when saved before groups, whose ``score`` then
+    # averaged every task (each C_<emotion> once) rather than each label key once
+    groups: Optional[Dict[str, List[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Comparison:
     rows: List[dict]
     tests: List[dict] = field(default_factory=list)
     reference: str = ""
+    notes: List[str] = field(default_factory=list)
 
     def to_text(self) -> str:
         head = ["run", "head", "features", "seeds"] + self.metrics
@@ -58,7 +62,7 @@ class Comparison:
             tb = [[t["a"], t["b"], t["metric"], t["test"], _num(t["t"]), _num(t["p"]), t["verdict"]]
                   for t in self.tests]
             lines += [""] + _table(th, tb, f"significance of each run against {self.reference} (t > 0: b is higher)")
-        return "\n".join(lines)
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
 def _num(x: Optional[float]) -> str:
@@ -115,7 +119,9 @@ def load_group(run_dir, split: str, name: Optional[str] = None) -> RunGroup:
         metrics[seed] = {k: (math.nan if v is None else float(v)) for k, v in m[split].items()}
     feats = config.get("features", {})
     fs = " + ".join(f"{v['name']}@{v['version']}" for v in feats.values()) if feats else "-"
-    return RunGroup(name or root.name or str(root), config.get("head", "?"), fs, metrics)
+    spec = config.get("task_spec", {})
+    return RunGroup(name or root.name or str(root), config.get("head", "?"), fs, metrics,
+                    spec.get("groups") or {} if "groups" in spec else None)
 
 
 def labelled_splits(metrics_json: dict) -> List[str]:
@@ -224,7 +230,19 @@ def compare_groups(groups: List[RunGroup], split: str, metrics: Optional[Sequenc
                           "verdict": verdict(base.name, g.name, m, t, p)})
     why = {"best": f"best {metrics[0]}" if metrics else "the first run", "ranked": "rank 1 of the sweep's leaderboard"}
     reference = f"{base.name} ({why.get(against, 'the first run')})"
-    return Comparison(split, list(metrics), rows, tests, reference)
+    return Comparison(split, list(metrics), rows, tests, reference, _score_notes(groups, metrics))
+
+
+def _score_notes(groups: List[RunGroup], metrics: Sequence[str]) -> List[str]:
+    """A note when ``score`` is compared between runs that define it differently: runs saved before task groups
+    averaged every task, newer ones each label key once (Memotion's C once, not once per emotion)."""
+    grouped = [g.name for g in groups if g.groups]
+    old = [g.name for g in groups if g.groups is None]
+    if "score" not in metrics or not grouped or not old:
+        return []
+    return [f"score is not the same quantity in every run: {', '.join(old)} (saved before task groups) average every "
+            f"task, {', '.join(grouped)} each label key once (a group such as C by its macro F1); compare the tasks' "
+            "own metrics instead"]
 
 
 def compare_runs(run_dirs: Sequence, split: str = "test", metrics: Optional[Sequence[str]] = None,

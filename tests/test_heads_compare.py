@@ -159,3 +159,26 @@ def test_against_best_and_every_split(groups):
         means = [r["metrics"]["label/auroc"][0] for r in c.rows]
         best = c.rows[int(np.argmax(means))]["name"]
         assert c.reference.startswith(best) and all(t["a"] == best for t in c.tests)
+
+
+def test_score_of_runs_saved_before_task_groups_is_noted(groups, tmp_path):
+    """A run saved before task groups (its task_spec has no "groups") averaged every task into ``score``; next
+    to a run whose spec groups tasks, comparing ``score`` says the two are not the same quantity."""
+    import shutil
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(groups / "concat", old)
+    shutil.copytree(groups / "image", new)
+    for folder, change in ((old, lambda spec: spec.pop("groups", None)),
+                           (new, lambda spec: spec.update(groups={"C": ["C_humour", "C_sarcasm"]}))):
+        for cfg in folder.glob("seed_*/config.json"):
+            config = json.loads(cfg.read_text())
+            change(config["task_spec"])
+            cfg.write_text(json.dumps(config))
+    cmp = compare_runs([old, new], split="test", metrics=["score", "label/auroc"])
+    assert cmp.notes == ["score is not the same quantity in every run: old (saved before task groups) average "
+                         "every task, new each label key once (a group such as C by its macro F1); compare the "
+                         "tasks' own metrics instead"]
+    assert cmp.to_text().endswith("note: " + cmp.notes[0])
+    assert compare_runs([old, new], split="test", metrics=["label/auroc"]).notes == []
+    assert compare_runs([groups / "concat", new], split="test", metrics=["score"]).notes == []  # both know groups
