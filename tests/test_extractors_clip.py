@@ -150,6 +150,18 @@ def test_clip_text_against_text_model(tiny_clip):
     assert set(plain.schema()) == {"pooler", "pooled"}
 
 
+def test_clip_text_counts_the_texts_cut_to_its_positions(tiny_clip):
+    """The tiny tower has 20 positions: a text of 25 words (27 ids with [CLS] / [SEP]) is cut, a short one not."""
+    d, _ = tiny_clip
+    tx = create_extractor("clip-text", weights=str(d), dtype="float32")
+    long_text = " ".join(["meme"] * 25)
+    assert len(BertTokenizerFast.from_pretrained(str(d))(long_text)["input_ids"]) == 27
+    assert tx.truncation_note(["the cat sat", long_text]) == (
+        "1 of 2 texts are longer than max_length=20 tokens and were cut to it (the longest has 27); the model's 20 "
+        "positions hold no more")
+    assert tx.truncation_note(["the cat sat"]) is None
+
+
 def test_crop_window_hand_computed_and_seen_by_the_processor(tmp_path):
     p = CLIPImageProcessor()  # openai/clip-vit-large-patch14's: shortest_edge 224, centre crop 224
     # 350x200 -> 392x224, crop offset 84: x in [84, 308] * 350/392 = [75, 275]

@@ -52,7 +52,7 @@ from .images import CONVERT_RGB, require_pil
 from .hf import load_model, load_pretrained
 from .pixels import ResizedImage, ResizeRecipe
 from .patch_regions import attention_indices, check_fits_grid, check_region_options, reduce_patches, region_boxes
-from .text import pad_ids, text_input
+from .text import pad_ids, text_input, truncation_note
 from .weights import DEMO, resolve_weights
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -296,8 +296,13 @@ class ClipTextExtractor(_ClipBase):
         from transformers import AutoTokenizer
 
         self.tokenizer = load_pretrained(AutoTokenizer, self.weights_path, "CLIP tokenizer")
-        self.max_length = min(config.max_length, int(self.model.config.text_config.max_position_embeddings))
+        self.positions = int(self.model.config.text_config.max_position_embeddings)
+        self.max_length = min(config.max_length, self.positions)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def truncation_note(self, texts) -> Optional[str]:
+        """The summary's line on texts cut to ``max_length`` (77 for CLIP, as Hate-CLIPper and RGCL cut them)."""
+        return truncation_note(self.tokenizer, texts, self.max_length, self.positions)
 
     def schema(self):
         s = {"pooler": self.fspec(self.hidden), "pooled": self.fspec(self.dim)}

@@ -206,3 +206,4 @@ class VilbertTextExtractor(BertExtractor):
                                  f"{hf.max_position_embeddings} positions; use max_length <= {hf.max_position_embeddings}")
         self.dim = int(hf.hidden_size)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.positions = int(hf.max_position_embeddings)

@@ -98,6 +98,7 @@ class ExtractSummary:
     modality: str = "image"
     forward_threads: Optional[int] = None  # set when the CPU forward pass left its cores to the workers
     stopped_early: bool = False  # an identical extraction committed the version while this one ran
+    notes: List[str] = dataclasses.field(default_factory=list)  # e.g. texts cut to max_length (text extractors)
 
     def _done_note(self) -> str:
         if self.stopped_early:
@@ -113,6 +114,7 @@ class ExtractSummary:
                                                  f"({rate:.1f} items/s)")]
         for k, shape in self.shapes.items():
             out.append(f"  {k}: [{', '.join(map(str, shape))}]")
+        out += [f"  note: {n}" for n in self.notes]
         out += self.timing_lines()
         if self.failures:
             out.append(f"  failures (first 5 of {len(self.failures)}; all in `featstore info {self.name}`):")
@@ -332,7 +334,11 @@ def run_extraction(store: Store, dataset, extractor_name: str, *, name: Optional
     loop = _ExtractLoop(plan, chunks, opts.on_error)
     loop.run(rows, opts)
     dist.barrier()
-    return _commit(store, plan, loop, len(rows), t0)
+    summary = _commit(store, plan, loop, len(rows), t0)
+    note = getattr(plan.ext, "truncation_note", None)
+    if note is not None and plan.rank == 0:  # texts the tokenizer cut to max_length, counted once over the set
+        summary.notes += [n for n in (note([text for _, text in plan.items]),) if n]
+    return summary
 
 
 # -- plan: everything that can be refused is checked before the version's writer exists ---------------------
