@@ -294,6 +294,27 @@ def demo(store_url, data_dir, with_heads, quiet):
 
 
 # -- confounder inspection ----------------------------------------------------------------------------------
+def _task_option(f):
+    return click.option("--task", default=None, metavar="NAME",
+                        help="Label key of the dataset whose class to show (flips, labels, colours); default: the "
+                             "dataset's only label key; `none`: no labels.")(f)
+
+
+def _warn_line(line: str) -> None:
+    click.echo(f"warning: {line}", err=True)
+
+
+def _cosine_flags(**flags) -> None:
+    """A threshold option outside [-1, 1] (or NaN) is one line naming the option."""
+    from featstore.errors import FeatstoreError
+
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if value is not None and not -1.0 <= value <= 1.0:
+            raise FeatstoreError(f"{flag} {value:g} is not a cosine similarity; pass a value between -1 and 1, "
+                                 f"e.g. {flag} 0.9")
+
+
 @main.command()
 @click.argument("query")
 @click.option("--set", "set_ref", required=True, help="Feature set NAME[@VERSION] (image, text or a head's fused set).")
@@ -302,15 +323,19 @@ def demo(store_url, data_dir, with_heads, quiet):
 @click.option("--array", default=None, help="Pooled array to search (default: pooled, cls or mean).")
 @dataset_read_options
 @click.option("--dataset", "dataset_path", default=None, help="Dataset manifest, to show texts and labels.")
-def neighbors(query, set_ref, store_url, k, array, dataset_path):
+@_task_option
+def neighbors(query, set_ref, store_url, k, array, dataset_path, task):
     """Nearest samples of QUERY (a key of the set, or a sample id) by cosine, with texts and labels."""
     from featstore.search.inspect import nearest
+    from featstore.search.tasks import resolve_task
     from featstore.store import open_store
 
     fsv = open_store(store_url).open(set_ref)
-    rows = nearest(fsv, query, k, array=array, dataset=_maybe_dataset(dataset_path))
+    dataset = _maybe_dataset(dataset_path)
+    task = resolve_task(dataset, task)
+    rows = nearest(fsv, query, k, array=array, dataset=dataset, task=task or "none", warn=_warn_line)
     echo_table([[r["rank"], r["key"], f"{r['cosine']:.4f}", r["label"], r["text"][:80]] for r in rows],
-               ["rank", "key", "cosine", "label", "text"])
+               ["rank", "key", "cosine", task or "label", "text"])
 
 
 @main.command()
@@ -320,7 +345,9 @@ def neighbors(query, set_ref, store_url, k, array, dataset_path):
 @click.option("--dataset", "dataset_path", required=True, help="Dataset manifest (ids, texts, images, labels).")
 @store_option
 @click.option("--out", "out_dir", required=True, help="Folder for confounders.csv and confounders.html.")
-@click.option("--predictions", default=None, help="A heads predictions CSV (id,proba,label) to overlay.")
+@click.option("--predictions", default=None, help="A heads predictions CSV (id,proba,label, or id and a --task "
+                                                  "column) to overlay.")
+@_task_option
 @click.option("--image-threshold", type=float, default=0.95, show_default=True,
               help="Image cosine at or above which two images count as the same.")
 @click.option("--text-threshold", type=float, default=0.95, show_default=True,
@@ -331,31 +358,55 @@ def neighbors(query, set_ref, store_url, k, array, dataset_path):
               help="Same-image pairs: texts must be below this cosine (default --differ-below).")
 @click.option("--image-differ-below", type=float, default=None,
               help="Same-text pairs: images must be below this cosine (default --differ-below).")
+@click.option("--image-array", default=None, metavar="NAME",
+              help="Image vector compared: an [N, D] array of the image set (default: pooled, cls or mean).")
+@click.option("--text-array", default=None, metavar="NAME",
+              help="Text vector compared: an [N, D] array of the text set (default: pooled, cls or mean).")
 @click.option("--text-pool", type=click.Choice(["cls", "mean"]), default=None,
-              help="Text vector compared: cls or mean (default: the set's pooled, cls or mean, first found).")
-@click.option("-k", "k", type=int, default=20, show_default=True, help="Neighbours searched per sample.")
+              help="Shorthand for --text-array cls / mean.")
+@click.option("-k", "k", type=int, default=20, show_default=True,
+              help="Neighbours searched per sample (widened up to 256 where all are above a threshold).")
 @click.option("--max-pairs", type=int, default=500, show_default=True,
               help="Pairs shown in the HTML page per kind (the CSV has every pair).")
-def confounders(image_ref, text_ref, dataset_path, store_url, out_dir, predictions, image_threshold, text_threshold,
-                differ_below, text_differ_below, image_differ_below, text_pool, k, max_pairs):
+def confounders(image_ref, text_ref, dataset_path, store_url, out_dir, predictions, task, image_threshold,
+                text_threshold, differ_below, text_differ_below, image_differ_below, image_array, text_array,
+                text_pool, k, max_pairs):
     """Pairs of the same image file, a similar-looking image, or the same text, whose other side differs: counts,
     label flips and hints printed; CSV + HTML page (a section per kind)."""
+    from featstore.errors import FeatstoreError
     from featstore.search.confounders import summary_lines
     from featstore.search.inspect import confounder_report
     from featstore.store import open_store
 
-    found, paths = confounder_report(
+    _cosine_flags(image_threshold=image_threshold, text_threshold=text_threshold, differ_below=differ_below,
+                  text_differ_below=text_differ_below, image_differ_below=image_differ_below)
+    if text_pool and text_array and text_pool != text_array:
+        raise FeatstoreError(f"--text-pool {text_pool} and --text-array {text_array} name different text vectors; "
+                             "pass one of them")
+    hinted = []
+
+    def hint(line):
+        hinted.append(line)
+        click.echo(line, err=True)
+
+    report = confounder_report(
         open_store(store_url), _maybe_dataset(dataset_path), image_ref, text_ref, out_dir, predictions=predictions,
-        text_array=text_pool, max_pairs=max_pairs, image_threshold=image_threshold, text_threshold=text_threshold,
+        image_array=image_array, text_array=text_array or text_pool,
+        text_flag="--text-pool" if text_pool and not text_array else "--text-array", max_pairs=max_pairs,
+        task=task, warn=_warn_line, on_hint=hint, image_threshold=image_threshold, text_threshold=text_threshold,
         text_diff_max=differ_below if text_differ_below is None else text_differ_below,
         image_diff_max=differ_below if image_differ_below is None else image_differ_below, k=k)
+    found = report.found
     click.echo(f"{len(found.pairs)} confounder pairs")
     for line in summary_lines(found.summary):
+        if line not in hinted:  # a hint printed while the search ran is not repeated
+            click.echo(line)
+    for line in report.prediction_lines:
         click.echo(line)
     if predictions:
         wrong = sum(bool(p.wrong_a) or bool(p.wrong_b) for p in found.pairs)
         click.echo(f"{wrong} pairs have a side the model gets wrong")
-    click.echo(f"wrote {paths['csv']} and {paths['html']}")
+    click.echo(f"wrote {report.csv} and {report.html}")
 
 
 @main.command("map")
@@ -364,14 +415,17 @@ def confounders(image_ref, text_ref, dataset_path, store_url, out_dir, predictio
 @click.option("--out", "out_png", required=True, help="PNG to write.")
 @dataset_read_options
 @click.option("--dataset", "dataset_path", default=None, help="Dataset manifest, to colour points by label.")
+@_task_option
 @click.option("--method", type=click.Choice(["tsne", "pca"]), default="tsne", show_default=True)
 @click.option("--array", default=None, help="Pooled array to map (default: pooled, cls or mean).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def map_cmd(set_ref, store_url, out_png, dataset_path, method, array, seed):
+def map_cmd(set_ref, store_url, out_png, dataset_path, task, method, array, seed):
     """A 2-D map (t-SNE or PCA) of a feature set or fused embedding, coloured by label."""
     from featstore.search.inspect import embedding_map
+    from featstore.search.outputs import check_out_file
     from featstore.store import open_store
 
-    n = embedding_map(open_store(store_url).open(set_ref), out_png, dataset=_maybe_dataset(dataset_path),
-                      method=method, array=array, seed=seed)
-    click.echo(f"wrote {out_png} ({n} points, {method})")
+    check_out_file(out_png)
+    n, task = embedding_map(open_store(store_url).open(set_ref), out_png, dataset=_maybe_dataset(dataset_path),
+                            method=method, array=array, seed=seed, task=task, warn=_warn_line)
+    click.echo(f"wrote {out_png} ({n} points, {method}" + (f", coloured by {task})" if task else ")"))

@@ -240,21 +240,11 @@ def _parse_ref(ref: Union[str, Sequence[str]]) -> tuple:
 
 
 def dataset_mismatch_warnings(dataset, opened: Dict[str, Any]) -> List[str]:
-    """One line per feature set extracted from a different dataset manifest than ``dataset``.
+    """One line per feature set extracted from a different dataset manifest than ``dataset``
+    (``featstore.store.manifest_mismatch_warnings``: the same ids may now name other texts or images)."""
+    from featstore.store import manifest_mismatch_warnings
 
-    The version's recipe records the manifest fingerprint it was extracted from (ids, texts, labels, image
-    bytes); a dataset that keeps the ids but moves them to other texts or images joins silently, so the
-    features would belong to other samples. Imported sets (no recorded fingerprint) are not compared."""
-    out: List[str] = []
-    for modality, fs in opened.items():
-        recorded = getattr(fs.recipe, "manifest_fingerprint", "") or ""
-        current = getattr(dataset, "fingerprint", None)
-        if recorded and current and recorded != current:
-            out.append(f"{modality} feature set {fs.name}@{fs.version} was extracted from another version of this "
-                       f"dataset (manifest fingerprint {recorded[:12]}, now {current[:12]}): texts, labels or "
-                       "images changed, so rows joined by id may belong to other samples; re-extract it, or "
-                       "ignore this if only labels or the set of samples changed")
-    return out
+    return manifest_mismatch_warnings(dataset, opened)
 
 
 def _open_feature_sets(store, image_ref, text_ref) -> Dict[str, Any]:

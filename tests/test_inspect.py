@@ -121,7 +121,8 @@ def reference_pairs(world, text_array="cls"):
     img = st.open("grid").select([s.image_key for s in ds.samples], ["pooled"])["pooled"]
     txt = st.open("bert").select([s.id for s in ds.samples], [text_array])[text_array]
     return search_confounders([s.id for s in ds.samples], [s.image_key for s in ds.samples], img, txt,
-                              [s.labels["label"] for s in ds.samples], text_vector=text_array, **THRESHOLDS)
+                              [s.labels["label"] for s in ds.samples], text_vector=text_array, task="label",
+                              **THRESHOLDS)
 
 
 class _Page(HTMLParser):
@@ -251,7 +252,8 @@ def test_map_writes_a_png(world, tmp_path, method, set_name, with_dataset, point
     png = tmp_path / "maps" / "m.png"
     args = ["map", "--set", set_name, "--store", world["store"], "--out", png, "--method", method]
     out = invoke(featstore, args + (["--dataset", world["data"]] if with_dataset else []))
-    assert out.strip() == f"wrote {png} ({points} points, {method})"
+    coloured = ", coloured by label" if with_dataset else ""  # the dataset's only label key
+    assert out.strip() == f"wrote {png} ({points} points, {method}{coloured})"
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
         im.verify()

@@ -204,7 +204,8 @@ def test_chunked_and_widened_knn_equals_bruteforce():
     ids, keys, img, txt, labels, _ = planted(n=300, seed=4)
     for r in range(60, 75):
         img[r] = img[59] + 0.01 * np.random.default_rng(r).standard_normal(64)
-    got = _knn_pairs(img.astype(np.float32), 0.95, k=2, kind="flat", use_gpu=False, chunk=7)
+    got, capped = _knn_pairs(img.astype(np.float32), 0.95, k=2, kind="flat", use_gpu=False, chunk=7)
+    assert capped == 0  # 16 copies: widened to k = 16 < K_MAX
     x = img / np.linalg.norm(img, axis=1, keepdims=True)
     ref = {tuple(p) for p in np.argwhere(np.triu(x @ x.T >= 0.95, k=1)).tolist()}
     # 16 copies of one image (120 pairs) + the planted 10/200, 20/21 and 40/41 image pairs
@@ -250,7 +251,7 @@ def test_summary_counts_per_kind_and_hints_on_a_planted_case():
         "similar-looking image (another file), different text: 1 pair, 0 with a label flip",
         "same text, different image: 0 pairs, 0 with a label flip",
         "label flip = the two samples of a pair have different labels; counted over every pair found of that kind, "
-        "not only the pairs shown",
+        "not only the pairs shown; a pair with an unlabelled side has none",
         "thresholds: same image = same image key; similar image = image cosine >= 0.95; same text = text cosine "
         ">= 0.95 (cls vectors); the other side must differ: text cosine < 0.9, image cosine < 0.9",
         "hint: same image file, different text: 4 more pairs were left out as near-duplicates (text cosine >= 0.9); "

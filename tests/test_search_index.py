@@ -155,7 +155,8 @@ def test_cached_index_corrupt_bytes():
     (np.zeros((0, 8), np.float32), "empty"),
     (np.zeros((3, 0), np.float32), "0 columns"),
     (np.array([[1.0, np.nan], [1.0, 2.0]]), r"1 row\(s\) with NaN/inf \(first rows: 0\)"),
-    (np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]), r"2 all-zero row\(s\) \(first rows: 1, 2\).*metric='l2'"),
+    (np.zeros((3, 2)), r"^vectors: all 3 rows are all-zero; cosine similarity is undefined for them: re-extract "
+                       r"the features$"),
     (np.array([["a", "b"]]), "dtype"),
 ])
 def test_bad_vectors(vectors, match):
@@ -191,3 +192,50 @@ def test_bad_arguments(tmp_path):
     bad.write_bytes(b"garbage bytes")
     with pytest.raises(CorruptDataError, match="is not a faiss index"):
         VectorIndex.load(bad)
+
+
+def test_zero_rows_never_match_and_a_zero_query_is_one_line(tmp_path):
+    """All-zero rows of a cosine index are never returned; the other rows rank as a float64 brute force over
+    the non-zero rows alone; ntotal still counts every row; a zero query row is refused."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    zero = [3, 17, 18]
+    x[zero] = 0
+    live = [i for i in range(40) if i not in zero]
+    for kind in ("flat", "hnsw"):
+        index = build_index(x, kind=kind)
+        assert (index.ntotal, index.indexed) == (40, 37)
+        sims, idx = index.search(x[[0, 5]], 10)
+        ref_sims, ref = _exact_cosine(x[live], x[[0, 5]], 10)
+        np.testing.assert_array_equal(idx, np.asarray(live)[ref])
+        np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+    sims, idx = build_index(x, kind="flat").search(x[:1], 40)  # more than the non-zero rows: padded
+    assert idx.shape == (1, 40) and set(idx[0, :37]) == set(live) and (idx[0, 37:] == -1).all()
+    assert np.isneginf(sims[0, 37:]).all()
+    with pytest.raises(FeatstoreError) as err:
+        build_index(x).search(x[[1, 3]], 2)
+    assert str(err.value) == ("queries has 1 all-zero row(s) (first rows: 1); cosine similarity is undefined for "
+                              "them, so they have no neighbours: query with the other rows")
+    with pytest.raises(FeatstoreError, match=r"leaves out 3 all-zero row\(s\), whose positions a faiss file cannot"):
+        build_index(x).save(tmp_path / "z.faiss")
+    store = {}
+    first = cached_index(x, store.get, store.__setitem__, key="z")
+    again = cached_index(x, store.get, store.__setitem__, key="z")
+    assert again.from_cache and (again.ntotal, again.indexed) == (40, 37)
+    for a, b in zip(first.search(x[:3], 5), again.search(x[:3], 5)):
+        np.testing.assert_array_equal(a, b)
+    assert build_index(x, metric="l2").indexed == 40  # squared distances are defined for zero rows
+
+
+def test_ties_are_ordered_by_row():
+    """Equal similarities come back lower row first (faiss's heap gives them in reverse); a flat search keeps the
+    lowest of the rows tied at the k-th place."""
+    x = np.zeros((30, 4), np.float32)
+    x[:, 0] = 1.0
+    x[[4, 9], 1] = 0.5  # two rows a little further away, tied with each other
+    sims, idx = build_index(x, kind="flat").search(x[:1], 5)
+    assert idx.tolist() == [[0, 1, 2, 3, 5]]
+    _, idx = build_index(x, kind="flat").search(x[4:5], 30)
+    assert idx[0, :2].tolist() == [4, 9] and idx[0, 2:].tolist() == [i for i in range(30) if i not in (4, 9)]
+    _, idx = build_index(x, metric="l2", kind="flat").search(x[:1], 30)
+    assert idx[0, 28:].tolist() == [4, 9] and idx[0, :28].tolist() == [i for i in range(30) if i not in (4, 9)]

@@ -86,3 +86,17 @@ def test_errors(call, match):
     ids, vecs = _data()
     with pytest.raises(FeatstoreError, match=match):
         call(ids, vecs)
+
+
+def test_zero_rows_are_never_neighbours_and_a_zero_query_is_named():
+    ids, vecs = _data(n=30)
+    vecs[[4, 11]] = 0
+    rows = neighbors(["s0000"], ids, vecs, k=29)
+    live = [i for i in ids if i not in ("s0004", "s0011")]
+    ref = _brute(live, np.stack([vecs[ids.index(i)] for i in live]), "s0000", 27)
+    assert [r.neighbor for r in rows] == [n for n, _ in ref]  # 27 others: the two zero rows left out
+    np.testing.assert_allclose([r.similarity for r in rows], [s for _, s in ref], atol=1e-5)
+    with pytest.raises(FeatstoreError) as err:
+        neighbors(["s0001", "s0011"], ids, vecs, k=3)
+    assert str(err.value) == ("'s0011' has an all-zero vector: cosine similarity is undefined for it, so there are no "
+                              "neighbours to show; re-extract its features or query another key")

@@ -6,6 +6,9 @@
 * ``confounders``: ``find_confounders`` -> ``ConfounderPair`` list, ``to_csv``, predictions overlay.
 * ``report``: ``write_html_report`` (one self-contained HTML file).
 * ``embedmap``: ``plot_embedding_map`` (t-SNE / PCA scatter PNG).
+* ``tasks``: ``resolve_task`` (which label key the search commands show: ``--task``).
+* ``outputs``: ``--out`` checks and ``AtomicOutputs`` (temporary names renamed at the end).
+* ``inspect``: the store-level jobs behind `featstore neighbors`, `confounders` and `map`.
 """
 from .confounders import (ConfounderPair, Prediction, find_confounders, load_predictions,
                           overlay_predictions, to_csv)

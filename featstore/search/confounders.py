@@ -17,8 +17,16 @@ Pair kinds (cosine similarities of the two samples' vectors), each reported on i
 A pair similar in both modalities is a near-duplicate, not a confounder: it is not reported, but counted
 per kind (``ConfounderSummary.left_out``) so a hint can say when the "differs" threshold ate most pairs.
 
-Label flip (``FLIP_DEFINITION``): a pair whose two samples have different labels, counted over every pair
-found, not only the pairs a page shows.
+Label flip (``FLIP_DEFINITION``): a pair whose two samples have different labels (of one task: ``--task``),
+counted over every pair found, not only the pairs a page shows. A pair with an unlabelled side has no flip
+(``label_flip`` None): it is neither counted as one nor as "same label", and the count line says how many such
+pairs there are.
+
+Saturation cap: each modality's k-NN search widens ``k`` (doubling) for the samples whose k-th neighbour is still
+above the threshold, but never beyond ``k_max`` neighbours per sample (``K_MAX`` = 256 by default, or ``k`` when
+larger). Samples still above the threshold at ``k_max`` are counted (``ConfounderSummary.capped``) and a hint
+(``capped_hint``) says that the search stopped there and that the threshold does not single out copies: raise
+it. ``search_confounders(on_hint=...)`` receives that hint as soon as the modality's search ends.
 
 Score and ranking: ``score`` is the similarity of the shared modality (``image_sim`` for the image kinds,
 ``text_sim`` for ``same_text``; a shared ``image_key`` counts as 1.0) and ``contrast = 1 - similarity of the
@@ -31,8 +39,8 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -50,7 +58,8 @@ KIND_TITLES = {"same_image": "same image file, different text",
                "similar_image": "similar-looking image (another file), different text",
                "same_text": "same text, different image"}
 FLIP_DEFINITION = ("label flip = the two samples of a pair have different labels; counted over every pair found "
-                   "of that kind, not only the pairs shown")
+                   "of that kind, not only the pairs shown; a pair with an unlabelled side has none")
+K_MAX = 256  # neighbours per sample a saturated k-NN search widens to at most (search_confounders' k_max)
 
 
 @dataclass(frozen=True)
@@ -95,15 +104,18 @@ def _check_threshold(name: str, value: float) -> float:
     return float(value)
 
 
-def _knn_pairs(x: np.ndarray, threshold: float, k: int, kind: str, use_gpu, chunk: int = 65536) -> np.ndarray:
-    """All pairs ``(i, j), i < j`` with cosine ``>= threshold`` found by k-NN over the rows of ``x``.
+def _knn_pairs(x: np.ndarray, threshold: float, k: int, kind: str, use_gpu, chunk: int = 65536,
+               k_max: int = K_MAX) -> Tuple[np.ndarray, int]:
+    """``(pairs, capped)``: all pairs ``(i, j), i < j`` with cosine ``>= threshold`` found by k-NN over the rows
+    of ``x``, and how many rows still had ``max(k, k_max)`` neighbours above the threshold when the search stopped.
 
     A row whose k-th neighbour is still above the threshold may have more: it is searched again with
-    twice the k until its last neighbour falls below the threshold or k covers every row.
+    twice the k until its last neighbour falls below the threshold, k covers every row, or k reaches
+    ``max(k, k_max)`` (those rows are ``capped``: their pairs beyond that many neighbours are not listed).
     """
     n = x.shape[0]
     if n < 2:
-        return np.zeros((0, 2), dtype=np.int64)
+        return np.zeros((0, 2), dtype=np.int64), 0
     if kind == "auto":  # exact when small, or when the GPU search is torch's exact one (faiss-gpu absent)
         exact_on_gpu = gpu_backend(use_gpu, "flat") == TORCH_SEARCH
         kind = "flat" if n <= EXACT_PAIRS_MAX or exact_on_gpu else "ivf"
@@ -111,7 +123,8 @@ def _knn_pairs(x: np.ndarray, threshold: float, k: int, kind: str, use_gpu, chun
     index = build_index(x, metric="cosine", kind=kind, use_gpu=use_gpu, **ivf)
     found: List[np.ndarray] = []
     rows = np.arange(n)
-    kk = min(k + 1, n)
+    cap = min(max(k, k_max) + 1, n)  # + 1: the row itself
+    kk, capped = min(k + 1, cap), 0
     while rows.size:
         again = []
         for s in range(0, rows.size, chunk):  # bounded query copies for large N
@@ -121,12 +134,15 @@ def _knn_pairs(x: np.ndarray, threshold: float, k: int, kind: str, use_gpu, chun
             qi, col = np.nonzero(hit)
             found.append(np.stack([r[qi], idx[qi, col]], axis=1))
             again.append(r[(sims[:, -1] >= threshold) & (idx[:, -1] >= 0)])
+        rows = np.concatenate(again)
         if kk >= n:
             break
-        rows = np.concatenate(again)
-        kk = min(2 * kk, n)
+        if kk >= cap:
+            capped = int(rows.size)
+            break
+        kk = min(2 * kk, cap)
     pairs = np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
-    return np.sort(pairs, axis=1)
+    return np.sort(pairs, axis=1), capped
 
 
 def _pair_cosines(x: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -164,6 +180,10 @@ class ConfounderSummary:
     flips: Dict[str, Optional[int]]
     left_out: Dict[str, int]
     text_vector: Optional[str] = None  # the text array compared (e.g. "cls" or "mean"), when known
+    task: Optional[str] = None  # the label task whose labels flip, when known
+    unlabelled: Optional[Dict[str, int]] = None  # {kind: pairs with an unlabelled side}, with labels
+    capped: Dict[str, int] = field(default_factory=dict)  # {"image" | "text": samples capped at k_max}
+    k_max: int = K_MAX
 
 
 @dataclass(frozen=True)
@@ -220,44 +240,58 @@ def _make_pairs(kind: str, sel: np.ndarray, a, b, isim, tsim, same_key, sample_i
         la = lb = flip = None
         if labels is not None:
             la, lb = labels[i], labels[j]
-            flip = bool(la != lb)
+            flip = None if la is None or lb is None else bool(la != lb)
         out.append(ConfounderPair(kind, sample_ids[i], sample_ids[j], i, j, si, st, sk, score, contrast, la, lb, flip))
     return out
 
 
-def kind_counts(pairs: Sequence[ConfounderPair]) -> Tuple[Dict[str, int], Dict[str, Optional[int]]]:
-    """``({kind: pairs}, {kind: label flips, None when no pair has labels})`` - the one count the CLI and
-    the HTML page both show (``FLIP_DEFINITION``)."""
+def kind_counts(pairs: Sequence[ConfounderPair], labelled: Optional[bool] = None
+                ) -> Tuple[Dict[str, int], Dict[str, Optional[int]]]:
+    """``({kind: pairs}, {kind: label flips, None without labels})`` - the one count the CLI and the HTML page
+    both show (``FLIP_DEFINITION``). ``labelled``: whether labels were given (default: some pair has one)."""
     found = {k: sum(p.kind == k for p in pairs) for k in KINDS}
-    labelled = any(p.label_flip is not None for p in pairs)
-    flips = {k: (sum(bool(p.label_flip) for p in pairs if p.kind == k) if labelled else None) for k in KINDS}
+    if labelled is None:
+        labelled = any(p.label_a is not None or p.label_b is not None for p in pairs)
+    flips = {k: (sum(p.label_flip is True for p in pairs if p.kind == k) if labelled else None) for k in KINDS}
     return found, flips
+
+
+def unlabelled_counts(pairs: Sequence[ConfounderPair]) -> Dict[str, int]:
+    """{kind: pairs with an unlabelled side} (they have no label flip)."""
+    return {k: sum(p.kind == k and (p.label_a is None or p.label_b is None) for p in pairs) for k in KINDS}
 
 
 def search_confounders(sample_ids: Sequence[str], image_keys: Sequence[str], image_vecs, text_vecs,
                        labels: Optional[Sequence[Any]] = None, *, image_threshold: float = 0.95,
                        text_threshold: float = 0.95, text_diff_max: float = 0.9, image_diff_max: float = 0.9,
-                       k: int = 20, index_kind: str = "auto", use_gpu="auto",
-                       text_vector: Optional[str] = None) -> ConfounderSearch:
+                       k: int = 20, k_max: int = K_MAX, index_kind: str = "auto", use_gpu="auto",
+                       text_vector: Optional[str] = None, task: Optional[str] = None,
+                       on_hint: Optional[Callable[[str], None]] = None) -> ConfounderSearch:
     """Confounder pairs among ``N`` samples (see the module docstring for kinds and ranking) and their summary.
 
     Inputs are per sample: ``image_vecs [N, Di]`` and ``text_vecs [N, Dt]`` (pooled vectors) are row
-    ``i`` = sample ``sample_ids[i]`` with image ``image_keys[i]``; ``labels`` (optional, ``[N]``) marks
-    ``label_flip``. Each modality gets one cosine FAISS index searched for the ``k`` nearest of every
-    sample (k grows for rows whose neighbours are all above the threshold). ``index_kind="auto"``: exact
-    for ``N <= 5000`` or when the GPU search is torch's exact one (``index.gpu_backend``: a CUDA device and
-    no faiss-gpu), IVF (``CONFOUNDER_IVF``: nprobe 6, rough k-means) above. ``text_vector`` only names
-    the text array in the summary.
+    ``i`` = sample ``sample_ids[i]`` with image ``image_keys[i]``; ``labels`` (optional, ``[N]``, None for an
+    unlabelled sample) marks ``label_flip``. Each modality gets one cosine FAISS index searched for the ``k``
+    nearest of every sample (k grows for rows whose neighbours are all above the threshold, up to
+    ``max(k, k_max)``: the module docstring's saturation cap; ``on_hint(line)`` gets its hint as soon as it is
+    known). ``index_kind="auto"``: exact for ``N <= 5000`` or when the GPU search is torch's exact one
+    (``index.gpu_backend``: a CUDA device and no faiss-gpu), IVF (``CONFOUNDER_IVF``: nprobe 6, rough k-means)
+    above. ``text_vector`` and ``task`` only name the text array and the label task in the summary.
     """
     sample_ids = [str(s) for s in sample_ids]
     th = dict(image_threshold=image_threshold, text_threshold=text_threshold, text_diff_max=text_diff_max,
               image_diff_max=image_diff_max)
     img, txt, th = _check_inputs(sample_ids, image_keys, image_vecs, text_vecs, labels, th, k, index_kind)
-    cand = np.unique(np.concatenate([
-        _knn_pairs(img, th["image_threshold"], k, index_kind, use_gpu),
-        _key_pairs(image_keys),
-        _knn_pairs(txt, th["text_threshold"], k, index_kind, use_gpu),
-    ]), axis=0)
+    if isinstance(k_max, bool) or not isinstance(k_max, (int, np.integer)) or k_max < 1:
+        raise FeatstoreError(f"k_max must be a positive integer, got {k_max!r}")
+    found_pairs, capped = [_key_pairs(image_keys)], {}
+    for modality, x in (("image", img), ("text", txt)):
+        pairs_m, capped[modality] = _knn_pairs(x, th[f"{modality}_threshold"], k, index_kind, use_gpu,
+                                               k_max=k_max)
+        found_pairs.append(pairs_m)
+        if capped[modality] and on_hint is not None:
+            on_hint(capped_hint(modality, capped[modality], max(k, k_max), th[f"{modality}_threshold"]))
+    cand = np.unique(np.concatenate(found_pairs), axis=0)
     a, b = cand[:, 0], cand[:, 1]
     # exact float64 cosines of the candidates, row-wise (O(pairs * D) memory, not N^2)
     isim, tsim = _pair_cosines(img, a, b), _pair_cosines(txt, a, b)
@@ -268,9 +302,10 @@ def search_confounders(sample_ids: Sequence[str], image_keys: Sequence[str], ima
                                                       labels)]
     # rounded so float noise (1 - 1e-16 vs 1.0) does not decide the order of equal scores
     pairs.sort(key=lambda q: (KINDS.index(q.kind), -round(q.score, 9), -round(q.contrast, 9), q.id_a, q.id_b))
-    found, flips = kind_counts(pairs)
+    found, flips = kind_counts(pairs, labelled=labels is not None)
     summary = ConfounderSummary(len(sample_ids), th, found, flips, {kd: int(m.sum()) for kd, m in dropped.items()},
-                                text_vector)
+                                text_vector, task, unlabelled_counts(pairs) if labels is not None else None,
+                                {m: c for m, c in capped.items() if c}, max(k, k_max))
     return ConfounderSearch(pairs, summary)
 
 
@@ -287,21 +322,32 @@ _SIDE = {"same_image": ("image", "text"), "similar_image": ("image", "text"), "s
 def summary_lines(summary: ConfounderSummary, shown: Optional[Mapping[str, int]] = None) -> List[str]:
     """Counts per kind, the label-flip definition, the thresholds and the hints, one string per line.
     ``shown`` ({kind: pairs shown}) adds "showing the first N" where a page shows fewer than found."""
-    return count_lines(summary.found, summary.flips, shown) + [threshold_line(summary)] + summary_hints(summary)
+    return (count_lines(summary.found, summary.flips, shown, summary.unlabelled, summary.task)
+            + [threshold_line(summary)] + summary_hints(summary))
+
+
+def flip_definition(task: Optional[str] = None) -> str:
+    """``FLIP_DEFINITION``, naming the label task when known."""
+    if task is None:
+        return FLIP_DEFINITION
+    return FLIP_DEFINITION.replace("different labels;", f"different labels of task {task!r};", 1)
 
 
 def count_lines(found: Mapping[str, int], flips: Mapping[str, Optional[int]],
-                shown: Optional[Mapping[str, int]] = None) -> List[str]:
-    """One line per kind ("<kind>: N pairs, F with a label flip") and the ``FLIP_DEFINITION`` line."""
+                shown: Optional[Mapping[str, int]] = None, unlabelled: Optional[Mapping[str, int]] = None,
+                task: Optional[str] = None) -> List[str]:
+    """One line per kind ("<kind>: N pairs, F with a label flip[, U with an unlabelled side]") and the
+    flip definition line."""
     lines = []
     for kind in KINDS:
-        n, f = found[kind], flips[kind]
+        n, f, u = found[kind], flips[kind], (unlabelled or {}).get(kind, 0)
         line = f"{KIND_TITLES[kind]}: {n} pair{'' if n == 1 else 's'}" + (
-            f", {f} with a label flip" if f is not None else "")
+            f", {f} with a label flip" if f is not None else "") + (
+            f", {u} with an unlabelled side" if f is not None and u else "")
         if shown is not None and shown.get(kind, 0) < n:
             line += f" (showing the first {shown.get(kind, 0)})"
         lines.append(line)
-    return lines + [FLIP_DEFINITION]
+    return lines + [flip_definition(task)]
 
 
 def threshold_line(summary: ConfounderSummary) -> str:
@@ -312,10 +358,22 @@ def threshold_line(summary: ConfounderSummary) -> str:
             f"text cosine < {th['text_diff_max']:g}, image cosine < {th['image_diff_max']:g}")
 
 
+def capped_hint(modality: str, rows: int, k_max: int, threshold: float) -> str:
+    """The hint of a k-NN search that stopped at ``k_max`` neighbours (the module docstring's saturation cap)."""
+    more = " or pass --text-pool mean (CLS vectors of short texts are all alike)" if modality == "text" else ""
+    return (f"hint: the {modality} search stopped at {k_max} neighbours per sample (k_max): {rows} sample"
+            f"{'' if rows == 1 else 's'} still had {k_max} neighbours at {modality} cosine >= {threshold:g}, so "
+            f"their pairs beyond the {k_max} nearest are not listed; raise --{modality}-threshold (e.g. 0.99) until "
+            f"it singles out copies{more}")
+
+
 def summary_hints(summary: ConfounderSummary) -> List[str]:
-    """A ``hint:`` line for each kind that came out empty, mostly left out as near-duplicates, or saturated
-    (more pairs than samples: the threshold does not single out copies)."""
-    th, out = summary.thresholds, []
+    """A ``hint:`` line for each modality whose search stopped at ``k_max`` (``capped_hint``), and for each kind
+    that came out empty, mostly left out as near-duplicates, or saturated (more pairs than samples: the
+    threshold does not single out copies)."""
+    th = summary.thresholds
+    out = [capped_hint(m, summary.capped[m], summary.k_max, th[f"{m}_threshold"])
+           for m in ("image", "text") if summary.capped.get(m)]
     for kind in KINDS:
         shared, other = _SIDE[kind]
         n, dropped, title = summary.found[kind], summary.left_out[kind], KIND_TITLES[kind]
@@ -353,8 +411,10 @@ def _same_label(pred: Any, true: Any) -> bool:
         return str(pred) == str(true)
 
 
-def load_predictions(path) -> Dict[str, Prediction]:
-    """Read a heads run's predictions CSV (columns ``id`` and ``proba`` and/or ``label``).
+def load_predictions(path, task: Optional[str] = None) -> Dict[str, Prediction]:
+    """Read a heads run's predictions CSV: columns ``id`` and ``proba`` and/or ``label`` (one binary task called
+    ``label``), or ``id`` and a column named ``task`` (the predicted class name; heads writes one per task of a
+    multi-task run, e.g. Memotion's ``A``).
 
     ``proba`` (the binary positive-class probability) wins when present: the predicted label is
     ``proba >= 0.5``; otherwise the ``label`` column is the predicted label.
@@ -365,9 +425,14 @@ def load_predictions(path) -> Dict[str, Prediction]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
+        if "id" in cols and task not in (None, "label") and task in cols:
+            return {str(row["id"]): Prediction(label=row[task] if row.get(task) not in ("", None) else None)
+                    for row in reader}
         if "id" not in cols or not ({"proba", "label"} & set(cols)):
             raise FeatstoreError(
                 f"predictions file {path!r} has columns {cols}; it needs `id` and `proba` and/or `label`"
+                + (f" (or `id` and `{task}`, as heads writes for task {task!r})" if task not in (None, "label")
+                   else "")
             )
         out: Dict[str, Prediction] = {}
         for line, row in enumerate(reader, start=2):
@@ -385,6 +450,65 @@ def load_predictions(path) -> Dict[str, Prediction]:
             label = row.get("label") if row.get("label") not in ("", None) else None
             out[str(row["id"])] = Prediction(proba=proba, label=label)
     return out
+
+
+def _label_key(value: Any) -> str:
+    """A predicted or true label as comparable text: ``1``, ``1.0`` and ``"1"`` alike."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
+def _class_forms(labels: Sequence[Any], class_names: Sequence[str]) -> Dict[str, Any]:
+    """{text of a class (its name, index or a true label): that class as the dataset's labels write it}."""
+    seen = [v for v in labels if v is not None]
+    as_index = bool(seen) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in seen)
+    forms: Dict[str, Any] = {}
+    for i, name in enumerate(class_names):
+        forms[str(i)] = forms[str(name)] = i if as_index else name
+    forms.update({_label_key(v): v for v in seen})
+    return forms
+
+
+def check_predictions(predictions: Mapping[str, Prediction], path, sample_ids: Sequence[str],
+                      labels: Optional[Sequence[Any]] = None, task: Optional[str] = None,
+                      class_names: Sequence[str] = (), binary: bool = True) -> Dict[str, Any]:
+    """{sample id: predicted label} of the samples the file covers, each label written as the dataset writes that
+    class. A file none of whose ids is a sample, a ``proba`` for a task of more than two classes, or a predicted
+    label that is not one of the task's classes (``class_names`` / the true ``labels``) is a one-line error."""
+    path = os.fspath(path)
+    ids = [i for i in dict.fromkeys(str(s) for s in sample_ids) if i in predictions]
+    if not ids:
+        first = ", ".join(repr(i) for i in list(predictions)[:3]) or "none"
+        raise FeatstoreError(f"predictions file {path!r}: none of its {len(predictions)} ids is a sample of the "
+                             f"dataset (its first: {first}); pass the predictions of a run on this dataset")
+    preds = {i: _as_prediction(predictions[i]) for i in ids}
+    if task is None:
+        return {i: p.predicted_label() for i, p in preds.items()}
+    if not binary and any(p.proba is not None for p in preds.values()):
+        raise FeatstoreError(f"predictions file {path!r} gives `proba` (one binary probability) but task {task!r} "
+                             f"has {len(class_names)} classes ({', '.join(class_names)}); pass a predictions file "
+                             f"with a `{task}` column (heads predict writes one per task)")
+    forms = _class_forms(labels or [], class_names)
+    out = {i: p.predicted_label() for i, p in preds.items()}
+    bad = list(dict.fromkeys(str(v) for v in out.values() if v is not None and _label_key(v) not in forms))
+    if bad:
+        raise FeatstoreError(
+            f"predictions file {path!r}: predicted label{'s' if len(bad) > 1 else ''} "
+            f"{', '.join(map(repr, bad[:5]))} {'are' if len(bad) > 1 else 'is'} not a class of task {task!r} "
+            f"({', '.join(map(str, class_names)) or 'no classes'}); pass the predictions of a run on this dataset "
+            "and task")
+    return {i: None if v is None else forms[_label_key(v)] for i, v in out.items()}
+
+
+def prediction_line(pairs: Sequence[ConfounderPair], covered: int, n_samples: int) -> str:
+    """How many pair sides had a prediction, and how many samples the file covers."""
+    sides = sum((p.pred_a is not None) + (p.pred_b is not None) for p in pairs)
+    return (f"predictions: {sides} of {2 * len(pairs)} pair sides have a prediction; the file covers {covered} of "
+            f"the {n_samples} samples")
 
 
 def overlay_predictions(pairs: Sequence[ConfounderPair], predictions: Mapping[str, Any]) -> List[ConfounderPair]:
@@ -413,13 +537,22 @@ CSV_COLUMNS = ["kind", "id_a", "id_b", "image_sim", "text_sim", "same_image_key"
 def to_csv(pairs: Sequence[ConfounderPair], path, texts: Optional[Mapping[str, str]] = None,
            predictions: Optional[Mapping[str, Any]] = None) -> None:
     """Write ``pairs`` (in order) as CSV with ``CSV_COLUMNS``; ``texts`` maps id -> text (optional),
-    ``predictions`` is as for ``overlay_predictions``. Empty cells mean "not known"."""
+    ``predictions`` is as for ``overlay_predictions``. Empty cells mean "not known". Written under a temporary
+    name and renamed, so a failure leaves no half-written file."""
+    from .outputs import AtomicOutputs
+
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FeatstoreError(f"cannot write {path!r}: folder {parent!r} does not exist; create it first")
     if predictions is not None:
         pairs = overlay_predictions(pairs, predictions)
+    with AtomicOutputs() as out:
+        write_csv_rows(pairs, out.path(path), texts)
+
+
+def write_csv_rows(pairs: Sequence[ConfounderPair], path, texts: Optional[Mapping[str, str]] = None) -> None:
+    """``to_csv``'s file, written straight to ``path`` (pairs as they are)."""
     texts = texts or {}
 
     def cell(v):

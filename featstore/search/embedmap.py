@@ -42,10 +42,11 @@ def embed_2d(vectors, method: str = "tsne", seed: int = 0, perplexity: float = 3
 
 
 def plot_embedding_map(vectors, labels: Sequence[Any], out_png, method: str = "tsne", seed: int = 0, *,
-                       title: Optional[str] = None, point_size: float = 12.0, dpi: int = 100) -> np.ndarray:
+                       title: Optional[str] = None, point_size: float = 12.0, dpi: int = 100,
+                       legend_title: str = "label") -> np.ndarray:
     """Save a scatter plot of ``vectors [N, D]`` projected to 2-D, one colour per distinct label
-    (matplotlib ``tab10``/``tab20`` order of the sorted labels), with a legend. Returns the
-    ``[N, 2]`` coordinates that were plotted."""
+    (matplotlib ``tab10``/``tab20`` order of the sorted labels), with a legend titled ``legend_title``. Returns
+    the ``[N, 2]`` coordinates that were plotted. The PNG is written under a temporary name and renamed."""
     labels = list(labels)
     x = check_vectors(vectors)
     if len(labels) != x.shape[0]:
@@ -70,10 +71,13 @@ def plot_embedding_map(vectors, labels: Sequence[Any], out_png, method: str = "t
         sel = str_labels == name
         ax.scatter(coords[sel, 0], coords[sel, 1], s=point_size, color=cmap(c % cmap.N), label=name,
                    linewidths=0)
-    ax.legend(title="label", loc="best", markerscale=1.5, fontsize=8)
+    ax.legend(title=legend_title, loc="best", markerscale=1.5, fontsize=8)
     ax.set_title(title or f"{method.upper()} of {x.shape[0]} embeddings ({x.shape[1]}-d)")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(out_png, format="png")
+    from .outputs import AtomicOutputs
+
+    with AtomicOutputs() as files:
+        fig.savefig(files.path(out_png), format="png")
     return coords

@@ -18,6 +18,16 @@ Cosine similarity is inner product on L2-normalised vectors: vectors and queries
 the index stores inner products, so ``search`` returns cosine similarities in [-1, 1]. For
 ``metric="l2"`` ``search`` returns squared Euclidean distances (smaller is closer).
 
+All-zero rows (cosine): cosine similarity is undefined for them, so they never match: the index holds the
+other rows only (``VectorIndex.rows`` maps its positions back to the input rows; ``ntotal`` still counts every
+input row) and ``search`` never returns a zero row. A zero *query* row is an error (``normalize_rows``).
+Such an index has no faiss file of its own (``save`` refuses it); ``cached_index`` rebuilds the row map from
+the vectors it is given.
+
+Ties: each result row is ordered by similarity (distance for l2), then by row, lower first. A flat CPU search
+also keeps the lowest rows when several tie at the k-th place; approximate (IVF / HNSW) and GPU searches may
+keep other rows among those tied at the k-th place (the order within the results is still by row).
+
 GPU (``gpu_backend``): with ``use_gpu="auto"`` or ``True`` a flat or IVF index is moved to the GPU
 (``faiss.StandardGpuResources`` + ``faiss.index_cpu_to_gpu``) when the installed faiss has GPU support (the
 ``faiss-gpu`` package) and sees a CUDA device; HNSW has no GPU implementation and stays on the CPU. Without
@@ -87,15 +97,26 @@ def check_vectors(vectors, what: str = "vectors") -> np.ndarray:
 def normalize_rows(arr: np.ndarray, what: str = "vectors") -> np.ndarray:
     """Return an L2-normalised float32 copy of ``arr [N, D]``; all-zero rows are an error."""
     out = np.array(arr, dtype=np.float32, copy=True, order="C")
-    norms = np.linalg.norm(out, axis=1)
-    zero = np.flatnonzero(norms == 0)
+    zero = np.flatnonzero(~out.any(axis=1))
     if zero.size:
         raise FeatstoreError(
             f"{what} has {zero.size} all-zero row(s) (first rows: {', '.join(map(str, zero[:5]))}); cosine "
-            "similarity is undefined for them: drop those rows or use metric='l2'"
+            "similarity is undefined for them, so they have no neighbours: query with the other rows"
         )
     faiss.normalize_L2(out)
     return out
+
+
+def nonzero_rows(x: np.ndarray) -> np.ndarray:
+    """Positions of the rows of ``x [N, D]`` that are not all zero (the rows a cosine index holds)."""
+    return np.flatnonzero(x.any(axis=1))
+
+
+def _order_ties_by_row(sims: np.ndarray, idx: np.ndarray, metric: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Each result row sorted by score (best first), then by row (lower first); -1 entries last."""
+    best_first = -sims if metric == "cosine" else sims
+    order = np.lexsort((np.where(idx < 0, np.iinfo(np.int64).max, idx), best_first), axis=-1)
+    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
 def gpu_available() -> bool:
@@ -155,11 +176,14 @@ class VectorIndex:
     """
 
     def __init__(self, index: "faiss.Index", metric: str, *, from_cache: bool = False,
-                 gpu_resources=None):
+                 gpu_resources=None, rows: Optional[np.ndarray] = None, n_rows: Optional[int] = None):
         self.index = index
         self.metric = metric
         self.from_cache = from_cache  # True when cached_index reused stored bytes instead of building
         self._gpu_resources = gpu_resources  # StandardGpuResources kept alive with a faiss GPU index; TORCH_SEARCH
+        # rows: input row of each indexed position when all-zero rows were left out (None: every row, in order)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self._n_rows = int(index.ntotal) if rows is None else int(n_rows)
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -168,6 +192,12 @@ class VectorIndex:
 
     @property
     def ntotal(self) -> int:
+        """Input rows the index was built over, all-zero rows (never returned) included."""
+        return self._n_rows
+
+    @property
+    def indexed(self) -> int:
+        """Rows the index holds and can return (``ntotal`` less the all-zero rows of a cosine index)."""
         return int(self.index.ntotal)
 
     @property
@@ -223,8 +253,16 @@ class VectorIndex:
         if self.metric == "cosine":
             q = normalize_rows(q, "queries")
         kk = int(min(k, self.ntotal))
-        sims, idx = self.index.search(q, kk)
-        return sims, idx.astype(np.int64, copy=False)
+        sims, idx = self.index.search(q, min(kk, self.indexed))
+        idx = idx.astype(np.int64, copy=False)
+        if self.rows is not None:  # back to input rows; pad where the zero rows left fewer than kk
+            idx = np.where(idx >= 0, self.rows[np.clip(idx, 0, None)], -1)
+            pad = kk - idx.shape[1]
+            if pad:
+                fill = -np.inf if self.metric == "cosine" else np.inf
+                sims = np.concatenate([sims, np.full((sims.shape[0], pad), fill, sims.dtype)], axis=1)
+                idx = np.concatenate([idx, np.full((idx.shape[0], pad), -1, np.int64)], axis=1)
+        return _order_ties_by_row(sims, idx, self.metric)
 
     # -- persistence ----------------------------------------------------------------------------
     def _cpu_index(self) -> "faiss.Index":
@@ -238,7 +276,8 @@ class VectorIndex:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, use_gpu="auto", what: str = "index bytes") -> "VectorIndex":
-        """Inverse of ``to_bytes``; undecodable bytes raise ``CorruptDataError``."""
+        """Inverse of ``to_bytes`` (an index built without all-zero rows: see ``cached_index``); undecodable
+        bytes raise ``CorruptDataError``."""
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except (RuntimeError, TypeError, ValueError) as err:
@@ -251,6 +290,10 @@ class VectorIndex:
     def save(self, path) -> None:
         """Write the index with ``faiss.write_index`` (CPU form)."""
         path = os.fspath(path)
+        if self.rows is not None:
+            raise FeatstoreError(
+                f"cannot save index to {path!r}: it leaves out {self.ntotal - self.indexed} all-zero row(s), whose "
+                "positions a faiss file cannot record; drop those rows before build_index, or use cached_index")
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise FeatstoreError(f"cannot save index to {path!r}: folder {parent!r} does not exist; create it first")
@@ -304,6 +347,17 @@ def _maybe_to_gpu(index, use_gpu):
     return index, None
 
 
+def _cosine_rows(x: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(normalised non-zero rows, their input rows or None when none is zero)``: zero rows never match."""
+    keep = nonzero_rows(x)
+    if keep.size == 0:
+        raise FeatstoreError(f"vectors: all {x.shape[0]} rows are all-zero; cosine similarity is undefined for "
+                             "them: re-extract the features")
+    if keep.size == x.shape[0]:
+        return normalize_rows(x), None
+    return normalize_rows(x[keep]), keep
+
+
 def build_index(vectors, *, metric: str = "cosine", kind: str = "auto", use_gpu="auto",
                 nprobe: Optional[int] = None, nlist: Optional[int] = None,
                 memory_budget: Optional[int] = None, exact_max: int = EXACT_MAX,
@@ -322,8 +376,9 @@ def build_index(vectors, *, metric: str = "cosine", kind: str = "auto", use_gpu=
     if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1):
         raise FeatstoreError(f"nprobe must be a positive integer, got {nprobe!r}")
     x = check_vectors(vectors)
+    n_rows, rows = x.shape[0], None
     if metric == "cosine":
-        x = normalize_rows(x)
+        x, rows = _cosine_rows(x)
     n, d = x.shape
     if kind == "auto":
         kind = choose_kind(n, d, memory_budget, exact_max)
@@ -358,7 +413,7 @@ def build_index(vectors, *, metric: str = "cosine", kind: str = "auto", use_gpu=
         index.add(x)
         index.nprobe = _default_nprobe(nl) if nprobe is None else int(nprobe)
     index, res = _maybe_to_gpu(index, use_gpu)
-    return VectorIndex(index, metric, gpu_resources=res)
+    return VectorIndex(index, metric, gpu_resources=res, rows=rows, n_rows=n_rows)
 
 
 def cached_index(vectors, cache_get: Callable[[str], Optional[bytes]], cache_put: Callable[[str, bytes], None],
@@ -369,16 +424,21 @@ def cached_index(vectors, cache_get: Callable[[str], Optional[bytes]], cache_put
     side files; ``name`` is ``f"{key}.{metric}.{kind}.faiss"``, so different build options do not
     collide. A cached index whose size or dimension does not match ``vectors`` (a stale entry) is rebuilt
     and overwritten. ``kw`` goes to ``build_index``. The returned index has ``from_cache=True`` when it
-    was loaded instead of built.
+    was loaded instead of built. A cosine index of vectors with all-zero rows stores the other rows; their
+    positions come back from ``vectors``.
     """
     if not isinstance(key, str) or not key:
         raise FeatstoreError(f"cache key must be a non-empty string, got {key!r}; use e.g. the feature set version")
     x = check_vectors(vectors)
-    name = f"{key}.{kw.get('metric', 'cosine')}.{kw.get('kind', 'auto')}.faiss"
+    metric = kw.get("metric", "cosine")
+    name = f"{key}.{metric}.{kw.get('kind', 'auto')}.faiss"
     data = cache_get(name)
     if data is not None:
         cached = VectorIndex.from_bytes(bytes(data), use_gpu=kw.get("use_gpu", "auto"), what=f"cached index {name!r}")
-        if cached.ntotal == x.shape[0] and cached.dim == x.shape[1]:
+        keep = nonzero_rows(x) if metric == "cosine" else np.arange(x.shape[0])
+        if cached.indexed == keep.size and cached.dim == x.shape[1]:
+            if keep.size < x.shape[0]:
+                cached.rows, cached._n_rows = keep, x.shape[0]
             if kw.get("nprobe") is not None:
                 cached.set_nprobe(kw["nprobe"])
             cached.from_cache = True

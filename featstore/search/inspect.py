@@ -1,44 +1,64 @@
 """Store-level inspection jobs behind `featstore neighbors`, `featstore confounders` and `featstore map`:
 they read pooled vectors from feature set versions, join them to a dataset by key and call the search
-library. The FAISS index of a version is built once and cached beside it in the store (``aux/``)."""
+library. The FAISS index of a version is built once and cached beside it in the store (``aux/``).
+
+Labels come from one task of the dataset (``tasks.resolve_task``: ``--task``); a feature set extracted from
+another version of the dataset's manifest gets a warning line (``featstore.store.manifest_mismatch_warnings``, the check `heads train`
+makes), given to ``warn`` before the search runs. Every argument (``--out``, the arrays, the task, a predictions
+file) is checked before the search, and the files are written under temporary names and renamed at the end
+(``outputs``): a command that fails leaves no new file.
+"""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import FeatstoreError
-from .confounders import ConfounderSearch, load_predictions, overlay_predictions, search_confounders, to_csv
+from ..store import manifest_mismatch_warnings
+from .confounders import (ConfounderSearch, check_predictions, load_predictions, overlay_predictions,
+                          prediction_line, search_confounders, write_csv_rows)
 from .embedmap import plot_embedding_map
 from .index import cached_index
 from .neighbors import neighbors
-from .report import write_html_report
+from .outputs import AtomicOutputs, check_out_dir, check_out_file
+from .report import check_page_args, render_html_report
+from .tasks import resolve_task, sample_labels
 
 POOLED_NAMES = ("pooled", "cls", "mean")
+Warn = Optional[Callable[[str], None]]
+
+
+def _is_vector(spec) -> bool:
+    return not spec.per_item and len(spec.shape) == 1 and np.issubdtype(np.dtype(spec.dtype), np.floating)
 
 
 def pooled_array(fsv, array: Optional[str] = None, flag: str = "--array") -> str:
-    """The name of the version's pooled vector array (``array`` if given; ``flag`` names the option in errors)."""
+    """The name of the version's pooled vector array (``array`` if given; ``flag`` names the option in errors):
+    one float vector per row (``[N, D]``); a per-item array, a scalar or an integer array is refused."""
+    choices = ", ".join(_pooled(fsv)) or "(none)"
     if array:
         if array not in fsv.array_names:
             raise FeatstoreError(f"{fsv.ref} has no array {array!r} (it has {', '.join(fsv.array_names)}); pass {flag} "
-                                 f"with one of {', '.join(_pooled(fsv)) or '(none)'}")
+                                 f"with one of {choices}")
         spec = fsv.spec(array)
-        if spec.per_item or len(spec.shape) != 1:
-            raise FeatstoreError(f"array {array!r} of {fsv.ref} is not a pooled vector ([N, D]) but {list(spec.shape)} "
-                                 f"per row; pass {flag} with one of {', '.join(_pooled(fsv)) or '(none)'}")
+        if not _is_vector(spec):
+            raise FeatstoreError(f"array {array!r} of {fsv.ref} is not a pooled vector ([N, D] floats) but "
+                                 f"{spec.dtype} {list(spec.shape)} per {'item of a ' if spec.per_item else ''}row; "
+                                 f"pass {flag} with one of {choices}")
         return array
     names = _pooled(fsv)
     if not names:
+        others = [n for n in fsv.array_names if _is_vector(fsv.spec(n))]
         raise FeatstoreError(f"{fsv.ref} has no pooled vectors ({', '.join(fsv.array_names)}); extract with an "
-                             f"extractor that stores pooled/cls/mean, or pass --array NAME of an [N, D] array")
+                             f"extractor that stores pooled/cls/mean, or pass {flag} NAME of an [N, D] float array"
+                             + (f" (it has {', '.join(others)})" if others else ""))
     return names[0]
 
 
 def _pooled(fsv) -> List[str]:
-    return [n for n in POOLED_NAMES if n in fsv.array_names and not fsv.spec(n).per_item and len(fsv.spec(n).shape) == 1]
+    return [n for n in POOLED_NAMES if n in fsv.array_names and _is_vector(fsv.spec(n))]
 
 
 def version_index(fsv, array: str, vectors: np.ndarray):
@@ -46,22 +66,32 @@ def version_index(fsv, array: str, vectors: np.ndarray):
     return cached_index(vectors, fsv.read_aux, fsv.write_aux, key=f"{array}")
 
 
-def _labels_of(sample) -> Optional[object]:
-    labels = getattr(sample, "labels", None) or {}
-    return labels.get("label", next(iter(labels.values()), None)) if labels else None
+def _warn(warn: Warn, dataset, sets: Dict[str, object]) -> None:
+    for line in manifest_mismatch_warnings(dataset, sets):
+        if warn is not None:
+            warn(line)
 
 
-def nearest(fsv, query: str, k: int = 10, *, array: Optional[str] = None, dataset=None) -> List[dict]:
-    """The ``k`` nearest rows of ``query`` in ``fsv`` by cosine, with texts and labels when ``dataset`` is given.
+def _label_text(values) -> str:
+    return "" if all(v is None for v in values) else ",".join("-" if v is None else str(v) for v in values)
+
+
+def nearest(fsv, query: str, k: int = 10, *, array: Optional[str] = None, dataset=None, task: Optional[str] = None,
+            warn: Warn = None) -> List[dict]:
+    """The ``k`` nearest rows of ``query`` in ``fsv`` by cosine, with texts and labels (of ``task``:
+    ``resolve_task``; "-" for an unlabelled sample) when ``dataset`` is given.
 
     ``query`` is a key of the version; for an image set a sample id of ``dataset`` also works (its image).
+    All-zero rows are never neighbours; an all-zero query row is a one-line error naming its key.
     """
     name = pooled_array(fsv, array)
+    task = resolve_task(dataset, task)
     keys = [str(k_) for k_ in fsv.keys]
     if not keys:
         raise FeatstoreError(f"{fsv.ref} is empty; nothing to search")
     by_key: Dict[str, List] = {}
     if dataset is not None:
+        _warn(warn, dataset, {fsv.modality: fsv})
         for s in dataset.distinct_samples():
             by_key.setdefault(s.image_key if fsv.key_kind == "image_key" else s.id, []).append(s)
         if query not in set(keys) and fsv.key_kind == "image_key":
@@ -72,10 +102,9 @@ def nearest(fsv, query: str, k: int = 10, *, array: Optional[str] = None, datase
     rows = neighbors([query], keys, vectors, k=k, index=index)
     out = []
     for r in rows:
-        samples = by_key.get(r.neighbor, [])
+        samples = by_key.get(r.neighbor, [])[:3]
         out.append({"rank": r.rank, "key": r.neighbor, "cosine": float(r.similarity),
-                    "text": " | ".join(s.text for s in samples[:3]) if samples else "",
-                    "label": ",".join(str(_labels_of(s)) for s in samples[:3]) if samples else ""})
+                    "text": " | ".join(s.text for s in samples), "label": _label_text(sample_labels(samples, task))})
     return out
 
 
@@ -86,50 +115,98 @@ def per_sample_vectors(fsv, samples: Sequence, array: Optional[str] = None, flag
     return np.asarray(fsv.select(keys, [name])[name], dtype=np.float32)
 
 
-def confounder_report(store, dataset, image_ref: str, text_ref: str, out_dir, *, predictions: Optional[str] = None,
-                      image_array: Optional[str] = None, text_array: Optional[str] = None, max_pairs: int = 500,
-                      **thresholds) -> Tuple[ConfounderSearch, Dict[str, str]]:
-    """Find confounder pairs among the dataset's samples; write ``confounders.csv`` (every pair) and
-    ``confounders.html`` (a section per kind, ``max_pairs`` each). ``text_array`` picks the text set's pooled
-    vector (``cls`` or ``mean``; default the first of pooled/cls/mean). Returns the search (pairs + summary)
-    and the two paths."""
+@dataclass
+class ConfounderReport:
+    """What ``confounder_report`` found and wrote: the search, the two files, and the lines to print about the
+    predictions file (empty without one)."""
+
+    found: ConfounderSearch
+    csv: str
+    html: str
+    prediction_lines: List[str] = field(default_factory=list)
+
+
+def _predictions(path, task, dataset, samples, labels) -> Optional[Dict[str, object]]:
+    """The predictions file read and checked against the dataset and task, before any search."""
+    if not path:
+        return None
+    info = dataset.tasks.get(task) if task is not None else None
+    return check_predictions(load_predictions(path, task), path, [s.id for s in samples],
+                             labels if task is not None else None, task,
+                             tuple(info.class_names) if info is not None else (),
+                             binary=info is None or info.kind == "binary")
+
+
+def _report_inputs(store, dataset, image_ref, text_ref, image_array, text_array, text_flag, warn):
+    """(samples, image vectors, text vectors, text array name), joined and checked."""
     from ..store import preflight
 
     img, txt = store.open(image_ref), store.open(text_ref)
     samples = dataset.distinct_samples()  # a sample two splits list is one sample here
     preflight(samples, img, txt).raise_if_missing()
-    image_vecs = per_sample_vectors(img, samples, image_array)
-    text_name = pooled_array(txt, text_array, "--text-pool")
-    text_vecs = per_sample_vectors(txt, samples, text_name)
-    labels = [_labels_of(s) for s in samples]
-    has_labels = any(l is not None for l in labels)
+    image_name = pooled_array(img, image_array, "--image-array")
+    text_name = pooled_array(txt, text_array, text_flag)
+    _warn(warn, dataset, {"image": img, "text": txt})
+    return samples, per_sample_vectors(img, samples, image_name), per_sample_vectors(txt, samples, text_name), \
+        text_name
+
+
+def confounder_report(store, dataset, image_ref: str, text_ref: str, out_dir, *, predictions: Optional[str] = None,
+                      image_array: Optional[str] = None, text_array: Optional[str] = None,
+                      text_flag: str = "--text-array", max_pairs: int = 500, thumb_px: int = 160,
+                      task: Optional[str] = None, warn: Warn = None, on_hint: Warn = None,
+                      **thresholds) -> ConfounderReport:
+    """Find confounder pairs among the dataset's samples; write ``confounders.csv`` (every pair) and
+    ``confounders.html`` (a section per kind, ``max_pairs`` each) into ``out_dir``. ``image_array`` /
+    ``text_array`` pick the sets' pooled vectors (default the first of pooled/cls/mean; ``text_flag`` names the
+    text option in errors); ``task`` the labels (``resolve_task``). Everything is checked before the search,
+    every thumbnail read before a file is written, and both files are renamed into place at the end."""
+    check_page_args(thumb_px, max_pairs, "--max-pairs")
+    out = check_out_dir(out_dir, holds="confounders.csv and confounders.html")
+    task = resolve_task(dataset, task)
+    samples, image_vecs, text_vecs, text_name = _report_inputs(store, dataset, image_ref, text_ref, image_array,
+                                                               text_array, text_flag, warn)
+    labels = sample_labels(samples, task)
+    has_labels = task is not None and any(v is not None for v in labels)
+    preds = _predictions(predictions, task, dataset, samples, labels)
     found = search_confounders([s.id for s in samples], [s.image_key for s in samples], image_vecs, text_vecs,
-                               labels if has_labels else None, text_vector=text_name, **thresholds)
-    preds = load_predictions(predictions) if predictions else None
+                               labels if has_labels else None, text_vector=text_name, task=task, on_hint=on_hint,
+                               **thresholds)
+    lines = []
     if preds is not None:
         found = ConfounderSearch(overlay_predictions(found.pairs, preds), found.summary)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+        lines.append(prediction_line(found.pairs, len(preds), len(samples)))
     texts = {s.id: s.text for s in samples}
-    to_csv(found.pairs, out / "confounders.csv", texts=texts, predictions=preds)
-    paths = {s.id: s.image_path for s in samples}
-    write_html_report(found.pairs, out / "confounders.html", texts=texts,
-                      labels={s.id: l for s, l in zip(samples, labels)} if has_labels else None, image_paths=paths,
-                      predictions=preds, max_pairs=max_pairs, summary=found.summary)
-    return found, {"csv": str(out / "confounders.csv"), "html": str(out / "confounders.html")}
+    page, _ = render_html_report(found.pairs, texts=texts,
+                                 labels={s.id: v for s, v in zip(samples, labels)} if has_labels else None,
+                                 image_paths={s.id: s.image_path for s in samples}, predictions=preds,
+                                 thumb_px=thumb_px, max_pairs=max_pairs, summary=found.summary)
+    csv_path, html_path = out / "confounders.csv", out / "confounders.html"
+    with AtomicOutputs() as files:
+        write_csv_rows(found.pairs, files.path(csv_path), texts)
+        with open(files.path(html_path), "w", encoding="utf-8") as fh:
+            fh.write(page)
+    return ConfounderReport(found, str(csv_path), str(html_path), lines)
 
 
-def embedding_map(fsv, out_png, *, dataset=None, method: str = "tsne", array: Optional[str] = None, seed: int = 0):
-    """A 2-D map of a version's pooled vectors coloured by label (per sample when ``dataset`` is given)."""
+def embedding_map(fsv, out_png, *, dataset=None, method: str = "tsne", array: Optional[str] = None, seed: int = 0,
+                  task: Optional[str] = None, warn: Warn = None) -> Tuple[int, Optional[str]]:
+    """A 2-D map of a version's pooled vectors coloured by the labels of ``task`` (per sample when ``dataset``
+    is given; ``resolve_task``), written to ``out_png`` under a temporary name and renamed. Returns
+    ``(points, task)``."""
+    out = check_out_file(out_png)
     name = pooled_array(fsv, array)
+    task = resolve_task(dataset, task)
     if dataset is not None:
+        _warn(warn, dataset, {fsv.modality: fsv})
         samples = dataset.distinct_samples()
         vectors = per_sample_vectors(fsv, samples, name)
-        labels = [_labels_of(s) for s in samples]
+        labels = ["unlabelled" if v is None else v for v in sample_labels(samples, task)] if task is not None \
+            else ["all"] * len(samples)
     else:
         vectors = fsv.read(name).astype(np.float32)
         labels = ["all"] * len(vectors)
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    plot_embedding_map(vectors, ["none" if l is None else l for l in labels], out_png, method=method, seed=seed,
-                       title=f"{fsv.ref} ({name}, {method})")
-    return len(vectors)
+    with AtomicOutputs() as files:
+        plot_embedding_map(vectors, labels, files.path(out), method=method, seed=seed, legend_title=task or "label",
+                           title=f"{fsv.ref} ({name}, {method}" + (f", task {task})" if task else ")"))
+    return len(vectors), task

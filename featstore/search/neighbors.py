@@ -56,8 +56,10 @@ def neighbors(query_ids: Sequence[str], ids: Sequence[str], vectors, k: int = 10
 
     ``ids [N]`` names the rows of ``vectors [N, D]`` (pooled vectors; a per-item ``[N, R, D]`` array
     is refused). ``index`` (optional) is a cosine ``VectorIndex`` already built over ``vectors``;
-    by default an exact one is built. Returns rows ordered by query (input order), then rank 1..k;
-    fewer than ``k`` per query when the set has fewer than ``k + 1`` items.
+    by default an exact one is built. Returns rows ordered by query (input order), then rank 1..k (equal
+    similarities by row, lower first: ``index``'s tie order); fewer than ``k`` per query when the set has fewer
+    than ``k + 1`` items. All-zero rows are never neighbours; an all-zero query row is a one-line error naming
+    its id.
     """
     if isinstance(query_ids, (str, bytes)):
         query_ids = [query_ids]
@@ -76,6 +78,13 @@ def neighbors(query_ids: Sequence[str], ids: Sequence[str], vectors, k: int = 10
         )
     pos = id_positions(ids)
     rows = lookup(query_ids, pos)
+    zero = [str(q) for q, r in zip(query_ids, rows) if not x[r].any()]
+    if zero:
+        raise FeatstoreError(
+            f"{', '.join(map(repr, zero[:5]))} {'has an' if len(zero) == 1 else 'have'} all-zero vector"
+            f"{'' if len(zero) == 1 else 's'}: cosine similarity is undefined for "
+            f"{'it' if len(zero) == 1 else 'them'}, so there are no neighbours to show; re-extract "
+            f"{'its' if len(zero) == 1 else 'their'} features or query another key")
     if index is None:
         index = build_index(x, metric="cosine", kind="flat")
     elif index.metric != "cosine" or index.ntotal != x.shape[0] or index.dim != x.shape[1]:

@@ -10,13 +10,13 @@ import html
 import io
 import os
 from dataclasses import replace
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import FeatstoreError
 from .confounders import (KIND_TITLES, KINDS, ConfounderPair, ConfounderSummary, count_lines, kind_counts,
-                          overlay_predictions, summary_lines)
+                          overlay_predictions, summary_lines, unlabelled_counts)
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:16px;background:#f6f7f9;color:#222}
@@ -73,11 +73,16 @@ def _side(pid: str, text: str, label: Any, uri: str, wrong: Optional[bool], pred
     )
 
 
-def _check_args(thumb_px, max_pairs, out_html) -> str:
+def check_page_args(thumb_px, max_pairs, max_pairs_name: str = "max_pairs") -> None:
+    """The page options, checked before any search or file (``max_pairs_name`` names the option in the error)."""
     if isinstance(thumb_px, bool) or not isinstance(thumb_px, int) or not 16 <= thumb_px <= 1024:
         raise FeatstoreError(f"thumb_px must be an integer between 16 and 1024, got {thumb_px!r}")
     if isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1:
-        raise FeatstoreError(f"max_pairs must be a positive integer, got {max_pairs!r}")
+        raise FeatstoreError(f"{max_pairs_name} must be a positive integer, got {max_pairs!r}")
+
+
+def _check_args(thumb_px, max_pairs, out_html) -> str:
+    check_page_args(thumb_px, max_pairs)
     out_html = os.fspath(out_html)
     parent = os.path.dirname(os.path.abspath(out_html))
     if not os.path.isdir(parent):
@@ -118,6 +123,10 @@ def _section(kind: str, shown: Sequence[ConfounderPair], line: str, texts, uri) 
             f'<div class="meta">{html.escape(line)}</div>{body}</section>')
 
 
+def _flip(a: Any, b: Any) -> Optional[bool]:
+    return None if a is None or b is None else bool(a != b)
+
+
 def write_html_report(pairs: Sequence[ConfounderPair], out_html, *, texts: Mapping[str, str],
                       labels: Optional[Mapping[str, Any]], image_paths: Mapping[str, str],
                       predictions: Optional[Mapping[str, Any]] = None, thumb_px: int = 160,
@@ -129,25 +138,46 @@ def write_html_report(pairs: Sequence[ConfounderPair], out_html, *, texts: Mappi
     The top of the page holds the same lines the CLI prints (``summary_lines``: pairs and label flips per
     kind over every pair, the flip definition, thresholds and hints when ``summary`` is given).
     ``texts``/``image_paths`` map every sample id of the shown pairs to its text and image file;
-    ``labels`` (id -> true label, covering every pair, or None to use the labels stored in the pairs)
-    drives the label-flip badges and counts; ``predictions`` (as for ``overlay_predictions``) adds model
-    right/wrong badges.
+    ``labels`` (id -> true label or None for an unlabelled sample, covering every pair, or None to use the
+    labels stored in the pairs) drives the label-flip badges and counts (a pair with an unlabelled side has
+    neither badge); ``predictions`` (as for ``overlay_predictions``) adds model right/wrong badges. The page
+    is built whole (every thumbnail read) before anything is written, then written under a temporary name and
+    renamed: a failure leaves no file.
     """
+    from .outputs import AtomicOutputs
+
     out_html = _check_args(thumb_px, max_pairs, out_html)
+    page, n = render_html_report(pairs, texts=texts, labels=labels, image_paths=image_paths,
+                                 predictions=predictions, thumb_px=thumb_px, max_pairs=max_pairs, title=title,
+                                 summary=summary)
+    with AtomicOutputs() as out:
+        with open(out.path(out_html), "w", encoding="utf-8") as fh:
+            fh.write(page)
+    return n
+
+
+def render_html_report(pairs: Sequence[ConfounderPair], *, texts: Mapping[str, str],
+                       labels: Optional[Mapping[str, Any]], image_paths: Mapping[str, str],
+                       predictions: Optional[Mapping[str, Any]] = None, thumb_px: int = 160,
+                       max_pairs: int = 500, title: str = "Confounder pairs",
+                       summary: Optional[ConfounderSummary] = None) -> Tuple[str, int]:
+    """``(page, pairs shown)``: the page ``write_html_report`` writes (same arguments, no file)."""
+    check_page_args(thumb_px, max_pairs)
     pairs = list(pairs)
     if labels is not None:
         _check_covered("labels", labels, pairs)
         pairs = [replace(p, label_a=labels[p.id_a], label_b=labels[p.id_b],
-                         label_flip=bool(labels[p.id_a] != labels[p.id_b])) for p in pairs]
+                         label_flip=_flip(labels[p.id_a], labels[p.id_b])) for p in pairs]
     shown = {k: [p for p in pairs if p.kind == k][:max_pairs] for k in KINDS}
     for what, mapping in (("texts", texts), ("image_paths", image_paths)):
         _check_covered(what, mapping, [p for k in KINDS for p in shown[k]])
     if predictions is not None:
         shown = {k: overlay_predictions(v, predictions) for k, v in shown.items()}
-    found, flips = kind_counts(pairs)
+    found, flips = kind_counts(pairs, labelled=True if labels is not None else None)
     n_shown = {k: len(v) for k, v in shown.items()}
-    lines = (summary_lines(replace(summary, found=found, flips=flips), n_shown) if summary is not None
-             else count_lines(found, flips, n_shown))
+    unlabelled = unlabelled_counts(pairs) if flips[KINDS[0]] is not None else None
+    lines = (summary_lines(replace(summary, found=found, flips=flips, unlabelled=unlabelled), n_shown)
+             if summary is not None else count_lines(found, flips, n_shown, unlabelled))
     thumbs: Dict[str, str] = {}
 
     def uri(pid: str) -> str:
@@ -166,6 +196,4 @@ def write_html_report(pairs: Sequence[ConfounderPair], out_html, *, texts: Mappi
         + "\n".join(sections)
         + "</body></html>\n"
     )
-    with open(out_html, "w", encoding="utf-8") as fh:
-        fh.write(page)
-    return sum(n_shown.values())
+    return page, sum(n_shown.values())

@@ -6,7 +6,7 @@ Features are never matched by position: every sample's row is found by its key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from ..errors import FeatstoreError
 
@@ -76,7 +76,7 @@ def _how_to_cover(bad: List[SideReport]) -> str:
 def _side(fsv, needed: Sequence[str], expect_kind: str, role: str) -> SideReport:
     if fsv.key_kind != expect_kind:
         raise FeatstoreError(f"{fsv.ref} is keyed by {fsv.key_kind} ({fsv.modality} features) but was passed as the "
-                             f"{role} set; pass an {'image' if expect_kind == 'image_key' else 'text'} feature set "
+                             f"{role} set; pass {'an image' if expect_kind == 'image_key' else 'a text'} feature set "
                              f"(did you swap --image and --text?)")
     have = set(fsv.keys.tolist())
     need_set = set(needed)
@@ -99,3 +99,21 @@ def preflight(samples: Sequence, image=None, text=None) -> JoinReport:
     if text is not None:
         sides.append(_side(text, [s.id for s in samples], "sample_id", "text"))
     return JoinReport(sides)
+
+
+def manifest_mismatch_warnings(dataset, sets: Dict[str, Any]) -> List[str]:
+    """One line per feature set (``{"image": version, "text": ...}``) extracted from another manifest than
+    ``dataset``: the version's recipe records the manifest fingerprint it was extracted from (ids, texts, labels,
+    image bytes), and a dataset that keeps the ids but moves them to other texts or images joins silently, so the
+    features would belong to other samples. Sets without a recorded fingerprint (imports) are not compared;
+    `heads train` and the search commands print these."""
+    current = getattr(dataset, "fingerprint", None) if dataset is not None else None
+    out: List[str] = []
+    for modality, fs in sets.items():
+        recorded = getattr(fs.recipe, "manifest_fingerprint", "") or ""
+        if recorded and current and recorded != current:
+            out.append(f"{modality} feature set {fs.name}@{fs.version} was extracted from another version of this "
+                       f"dataset (manifest fingerprint {recorded[:12]}, now {current[:12]}): texts, labels or "
+                       "images changed, so rows joined by id may belong to other samples; re-extract it, or "
+                       "ignore this if only labels or the set of samples changed")
+    return out
