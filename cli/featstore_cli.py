@@ -383,10 +383,7 @@ def confounders(image_ref, text_ref, dataset_path, store_url, out_dir, predictio
     if text_pool and text_array and text_pool != text_array:
         raise FeatstoreError(f"--text-pool {text_pool} and --text-array {text_array} name different text vectors; "
                              "pass one of them")
-    hinted = []
-
-    def hint(line):
-        hinted.append(line)
+    def hint(line):  # as soon as the search knows it (stderr); the summary below repeats it on stdout
         click.echo(line, err=True)
 
     report = confounder_report(
@@ -399,8 +396,7 @@ def confounders(image_ref, text_ref, dataset_path, store_url, out_dir, predictio
     found = report.found
     click.echo(f"{len(found.pairs)} confounder pairs")
     for line in summary_lines(found.summary):
-        if line not in hinted:  # a hint printed while the search ran is not repeated
-            click.echo(line)
+        click.echo(line)
     for line in report.prediction_lines:
         click.echo(line)
     if predictions:

@@ -113,11 +113,13 @@ def check_head(cfg: TrainConfig, data: TrainData) -> int:
     """Build ``cfg.head`` for ``data`` on the meta device (``heads.train.head_on_meta``: from the init
     checkpoint where there is one): a one-line error for an unknown head or option, missing inputs, a bad train
     option or checkpoint, before anything is written; -> its parameter count."""
-    from .train import head_on_meta, resolve_monitor, validation_rows
+    from .train import head_on_meta, labelled_train_rows, resolve_monitor, schedule_steps, validation_rows
 
     cfg.validate()
     validation_rows(cfg, data)
     resolve_monitor(cfg, data.task_spec)
+    if not evaluate_only(cfg):
+        schedule_steps(cfg, labelled_train_rows(cfg, data).numel())
     model = head_on_meta(cfg, data)
     if not evaluate_only(cfg):  # epochs 0 trains nothing (the init checkpoint evaluated as loaded)
         refuse_single_row_batch(cfg, data, model)

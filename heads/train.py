@@ -619,12 +619,23 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return make_optimizer(cfg.optimizer, [g for g in groups if g["params"]], cfg.lr)
 
 
+def schedule_steps(cfg: TrainConfig, train_rows: int) -> int:
+    """The steps the schedule is laid over: ``cfg.schedule_steps``, or the run's own updates when 0; fewer than
+    the run's updates is a one-line error (the decay would reach 0 before the end, or cosine climb back up)."""
+    steps = math.ceil(train_rows / cfg.batch_size) * cfg.epochs
+    if 0 < cfg.schedule_steps < steps:
+        raise FeatstoreError(f"schedule_steps={cfg.schedule_steps} is fewer than the run's {steps} updates "
+                             f"({cfg.epochs} epochs of {math.ceil(train_rows / cfg.batch_size)}); pass at least "
+                             f"{steps}, or 0 for the run's own")
+    return cfg.schedule_steps or steps
+
+
 def _optimisation(fit: _Fit) -> _Optimisation:
     """AdamW, the per-step warmup + decay schedule over every epoch, and the RGCL term when ``cfg.rgcl``."""
     cfg = fit.cfg
     optimizer = build_optimizer(fit.model, cfg)
     steps_per_epoch = math.ceil(fit.train_idx.numel() / cfg.batch_size)
-    scheduler = build_scheduler(optimizer, cfg.schedule_steps or steps_per_epoch * cfg.epochs, cfg.warmup_ratio,
+    scheduler = build_scheduler(optimizer, schedule_steps(cfg, fit.train_idx.numel()), cfg.warmup_ratio,
                                 cfg.schedule)
     objective = None
     if cfg.rgcl is not None:  # retrieval-guided contrastive term (heads.rgcl)

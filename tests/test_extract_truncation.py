@@ -29,3 +29,19 @@ def test_the_summary_counts_the_texts_cut_to_max_length(tmp_path):
     assert "note:" not in again  # already complete: nothing extracted, nothing counted
     whole = invoke(featstore, extract_args(data, tmp_path / "st", "bert", "--set", f"max_length={max(lengths)}"))
     assert "longer than max_length" not in whole
+
+
+def test_a_count_that_fails_is_said_and_the_version_stays_complete(tmp_path, monkeypatch):
+    from featstore.extractors.text import BertExtractor
+    from featstore.store import open_store
+
+    def broken(self, texts):
+        raise ValueError("tokenizer state lost")
+
+    monkeypatch.setattr(BertExtractor, "truncation_note", broken)  # damage injected in the counting pass only
+    data = make_hm_folder(tmp_path / "data")
+    out = invoke(featstore, extract_args(data, tmp_path / "st", "bert"))
+    assert ("  note: the texts cut to max_length were not counted (ValueError: tokenizer state lost); the version "
+            "is complete") in out.splitlines()
+    fsv = open_store(tmp_path / "st").open("bert")
+    assert len(fsv) == 48 and not fsv.failures

@@ -196,6 +196,12 @@ def test_schedule_steps_lays_the_decay_over_more_steps_than_the_run(world, tmp_p
     assert train_config(out)["train"]["schedule_steps"] == 30
     assert one_line_error(heads, args(world, tmp_path / "bad", "--head", "concat", "--schedule-steps", "-1")) == \
         "error: schedule_steps=-1 must be >= 0"
+    # fewer steps than the run's 24 updates: the decay would reach 0 (or cosine climb back), refused before --out
+    assert one_line_error(heads, args(world, tmp_path / "few", "--head", "concat", "--epochs", "4", "--batch-size",
+                                      "8", "--schedule-steps", "10")) == (
+        "error: schedule_steps=10 is fewer than the run's 24 updates (4 epochs of 6); pass at least 24, or 0 for "
+        "the run's own")
+    assert not (tmp_path / "few").exists()
 
 
 def test_preset_file_and_option_errors(world, tmp_path):

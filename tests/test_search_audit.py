@@ -446,3 +446,27 @@ def test_threshold_flags_and_swapped_sets_are_named(hm, tmp_path):
         "set (did you swap --image and --text?)")
     with pytest.raises(FeatstoreError, match="k_max must be a positive integer, got 0"):
         search_confounders(["a", "b"], ["a", "b"], np.eye(2), np.eye(2), k_max=0)
+
+
+def test_atomic_outputs_refuse_a_folder_in_the_way_and_turn_write_errors_into_one_line(tmp_path):
+    from featstore.search.outputs import AtomicOutputs
+
+    (tmp_path / "report" / "confounders.html").mkdir(parents=True)
+    (tmp_path / "report" / "confounders.csv").write_text("old\n")
+    out = AtomicOutputs()
+    with pytest.raises(FeatstoreError) as e:
+        with out:
+            for name in ("confounders.csv", "confounders.html"):
+                with open(out.path(tmp_path / "report" / name), "w") as f:
+                    f.write("new\n")
+    assert str(e.value) == (f"cannot write {str(tmp_path / 'report' / 'confounders.html')!r}: a folder has that "
+                            "name; move it away or pass another --out")
+    assert (tmp_path / "report" / "confounders.csv").read_text() == "old\n"  # no rename happened
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["confounders.csv", "confounders.html"]
+    with pytest.raises(FeatstoreError) as e:
+        with AtomicOutputs() as out2:
+            out2.path(tmp_path / "new" / "a.csv")
+            raise OSError(28, "No space left on device", str(tmp_path / "new" / "a.csv"))
+    assert str(e.value) == (f"cannot write {str(tmp_path / 'new' / 'a.csv')!r} (No space left on device); free "
+                            "space or pass another --out")
+    assert not (tmp_path / "new").exists()  # the folder it made is gone with the temporary file

@@ -122,3 +122,18 @@ def test_no_torch_import_for_a_cpu_search_without_nvidia_devices(tmp_path):
             "build_index(np.eye(4, dtype=np.float32), use_gpu='auto'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_ties_among_duplicates_come_back_by_row_as_on_the_cpu():
+    """40 copies of one vector (their cosines 1.0 or 0.99999994 by float rounding) and 10 others: the torch path
+    keeps and orders the tied rows as faiss's CPU path does, lower row first (topk kept arbitrary ones)."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([np.repeat(rng.standard_normal((1, 16)), 40, 0),
+                        rng.standard_normal((10, 16))]).astype(np.float32)
+    x = np.concatenate([x[40:45], x[:40], x[45:]])  # the copies at rows 5..44
+    for metric in ("cosine", "l2"):
+        cpu = build_index(x, metric=metric, kind="flat", use_gpu=False)
+        mine = VectorIndex(TorchFlatIndex.from_faiss(cpu.index, "cpu"), metric, gpu_resources="torch")
+        _, i = mine.search(x[[7]], 8)
+        _, fi = cpu.search(x[[7]], 8)
+        assert i.tolist() == fi.tolist() == [list(range(5, 13))]

@@ -50,6 +50,7 @@ import faiss
 import numpy as np
 
 from ..errors import CorruptDataError, FeatstoreError
+from .ties import order_ties_by_row
 
 EXACT_MAX = 200_000
 HNSW_M = 32
@@ -110,13 +111,6 @@ def normalize_rows(arr: np.ndarray, what: str = "vectors") -> np.ndarray:
 def nonzero_rows(x: np.ndarray) -> np.ndarray:
     """Positions of the rows of ``x [N, D]`` that are not all zero (the rows a cosine index holds)."""
     return np.flatnonzero(x.any(axis=1))
-
-
-def _order_ties_by_row(sims: np.ndarray, idx: np.ndarray, metric: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Each result row sorted by score (best first), then by row (lower first); -1 entries last."""
-    best_first = -sims if metric == "cosine" else sims
-    order = np.lexsort((np.where(idx < 0, np.iinfo(np.int64).max, idx), best_first), axis=-1)
-    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
 def gpu_available() -> bool:
@@ -262,7 +256,7 @@ class VectorIndex:
                 fill = -np.inf if self.metric == "cosine" else np.inf
                 sims = np.concatenate([sims, np.full((sims.shape[0], pad), fill, sims.dtype)], axis=1)
                 idx = np.concatenate([idx, np.full((idx.shape[0], pad), -1, np.int64)], axis=1)
-        return _order_ties_by_row(sims, idx, self.metric)
+        return order_ties_by_row(sims, idx, self.metric)
 
     # -- persistence ----------------------------------------------------------------------------
     def _cpu_index(self) -> "faiss.Index":
@@ -271,7 +265,16 @@ class VectorIndex:
         return faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
 
     def to_bytes(self) -> bytes:
-        """The index in faiss's own serialisation (``faiss.serialize_index``), CPU form."""
+        """The index in faiss's own serialisation (``faiss.serialize_index``), CPU form. An index that leaves out
+        all-zero rows is refused as ``save`` refuses it: the bytes cannot record their positions, so ids read back
+        would shift (``cached_index`` keeps such an index with ``_faiss_bytes`` and rebuilds the row map)."""
+        if self.rows is not None:
+            raise FeatstoreError(f"cannot serialise the index: it leaves out {self.ntotal - self.indexed} all-zero "
+                                 "row(s), whose positions faiss's bytes cannot record; drop those rows before "
+                                 "build_index, or use cached_index")
+        return self._faiss_bytes()
+
+    def _faiss_bytes(self) -> bytes:
         return faiss.serialize_index(self._cpu_index()).tobytes()
 
     @classmethod
@@ -444,5 +447,5 @@ def cached_index(vectors, cache_get: Callable[[str], Optional[bytes]], cache_put
             cached.from_cache = True
             return cached
     built = build_index(x, **kw)
-    cache_put(name, built.to_bytes())
+    cache_put(name, built._faiss_bytes())  # the row map of left-out zero rows is rebuilt from the vectors
     return built

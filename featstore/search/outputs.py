@@ -95,8 +95,19 @@ class AtomicOutputs:
         return tmp
 
     def commit(self) -> None:
-        for tmp, final in self._files:
-            os.replace(tmp, final)
+        """Rename every temporary file into place; a name taken by a folder is refused before any rename, and a
+        rename that fails removes the temporary files (one line naming the file)."""
+        taken = [final for _, final in self._files if os.path.isdir(final)]
+        if taken:
+            self.abort()
+            raise FeatstoreError(f"cannot write {taken[0]!r}: a folder has that name; move it away or pass another "
+                                 "--out")
+        try:
+            for tmp, final in self._files:
+                os.replace(tmp, final)
+        except OSError as err:
+            self.abort()
+            raise _write_error(err) from None
         self._files, self._made = [], []
 
     def abort(self) -> None:
@@ -118,5 +129,13 @@ class AtomicOutputs:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.commit()
-        else:
-            self.abort()
+            return
+        self.abort()
+        if isinstance(exc, OSError):  # a write that failed (a full disk, a lost mount): one line, no traceback
+            raise _write_error(exc) from None
+
+
+def _write_error(err: OSError) -> FeatstoreError:
+    where = f" {err.filename!r}" if err.filename else ""
+    return FeatstoreError(f"cannot write{where} ({err.strerror or type(err).__name__}); free space or pass "
+                          "another --out")

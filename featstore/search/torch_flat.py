@@ -23,6 +23,8 @@ import faiss
 import numpy as np
 import torch
 
+from .ties import TIE_DECIMALS
+
 SCORE_BYTES = 1 << 30  # one query block's [block, N] float32 scores at most
 
 
@@ -80,8 +82,13 @@ class TorchFlatIndex:
         return torch.cat(sims).numpy(), torch.cat(idx).numpy().astype(np.int64, copy=False)
 
     def _block(self, q: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The k best of each query row, ties (scores equal to ``TIE_DECIMALS`` places: duplicated images differ
+        by float rounding, 1.0 vs 0.99999994) kept and ordered by row, lower first, as the CPU path orders them;
+        ``torch.topk`` would keep arbitrary rows among ties."""
         scores = q @ self.x.T
-        if self.metric_type == faiss.METRIC_INNER_PRODUCT:
-            return torch.topk(scores, k, dim=1, largest=True, sorted=True)
-        dist = ((q * q).sum(dim=1, keepdim=True) + self.sq_norms[None, :] - 2 * scores).clamp_(min=0)
-        return torch.topk(dist, k, dim=1, largest=False, sorted=True)
+        largest = self.metric_type == faiss.METRIC_INNER_PRODUCT
+        if not largest:
+            scores = ((q * q).sum(dim=1, keepdim=True) + self.sq_norms[None, :] - 2 * scores).clamp_(min=0)
+        key = torch.round(scores, decimals=TIE_DECIMALS)
+        order = torch.sort(key, dim=1, descending=largest, stable=True).indices[:, :k]
+        return torch.gather(scores, 1, order), order
