@@ -259,6 +259,36 @@ def test_map_writes_a_png(world, tmp_path, method, set_name, with_dataset, point
         im.verify()
 
 
+def test_an_image_set_is_mapped_one_point_per_image(world, tmp_path):
+    """With --dataset an image set gives one point per image, not one per sample drawn on top of each other: the
+    fixture's 6 images each carry captions of both labels (confounders), so each is 'several labels'; an image
+    whose samples share a label keeps it. Labels grouped here from the jsonl files by image."""
+    import json
+
+    from featstore.search.inspect import image_points
+    from featstore.store import open_store
+
+    png = tmp_path / "img.png"
+    out = invoke(featstore, ["map", "--set", "grid", "--store", world["store"], "--out", png, "--method", "pca",
+                             "--dataset", world["data"]])
+    assert out.strip() == f"wrote {png} (6 points, pca, coloured by label)"
+    rows = [json.loads(line) for split in ("train", "dev_seen", "test_seen")
+            for line in (world["data"] / f"{split}.jsonl").read_text().splitlines()]
+    by_image = {}
+    for r in rows:
+        by_image.setdefault(r["img"].split("/")[-1].split(".")[0], set()).add(str(r["label"]))
+    fsv = open_store(world["store"]).open("grid")
+    samples = world["ds"].distinct_samples()
+    vectors, labels = image_points(fsv, samples, "pooled", "label")
+    keys = list(dict.fromkeys(s.image_key for s in samples))
+    np.testing.assert_array_equal(vectors, fsv.select(keys, ["pooled"])["pooled"].astype(np.float32))
+    assert labels == [next(iter(by_image[k])) if len(by_image[k]) == 1 else "several labels" for k in keys]
+    assert set(labels) == {"several labels"}
+    one = [s for s in samples if s.image_key == keys[0]][:1] + [s for s in samples if s.image_key == keys[1]]
+    _, mixed = image_points(fsv, one, "pooled", "label")
+    assert mixed == [str(one[0].labels["label"]), "several labels"]
+
+
 def test_map_of_a_set_without_pooled_vectors_is_one_line(world, tmp_path):
     line = one_line_error(featstore, ["map", "--set", "regions-only", "--store", world["store"], "--out",
                                       tmp_path / "m.png"])

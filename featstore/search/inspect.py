@@ -189,15 +189,35 @@ def confounder_report(store, dataset, image_ref: str, text_ref: str, out_dir, *,
     return ConfounderReport(found, str(csv_path), str(html_path), lines)
 
 
+SEVERAL = "several labels"  # an image whose samples carry different labels (a Hateful Memes confounder image)
+
+
+def image_points(fsv, samples: Sequence, array: str, task: Optional[str]) -> Tuple[np.ndarray, List[str]]:
+    """One point per image of an image set (its vector once, not once per sample drawn on top of each other):
+    the images in first-seen order, each labelled by its samples' label of ``task``: the one they share,
+    ``SEVERAL`` when they differ, ``"unlabelled"`` when none has one (``"all"`` without a task)."""
+    by_image: Dict[str, set] = {}
+    for s, label in zip(samples, sample_labels(samples, task)):
+        by_image.setdefault(s.image_key, set()).update([] if label is None else [str(label)])
+    keys = list(by_image)
+    vectors = np.asarray(fsv.select(keys, [array])[array], dtype=np.float32)
+    if task is None:
+        return vectors, ["all"] * len(keys)
+    return vectors, [next(iter(v)) if len(v) == 1 else SEVERAL if v else "unlabelled" for v in by_image.values()]
+
+
 def embedding_map(fsv, out_png, *, dataset=None, method: str = "tsne", array: Optional[str] = None, seed: int = 0,
                   task: Optional[str] = None, warn: Warn = None) -> Tuple[int, Optional[str]]:
-    """A 2-D map of a version's pooled vectors coloured by the labels of ``task`` (per sample when ``dataset``
-    is given; ``resolve_task``), written to ``out_png`` under a temporary name and renamed. Returns
+    """A 2-D map of a version's pooled vectors coloured by the labels of ``task`` (``resolve_task``; with
+    ``dataset``: one point per sample of a text set, one per image of an image set, ``image_points``), written to ``out_png`` under a temporary name and renamed. Returns
     ``(points, task)``."""
     out = check_out_file(out_png)
     name = pooled_array(fsv, array)
     task = resolve_task(dataset, task)
-    if dataset is not None:
+    if dataset is not None and fsv.key_kind == "image_key":  # an image set: one point per image
+        _warn(warn, dataset, {fsv.modality: fsv})
+        vectors, labels = image_points(fsv, dataset.distinct_samples(), name, task)
+    elif dataset is not None:
         _warn(warn, dataset, {fsv.modality: fsv})
         samples = dataset.distinct_samples()
         vectors = per_sample_vectors(fsv, samples, name)
