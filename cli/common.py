@@ -53,7 +53,6 @@ def parse_settings(pairs: Tuple[str, ...], what: str = "--set") -> Dict[str, Any
     return out
 
 
-
 def parse_seeds(text: str) -> List[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``; anything that is not a comma list of integers is a one-line error."""
     parts = [s.strip() for s in str(text).split(",") if s.strip()]

@@ -327,13 +327,11 @@ def _cosine_flags(**flags) -> None:
 def neighbors(query, set_ref, store_url, k, array, dataset_path, task):
     """Nearest samples of QUERY (a key of the set, or a sample id) by cosine, with texts and labels."""
     from featstore.search.inspect import nearest
-    from featstore.search.tasks import resolve_task
     from featstore.store import open_store
 
     fsv = open_store(store_url).open(set_ref)
-    dataset = _maybe_dataset(dataset_path)
-    task = resolve_task(dataset, task)
-    rows = nearest(fsv, query, k, array=array, dataset=dataset, task=task or "none", warn=_warn_line)
+    rows, task = nearest(fsv, query, k, array=array, dataset=_maybe_dataset(dataset_path), task=task,
+                         warn=_warn_line)
     echo_table([[r["rank"], r["key"], f"{r['cosine']:.4f}", r["label"], r["text"][:80]] for r in rows],
                ["rank", "key", "cosine", task or "label", "text"])
 

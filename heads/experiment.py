@@ -25,8 +25,9 @@ from .outputs import probabilities
 from .runs import CONFIG, METRICS, SUMMARY, _read_json, holds_run, load_run, prepare_out, read_config, save_run, \
     write_predictions, write_summary
 from .spec import InputSpec, TaskSpec
+from .tasks import tasks_named
 from .train import (TrainConfig, TrainResult, evaluate_only, knn_predictions, labelled_train_rows, predict_logits,
-                    random_start_note, train)
+                    random_start_note, resolve_monitor, schedule_steps, train, validation_rows)
 
 HEADLINE = ("auroc", "accuracy", "f1", "macro_f1", "micro_auroc", "macro_auroc", "subset_accuracy")
 # a multi-label task's also: MMBT / MMF's micro F1 on MM-IMDB, Memotion's Task B (each emotion two-class, averaged)
@@ -102,26 +103,25 @@ def summary_lines(summary: dict) -> List[str]:
 def _rows_text(data: TrainData) -> str:
     """``"48 samples"``, or ``"12540 rows (12140 samples, 400 of them in more than one split)"`` when splits share
     samples (Hateful Memes' dev_seen and dev_unseen share 400 memes)."""
-    shared = sum(1 for n in Counter(data.ids).values() if n > 1)
-    distinct = len(set(data.ids))
+    counts = Counter(data.ids)
+    shared = sum(1 for n in counts.values() if n > 1)
     if not shared:
         return f"{len(data)} samples"
-    return f"{len(data)} rows ({distinct} samples, {shared} of them in more than one split)"
+    return f"{len(data)} rows ({len(counts)} samples, {shared} of them in more than one split)"
 
 
 def check_head(cfg: TrainConfig, data: TrainData) -> int:
     """Build ``cfg.head`` for ``data`` on the meta device (``heads.train.head_on_meta``: from the init
     checkpoint where there is one): a one-line error for an unknown head or option, missing inputs, a bad train
     option or checkpoint, before anything is written; -> its parameter count."""
-    from .train import head_on_meta, labelled_train_rows, resolve_monitor, schedule_steps, validation_rows
+    from .train import head_on_meta
 
     cfg.validate()
     validation_rows(cfg, data)
     resolve_monitor(cfg, data.task_spec)
-    if not evaluate_only(cfg):
-        schedule_steps(cfg, labelled_train_rows(cfg, data).numel())
     model = head_on_meta(cfg, data)
     if not evaluate_only(cfg):  # epochs 0 trains nothing (the init checkpoint evaluated as loaded)
+        schedule_steps(cfg, labelled_train_rows(cfg, data).numel())
         refuse_single_row_batch(cfg, data, model)
     return sum(p.numel() for p in model.parameters())
 
@@ -231,8 +231,6 @@ def train_heads(cfg: TrainConfig, data: TrainData, out_dir, seeds: Sequence[int]
     choice = resolve_threads(cfg, data)  # once, so every seed runs with the same count
     cfg = cfg if choice.how == "cuda" else dataclasses.replace(cfg, threads=choice.threads)
     threads_line = f"threads: {choice.describe()}"  # reported once the first seed has trained
-    from .train import validation_rows
-
     split = validation_rows(cfg, data)[0]
     hook = None if echo is None else (lambda s, row, monitor: echo(epoch_line(s, row, monitor, cfg.epochs, split)))
     for s, result, secs in iter_seeds(cfg, data, seeds, out, progress=progress, on_epoch=hook):
@@ -349,9 +347,7 @@ def run_task_spec(run_dir, task: Optional[str] = None) -> TaskSpec:
     write whatever ``--task`` says; a ``task`` given that names other label keys is a one-line error."""
     spec = TaskSpec.from_dict(read_config(run_dir)["task_spec"])
     if task is not None and task != "all":
-        names = [t.name for t in spec.tasks]
-        other = [k for k in (k.strip() for k in task.split(",")) if k and k not in names
-                 and not any(n.startswith(f"{k}_") for n in names)]
+        other = [k for k in (k.strip() for k in task.split(",")) if k and not tasks_named(spec, k)]
         if other:
             raise FeatstoreError(f"--task {task!r}: run {run_dir} predicts {', '.join(t.name for t in spec.tasks)}, "
                                  f"not {other[0]!r}; eval / predict score the run's own tasks, leave --task out")

@@ -169,8 +169,10 @@ def compute_metrics(spec: TaskSpec, targets: Dict[str, np.ndarray], probs: Dict[
             defaults[task.name] = m[default_metric(task)]
     flat.update(_group_metrics(spec, flat))
     grouped = {name: group for group, names in (spec.groups or {}).items() for name in names}
-    units = {grouped.get(name, name): (flat.get(f"{grouped[name]}/macro_f1", math.nan) if name in grouped else v)
-             for name, v in defaults.items()}
+    units: Dict[str, float] = {}  # label key -> its default metric: a task's own, or its group's macro F1
+    for name, value in defaults.items():
+        group = grouped.get(name)
+        units[group or name] = flat.get(f"{group}/macro_f1", math.nan) if group else value
     if units:
         flat["score"] = float(np.mean(list(units.values())))
     return flat, warnings

@@ -108,7 +108,7 @@ def derive_task_spec(samples: Sequence[Any], task: Optional[str] = None,
     for key, w in zip(picked, weights):
         values = [s.labels[key] for s in samples if s.labels.get(key) is not None]
         got = _key_tasks(key, values, float(w), known or {})
-        if got and _kind_of(key, values) == "levels":
+        if got and got[0].name != key:  # a levels key's tasks are named <key>_<name>
             groups[key] = [t.name for t in got]
         tasks += got
     return TaskSpec(tasks=tasks, groups=groups or None)
@@ -193,7 +193,7 @@ def encode_targets(samples: Sequence[Any], spec: TaskSpec) -> Dict[str, np.ndarr
     return out
 
 
-def _tasks_named(spec: TaskSpec, key: str) -> List[str]:
+def tasks_named(spec: TaskSpec, key: str) -> List[str]:
     """The tasks a label key names: the task ``key`` itself, or every per-item task ``key_<item>``."""
     names = [t.name for t in spec.tasks]
     return [key] if key in names else [n for n in names if n.startswith(f"{key}_")]
@@ -208,7 +208,7 @@ def with_feeds(spec: TaskSpec, text: Optional[str]) -> TaskSpec:
     feeds: Dict[str, List[str]] = {k: list(v) for k, v in (spec.feeds or {}).items()}
     for pair in (p.strip() for p in str(text).split(",") if p.strip()):
         src_key, sep, dst_key = (x.strip() for x in pair.partition(">"))
-        src, dst = _tasks_named(spec, src_key), _tasks_named(spec, dst_key)
+        src, dst = tasks_named(spec, src_key), tasks_named(spec, dst_key)
         if not sep or not src or not dst:
             names = ", ".join(t.name for t in spec.tasks)
             raise FeatstoreError(f"--feeds {pair!r}: write SRC>DST with labels of the chosen tasks (e.g. B>C); "

@@ -622,11 +622,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 def schedule_steps(cfg: TrainConfig, train_rows: int) -> int:
     """The steps the schedule is laid over: ``cfg.schedule_steps``, or the run's own updates when 0; fewer than
     the run's updates is a one-line error (the decay would reach 0 before the end, or cosine climb back up)."""
-    steps = math.ceil(train_rows / cfg.batch_size) * cfg.epochs
+    per_epoch = math.ceil(train_rows / cfg.batch_size)
+    steps = per_epoch * cfg.epochs
     if 0 < cfg.schedule_steps < steps:
         raise FeatstoreError(f"schedule_steps={cfg.schedule_steps} is fewer than the run's {steps} updates "
-                             f"({cfg.epochs} epochs of {math.ceil(train_rows / cfg.batch_size)}); pass at least "
-                             f"{steps}, or 0 for the run's own")
+                             f"({cfg.epochs} epochs of {per_epoch}); pass at least {steps}, or 0 for the run's own")
     return cfg.schedule_steps or steps
 
 

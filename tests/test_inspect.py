@@ -75,7 +75,7 @@ def test_neighbors_by_sample_id_show_the_dataset_texts_and_labels(world):
                                world["data"]])
     by_key = invoke(featstore, ["neighbors", image, "--set", "grid", "--store", world["store"], "-k", 2])
     assert [r[:2] for r in neighbour_rows(by_id)] == [r[:2] for r in neighbour_rows(by_key)]
-    rows = nearest(open_store(world["store"]).open("grid"), "5", 2, dataset=ds)
+    rows, _ = nearest(open_store(world["store"]).open("grid"), "5", 2, dataset=ds)
     for r in rows:  # the first three samples that use the image, in manifest order
         users = [s for s in ds.samples if s.image_key == r["key"]][:3]
         assert r["text"] == " | ".join(s.text for s in users)

@@ -3,10 +3,10 @@ they read pooled vectors from feature set versions, join them to a dataset by ke
 library. The FAISS index of a version is built once and cached beside it in the store (``aux/``).
 
 Labels come from one task of the dataset (``tasks.resolve_task``: ``--task``); a feature set extracted from
-another version of the dataset's manifest gets a warning line (``featstore.store.manifest_mismatch_warnings``, the check `heads train`
-makes), given to ``warn`` before the search runs. Every argument (``--out``, the arrays, the task, a predictions
-file) is checked before the search, and the files are written under temporary names and renamed at the end
-(``outputs``): a command that fails leaves no new file.
+another version of the dataset's manifest gets a warning line (``featstore.store.manifest_mismatch_warnings``,
+the check `heads train` makes), given to ``warn`` before the search runs. Every argument (``--out``, the arrays,
+the task, a predictions file) is checked before the search, and the files are written under temporary names and
+renamed at the end (``outputs``): a command that fails leaves no new file.
 """
 from __future__ import annotations
 
@@ -77,9 +77,10 @@ def _label_text(values) -> str:
 
 
 def nearest(fsv, query: str, k: int = 10, *, array: Optional[str] = None, dataset=None, task: Optional[str] = None,
-            warn: Warn = None) -> List[dict]:
-    """The ``k`` nearest rows of ``query`` in ``fsv`` by cosine, with texts and labels (of ``task``:
-    ``resolve_task``; "-" for an unlabelled sample) when ``dataset`` is given.
+            warn: Warn = None) -> Tuple[List[dict], Optional[str]]:
+    """``(rows, task)``: the ``k`` nearest rows of ``query`` in ``fsv`` by cosine, with texts and labels (of
+    ``task``, as ``resolve_task`` resolves it: returned too; "-" for an unlabelled sample) when ``dataset`` is
+    given.
 
     ``query`` is a key of the version; for an image set a sample id of ``dataset`` also works (its image).
     All-zero rows are never neighbours; an all-zero query row is a one-line error naming its key.
@@ -105,7 +106,7 @@ def nearest(fsv, query: str, k: int = 10, *, array: Optional[str] = None, datase
         samples = by_key.get(r.neighbor, [])[:3]
         out.append({"rank": r.rank, "key": r.neighbor, "cosine": float(r.similarity),
                     "text": " | ".join(s.text for s in samples), "label": _label_text(sample_labels(samples, task))})
-    return out
+    return out, task
 
 
 def per_sample_vectors(fsv, samples: Sequence, array: Optional[str] = None, flag: str = "--array") -> np.ndarray:
@@ -209,20 +210,20 @@ def image_points(fsv, samples: Sequence, array: str, task: Optional[str]) -> Tup
 def embedding_map(fsv, out_png, *, dataset=None, method: str = "tsne", array: Optional[str] = None, seed: int = 0,
                   task: Optional[str] = None, warn: Warn = None) -> Tuple[int, Optional[str]]:
     """A 2-D map of a version's pooled vectors coloured by the labels of ``task`` (``resolve_task``; with
-    ``dataset``: one point per sample of a text set, one per image of an image set, ``image_points``), written to ``out_png`` under a temporary name and renamed. Returns
-    ``(points, task)``."""
+    ``dataset``: one point per sample of a text set, one per image of an image set, ``image_points``), written to
+    ``out_png`` under a temporary name and renamed. Returns ``(points, task)``."""
     out = check_out_file(out_png)
     name = pooled_array(fsv, array)
     task = resolve_task(dataset, task)
-    if dataset is not None and fsv.key_kind == "image_key":  # an image set: one point per image
-        _warn(warn, dataset, {fsv.modality: fsv})
-        vectors, labels = image_points(fsv, dataset.distinct_samples(), name, task)
-    elif dataset is not None:
+    if dataset is not None:
         _warn(warn, dataset, {fsv.modality: fsv})
         samples = dataset.distinct_samples()
-        vectors = per_sample_vectors(fsv, samples, name)
-        labels = ["unlabelled" if v is None else v for v in sample_labels(samples, task)] if task is not None \
-            else ["all"] * len(samples)
+        if fsv.key_kind == "image_key":  # an image set: one point per image
+            vectors, labels = image_points(fsv, samples, name, task)
+        else:
+            vectors = per_sample_vectors(fsv, samples, name)
+            labels = ["unlabelled" if v is None else v for v in sample_labels(samples, task)] if task is not None \
+                else ["all"] * len(samples)
     else:
         vectors = fsv.read(name).astype(np.float32)
         labels = ["all"] * len(vectors)
