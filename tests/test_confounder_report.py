@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from featstore.errors import FeatstoreError
-from featstore.search import find_confounders, write_html_report
+from featstore.search import find_confounders, thumbnail_data_uri, write_html_report
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -31,14 +31,27 @@ def _chromium() -> str:
 
 
 class _Collect(HTMLParser):
+    """``imgs``: the thumbnails drawn, in page order, each the attributes of the ``<image>`` its ``<use>``
+    names (its ``src``: that image's data URI); ``images``: the ``<image>`` definitions, one per file."""
+
     def __init__(self):
         super().__init__()
-        self.imgs, self.tags, self.text = [], [], []
+        self.images, self.uses, self.tags, self.text = {}, [], [], []
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
-        if tag == "img":
-            self.imgs.append(dict(attrs))
+        a = dict(attrs)
+        if tag == "image":
+            self.images[a["id"]] = dict(a, src=a["href"])
+        if tag == "use":
+            self.uses.append(a["href"])
+
+    handle_startendtag = handle_starttag
+
+    @property
+    def imgs(self):
+        assert all(u.startswith("#") for u in self.uses)
+        return [self.images[u[1:]] for u in self.uses]
 
     def handle_data(self, data):
         self.text.append(data)
@@ -90,6 +103,7 @@ def test_html_is_self_contained_and_escaped(tmp_path, memes):
     assert len(parser.imgs) == 4
     thumbs = [_decode(a["src"]) for a in parser.imgs]
     assert [t.size for t in thumbs] == [(96, 72), (96, 72), (58, 96), (96, 96)]  # aspect kept, fits 96 px
+    assert [(int(a["width"]), int(a["height"])) for a in parser.imgs] == [t.size for t in thumbs]
     for t, colour in zip(thumbs, ["red", "red", "blue", "yellow"]):
         assert np.abs(np.asarray(t, float).mean((0, 1)) - COLOURS[colour]).max() < 6
     text = "".join(parser.text)
@@ -136,7 +150,23 @@ def test_max_pairs_and_reused_thumbnails(tmp_path, memes):
                              image_paths=memes["image_paths"], max_pairs=1) == 2  # one per kind
     parser = _Collect()
     parser.feed(out.read_text())
-    assert len(parser.imgs) == 4
+    assert len(parser.imgs) == 4 and len(parser.images) == 4
+
+
+def test_an_image_file_in_many_pairs_is_embedded_once(tmp_path, memes):
+    """Every side drawn from one file: one ``<image>``, drawn four times, and the page grows by markup only."""
+    one = {i: memes["image_paths"]["m3"] for i in memes["texts"]}  # the blue 300x500 photo everywhere
+    pages = {}
+    for name, paths in (("own", memes["image_paths"]), ("one", one)):
+        write_html_report(memes["pairs"], tmp_path / f"{name}.html", texts=memes["texts"], labels=None,
+                          image_paths=paths, thumb_px=96)
+        pages[name] = (tmp_path / f"{name}.html").read_text()
+    parser = _Collect()
+    parser.feed(pages["one"])
+    assert len(parser.images) == 1 and len(parser.uses) == 4
+    assert all(a["src"] == thumbnail_data_uri(one["m1"], 96) for a in parser.imgs)
+    assert pages["one"].count("data:image/jpeg;base64,") == 1
+    assert len(pages["one"]) < len(pages["own"]) - 2 * len(parser.imgs[0]["src"])
 
 
 class _Sections(HTMLParser):

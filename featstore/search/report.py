@@ -1,7 +1,9 @@
 """One self-contained HTML page showing confounder pairs side by side, one section per pair kind.
 
-Thumbnails are embedded as base64 JPEG ``data:`` URIs (PIL, resized to fit ``thumb_px``), all text is
-escaped with ``html.escape``, and the page loads no external resource (no scripts, fonts or links).
+Thumbnails are embedded as base64 JPEG ``data:`` URIs (PIL, resized to fit ``thumb_px``), each image file
+once: an SVG ``<image>`` under the page's one ``<defs>``, drawn at every occurrence by ``<use href="#tN">``
+(a Hateful Memes image recurs in many pairs). All text is escaped with ``html.escape``, and the page loads
+no external resource (no scripts, fonts or links).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import html
 import io
 import os
 from dataclasses import replace
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
@@ -29,7 +31,7 @@ padding:10px;margin:10px 0}
 .head{width:150px;font-size:12px;color:#444}
 .head .rank{font-size:16px;font-weight:600;color:#222}
 .side{flex:1;display:flex;gap:10px;align-items:flex-start}
-.side img{border-radius:4px;border:1px solid #ccc}
+.side svg{border-radius:4px;border:1px solid #ccc;flex:none}
 .text{font-size:14px;white-space:pre-wrap;word-break:break-word}
 .id{font-size:11px;color:#777}
 .badge{display:inline-block;border-radius:3px;padding:1px 6px;font-size:11px;margin:2px 2px 0 0;color:#fff}
@@ -40,6 +42,11 @@ padding:10px;margin:10px 0}
 
 def thumbnail_data_uri(path: str, thumb_px: int = 160, quality: int = 85) -> str:
     """``data:image/jpeg;base64,...`` of the image at ``path`` resized to fit ``thumb_px`` x ``thumb_px``."""
+    return thumbnail(path, thumb_px, quality)[0]
+
+
+def thumbnail(path: str, thumb_px: int = 160, quality: int = 85) -> Tuple[str, int, int]:
+    """``(data URI, width, height)`` of the image at ``path`` resized to fit ``thumb_px`` x ``thumb_px``."""
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -50,14 +57,36 @@ def thumbnail_data_uri(path: str, thumb_px: int = 160, quality: int = 85) -> str
         raise FeatstoreError(f"image {path!r} does not exist; check the dataset's image folder") from None
     except (UnidentifiedImageError, OSError) as err:
         raise FeatstoreError(f"image {path!r} cannot be read ({type(err).__name__}); replace or drop it") from None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), im.width, im.height
+
+
+class _Thumbnails:
+    """Each image file read and encoded once: ``use(path, alt)`` is the markup drawing it (an ``<svg>``
+    with ``<use href="#tN">``), ``defs()`` the hidden ``<svg><defs>`` holding every ``<image id="tN">``."""
+
+    def __init__(self, thumb_px: int):
+        self.thumb_px, self.images = thumb_px, {}
+
+    def use(self, path: str, alt: str) -> str:
+        if path not in self.images:
+            self.images[path] = (f"t{len(self.images)}", *thumbnail(path, self.thumb_px))
+        ident, _, w, h = self.images[path]
+        alt = html.escape(alt, quote=True)
+        return (f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{alt}">'
+                f'<title>{alt}</title><use href="#{ident}"/></svg>')
+
+    def defs(self) -> str:
+        images = "".join(f'<image id="{ident}" width="{w}" height="{h}" href="{uri}"/>'
+                         for ident, uri, w, h in self.images.values())
+        return ('<svg width="0" height="0" style="position:absolute" aria-hidden="true">'
+                f"<defs>{images}</defs></svg>")
 
 
 def _badge(cls: str, text: str) -> str:
     return f'<span class="badge {cls}">{html.escape(text)}</span>'
 
 
-def _side(pid: str, text: str, label: Any, uri: str, wrong: Optional[bool], pred: Any) -> str:
+def _side(pid: str, text: str, label: Any, thumb: str, wrong: Optional[bool], pred: Any) -> str:
     badges = []
     if label is not None:
         badges.append(_badge("label", f"label {label}"))
@@ -66,8 +95,7 @@ def _side(pid: str, text: str, label: Any, uri: str, wrong: Optional[bool], pred
     elif wrong is False:
         badges.append(_badge("right", f"model right (pred {pred})"))
     return (
-        '<div class="side">'
-        f'<img src="{uri}" alt="{html.escape(pid, quote=True)}">'
+        f'<div class="side">{thumb}'
         f'<div><div class="id">{html.escape(pid)}</div><div class="text">{html.escape(text)}</div>'
         f'<div>{"".join(badges)}</div></div></div>'
     )
@@ -97,7 +125,7 @@ def _check_covered(what: str, mapping: Mapping[str, Any], pairs: Sequence[Confou
                              f"{', '.join(map(repr, missing[:5]))}); pass a mapping covering every sample")
 
 
-def _pair_block(rank: int, p: ConfounderPair, texts: Mapping[str, str], uri) -> str:
+def _pair_block(rank: int, p: ConfounderPair, texts: Mapping[str, str], thumb) -> str:
     badges = [_badge("kind", p.kind.replace("_", " "))]
     if p.label_flip:
         badges.append(_badge("flip", "label flip"))
@@ -110,14 +138,14 @@ def _pair_block(rank: int, p: ConfounderPair, texts: Mapping[str, str], uri) -> 
         f'<div class="head"><div class="rank">#{rank}</div>'
         f"image sim {p.image_sim:.3f}<br>text sim {p.text_sim:.3f}<br>score {p.score:.3f}<br>"
         f'{"".join(badges)}</div>'
-        + _side(p.id_a, str(texts[p.id_a]), p.label_a, uri(p.id_a), p.wrong_a, p.pred_a)
-        + _side(p.id_b, str(texts[p.id_b]), p.label_b, uri(p.id_b), p.wrong_b, p.pred_b)
+        + _side(p.id_a, str(texts[p.id_a]), p.label_a, thumb(p.id_a), p.wrong_a, p.pred_a)
+        + _side(p.id_b, str(texts[p.id_b]), p.label_b, thumb(p.id_b), p.wrong_b, p.pred_b)
         + "</div>"
     )
 
 
-def _section(kind: str, shown: Sequence[ConfounderPair], line: str, texts, uri) -> str:
-    body = "\n".join(_pair_block(r, p, texts, uri) for r, p in enumerate(shown, start=1)) or \
+def _section(kind: str, shown: Sequence[ConfounderPair], line: str, texts, thumb) -> str:
+    body = "\n".join(_pair_block(r, p, texts, thumb) for r, p in enumerate(shown, start=1)) or \
         '<p class="empty">none found</p>'
     return (f'<section data-section="{kind}"><h2>{html.escape(KIND_TITLES[kind].capitalize())}</h2>'
             f'<div class="meta">{html.escape(line)}</div>{body}</section>')
@@ -178,19 +206,16 @@ def render_html_report(pairs: Sequence[ConfounderPair], *, texts: Mapping[str, s
     unlabelled = unlabelled_counts(pairs) if flips[KINDS[0]] is not None else None
     lines = (summary_lines(replace(summary, found=found, flips=flips, unlabelled=unlabelled), n_shown)
              if summary is not None else count_lines(found, flips, n_shown, unlabelled))
-    thumbs: Dict[str, str] = {}
+    thumbs = _Thumbnails(thumb_px)
 
-    def uri(pid: str) -> str:
-        path = os.fspath(image_paths[pid])
-        if path not in thumbs:
-            thumbs[path] = thumbnail_data_uri(path, thumb_px)
-        return thumbs[path]
+    def thumb(pid: str) -> str:
+        return thumbs.use(os.fspath(image_paths[pid]), pid)
 
-    sections = [_section(k, shown[k], lines[i], texts, uri) for i, k in enumerate(KINDS)]
+    sections = [_section(k, shown[k], lines[i], texts, thumb) for i, k in enumerate(KINDS)]
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>"
+        f"{thumbs.defs()}<h1>{html.escape(title)}</h1>"
         + "".join(f'<div class="{"hint" if ln.startswith("hint:") else "meta"}">{html.escape(ln)}</div>'
                   for ln in lines)
         + "\n".join(sections)
