@@ -159,17 +159,20 @@ def multi_similarity_loss(emb: torch.Tensor, labels: torch.Tensor, alpha: float 
     Wang et al. (n in N_i kept if S_in + epsilon > min_P S_ip; p in P_i kept if S_ip - epsilon < max_N S_in):
     ``L = 1/B sum_i [1/beta log(1 + sum_P exp(-beta (S_ip - base))) + 1/alpha log(1 + sum_N exp(alpha (S_in - base)))]``;
     an anchor without a positive or without a negative adds 0 (before mining), as in the authors' MMF MSLoss.
+    A row whose cosine with the anchor is 1 - 1e-5 or more is no positive (MMF's ``pos_pair_ < 1 - 1e-5``
+    "remove itself", which also drops a near-duplicate of the anchor). Computed in float32, or float64 for a
+    float64 ``emb``.
     """
     if len(labels) == 0:
         return emb.sum() * 0.0
-    e = F.normalize(emb.float(), dim=-1)
+    e = F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1)
     s = e @ e.T
     if labels.dim() == 2:
         y = labels.float()
         same = (y @ y.T) > 0
     else:
         same = labels[:, None] == labels[None, :]
-    pos = same & ~torch.eye(len(labels), dtype=torch.bool, device=emb.device)
+    pos = same & ~torch.eye(len(labels), dtype=torch.bool, device=emb.device) & (s < 1 - 1e-5)
     neg = ~same
     usable = (pos.any(1) & neg.any(1))[:, None]
     if epsilon is not None:

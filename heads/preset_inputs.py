@@ -8,7 +8,8 @@ layers). ``check_image_features`` validates one when the preset loads (each opti
 extractor has, with a value it accepts); ``image_feature_notes`` compares it with the set of that side a run
 loaded (``TrainData.meta["features"][side]``: its recipe's extractor and config) and returns one note per
 option that differs. A set of another extractor gets no note (a deliberate change of input), and an option
-the set's recipe does not record (a set extracted before the option existed) counts as its default.
+the set's recipe does not record (a set extracted before the option existed) counts as the value such sets
+were made with: the config's ``ABSENT_MEANS`` entry (clip-text's ``fix_text``: False), else its default.
 """
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ def _default(extractor: str, option: str) -> Any:
     from featstore.extractors.base import EXTRACTORS
     from featstore.config_types import field_default
 
-    for f in fields(EXTRACTORS.config_cls(extractor)):
+    cls = EXTRACTORS.config_cls(extractor)
+    if option in getattr(cls, "ABSENT_MEANS", {}):
+        return cls.ABSENT_MEANS[option]
+    for f in fields(cls):
         if f.name == option:
             return field_default(f)
     return None
@@ -61,10 +65,18 @@ def image_feature_notes(preset_name: str, spec: Dict[str, Dict[str, Any]],
     for option, want in spec[extractor].items():
         got = config.get(option, _default(extractor, option))
         if got != want:
-            notes.append(f"note: preset {preset_name} reads {extractor} sets extracted with {option}={want} (its "
-                         f"source's input); {side} set {ref} has {option}={got}: extract one with `featstore extract "
-                         f"--extractor {extractor} --set {option}={want}` to train on that input")
+            w, g = _as_set_value(want), _as_set_value(got)
+            notes.append(f"note: preset {preset_name} reads {extractor} sets extracted with {option}={w} (its "
+                         f"source's input); {side} set {ref} has {option}={g}: extract one with `featstore extract "
+                         f"--extractor {extractor} --set {option}={w}` to train on that input")
     return notes
+
+
+def _as_set_value(value: Any) -> str:
+    """``value`` as ``--set`` reads it back: a string as it is, anything else as JSON (``true``, ``[6]``)."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def store_image_notes(preset_name: str, spec: Dict[str, Dict[str, Any]], store_url: str, image_refs,

@@ -67,7 +67,7 @@ RGCL_SETTINGS = {
               "epoch kept (--hybrid_loss)",
     "head": "cross",
     "head_cfg": {"fusion": "align", "proj_dim": 1024, "pre_output_layers": 3, "proj_dropout": 0.2,
-                 "fusion_dropout": 0.4, "dropout": 0.1},
+                 "fusion_dropout": 0.4, "dropout": 0.1, "embed_pass": "own"},
     "train": {"lr": 1e-4, "weight_decay": 0.01, "grad_clip": 0.1, "batch_size": 64, "epochs": 30,
               "warmup_ratio": 0.0, "schedule": "constant", "patience": 0, "rgcl": {"bank_grad": True},
               "predict": "classifier",

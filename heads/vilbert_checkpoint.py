@@ -45,8 +45,8 @@ __all__ = ["LoadReport", "load_vilbert_checkpoint", "map_key", "config_from_chec
            "text_source_note"]
 
 AS_IS = ("encoder.v_layer.", "encoder.c_layer.", "v_embeddings.", "t_pooler.", "v_pooler.")
-CLASSIFIER = ("model.classifier.", "bert.classifier.", "module.classifier.", "classifier.")
-PRETRAINING = ("model.cls.", "bert.cls.", "module.cls.", "cls.")
+CLASSIFIER = ("model.classifier.", "module.model.classifier.", "bert.classifier.", "module.classifier.", "classifier.")
+PRETRAINING = ("model.cls.", "module.model.cls.", "bert.cls.", "module.cls.", "cls.")
 IMAGE_EMBEDDING = "v_embeddings.image_embeddings.weight"
 BARE = ("embeddings.", "encoder.", "pooler.")  # a BERT saved without its "bert." prefix (transformers' BertModel)
 VISUALBERT = ("embeddings.projection.", "embeddings.visual_projection.", "embeddings.token_type_embeddings_visual.",

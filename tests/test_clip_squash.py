@@ -14,7 +14,8 @@ from transformers import CLIPModel
 
 from featstore.errors import FeatstoreError
 from featstore.extractors import create_extractor
-from test_extractors_clip import _cells, _save_clip
+from test_extractors_clip import _save_clip
+from test_patch_region_boxes import _ref_boxes
 from test_grid_mmf_preprocess import _exif_rotated_png, _rgba_png
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])  # OpenAI CLIP's normalisation
@@ -63,8 +64,8 @@ def test_squash_equals_a_float64_transcription_of_hateclipper_and_rgcl(clip_dir)
     out = _extract(ex, images)
     _close(out["pooler"], pooler)
     _close(out["pooled"], pooled)
-    for k, im in enumerate(images):  # nothing is cropped: the 6 x 6 regions tile the whole image
-        np.testing.assert_allclose(out["boxes"][k], _cells((0.0, 0.0) + im.size, 6), rtol=1e-6)
+    for k, im in enumerate(images):  # nothing is cropped: the 6 x 6 regions' patches span the whole image
+        np.testing.assert_allclose(out["boxes"][k], _ref_boxes((0.0, 0.0) + im.size, PX // 14, 6, True), rtol=1e-6)
     assert out["image_size"].tolist() == [[350, 200], [150, 450]]
     # the processor's own input (shorter side, centre crop) is another image: the option is what matches
     default = _extract(create_extractor("clip-image", weights=str(clip_dir), dtype="float32"), images)
@@ -82,7 +83,7 @@ def test_squash_size_is_rgcls_train_split_input(clip_dir):
     _close(out["pooler"], pooler)
     _close(out["pooled"], pooled)
     for k, im in enumerate(images):
-        np.testing.assert_allclose(out["boxes"][k], _cells((0.0, 0.0) + im.size, 6), rtol=1e-6)
+        np.testing.assert_allclose(out["boxes"][k], _ref_boxes((0.0, 0.0) + im.size, PX // 14, 6, True), rtol=1e-6)
     full, _ = _reference(clip_dir, images)
     assert np.abs(full - pooler).max() > 1e-3 * float(np.abs(pooler).max())  # another input than squash at 224
     recipe = ex.resize_recipe()

@@ -134,6 +134,51 @@ def test_embed_is_last_pre_output_linear_before_relu():
     assert (out["embed"] < 0).any() and torch.equal(out["fused"], torch.relu(out["embed"]))
 
 
+def _rgcl_classifier(head, batch, embed_first: bool):
+    """RGCL's classifier.py forward written with functional dropout on the head's tensors: projections (Linear,
+    Dropout), L2 norm, align; ``embed = mlp[:-2](x)`` then ``output_layer(mlp(x))``, each pass drawing its own
+    dropout, in that order (``embed_first=False``: one pass gives both)."""
+    import torch.nn.functional as F
+
+    c, p = head.config, dict(head.named_parameters())
+
+    def proj(x, name):
+        x = F.dropout(x @ p[f"{name}.map.0.weight"].T + p[f"{name}.map.0.bias"], c.proj_dropout, True)
+        return F.normalize(x, dim=1)
+
+    x = proj(batch["img_pooled"], "img_proj") * proj(batch["txt_pooled"], "txt_proj")
+
+    def mlp(h):
+        h, pre = F.dropout(h, c.fusion_dropout, True), None
+        for k in range(c.pre_output_layers):
+            pre = h @ p[f"pre_output.linears.{k}.weight"].T + p[f"pre_output.linears.{k}.bias"]
+            h = F.dropout(torch.relu(pre), c.dropout, True)
+        return h, pre
+
+    embed = mlp(x)[1] if embed_first else None
+    h, pre = mlp(x)
+    out = h @ p["outputs.layers.label.weight"].T + p["outputs.layers.label.bias"]
+    return out[:, 0], pre if embed is None else embed
+
+
+@pytest.mark.parametrize("embed_pass", ["own", "shared"])
+def test_rgcl_embed_pass_draws_its_own_dropout_as_rgcl_classifier(embed_pass):
+    """``embed_pass="own"`` (the rgcl presets): in training the embedding and the logit come from two passes
+    with their own dropout, as RGCL's classifier.py; eval mode is one deterministic pass either way."""
+    head = _head(fusion="align", proj_dim=8, pre_output_layers=2, proj_dropout=0.2, fusion_dropout=0.4,
+                 dropout=0.1, embed_pass=embed_pass).train()
+    batch = _batch()
+    torch.manual_seed(7)
+    out = head(batch)
+    torch.manual_seed(7)
+    logit, embed = _rgcl_classifier(head, batch, embed_first=embed_pass == "own")
+    torch.testing.assert_close(out["logits"]["label"][:, 1] - out["logits"]["label"][:, 0], logit)
+    torch.testing.assert_close(out["embed"], embed)
+    head.eval()
+    ev = head(batch)
+    torch.testing.assert_close(torch.relu(ev["embed"]), ev["fused"])
+
+
 def test_dropout_sits_before_the_l2_norm_and_fusion_dropout_before_the_first_layer():
     # projection dropout before normalisation: rows stay unit length in train mode
     head = _head(fusion="align", proj_dim=64, proj_dropout=0.5, fusion_dropout=0.0, dropout=0.0).train()
@@ -177,6 +222,7 @@ def test_defaults_are_the_reference_main_py():
      "cross fusion='outer' is not known; use one of: cross, align, concat, cross_nd, align_concat"),
     ({"pre_output_layers": -1}, "cross pre_output_layers=-1 must be >= 0"),
     ({"hidden": [8, 0]}, "cross hidden=[8, 0] has a non-positive width"),
+    ({"embed_pass": "twice"}, "cross embed_pass='twice' is invalid; use shared or own (RGCL's separate pass)"),
     ({"binary_logits": 3}, "cross binary_logits=3 is invalid; use 1 (Hate-CLIPper's one BCE logit) or 2 (two softmax "
                            "logits)"),
 ])

@@ -6,11 +6,12 @@ import pytest
 import torch
 from PIL import Image
 from test_extractors_dinov2 import _bilinear, _bilinear_aa
+from test_patch_region_boxes import _ref_boxes
 from transformers import BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from featstore.errors import FeatstoreError
 from featstore.extractors import create_extractor
-from featstore.extractors.clip import ClipImageConfig, ClipTextConfig, crop_window
+from featstore.extractors.clip import ClipImageConfig, ClipTextConfig, crop_window, fix_clip_text
 
 WORDS = ["the", "cat", "sat", "on", "mat", "hello", "world", "!", "funny", "meme"]
 
@@ -98,7 +99,7 @@ def test_clip_image_against_vision_model(tiny_clip, antialias):
     for n, win in enumerate(_windows(imgs, px)):
         np.testing.assert_allclose(out["regions"][n], ref_fn(last[n, 1:].reshape(g, g, -1), 6).reshape(36, -1),
                                    rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(out["boxes"][n], _cells(win, 6), rtol=1e-5)
+        np.testing.assert_allclose(out["boxes"][n], _ref_boxes(win, g, 6, antialias), rtol=1e-6, atol=1e-4)
     assert out["count"].tolist() == [36, 36] and out["image_size"].tolist() == [[350, 200], [150, 450]]
     s = ex.schema()
     assert s["pooler"].shape == (16,) and s["pooled"].shape == (12,) and s["tokens"].shape == (g * g, 16)
@@ -148,6 +149,27 @@ def test_clip_text_against_text_model(tiny_clip):
     assert tx.schema()["tokens"].shape == (20, 16) and tx.schema()["pooler"].shape == (16,)
     plain = create_extractor("clip-text", weights=str(d), dtype="float32")
     assert set(plain.schema()) == {"pooler", "pooled"}
+
+
+def test_clip_text_cleans_texts_as_clips_own_tokenizer(tiny_clip):
+    """CLIP's tokenizer (openai/CLIP basic_clean; transformers 4's CLIPTokenizer with ftfy, Hate-CLIPper's and
+    RGCL's) runs ftfy.fix_text first: full-width letters fold, HTML entities unescape. Expected texts typed by
+    hand; ``fix_text=False`` is the tokenizer on the raw text."""
+    import ftfy
+
+    d, _ = tiny_clip
+    tok = BertTokenizerFast.from_pretrained(str(d))
+    raw = ["\uff46\uff55\uff4e\uff4e\uff59 meme", "hello&nbsp;world", "the cat sat"]
+    cleaned = ["funny meme", "hello\u00a0world", "the cat sat"]
+    fixed = create_extractor("clip-text", weights=str(d), dtype="float32")
+    plain = create_extractor("clip-text", weights=str(d), dtype="float32", fix_text=False)
+    for r, c in zip(raw, cleaned):
+        assert fixed.preprocess(r)["input_ids"].tolist() == tok(c)["input_ids"]
+        assert plain.preprocess(r)["input_ids"].tolist() == tok(r)["input_ids"]
+    assert len(tok(raw[1])["input_ids"]) == 7 and len(tok(cleaned[1])["input_ids"]) == 4  # "&", "nbsp", ";" gone
+    assert fix_clip_text(raw[0]) == cleaned[0]
+    assert fixed.preprocessing()["fix_text"] == f"ftfy {ftfy.__version__}" and "fix_text" not in plain.preprocessing()
+    assert fixed.truncation_note(["\uff46" * 30]) is None  # counted on the cleaned text: "f" * 30 is one word
 
 
 def test_clip_text_counts_the_texts_cut_to_its_positions(tiny_clip):

@@ -76,7 +76,12 @@ def test_multilayer_interp_against_hidden_states(tiny_dino, antialias):
         np.testing.assert_allclose(out["regions"][n], np.concatenate(parts, -1), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(out["pooled"][n], np.concatenate(cls), rtol=1e-4, atol=1e-5)
     assert out["regions"].shape == (2, 4, 64) and ex.schema()["regions"].shape == (4, 64)
-    np.testing.assert_allclose(out["boxes"][1], [[0, 0, 15, 45], [15, 0, 30, 45], [0, 45, 15, 90], [15, 45, 30, 90]])
+    # boxes: the patches contributing to each region (30 x 90 image, 7.5 x 22.5 px patches): with antialias the
+    # triangle of 4 -> 2 reaches patches 0..2 / 1..3, without it the 2 nearest patches 0..1 / 2..3 (the cells)
+    want = ([[0, 0, 22.5, 67.5], [7.5, 0, 30, 67.5], [0, 22.5, 22.5, 90], [7.5, 22.5, 30, 90]] if antialias else
+            [[0, 0, 15, 45], [15, 0, 30, 45], [0, 45, 15, 90], [15, 45, 30, 90]])
+    np.testing.assert_allclose(out["boxes"][1], want)
+    assert ex.preprocessing()["region_boxes"] == "interp support"
 
 
 def test_multilayer_without_layernorm_uses_raw_hidden_states(tiny_dino):

@@ -61,7 +61,9 @@ def test_region_boxes_offset_windows_and_picked_cells():
         for k, c in enumerate(idx[n].tolist()):
             want = [_f32(_f32(v) + o) for v, o in zip(cells[c], (x0, y0, x0, y0))]
             assert got[n, k].tolist() == want
-    interp = region_boxes(windows, 4, 9).numpy()  # 3 x 3 cells of each window, row-major
+    # interp: 4 -> 3 antialiased, a triangle of half-width 4/3: region (1, 1), centred at 2.0, reads patches 1..2
+    # (centres 1.5, 2.5) on both axes, region 0 (centre 2/3) patches 0..1; x0 + lo * (W / 4), rounded once
+    interp = region_boxes(windows, 4, 9).numpy()
     assert interp.shape == (2, 9, 4)
-    assert interp[0, 4].tolist() == [_f32(_f32(v) + o) for v, o in zip(_grid_ref(100.0, 50.0, 3, 3)[4],
-                                                                        (10.5, 3.0, 10.5, 3.0))]
+    assert interp[0, 4].tolist() == [_f32(10.5 + 25.0), _f32(3.0 + 12.5), _f32(10.5 + 3 * 25.0), _f32(3.0 + 3 * 12.5)]
+    assert interp[0, 0].tolist() == [_f32(10.5), _f32(3.0), _f32(10.5 + 2 * 25.0), _f32(3.0 + 2 * 12.5)]

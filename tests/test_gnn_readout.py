@@ -1,10 +1,11 @@
 """The ``gnn`` head end to end against a float64 transcription written here from the module's documented rules:
 one graph per sample over its REAL nodes only (regions, tokens, global image, global text; padded slots are no
 nodes), the default edges (every pair of regions, token i <-> i+1, global image <-> tokens and regions, global
-text <-> regions and tokens, global image <-> global text, self-loops), two layers of
+text <-> regions and tokens, global image <-> global text, self-loops but for SAGE), two layers of
 ``x + relu(conv(x))`` with PyG's GCNConv (``D^-1/2 A D^-1/2 (x W) + b`` over incoming edges, degrees counted at
-the target, no self-loops added by the layer) or SAGEConv (mean of the in-neighbours through ``lin_l`` plus
-``lin_r`` of the node itself), then the readout ``[mean of the sample's node states; global image node; global
+the target, no self-loops added by the layer) or GraphSAGE's mean aggregator (Hamilton et al. 2017, PyG's
+SAGEConv: the mean of the in-neighbours, the node itself not among them, through ``lin_l`` plus ``lin_r`` of
+the node itself), then the readout ``[mean of the sample's node states; global image node; global
 text node]``. Only the parameter values are read from the head."""
 from __future__ import annotations
 
@@ -31,14 +32,14 @@ def _batch(pooled: bool) -> dict:
     return b
 
 
-def _edges(nr: int, nt: int) -> set:
+def _edges(nr: int, nt: int, self_loops: bool = True) -> set:
     """(src, dst) of one sample's real nodes: regions 0..nr-1, tokens nr..nr+nt-1, then global image, text."""
     reg, tok = list(range(nr)), list(range(nr, nr + nt))
     gi, gt = nr + nt, nr + nt + 1
     e = {(a, b) for a in reg for b in reg if a != b}
     pairs = list(zip(tok, tok[1:])) + [(gi, n) for n in tok + reg] + [(gt, n) for n in reg + tok] + [(gi, gt)]
     e |= {(a, b) for a, b in pairs} | {(b, a) for a, b in pairs}
-    return e | {(n, n) for n in reg + tok + [gi, gt]}
+    return e | {(n, n) for n in reg + tok + [gi, gt]} if self_loops else e
 
 
 def _reference(head, batch: dict, layer: str) -> torch.Tensor:
@@ -57,7 +58,7 @@ def _reference(head, batch: dict, layer: str) -> torch.Tensor:
                        lin("gtxt_in", gtxt)[None]])
         n = len(x)
         a = torch.zeros(n, n, dtype=torch.float64)  # a[dst, src]
-        for src, dst in _edges(nr, nt):
+        for src, dst in _edges(nr, nt, self_loops=layer != "sage"):
             a[dst, src] = 1.0
         deg = a.sum(1)
         for k in range(2):

@@ -16,6 +16,22 @@ def test_a_set_recorded_before_the_option_reads_as_its_default():
                      "grid --set preprocess=mmf-hateful-memes` to train on that input"]
 
 
+def test_a_clip_text_set_made_before_fix_text_reads_as_raw_text():
+    """clip-text's fix_text (ftfy, as CLIP's tokenizer) defaults to True, but a set whose recipe predates it
+    was tokenised raw: ABSENT_MEANS makes it read as fix_text=False, so the Hate-CLIPper presets note it."""
+    from heads.presets import load_preset
+
+    spec = load_preset("hateclipper-align").text_features
+    assert spec == {"clip-text": {"dtype": "float32", "fix_text": True}}
+    meta = {"text": {"name": "t", "version": "v0", "extractor": "clip-text", "config": {"dtype": "float32"}}}
+    assert image_feature_notes("hateclipper-align", spec, meta, side="text") == [
+        "note: preset hateclipper-align reads clip-text sets extracted with fix_text=true (its source's input); "
+        "text set t@v0 has fix_text=false: extract one with `featstore extract --extractor clip-text --set "
+        "fix_text=true` to train on that input"]
+    meta["text"]["config"]["fix_text"] = True
+    assert image_feature_notes("hateclipper-align", spec, meta, side="text") == []
+
+
 def test_matching_sets_other_extractors_and_no_image_set_get_no_note():
     assert image_feature_notes("p", SPEC, _meta("grid", {"preprocess": "mmf-hateful-memes"})) == []
     assert image_feature_notes("p", SPEC, _meta("clip-image", {})) == []

@@ -31,7 +31,8 @@ def ms_by_hand(emb, y, alpha, beta, base, eps):
 
     total = 0.0
     for i in range(len(y)):
-        pos = [s[i][j] for j in range(len(y)) if j != i and alike(y[j], y[i])]
+        # MMF's MSLoss keeps a positive only below cosine 1 - 1e-5 ("remove itself"): a duplicate is none
+        pos = [s[i][j] for j in range(len(y)) if j != i and alike(y[j], y[i]) and s[i][j] < 1 - 1e-5]
         neg = [s[i][j] for j in range(len(y)) if not alike(y[j], y[i])]
         if not pos or not neg:
             continue
@@ -61,6 +62,18 @@ def test_ms_loss_matches_hand_transcription(eps):
     got = multi_similarity_loss(emb, y, alpha=50, beta=2, base=0.5, epsilon=eps).item()
     assert got == pytest.approx(ms_by_hand(emb, y, 50, 2, 0.5, eps), rel=1e-5, abs=1e-6)
     assert got > 0
+
+
+def test_a_duplicate_row_is_no_positive():
+    """Rows 0 and 1 the same vector, same class: MMF drops the pair (cosine >= 1 - 1e-5) before mining and
+    before the no-positive rule; computed in float64 for float64 input."""
+    emb, y = planted()
+    emb = emb.double()
+    emb[1] = 3.0 * emb[0]
+    got = multi_similarity_loss(emb, y, alpha=50, beta=2, base=0.5, epsilon=0.1).item()
+    assert got == pytest.approx(ms_by_hand(emb, y, 50, 2, 0.5, 0.1), rel=1e-12, abs=1e-14)
+    lone = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # row 1 is row 0, scaled
+    assert multi_similarity_loss(lone, torch.tensor([0, 0, 1])).item() == 0.0  # neither has a positive left
 
 
 def test_ms_mining_matters():

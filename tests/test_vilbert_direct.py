@@ -345,3 +345,33 @@ def test_vilbert_text_names_the_extractor_for_a_bert_folder(world):
     assert res.output.splitlines()[-1] == (f"error: checkpoint {str(world['folder'])!r} is a folder; pass the "
                                            "ViLBERT .pt/.bin/.pth file itself (a plain BERT folder's states come "
                                            "from --extractor bert)")
+
+
+@pytest.mark.parametrize("start", [0, START])
+def test_cached_embeddings_get_mmf_embedding_dropout_in_training(start):
+    """From the embedding output (text_start_layer 0) MMF's BertEmbeddings drops out what the text stream reads
+    (p = hidden_dropout_prob, in training only); from a later layer the cached states go in as they are."""
+    from heads.models import create_head
+    from heads.spec import InputSpec, Task, TaskSpec
+
+    cfg = {k: v for k, v in TINY.items() if k not in ("max_position_embeddings", "type_vocab_size", "v_target_size")}
+    head = create_head("vilbert", InputSpec(img_dim=10, txt_dim=16, img_regions=7, txt_tokens=40),
+                       TaskSpec([Task("label", "binary", 2)]),
+                       **dict(cfg, text_start_layer=start, t_biattention_id=[3, 4], hidden_dropout_prob=0.25))
+    seen = []
+    head.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(6, 40, 16, generator=g) + 3.0  # no exact zeros
+    batch = dict(img_regions=torch.randn(6, 7, 10, generator=g), txt_tokens=tokens,
+                 txt_mask=torch.ones(6, 40, dtype=torch.bool), img_mask=torch.ones(6, 7, dtype=torch.bool))
+    head.train()(batch)
+    head.eval()(batch)
+    real = tokens.reshape(-1, 16)
+    trained, evaluated = seen[0].reshape(-1, 16), seen[1].reshape(-1, 16)
+    torch.testing.assert_close(evaluated, real, rtol=0, atol=0)
+    if start != 0:
+        torch.testing.assert_close(trained, real, rtol=0, atol=0)
+        return
+    dropped = trained == 0
+    assert 0.2 < dropped.float().mean().item() < 0.3  # 3,840 values, p = 0.25
+    torch.testing.assert_close(trained[~dropped], real[~dropped] / 0.75)

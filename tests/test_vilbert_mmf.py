@@ -435,6 +435,27 @@ def test_real_mmf_key_list_maps_onto_the_head():
             assert g["used: classifier"] == 6 and report.missing_keys == []
 
 
+def test_a_data_parallel_file_loads_as_the_bare_one(world, tmp_path):
+    """A model saved while wrapped in DataParallel (every key under ``module.``) loads the same tensors, with the
+    same report, as MMF's own unwrapped save."""
+    from heads.spec import InputSpec, Task, TaskSpec
+    from heads.vilbert_checkpoint import head_from_checkpoint
+
+    wrapped = tmp_path / "dp.bin"
+    torch.save({"model": {"module." + k: v for k, v in world["sd"].items()}}, wrapped)
+    spec = TaskSpec([Task("label", "binary", 2)])
+    inputs = InputSpec(img_dim=10, txt_dim=16, img_regions=7, txt_tokens=16, img_boxes=True)
+    sizes = dict(num_attention_heads=2, v_num_attention_heads=2, bi_num_attention_heads=2)
+    bare, bare_report = head_from_checkpoint("vilbert", inputs, spec, dict(sizes), str(world["ckpt"]))
+    dp, dp_report = head_from_checkpoint("vilbert", inputs, spec, dict(sizes), str(wrapped))
+    assert dp.config == bare.config
+    for key, value in bare.state_dict().items():
+        torch.testing.assert_close(dp.state_dict()[key], value, rtol=0, atol=0)
+    assert len(dp_report.used_keys) == len(bare_report.used_keys) and dp_report.missing_keys == bare_report.missing_keys
+    assert [ln.replace(str(wrapped), "F") for ln in dp_report.lines()] == \
+        [ln.replace(str(world["ckpt"]), "F") for ln in bare_report.lines()]
+
+
 def test_tiny_checkpoint_tensors_land_where_mmf_keeps_them(world):
     from heads.spec import InputSpec, Task, TaskSpec
     from heads.vilbert_checkpoint import head_from_checkpoint

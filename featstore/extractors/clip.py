@@ -23,7 +23,9 @@ upsample is done here with Pillow's bicubic before the processor. Stored per ver
   * ``regions [N, R, Dv]`` + ``count`` + ``boxes`` + ``image_size`` (``num_regions`` > 0, default 36): the
     g x g patch states reduced exactly as ``dinov2`` does (``patch_regions``: ``reduce="interp"``, a 6 x 6
     antialiased bilinear resampling, or ``"attention"``, the top-R patches by last-layer CLS attention);
-    boxes are the cells of the centre crop's area in original-image pixels (``crop_window``);
+    boxes are in original-image pixels within the centre crop's area (``crop_window``): under interp the
+    area of the patches that contribute to each region (its resampling support, reaching past its 6 x 6
+    cell), under attention the picked patches' cells;
   * ``tokens [N, g*g, Dv]`` (``tokens=True``): every patch state, row-major, CLS left out (no ``count``:
     every patch is real).
 Patch states are ``last_hidden_state`` (the encoder output; CLIP applies ``post_layernorm`` only to the
@@ -39,7 +41,7 @@ it; zero past ``count``) + ``count``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -128,6 +130,20 @@ def _needs_weights(weights: Optional[str], name: str) -> str:
 @dataclass
 class ClipTextConfig(_ClipConfig):
     max_length: int = 77
+    # ftfy.fix_text before the tokenizer, as CLIP's own tokenizer (openai/CLIP simple_tokenizer's basic_clean)
+    # and transformers 4's CLIPTokenizer with ftfy installed (Hate-CLIPper's, RGCL's) clean every text; the
+    # fast tokenizer of transformers 5 does not (curly quotes, HTML entities, full-width letters differ)
+    fix_text: bool = True
+    # what a recipe saved before an option existed was extracted with (heads' preset input notes read it)
+    ABSENT_MEANS: ClassVar[Dict[str, Any]] = {"fix_text": False}
+
+
+def fix_clip_text(text: str) -> str:
+    """CLIP's text cleanup: ``ftfy.fix_text`` (the fast tokenizer then folds whitespace and lower-cases, as the
+    slow one's ``whitespace_clean(...).lower()``)."""
+    import ftfy
+
+    return ftfy.fix_text(text)
 
 
 def crop_window(processor, width: int, height: int) -> Tuple[float, float, float, float]:
@@ -230,6 +246,8 @@ class ClipImageExtractor(_ClipBase):
                "crop_size": dict(p.crop_size) if getattr(p, "crop_size", None) else None,
                "mean": list(p.image_mean), "std": list(p.image_std), "normalize": self.config.normalize,
                "grid": self.grid, "boxes": "crop_window cells"}
+        if self.config.num_regions and self.config.reduce == "interp":  # a new id: these were the r x r cells
+            out["boxes"] = "crop_window interp support"
         if self.recipe is not None:
             out.update(squash=[self.recipe.size, self.recipe.size], squash_interpolation="bicubic",
                        decode=self.recipe.decode)
@@ -278,7 +296,7 @@ class ClipImageExtractor(_ClipBase):
             idx = attention_indices(v.attentions[-1], g, c.num_regions) if attention else None
             res.update({"regions": self.out(reduce_patches(patches, g, c.num_regions, c.antialias, idx)),
                         "count": np.full(len(patches), c.num_regions, dtype=np.int32),
-                        "boxes": region_boxes(batch["window"].cpu(), g, c.num_regions, idx).numpy(),
+                        "boxes": region_boxes(batch["window"].cpu(), g, c.num_regions, idx, c.antialias).numpy(),
                         "image_size": self.out_int(batch["size"])})
         return res
 
@@ -302,7 +320,7 @@ class ClipTextExtractor(_ClipBase):
 
     def truncation_note(self, texts) -> Optional[str]:
         """The summary's line on texts cut to ``max_length`` (77 for CLIP, as Hate-CLIPper and RGCL cut them)."""
-        return truncation_note(self.tokenizer, texts, self.max_length, self.positions)
+        return truncation_note(self.tokenizer, [self._text(t) for t in texts], self.max_length, self.positions)
 
     def schema(self):
         s = {"pooler": self.fspec(self.hidden), "pooled": self.fspec(self.dim)}
@@ -312,11 +330,20 @@ class ClipTextExtractor(_ClipBase):
         return s
 
     def preprocessing(self) -> Dict[str, Any]:
-        return {"tokenizer": type(self.tokenizer).__name__, "max_length": self.max_length, "truncation": True,
-                "normalize": self.config.normalize}
+        out = {"tokenizer": type(self.tokenizer).__name__, "max_length": self.max_length, "truncation": True,
+               "normalize": self.config.normalize}
+        if self.config.fix_text:  # ftfy's rules change between its releases: its version names the cleanup
+            import ftfy
+
+            out["fix_text"] = f"ftfy {ftfy.__version__}"
+        return out
+
+    def _text(self, item: Any) -> str:
+        text = text_input(item)
+        return fix_clip_text(text) if self.config.fix_text else text
 
     def preprocess(self, item: str) -> Dict[str, torch.Tensor]:
-        ids = self.tokenizer(text_input(item), truncation=True, max_length=self.max_length)["input_ids"]
+        ids = self.tokenizer(self._text(item), truncation=True, max_length=self.max_length)["input_ids"]
         return {"input_ids": torch.tensor(ids, dtype=torch.int64)}
 
     def collate(self, items):

@@ -8,7 +8,10 @@ Reduction of the [g, g, D] patch tokens to R regions (``reduce``, ``patch_region
 ``clip-image``):
   * ``"interp"`` (default): bilinear resampling of the grid to r x r (R = r*r must be a square;
     align_corners=False; ``antialias=True`` by default, so every patch contributes, as in a triangle-filter
-    downscale); regions row-major; ``boxes`` the r x r cells of the original image;
+    downscale); regions row-major; ``boxes`` (original-image pixels) the area of the patches that
+    contribute to each region (``patch_regions.interp_support``: the resampling's nonzero weights, reaching
+    about half a cell past the region's r x r cell on each side with antialias; recorded in
+    ``preprocessing()`` as ``region_boxes``);
   * ``"attention"``: the R patches with the highest CLS attention in the last layer (attention averaged over
     heads; the model runs with ``attn_implementation="eager"``), in decreasing attention order; ``boxes``
     those patches' cells in the original image.
@@ -125,8 +128,11 @@ class _Dinov2Base(Extractor):
 
     def preprocessing(self) -> Dict[str, Any]:
         s = self.config.image_size
-        return {"resize": [s, s], "crop": None, "interpolation": "bicubic-antialias", "mean": list(IMAGENET_MEAN),
-                "std": list(IMAGENET_STD), "patch_size": self.patch, "grid": self.grid}
+        out = {"resize": [s, s], "crop": None, "interpolation": "bicubic-antialias", "mean": list(IMAGENET_MEAN),
+               "std": list(IMAGENET_STD), "patch_size": self.patch, "grid": self.grid}
+        if self.config.reduce == "interp":  # a new version id: interp boxes were the r x r cells before
+            out["region_boxes"] = "interp support"
+        return out
 
     def preprocess(self, item) -> Dict[str, torch.Tensor]:
         """A PIL image -> ``image`` normalised float32 [3, s, s]; a ``ResizedImage`` (``resize_recipe()``)
@@ -157,7 +163,8 @@ class _Dinov2Base(Extractor):
         g = self.grid
         idx = attention_indices(out.attentions[-1], g, c.num_regions) if attention else None
         size = batch["size"].cpu()
-        boxes = region_boxes(torch.cat([torch.zeros_like(size), size], dim=1), g, c.num_regions, idx)
+        windows = torch.cat([torch.zeros_like(size), size], dim=1)
+        boxes = region_boxes(windows, g, c.num_regions, idx, c.antialias)
         regions = torch.cat([reduce_patches(h[:, 1:1 + g * g], g, c.num_regions, c.antialias, idx) for h in layers],
                             dim=-1)
         pooled = torch.cat([h[:, 0].float() for h in layers], dim=-1)

@@ -3,7 +3,10 @@
 ``reduce``:
   * ``"interp"``: bilinear resampling of the grid to r x r (R = r*r must be a square; align_corners=False;
     ``antialias=True`` by default, so every patch contributes, as in a triangle-filter downscale); regions
-    row-major; boxes the r x r cells of the area the grid sees;
+    row-major; boxes the area of the patches that contribute to each region (nonzero weight), read off the
+    resampling itself (``interp_support``): with antialias a triangle filter whose support reaches about half
+    a cell past the region's r x r cell on each side (at 37 -> 6, region 0 spans patches 0..8 of 37, not
+    0..6); without it the (at most) 2 patches nearest the region's centre per axis, usually narrower than its cell;
   * ``"attention"``: the R patches with the highest CLS attention in the model's last layer (averaged over
     heads), in decreasing attention order; boxes those patches' cells.
 
@@ -13,6 +16,7 @@ Boxes are in original-image pixels: ``window`` is the part of the original image
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -48,6 +52,11 @@ def attention_indices(attn: torch.Tensor, grid: int, num_regions: int) -> torch.
     return torch.topk(cls_attn, num_regions, dim=1).indices
 
 
+def _interpolate(fmap: torch.Tensor, r: int, antialias: bool) -> torch.Tensor:
+    """The one resampling ``interp`` does ([N, C, g, g] -> [N, C, r, r]); ``interp_support`` reads its weights."""
+    return F.interpolate(fmap, size=(r, r), mode="bilinear", align_corners=False, antialias=antialias)
+
+
 def reduce_patches(patches: torch.Tensor, grid: int, num_regions: int, antialias: bool,
                    idx: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``patches`` [N, g*g, D] (row-major) -> regions [N, R, D] (interp, or gathered at ``idx`` [N, R])."""
@@ -56,16 +65,48 @@ def reduce_patches(patches: torch.Tensor, grid: int, num_regions: int, antialias
         return torch.gather(patches, 1, idx[..., None].expand(-1, -1, patches.shape[-1]))
     n, r = patches.shape[0], math.isqrt(num_regions)
     fmap = patches.reshape(n, grid, grid, -1).permute(0, 3, 1, 2)
-    small = F.interpolate(fmap, size=(r, r), mode="bilinear", align_corners=False, antialias=antialias)
-    return small.flatten(2).transpose(1, 2)
+    return _interpolate(fmap, r, antialias).flatten(2).transpose(1, 2)
 
 
-def region_boxes(windows, grid: int, num_regions: int, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Boxes [N, R, 4] (float32, original pixels): per image its ``window`` (x1, y1, x2, y2; ``[N, 4]``) cut
-    into r x r cells (interp) or into the g x g patch cells picked by ``idx``; all images at once."""
+@lru_cache(maxsize=32)
+def _interp_support(grid: int, r: int, antialias: bool) -> torch.Tensor:
+    g = grid
+    basis = torch.zeros(1, 2 * g, g, g)  # channel i: patch row i all ones; channel g + i: patch column i
+    ar = torch.arange(g)
+    basis[0, ar, ar, :] = 1.0
+    basis[0, g + ar, :, ar] = 1.0
+    hit = _interpolate(basis, r, antialias)[0].reshape(2, g, r * r) != 0  # [axis, patch row / col, region]
+    pos = torch.arange(g)[None, :, None].expand(2, g, r * r)
+    lo = torch.where(hit, pos, g).amin(dim=1)  # [axis (y, x), region]
+    hi = torch.where(hit, pos, -1).amax(dim=1) + 1
+    if bool((hi <= lo).any()):  # cannot happen for bilinear; kept as a guard for a changed kernel
+        raise FeatstoreError(f"a {r}x{r} region of the {g}x{g} grid has no contributing patch")
+    return torch.stack([lo[1], lo[0], hi[1], hi[0]], dim=-1)  # [R, 4] x1, y1, x2, y2 in patch units
+
+
+def interp_support(grid: int, num_regions: int, antialias: bool) -> torch.Tensor:
+    """int64 [R, 4]: per interp region (row-major) the patches with nonzero weight in it, as the half-open
+    patch range ``[x_lo, y_lo, x_hi + 1, y_hi + 1]`` (patch units of the g x g grid).
+
+    Read off ``reduce_patches``' own resampling (same ``F.interpolate`` call: bilinear, align_corners=False,
+    ``antialias``), not from a formula: a channel with patch row i all ones resamples to the sum of row i's
+    weights in each region, nonzero exactly when some patch of row i contributes (bilinear and triangle
+    weights are never negative, so nothing cancels); likewise for columns."""
+    return _interp_support(int(grid), math.isqrt(num_regions), bool(antialias)).clone()
+
+
+def region_boxes(windows, grid: int, num_regions: int, idx: Optional[torch.Tensor] = None,
+                 antialias: bool = True) -> torch.Tensor:
+    """Boxes [N, R, 4] (float32, original pixels) per image's ``window`` (x1, y1, x2, y2; ``[N, 4]``; the area
+    the g x g grid covers), all images at once.
+
+    interp (``idx`` None): each region's ``interp_support`` (``antialias`` as in ``reduce_patches``) scaled
+    to the window, ``x1 + lo * (width / g)`` in float64, so a box is the area of exactly the patches that
+    contribute to its vector; ``idx`` [N, R]: the g x g patch cells picked (attention)."""
     win = torch.as_tensor(windows, dtype=torch.float64).reshape(-1, 4)
-    side = grid if idx is not None else math.isqrt(num_regions)
-    cells = grid_cell_boxes_batch(win[:, 2:] - win[:, :2], side, side).double() + win[:, None, [0, 1, 0, 1]]
-    if idx is not None:
-        cells = torch.gather(cells, 1, idx.cpu()[..., None].expand(-1, -1, 4))
-    return cells.float()
+    if idx is None:
+        support = interp_support(grid, num_regions, antialias).double()  # [R, 4]
+        step = (win[:, 2:] - win[:, :2]) / grid  # [N, 2] one patch in pixels (x, y)
+        return (win[:, None, [0, 1, 0, 1]] + support[None] * step[:, None, [0, 1, 0, 1]]).float()
+    cells = grid_cell_boxes_batch(win[:, 2:] - win[:, :2], grid, grid).double() + win[:, None, [0, 1, 0, 1]]
+    return torch.gather(cells, 1, idx.cpu()[..., None].expand(-1, -1, 4)).float()

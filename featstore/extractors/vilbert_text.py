@@ -40,7 +40,7 @@ from .hf import load_pretrained
 from .text import BertExtractor
 from .weights import resolve_weights
 
-PREFIXES = ("model.bert.", "bert.bert.", "module.bert.", "bert.")
+PREFIXES = ("model.bert.", "module.model.bert.", "bert.bert.", "module.bert.", "bert.")  # module.: DataParallel
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
 
 

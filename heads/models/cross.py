@@ -94,8 +94,15 @@ class CrossConfig:
     out_hidden: int = 0
     out_dropout: float = 0.0
     binary_logits: int = 1  # 1: the reference's one BCE logit (as logits [0, z]); 2: two softmax logits
+    # "own": in training, ``embed`` comes from a pass of the pre-output layers of its own, before the logits'
+    # pass, so their dropout is drawn apart, as RGCL's classifier.py (``embed = self.mlp[:-2](x)``, then
+    # ``self.output_layer(self.mlp(x))``); "shared": one pass gives both (eval mode: the same either way)
+    embed_pass: str = "shared"
 
     def validate(self) -> None:
+        if self.embed_pass not in ("shared", "own"):
+            raise FeatstoreError(f"cross embed_pass={self.embed_pass!r} is invalid; use shared or own (RGCL's "
+                                 "separate pass)")
         if self.binary_logits not in (1, 2):
             raise FeatstoreError(f"cross binary_logits={self.binary_logits!r} is invalid; use 1 (Hate-CLIPper's one "
                                  "BCE logit) or 2 (two softmax logits)")
@@ -201,7 +208,10 @@ class CrossHead(Head):
         pi = self.img_proj(pooled_image(batch))
         pt = self.txt_proj(pooled_text(batch))
         f = fuse(self.config.fusion, pi, pt)
-        fused, embed = self.pre_output(f)
+        own = self.training and self.config.embed_pass == "own"
+        embed = self.pre_output(f)[1] if own else None
+        fused, shared = self.pre_output(f)
+        embed = shared if embed is None else embed
         out = {"logits": self.outputs(fused), "fused": fused, "embed": embed, "img_proj": pi, "txt_proj": pt}
         if self.config.fusion in ("cross", "cross_nd"):
             out["interaction"] = f.view(f.shape[0], pi.shape[1], pt.shape[1])

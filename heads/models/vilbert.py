@@ -13,7 +13,17 @@ builds only text layers ``text_start_layer..num_hidden_layers-1`` (stored as ``e
 text_start_layer}``), all visual layers and the co-attention layers, and starts the loop with the cached
 states. Submodule names mirror MMF's so Facebook/MMF checkpoints map (``heads.vilbert_checkpoint``).
 
+With ``text_start_layer=0`` the cached embedding output (``LayerNorm(word + position + type)``, extracted in
+eval mode) passes through ``t_dropout`` (``Dropout(hidden_dropout_prob)``, MMF's ``BertEmbeddings`` dropout)
+before text layer 0, so all twelve layers train on dropped-out embeddings as in MMF; from any later start the
+cached states end inside a layer's residual LayerNorm, whose dropout cannot be applied afterwards.
+
 Differences from MMF, by necessity of cached inputs:
+* ``text_start_layer > 0`` (6, the ``vilbert-hm`` / ``vilbert-mmimdb`` presets): MMF fine-tunes the text
+  embeddings and every text layer (``fixed_t_layer: 0``, ``freeze_base: false``); here the embeddings and
+  text layers ``0..text_start_layer-1`` are the cached extractor's, frozen and run without dropout (for
+  BERT-base at 6: 23.8M embedding and 42.5M layer parameters MMF trains). ``text_start_layer=0`` (the
+  ``vilbert-hm-direct`` preset) trains all of them.
 * ``txt_dim != hidden_size``: the cached tokens pass through ``t_proj`` (``Linear(txt_dim, hidden_size)``,
   not in MMF checkpoints); identity when they match.
 * Image features of another width than the checkpoint's image embedding (``v_feature_size``, 2048 for
@@ -456,6 +466,7 @@ class VilbertHead(Head):
         super().__init__(inputs, task, config)
         c = config
         self.t_proj = nn.Identity() if inputs.txt_dim == c.hidden_size else nn.Linear(inputs.txt_dim, c.hidden_size)
+        self.t_dropout = nn.Dropout(c.hidden_dropout_prob) if c.text_start_layer == 0 else nn.Identity()
         self.img_proj, emb_in = image_input_layer(inputs.img_dim, c.v_feature_size, c.img_dim_mismatch,
                                                   "vilbert v_feature_size", "image embedding", "embedding")
         self.v_embeddings = ImageEmbeddings(emb_in, c)
@@ -475,7 +486,7 @@ class VilbertHead(Head):
             regions, boxes, r_mask = with_global_region(regions, boxes, r_mask)
         pack = tokens.device.type == "cpu" if self.pack_positions is None else self.pack_positions
         t_lay, v_lay = Layout.of(t_mask, pack), Layout.of(r_mask, pack)
-        txt = self.t_proj(t_lay.pack(tokens))
+        txt = self.t_proj(self.t_dropout(t_lay.pack(tokens)))
         img = self.v_embeddings(self.img_proj(v_lay.pack(regions)), v_lay.pack(boxes))
         txt, img = self.encoder(txt, img, additive_mask(t_mask, txt.dtype), additive_mask(r_mask, img.dtype), t_lay, v_lay)
         txt, img = t_lay.pad(txt), v_lay.pad(img)
