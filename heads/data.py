@@ -157,11 +157,12 @@ class TrainData:
 
 def normalise_boxes(boxes: Tensor, image_size: Tensor) -> Tensor:
     """Pixel boxes ``[N, R, 4]`` (x1 y1 x2 y2) and ``image_size [N, 2]`` (W, H) -> ``[N, R, 5]``:
-    x1/W, y1/H, x2/W, y2/H, box area / image area."""
+    x1/W, y1/H, x2/W, y2/H, ``(x2 - x1) * (y2 - y1) / (W * H)``: MMF's ``TransformerBboxProcessor``, whose area
+    is not clamped (an inverted box has a negative one; a zero image size counts as 1 here, not a division by 0)."""
     wh = image_size.to(boxes.dtype).clamp_min(1)
     w, h = wh[:, 0, None], wh[:, 1, None]
     x1, y1, x2, y2 = boxes.unbind(-1)
-    area = ((x2 - x1).clamp_min(0) * (y2 - y1).clamp_min(0)) / (w * h)
+    area = ((x2 - x1) * (y2 - y1)) / (w * h)
     return torch.stack([x1 / w, y1 / h, x2 / w, y2 / h, area], dim=-1)
 
 
@@ -352,7 +353,8 @@ def image_ref_record(fs, image_pool: str) -> Dict[str, Any]:
     """What a run records of an image set it read: name, version, the ``--image-pool`` array (eval / predict
     reuse it) and what made it (the recipe's extractor, config, preprocessing)."""
     return {"name": fs.name, "version": fs.version, "pool": image_pool, "extractor": fs.recipe.extractor,
-            "config": fs.recipe.config, "preprocessing": fs.recipe.preprocessing}
+            "config": fs.recipe.config, "preprocessing": fs.recipe.preprocessing,
+            "weights_fingerprint": fs.recipe.weights_fingerprint}
 
 
 def _text_ref_record(fs, text_array: str, text_pool: str) -> Dict[str, Any]:

@@ -451,7 +451,8 @@ def _prepare(cfg: TrainConfig, data: TrainData) -> _Fit:
 
 # heads --init-checkpoint loads into
 CHECKPOINT_HEADS = ("vilbert", "visualbert", "text-bert", "concat-bert", "late-fusion", "mmbt", "mmbt-region",
-                    "image-region", "cross")  # image-region: MMF's own Image-Region model.pth; cross: Hate-CLIPper's
+                    "image-region", "cross", "image-only")
+# image-region: MMF's own Image-Region model.pth; cross: Hate-CLIPper's; image-only: MMF's Image-Grid model.pth
 REFNET_CHECKPOINT_BASES = ("vilbert", "visualbert")  # ... and these as refnet's base
 
 
@@ -513,6 +514,9 @@ def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
         from .vilbert_checkpoint import head_from_checkpoint
     elif target == "image-region":
         from .mmf_checkpoint import head_from_checkpoint
+    elif target == "image-only":  # MMF's Image-Grid model.pth, on an image set extracted from that file
+        from .mmf_checkpoint import image_grid_head_from_checkpoint as head_from_checkpoint
+        extra = {"features": data.meta.get("features")}
     elif target == "cross":  # checked against the CLIP the cached features came from
         from .hateclipper_checkpoint import head_from_checkpoint
         extra = {"features": data.meta.get("features")}
@@ -569,24 +573,36 @@ def _build_head(cfg: TrainConfig, data: TrainData):
     else:
         model = create_head(cfg.head, data.input_spec(), data.task_spec, **cfg.head_cfg)
     check_head_data(model, data)
-    text_meta = data.meta.get("features", {}).get("text")
     if hasattr(model, "load_init_files"):  # files a head starts from besides --init-checkpoint (e.g. fc7)
         from .checkpoints import LoadReport
 
         report = model.load_init_files(load_report if load_report is not None else LoadReport())
         load_report = report if report.used_keys else load_report  # a new report that read nothing: none
-    from .run_checkpoint import run_folder
-
-    if load_report is not None and checkpoint_target(cfg.head, cfg.head_cfg) == "vilbert" and \
-            run_folder(cfg.checkpoint) is None:  # a heads run's text came from its own text set
-        from .vilbert_checkpoint import text_source_note
-
-        note = text_source_note(load_report, text_meta, cfg.checkpoint)
-        if note:
-            load_report.note(note)
     if load_report is not None:
+        _source_notes(cfg, data, load_report)
         print("\n".join(load_report.lines()), file=sys.stderr)
     return model.to(data.device), load_report
+
+
+def _source_notes(cfg: TrainConfig, data: TrainData, load_report) -> None:
+    """Notes on whether the cached inputs are what a checkpoint file (not a heads run, whose inputs are its own
+    sets) was trained on: vilbert's text states from its own lower layers; concat-bert / late-fusion / mmbt's
+    image vectors from MMF's fine-tuned ResNet-152 in the same file."""
+    from .run_checkpoint import run_folder
+
+    if run_folder(cfg.checkpoint) is not None:
+        return
+    target, features = checkpoint_target(cfg.head, cfg.head_cfg), data.meta.get("features")
+    if target == "vilbert":
+        from .vilbert_checkpoint import text_source_note
+
+        note = text_source_note(load_report, (features or {}).get("text"), cfg.checkpoint)
+        if note:
+            load_report.note(note)
+    elif target in ("concat-bert", "late-fusion", "mmbt"):
+        from .mmf_checkpoint import image_source_note
+
+        image_source_note(load_report, features, cfg.checkpoint)
 
 
 def _pretrain(fit: _Fit) -> None:

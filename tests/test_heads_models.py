@@ -423,7 +423,7 @@ def _reference_edges(n_reg, tok_valid, cfg, regions=None):
             both(gt, t)
     if cfg.global_link:
         both(gi, gt)
-    if cfg.self_loops:
+    if cfg.layer != "sage" if cfg.self_loops is None else cfg.self_loops:  # the default: gcn / gat, not sage
         e |= {(n, n) for n in reg + tok + [gi, gt]}
     return e
 
@@ -441,6 +441,8 @@ def _edge_sets(ei, slots, N, nb):
     GnnConfig(),
     GnnConfig(region_edges="knn", knn_k=2, cross_all=True, global_own=False),
     GnnConfig(region_edges="knn", knn_k=10, global_link=False, self_loops=False),
+    GnnConfig(layer="sage"),
+    GnnConfig(layer="sage", self_loops=True),
 ])
 def test_gnn_batched_graph_equals_per_sample_graphs(cfg):
     batch = make_batch()

@@ -310,7 +310,7 @@ def test_a_preset_with_an_init_checkpoint_sweeps_its_own_head_only(world, tmp_pa
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert res.output.splitlines()[-1] == (
         "error: preset 'vilbert-hm-direct''s checkpoint 'bert-base-uncased' initialises vilbert, visualbert, "
-        "text-bert, concat-bert, late-fusion, mmbt, mmbt-region, image-region, cross heads; concat cannot load it: "
+        "text-bert, concat-bert, late-fusion, mmbt, mmbt-region, image-region, cross, image-only heads; concat cannot load it: "
         "sweep those without --preset, or pass --init-checkpoint none")
     assert not (tmp_path / "s" / "runs").exists()
     from heads.sweep import with_checkpoint  # --init-checkpoint none: random starts, so every head can run

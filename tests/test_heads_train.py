@@ -243,6 +243,9 @@ def test_train_seeds_summary(tmp_path, data):
 def test_normalise_boxes_hand_computed():
     b = normalise_boxes(torch.tensor([[[10.0, 20.0, 50.0, 60.0]]]), torch.tensor([[100, 200]]))
     torch.testing.assert_close(b, torch.tensor([[[0.1, 0.1, 0.5, 0.3, 1600 / 20000]]]))
+    # an inverted box (x2 < x1) keeps its negative area, as MMF's TransformerBboxProcessor computes it
+    b = normalise_boxes(torch.tensor([[[50.0, 20.0, 10.0, 60.0]]]), torch.tensor([[100, 200]]))
+    torch.testing.assert_close(b, torch.tensor([[[0.5, 0.1, 0.1, 0.3, -1600 / 20000]]]))
 
 
 def test_batch_and_input_spec(data):

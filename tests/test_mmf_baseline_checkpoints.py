@@ -31,7 +31,7 @@ from test_mmbt import CFG as MMBT_CFG
 from test_mmbt import image_batch, mmbt_reference
 from test_text_bert import B, BINARY, BOTH, CFG, DI, H, MLP, TEXT, bert_pooled, mlp_reference, tiny_bert, token_batch
 
-IMAGE_GROUP = "ignored: image encoder (cached features are used)"
+IMAGE_GROUP = "ignored: fine-tuned ResNet-152 (featstore extract reads it)"
 DUPLICATES = "ignored: duplicate registrations"
 K = BINARY.tasks[0].num_outputs
 
@@ -145,8 +145,12 @@ def test_mmf_model_file_loads_whole_and_computes_mmfs_forward(tmp_path, family, 
     # the report names the keys without DataParallel's module.
     if family != "text-bert":
         assert sorted(report.groups[IMAGE_GROUP]) == sorted(k for k in sd if ".model." in k)
-        assert report.notes[-1].endswith("the classifier load; MMF's ResNet-152 is not read (the head reads cached "
-                                         "image features)")
+        # no run's image sets here: the note says where MMF's vectors come from (tests/test_mmf_finetuned_resnet.py)
+        assert report.notes[-2].endswith("the classifier load")
+        assert report.notes[-1] == (
+            f"MMF's fine-tuned ResNet-152 ({len(report.groups[IMAGE_GROUP])} tensors) is read by featstore extract, "
+            "not by the head: the cached image vectors are MMF's only when extracted from this file (`featstore "
+            f"extract --extractor grid --set weights={report.path} --set preprocess=mmf-hateful-memes`)")
     else:
         assert report.notes[-1] == "MMF's own unimodal_text file (model.pth): BERT (pooler included) and the " \
             "classifier load"

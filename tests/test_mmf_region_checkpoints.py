@@ -183,9 +183,10 @@ def test_image_grid_and_plain_bert_files_are_refused_for_image_region(tmp_path, 
     with pytest.raises(FeatstoreError) as e:
         image_region_from_checkpoint("image-region", IMAGE_INPUTS, BINARY, {"num_regions": N, "fc7_dim": F}, grid)
     assert str(e.value) == (
-        f"checkpoint {str(grid)!r} is MMF's unimodal_image over a ResNet-152 (Image-Grid, model.pth): MMF fine-tunes "
-        "that ResNet, so its classifier does not read the cached grid features and no head here loads it; train "
-        "--preset image-grid-hm instead (MMF's Image-Region file, unimodal_image.hateful_memes.features, loads into "
+        f"checkpoint {str(grid)!r} is MMF's unimodal_image over a ResNet-152 (Image-Grid, model.pth), which the "
+        "'image-only' head reads, not 'image-region': extract the image set from it (`featstore extract --extractor "
+        f"grid --set weights={grid} --set preprocess=mmf-hateful-memes`) and train --preset image-grid-hm "
+        f"--init-checkpoint {grid} (MMF's Image-Region file, unimodal_image.hateful_memes.features, loads into "
         "--head image-region)")
     folder, _ = folders["BertModel"]
     with pytest.raises(FeatstoreError) as e:

@@ -330,7 +330,7 @@ def test_a_sweep_starts_its_rows_from_the_checkpoint(world, tmp_path):
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert res.output.splitlines()[-1] == (f"error: --init-checkpoint {world['folder']} initialises vilbert, "
                                            "visualbert, text-bert, concat-bert, late-fusion, mmbt, mmbt-region, "
-                                           "image-region, cross heads; concat cannot load it: sweep those without it")
+                                           "image-region, cross, image-only heads; concat cannot load it: sweep those without it")
     assert not (tmp_path / "bad" / "runs").exists()
 
 

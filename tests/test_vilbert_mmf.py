@@ -579,8 +579,9 @@ def test_checkpoint_on_another_head_is_refused(world):
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert res.output.splitlines()[-1] == (
         "error: --init-checkpoint initialises a vilbert, visualbert, text-bert, concat-bert, late-fusion, mmbt, "
-        "mmbt-region, image-region, cross head, not 'concat'; pass --head vilbert / visualbert / text-bert / "
-        "concat-bert / late-fusion / mmbt / mmbt-region / image-region / cross (or --head refnet --set base=vilbert)")
+        "mmbt-region, image-region, cross, image-only head, not 'concat'; pass --head vilbert / visualbert / "
+        "text-bert / concat-bert / late-fusion / mmbt / mmbt-region / image-region / cross / image-only (or --head "
+        "refnet --set base=vilbert)")
 
 
 def test_refnet_over_vilbert_loads_the_checkpoint_into_its_base(world):

@@ -15,18 +15,26 @@ The file loads into the whole classification model, of which only ``stem16`` and
 ``weights_load`` (the extractor's, so the version record's ``meta``) counts the loaded tensors used and
 names the ones never read by first name (``{"used": 120, "unused": {"fc": 2}}`` for ResNet-18); ``None``
 for a random init.
+
+A torchvision ResNet also takes MMF's own model.pth of a Hateful Memes baseline (concat_bert, late_fusion, mmbt,
+unimodal_image over a ResNet-152): its fine-tuned ResNet (``base.modal.model.*``, ``base.encoder.model.*``,
+``model.bert.mmbt.modal_encoder.encoder.model.*``) loads strictly through ``mmf_resnet``, and ``weights_load``
+adds ``mmf`` (what was read: "MMF concat_bert fine-tuned ResNet-152 from base.modal.model.*: N tensors"),
+``ignored`` (BERT, classifiers: read by heads train --init-checkpoint) and ``not_in_file`` (torchvision's ``fc``,
+left at its seeded random init and never computed). The fingerprint stays the file's sha256.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..errors import FeatstoreError
 from .base import Extractor, seeded
+from .mmf_resnet import find_mmf_resnet, load_mmf_resnet, refuse_for_timm, strip_data_parallel
 from .weights import (DEMO, DEMO_IMAGE_BACKBONE, demo_image_file, fingerprint_files, fingerprint_state_dict,
-                      load_efficientnet_lite0_demo, load_into, load_report, resolve_weights)
+                      fit_state_dict, load_efficientnet_lite0_demo, load_report, load_state_dict, resolve_weights)
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,6 +71,7 @@ class CNNBackbone(nn.Module):
         super().__init__()
         self.weights_path = None
         loaded: Optional[List[str]] = None  # the model's state-dict keys the weights file filled
+        mmf: Dict[str, str] = {}  # an MMF model.pth's load-report lines (mmf_resnet.load_mmf_resnet)
         if name in TORCHVISION_RESNETS:
             import torchvision
 
@@ -72,7 +81,7 @@ class CNNBackbone(nn.Module):
                                      f"{DEMO_IMAGE_BACKBONE!r} (or leave backbone at its default)")
             if weights is not None:
                 self.weights_path = resolve_weights(weights, "file")
-                loaded = load_into(self.model, self.weights_path, f"torchvision {name}")
+                loaded, mmf = _load_torchvision(self.model, self.weights_path, name)
             m = self.model
             self.stem16 = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3)
             self.tail = nn.Sequential(m.layer4)
@@ -92,12 +101,16 @@ class CNNBackbone(nn.Module):
                 loaded = load_efficientnet_lite0_demo(self.model, self.weights_path)
             elif weights is not None:
                 self.weights_path = resolve_weights(weights, "file")
-                loaded = load_into(self.model, self.weights_path, f"timm {name}")
+                sd = load_state_dict(self.weights_path)
+                refuse_for_timm(sd, self.weights_path, name)
+                loaded = fit_state_dict(self.model, sd, self.weights_path, f"timm {name}")
             self.stem16, self.tail = _split_timm(self.model, name)
             cfg = getattr(self.model, "pretrained_cfg", {}) or {}
             self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
             self.std = tuple(cfg.get("std", IMAGENET_STD))
         self.weights_load = None if loaded is None else load_report(self.model, (self.stem16, self.tail), loaded)
+        if self.weights_load is not None:
+            self.weights_load.update(mmf)
         self.model.eval()
         with torch.inference_mode():
             m16 = self.stem16(torch.zeros(1, 3, 64, 64))
@@ -112,6 +125,17 @@ class CNNBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tail(self.stem16(x))
+
+
+def _load_torchvision(model: nn.Module, path, name: str) -> Tuple[List[str], Dict[str, str]]:
+    """Load weights file ``path`` into torchvision ``model`` (resnet ``name``) -> (the model keys it filled, the
+    load report's MMF lines): MMF's own model.pth through ``mmf_resnet`` (its fine-tuned ResNet), any other file
+    strictly as a torchvision state dict."""
+    sd = load_state_dict(path)
+    found = find_mmf_resnet(strip_data_parallel(sd), path)
+    if found is None:
+        return fit_state_dict(model, sd, path, f"torchvision {name}"), {}
+    return load_mmf_resnet(model, strip_data_parallel(sd), found, path, name)
 
 
 def _split_timm(model: nn.Module, name: str) -> Tuple[nn.Sequential, nn.Sequential]:

@@ -11,6 +11,8 @@ never downloads. Two demo backbones ship as PyPI packages so the toolkit works o
 Fingerprints: ``files:sha256:<hex>`` hashes the bytes of the weight files (and the relative names of
 the files in a directory); ``random-init(seed=S):sha256:<hex>`` hashes a randomly initialised state dict.
 ``load_report`` says how many loaded tensors an extractor computes with and which it never reads.
+MMF's own model files (a baseline's ``model.pth`` with its fine-tuned ResNet) are read by the CNN backbones
+through ``extractors.mmf_resnet``; their fingerprint is ``fingerprint_files`` of the file like any other's.
 """
 from __future__ import annotations
 
@@ -162,7 +164,12 @@ def load_into(model: torch.nn.Module, path: Union[str, os.PathLike], what: str,
               ignore_prefixes: tuple = ()) -> List[str]:
     """Load a state-dict file into ``model`` strictly (keys under ``ignore_prefixes`` may be missing or extra);
     -> the keys of ``model.state_dict()`` the file filled."""
-    sd = load_state_dict(path)
+    return fit_state_dict(model, load_state_dict(path), path, what, ignore_prefixes)
+
+
+def fit_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor], path: Union[str, os.PathLike], what: str,
+                   ignore_prefixes: tuple = ()) -> List[str]:
+    """``load_into`` of the state dict ``sd`` read from ``path`` (already read: ``load_state_dict``)."""
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.startswith(ignore_prefixes)]

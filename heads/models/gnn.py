@@ -13,9 +13,10 @@ Edges (directed pairs ``src -> dst``; every relation below is added in both dire
   region <-> every token;
 * ``global_own``: global image <-> every region and global text <-> every token;
   ``global_link``: global image <-> global text;
-* ``self_loops``: ``i -> i`` for every node (the convolutions add none of their own); not for ``sage``:
-  GraphSAGE's mean runs over the neighbours only, the node itself entering through SAGEConv's root term
-  (``lin_l(mean_{j in N(i)} x_j) + lin_r(x_i)``), so a self loop would count it twice.
+* ``self_loops``: ``i -> i`` for every node (the convolutions add none of their own); by default (None)
+  for ``gcn`` and ``gat`` but not ``sage``: GraphSAGE's mean runs over the neighbours only, the node itself
+  entering through SAGEConv's root term (``lin_l(mean_{j in N(i)} x_j) + lin_r(x_i)``), so a self loop would
+  count it twice. ``True`` / ``False`` force them (a sage run saved before this default records ``True``).
 Padded regions/tokens (mask False) are dropped with all their edges; node ids are then renumbered.
 
 The batch graph is built with tensor ops only: the fixed part is a template per ``(R, T)`` (cached),
@@ -29,7 +30,7 @@ import functools
 import warnings
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,7 @@ class GnnConfig:
     cross_all: bool = False  # every region <-> every token
     global_own: bool = True  # global image <-> regions, global text <-> tokens
     global_link: bool = True  # global image <-> global text
-    self_loops: bool = True
+    self_loops: Optional[bool] = None  # None: i -> i for gcn / gat, none for sage (GraphSAGE's mean)
     out_hidden: int = 0
     out_dropout: float = 0.0
 
@@ -111,7 +112,7 @@ def graph_template(R: int, T: int, cfg: GnnConfig, device=None) -> Tensor:
         parts += [_both(gi, reg), _both(gt, tok)]
     if cfg.global_link:
         parts.append(_both(gi, gt))
-    if cfg.self_loops and cfg.layer != "sage":
+    if cfg.self_loops if cfg.self_loops is not None else cfg.layer != "sage":
         n = torch.arange(R + T + 2, device=device)
         parts.append(torch.stack([n, n]))
     return torch.cat(parts, dim=1) if parts else torch.zeros(2, 0, dtype=torch.long, device=device)
