@@ -184,12 +184,14 @@ def import_cmd(path, store_url, fmt, name, dataset_path, max_regions, dtype, bac
 @click.option("--out", "out_path", required=True, help="File or folder to write.")
 def export_cmd(ref, store_url, fmt, out_path):
     """Export a region feature set to MMF's LMDB layout, HDF5 or a per-image .npy folder."""
-    from featstore.interop.bridge import export_features
+    from featstore.interop.bridge import export_features, export_notes
     from featstore.store import open_store
 
     fsv = open_store(store_url).open(ref)
     n = export_features(fsv, out_path, fmt)
     click.echo(f"exported {n} rows of {fsv.ref} to {out_path} ({fmt})")
+    for line in export_notes(fsv, fmt):
+        click.echo(line, err=True)
 
 
 # -- extraction ---------------------------------------------------------------------------------------------

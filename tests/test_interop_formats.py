@@ -126,10 +126,18 @@ def test_match_keys_zeros_separators_and_counts():
     assert dict(m) == {"02345": b"2345", "00007": "img\\00007.png", "42953": "42953.npy", "99": "0099"}
     assert m.missing == ["00001"] and m.unused == ["img/extra.png"]
     assert m.summary() == "4 image keys matched, 1 without features, 1 source keys unused"
-    # an exact stem wins over an integer match
-    assert dict(match_keys(["7", "007"], ["007"])) == {"007": "007"}
-    with pytest.raises(FeatstoreError, match=r"feature keys are ambiguous: '0007' <- '7', '007'; several LMDB keys"):
+    # an exact stem wins over an integer match, unless the integer one is the plain number MMF's reader takes
+    assert dict(match_keys(["0007", "007"], ["007"])) == {"007": "007"}
+    assert dict(match_keys(["7", "img/0008.png"], ["0007", "0008"])) == {"0007": "7", "0008": "img/0008.png"}
+    with pytest.raises(FeatstoreError, match=r"^feature keys are ambiguous: '0007' <- '7', '007' \(MMF's reader takes "
+                                             r"'7', the number without leading zeros\); several LMDB keys name the "
+                                             r"same image, remove the duplicates from the feature file$"):
         match_keys(["7", "007"], ["0007"])
+    with pytest.raises(FeatstoreError, match=r"^feature keys are ambiguous: '007' <- '7', '007' \(MMF's reader takes "
+                                             r"'7', the number without leading zeros\); several"):
+        match_keys(["7", "007"], ["007"])
+    with pytest.raises(FeatstoreError, match=r"^feature keys are ambiguous: '0007' <- '07', '007'; several LMDB"):
+        match_keys(["07", "007"], ["0007"])
 
 
 # ---------------------------------------------------------------- MMF LMDB
@@ -206,8 +214,8 @@ def test_mmf_lmdb_errors(tmp_path):
         write_mmf_lmdb(tmp_path / "res", [("keys", make_record(rng, 1))])
     bad = make_record(rng, 2)
     bad["bbox"] = bad["bbox"][:1]
-    with pytest.raises(FeatstoreError, match=r"record 'y' .*'bbox' must have shape \[2, 4\] to match 'features', "
-                                             r"got \(1, 4\)"):
+    with pytest.raises(FeatstoreError, match=r"record 'y' .*'bbox' must have shape \[2, 4\] to match 'features' "
+                                             r"\(more rows are padding, more columns extra values\), got \(1, 4\)"):
         write_mmf_lmdb(tmp_path / "bad", [("y", bad)])
 
 
@@ -215,17 +223,47 @@ def test_check_record_errors():
     rng = np.random.default_rng(3)
     with pytest.raises(FeatstoreError, match=r"^s: expected a dict of arrays, got list"):
         check_record([1], source="s")
-    with pytest.raises(FeatstoreError, match=r"'features' must be a 2-D array \[N, D\], got nothing"):
+    with pytest.raises(FeatstoreError, match=r"^s: 'features' must be an array \[N, D\] \(more dims are read as "
+                                             r"\[-1, D\]\), got nothing; re-extract the features$"):
         check_record({"bbox": np.zeros((1, 4))}, source="s")
-    for field, value, pattern in [("num_boxes", 5, r"'num_boxes' = 5 is out of range"),
-                                  ("image_width", 0, r"'image_width' = 0 is out of range"),
-                                  ("num_boxes", 1.5, r"'num_boxes' must be an integer, got 1\.5"),
-                                  ("objects", np.zeros(3), r"'objects' must have shape \[2\]"),
-                                  ("cls_prob", np.zeros((2,)), r"'cls_prob' must have shape \[2, C\]")]:
+    with pytest.raises(FeatstoreError, match=r"^s: 'features' must be an array \[N, D\] .*, got shape \(5,\); re-"):
+        check_record({"features": np.zeros(5)}, source="s")
+    tail = r"; the record is inconsistent$"
+    bbox = r"^s: 'bbox' must have shape \[2, 4\] to match 'features' \(more rows are padding, more columns extra "
+    bbox += r"values\), "
+    probs = r"^s: 'cls_prob' must have shape \[2, \.\.\.\] to match 'features', "
+    for field, value, pattern in [
+            ("num_boxes", -1, r"^s: 'num_boxes' = -1 is out of range \(>= 0 for num_boxes, >= 1 for sizes\)" + tail),
+            ("image_width", 0, r"^s: 'image_width' = 0 is out of range \(>= 0 for num_boxes"),
+            ("num_boxes", 1.5, r"^s: 'num_boxes' must be an integer, got 1\.5" + tail),
+            ("objects", np.zeros(3), r"^s: 'objects' must have shape \[2\] to match 'features', got \(3,\)" + tail),
+            ("objects", np.zeros((2, 1)), r"^s: 'objects' must have shape \[2\] .*got \(2, 1\)"),
+            ("cls_prob", np.zeros((3,)), probs + r"got \(3,\)" + tail),
+            ("cls_prob", np.float32(1), probs + r"got \(\)" + tail),
+            ("bbox", np.zeros((1, 4)), bbox + r"got \(1, 4\)" + tail),
+            ("bbox", np.zeros((2, 3)), bbox + r"got \(2, 3\)" + tail),
+            ("bbox", np.zeros(8), bbox + r"got \(8,\)" + tail)]:
         rec = make_record(rng, 2, dim=4)
         rec[field] = value
         with pytest.raises(FeatstoreError, match=pattern):
             check_record(rec, source="s")
+
+
+def test_check_record_accepts_what_mmf_reads():
+    """frcnn's cls_prob [N] and num_boxes > N, VinVL's bbox [N, 6] and None fields, our exports' zero-padded bbox,
+    grids [H, W, D] (MMF's reader: reshape(-1, D))."""
+    rng = np.random.default_rng(4)
+    rec = make_record(rng, 3, dim=4)
+    rec.update(cls_prob=np.ones(3, np.float32), num_boxes=100, objects=None)
+    got = check_record(rec, source="s")
+    assert got["num_boxes"] == 100 and got["cls_prob"].shape == (3,) and got["objects"] is None
+    padded = np.concatenate([rec["bbox"], np.zeros((2, 4), rec["bbox"].dtype)])
+    assert check_record(dict(rec, bbox=padded), source="s")["bbox"].tobytes() == rec["bbox"].tobytes()
+    assert check_record(dict(rec, bbox=padded), source="s", keep_bbox_rows=True)["bbox"] is padded
+    assert check_record(dict(rec, bbox=np.zeros((3, 6))), source="s")["bbox"].shape == (3, 6)
+    grid = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    got = check_record({"features": grid, "bbox": np.zeros((6, 4))}, source="s")
+    np.testing.assert_array_equal(got["features"], grid.reshape(-1, 5))
 
 
 # ---------------------------------------------------------------- HDF5

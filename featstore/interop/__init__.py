@@ -3,10 +3,11 @@ lives elsewhere).
 
 A *record* holds the features of ONE image key::
 
-    {"features": float32 [N, D] (D = 2048 for Faster R-CNN/VinVL regions),
-     "bbox": float32 [N, 4] (x1, y1, x2, y2 in image pixels),
+    {"features": float32 [N, D] (D = 2048 for Faster R-CNN/VinVL regions; more dims read as [-1, D]),
+     "bbox": float32 [N, 4] (x1, y1, x2, y2 in image pixels; zero rows past N are padding; VinVL's [N, 6],
+             already normalised, is kept as its own array),
      "num_boxes": int, "image_width": int, "image_height": int,
-     "objects": int [N] (optional), "cls_prob": float32 [N, C] (optional), ...}
+     "objects": int [N] (optional), "cls_prob": float32 [N, C] or [N] (optional), ...}
 
 Arrays are returned with the dtype they were stored with. ``check_record`` validates the shapes and
 renames the common aliases (``boxes`` -> ``bbox``, ``image_w``/``image_h`` -> ``image_width``/``image_height``);

@@ -70,7 +70,9 @@ def match_keys(lmdb_keys: Sequence[Key], image_keys: Sequence[str]) -> KeyMatch:
 
     Keys are compared by ``normalize_key`` stem; when no stem is equal, numeric stems are compared as
     integers (``"2345"`` matches ``"02345"``). Two LMDB keys matching the same image key raise
-    ``FeatstoreError``; unmatched keys are reported in ``KeyMatch.missing`` / ``.unused``.
+    ``FeatstoreError``, and so do ``"1235"`` beside ``"01235"`` for image ``"01235"``: MMF's
+    ``LMDBFeatureReader`` looks up ``str(int(name))`` before the name itself, so it reads the other record than
+    the exact stem. Unmatched keys are reported in ``KeyMatch.missing`` / ``.unused``.
     """
     by_stem: Dict[str, List[int]] = {}
     by_int: Dict[int, List[int]] = {}
@@ -85,11 +87,14 @@ def match_keys(lmdb_keys: Sequence[Key], image_keys: Sequence[str]) -> KeyMatch:
     clashes: List[str] = []
     for image_key in image_keys:
         stem = normalize_key(image_key)
-        cands = by_stem.get(stem) or (by_int.get(int(stem)) if _is_number(stem) else None)
+        plain = str(int(stem)) if _is_number(stem) else None
+        cands = by_stem.get(stem) or (by_int.get(int(plain)) if plain is not None else None)
+        if cands and plain not in (None, stem) and by_stem.get(plain):  # MMF's reader takes str(int(name)) first
+            cands = list(dict.fromkeys(by_stem[plain] + cands))
         if not cands:
             missing.append(image_key)
         elif len(cands) > 1:
-            clashes.append(f"{image_key!r} <- {', '.join(repr(lmdb_keys[c]) for c in cands[:3])}")
+            clashes.append(_clash(image_key, [lmdb_keys[c] for c in cands], plain))
         else:
             mapping[image_key] = lmdb_keys[cands[0]]
             used.add(cands[0])
@@ -99,6 +104,14 @@ def match_keys(lmdb_keys: Sequence[Key], image_keys: Sequence[str]) -> KeyMatch:
                              f"the same image, remove the duplicates from the feature file")
     unused = [k for i, k in enumerate(lmdb_keys) if i not in used]
     return KeyMatch(mapping, missing, unused)
+
+
+def _clash(image_key: str, keys: List[Key], plain: Optional[str]) -> str:
+    """``'01235' <- '1235', '01235' (MMF's reader takes '1235')``: the key MMF's ``LMDBFeatureReader._load``
+    tries first (``str(int(name))``), when one of them is it."""
+    text = f"{image_key!r} <- {', '.join(repr(k) for k in keys[:3])}"
+    first = [k for k in keys if normalize_key(k) == plain]
+    return text + (f" (MMF's reader takes {first[0]!r}, the number without leading zeros)" if first else "")
 
 
 class MMFLmdbReader:
@@ -190,9 +203,10 @@ def write_mmf_lmdb(path: Union[str, os.PathLike], records: Iterable[Tuple[str, D
                    map_size: int = 1 << 26, batch: int = 256) -> List[str]:
     """Write ``(key, record)`` pairs as an MMF feature LMDB folder at ``path``; returns the keys written.
 
-    Each record is checked (``check_record``) and stored as ``pickle.dumps(record, protocol=4)`` under the
-    UTF-8 key; ``b"keys"`` gets the pickled list of byte keys. ``map_size`` is the starting map size;
-    it doubles whenever a batch does not fit. Records are committed ``batch`` at a time.
+    Each record is checked (``check_record``; rows of ``bbox`` past the features are kept: MMF's collate needs
+    them as wide as its padded features) and stored as ``pickle.dumps(record, protocol=4)`` under the UTF-8
+    key; ``b"keys"`` gets the pickled list of byte keys. ``map_size`` is the starting map size; it doubles
+    whenever a batch does not fit. Records are committed ``batch`` at a time.
     """
     path = os.fspath(path)
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
@@ -221,7 +235,7 @@ def write_mmf_lmdb(path: Union[str, os.PathLike], records: Iterable[Tuple[str, D
                 what = "is reserved for the key list" if bkey == KEYS_ENTRY else "is given twice"
                 raise FeatstoreError(f"MMF LMDB {path}: key {key!r} {what}; rename the image")
             seen.add(bkey)
-            rec = check_record(record, source=f"record {key!r} for {path}")
+            rec = check_record(record, source=f"record {key!r} for {path}", keep_bbox_rows=True)
             pending.append((bkey, pickle.dumps(rec, protocol=4)))
             keys.append(bkey)
             if len(pending) >= batch:

@@ -6,7 +6,7 @@ Features are never matched by position: every sample's row is found by its key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import FeatstoreError
 
@@ -61,7 +61,13 @@ def _how_to_cover(bad: List[SideReport]) -> str:
     same extraction does nothing, but fixed inputs change the fingerprint (texts and image bytes), so it then
     extracts a new version."""
     hints = []
-    if any(len(s.missing) > len(s.failed) for s in bad):
+    unpadded = [s for s in bad if _unpadded_pair(s)]
+    if unpadded:
+        missing, extra = _unpadded_pair(unpadded[0])
+        hints.append(f"{', '.join(u.ref for u in unpadded)} holds the missing image keys as numbers without their "
+                     f"leading zeros ({extra!r} for {missing!r}): re-import it with --dataset (featstore import ... "
+                     f"--dataset DATASET) so its keys are matched to the dataset's image names")
+    if any(len(s.missing) > len(s.failed) and s not in unpadded for s in bad):
         hints.append("extract the missing samples (run featstore extract on this manifest and use the version it "
                      "writes)")
     failed = [s.ref for s in bad if s.failed]
@@ -71,6 +77,25 @@ def _how_to_cover(bad: List[SideReport]) -> str:
                      f"(or pass --image-root when files were not found) and run featstore extract again, which "
                      f"extracts a new version because the dataset fingerprint covers the texts and image bytes")
     return "; ".join(hints) + ", or filter them out of the dataset"
+
+
+def _number(key: str):
+    return int(key) if key.isascii() and key.isdigit() else None
+
+
+def _unpadded_pair(side: SideReport) -> Optional[Tuple[str, str]]:
+    """(a missing image key, the extra key naming the same number) when every missing key is, as an integer, one
+    of the set's extra keys ('01235' missing, '1235' extra): an import without --dataset kept the feature file's
+    keys as written, without the image names' leading zeros. None otherwise."""
+    extra: Dict[int, str] = {}
+    for k in side.extra:
+        if _number(k) is not None:
+            extra.setdefault(_number(k), k)
+    if side.key_kind != "image_key" or not side.missing or side.failed:
+        return None
+    if not all(_number(k) in extra for k in side.missing):
+        return None
+    return side.missing[0], extra[_number(side.missing[0])]
 
 
 def _side(fsv, needed: Sequence[str], expect_kind: str, role: str) -> SideReport:
