@@ -160,13 +160,14 @@ def multi_similarity_loss(emb: torch.Tensor, labels: torch.Tensor, alpha: float 
     ``L = 1/B sum_i [1/beta log(1 + sum_P exp(-beta (S_ip - base))) + 1/alpha log(1 + sum_N exp(alpha (S_in - base)))]``;
     an anchor without a positive or without a negative adds 0 (before mining), as in the authors' MMF MSLoss.
     A row whose cosine with the anchor is 1 - 1e-5 or more is no positive (MMF's ``pos_pair_ < 1 - 1e-5``
-    "remove itself", which also drops a near-duplicate of the anchor). Computed in float32, or float64 for a
-    float64 ``emb``.
+    "remove itself", which also drops a near-duplicate of the anchor). Computed in float32 (float64 for a
+    float64 ``emb``), autocast off: under bf16 a cosine of 0.998 rounds to 1 and that rule would drop the pair.
     """
     if len(labels) == 0:
         return emb.sum() * 0.0
-    e = F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1)
-    s = e @ e.T
+    with torch.autocast(emb.device.type, enabled=False):
+        e = F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1)
+        s = e @ e.T
     if labels.dim() == 2:
         y = labels.float()
         same = (y @ y.T) > 0

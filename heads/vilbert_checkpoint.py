@@ -37,6 +37,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from torch import Tensor, nn
 
 from featstore.errors import FeatstoreError
+from featstore.extractors.mmf_resnet import strip_data_parallel
 from featstore.extractors.vilbert_text import base_key
 
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights, torch_names
@@ -45,8 +46,8 @@ __all__ = ["LoadReport", "load_vilbert_checkpoint", "map_key", "config_from_chec
            "text_source_note"]
 
 AS_IS = ("encoder.v_layer.", "encoder.c_layer.", "v_embeddings.", "t_pooler.", "v_pooler.")
-CLASSIFIER = ("model.classifier.", "module.model.classifier.", "bert.classifier.", "module.classifier.", "classifier.")
-PRETRAINING = ("model.cls.", "module.model.cls.", "bert.cls.", "module.cls.", "cls.")
+CLASSIFIER = ("model.classifier.", "bert.classifier.", "module.classifier.", "classifier.")
+PRETRAINING = ("model.cls.", "bert.cls.", "module.cls.", "cls.")
 IMAGE_EMBEDDING = "v_embeddings.image_embeddings.weight"
 BARE = ("embeddings.", "encoder.", "pooler.")  # a BERT saved without its "bert." prefix (transformers' BertModel)
 VISUALBERT = ("embeddings.projection.", "embeddings.visual_projection.", "embeddings.token_type_embeddings_visual.",
@@ -128,6 +129,7 @@ def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
     c = head.config
     own = head.state_dict()
     tasks = [t.name for t in head.outputs.tasks] if c.classifier == "mmf" else []
+    sd = strip_data_parallel(sd)  # a model saved inside DataParallel: every key under module.
     _refuse_visualbert(sd, path)
     report, mapped = LoadReport(path=str(path)), {}
     for key in sorted(sd):
@@ -191,6 +193,7 @@ def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any]) -> D
     Ids follow MMF's layout when not given: co-attention block k after visual layers ``0..k-1`` and text
     layers ``0..N-K+k-1`` (v ids ``0..K-1``, t ids ``N-K..N-1``: MMF's 0..5 / 6..11), and
     ``text_start_layer`` = the first t id (where ViLBERT's co-attention starts)."""
+    shapes = strip_data_parallel(shapes)  # a model saved inside DataParallel: every key under module.
     base = {r: s for k, s in shapes.items() for r in [_rest(torch_names(k))] if r is not None}
     n = _counts(base)
     read = {"hidden_size": ("encoder.layer.0.attention.self.query.weight", 0),

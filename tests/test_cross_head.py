@@ -136,8 +136,9 @@ def test_embed_is_last_pre_output_linear_before_relu():
 
 def _rgcl_classifier(head, batch, embed_first: bool):
     """RGCL's classifier.py forward written with functional dropout on the head's tensors: projections (Linear,
-    Dropout), L2 norm, align; ``embed = mlp[:-2](x)`` then ``output_layer(mlp(x))``, each pass drawing its own
-    dropout, in that order (``embed_first=False``: one pass gives both)."""
+    Dropout), L2 norm, align; ``embed = mlp[:-2](x)`` (the last ReLU and Dropout not run, so no mask drawn for
+    them) then ``output_layer(mlp(x))``, each pass drawing its own dropout, in that order (``embed_first=False``:
+    one pass gives both)."""
     import torch.nn.functional as F
 
     c, p = head.config, dict(head.named_parameters())
@@ -148,14 +149,16 @@ def _rgcl_classifier(head, batch, embed_first: bool):
 
     x = proj(batch["img_pooled"], "img_proj") * proj(batch["txt_pooled"], "txt_proj")
 
-    def mlp(h):
+    def mlp(h, upto=0):  # the Sequential [Dropout, (Linear, ReLU, Dropout) x L] without its last ``upto`` modules
         h, pre = F.dropout(h, c.fusion_dropout, True), None
         for k in range(c.pre_output_layers):
             pre = h @ p[f"pre_output.linears.{k}.weight"].T + p[f"pre_output.linears.{k}.bias"]
+            if upto == 2 and k == c.pre_output_layers - 1:
+                return None, pre
             h = F.dropout(torch.relu(pre), c.dropout, True)
         return h, pre
 
-    embed = mlp(x)[1] if embed_first else None
+    embed = mlp(x, upto=2)[1] if embed_first else None  # RGCL's self.mlp[:-2](x)
     h, pre = mlp(x)
     out = h @ p["outputs.layers.label.weight"].T + p["outputs.layers.label.bias"]
     return out[:, 0], pre if embed is None else embed

@@ -151,10 +151,12 @@ def test_clip_text_against_text_model(tiny_clip):
     assert set(plain.schema()) == {"pooler", "pooled"}
 
 
-def test_clip_text_cleans_texts_as_clips_own_tokenizer(tiny_clip):
-    """CLIP's tokenizer (openai/CLIP basic_clean; transformers 4's CLIPTokenizer with ftfy, Hate-CLIPper's and
-    RGCL's) runs ftfy.fix_text first: full-width letters fold, HTML entities unescape. Expected texts typed by
-    hand; ``fix_text=False`` is the tokenizer on the raw text."""
+def test_clip_text_cleans_texts_as_transformers_4s_clip_tokenizer(tiny_clip):
+    """transformers 4's CLIPTokenizer with ftfy installed (Hate-CLIPper's requirements) runs ftfy.fix_text first:
+    full-width letters fold, HTML entities unescape. Expected texts typed by hand; ``fix_text=False`` is the
+    tokenizer on the raw text, and its recipe config leaves the option out, as sets made before it had."""
+    from featstore.runner.extract import recipe_config
+
     import ftfy
 
     d, _ = tiny_clip
@@ -169,6 +171,8 @@ def test_clip_text_cleans_texts_as_clips_own_tokenizer(tiny_clip):
     assert len(tok(raw[1])["input_ids"]) == 7 and len(tok(cleaned[1])["input_ids"]) == 4  # "&", "nbsp", ";" gone
     assert fix_clip_text(raw[0]) == cleaned[0]
     assert fixed.preprocessing()["fix_text"] == f"ftfy {ftfy.__version__}" and "fix_text" not in plain.preprocessing()
+    assert recipe_config(fixed.config, "clip-text")["fix_text"] is True
+    assert set(recipe_config(plain.config, "clip-text")) == set(recipe_config(fixed.config, "clip-text")) - {"fix_text"}
     assert fixed.truncation_note(["\uff46" * 30]) is None  # counted on the cleaned text: "f" * 30 is one word
 
 

@@ -76,6 +76,17 @@ def test_a_duplicate_row_is_no_positive():
     assert multi_similarity_loss(lone, torch.tensor([0, 0, 1])).item() == 0.0  # neither has a positive left
 
 
+def test_ms_loss_under_bf16_autocast_is_the_float32_loss():
+    """Under autocast (heads train's amp) the cosines stay float32: in bf16 rows at cosine 0.9996 read as 1.0 and the
+    duplicate rule (cosine >= 1 - 1e-5) would drop them as positives."""
+    emb = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.03, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # cosine 0.99955
+    y = torch.tensor([0, 0, 1, 2])
+    want = ms_by_hand(emb, y, 50, 2, 0.5, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = multi_similarity_loss(emb, y, epsilon=None).item()
+    assert want > 0.05 and got == pytest.approx(want, rel=1e-5)
+
+
 def test_ms_mining_matters():
     emb, y = planted()
     mined, every = ms_by_hand(emb, y, 50, 2, 0.5, 0.1), ms_by_hand(emb, y, 50, 2, 0.5, None)

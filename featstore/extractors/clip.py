@@ -130,17 +130,18 @@ def _needs_weights(weights: Optional[str], name: str) -> str:
 @dataclass
 class ClipTextConfig(_ClipConfig):
     max_length: int = 77
-    # ftfy.fix_text before the tokenizer, as CLIP's own tokenizer (openai/CLIP simple_tokenizer's basic_clean)
-    # and transformers 4's CLIPTokenizer with ftfy installed (Hate-CLIPper's, RGCL's) clean every text; the
-    # fast tokenizer of transformers 5 does not (curly quotes, HTML entities, full-width letters differ)
+    # ftfy.fix_text before the tokenizer, as transformers 4's CLIPTokenizer cleans every text when ftfy is
+    # installed (Hate-CLIPper's requirements list it; RGCL's do not, so its run may have had BasicTokenizer's
+    # fallback); openai/CLIP's basic_clean adds html.unescape, which ftfy skips in a text holding "<". The fast
+    # tokenizer of transformers 5 does neither (curly quotes, HTML entities, full-width letters differ)
     fix_text: bool = True
     # what a recipe saved before an option existed was extracted with (heads' preset input notes read it)
     ABSENT_MEANS: ClassVar[Dict[str, Any]] = {"fix_text": False}
 
 
 def fix_clip_text(text: str) -> str:
-    """CLIP's text cleanup: ``ftfy.fix_text`` (the fast tokenizer then folds whitespace and lower-cases, as the
-    slow one's ``whitespace_clean(...).lower()``)."""
+    """transformers 4's CLIPTokenizer's cleanup: ``ftfy.fix_text`` (the fast tokenizer then folds whitespace and
+    lower-cases, as the slow one's ``whitespace_clean(...).lower()``)."""
     import ftfy
 
     return ftfy.fix_text(text)

@@ -26,6 +26,7 @@ from ..errors import FeatstoreError
 from .geometry import grid_cell_boxes_batch
 
 REDUCTIONS = ("interp", "attention")
+SUPPORT_EPS = 1e-6  # a patch counts in an interp region's box when its weight (of 1 in all) is above this
 
 
 def check_region_options(num_regions: int, reduce: str) -> None:
@@ -75,7 +76,9 @@ def _interp_support(grid: int, r: int, antialias: bool) -> torch.Tensor:
     ar = torch.arange(g)
     basis[0, ar, ar, :] = 1.0
     basis[0, g + ar, :, ar] = 1.0
-    hit = _interpolate(basis, r, antialias)[0].reshape(2, g, r * r) != 0  # [axis, patch row / col, region]
+    # a weight above rounding noise: a patch on the filter's edge has weight 0, which float arithmetic may give
+    # as +-1e-16 (float64) or exactly 0 (float32) depending on the grid (14 -> 6 at CLIP ViT-B/16's 224 px)
+    hit = _interpolate(basis, r, antialias)[0].reshape(2, g, r * r) > SUPPORT_EPS  # [axis, patch row / col, region]
     pos = torch.arange(g)[None, :, None].expand(2, g, r * r)
     lo = torch.where(hit, pos, g).amin(dim=1)  # [axis (y, x), region]
     hi = torch.where(hit, pos, -1).amax(dim=1) + 1
@@ -90,8 +93,8 @@ def interp_support(grid: int, num_regions: int, antialias: bool) -> torch.Tensor
 
     Read off ``reduce_patches``' own resampling (same ``F.interpolate`` call: bilinear, align_corners=False,
     ``antialias``), not from a formula: a channel with patch row i all ones resamples to the sum of row i's
-    weights in each region, nonzero exactly when some patch of row i contributes (bilinear and triangle
-    weights are never negative, so nothing cancels); likewise for columns."""
+    weights in each region, above ``SUPPORT_EPS`` exactly when some patch of row i contributes (bilinear and
+    triangle weights are never negative, so nothing cancels); likewise for columns."""
     return _interp_support(int(grid), math.isqrt(num_regions), bool(antialias)).clone()
 
 

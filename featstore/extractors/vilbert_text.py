@@ -40,7 +40,7 @@ from .hf import load_pretrained
 from .text import BertExtractor
 from .weights import resolve_weights
 
-PREFIXES = ("model.bert.", "module.model.bert.", "bert.bert.", "module.bert.", "bert.")  # module.: DataParallel
+PREFIXES = ("model.bert.", "bert.bert.", "module.bert.", "bert.")
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
 
 
@@ -88,7 +88,9 @@ def read_checkpoint(path: str, trust_pickle: bool = False) -> Dict[str, Tensor]:
     if not isinstance(obj, dict) or not any(isinstance(v, Tensor) for v in obj.values()):
         raise FeatstoreError(f"checkpoint {path!r} holds no state dict (tensors by name, bare or under 'model'); "
                              "pass a ViLBERT model checkpoint")
-    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    from .mmf_resnet import strip_data_parallel  # a model saved inside DataParallel: every key under module.
+
+    return strip_data_parallel({k: v for k, v in obj.items() if isinstance(v, Tensor)})
 
 
 def text_state(sd: Dict[str, Tensor], num_layers: int, path: str) -> Dict[str, Tensor]:

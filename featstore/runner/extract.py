@@ -381,10 +381,19 @@ def _plan(store: Store, dataset, extractor_name: str, name: Optional[str], extra
 
 def _recipe(ext, extractor_name: str, dataset, compute_dtype: torch.dtype) -> Recipe:
     """What names the version; the autocast dtype changes the numbers (bf16 vs float32), so it is part of it."""
-    return Recipe(extractor=extractor_name, config=to_jsonable(ext.config, where=f"{extractor_name} config"),
+    return Recipe(extractor=extractor_name, config=recipe_config(ext.config, extractor_name),
                   weights_fingerprint=ext.weights_fingerprint(),
                   preprocessing=to_jsonable(ext.preprocessing(), where=f"{extractor_name} preprocessing"),
                   manifest_fingerprint=dataset.fingerprint, compute={"autocast": _AMP_NAMES[compute_dtype]})
+
+
+def recipe_config(config, extractor_name: str) -> dict:
+    """The config a recipe records: every option, but one at the value its config class's ``ABSENT_MEANS`` gives
+    (what sets recorded before the option existed computed, e.g. clip-text's ``fix_text=False``) is left out,
+    so such a set keeps the version id it had."""
+    out = to_jsonable(config, where=f"{extractor_name} config")
+    absent = getattr(type(config), "ABSENT_MEANS", {})
+    return {k: v for k, v in out.items() if k not in absent or v != absent[k]}
 
 
 def _open_writer(store: Store, set_name: str, recipe: Recipe, keys: List[str], schema, ext, extractor_name: str,

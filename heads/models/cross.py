@@ -166,11 +166,15 @@ class _PreOutput(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out_dim = d
 
-    def forward(self, f: Tensor):
+    def forward(self, f: Tensor, embed_only: bool = False):
+        """-> (output, the last Linear's pre-activation ``embed``); ``embed_only``: stop at ``embed`` (no last
+        activation and dropout, as RGCL's ``mlp[:-2]``), output None."""
         h = self.fusion_dropout(f)
         embed = f
-        for lin in self.linears:
+        for i, lin in enumerate(self.linears):
             embed = lin(h)
+            if embed_only and i == len(self.linears) - 1:
+                return None, embed
             h = self.dropout(self.act(embed))
         return h, embed
 
@@ -209,7 +213,7 @@ class CrossHead(Head):
         pt = self.txt_proj(pooled_text(batch))
         f = fuse(self.config.fusion, pi, pt)
         own = self.training and self.config.embed_pass == "own"
-        embed = self.pre_output(f)[1] if own else None
+        embed = self.pre_output(f, embed_only=True)[1] if own else None
         fused, shared = self.pre_output(f)
         embed = shared if embed is None else embed
         out = {"logits": self.outputs(fused), "fused": fused, "embed": embed, "img_proj": pi, "txt_proj": pt}
