@@ -66,14 +66,17 @@ class LoadReport:
         return ", ".join(f"{g.split(': ', 1)[1]} {len(k)}" for g, k in self.groups.items() if g.startswith(kind))
 
     def lines(self) -> List[str]:
-        """Two lines: what was used and missing; what was ignored or re-initialised, and why."""
+        """Two lines: what was used and missing; what was ignored or re-initialised, and why; then a line of its
+        own for each note that is a ``WARNING:`` (the inputs do not match what the file was trained on)."""
         top = sorted({k.split(".", 1)[0] for k in self.missing_keys})
         first = (f"checkpoint {self.path}: used {len(self.used_keys)} tensors ({self._counts('used')}); "
                  f"missing {len(self.missing_keys)}" + (f" ({', '.join(top)}: left initialised)" if top else ""))
         second = f"  ignored {len(self.ignored_keys)} ({self._counts('ignored') or 'none'})"
         if self.reinitialised_keys:
             second += f"; re-initialised {', '.join(self.reinitialised_keys)}"
-        return [first, second + "".join(f"; {n}" for n in self.notes)]
+        warnings = [n for n in self.notes if n.startswith("WARNING:")]
+        notes = [n for n in self.notes if n not in warnings]
+        return [first, second + "".join(f"; {n}" for n in notes)] + [f"  {w}" for w in warnings]
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)

@@ -244,7 +244,7 @@ def test_concat_bert_on_another_files_set_gets_a_warning_naming_the_fix(world):
                     f"weights {sha256(other)[:25]}..., the file's {sha256(path)[:25]}...), so the classifier reads "
                     f"image vectors it was not trained on; extract them from this file with `{fix(path)}`")
     assert report.notes[-1] == note and len(report.notes) == 2
-    assert note in report.lines()[1]  # printed with the load report (heads train prints lines())
+    assert report.lines()[2:] == ["  " + note]  # a line of its own in the load report heads train prints
 
 
 @pytest.mark.parametrize("change, why", [
@@ -525,6 +525,6 @@ def test_heads_train_warns_when_concat_berts_image_set_is_not_its_resnets(world,
                          "--text", "btext-concat", "--text-array", "input_ids", "--head", "concat-bert",
                          "--set", f"num_attention_heads={NH}", "--init-checkpoint", path, "--epochs", 0,
                          "--threads", 1, "--quiet", "--out", tmp_path / "run"])
-    assert (f"WARNING: image set 'mmf-grid' was not extracted from this file's fine-tuned ResNet-152 (its weights "
+    assert (f"  WARNING: image set 'mmf-grid' was not extracted from this file's fine-tuned ResNet-152 (its weights "
             f"{sha256(world['files']['grid'])[:25]}..., the file's {sha256(path)[:25]}...), so the classifier reads "
-            f"image vectors it was not trained on; extract them from this file with `{fix(path)}`") in out
+            f"image vectors it was not trained on; extract them from this file with `{fix(path)}`") in out.splitlines()
