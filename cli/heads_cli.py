@@ -236,8 +236,8 @@ def _run_arrays(run_dir, values: dict) -> dict:
     return run_data_options(run_dir, given, {n: values[n] for n in names})
 
 
-def _saved_run_data(run_dir, seed, store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
-                    max_regions, max_tokens, text_array, text_pool, val_fraction, device):
+def _saved_run_data(run_dir, seed, store_url, dataset_path, dataset_format, image_ref, text_ref, task, max_regions,
+                    max_tokens, text_array, text_pool, val_fraction, device):
     """(the run folder of ``seed``, the ``TrainData`` eval / predict read for it): the run's feature sets,
     arrays, counts and train-split image set unless the command line names others; always the run's own tasks
     (its ``task_spec``: labels and a train split are not needed, so a test file alone is predicted)."""
@@ -246,12 +246,11 @@ def _saved_run_data(run_dir, seed, store_url, dataset_path, dataset_format, imag
 
     run_dir = run_dir_of(run_dir, seed)
     task = run_task_spec(run_dir, task if "task" in _explicit(("task",)) else None)
-    task_weights = None
     image_ref, text_ref = run_feature_refs(run_dir, image_ref, text_ref)
     arrays = _run_arrays(run_dir, dict(text_array=text_array, text_pool=text_pool, max_regions=max_regions,
                                        max_tokens=max_tokens))
     train_image = run_train_image(run_dir, click.get_current_context().meta.get("train_image"))
-    return run_dir, _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, task_weights,
+    return run_dir, _load_data(store_url, dataset_path, dataset_format, image_ref, text_ref, task, None,
                                val_fraction=val_fraction, device=_device(device), train_image=train_image,
                                need_train=False, **arrays)
 
@@ -267,7 +266,7 @@ def eval_cmd(run_dir, store_url, dataset_path, dataset_format, image_ref, text_r
     from heads.experiment import evaluate_run
 
     run_dir, data = _saved_run_data(run_dir, seed, store_url, dataset_path, dataset_format, image_ref, text_ref, task,
-                                    task_weights, max_regions, max_tokens, text_array, text_pool, val_fraction, device)
+                                    max_regions, max_tokens, text_array, text_pool, val_fraction, device)
     metrics = evaluate_run(run_dir, data, split)
     click.echo(json.dumps({"run": str(run_dir), "split": split, "metrics": metrics}, indent=1, sort_keys=True))
 
@@ -284,7 +283,7 @@ def predict(run_dir, store_url, dataset_path, dataset_format, image_ref, text_re
     from heads.experiment import predict_run
 
     run_dir, data = _saved_run_data(run_dir, seed, store_url, dataset_path, dataset_format, image_ref, text_ref, task,
-                                    task_weights, max_regions, max_tokens, text_array, text_pool, val_fraction, device)
+                                    max_regions, max_tokens, text_array, text_pool, val_fraction, device)
     path = predict_run(run_dir, data, out_csv, split)
     click.echo(f"wrote {path}")
 

@@ -240,14 +240,6 @@ def _parse_ref(ref: Union[str, Sequence[str]]) -> tuple:
     return name, version
 
 
-def dataset_mismatch_warnings(dataset, opened: Dict[str, Any]) -> List[str]:
-    """One line per feature set extracted from a different dataset manifest than ``dataset``
-    (``featstore.store.manifest_mismatch_warnings``: the same ids may now name other texts or images)."""
-    from featstore.store import manifest_mismatch_warnings
-
-    return manifest_mismatch_warnings(dataset, opened)
-
-
 def _open_feature_sets(store, image_ref, text_ref) -> Dict[str, Any]:
     """``{"image": FeatureSetVersion, "text": ...}`` for the refs given; a set of the other modality is a
     one-line error."""
@@ -434,7 +426,9 @@ def build_train_data(store, dataset, image_ref, text_ref, tasks: Union[TaskSpec,
     if train_image_ref is not None and (need_train or any(s.split == "train" for s in samples)):  # after --image
         refs["train_image"] = train_image_rows(store, train_image_ref, samples, features, image_pool, max_regions,
                                                device, dtype)
-    warnings = dataset_mismatch_warnings(dataset, opened) + _box_warnings(opened.get("image"))
+    from featstore.store import manifest_mismatch_warnings  # the same ids may now name other texts or images
+
+    warnings = manifest_mismatch_warnings(dataset, opened) + _box_warnings(opened.get("image"))
     targets_np = encode_targets(samples, spec)
     splits = dataset_splits(samples, targets_np, spec, val_fraction, seed, need_train)
     for s, idx in splits.items():

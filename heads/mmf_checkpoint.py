@@ -53,7 +53,6 @@ cannot be read: 12 unless given), ``fc7_dim`` from fc7's rows and the classifier
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -63,8 +62,8 @@ from torch import Tensor, nn
 from featstore.errors import FeatstoreError
 from featstore.extractors.mmf_resnet import UNIMODAL as UNIMODAL_RESNET, strip_data_parallel  # noqa: F401 (re-export)
 
-from .checkpoints import (OTHER_LABEL_COUNT, LoadReport, checkpoint_file, head_from_checkpoint as build_from_checkpoint,
-                          read_weights)
+from .checkpoints import (OTHER_LABEL_COUNT, LoadReport, _file_stamp, checkpoint_file,
+                          head_from_checkpoint as build_from_checkpoint, read_weights)
 from .visualbert_checkpoint import config_from_checkpoint as bert_sizes, copy_tensors, finish_load
 
 MMBT = "model.bert.mmbt."
@@ -280,10 +279,10 @@ def load_mmf_state(head: nn.Module, sd: Dict[str, Tensor], path: str, how_to_get
                                   required=layout.required)
     report.note(mmf_note(name, layout))
     resnet = report.groups.get(f"ignored: {IGNORED_RESNET}", [])
-    if resnet:
+    if resnet and features is UNCHECKED:
         report.note(RESNET_UNCHECKED.format(n=len(resnet), fix=FIX.format(path=path)))
-        if features is not UNCHECKED:
-            image_source_note(report, features, path)
+    elif resnet:
+        image_source_note(report, features, path)
     return finish_load(head, mapped, report)
 
 
@@ -299,12 +298,11 @@ def mmf_note(name: str, layout: Layout) -> str:
 
 def file_fingerprint(path) -> str:
     """``featstore.extractors.weights.fingerprint_files`` of the weight file ``path`` names (what a grid set
-    extracted with ``--set weights=`` that file records), kept for the last file (realpath, size, mtime)."""
+    extracted with ``--set weights=`` that file records), kept for the last file (``read_weights``' stamp)."""
     from featstore.extractors.weights import fingerprint_files
 
     p = checkpoint_file(path)
-    st = p.stat()
-    stamp = (os.path.realpath(p), st.st_size, st.st_mtime_ns)
+    stamp = _file_stamp(p, False)  # read_weights' stamp of a file's contents
     if stamp not in _FINGERPRINTS:
         _FINGERPRINTS.clear()
         _FINGERPRINTS[stamp] = fingerprint_files(p)
@@ -319,10 +317,10 @@ def recorded_weights(image: Dict[str, Any]) -> Optional[str]:
     spec = (image.get("config") or {}).get("weights")
     if not spec:
         return None
-    from featstore.extractors.weights import fingerprint_files, resolve_weights
+    from featstore.extractors.weights import resolve_weights
 
     try:
-        return fingerprint_files(resolve_weights(spec, "file"))
+        return file_fingerprint(resolve_weights(spec, "file"))
     except (FeatstoreError, OSError):
         return None
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from featstore.errors import FeatstoreError
 
 from .checkpoints import LoadReport, head_from_checkpoint as build_from_checkpoint, read_weights
-from .mmf_checkpoint import load_mmf_state, mmf_file_config, mmf_layout, strip_data_parallel
+from .mmf_checkpoint import UNCHECKED, load_mmf_state, mmf_file_config, mmf_layout, strip_data_parallel
 from .visualbert_checkpoint import config_from_checkpoint as bert_sizes, copy_bert, finish_load, refuse_other_family
 
 HEADS_READ = ("text-bert", "concat-bert", "late-fusion", "mmbt", "mmbt-region")
@@ -51,16 +51,17 @@ MMBT_NOTE = ("a plain BERT, as MMF's MMBT text encoder (BertModelJit.from_pretra
              "(transform, outputs) keep PyTorch's default initialisation, as MMF's")
 
 
-def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str) -> LoadReport:
+def load_state(head: nn.Module, sd: Dict[str, Tensor], path: str, features: Any = UNCHECKED) -> LoadReport:
     """Copy BERT's tensors of ``sd`` into the text-bert / concat-bert / late-fusion / mmbt / mmbt-region ``head``
-    (in place) and report."""
+    (in place) and report; an MMF file with its fine-tuned ResNet-152 is checked against the run's image sets
+    ``features`` when given (``heads.mmf_checkpoint.load_mmf_state``)."""
     if getattr(head, "head_name", "") not in HEADS_READ:
         raise FeatstoreError("load_text_bert_checkpoint needs a 'text-bert', 'concat-bert', 'late-fusion', 'mmbt' or "
                              "'mmbt-region' head; build the run with --head text-bert, concat-bert, late-fusion, mmbt "
                              "or mmbt-region")
     sd = strip_data_parallel(sd)
     if mmf_layout(sd) is not None:
-        return load_mmf_state(head, sd, path, HOW_TO_GET)
+        return load_mmf_state(head, sd, path, HOW_TO_GET, features)
     refuse_other_family(sd, path, ("vilbert", "visualbert"), "BERT")
     report, mapped = copy_bert(head, sd, path, (), WANTED, HOW_TO_GET)
     report.note(MMBT_NOTE if head.head_name in ("mmbt", "mmbt-region") else PLAIN_NOTE)
@@ -87,11 +88,12 @@ def config_from_checkpoint(shapes: Dict[str, tuple], given: Dict[str, Any], head
 
 
 def head_from_checkpoint(name: str, inputs, spec, head_cfg: Dict[str, Any], path, *,
-                         trust_pickle: bool = False) -> Tuple[nn.Module, LoadReport]:
+                         trust_pickle: bool = False, features: Any = UNCHECKED) -> Tuple[nn.Module, LoadReport]:
     """Build head ``name`` (one of ``HEADS_READ``) with the sizes the BERT at ``path`` implies where
-    ``head_cfg`` gives none, and load it -> (head, report)."""
+    ``head_cfg`` gives none, and load it (``features``: the run's ``TrainData.meta["features"]``, as
+    ``load_state``) -> (head, report)."""
     family = name if name in HEADS_READ else HEADS_READ[0]
     sizes = lambda shapes, given: config_from_checkpoint(shapes, given, family, str(path))  # noqa: E731
+    load = lambda head, sd, p: load_state(head, sd, p, features)  # noqa: E731
     return build_from_checkpoint(family, name, inputs, spec, head_cfg, path, trust_pickle=trust_pickle,
-                                 config_from_checkpoint=sizes, load_state=load_state,
-                                 how_to_get=HOW_TO_GET)
+                                 config_from_checkpoint=sizes, load_state=load, how_to_get=HOW_TO_GET)

@@ -520,8 +520,9 @@ def _head_from_checkpoint(cfg: TrainConfig, data: TrainData):
     elif target == "cross":  # checked against the CLIP the cached features came from
         from .hateclipper_checkpoint import head_from_checkpoint
         extra = {"features": data.meta.get("features")}
-    else:
+    else:  # an MMF file's fine-tuned ResNet-152: checked against the image sets the run reads
         from .text_bert_checkpoint import head_from_checkpoint
+        extra = {"features": data.meta.get("features")}
     return head_from_checkpoint(cfg.head, data.input_spec(), data.task_spec, cfg.head_cfg, cfg.checkpoint,
                                 trust_pickle=cfg.trust_checkpoint, **extra)
 
@@ -585,24 +586,17 @@ def _build_head(cfg: TrainConfig, data: TrainData):
 
 
 def _source_notes(cfg: TrainConfig, data: TrainData, load_report) -> None:
-    """Notes on whether the cached inputs are what a checkpoint file (not a heads run, whose inputs are its own
-    sets) was trained on: vilbert's text states from its own lower layers; concat-bert / late-fusion / mmbt's
-    image vectors from MMF's fine-tuned ResNet-152 in the same file."""
+    """The note on whether vilbert's cached text states come from a checkpoint file's (not a heads run's, whose
+    inputs are its own sets) own lower layers."""
     from .run_checkpoint import run_folder
 
-    if run_folder(cfg.checkpoint) is not None:
+    if checkpoint_target(cfg.head, cfg.head_cfg) != "vilbert" or run_folder(cfg.checkpoint) is not None:
         return
-    target, features = checkpoint_target(cfg.head, cfg.head_cfg), data.meta.get("features")
-    if target == "vilbert":
-        from .vilbert_checkpoint import text_source_note
+    from .vilbert_checkpoint import text_source_note
 
-        note = text_source_note(load_report, (features or {}).get("text"), cfg.checkpoint)
-        if note:
-            load_report.note(note)
-    elif target in ("concat-bert", "late-fusion", "mmbt"):
-        from .mmf_checkpoint import image_source_note
-
-        image_source_note(load_report, features, cfg.checkpoint)
+    note = text_source_note(load_report, (data.meta.get("features") or {}).get("text"), cfg.checkpoint)
+    if note:
+        load_report.note(note)
 
 
 def _pretrain(fit: _Fit) -> None:

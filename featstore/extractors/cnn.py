@@ -132,10 +132,11 @@ def _load_torchvision(model: nn.Module, path, name: str) -> Tuple[List[str], Dic
     load report's MMF lines): MMF's own model.pth through ``mmf_resnet`` (its fine-tuned ResNet), any other file
     strictly as a torchvision state dict."""
     sd = load_state_dict(path)
-    found = find_mmf_resnet(strip_data_parallel(sd), path)
-    if found is None:
+    stripped = strip_data_parallel(sd)
+    found = find_mmf_resnet(stripped, path)
+    if found is None:  # fit_state_dict strips module. key by key itself
         return fit_state_dict(model, sd, path, f"torchvision {name}"), {}
-    return load_mmf_resnet(model, strip_data_parallel(sd), found, path, name)
+    return load_mmf_resnet(model, stripped, found, path, name)
 
 
 def _split_timm(model: nn.Module, name: str) -> Tuple[nn.Sequential, nn.Sequential]:

@@ -242,8 +242,7 @@ def _image_sizes(schema: Dict[str, ArraySpec], dataset, to_image: Dict[str, str]
 
 
 def _rows_of(rec: dict, key: str, schema: Dict[str, ArraySpec], width: int, path: str,
-             sizes: Optional[Dict[str, Tuple[int, int]]] = None,
-             names: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
+             sizes: Optional[Dict[str, Tuple[int, int]]], names: Dict[str, str]) -> Dict[str, np.ndarray]:
     """One record as store rows: every stored row kept (``count`` = rows); ``names`` (record field -> store
     array, ``SourceShape.store_names``) picks the per-region fields; ``sizes`` (source key -> width, height)
     stands in for records without image sizes."""
@@ -253,7 +252,7 @@ def _rows_of(rec: dict, key: str, schema: Dict[str, ArraySpec], width: int, path
         raise FeatstoreError(f"{path}[{key}] has {n} regions but the set keeps {width}; pass --max-regions {n} "
                              f"(or more)")
     out = {"regions": f, "count": np.int32(n), "pooled": f.astype(np.float64).mean(0) if n else np.zeros(f.shape[1])}
-    for field, name in (names if names is not None else {f: IMPORT_NAMES.get(f, f) for f in rec}).items():
+    for field, name in names.items():
         if name in schema and schema[name].per_item and name != "regions":
             out[name] = np.asarray(rec[field])
     if "num_boxes" in schema:
@@ -321,7 +320,7 @@ def import_features(store: Store, path: str, fmt: str, name: str, *, dataset=Non
     return fsv, report
 
 
-def _write_chunks(writer, stream, schema, width: int, path: str, sizes=None, names=None) -> None:
+def _write_chunks(writer, stream, schema, width: int, path: str, sizes, names: Dict[str, str]) -> None:
     pending = set(writer.pending_chunks())
     chunk, buf = 0, []
     for k, rec in stream:
@@ -420,10 +419,6 @@ def _make_parent(out_path: str) -> None:
 def export_features(fsv, out_path: str, fmt: str) -> int:
     """Write a region set version to ``out_path`` in ``fmt``; returns the number of records (``export_notes``:
     the lines to show once it is written)."""
-    return _export(fsv, out_path, fmt)
-
-
-def _export(fsv, out_path: str, fmt: str) -> int:
     _check_format(fmt)
     if os.path.exists(out_path) and (not os.path.isdir(out_path) or os.listdir(out_path)):
         raise FeatstoreError(f"{out_path} already exists; choose a new path (exports never overwrite)")

@@ -28,7 +28,6 @@ from ..errors import FeatstoreError
 from ..extractors.images import FEATSTORE_DECODE
 from ..jsonio import to_jsonable
 from ..store import Recipe, Store
-from ..store.layout import CHUNK_DIR
 from . import dist
 from .image_cache import DecodedImageCache, ImageCacheError, load_input
 from .threads import ForwardThreads, available_cores
@@ -542,9 +541,7 @@ def _refuse_all_failed(store: Store, plan: _Plan) -> None:
     """When no row of the version has features (every chunk marker, other runs' and ranks' included, lists all
     its keys as failed), remove the unfinished version and raise: a committed one would hold nothing and make
     the same command say "already complete". Its chunks hold only failure records, so nothing usable is lost."""
-    failures: Dict[str, str] = {}
-    for c in range(plan.writer.n_chunks):
-        failures.update(plan.writer.loc.read_json(CHUNK_DIR, f"{c}.json")["failures"])
+    failures = {k: v for m in plan.writer.chunk_markers() for k, v in m["failures"].items()}
     if len(failures) < len(plan.keys):
         return
     dist.barrier()  # every rank reads the markers before rank 0 removes them

@@ -98,6 +98,8 @@ class ConfounderPair:
     wrong_b: Optional[bool] = None
 
 
+SHORT_TEXT_HINT = " or pass --text-pool mean (CLS vectors of short texts are all alike)"
+
 def _check_threshold(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not -1.0 <= value <= 1.0:
         raise FeatstoreError(f"{name} must be a cosine similarity between -1 and 1, got {value!r}")
@@ -230,6 +232,11 @@ def _kind_masks(isim: np.ndarray, tsim: np.ndarray, same_key: np.ndarray, th: Di
     return ({k: shared[k] & differs[k] for k in KINDS}, {k: shared[k] & ~differs[k] for k in KINDS})
 
 
+def label_flip(a: Any, b: Any) -> Optional[bool]:
+    """Whether two samples' labels differ; None when either is unlabelled (no flip either way)."""
+    return None if a is None or b is None else bool(a != b)
+
+
 def _make_pairs(kind: str, sel: np.ndarray, a, b, isim, tsim, same_key, sample_ids, labels) -> List[ConfounderPair]:
     out = []
     for p in np.flatnonzero(sel):
@@ -240,7 +247,7 @@ def _make_pairs(kind: str, sel: np.ndarray, a, b, isim, tsim, same_key, sample_i
         la = lb = flip = None
         if labels is not None:
             la, lb = labels[i], labels[j]
-            flip = None if la is None or lb is None else bool(la != lb)
+            flip = label_flip(la, lb)
         out.append(ConfounderPair(kind, sample_ids[i], sample_ids[j], i, j, si, st, sk, score, contrast, la, lb, flip))
     return out
 
@@ -360,7 +367,7 @@ def threshold_line(summary: ConfounderSummary) -> str:
 
 def capped_hint(modality: str, rows: int, k_max: int, threshold: float) -> str:
     """The hint of a k-NN search that stopped at ``k_max`` neighbours (the module docstring's saturation cap)."""
-    more = " or pass --text-pool mean (CLS vectors of short texts are all alike)" if modality == "text" else ""
+    more = SHORT_TEXT_HINT if modality == "text" else ""
     return (f"hint: the {modality} search stopped at {k_max} neighbours per sample (k_max): {rows} sample"
             f"{'' if rows == 1 else 's'} still had {k_max} neighbours at {modality} cosine >= {threshold:g}, so "
             f"their pairs beyond the {k_max} nearest are not listed; raise --{modality}-threshold (e.g. 0.99) until "
@@ -388,7 +395,7 @@ def summary_hints(summary: ConfounderSummary) -> List[str]:
                 f"no two {'different image files' if kind == 'similar_image' else 'texts'} reach {shared} cosine >= "
                 f"{th[f'{shared}_threshold']:g}; lower --{shared}-threshold (e.g. 0.9) to look further"))
         if kind != "same_image" and n > summary.n_samples:
-            more = " or pass --text-pool mean (CLS vectors of short texts are all alike)" if shared == "text" else ""
+            more = SHORT_TEXT_HINT if shared == "text" else ""
             out.append(f"hint: {title}: {n} pairs for {summary.n_samples} samples (more than one per sample): "
                        f"{shared} cosine >= {th[f'{shared}_threshold']:g} does not single out copies; raise "
                        f"--{shared}-threshold{more}")

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import FeatstoreError
 from .confounders import (KIND_TITLES, KINDS, ConfounderPair, ConfounderSummary, count_lines, kind_counts,
-                          overlay_predictions, summary_lines, unlabelled_counts)
+                          label_flip, overlay_predictions, summary_lines, unlabelled_counts)
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:16px;background:#f6f7f9;color:#222}
@@ -151,10 +151,6 @@ def _section(kind: str, shown: Sequence[ConfounderPair], line: str, texts, thumb
             f'<div class="meta">{html.escape(line)}</div>{body}</section>')
 
 
-def _flip(a: Any, b: Any) -> Optional[bool]:
-    return None if a is None or b is None else bool(a != b)
-
-
 def write_html_report(pairs: Sequence[ConfounderPair], out_html, *, texts: Mapping[str, str],
                       labels: Optional[Mapping[str, Any]], image_paths: Mapping[str, str],
                       predictions: Optional[Mapping[str, Any]] = None, thumb_px: int = 160,
@@ -195,7 +191,7 @@ def render_html_report(pairs: Sequence[ConfounderPair], *, texts: Mapping[str, s
     if labels is not None:
         _check_covered("labels", labels, pairs)
         pairs = [replace(p, label_a=labels[p.id_a], label_b=labels[p.id_b],
-                         label_flip=_flip(labels[p.id_a], labels[p.id_b])) for p in pairs]
+                         label_flip=label_flip(labels[p.id_a], labels[p.id_b])) for p in pairs]
     shown = {k: [p for p in pairs if p.kind == k][:max_pairs] for k in KINDS}
     for what, mapping in (("texts", texts), ("image_paths", image_paths)):
         _check_covered(what, mapping, [p for k in KINDS for p in shown[k]])

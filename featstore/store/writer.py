@@ -253,6 +253,10 @@ class VersionWriter:
                              "failures": failures, "written": time.time(), "pid": os.getpid()},
                             CHUNK_DIR, f"{chunk}.json")
 
+    def chunk_markers(self) -> list:
+        """Every chunk's marker (rows, checksums, tags, failures), in chunk order; each must exist."""
+        return [self.loc.read_json(CHUNK_DIR, f"{c}.json") for c in range(self.n_chunks)]
+
     # -- commit --------------------------------------------------------------------------------------
     def commit(self):
         """Make the version visible. Fails, listing what is missing, unless every chunk has been written."""
@@ -266,11 +270,10 @@ class VersionWriter:
         if missing:
             raise FeatstoreError(f"version {self.name}@{self.version}: chunk markers exist but data objects are missing "
                                  f"({missing[:3]}); remove the unfinished version and write it again")
-        chunks, failures = [], {}
-        for c in range(self.n_chunks):
-            m = self.loc.read_json(CHUNK_DIR, f"{c}.json")
-            chunks.append({"chunk": c, "rows": m["rows"], "checksums": m["checksums"], "tags": m.get("tags", {})})
-            failures.update(m["failures"])
+        markers = self.chunk_markers()
+        chunks = [{"chunk": c, "rows": m["rows"], "checksums": m["checksums"], "tags": m.get("tags", {})}
+                  for c, m in enumerate(markers)]
+        failures = {k: v for m in markers for k, v in m["failures"].items()}
         record = self._spec_record()
         record.update({
             "chunks": chunks, "failures": failures, "n_valid": len(self.keys) - len(failures),
